@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tornado-echo",
+    version="0.1.0",
+    description="A production WebSocket echo server on Tornado, with a bundled load tester",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tornado_echo", "tornado_echo.*"]),
+    package_data={"tornado_echo.store": ["schema/*/*.sql"]},
+    install_requires=[
+        "tornado>=6.5,<7",
+        "psycopg2-binary>=2.9,<3",
+        "prometheus_client>=0.20,<1",
+        'tomli>=2; python_version < "3.11"',
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-tornado>=0.8",
+            "mypy>=1.10",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "tornado-echo=tornado_echo.cli:main",
+            "tornado-echo-loadtest=tornado_echo.loadtest.cli:main",
+        ],
+    },
+)

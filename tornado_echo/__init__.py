@@ -1,0 +1,5 @@
+"""tornado-echo: a production WebSocket echo server on Tornado."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
