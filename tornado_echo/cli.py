@@ -1,0 +1,96 @@
+"""Command line: ``tornado-echo [--config PATH] [--check-config] [--KEY VALUE ...]``.
+
+Builds the :class:`Config` once, sets up logging, and runs the server. A user mistake (bad
+config value, unreachable database at start) is one line on stderr and a non-zero exit:
+2 for configuration errors, 1 for failures at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import tornado.netutil
+import tornado.process
+
+from . import __version__
+from .config import FIELDS, Config, build_config, env_name, flag_name
+from .errors import ConfigError, EchoError
+from .logs import setup_logging
+from .server import Server, default_server_id
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tornado-echo",
+        description="WebSocket echo server. Settings: defaults < conf file < environment"
+        " TORNADO_ECHO_<KEY> < these flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML conf file (default: ./conf/tornado-echo.toml, else"
+        " /etc/tornado-echo/tornado-echo.toml; also $TORNADO_ECHO_CONFIG)",
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration, print the effective values (secrets masked), exit",
+    )
+    settings = parser.add_argument_group("settings (each also $" + env_name("<key>") + ")")
+    for key, spec in FIELDS.items():
+        settings.add_argument(
+            flag_name(key), dest=key, metavar="VALUE", help=f"{spec.metadata['doc']} ({key})"
+        )
+    return parser
+
+
+def format_config(config: Config, source: str) -> str:
+    lines = [f"# effective configuration (conf file: {source})"]
+    for key, value in config.masked().items():
+        shown = list(value) if isinstance(value, tuple) else value
+        lines.append(f"{key} = {json.dumps(shown)}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # argparse reports bad flags itself, exit 2
+    flags = {key: getattr(args, key) for key in FIELDS}
+    try:
+        config, path = build_config(args.config, flags=flags)
+    except ConfigError as exc:
+        sys.stderr.write(f"tornado-echo: config error: {exc}\n")
+        return 2
+    if args.check_config:
+        sys.stdout.write(format_config(config, str(path) if path else "none, defaults only"))
+        return 0
+    setup_logging(config.log_level, config.log_format, config.secrets())
+    logger.info("tornado-echo %s starting (conf file: %s)", __version__, path or "none")
+    return run(config)
+
+
+def run(config: Config) -> int:
+    """Serve until told to stop; forks ``config.workers`` processes sharing the port."""
+    sockets = None
+    worker = 0
+    if config.workers > 1:
+        sockets = tornado.netutil.bind_sockets(
+            config.port, config.host, reuse_port=True, backlog=1024
+        )
+        worker = tornado.process.fork_processes(config.workers, max_restarts=100)
+    server = Server(config, default_server_id(config, worker))
+    try:
+        return asyncio.run(server.serve(sockets))
+    except EchoError as exc:
+        logger.error("%s", exc)
+        return 1
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror)
+        return 1

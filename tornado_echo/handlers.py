@@ -1,0 +1,319 @@
+"""Request handlers: the WebSocket echo endpoint and the small HTTP endpoints.
+
+:class:`EchoWebSocket` is the user-facing handler; the wire protocol lives in
+:mod:`tornado_echo.protocol`. Every request to the WebSocket route that cannot be upgraded is
+answered through ``send_error`` so that ``write_error`` alone decides the response: HTTP 500
+with ``{"status": 500, "error": "<reason>"}``, except a forbidden Origin (403) and a server
+that is full or draining (503), which are policy decisions rather than broken upgrades.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from asyncio import Future
+from http.client import responses
+from typing import Any
+
+import tornado.web
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from .config import Config
+from .connections import Connections
+from .protocol import OPCODE_BINARY, OPCODE_TEXT, EchoProtocol
+from .store import MessageReceived, SessionClosed, SessionOpened, Store
+
+logger = logging.getLogger(__name__)
+
+NO_STATUS_RECEIVED = 1005
+ABNORMAL_CLOSURE = 1006
+POLICY_STATUSES = (403, 503)
+
+
+class JsonErrorMixin:
+    """``write_error`` as a small JSON body; handlers set ``error_reason`` before send_error."""
+
+    error_reason: str | None = None
+
+    def json_error_body(self, status: int, exc_info: Any) -> bytes:
+        reason = self.error_reason
+        if reason is None and exc_info is not None:
+            error = exc_info[1]
+            if isinstance(error, tornado.web.HTTPError):
+                reason = (
+                    error.log_message or error.reason or responses.get(error.status_code, "error")
+                )
+            else:
+                reason = "internal error"
+        return json.dumps({"status": status, "error": reason or "error"}).encode()
+
+
+class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
+    """Echoes every message back with the same type, in order; records each session."""
+
+    def initialize(
+        self, db: Store, config: Config, connections: Connections, server_id: str
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.connections = connections
+        self.server_id = server_id
+        self.session_id = ""
+        self.messages_in = self.messages_out = 0
+        self.bytes_in = self.bytes_out = 0
+        self._protocol: EchoProtocol | None = None
+        self._opened_at = 0.0
+        self._shutdown_close = False
+        self._journal = config.journal
+
+    # -- upgrade ---------------------------------------------------------------------------
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        problem = self._upgrade_problem()
+        if problem is not None:
+            self._reject(500, problem)
+            return
+        origin = self.request.headers.get("Origin") or self.request.headers.get(
+            "Sec-Websocket-Origin"
+        )
+        if origin is not None and not self.check_origin(origin):
+            self._reject(403, f"origin {origin!r} is not allowed")
+            return
+        if self.connections.draining:
+            self._reject(503, "server is shutting down")
+            return
+        if len(self.connections) >= self.config.max_connections:
+            self._reject(503, "connection limit reached")
+            return
+        await super().get(*args, **kwargs)
+
+    def _upgrade_problem(self) -> str | None:
+        headers = self.request.headers
+        if headers.get("Upgrade", "").lower() != "websocket":
+            return "missing or invalid Upgrade header (expected 'websocket')"
+        tokens = {part.strip().lower() for part in headers.get("Connection", "").split(",")}
+        if "upgrade" not in tokens:
+            return "missing or invalid Connection header (expected 'Upgrade')"
+        version = headers.get("Sec-WebSocket-Version")
+        if version != "13":
+            self.set_header("Sec-WebSocket-Version", "13")
+            return f"unsupported Sec-WebSocket-Version {version!r} (supported: 13)"
+        key = headers.get("Sec-WebSocket-Key")
+        if not key:
+            return "missing Sec-WebSocket-Key header"
+        try:
+            valid_key = len(base64.b64decode(key, validate=True)) == 16
+        except (binascii.Error, ValueError):
+            valid_key = False
+        if not valid_key:
+            return "invalid Sec-WebSocket-Key (must be 16 bytes, base64)"
+        if not headers.get("Host"):
+            return "missing Host header"
+        return None
+
+    def _reject(self, status: int, reason: str) -> None:
+        self.error_reason = reason
+        self.send_error(status)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        status = status_code if status_code in POLICY_STATUSES else 500
+        body = self.json_error_body(status, kwargs.get("exc_info"))
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        logger.warning(
+            "rejected WebSocket upgrade from %s %s %s: %d %s",
+            self.request.remote_ip,
+            self.request.method,
+            self.request.path,
+            status,
+            json.loads(body)["error"],
+        )
+        self.finish(body)
+
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.config.allowed_origins
+        if "*" in allowed or origin in allowed:
+            return True
+        return bool(super().check_origin(origin))
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        return {} if self.config.compression else None
+
+    def get_websocket_protocol(self) -> EchoProtocol | None:
+        # Same parameters Tornado would pass; only the protocol class differs.
+        stock = super().get_websocket_protocol()
+        if stock is None:
+            return None
+        self._protocol = EchoProtocol(self, False, stock.params)  # type: ignore[attr-defined]
+        return self._protocol
+
+    # -- session ---------------------------------------------------------------------------
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self.session_id = str(uuid.uuid4())
+        self._opened_at = time.monotonic()
+        self.connections.add(self)
+        self.set_nodelay(True)
+        headers = self.request.headers
+        protocol = self._protocol
+        self.db.submit(
+            SessionOpened(
+                session_id=self.session_id,
+                server_id=self.server_id,
+                opened_at=time.time(),
+                peer=self.request.remote_ip or "",
+                path=self.request.path,
+                origin=headers.get("Origin"),
+                user_agent=headers.get("User-Agent"),
+                subprotocol=self.selected_subprotocol,
+                compression=protocol is not None and protocol._compressor is not None,
+            )
+        )
+
+    def on_message(self, message: str | bytes) -> Future[None] | None:
+        if isinstance(message, str):
+            data, opcode = message.encode(), OPCODE_TEXT
+        else:
+            data, opcode = message, OPCODE_BINARY
+        self.messages_in += 1
+        self.bytes_in += len(data)
+        if self._journal != "off":
+            self.db.submit(
+                MessageReceived(
+                    session_id=self.session_id,
+                    seq=self.messages_in,
+                    received_at=time.time(),
+                    opcode=opcode,
+                    size=len(data),
+                    payload=data if self._journal == "full" else None,
+                )
+            )
+        assert self._protocol is not None
+        try:
+            waiter = self._protocol.send_message(opcode, data)
+        except WebSocketClosedError:
+            logger.debug("session %s: echo dropped, connection is closing", self.session_id)
+            return None
+        self.messages_out += 1
+        self.bytes_out += len(data)
+        return waiter
+
+    def close_for_shutdown(self, code: int, reason: str) -> None:
+        self._shutdown_close = True
+        self.close(code, reason)
+
+    def on_close(self) -> None:
+        if not self.session_id:
+            return
+        self.connections.discard(self)
+        protocol = self._protocol
+        if self._shutdown_close:
+            end_state = "server_shutdown"
+        elif protocol is not None and protocol.close_frame_received:
+            end_state = "closed"
+        else:
+            end_state = "aborted"
+        code = self.close_code
+        if code is None:
+            code = NO_STATUS_RECEIVED if end_state == "closed" else ABNORMAL_CLOSURE
+        duration = time.monotonic() - self._opened_at
+        self.db.submit(
+            SessionClosed(
+                session_id=self.session_id,
+                closed_at=time.time(),
+                close_code=code,
+                close_reason=self.close_reason,
+                messages_in=self.messages_in,
+                messages_out=self.messages_out,
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                end_state=end_state,
+            )
+        )
+        stream_error = protocol.stream.error if protocol and protocol.stream else None
+        logger.log(
+            logging.WARNING if end_state == "aborted" and stream_error else logging.INFO,
+            "session %s ended (%s): peer=%s path=%s duration=%.3fs in=%d msgs/%d B"
+            " out=%d msgs/%d B close=%d%s%s",
+            self.session_id,
+            end_state,
+            self.request.remote_ip,
+            self.request.path,
+            duration,
+            self.messages_in,
+            self.bytes_in,
+            self.messages_out,
+            self.bytes_out,
+            code,
+            f" reason={self.close_reason!r}" if self.close_reason else "",
+            f" error={stream_error}" if stream_error else "",
+            extra={
+                "session_id": self.session_id,
+                "peer": self.request.remote_ip,
+                "path": self.request.path,
+                "duration_s": round(duration, 6),
+                "messages_in": self.messages_in,
+                "messages_out": self.messages_out,
+                "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out,
+                "close_code": code,
+                "end_state": end_state,
+            },
+        )
+
+
+class JsonHandler(JsonErrorMixin, tornado.web.RequestHandler):
+    def write_json(self, status: int, body: dict[str, Any]) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(body))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        body = self.json_error_body(status_code, kwargs.get("exc_info"))
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
+
+
+class HealthHandler(JsonHandler):
+    """Liveness: answers 200 as long as the IOLoop runs."""
+
+    def get(self) -> None:
+        self.write_json(200, {"status": "ok"})
+
+
+class ReadyHandler(JsonHandler):
+    """Readiness: 200 when the store is reachable and the server is not draining, else 503."""
+
+    def initialize(self, db: Store, connections: Connections) -> None:
+        self.db = db
+        self.connections = connections
+
+    def get(self) -> None:
+        store = self.db.status()
+        body: dict[str, Any] = {
+            "connections": len(self.connections),
+            "store": {
+                "available": store.available,
+                "pending": store.pending,
+                "oldest_pending_age_s": round(store.oldest_pending_age, 3),
+                "dropped": store.dropped,
+            },
+        }
+        if self.connections.draining:
+            self.write_json(503, {"status": "unavailable", "reason": "draining", **body})
+        elif not store.available:
+            reason = f"store unavailable: {store.error or 'not started'}"
+            self.write_json(503, {"status": "unavailable", "reason": reason, **body})
+        else:
+            self.write_json(200, {"status": "ok", **body})
+
+
+class NotFoundHandler(JsonHandler):
+    def prepare(self) -> None:
+        self.error_reason = f"no such path: {self.request.path}"
+        raise tornado.web.HTTPError(404)

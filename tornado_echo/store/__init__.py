@@ -1,0 +1,44 @@
+"""Session and journal storage: SQLite (embedded default) or PostgreSQL, behind one writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Config
+from .base import Backend
+from .records import MessageReceived, Record, SessionClosed, SessionOpened
+from .writer import Store, StoreStatus
+
+__all__ = [
+    "Backend",
+    "MessageReceived",
+    "Record",
+    "SessionClosed",
+    "SessionOpened",
+    "Store",
+    "StoreStatus",
+    "make_backend",
+    "make_store",
+]
+
+
+def make_backend(database_url: str) -> Backend:
+    """The backend for a ``sqlite:///PATH`` or ``postgresql://`` URL (already validated)."""
+    if database_url.startswith("sqlite:///"):
+        from .sqlite import SQLiteBackend
+
+        return SQLiteBackend(Path(database_url[len("sqlite:///") :]))
+    from .postgres import PostgresBackend
+
+    return PostgresBackend(database_url)
+
+
+def make_store(config: Config, server_id: str) -> Store:
+    """A not-yet-started store configured from ``config``."""
+    return Store(
+        make_backend(config.database_url),
+        server_id=server_id,
+        batch_size=config.batch_size,
+        batch_delay=config.batch_delay,
+        queue_limit=config.queue_limit,
+    )

@@ -1,0 +1,79 @@
+"""The records the server hands to the store: plain, immutable, serialisable values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    """A WebSocket handshake completed."""
+
+    session_id: str
+    server_id: str
+    opened_at: float
+    peer: str
+    path: str
+    origin: str | None
+    user_agent: str | None
+    subprotocol: str | None
+    compression: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    """A WebSocket session ended; ``end_state`` is closed, aborted or server_shutdown."""
+
+    session_id: str
+    closed_at: float
+    close_code: int | None
+    close_reason: str | None
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+    end_state: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """One journalled message; ``payload`` is None unless the journal is "full"."""
+
+    session_id: str
+    seq: int
+    received_at: float
+    opcode: int
+    size: int
+    payload: bytes | None
+
+
+Record = SessionOpened | SessionClosed | MessageReceived
+
+END_STATES = ("open", "closed", "aborted", "server_shutdown", "crashed")
+
+
+def split_batch(
+    batch: list[Record],
+) -> tuple[list[SessionOpened], list[SessionClosed], list[MessageReceived]]:
+    """Group a batch by kind, keeping order within each kind.
+
+    Writing every kind's group in one transaction, opens before closes, is correct because a
+    session's close is always submitted after its open.
+    """
+    opened: list[SessionOpened] = []
+    closed: list[SessionClosed] = []
+    messages: list[MessageReceived] = []
+    for record in batch:
+        if isinstance(record, SessionOpened):
+            opened.append(record)
+        elif isinstance(record, SessionClosed):
+            closed.append(record)
+        else:
+            messages.append(record)
+    return opened, closed, messages
+
+
+def as_row(record: Record) -> tuple[Any, ...]:
+    """The record's fields in declaration order (the column order of its table)."""
+    return tuple(getattr(record, name) for name in record.__slots__)

@@ -1,0 +1,117 @@
+"""SQLite backend: the embedded default, one file, WAL mode, one transaction per batch."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from ..errors import StoreError
+from .base import Backend, load_migrations
+from .records import Record, as_row, split_batch
+
+INSERT_SESSION = (
+    "INSERT OR IGNORE INTO ws_sessions (id, server_id, opened_at, peer, path, origin, user_agent,"
+    " subprotocol, compression) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+CLOSE_SESSION = (
+    "UPDATE ws_sessions SET closed_at = ?, close_code = ?, close_reason = ?, messages_in = ?,"
+    " messages_out = ?, bytes_in = ?, bytes_out = ?, end_state = ? WHERE id = ?"
+)
+INSERT_MESSAGE = (
+    "INSERT OR IGNORE INTO ws_messages (session_id, seq, received_at, opcode, size, payload)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def split_statements(script: str) -> list[str]:
+    """Statements of a schema file; executescript() would commit our open transaction."""
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("--"))
+    return [statement for statement in code.split(";") if statement.strip()]
+
+
+class SQLiteBackend(Backend):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def describe(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def connect(self) -> None:
+        self.close()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}") from None
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.connect()
+        assert self._conn is not None
+        return self._conn
+
+    def migrate(self) -> list[int]:
+        conn = self._connection()
+        applied_now = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            applied = {row[0] for row in conn.execute("SELECT version FROM schema_version")}
+            for migration in load_migrations("sqlite"):
+                if migration.version in applied:
+                    continue
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+                applied_now.append(migration.version)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return applied_now
+
+    def write(self, batch: list[Record]) -> None:
+        conn = self._connection()
+        opened, closed, messages = split_batch(batch)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if opened:
+                conn.executemany(INSERT_SESSION, map(as_row, opened))
+            if closed:
+                conn.executemany(CLOSE_SESSION, ((*as_row(c)[1:], c.session_id) for c in closed))
+            if messages:
+                conn.executemany(INSERT_MESSAGE, map(as_row, messages))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def mark_crashed(self, server_id: str, now: float) -> int:
+        conn = self._connection()
+        cursor = conn.execute(
+            "UPDATE ws_sessions SET end_state = 'crashed', closed_at = ?"
+            " WHERE server_id = ? AND end_state = 'open'",
+            (now, server_id),
+        )
+        return cursor.rowcount
+
+    def ping(self) -> None:
+        self._connection().execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
