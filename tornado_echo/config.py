@@ -37,9 +37,13 @@ JOURNAL_MODES = ("off", "meta", "full")
 
 def _between(low: float, high: float) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        return None if low <= value <= high else f"must be between {low:g} and {high:g}"
+        return None if low <= value <= high else f"must be between {_num(low)} and {_num(high)}"
 
     return check
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if value == int(value) else str(value)
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
@@ -158,26 +162,26 @@ def flag_name(key: str) -> str:
 
 def _kind(key: str) -> str:
     annotation = str(FIELDS[key].type)
-    return {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}.get(
-        annotation, "list of strings"
+    return {"int": "an integer", "float": "a number", "bool": "a boolean", "str": "a string"}.get(
+        annotation, "a list of strings"
     )
 
 
 def _coerce_native(key: str, value: Any) -> Any:
     """Check a TOML value's type; returns it in the field's Python type or raises ValueError."""
     kind = _kind(key)
-    if kind == "integer" and isinstance(value, int) and not isinstance(value, bool):
+    if kind == "an integer" and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if kind == "a number" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if kind == "boolean" and isinstance(value, bool):
+    if kind == "a boolean" and isinstance(value, bool):
         return value
-    if kind == "string" and isinstance(value, str):
+    if kind == "a string" and isinstance(value, str):
         return value
-    if kind == "list of strings" and isinstance(value, list):
+    if kind == "a list of strings" and isinstance(value, list):
         if all(isinstance(item, str) for item in value):
             return tuple(value)
-    raise ValueError(f"expected a {kind}")
+    raise ValueError(f"expected {kind}")
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -188,18 +192,18 @@ def _coerce_text(key: str, text: str) -> Any:
     """Parse an environment or command-line string into the field's type or raise ValueError."""
     kind = _kind(key)
     try:
-        if kind == "integer":
+        if kind == "an integer":
             return int(text.strip())
-        if kind == "number":
+        if kind == "a number":
             return float(text.strip())
     except ValueError:
-        raise ValueError(f"expected a {kind}") from None
-    if kind == "boolean":
+        raise ValueError(f"expected {kind}") from None
+    if kind == "a boolean":
         lowered = text.strip().lower()
         if lowered in _TRUE or lowered in _FALSE:
             return lowered in _TRUE
         raise ValueError("expected a boolean (true/false)")
-    if kind == "list of strings":
+    if kind == "a list of strings":
         return tuple(item.strip() for item in text.split(",") if item.strip())
     return text
 

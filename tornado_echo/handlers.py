@@ -72,16 +72,19 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
 
     # -- upgrade ---------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        if self.request.method != "GET":
+            self._reject(500, f"method {self.request.method} cannot be upgraded (use GET)")
+
     async def get(self, *args: Any, **kwargs: Any) -> None:
         problem = self._upgrade_problem()
         if problem is not None:
             self._reject(500, problem)
             return
-        origin = self.request.headers.get("Origin") or self.request.headers.get(
-            "Sec-Websocket-Origin"
-        )
-        if origin is not None and not self.check_origin(origin):
-            self._reject(403, f"origin {origin!r} is not allowed")
+        # Tornado's own check: Sec-Fetch-Site, then Origin against Host, then check_origin.
+        forbidden = self._check_cross_origin(self.check_origin)
+        if forbidden is not None:
+            self._reject(403, forbidden)
             return
         if self.connections.draining:
             self._reject(503, "server is shutting down")
@@ -100,7 +103,6 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
             return "missing or invalid Connection header (expected 'Upgrade')"
         version = headers.get("Sec-WebSocket-Version")
         if version != "13":
-            self.set_header("Sec-WebSocket-Version", "13")
             return f"unsupported Sec-WebSocket-Version {version!r} (supported: 13)"
         key = headers.get("Sec-WebSocket-Key")
         if not key:
@@ -124,6 +126,9 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         body = self.json_error_body(status, kwargs.get("exc_info"))
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
+        if "Sec-WebSocket-Version" in (self.error_reason or ""):
+            # RFC 6455 section 4.4: tell the client which version we speak.
+            self.set_header("Sec-WebSocket-Version", "13")
         logger.warning(
             "rejected WebSocket upgrade from %s %s %s: %d %s",
             self.request.remote_ip,

@@ -1,0 +1,133 @@
+"""Shared fixtures: configs, stores on SQLite and on a fresh PostgreSQL database, the app.
+
+PostgreSQL: ``TEST_POSTGRES_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/test``) is
+the administrative connection used to create one throw-away database per test. When it is
+unreachable the PostgreSQL tests skip, unless ``REQUIRE_POSTGRES=1`` (set by .ci/run), when
+they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import psycopg2.extras
+import pytest
+import tornado.web
+from tornado.ioloop import IOLoop
+
+from tornado_echo.app import make_app
+from tornado_echo.config import Config
+from tornado_echo.connections import Connections
+from tornado_echo.store import Store, make_store
+
+PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
+SERVER_ID = "test-host:0:0"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "app_config(**overrides): settings for the app fixture")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> str:
+    try:
+        psycopg2.connect(PG_ADMIN_DSN, connect_timeout=3).close()
+    except psycopg2.OperationalError as exc:
+        reason = f"PostgreSQL unreachable at {PG_ADMIN_DSN}: {str(exc).strip()}"
+        if REQUIRE_POSTGRES:
+            pytest.fail(reason + " (REQUIRE_POSTGRES=1)")
+        pytest.skip(reason)
+    return PG_ADMIN_DSN
+
+
+def _admin(dsn: str, sql: str) -> None:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def postgres_url(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = "tornado_echo_test_" + uuid.uuid4().hex[:12]
+    _admin(pg_admin_dsn, f"CREATE DATABASE {name}")
+    parts = urlsplit(pg_admin_dsn)
+    yield urlunsplit(parts._replace(path="/" + name))
+    _admin(pg_admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Any) -> str:
+    return f"sqlite:///{tmp_path}/echo.db"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each store test runs once on SQLite and once on PostgreSQL."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def fetch_rows(database_url: str, sql: str) -> list[dict[str, Any]]:
+    """Read rows straight from the database (test side, blocking is fine here)."""
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url[len("sqlite:///") :])
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(row) for row in conn.execute(sql)]
+        finally:
+            conn.close()
+    pg = psycopg2.connect(database_url)
+    try:
+        with pg.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(sql)
+            return [dict(row) for row in cur.fetchall()]
+    finally:
+        pg.close()
+
+
+@pytest.fixture
+def app_config(request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Any) -> Config:
+    marker = request.node.get_closest_marker("app_config")
+    overrides = dict(marker.kwargs) if marker else {}
+    settings: dict[str, Any] = {
+        "port": 0,
+        "database_url": sqlite_url,
+        "state_dir": str(tmp_path),
+        "batch_delay": 0.005,
+    }
+    settings.update(overrides)
+    return Config(**settings)
+
+
+@pytest.fixture
+def store(io_loop: IOLoop, app_config: Config) -> Iterator[Store]:
+    db = make_store(app_config, SERVER_ID)
+    io_loop.run_sync(db.start)
+    yield db
+    io_loop.run_sync(db.close)
+
+
+@pytest.fixture
+def connections() -> Connections:
+    return Connections()
+
+
+@pytest.fixture
+def app(app_config: Config, store: Store, connections: Connections) -> tornado.web.Application:
+    return make_app(app_config, store, connections, SERVER_ID)
+
+
+@pytest.fixture
+def ws_url(http_server: Any, http_port: int, app_config: Config) -> str:
+    return f"ws://127.0.0.1:{http_port}{app_config.ws_path}"

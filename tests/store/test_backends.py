@@ -1,0 +1,130 @@
+"""Both backends against real databases: migrations, batches, idempotent retries, crashes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from conftest import fetch_rows
+
+from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, make_backend
+from tornado_echo.store.records import Record
+
+
+def opened(session_id: str, server_id: str = "host:1:0") -> SessionOpened:
+    return SessionOpened(
+        session_id=session_id,
+        server_id=server_id,
+        opened_at=time.time(),
+        peer="127.0.0.1",
+        path="/ws",
+        origin="https://app.example",
+        user_agent="pytest",
+        subprotocol=None,
+        compression=True,
+    )
+
+
+def closed(session_id: str) -> SessionClosed:
+    return SessionClosed(
+        session_id=session_id,
+        closed_at=time.time(),
+        close_code=1000,
+        close_reason="bye",
+        messages_in=3,
+        messages_out=3,
+        bytes_in=30,
+        bytes_out=30,
+        end_state="closed",
+    )
+
+
+SID = "6f1c1d1e-0000-4000-8000-000000000001"
+SID2 = "6f1c1d1e-0000-4000-8000-000000000002"
+
+
+def test_migrate_is_idempotent(database_url: str) -> None:
+    backend = make_backend(database_url)
+    backend.connect()
+    assert backend.migrate() == [1]
+    assert backend.migrate() == []
+    backend.close()
+    backend.close()  # idempotent
+    versions = fetch_rows(database_url, "SELECT version FROM schema_version")
+    assert versions == [{"version": 1}]
+
+
+def test_concurrent_migrations_apply_once(database_url: str) -> None:
+    applied: list[list[int]] = []
+
+    def start() -> None:
+        backend = make_backend(database_url)
+        backend.connect()
+        applied.append(backend.migrate())
+        backend.close()
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(applied) == [[], [], [], [1]]
+
+
+def test_batch_with_open_close_and_journal_in_one_transaction(database_url: str) -> None:
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+    batch: list[Record] = [
+        opened(SID),
+        MessageReceived(SID, 1, time.time(), 1, 5, b"hello"),
+        MessageReceived(SID, 2, time.time(), 2, 3, None),
+        closed(SID),
+        opened(SID2),
+    ]
+    backend.write(batch)
+    backend.write(batch)  # a retried batch must not duplicate anything
+    backend.close()
+    sessions = fetch_rows(
+        database_url, "SELECT id, end_state, close_code, messages_in FROM ws_sessions ORDER BY id"
+    )
+    assert [(str(s["id"]), s["end_state"], s["close_code"]) for s in sessions] == [
+        (SID, "closed", 1000),
+        (SID2, "open", None),
+    ]
+    messages = fetch_rows(database_url, "SELECT seq, size, payload FROM ws_messages ORDER BY seq")
+    assert [(m["seq"], m["size"], m["payload"] and bytes(m["payload"])) for m in messages] == [
+        (1, 5, b"hello"),
+        (2, 3, None),
+    ]
+
+
+def test_mark_crashed_touches_only_this_servers_open_sessions(database_url: str) -> None:
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+    other = "6f1c1d1e-0000-4000-8000-000000000003"
+    backend.write([opened(SID), opened(SID2), closed(SID2), opened(other, server_id="elsewhere")])
+    assert backend.mark_crashed("host:1:0", time.time()) == 1
+    assert backend.mark_crashed("host:1:0", time.time()) == 0
+    backend.close()
+    states = fetch_rows(database_url, "SELECT id, end_state FROM ws_sessions")
+    assert {str(r["id"]): r["end_state"] for r in states} == {
+        SID: "crashed",
+        SID2: "closed",
+        other: "open",
+    }
+
+
+def test_ping_and_reconnect(database_url: str) -> None:
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.ping()
+    backend.close()
+    backend.ping()  # reconnects on demand
+    backend.close()
+
+
+def test_postgres_describe_masks_the_password() -> None:
+    backend = make_backend("postgresql://echo:hunter2@127.0.0.1:1/echo")
+    assert backend.describe() == "postgresql://echo:***@127.0.0.1:1/echo"

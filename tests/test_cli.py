@@ -1,0 +1,144 @@
+"""The tornado-echo command as a user runs it: a real process, real signals, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import fetch_rows
+from tornado.websocket import websocket_connect
+
+COMMAND = [sys.executable, "-m", "tornado_echo"]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORNADO_ECHO_")}
+    return subprocess.run(
+        [*COMMAND, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_check_config_prints_effective_values_with_secrets_masked(tmp_path: Path) -> None:
+    conf = tmp_path / "echo.toml"
+    conf.write_text(
+        'database_url = "postgresql://echo:hunter2@db.example/echo"\nadmin_token = "t0k3n"\n'
+    )
+    result = run_cli("--config", str(conf), "--check-config", "--port", "9999", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'database_url = "postgresql://echo:***@db.example/echo"' in result.stdout
+    assert 'admin_token = "***"' in result.stdout
+    assert "port = 9999" in result.stdout
+    assert "hunter2" not in result.stdout and "t0k3n" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("conf_text", "args", "expected"),
+    [
+        ("port = -1\n", (), "key 'port': must be between 0 and 65535, got -1"),
+        ("colour = 1\n", (), "unknown key 'colour'"),
+        ("", ("--ping-interval", "soon"), "command line --ping-interval: key 'ping_interval'"),
+    ],
+)
+def test_config_errors_are_one_line_and_exit_2(
+    tmp_path: Path, conf_text: str, args: tuple[str, ...], expected: str
+) -> None:
+    conf = tmp_path / "echo.toml"
+    conf.write_text(conf_text)
+    result = run_cli("--config", str(conf), *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("tornado-echo: config error: ")
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_flag_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = run_cli("--colour", "blue", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unrecognized arguments: --colour blue" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_database_at_start_exits_1_with_masked_url(tmp_path: Path) -> None:
+    result = run_cli(
+        "--database-url",
+        "postgresql://echo:hunter2@127.0.0.1:1/echo",
+        "--port",
+        "0",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "cannot open store postgresql://echo:***@127.0.0.1:1/echo" in result.stderr
+    assert "hunter2" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def running_server(
+    tmp_path: Path, database_url: str
+) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+    """The real command on port 0 with JSON logs; yields (process, port, log file)."""
+    log = tmp_path / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORNADO_ECHO_")}
+    env.update(TORNADO_ECHO_LOG_FORMAT="json", TORNADO_ECHO_DATABASE_URL=database_url)
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [*COMMAND, "--port", "0"], cwd=tmp_path, env=env, stderr=sink, text=True
+        )
+    port = 0
+    for _ in range(300):
+        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
+        if found:
+            port = int(found.group(1))
+            break
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    if not port:
+        process.kill()
+        pytest.fail("server did not start:\n" + log.read_text())
+    yield process, port, log
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sigterm_closes_clients_with_1001_records_sessions_and_exits_0(
+    running_server: tuple[subprocess.Popen[str], int, Path], database_url: str
+) -> None:
+    process, port, log = running_server
+    client = await websocket_connect(f"ws://127.0.0.1:{port}/ws")
+    await client.write_message("echo me")
+    assert await client.read_message() == "echo me"
+    finished = await websocket_connect(f"ws://127.0.0.1:{port}/ws")
+    finished.close(1000)
+    await finished.read_message()
+
+    process.send_signal(signal.SIGTERM)
+    assert await client.read_message() is None
+    assert client.close_code == 1001
+    for _ in range(200):
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert process.returncode == 0, log.read_text()
+
+    rows = fetch_rows(database_url, "SELECT end_state, close_code FROM ws_sessions")
+    assert sorted((r["end_state"], r["close_code"]) for r in rows) == [
+        ("closed", 1000),
+        ("server_shutdown", 1001),
+    ]
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    ends = [e for e in entries if e.get("end_state")]
+    assert {e["end_state"] for e in ends} == {"closed", "server_shutdown"}
+    assert all(e["peer"] == "127.0.0.1" and e["path"] == "/ws" for e in ends)
+    assert any(e["messages_in"] == 1 and e["bytes_out"] == 7 for e in ends)

@@ -1,0 +1,154 @@
+"""Config: precedence of sources and one clear message for every kind of bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tornado_echo.config import FIELDS, Config, build_config, mask_url
+from tornado_echo.errors import ConfigError
+
+
+def write_conf(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "echo.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_any_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./conf/tornado-echo.toml here
+    config, path = build_config(environ={})
+    if Path("/etc/tornado-echo/tornado-echo.toml").exists():
+        pytest.skip("a system-wide conf file exists on this machine")
+    assert path is None
+    assert config == Config()
+
+
+def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
+    conf = write_conf(tmp_path, 'port = 9001\nlog_level = "debug"\nws_path = "/echo"\n')
+    environ = {"TORNADO_ECHO_PORT": "9002", "TORNADO_ECHO_LOG_LEVEL": "warning"}
+    config, path = build_config(str(conf), environ, {"port": "9003", "log_level": None})
+    assert path == conf
+    assert config.port == 9003  # flag beats environment
+    assert config.log_level == "warning"  # environment beats file
+    assert config.ws_path == "/echo"  # file beats default
+    assert config.ping_interval == 20.0  # default
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    conf = write_conf(tmp_path, "port = 9100\n")
+    config, path = build_config(environ={"TORNADO_ECHO_CONFIG": str(conf)})
+    assert (config.port, path) == (9100, conf)
+
+
+def test_default_conf_file_in_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "tornado-echo.toml").write_text("port = 9200\n")
+    monkeypatch.chdir(tmp_path)
+    config, path = build_config(environ={})
+    assert config.port == 9200
+    assert path == Path("conf/tornado-echo.toml")
+
+
+def test_shipped_conf_file_equals_the_defaults() -> None:
+    shipped = Path(__file__).resolve().parents[1] / "conf" / "tornado-echo.toml"
+    config, _ = build_config(str(shipped), environ={})
+    assert config == Config()
+
+
+def test_typed_values_from_text_sources(tmp_path: Path) -> None:
+    environ = {
+        "TORNADO_ECHO_COMPRESSION": "false",
+        "TORNADO_ECHO_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+        "TORNADO_ECHO_PING_INTERVAL": "2.5",
+    }
+    config, _ = build_config(str(write_conf(tmp_path, "")), environ)
+    assert config.compression is False
+    assert config.allowed_origins == ("https://a.example", "https://b.example")
+    assert config.ping_interval == 2.5
+
+
+def test_integer_accepted_where_a_number_is_expected(tmp_path: Path) -> None:
+    config, _ = build_config(str(write_conf(tmp_path, "shutdown_deadline = 3\n")), {})
+    assert config.shutdown_deadline == 3.0
+
+
+FILE_ERRORS = [
+    ("prot = 1\n", "unknown key 'prot' (value 1)"),
+    ('port = "80"\n', "key 'port': expected an integer, got '80'"),
+    ("port = 70000\n", "key 'port': must be between 0 and 65535, got 70000"),
+    ("port = true\n", "key 'port': expected an integer, got True"),
+    ("compression = 1\n", "key 'compression': expected a boolean, got 1"),
+    ('log_level = "loud"\n', "key 'log_level': must be one of debug, info, warning, error"),
+    ('ws_path = "ws"\n', "key 'ws_path': must be a path starting with /, got 'ws'"),
+    ('database_url = "mysql://x"\n', "key 'database_url': must be sqlite:///PATH or postgresql"),
+    ("allowed_origins = [1]\n", "key 'allowed_origins': expected a list of strings"),
+    ('allowed_origins = ["evil"]\n', "entry 'evil' must be '*' or an origin"),
+    ("ping_timeout = 0\n", "key 'ping_timeout': must be between 0.1 and 3600, got 0.0"),
+    ("port = \n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FILE_ERRORS, ids=[e[1][:30] for e in FILE_ERRORS])
+def test_file_errors_name_file_key_and_value(tmp_path: Path, text: str, expected: str) -> None:
+    conf = write_conf(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        build_config(str(conf), {})
+    message = str(raised.value)
+    assert message.startswith(f"{conf}: ")
+    assert expected in message
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml: config file not found"):
+        build_config(str(tmp_path / "nope.toml"), {})
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"TORNADO_ECHO_PORT": "eighty"}, "environment TORNADO_ECHO_PORT: key 'port': expected"),
+        ({"TORNADO_ECHO_PROT": "80"}, "environment TORNADO_ECHO_PROT: unknown setting"),
+        ({"TORNADO_ECHO_COMPRESSION": "maybe"}, "expected a boolean (true/false), got 'maybe'"),
+        ({"TORNADO_ECHO_WORKERS": "0"}, "key 'workers': must be between 1 and 256, got 0"),
+    ],
+)
+def test_environment_errors(tmp_path: Path, environ: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_config(str(write_conf(tmp_path, "")), environ)
+    assert expected in str(raised.value)
+
+
+def test_flag_errors_name_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_config(str(write_conf(tmp_path, "")), {}, {"max_message_size": "0"})
+    assert str(raised.value) == (
+        "command line --max-message-size: key 'max_message_size':"
+        " must be between 1 and 1073741824, got 0"
+    )
+
+
+def test_secret_values_are_not_echoed_in_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_config(str(write_conf(tmp_path, "admin_token = 12345\n")), {})
+    assert "admin_token" in str(raised.value)
+
+
+def test_masked_view_hides_secrets() -> None:
+    config = Config(database_url="postgresql://echo:s3cret@db.example/echo", admin_token="tok-123")
+    masked = config.masked()
+    assert masked["database_url"] == "postgresql://echo:***@db.example/echo"
+    assert masked["admin_token"] == "***"
+    assert masked["metrics_token"] == ""
+    assert set(config.secrets()) == {"s3cret", "tok-123"}
+
+
+def test_mask_url_without_password_is_unchanged() -> None:
+    assert mask_url("postgresql://echo@db/echo") == "postgresql://echo@db/echo"
+
+
+def test_every_key_is_documented() -> None:
+    assert all(spec.metadata["doc"] for spec in FIELDS.values())

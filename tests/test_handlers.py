@@ -1,0 +1,332 @@
+"""EchoWebSocket and the HTTP endpoints, over real sockets against the real app."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import pytest
+import tornado.web
+from conftest import SERVER_ID, fetch_rows
+from helpers import (
+    client_frame,
+    json_body,
+    open_raw_websocket,
+    raw_http,
+    read_server_frame,
+    upgrade_request,
+)
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from tornado_echo.config import Config
+from tornado_echo.connections import Connections
+from tornado_echo.handlers import EchoWebSocket
+from tornado_echo.store import Store
+
+# -- echo ---------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "message",
+    ["hello", "", "héllo wörld ✓ 🚀 日本語", b"\x00\x01\xff binary", b""],
+    ids=["text", "empty-text", "non-ascii", "binary", "empty-binary"],
+)
+async def test_echo_keeps_content_and_type(ws_url: str, message: str | bytes) -> None:
+    client = await websocket_connect(ws_url)
+    await client.write_message(message, binary=isinstance(message, bytes))
+    echoed = await client.read_message()
+    assert echoed == message
+    assert type(echoed) is type(message)
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_echo_of_one_mebibyte(ws_url: str, app_config: Config) -> None:
+    client = await websocket_connect(ws_url, max_message_size=2 * app_config.max_message_size)
+    text = "ab" * (app_config.max_message_size // 2)
+    payload = bytes(range(256)) * (app_config.max_message_size // 256)
+    await client.write_message(text)
+    assert await client.read_message() == text
+    await client.write_message(payload, binary=True)
+    assert await client.read_message() == payload
+    client.close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.app_config(max_message_size=1000)
+async def test_message_over_the_limit_closes_with_1009(ws_url: str) -> None:
+    client = await websocket_connect(ws_url)
+    await client.write_message("x" * 1000)
+    assert await client.read_message() == "x" * 1000
+    await client.write_message("x" * 1001)
+    assert await client.read_message() is None
+    assert client.close_code == 1009
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_order_is_kept_under_pipelining(ws_url: str) -> None:
+    client = await websocket_connect(ws_url)
+    sent = [f"message {i}" if i % 2 else f"{i}".encode() for i in range(2000)]
+    for message in sent:
+        client.write_message(message, binary=isinstance(message, bytes))
+    received = [await client.read_message() for _ in sent]
+    assert received == sent
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_two_hundred_concurrent_clients(ws_url: str, connections: Connections) -> None:
+    async def session(number: int) -> list[Any]:
+        client = await websocket_connect(ws_url)
+        replies = []
+        for round_ in range(5):
+            await client.write_message(f"{number}:{round_}")
+            replies.append(await client.read_message())
+        return replies
+
+    clients = 200
+    results = await asyncio.gather(*(session(n) for n in range(clients)))
+    assert results == [[f"{n}:{r}" for r in range(5)] for n in range(clients)]
+    assert connections.total == clients
+
+
+@pytest.mark.gen_test
+async def test_compression_is_negotiated_and_echo_works(ws_url: str) -> None:
+    client = await websocket_connect(ws_url, compression_options={})
+    assert "permessage-deflate" in client.headers.get("Sec-WebSocket-Extensions", "")
+    await client.write_message("squeeze me " * 100)
+    assert await client.read_message() == "squeeze me " * 100
+    client.close()
+
+
+# -- sessions in the store ----------------------------------------------------------------
+
+
+async def _closed(client: WebSocketClientConnection, connections: Connections) -> None:
+    await client.read_message()  # the server's close reply ends the read with None
+    for _ in range(200):
+        if len(connections) == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("session did not end")
+
+
+@pytest.mark.gen_test
+async def test_close_code_and_counters_land_in_the_store(
+    ws_url: str, store: Store, connections: Connections, app_config: Config
+) -> None:
+    client = await websocket_connect(ws_url, compression_options=None)
+    await client.write_message("héllo")  # 6 bytes in UTF-8
+    await client.read_message()
+    await client.write_message(b"\x00" * 10, binary=True)
+    await client.read_message()
+    client.close(4000, "done here")
+    await _closed(client, connections)
+    await store.close()
+    [row] = fetch_rows(app_config.database_url, "SELECT * FROM ws_sessions")
+    assert row["server_id"] == SERVER_ID
+    assert row["end_state"] == "closed"
+    assert (row["close_code"], row["close_reason"]) == (4000, "done here")
+    assert (row["messages_in"], row["messages_out"]) == (2, 2)
+    assert (row["bytes_in"], row["bytes_out"]) == (16, 16)
+    assert row["path"] == "/ws" and row["peer"] == "127.0.0.1"
+    assert row["closed_at"] >= row["opened_at"]
+
+
+@pytest.mark.gen_test
+async def test_dropped_connection_is_recorded_as_aborted(
+    http_server: Any, http_port: int, store: Store, connections: Connections, app_config: Config
+) -> None:
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(client_frame(0x1, b"hi"))
+    assert await read_server_frame(reader) == (0x1, b"hi")
+    writer.transport.abort()  # no close frame: a half-open peer going away
+    for _ in range(200):
+        if len(connections) == 0:
+            break
+        await asyncio.sleep(0.01)
+    await store.close()
+    [row] = fetch_rows(app_config.database_url, "SELECT * FROM ws_sessions")
+    assert (row["end_state"], row["close_code"]) == ("aborted", 1006)
+    assert row["messages_in"] == 1
+
+
+@pytest.mark.gen_test
+@pytest.mark.app_config(journal="full")
+async def test_full_journal_records_every_message(
+    ws_url: str, store: Store, connections: Connections, app_config: Config
+) -> None:
+    client = await websocket_connect(ws_url)
+    for message in ("one", b"\x02two"):
+        await client.write_message(message, binary=isinstance(message, bytes))
+        await client.read_message()
+    client.close()
+    await _closed(client, connections)
+    await store.close()
+    rows = fetch_rows(app_config.database_url, "SELECT * FROM ws_messages ORDER BY seq")
+    assert [(r["seq"], r["opcode"], r["size"], bytes(r["payload"])) for r in rows] == [
+        (1, 1, 3, b"one"),
+        (2, 2, 4, b"\x02two"),
+    ]
+
+
+# -- protocol strictness ------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("payload", "expected_code"),
+    [
+        (struct.pack("!H", 999), 1002),
+        (struct.pack("!H", 1005), 1002),
+        (struct.pack("!H", 2999), 1002),
+        (struct.pack("!H", 5000), 1002),
+        (b"\x03", 1002),
+        (struct.pack("!H", 1000) + b"\xff\xfe", 1007),
+        (struct.pack("!H", 4001) + b"ok", 4001),
+        (b"", None),
+    ],
+    ids=["999", "1005", "2999", "5000", "one-byte", "bad-utf8-reason", "valid-4001", "empty"],
+)
+async def test_close_frames_are_checked(
+    http_server: Any, http_port: int, payload: bytes, expected_code: int | None
+) -> None:
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(client_frame(0x8, payload))
+    opcode, reply = await asyncio.wait_for(read_server_frame(reader), 5)
+    assert opcode == 0x8
+    code = struct.unpack("!H", reply[:2])[0] if reply else None
+    assert code == expected_code
+    writer.close()
+
+
+# -- upgrade failures go through write_error ----------------------------------------------
+
+BAD_UPGRADES = {
+    "post": (upgrade_request(method="POST"), "POST"),
+    "no-upgrade-header": (upgrade_request(Upgrade=None), "Upgrade"),
+    "wrong-upgrade-header": (upgrade_request(Upgrade="h2c"), "Upgrade"),
+    "no-connection-header": (upgrade_request(Connection=None), "Connection"),
+    "wrong-connection-header": (upgrade_request(Connection="keep-alive"), "Connection"),
+    "no-key": (upgrade_request(Sec_WebSocket_Key=None), "Sec-WebSocket-Key"),
+    "short-key": (upgrade_request(Sec_WebSocket_Key="c2hvcnQ="), "Sec-WebSocket-Key"),
+    "non-base64-key": (upgrade_request(Sec_WebSocket_Key="!!not base64!!!!!!!!!!=="), "Key"),
+    "old-version": (upgrade_request(Sec_WebSocket_Version="8"), "Sec-WebSocket-Version"),
+    "no-version": (upgrade_request(Sec_WebSocket_Version=None), "Sec-WebSocket-Version"),
+}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("case", list(BAD_UPGRADES))
+async def test_bad_upgrade_gets_500_json(
+    http_server: Any, http_port: int, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    request, mentioned = BAD_UPGRADES[case]
+    status, headers, body = await raw_http(http_port, request)
+    assert status == 500
+    assert headers["content-type"] == "application/json"
+    error = json_body(body)
+    assert error["status"] == 500
+    assert mentioned in error["error"]
+    if "version" in case:
+        assert headers["sec-websocket-version"] == "13"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert any("127.0.0.1" in r.getMessage() and "500" in r.getMessage() for r in warnings)
+
+
+@pytest.mark.gen_test
+async def test_plain_http_get_gets_500_json(ws_url: str) -> None:
+    url = ws_url.replace("ws://", "http://")
+    with pytest.raises(HTTPClientError) as raised:
+        await AsyncHTTPClient().fetch(url)
+    assert raised.value.code == 500
+    assert raised.value.response is not None
+    assert json_body(raised.value.response.body)["status"] == 500
+
+
+class _BrokenSubprotocols(EchoWebSocket):
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        raise RuntimeError("subprotocol selection failed")
+
+
+@pytest.mark.gen_test
+async def test_exception_while_opening_gets_500_json(
+    io_loop: Any, app_config: Config, store: Store, connections: Connections
+) -> None:
+    from tornado.httpserver import HTTPServer
+    from tornado.testing import bind_unused_port
+
+    kwargs = {"db": store, "config": app_config, "connections": connections, "server_id": "t"}
+    server = HTTPServer(tornado.web.Application([("/ws", _BrokenSubprotocols, kwargs)]))
+    sock, port = bind_unused_port()
+    server.add_socket(sock)
+    try:
+        status, _, body = await raw_http(port, upgrade_request(Sec_WebSocket_Protocol="chat"))
+    finally:
+        server.stop()
+    assert status == 500
+    assert json_body(body) == {"status": 500, "error": "internal error"}
+
+
+@pytest.mark.gen_test
+async def test_forbidden_origin_gets_403_json(http_server: Any, http_port: int) -> None:
+    request = upgrade_request(Origin="https://evil.example")
+    status, _, body = await raw_http(http_port, request)
+    assert status == 403
+    assert json_body(body)["status"] == 403
+    assert "evil.example" in json_body(body)["error"]
+
+
+@pytest.mark.gen_test
+@pytest.mark.app_config(allowed_origins=("https://app.example",))
+async def test_allowed_origin_is_upgraded(http_server: Any, http_port: int) -> None:
+    status, _, _ = await raw_http(http_port, upgrade_request(Origin="https://app.example"))
+    assert status == 101
+
+
+@pytest.mark.gen_test
+async def test_same_host_origin_is_upgraded(http_server: Any, http_port: int) -> None:
+    status, _, _ = await raw_http(http_port, upgrade_request(Origin="http://127.0.0.1"))
+    assert status == 101
+
+
+@pytest.mark.gen_test
+@pytest.mark.app_config(max_connections=2)
+async def test_connection_limit_gets_503(ws_url: str, http_port: int) -> None:
+    first, second = await websocket_connect(ws_url), await websocket_connect(ws_url)
+    status, _, body = await raw_http(http_port, upgrade_request())
+    assert status == 503
+    assert json_body(body) == {"status": 503, "error": "connection limit reached"}
+    first.close()
+    second.close()
+
+
+# -- health -------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_healthz_and_readyz(
+    http_client: Any, base_url: str, connections: Connections
+) -> None:
+    base = base_url.replace("localhost", "127.0.0.1")
+    health = await http_client.fetch(base + "/healthz")
+    assert (health.code, json_body(health.body)["status"]) == (200, "ok")
+    ready = await http_client.fetch(base + "/readyz")
+    assert ready.code == 200
+    assert json_body(ready.body)["store"]["available"] is True
+    connections.start_draining()
+    draining = await http_client.fetch(base + "/readyz", raise_error=False)
+    assert draining.code == 503
+    assert json_body(draining.body)["reason"] == "draining"
+
+
+@pytest.mark.gen_test
+async def test_unknown_path_gets_404_json(http_client: Any, base_url: str) -> None:
+    response = await http_client.fetch(
+        base_url.replace("localhost", "127.0.0.1") + "/nope", raise_error=False
+    )
+    assert response.code == 404
+    assert json_body(response.body) == {"status": 404, "error": "no such path: /nope"}

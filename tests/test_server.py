@@ -1,0 +1,96 @@
+"""Server lifecycle in-process: graceful shutdown order, 1001 closes, store flush."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from conftest import fetch_rows
+from helpers import raw_http, upgrade_request
+from tornado.websocket import websocket_connect
+
+from tornado_echo.config import Config
+from tornado_echo.server import Server
+
+
+def make_server(tmp_path: Path, database_url: str, **overrides: object) -> Server:
+    settings: dict[str, object] = {
+        "port": 0,
+        "database_url": database_url,
+        "state_dir": str(tmp_path),
+        "batch_delay": 0.01,
+    }
+    settings.update(overrides)
+    return Server(Config(**settings), server_id="test:0:0")  # type: ignore[arg-type]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_shutdown_closes_clients_with_1001_and_flushes_the_store(
+    tmp_path: Path, database_url: str
+) -> None:
+    server = make_server(tmp_path, database_url)
+    serving = asyncio.ensure_future(server.serve())
+    while not server.sockets:
+        await asyncio.sleep(0.01)
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    clients = [await websocket_connect(url) for _ in range(5)]
+    for client in clients:
+        await client.write_message("before shutdown")
+        assert await client.read_message() == "before shutdown"
+    server.request_exit()
+    assert await asyncio.wait_for(serving, 20) == 0
+    for client in clients:
+        assert await client.read_message() is None
+        assert client.close_code == 1001
+    rows = fetch_rows(database_url, "SELECT end_state, close_code, messages_in FROM ws_sessions")
+    assert [(r["end_state"], r["close_code"], r["messages_in"]) for r in rows] == [
+        ("server_shutdown", 1001, 1)
+    ] * 5
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_draining_server_refuses_upgrades_with_503(tmp_path: Path, sqlite_url: str) -> None:
+    server = make_server(tmp_path, sqlite_url, shutdown_deadline=5.0)
+    await server.start()
+    client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
+    server.connections.start_draining()
+    status, _, body = await raw_http(server.port, upgrade_request())
+    assert (status, body) == (503, b'{"status": 503, "error": "server is shutting down"}')
+    client.close()
+    assert await server.shutdown() == 0
+    assert await server.shutdown() == 0  # idempotent
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_client_ignoring_the_close_is_dropped_at_the_deadline(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    server = make_server(tmp_path, sqlite_url, shutdown_deadline=0.5)
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(upgrade_request())
+    await reader.readuntil(b"\r\n\r\n")
+    # This client never answers the close frame: shutdown must not wait past its deadline.
+    started = asyncio.get_running_loop().time()
+    assert await server.shutdown() == 1
+    assert asyncio.get_running_loop().time() - started < 10
+    writer.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_second_sigint_forces_exit(tmp_path: Path, sqlite_url: str) -> None:
+    import signal
+
+    server = make_server(tmp_path, sqlite_url, shutdown_deadline=60.0)
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(upgrade_request())
+    await reader.readuntil(b"\r\n\r\n")
+    server.request_exit(signal.SIGINT)
+    shutting_down = asyncio.ensure_future(server.shutdown())
+    await asyncio.sleep(0.2)
+    assert not shutting_down.done()  # waiting for the unresponsive client
+    server.request_exit(signal.SIGINT)
+    assert await asyncio.wait_for(shutting_down, 5) == 1
+    writer.close()
