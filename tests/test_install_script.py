@@ -156,6 +156,10 @@ def test_staged_install_with_offline_venv(tmp_path: Path) -> None:
 
     entry_point = venv / "bin" / "tornado-echo"
     assert os.access(entry_point, os.X_OK)
+    # The staged units start exactly the installed entry point.
+    for unit in UNITS:
+        text = (root / "etc" / "systemd" / "system" / unit).read_text()
+        assert f"ExecStart={str(entry_point).removeprefix(str(root))} " in text
     assert entry_point.read_text().splitlines()[0] == f"#!{venv}/bin/python3"
     located = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import tornado_echo; print(tornado_echo.__file__)"],
@@ -172,3 +176,13 @@ def test_staged_install_with_offline_venv(tmp_path: Path) -> None:
     run("--root", root, "--uninstall")
     assert not venv.exists()
     assert not (root / "opt" / "tornado-echo").exists()
+
+
+def test_shellcheck_clean() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (Debian package 'shellcheck'); script not linted")
+    result = subprocess.run(
+        [shellcheck, str(SCRIPT)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout

@@ -134,3 +134,36 @@ def test_template_differs_only_by_port() -> None:
     assert setting(CONF / "tornado-echo@.service", "Service", "ExecStart").endswith(
         " --port %i"
     )
+
+
+HARDENING = (
+    "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "SystemCallFilter",
+    "CapabilityBoundingSet", "RestrictNamespaces", "MemoryDenyWriteExecute",
+)
+
+
+def security_check(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """systemd-analyze security, failing above an exposure of 2.0 (of 10)."""
+    assert SYSTEMD_ANALYZE is not None
+    unit = tmp_path / "tornado-echo.service"
+    unit.write_text(unit_text)
+    return subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--threshold=20", "--no-pager", str(unit)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+@needs_systemd_analyze
+def test_unit_is_hardened(tmp_path: Path) -> None:
+    result = security_check((CONF / "tornado-echo.service").read_text(), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_systemd_analyze
+def test_weakened_unit_fails_the_security_check(tmp_path: Path) -> None:
+    lines = (CONF / "tornado-echo.service").read_text().splitlines(keepends=True)
+    weakened = "".join(line for line in lines if line.split("=", 1)[0] not in HARDENING)
+    assert len(weakened) < sum(map(len, lines))
+    result = security_check(weakened, tmp_path)
+    assert result.returncode != 0
+    assert "Overall exposure level" in result.stdout
