@@ -99,8 +99,9 @@ class Notifier:
     def reloading(self) -> bool:
         """A reload began: ``RELOADING=1`` with the ``CLOCK_MONOTONIC`` timestamp.
 
-        systemd >= 253 matches the timestamp against the reload it requested; older
-        versions ignore it. Send :meth:`ready` when the reload is done.
+        systemd >= 253 wants the timestamp with every ``RELOADING=1`` (sd_notify(3)) to
+        order the reload against its own clock; older versions ignore it. Send
+        :meth:`ready` when the reload is done.
         """
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
