@@ -19,7 +19,10 @@ UNITS = ("tornado-echo.service", "tornado-echo@.service")
 def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         ["bash", str(SCRIPT), *map(str, args)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
@@ -136,10 +139,16 @@ def offline_python() -> str | None:
     the base interpreter, not from the venv running the tests.
     """
     for python in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if Path(python).is_file() and subprocess.run(
-            [python, "-c", "import setuptools, wheel, venv"],
-            capture_output=True, timeout=60, check=False,
-        ).returncode == 0:
+        if (
+            Path(python).is_file()
+            and subprocess.run(
+                [python, "-c", "import setuptools, wheel, venv"],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            ).returncode
+            == 0
+        ):
             return python
     return None
 
@@ -147,8 +156,10 @@ def offline_python() -> str | None:
 def test_staged_install_with_offline_venv(tmp_path: Path) -> None:
     python = offline_python()
     if python is None:
-        pytest.skip("no system python3 with setuptools and wheel (Debian python3-setuptools "
-                    "python3-wheel python3-venv) to build offline")
+        pytest.skip(
+            "no system python3 with setuptools and wheel (Debian python3-setuptools "
+            "python3-wheel python3-venv) to build offline"
+        )
     root = tmp_path / "stage"
     venv = root / "opt" / "tornado-echo" / "venv"
     src = source_copy(tmp_path)
@@ -163,7 +174,11 @@ def test_staged_install_with_offline_venv(tmp_path: Path) -> None:
     assert entry_point.read_text().splitlines()[0] == f"#!{venv}/bin/python3"
     located = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import tornado_echo; print(tornado_echo.__file__)"],
-        capture_output=True, text=True, timeout=60, check=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
     ).stdout.strip()
     assert Path(located).is_relative_to(venv)
 

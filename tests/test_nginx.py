@@ -57,7 +57,10 @@ def nginx_test(fragment: str, tmp_path: Path) -> subprocess.CompletedProcess[str
     )
     return subprocess.run(
         [NGINX, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", "stderr"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -72,7 +75,7 @@ def test_nginx_conf_is_valid(tmp_path: Path) -> None:
     [
         ("least_conn;", "least_con;", 'unknown directive "least_con"'),
         ("proxy_read_timeout 75s;", "proxy_read_timeout 75x;", '"proxy_read_timeout"'),
-        ("deny all;", "deny all", "invalid number of arguments in \"deny\""),
+        ("deny all;", "deny all", 'invalid number of arguments in "deny"'),
     ],
 )
 def test_broken_conf_is_caught(old: str, new: str, expected: str, tmp_path: Path) -> None:

@@ -216,9 +216,7 @@ def lowered_nofile() -> Iterator[int]:
     resource.setrlimit(resource.RLIMIT_NOFILE, saved)
 
 
-def test_raise_nofile_limit_to_hard(
-    lowered_nofile: int, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_raise_nofile_limit_to_hard(lowered_nofile: int, caplog: pytest.LogCaptureFixture) -> None:
     hard = lowered_nofile
     with caplog.at_level(logging.WARNING, logger="tornado_echo.systemd"):
         assert raise_nofile_limit(300) == hard

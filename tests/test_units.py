@@ -66,7 +66,10 @@ def verify(unit_text: str, unit_name: str, tmp_path: Path) -> str:
     unit.write_text(unit_text.replace(EXEC_PATH, str(stub)))
     result = subprocess.run(
         [SYSTEMD_ANALYZE, "verify", "--man=no", str(unit)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     complaints = (result.stdout + result.stderr).strip()
     if result.returncode != 0 and not complaints:
@@ -131,14 +134,18 @@ def test_template_differs_only_by_port() -> None:
     template = unit_settings(CONF / "tornado-echo@.service")
     differing = {k for s, k, v in set(plain) ^ set(template)}
     assert differing == {"Description", "ExecStart"}
-    assert setting(CONF / "tornado-echo@.service", "Service", "ExecStart").endswith(
-        " --port %i"
-    )
+    assert setting(CONF / "tornado-echo@.service", "Service", "ExecStart").endswith(" --port %i")
 
 
 HARDENING = (
-    "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "SystemCallFilter",
-    "CapabilityBoundingSet", "RestrictNamespaces", "MemoryDenyWriteExecute",
+    "NoNewPrivileges",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "SystemCallFilter",
+    "CapabilityBoundingSet",
+    "RestrictNamespaces",
+    "MemoryDenyWriteExecute",
 )
 
 
@@ -149,7 +156,10 @@ def security_check(unit_text: str, tmp_path: Path) -> subprocess.CompletedProces
     unit.write_text(unit_text)
     return subprocess.run(
         [SYSTEMD_ANALYZE, "security", "--offline=yes", "--threshold=20", "--no-pager", str(unit)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

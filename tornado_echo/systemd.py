@@ -122,8 +122,9 @@ class Notifier:
             address = "\0" + address[1:]
         elif not address.startswith("/"):
             # vsock: and other schemes of newer systemd are not supported here.
-            self._warn_once("unsupported NOTIFY_SOCKET address %r; notifications disabled",
-                            self._address)
+            self._warn_once(
+                "unsupported NOTIFY_SOCKET address %r; notifications disabled", self._address
+            )
             self._address = None
             return False
         payload = "\n".join(fields).encode("utf-8")
@@ -203,6 +204,8 @@ def raise_nofile_limit(wanted: int) -> int:
     if soft != infinity and wanted > soft:
         logger.warning(
             "%d file descriptors wanted but RLIMIT_NOFILE is %d (hard %s); raise LimitNOFILE=",
-            wanted, soft, "unlimited" if hard == infinity else hard,
+            wanted,
+            soft,
+            "unlimited" if hard == infinity else hard,
         )
     return soft
