@@ -23,6 +23,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
 from tornado_echo.handlers import EchoWebSocket
+from tornado_echo.metrics import Metrics
 from tornado_echo.store import Store
 
 # -- echo ---------------------------------------------------------------------------------
@@ -259,7 +260,13 @@ async def test_exception_while_opening_gets_500_json(
     from tornado.httpserver import HTTPServer
     from tornado.testing import bind_unused_port
 
-    kwargs = {"db": store, "config": app_config, "connections": connections, "server_id": "t"}
+    kwargs = {
+        "db": store,
+        "config": app_config,
+        "connections": connections,
+        "server_id": "t",
+        "metrics": Metrics(),
+    }
     server = HTTPServer(tornado.web.Application([("/ws", _BrokenSubprotocols, kwargs)]))
     sock, port = bind_unused_port()
     server.add_socket(sock)

@@ -2,13 +2,73 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import tornado.web
 from tornado.log import access_log
 
 from .config import Config
 from .connections import Connections
-from .handlers import EchoWebSocket, HealthHandler, NotFoundHandler, ReadyHandler
+from .handlers import EchoWebSocket, HealthHandler, MetricsHandler, NotFoundHandler, ReadyHandler
+from .metrics import Metrics
 from .store import Store
+
+
+class EchoApplication(tornado.web.Application):
+    """The application, plus :meth:`reconfigure` for a live reload.
+
+    Handlers receive the config through their route's kwargs; reconfiguring replaces it in
+    those kwargs, so every connection opened afterwards sees the new values while open ones
+    keep theirs.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        db: Store,
+        connections: Connections,
+        server_id: str,
+        metrics: Metrics,
+    ) -> None:
+        self._ws_kwargs: dict[str, Any] = {
+            "db": db,
+            "config": config,
+            "connections": connections,
+            "server_id": server_id,
+            "metrics": metrics,
+        }
+        self._metrics_kwargs: dict[str, Any] = {
+            "metrics": metrics,
+            "connections": connections,
+            "db": db,
+            "token": config.metrics_token,
+        }
+        super().__init__(
+            [
+                (config.ws_path, EchoWebSocket, self._ws_kwargs),
+                ("/healthz", HealthHandler),
+                ("/readyz", ReadyHandler, {"db": db, "connections": connections}),
+                ("/metrics", MetricsHandler, self._metrics_kwargs),
+            ],
+            default_handler_class=NotFoundHandler,
+            compress_response=False,
+            log_function=_log_request,
+            **_live_settings(config),
+        )
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply what can change without a restart to connections opened from now on."""
+        self._ws_kwargs["config"] = config
+        self._metrics_kwargs["token"] = config.metrics_token
+        self.settings.update(_live_settings(config))
+
+
+def _live_settings(config: Config) -> dict[str, Any]:
+    return {
+        "websocket_max_message_size": config.max_message_size,
+        "websocket_ping_interval": config.ping_interval or None,
+        "websocket_ping_timeout": config.ping_timeout,
+    }
 
 
 def make_app(
@@ -16,26 +76,19 @@ def make_app(
     db: Store,
     connections: Connections | None = None,
     server_id: str = "local",
-) -> tornado.web.Application:
-    """The application serving ``config.ws_path`` plus /healthz and /readyz.
+    metrics: Metrics | None = None,
+) -> EchoApplication:
+    """The application serving ``config.ws_path``, /healthz, /readyz and /metrics.
 
     ``db`` must be started before the first connection; ``connections`` is shared with the
     server so that shutdown can reach every open session.
     """
-    connections = Connections() if connections is None else connections
-    ws_kwargs = {"db": db, "config": config, "connections": connections, "server_id": server_id}
-    return tornado.web.Application(
-        [
-            (config.ws_path, EchoWebSocket, ws_kwargs),
-            ("/healthz", HealthHandler),
-            ("/readyz", ReadyHandler, {"db": db, "connections": connections}),
-        ],
-        default_handler_class=NotFoundHandler,
-        websocket_max_message_size=config.max_message_size,
-        websocket_ping_interval=config.ping_interval or None,
-        websocket_ping_timeout=config.ping_timeout,
-        compress_response=False,
-        log_function=_log_request,
+    return EchoApplication(
+        config,
+        db,
+        Connections() if connections is None else connections,
+        server_id,
+        Metrics() if metrics is None else metrics,
     )
 
 

@@ -12,16 +12,12 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
-
-import tornado.netutil
-import tornado.process
+from collections.abc import Callable, Sequence
 
 from . import __version__
 from .config import FIELDS, Config, build_config, env_name, flag_name
 from .errors import ConfigError, EchoError
 from .logs import setup_logging
-from .server import Server, default_server_id
 
 logger = logging.getLogger(__name__)
 
@@ -73,21 +69,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     setup_logging(config.log_level, config.log_format, config.secrets())
     logger.info("tornado-echo %s starting (conf file: %s)", __version__, path or "none")
-    return run(config)
+
+    def reload_config() -> Config:
+        return build_config(args.config, flags=flags)[0]
+
+    return run(config, reload_config)
 
 
-def run(config: Config) -> int:
-    """Serve until told to stop; forks ``config.workers`` processes sharing the port."""
-    sockets = None
-    worker = 0
-    if config.workers > 1:
-        sockets = tornado.netutil.bind_sockets(
-            config.port, config.host, reuse_port=True, backlog=1024
-        )
-        worker = tornado.process.fork_processes(config.workers, max_restarts=100)
-    server = Server(config, default_server_id(config, worker))
+def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+    """Serve until told to stop."""
+    # Imported here, not at the top: the metrics module must be imported only after the
+    # process knows whether it runs several workers (prometheus_client decides at import).
+    from .server import Server, default_server_id
+    from .systemd import Notifier, raise_nofile_limit
+
+    # Each connection is a descriptor; keep headroom for the database, spool and listeners.
+    raise_nofile_limit(config.max_connections + 64)
+    server = Server(
+        config,
+        default_server_id(config),
+        reload_config=reload_config,
+        notifier=Notifier.from_environ(),
+    )
     try:
-        return asyncio.run(server.serve(sockets))
+        return asyncio.run(server.serve())
     except EchoError as exc:
         logger.error("%s", exc)
         return 1

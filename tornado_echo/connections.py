@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
@@ -11,15 +12,37 @@ logger = logging.getLogger(__name__)
 GOING_AWAY = 1001
 
 
-class Closable(Protocol):
+class Session(Protocol):
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+
     def close_for_shutdown(self, code: int, reason: str) -> None: ...
+
+
+@dataclass
+class Traffic:
+    """Messages and payload bytes each way, summed over sessions."""
+
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def add(self, session: Session) -> None:
+        self.messages_in += session.messages_in
+        self.messages_out += session.messages_out
+        self.bytes_in += session.bytes_in
+        self.bytes_out += session.bytes_out
 
 
 class Connections:
     """Tracks open sessions; used only on the IOLoop thread."""
 
     def __init__(self) -> None:
-        self._open: set[Closable] = set()
+        self._open: set[Session] = set()
+        self._ended_traffic = Traffic()
         self.total = 0
         self.draining = False
         self._empty = asyncio.Event()
@@ -28,15 +51,26 @@ class Connections:
     def __len__(self) -> int:
         return len(self._open)
 
-    def add(self, session: Closable) -> None:
+    def add(self, session: Session) -> None:
         self._open.add(session)
         self.total += 1
         self._empty.clear()
 
-    def discard(self, session: Closable) -> None:
-        self._open.discard(session)
+    def discard(self, session: Session) -> None:
+        """Forget an ended session, keeping its traffic in the totals."""
+        if session in self._open:
+            self._open.remove(session)
+            self._ended_traffic.add(session)
         if not self._open:
             self._empty.set()
+
+    def traffic(self) -> Traffic:
+        """Totals since start, ended and open sessions alike (for metrics; O(open sessions))."""
+        ended = self._ended_traffic
+        total = Traffic(ended.messages_in, ended.messages_out, ended.bytes_in, ended.bytes_out)
+        for session in self._open:
+            total.add(session)
+        return total
 
     def start_draining(self) -> None:
         """From now on new upgrades are refused (503) and /readyz reports draining."""

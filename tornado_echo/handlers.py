@@ -22,8 +22,10 @@ from typing import Any
 import tornado.web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from .access import is_authorized
 from .config import Config
 from .connections import Connections
+from .metrics import CONTENT_TYPE, Metrics
 from .protocol import OPCODE_BINARY, OPCODE_TEXT, EchoProtocol
 from .store import MessageReceived, SessionClosed, SessionOpened, Store
 
@@ -56,10 +58,16 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
     """Echoes every message back with the same type, in order; records each session."""
 
     def initialize(
-        self, db: Store, config: Config, connections: Connections, server_id: str
+        self,
+        db: Store,
+        config: Config,
+        connections: Connections,
+        server_id: str,
+        metrics: Metrics,
     ) -> None:
         self.db = db
         self.config = config
+        self.metrics = metrics
         self.connections = connections
         self.server_id = server_id
         self.session_id = ""
@@ -74,55 +82,63 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
 
     def prepare(self) -> None:
         if self.request.method != "GET":
-            self._reject(500, f"method {self.request.method} cannot be upgraded (use GET)")
+            self._reject(
+                500, "method", f"method {self.request.method} cannot be upgraded (use GET)"
+            )
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         problem = self._upgrade_problem()
         if problem is not None:
-            self._reject(500, problem)
+            self._reject(500, *problem)
             return
         # Tornado's own check: Sec-Fetch-Site, then Origin against Host, then check_origin.
         forbidden = self._check_cross_origin(self.check_origin)
         if forbidden is not None:
-            self._reject(403, forbidden)
+            self._reject(403, "origin", forbidden)
             return
         if self.connections.draining:
-            self._reject(503, "server is shutting down")
+            self._reject(503, "draining", "server is shutting down")
             return
         if len(self.connections) >= self.config.max_connections:
-            self._reject(503, "connection limit reached")
+            self._reject(503, "connection_limit", "connection limit reached")
             return
         await super().get(*args, **kwargs)
 
-    def _upgrade_problem(self) -> str | None:
+    def _upgrade_problem(self) -> tuple[str, str] | None:
+        """(metric label, message) of what makes this request impossible to upgrade."""
         headers = self.request.headers
         if headers.get("Upgrade", "").lower() != "websocket":
-            return "missing or invalid Upgrade header (expected 'websocket')"
+            return "upgrade_header", "missing or invalid Upgrade header (expected 'websocket')"
         tokens = {part.strip().lower() for part in headers.get("Connection", "").split(",")}
         if "upgrade" not in tokens:
-            return "missing or invalid Connection header (expected 'Upgrade')"
+            return "connection_header", "missing or invalid Connection header (expected 'Upgrade')"
         version = headers.get("Sec-WebSocket-Version")
         if version != "13":
-            return f"unsupported Sec-WebSocket-Version {version!r} (supported: 13)"
+            return "version", f"unsupported Sec-WebSocket-Version {version!r} (supported: 13)"
         key = headers.get("Sec-WebSocket-Key")
         if not key:
-            return "missing Sec-WebSocket-Key header"
+            return "key", "missing Sec-WebSocket-Key header"
         try:
             valid_key = len(base64.b64decode(key, validate=True)) == 16
         except (binascii.Error, ValueError):
             valid_key = False
         if not valid_key:
-            return "invalid Sec-WebSocket-Key (must be 16 bytes, base64)"
+            return "key", "invalid Sec-WebSocket-Key (must be 16 bytes, base64)"
         if not headers.get("Host"):
-            return "missing Host header"
+            return "host", "missing Host header"
         return None
 
-    def _reject(self, status: int, reason: str) -> None:
+    def _reject(self, status: int, label: str, reason: str) -> None:
         self.error_reason = reason
+        self.rejection_label = label
         self.send_error(status)
+
+    rejection_label = "error"
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         status = status_code if status_code in POLICY_STATUSES else 500
+        self.metrics.handshakes.labels(str(status)).inc()
+        self.metrics.rejections.labels(self.rejection_label).inc()
         body = self.json_error_body(status, kwargs.get("exc_info"))
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -162,6 +178,8 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         self.session_id = str(uuid.uuid4())
         self._opened_at = time.monotonic()
         self.connections.add(self)
+        self.metrics.handshakes.labels("accepted").inc()
+        self.metrics.connections.inc()
         self.set_nodelay(True)
         headers = self.request.headers
         protocol = self._protocol
@@ -226,6 +244,7 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         if code is None:
             code = NO_STATUS_RECEIVED if end_state == "closed" else ABNORMAL_CLOSURE
         duration = time.monotonic() - self._opened_at
+        self.metrics.close_codes.labels(str(code), end_state).inc()
         self.db.submit(
             SessionClosed(
                 session_id=self.session_id,
@@ -316,6 +335,24 @@ class ReadyHandler(JsonHandler):
             self.write_json(503, {"status": "unavailable", "reason": reason, **body})
         else:
             self.write_json(200, {"status": "ok", **body})
+
+
+class MetricsHandler(JsonHandler):
+    """Prometheus scrape endpoint; loopback peers or ``Authorization: Bearer <metrics_token>``."""
+
+    def initialize(self, metrics: Metrics, connections: Connections, db: Store, token: str) -> None:
+        self.metrics = metrics
+        self.connections = connections
+        self.db = db
+        self.token = token
+
+    def get(self) -> None:
+        if not is_authorized(self.request, self.token):
+            self.error_reason = "metrics are served to loopback or with the metrics token"
+            raise tornado.web.HTTPError(403)
+        self.metrics.refresh(self.connections, self.db)
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(self.metrics.exposition())
 
 
 class NotFoundHandler(JsonHandler):

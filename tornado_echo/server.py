@@ -1,32 +1,59 @@
-"""Process lifecycle: bind, serve, and shut down in a fixed order within a deadline.
+"""Process lifecycle: bind, serve, reload, and shut down in a fixed order within a deadline.
 
-Shutdown order (SIGTERM or SIGINT): readiness goes 503 and new upgrades are refused; the
-listener stops accepting; every open WebSocket gets a 1001 Going Away close; the server waits
-for them until ``shutdown_deadline``; the store drains what is queued in the time left (at
-least ``MIN_STORE_DRAIN`` seconds). Signal handlers only set flags. A second SIGINT skips the
-waiting.
+Shutdown order (SIGTERM or SIGINT): systemd hears STOPPING=1; readiness goes 503 and new
+upgrades are refused; the listener stops accepting; every open WebSocket gets a 1001 Going
+Away close; the server waits for them until ``shutdown_deadline``; the store drains what is
+queued in the time left (at least ``MIN_STORE_DRAIN`` seconds). Signal handlers only set
+flags. A second SIGINT skips the waiting.
+
+SIGHUP re-reads the configuration (off the IOLoop thread) and applies the keys in
+``LIVE_KEYS`` to connections opened from then on; other changed keys are logged as needing
+a restart; a configuration that fails validation is refused and the running one kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import tornado.httpserver
 import tornado.netutil
 
-from .app import make_app
+from .app import EchoApplication, make_app
 from .config import Config
 from .connections import Connections
+from .errors import ConfigError
+from .logs import setup_logging
+from .metrics import Metrics
 from .store import Store, make_store
+from .systemd import Notifier
 
 logger = logging.getLogger(__name__)
 
 MIN_STORE_DRAIN = 2.0
+TICK = 0.5  # housekeeping period: loop lag, metrics, watchdog, status
+STATUS_EVERY = 5.0
+LIVE_KEYS = frozenset(
+    {
+        "allowed_origins",
+        "max_message_size",
+        "max_connections",
+        "ping_interval",
+        "ping_timeout",
+        "compression",
+        "journal",
+        "log_level",
+        "log_format",
+        "shutdown_deadline",
+        "admin_token",
+        "metrics_token",
+    }
+)
 
 
 def default_server_id(config: Config, worker: int = 0) -> str:
@@ -35,18 +62,30 @@ def default_server_id(config: Config, worker: int = 0) -> str:
 
 
 class Server:
-    """One serving process: its store, application, listener and shutdown sequence."""
+    """One serving process: its store, application, listener, signals and shutdown."""
 
-    def __init__(self, config: Config, server_id: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server_id: str | None = None,
+        reload_config: Callable[[], Config] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
         self.server_id = server_id or default_server_id(config)
+        self.reload_config = reload_config
+        self.notifier = notifier or Notifier(None)
         self.connections = Connections()
+        self.metrics = Metrics()
         self.store: Store = make_store(config, self.server_id)
+        self.app: EchoApplication | None = None
         self.http: tornado.httpserver.HTTPServer | None = None
         self.sockets: list[socket.socket] = []
         self.exit_requested = False
         self.force_exit = False
-        self._exit_event: asyncio.Event | None = None
+        self.reload_requested = False
+        self._wakeup: asyncio.Event | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
@@ -58,16 +97,18 @@ class Server:
         """Open the store, then listen. Raises StoreError when the store cannot be opened."""
         if self.http is not None:
             return
-        self._exit_event = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self.store.on_batch = self.metrics.batch_seconds.observe
         await self.store.start()
-        app = make_app(self.config, self.store, self.connections, self.server_id)
+        self.app = make_app(self.config, self.store, self.connections, self.server_id, self.metrics)
         self.http = tornado.httpserver.HTTPServer(
-            app, xheaders=self.config.behind_proxy, idle_connection_timeout=60
+            self.app, xheaders=self.config.behind_proxy, idle_connection_timeout=60
         )
         self.sockets = sockets or tornado.netutil.bind_sockets(
             self.config.port, self.config.host, backlog=1024
         )
         self.http.add_sockets(self.sockets)
+        self._housekeeping = asyncio.ensure_future(self._housekeep())
         logger.info(
             "listening on %s:%d%s, store %s",
             self.config.host,
@@ -75,27 +116,116 @@ class Server:
             self.config.ws_path,
             self.store.backend.describe(),
         )
+        self.notifier.ready(self._status_line())
+
+    # -- signals: flags only ---------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_exit, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
     def request_exit(self, sig: int = signal.SIGTERM) -> None:
         """Signal handler: only sets flags (a second SIGINT forces exit)."""
         if self.exit_requested and sig == signal.SIGINT:
             self.force_exit = True
         self.exit_requested = True
-        if self._exit_event is not None:
-            self._exit_event.set()
+        self._wake()
+
+    def request_reload(self) -> None:
+        """Signal handler for SIGHUP: only sets a flag."""
+        self.reload_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # -- main loop -------------------------------------------------------------------------
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> int:
         """Run until a signal, then shut down; returns the process exit code."""
-        await self.start(sockets)
-        self.install_signal_handlers()
-        assert self._exit_event is not None
-        await self._exit_event.wait()
-        return await self.shutdown()
+        self.notifier.start()
+        try:
+            await self.start(sockets)
+            self.install_signal_handlers()
+            assert self._wakeup is not None
+            while not self.exit_requested:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                if self.reload_requested and not self.exit_requested:
+                    self.reload_requested = False
+                    await self.reload()
+            return await self.shutdown()
+        finally:
+            self.notifier.close()
+
+    async def reload(self) -> bool:
+        """Re-read the configuration and apply what can change live; False if refused."""
+        if self.reload_config is None or self.app is None:
+            logger.warning("reload requested but this server has no configuration source")
+            return False
+        self.notifier.reloading()
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(None, self.reload_config)
+        except ConfigError as exc:
+            logger.error("reload refused, keeping the running configuration: %s", exc)
+            self.notifier.ready(self._status_line())
+            return False
+        old = self.config
+        changed = [
+            f.name
+            for f in dataclasses.fields(Config)
+            if getattr(loaded, f.name) != getattr(old, f.name)
+        ]
+        needs_restart = [key for key in changed if key not in LIVE_KEYS]
+        if needs_restart:
+            logger.warning(
+                "reload: %s changed but only take effect after a restart; keeping the running"
+                " values for them",
+                ", ".join(needs_restart),
+            )
+        new = dataclasses.replace(loaded, **{key: getattr(old, key) for key in needs_restart})
+        if new.log_level != old.log_level or new.log_format != old.log_format:
+            setup_logging(new.log_level, new.log_format, new.secrets())
+        self.app.reconfigure(new)
+        self.config = new
+        applied = [key for key in changed if key in LIVE_KEYS]
+        logger.info("configuration reloaded; applied: %s", ", ".join(applied) or "nothing changed")
+        self.notifier.ready(self._status_line())
+        return True
+
+    async def _housekeep(self) -> None:
+        """Every TICK: event-loop lag, metrics, watchdog ping, and now and then the status."""
+        loop = asyncio.get_running_loop()
+        watchdog_every = self.notifier.watchdog_interval()
+        last_watchdog = last_status = loop.time()
+        while True:
+            expected = loop.time() + TICK
+            await asyncio.sleep(TICK)
+            now = loop.time()
+            self.metrics.loop_lag.observe(max(0.0, now - expected))
+            self.metrics.refresh(self.connections, self.store)
+            # Pinged from the loop itself: a blocked loop stops the pings and systemd
+            # restarts the service.
+            if watchdog_every is not None and now - last_watchdog >= watchdog_every:
+                self.notifier.watchdog()
+                last_watchdog = now
+            if now - last_status >= STATUS_EVERY:
+                self.notifier.status(self._status_line())
+                last_status = now
+
+    def _status_line(self) -> str:
+        store = self.store.status()
+        state = "ok" if store.available else f"unavailable ({store.error})"
+        draining = ", draining" if self.connections.draining else ""
+        return (
+            f"{len(self.connections)} connections ({self.connections.total} total){draining};"
+            f" store {state}, {store.pending} pending"
+        )
+
+    # -- shutdown --------------------------------------------------------------------------
 
     async def shutdown(self) -> int:
         """Drain and stop; returns 0 if everything drained in time, else 1. Idempotent."""
@@ -103,6 +233,7 @@ class Server:
             return 0
         self._stopped = True
         deadline = time.monotonic() + self.config.shutdown_deadline
+        self.notifier.stopping()
         self.connections.start_draining()
         if self.http is not None:
             self.http.stop()
@@ -118,6 +249,8 @@ class Server:
             )
         if self.http is not None:
             await self._wait_or_forced(self._close_http_connections())
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         store_time = max(MIN_STORE_DRAIN, deadline - time.monotonic())
         await self.store.close(0.0 if self.force_exit else store_time)
         status = self.store.status()

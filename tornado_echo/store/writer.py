@@ -15,6 +15,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import StoreError
@@ -37,6 +38,7 @@ class StoreStatus:
     pending: int
     written: int
     dropped: int
+    errors: int
     oldest_pending_age: float
 
 
@@ -67,6 +69,9 @@ class Store:
         self._error: str | None = None
         self._written = 0
         self._dropped = 0
+        self._errors = 0
+        # Called on the writer thread with each written batch's duration (metrics).
+        self.on_batch: Callable[[float], None] | None = None
 
     # -- IOLoop side -----------------------------------------------------------------------
 
@@ -105,6 +110,7 @@ class Store:
             pending=len(queue),
             written=self._written,
             dropped=self._dropped,
+            errors=self._errors,
             oldest_pending_age=oldest,
         )
 
@@ -176,6 +182,7 @@ class Store:
         """Write ``batch``, retrying while the database is down; False past the drain deadline."""
         backoff = FIRST_BACKOFF
         while True:
+            started = time.monotonic()
             try:
                 self.backend.write(batch)
             except Exception as exc:  # noqa: BLE001 - any driver failure: not written yet
@@ -188,6 +195,8 @@ class Store:
                 self.backend.close()
                 continue
             self._written += len(batch)
+            if self.on_batch is not None:
+                self.on_batch(time.monotonic() - started)
             self._mark_available()
             return True
 
@@ -202,6 +211,7 @@ class Store:
 
     def _mark_unavailable(self, exc: Exception) -> None:
         message = _one_line(exc)
+        self._errors += 1
         if self._available or message != self._error:
             logger.error("store %s unavailable: %s", self.backend.describe(), message)
         self._available = False
