@@ -19,6 +19,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 import tornado.web
+from helpers import Service
 from tornado.ioloop import IOLoop
 
 from tornado_echo.app import make_app
@@ -131,3 +132,14 @@ def app(app_config: Config, store: Store, connections: Connections) -> tornado.w
 @pytest.fixture
 def ws_url(http_server: Any, http_port: int, app_config: Config) -> str:
     return f"ws://127.0.0.1:{http_port}{app_config.ws_path}"
+
+
+@pytest.fixture
+def services() -> Iterator[list[Service]]:
+    started: list[Service] = []
+    yield started
+    for service in started:
+        if service.process.poll() is None:
+            service.process.kill()
+            service.process.wait()
+        service.notify.close()

@@ -1,4 +1,4 @@
-"""Small test-side clients: a raw HTTP/1.1 exchange and a raw WebSocket frame writer."""
+"""Test-side tools: raw HTTP and WebSocket frames, and the server as a real process."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import asyncio
 import base64
 import json
 import os
+import re
+import signal  # noqa: F401
+import socket
 import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -87,3 +95,66 @@ async def open_raw_websocket(
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
     return reader, writer
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[str]
+    port: int
+    conf: Path
+    log: Path
+    notify: socket.socket
+
+    def messages(self, until: str, timeout: float = 10.0) -> list[str]:
+        """Notify datagrams received until one containing ``until``."""
+        received: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.notify.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                datagram = self.notify.recv(4096).decode()
+            except TimeoutError:
+                break
+            received.append(datagram)
+            if until in datagram:
+                return received
+        raise AssertionError(f"no {until!r} in {received!r}; log:\n{self.log.read_text()}")
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        return self.process.wait(timeout)
+
+
+def start_service(tmp_path: Path, conf_text: str, watchdog_usec: int | None = None) -> Service:
+    conf = tmp_path / "echo.toml"
+    conf.write_text(conf_text)
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORNADO_ECHO_")}
+    env["NOTIFY_SOCKET"] = notify_path
+    if watchdog_usec is not None:
+        env["WATCHDOG_USEC"] = str(watchdog_usec)
+    log = tmp_path / "server.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tornado_echo", "--config", str(conf), "--port", "0"],
+            cwd=tmp_path,
+            env=env,
+            stderr=sink,
+            text=True,
+        )
+    service = Service(process, 0, conf, log, notify)
+    service.messages("READY=1")
+    found = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
+    assert found, log.read_text()
+    service.port = int(found.group(1))
+    return service
+
+
+BASE_CONF = 'database_url = "sqlite:///echo.db"\nstate_dir = "."\n'
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    assert found, f"{name} not in metrics"
+    return float(found.group(1))

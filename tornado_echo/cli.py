@@ -9,15 +9,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
+import os
+import shutil
+import socket
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import tornado.netutil
 
 from . import __version__
 from .config import FIELDS, Config, build_config, env_name, flag_name
 from .errors import ConfigError, EchoError
 from .logs import setup_logging
+from .systemd import Notifier, raise_nofile_limit
+from .workers import Supervisor, WorkerLink
+
+# Not imported from .metrics, which must not be imported before the multiprocess set-up.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 logger = logging.getLogger(__name__)
 
@@ -77,25 +89,71 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
-    """Serve until told to stop."""
-    # Imported here, not at the top: the metrics module must be imported only after the
-    # process knows whether it runs several workers (prometheus_client decides at import).
-    from .server import Server, default_server_id
-    from .systemd import Notifier, raise_nofile_limit
-
+    """Serve until told to stop: in this process, or in ``config.workers`` processes."""
     # Each connection is a descriptor; keep headroom for the database, spool and listeners.
     raise_nofile_limit(config.max_connections + 64)
+    if config.workers == 1:
+        return serve(config, None, Notifier.from_environ(), reload_config)
+
+    # prometheus_client chooses its multiprocess mode when first imported: set it up before
+    # anything imports the metrics module.
+    metrics_dir = Path(config.state_dir) / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    from prometheus_client.multiprocess import mark_process_dead
+
+    if config.port == 0:  # every worker must bind the same port: choose it once, here
+        config = dataclasses.replace(config, port=_free_port(config.host))
+        if reload_config is not None:
+            reload_flags = reload_config
+            port = config.port
+
+            def reload_config() -> Config:
+                return dataclasses.replace(reload_flags(), port=port)
+
+    def run_worker(index: int, link: WorkerLink) -> int:
+        sockets = tornado.netutil.bind_sockets(
+            config.port, config.host, reuse_port=True, backlog=1024
+        )
+        return serve(config, sockets, link, reload_config, worker=index)
+
+    supervisor = Supervisor(
+        config.workers,
+        run_worker,
+        Notifier.from_environ(),
+        config.shutdown_deadline,
+        on_worker_exit=mark_process_dead,
+    )
+    return supervisor.run()
+
+
+def serve(
+    config: Config,
+    sockets: list[socket.socket] | None,
+    notifier: Notifier,
+    reload_config: Callable[[], Config] | None,
+    worker: int = 0,
+) -> int:
+    """Run one Server until it stops; returns its exit code."""
+    from .server import Server, default_server_id
+
     server = Server(
-        config,
-        default_server_id(config),
-        reload_config=reload_config,
-        notifier=Notifier.from_environ(),
+        config, default_server_id(config, worker), reload_config=reload_config, notifier=notifier
     )
     try:
-        return asyncio.run(server.serve())
+        return asyncio.run(server.serve(sockets))
     except EchoError as exc:
         logger.error("%s", exc)
         return 1
     except OSError as exc:
         logger.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror)
         return 1
+
+
+def _free_port(host: str) -> int:
+    sockets = tornado.netutil.bind_sockets(0, host)
+    port = int(sockets[0].getsockname()[1])
+    for sock in sockets:
+        sock.close()
+    return port

@@ -182,8 +182,7 @@ class Server:
         needs_restart = [key for key in changed if key not in LIVE_KEYS]
         if needs_restart:
             logger.warning(
-                "reload: %s changed but only take effect after a restart; keeping the running"
-                " values for them",
+                "reload: changing %s needs a restart; keeping the running values",
                 ", ".join(needs_restart),
             )
         new = dataclasses.replace(loaded, **{key: getattr(old, key) for key in needs_restart})

@@ -10,6 +10,8 @@ from ..errors import StoreError
 from .base import Backend, load_migrations
 from .records import Record, as_row, split_batch
 
+LOCK_TIMEOUT = 10.0
+
 INSERT_SESSION = (
     "INSERT OR IGNORE INTO ws_sessions (id, server_id, opened_at, peer, path, origin, user_agent,"
     " subprotocol, compression) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -45,8 +47,19 @@ class SQLiteBackend(Backend):
         except OSError as exc:
             raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}") from None
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=10)
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=LOCK_TIMEOUT)
+        # Switching to WAL while another process migrates fails at once with "database is
+        # locked" (SQLite does not wait for that one), so wait here.
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    conn.close()
+                    raise
+                time.sleep(0.05)
         conn.execute("PRAGMA synchronous=NORMAL")
         self._conn = conn
 

@@ -1,0 +1,104 @@
+"""The server as systemd runs it: a real process, a real notify socket, SIGHUP and /metrics."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from helpers import BASE_CONF, Service, json_body, metric, raw_http, start_service, upgrade_request
+from tornado.httpclient import AsyncHTTPClient
+from tornado.websocket import websocket_connect
+
+
+def test_ready_watchdog_stopping_in_order(tmp_path: Path, services: list[Service]) -> None:
+    # 1 s watchdog: the loop pings every 0.5 s.
+    service = start_service(tmp_path, BASE_CONF, watchdog_usec=1_000_000)
+    services.append(service)
+    assert "WATCHDOG=1" in service.messages("WATCHDOG=1")[-1]
+    service.process.send_signal(signal.SIGTERM)
+    received = service.messages("STOPPING=1")
+    assert received[-1] == "STOPPING=1"
+    assert service.wait_exit() == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_reload_applies_new_limit_and_keeps_connections(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    service = start_service(tmp_path, BASE_CONF + "max_connections = 5\n")
+    services.append(service)
+    url = f"ws://127.0.0.1:{service.port}/ws"
+    first = await websocket_connect(url)
+    await first.write_message("before reload")
+    assert await first.read_message() == "before reload"
+
+    service.conf.write_text(BASE_CONF + 'max_connections = 1\nhost = "0.0.0.0"\n')
+    service.process.send_signal(signal.SIGHUP)
+    reload_messages = service.messages("READY=1")
+    assert reload_messages[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
+
+    status, _, body = await raw_http(service.port, upgrade_request())
+    assert (status, json_body(body)["error"]) == (503, "connection limit reached")
+    await first.write_message("after reload")
+    assert await first.read_message() == "after reload"
+    log = service.log.read_text()
+    assert "applied: max_connections" in log
+    assert "reload: changing host needs a restart; keeping the running values" in log
+
+    service.conf.write_text(BASE_CONF + "max_connections = -3\n")
+    service.process.send_signal(signal.SIGHUP)
+    service.messages("READY=1")
+    assert "reload refused, keeping the running configuration:" in service.log.read_text()
+    assert "key 'max_connections': must be between 1 and 10000000, got -3" in (
+        service.log.read_text()
+    )
+    status, _, _ = await raw_http(service.port, upgrade_request())
+    assert status == 503  # still the limit of 1 from the last good reload
+    await first.write_message("after a refused reload")
+    assert await first.read_message() == "after a refused reload"
+    first.close()
+    service.process.send_signal(signal.SIGTERM)
+    assert service.wait_exit() == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_metrics_count_connections_messages_and_rejections(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    service = start_service(tmp_path, BASE_CONF + 'metrics_token = "s3cret"\nbehind_proxy = true\n')
+    services.append(service)
+    base = f"http://127.0.0.1:{service.port}"
+    client = await websocket_connect(f"ws://127.0.0.1:{service.port}/ws")
+    for _ in range(3):
+        await client.write_message("12345")
+        await client.read_message()
+    await raw_http(service.port, upgrade_request(Upgrade=None))
+
+    http = AsyncHTTPClient()
+    text = (await http.fetch(base + "/metrics")).body.decode()
+    assert metric(text, "tornado_echo_connections_open") == 1
+    assert metric(text, "tornado_echo_connections_total") == 1
+    assert metric(text, 'tornado_echo_messages_total{direction="in"}') == 3
+    assert metric(text, 'tornado_echo_bytes_total{direction="out"}') == 15
+    assert metric(text, 'tornado_echo_handshakes_total{outcome="accepted"}') == 1
+    assert metric(text, 'tornado_echo_rejections_total{reason="upgrade_header"}') == 1
+    assert metric(text, "tornado_echo_store_available") == 1
+    assert "tornado_echo_event_loop_lag_seconds_bucket" in text
+
+    client.close(1000)
+    await client.read_message()
+    # Through a proxy (X-Real-Ip trusted), a remote peer needs the token.
+    remote = {"X-Real-Ip": "203.0.113.9"}
+    refused = await http.fetch(base + "/metrics", headers=remote, raise_error=False)
+    assert refused.code == 403
+    wrong = {**remote, "Authorization": "Bearer nope"}
+    assert (await http.fetch(base + "/metrics", headers=wrong, raise_error=False)).code == 403
+    allowed = await http.fetch(
+        base + "/metrics", headers={**remote, "Authorization": "Bearer s3cret"}
+    )
+    text = allowed.body.decode()
+    assert metric(text, 'tornado_echo_close_codes_total{code="1000",end_state="closed"}') == 1
+    assert metric(text, 'tornado_echo_messages_total{direction="in"}') == 3  # kept after close
+    service.process.send_signal(signal.SIGTERM)
+    assert service.wait_exit() == 0
