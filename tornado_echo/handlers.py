@@ -57,6 +57,9 @@ class JsonErrorMixin:
 class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
     """Echoes every message back with the same type, in order; records each session."""
 
+    # Metric label of a refused upgrade; "error" covers exceptions raised while opening.
+    rejection_label = "error"
+
     def initialize(
         self,
         db: Store,
@@ -132,8 +135,6 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         self.error_reason = reason
         self.rejection_label = label
         self.send_error(status)
-
-    rejection_label = "error"
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         status = status_code if status_code in POLICY_STATUSES else 500
