@@ -197,7 +197,12 @@ def test_shellcheck_clean() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed (Debian package 'shellcheck'); script not linted")
+    scripts = [SCRIPT, *SCRIPT.parent.glob("*.sh"), SCRIPT.parents[1] / ".ci" / "run"]
     result = subprocess.run(
-        [shellcheck, str(SCRIPT)], capture_output=True, text=True, timeout=60, check=False
+        [shellcheck, *sorted(set(map(str, scripts)))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stdout
