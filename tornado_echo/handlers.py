@@ -37,21 +37,22 @@ POLICY_STATUSES = (403, 503)
 
 
 class JsonErrorMixin:
-    """``write_error`` as a small JSON body; handlers set ``error_reason`` before send_error."""
+    """Errors as ``{"status": N, "error": reason}``; set ``error_reason`` before send_error."""
 
     error_reason: str | None = None
 
-    def json_error_body(self, status: int, exc_info: Any) -> bytes:
-        reason = self.error_reason
-        if reason is None and exc_info is not None:
-            error = exc_info[1]
-            if isinstance(error, tornado.web.HTTPError):
-                reason = (
-                    error.log_message or error.reason or responses.get(error.status_code, "error")
-                )
-            else:
-                reason = "internal error"
-        return json.dumps({"status": status, "error": reason or "error"}).encode()
+    def error_message(self, status: int, exc_info: Any) -> str:
+        if self.error_reason is not None:
+            return self.error_reason
+        error = exc_info[1] if exc_info else None
+        if isinstance(error, tornado.web.HTTPError):
+            return error.log_message or error.reason or responses.get(error.status_code, "error")
+        # An unexpected exception: Tornado has logged it with its traceback already.
+        return "internal error" if error is not None else responses.get(status, "error")
+
+    @staticmethod
+    def json_error(status: int, reason: str) -> bytes:
+        return json.dumps({"status": status, "error": reason}).encode()
 
 
 class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
@@ -140,10 +141,10 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         status = status_code if status_code in POLICY_STATUSES else 500
         self.metrics.handshakes.labels(str(status)).inc()
         self.metrics.rejections.labels(self.rejection_label).inc()
-        body = self.json_error_body(status, kwargs.get("exc_info"))
+        reason = self.error_message(status, kwargs.get("exc_info"))
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        if "Sec-WebSocket-Version" in (self.error_reason or ""):
+        if self.rejection_label == "version":
             # RFC 6455 section 4.4: tell the client which version we speak.
             self.set_header("Sec-WebSocket-Version", "13")
         logger.warning(
@@ -152,9 +153,9 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
             self.request.method,
             self.request.path,
             status,
-            json.loads(body)["error"],
+            reason,
         )
-        self.finish(body)
+        self.finish(self.json_error(status, reason))
 
     def check_origin(self, origin: str) -> bool:
         allowed = self.config.allowed_origins
@@ -299,9 +300,9 @@ class JsonHandler(JsonErrorMixin, tornado.web.RequestHandler):
         self.finish(json.dumps(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        body = self.json_error_body(status_code, kwargs.get("exc_info"))
+        reason = self.error_message(status_code, kwargs.get("exc_info"))
         self.set_header("Content-Type", "application/json")
-        self.finish(body)
+        self.finish(self.json_error(status_code, reason))
 
 
 class HealthHandler(JsonHandler):
