@@ -204,6 +204,18 @@ async def test_close_frames_are_checked(
     writer.close()
 
 
+@pytest.mark.gen_test
+async def test_invalid_utf8_text_closes_with_1007(http_server: Any, http_port: int) -> None:
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(client_frame(0x1, b"valid"))
+    assert await read_server_frame(reader) == (0x1, b"valid")
+    writer.write(client_frame(0x1, b"caf\xc3"))  # truncated UTF-8 sequence
+    opcode, reply = await asyncio.wait_for(read_server_frame(reader), 5)
+    assert (opcode, struct.unpack("!H", reply[:2])[0]) == (0x8, 1007)
+    assert await reader.read() == b""  # and the server hangs up
+    writer.close()
+
+
 # -- upgrade failures go through write_error ----------------------------------------------
 
 BAD_UPGRADES = {

@@ -8,7 +8,9 @@
   pauses reading: a slow reader gets backpressure instead of unbounded server memory.
 * Close frames are checked (RFC 6455 sections 5.5.1 and 7.4): a one-byte payload, a code
   that may not be sent on the wire, or a reason that is not UTF-8 is answered with 1002 or
-  1007 instead of being echoed back.
+  1007 instead of being echoed back. A text message that is not UTF-8 is answered with
+  1007 (Tornado drops the connection without a close frame; with permessage-deflate it
+  still does).
 * It remembers whether the peer sent a close frame, so a session can tell a clean close
   from a dropped connection.
 """
@@ -82,12 +84,26 @@ class EchoProtocol(WebSocketProtocol13):
         return None
 
     def _handle_message(self, opcode: int, data: bytes) -> Future[None] | None:
-        if opcode == OPCODE_CLOSE and not self.client_terminated:
+        if self.client_terminated:
+            return None
+        if opcode == OPCODE_TEXT and not self._frame_compressed:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(INVALID_PAYLOAD, "text message is not valid UTF-8")
+                return None
+            self._message_bytes_in += len(data)
+            return self._run_callback(self.handler.on_message, text)
+        if opcode == OPCODE_CLOSE:
             problem = close_frame_problem(data)
             if problem is not None:
-                self.client_terminated = True
-                self.close_code, self.close_reason = problem
-                self.close(*problem)
+                self._fail(*problem)
                 return None
             self.close_frame_received = True
         return super()._handle_message(opcode, data)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 section 7.1.7): send a close frame, then hang up."""
+        self.client_terminated = True
+        self.close_code, self.close_reason = code, reason
+        self.close(code, reason)
