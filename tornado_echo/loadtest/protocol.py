@@ -179,6 +179,9 @@ class EchoConnection(asyncio.Protocol):
         lag = self.worker.stats.histograms["schedule_lag"]
         sent = 0
         while self._next_intended <= now and self.running and sent < _MAX_CATCH_UP:
+            if self._budget == 0:
+                self.finish()
+                return
             intended = self._next_intended
             lag.record(now - intended)
             self.worker.intended += 1
