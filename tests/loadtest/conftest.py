@@ -98,7 +98,9 @@ class CloseHandler(EchoHandler):
         code = int(self.path_args[0])
         if code == 1006:
             assert self.ws_connection is not None
-            self.ws_connection.stream.close()  # type: ignore[attr-defined]
+            stream = self.ws_connection.stream
+            assert stream is not None
+            stream.close()
         else:
             self.close(code, "test close")
 

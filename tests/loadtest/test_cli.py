@@ -109,7 +109,7 @@ def test_json_then_merge_adds_up_exactly(
     buckets: dict[int, int] = {}
     for index, count in lat[0]["buckets"] + lat[1]["buckets"]:
         buckets[index] = buckets.get(index, 0) + count
-    assert dict(map(tuple, lat[2]["buckets"])) == buckets  # type: ignore[arg-type]
+    assert dict(map(tuple, lat[2]["buckets"])) == buckets
     assert lat[2]["max"] == max(lat[0]["max"], lat[1]["max"])
     assert m["sources"] == [str(first), str(second)]
     assert "echoed ok 24" in out

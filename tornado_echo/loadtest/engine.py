@@ -445,7 +445,7 @@ def _worker_process(
         stats = run_in_loop(lambda: worker.run(handle_signals=True), loop_name)
         results.put(("result", plan.index, stats.to_dict()))
     except Exception as exc:  # task boundary: the parent must hear about any failure
-        log.error("worker %d failed", plan.index, exc_info=True)
+        log.exception("worker %d failed", plan.index)
         results.put(("error", plan.index, repr(exc)))
 
 
@@ -485,7 +485,7 @@ def run(
             try:
                 kind, index, payload = results.get(timeout=0.5)
             except queue.Empty:
-                for plan, process in zip(plans, processes):
+                for plan, process in zip(plans, processes, strict=True):
                     if plan.index in remaining and not process.is_alive():
                         remaining.discard(plan.index)
                         failures.append(f"worker {plan.index} exited with {process.exitcode}")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import random
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
 
@@ -31,10 +33,18 @@ _pack_16 = struct.Struct("!BBH").pack
 _pack_64 = struct.Struct("!BBQ").pack
 _getrandbits = random.getrandbits
 
-try:  # the C helper of `websockets` is ~10x faster for large payloads; optional
-    from websockets.speedups import apply_mask as _c_apply_mask  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the environment
-    _c_apply_mask = None
+
+
+def _load_c_mask() -> Callable[[bytes, bytes], bytes] | None:
+    # The C helper of `websockets` beats the big-int XOR on large payloads; optional.
+    try:
+        module = importlib.import_module("websockets.speedups")
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    return cast(Callable[[bytes, bytes], bytes], module.apply_mask)
+
+
+_c_apply_mask = _load_c_mask()
 
 
 def _py_apply_mask(data: bytes, mask: bytes) -> bytes:
