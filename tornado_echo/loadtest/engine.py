@@ -95,6 +95,8 @@ class Worker:
         self._ssl: ssl.SSLContext | None = None
         self._started = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deferred: list[EchoConnection] = []
+        self._flush_scheduled = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -108,6 +110,22 @@ class Worker:
             self._stopping.set()
 
     # -- callbacks from connections ----------------------------------------------
+
+    def defer_send(self, conn: EchoConnection) -> None:
+        # Replies go out together after the loop has read every ready socket, like a
+        # compiled client's scheduler does; the server then sees them in one batch.
+        self._deferred.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_sends)
+
+    def _flush_sends(self) -> None:
+        self._flush_scheduled = False
+        deferred = self._deferred
+        self._deferred = []
+        for conn in deferred:
+            if conn.running:
+                conn.send_next(0)
 
     def on_dropped(self) -> None:
         self.dropped += 1
@@ -393,6 +411,9 @@ class Worker:
         ):
             if count:
                 stats.error(name, count)
+        if self.cfg.mode == "closed":
+            # Sent when intended: the uncorrected figure is the corrected one.
+            stats.histograms["latency_uncorrected"].merge(stats.histograms["latency"])
         stats.elapsed = elapsed
         stats.cpu_seconds = cpu
         stats.start_time = self.plan.start_wall

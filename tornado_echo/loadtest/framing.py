@@ -59,7 +59,7 @@ def _py_apply_mask(data: bytes, mask: bytes) -> bytes:
 def apply_mask(data: bytes, mask: bytes) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` repeated (masking is its own inverse)."""
     if _c_apply_mask is not None:
-        return bytes(_c_apply_mask(data, mask))
+        return _c_apply_mask(data, mask)
     return _py_apply_mask(data, mask)
 
 
@@ -67,19 +67,16 @@ def encode_frame(opcode: int, payload: bytes, *, rsv1: bool = False, fin: bool =
     """One masked client frame carrying ``payload`` (a fresh random mask each time)."""
     b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
     n = len(payload)
-    mask_int = _getrandbits(32)
-    mask = mask_int.to_bytes(4, "big")
+    mask = _getrandbits(32).to_bytes(4, "big")
     if n < 126:
         header = bytes((b0, 0x80 | n))
     elif n < 65536:
         header = _pack_16(b0, 0x80 | 126, n)
     else:
         header = _pack_64(b0, 0x80 | 127, n)
-    if n <= 64 and _c_apply_mask is None:
-        masked = _py_apply_mask(payload, mask)
-    else:
-        masked = apply_mask(payload, mask)
-    return header + mask + masked
+    if _c_apply_mask is not None:
+        return header + mask + _c_apply_mask(payload, mask)
+    return header + mask + _py_apply_mask(payload, mask)
 
 
 def encode_close(code: int, reason: str = "") -> bytes:
@@ -164,37 +161,48 @@ class FrameParser:
         self._frag_len = 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        # Parses straight from ``data`` when nothing is buffered (the common case of
+        # whole frames per read) and only buffers an incomplete tail.
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            data = bytes(buf)
+            buf.clear()
         events: list[tuple[int, bytes]] = []
         pos = 0
-        end = len(buf)
+        end = len(data)
+        max_size = self.max_size
         while end - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
+            b0 = data[pos]
+            b1 = data[pos + 1]
             length = b1 & 0x7F
             start = pos + 2
-            if length == 126:
-                if end - pos < 4:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                start = pos + 4
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                start = pos + 10
+            if length >= 126:
+                if length == 126:
+                    if end - pos < 4:
+                        break
+                    length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                    start = pos + 4
+                else:
+                    if end - pos < 10:
+                        break
+                    length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                    start = pos + 10
             if b1 & 0x80:
                 raise ProtocolError("server sent a masked frame")
-            if length > self.max_size:
+            if length > max_size:
                 raise ProtocolError(f"frame of {length} bytes exceeds the limit", 1009)
-            if end - start < length:
+            stop = start + length
+            if stop > end:
                 break
-            payload = bytes(buf[start : start + length])
-            pos = start + length
-            self._frame(b0, payload, events)
-        if pos:
-            del buf[:pos]
+            payload = data[start:stop] if start or stop != end else data
+            pos = stop
+            if (b0 == 0x81 or b0 == 0x82) and self._frag_opcode < 0:
+                events.append((b0 & 0x0F, payload))  # unfragmented, uncompressed data
+            else:
+                self._frame(b0, payload, events)
+        if pos < end:
+            buf += data[pos:]
         return events
 
     def _frame(self, b0: int, payload: bytes, events: list[tuple[int, bytes]]) -> None:

@@ -110,10 +110,11 @@ class EchoConnection(asyncio.Protocol):
             self._abort()
             return
         tracker = self.tracker
+        now = _now()  # one read: one arrival time for all it carried
         for opcode, payload in events:
             if opcode == OP_TEXT or opcode == OP_BINARY:
-                if tracker.on_echo(payload, _now()) and self.running and not self._interval_ns:
-                    self._send_one(0)
+                if tracker.on_echo(payload, now) and self.running and not self._interval_ns:
+                    self.worker.defer_send(self)
                 elif not self.running and not tracker.pending:
                     self.close()
             elif opcode == OP_PING:
@@ -153,15 +154,16 @@ class EchoConnection(asyncio.Protocol):
             for _ in range(self._inflight):
                 if not self.running:
                     break
-                self._send_one(0)
+                self.send_next(0)
 
-    def _send_one(self, intended: int) -> None:
+    def send_next(self, intended: int, now: int = 0) -> None:
         if self._budget == 0:
             self.finish()
             return
         if self._budget > 0:
             self._budget -= 1
-        now = _now()
+        if not now:
+            now = _now()
         payload = self.tracker.next_payload(intended or now, now)
         if self._deflate_on:
             assert self._deflate is not None
@@ -185,7 +187,7 @@ class EchoConnection(asyncio.Protocol):
             intended = self._next_intended
             lag.record(now - intended)
             self.worker.intended += 1
-            self._send_one(intended)
+            self.send_next(intended)
             self._next_intended = intended + interval
             sent += 1
         if self.running:
@@ -207,7 +209,7 @@ class EchoConnection(asyncio.Protocol):
         if self.running and not self._interval_ns:
             for _ in range(lost):
                 if self.running:
-                    self._send_one(0)
+                    self.send_next(0)
         elif not self.running and not self.tracker.pending:
             self.close()
 

@@ -140,7 +140,9 @@ class EchoTracker:
         live.received += 1
         live.bytes_received += size
         self._latency.record(now_ns - intended)
-        self._uncorrected.record(now_ns - sent)
+        if sent != intended:
+            # Closed loop sends when intended, so there the two are one histogram.
+            self._uncorrected.record(now_ns - sent)
         return True
 
     def oldest_sent_ns(self) -> int | None:
