@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import multiprocessing
 import queue
@@ -95,6 +96,8 @@ class Worker:
         self._ssl: ssl.SSLContext | None = None
         self._started = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_open = 0.0
+        self._frozen_at = 0
         self._deferred: list[EchoConnection] = []
         self._flush_scheduled = False
 
@@ -156,6 +159,12 @@ class Worker:
                 self.loop.add_signal_handler(sig, self.request_stop)
         self._started = time.monotonic()
         cpu0 = time.process_time()
+        gc_threshold = gc.get_threshold()
+        # Full collections over tens of thousands of live connections stall the loop
+        # for a second or more; freezing the long-lived objects keeps them out of it.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         helpers = [
             asyncio.ensure_future(self._lag_probe()),
             asyncio.ensure_future(self._ticker()),
@@ -175,6 +184,8 @@ class Worker:
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self.loop.remove_signal_handler(sig)
+            gc.unfreeze()
+            gc.set_threshold(*gc_threshold)
         # Throughput counts the active phase only, not the drain and close at the end.
         self._finalize(active, time.process_time() - cpu0)
         return self.stats
@@ -271,6 +282,7 @@ class Worker:
             conn = holder[0]
             stats.histograms["handshake"].record(time.monotonic_ns() - started)
             self.established += 1
+            self._last_open = time.monotonic()
             stats.peak_open = max(stats.peak_open, len(self.connections))
             if self._stop:
                 conn.close()
@@ -357,6 +369,10 @@ class Worker:
             self._sample(last, offset)
 
     def _sample(self, last: dict[str, int], offset: float) -> None:
+        if self.established > self._frozen_at:
+            # New connections since the last freeze: take them out of GC scans too.
+            self._frozen_at = self.established
+            gc.freeze()
         now = time.monotonic()
         second = int(now - offset) - 1
         current = {
@@ -415,6 +431,8 @@ class Worker:
             # Sent when intended: the uncorrected figure is the corrected one.
             stats.histograms["latency_uncorrected"].merge(stats.histograms["latency"])
         stats.elapsed = elapsed
+        if self._last_open:
+            stats.ramp_seconds = self._last_open - self._started
         stats.cpu_seconds = cpu
         stats.start_time = self.plan.start_wall
         lag = stats.histograms["loop_lag"]

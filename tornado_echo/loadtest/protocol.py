@@ -157,6 +157,7 @@ class EchoConnection(asyncio.Protocol):
                 self.send_next(0)
 
     def send_next(self, intended: int, now: int = 0) -> None:
+        """Send the next message; ``intended`` is its scheduled time (0: now)."""
         if self._budget == 0:
             self.finish()
             return

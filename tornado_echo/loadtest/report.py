@@ -60,6 +60,7 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
             "failed": c["connections_failed"],
             "dropped": c["connections_dropped"],
             "peak_open": stats.peak_open,
+            "last_opened_after_s": stats.ramp_seconds,
         },
         "messages": {
             "sent": c["messages_sent"],
@@ -191,7 +192,8 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
     lines = [
         f"duration {summary['elapsed_s']:.2f} s",
         f"connections  attempted {c['attempted']}  established {c['established']}  "
-        f"failed {c['failed']}  dropped {c['dropped']}  peak open {c['peak_open']}",
+        f"failed {c['failed']}  dropped {c['dropped']}  peak open {c['peak_open']}  "
+        f"last opened after {c['last_opened_after_s']:.2f} s",
         f"messages     sent {m['sent']}  echoed ok {m['received']}  mismatched {m['mismatches']}"
         f"  lost {m['lost']}  duplicated {m['duplicates']}  reordered {m['reordered']}",
         f"throughput   {t['msgs_per_s']:.1f} msgs/s  {t['mb_per_s']:.3f} MB/s",

@@ -50,6 +50,7 @@ class Stats:
         self.elapsed = 0.0  # seconds from first connect to last close
         self.cpu_seconds = 0.0  # process CPU time of the worker(s), summed
         self.peak_open = 0  # most connections open at once (summed over workers)
+        self.ramp_seconds = 0.0  # from the start until the last connection opened
         self.workers: list[dict[str, Any]] = []  # per-worker saturation figures
         self.start_time = 0.0  # wall clock (time.time()) at the run's start
 
@@ -77,6 +78,7 @@ class Stats:
             for i, value in enumerate(values):
                 mine[i] += value
         self.elapsed = max(self.elapsed, other.elapsed)
+        self.ramp_seconds = max(self.ramp_seconds, other.ramp_seconds)
         self.cpu_seconds += other.cpu_seconds
         self.peak_open += other.peak_open
         self.workers.extend(other.workers)
@@ -93,6 +95,7 @@ class Stats:
             "elapsed": self.elapsed,
             "cpu_seconds": self.cpu_seconds,
             "peak_open": self.peak_open,
+            "ramp_seconds": self.ramp_seconds,
             "workers": list(self.workers),
             "start_time": self.start_time,
         }
@@ -112,6 +115,7 @@ class Stats:
             stats.elapsed = float(data["elapsed"])
             stats.cpu_seconds = float(data["cpu_seconds"])
             stats.peak_open = int(data["peak_open"])
+            stats.ramp_seconds = float(data.get("ramp_seconds", 0.0))
             stats.workers = list(data["workers"])
             stats.start_time = float(data["start_time"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
