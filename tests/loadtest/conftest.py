@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,8 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 import tornado.websocket
+
+DATA = Path(__file__).parent / "data"
 
 
 class EchoHandler(tornado.websocket.WebSocketHandler):
@@ -121,6 +125,7 @@ class Servers:
     small_port: int  # websocket_max_message_size=100
     refused_port: int
     silent_port: int
+    tls_port: int  # wss with a self-signed certificate for localhost
 
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
@@ -146,6 +151,9 @@ def servers() -> Iterator[Servers]:
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     main_sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    tls_sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(DATA / "cert.pem", DATA / "key.pem")
     small_sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     # Bound but never listening: connecting to it is refused at once.
     refused = socket.socket()
@@ -160,6 +168,7 @@ def servers() -> Iterator[Servers]:
 
         async def start() -> None:
             tornado.httpserver.HTTPServer(_app()).add_sockets(main_sockets)
+            tornado.httpserver.HTTPServer(_app(), ssl_options=tls).add_sockets(tls_sockets)
             tornado.httpserver.HTTPServer(_app(websocket_max_message_size=100)).add_sockets(
                 small_sockets
             )
@@ -176,6 +185,7 @@ def servers() -> Iterator[Servers]:
         small_port=small_sockets[0].getsockname()[1],
         refused_port=refused.getsockname()[1],
         silent_port=silent.getsockname()[1],
+        tls_port=tls_sockets[0].getsockname()[1],
     )
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)

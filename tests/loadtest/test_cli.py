@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.loadtest.conftest import Servers
-from tornado_echo.loadtest.cli import main
+from tornado_echo.loadtest.cli import ProgressLine, main
+from tornado_echo.loadtest.engine import Progress
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -131,3 +136,32 @@ def test_merge_thresholds_and_bad_files(
     other.write_text('{"tool": "something else"}')
     code, _, err = run_cli(capsys, "merge", str(other))
     assert code == 2 and "not a tornado-echo-loadtest result" in err
+
+
+def test_progress_lines_off_a_terminal() -> None:
+    out = io.StringIO()
+    line = ProgressLine(out, interval=1.0)
+    snap = Progress(worker=0, elapsed=1.0, open=3, established=3, failed=1, dropped=0,
+                    sent=10, received=9, errors=1)
+    line([snap, snap])
+    line([snap, snap])  # same second: not repeated
+    line([replace(snap, elapsed=2.0, received=19), snap])
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "open 6" in lines[0] and "failed 2" in lines[0] and "echoed 18" in lines[0]
+    assert "echoed 28 (10/s)" in lines[1]
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "--max-p99-ms" in capsys.readouterr().out
+
+
+def test_script_wrapper_reports_bad_input_without_traceback() -> None:
+    script = Path(__file__).resolve().parents[2] / "scripts" / "loadtest.py"
+    proc = subprocess.run([sys.executable, str(script), "ws://127.0.0.1:1/", "-c", "-5"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--connections" in proc.stderr

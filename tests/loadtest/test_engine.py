@@ -139,3 +139,23 @@ def test_two_workers_merge_exactly(servers: Servers) -> None:
     assert len(stats.workers) == 2
     assert {w["connections"] for w in stats.workers} == {3}
     assert summary["saturation"]["workers"] == stats.workers
+
+
+def test_wss_with_insecure(servers: Servers) -> None:
+    url = f"wss://localhost:{servers.tls_port}/echo"
+    stats, summary = run_load(url, connections=2, messages=5, insecure=True)
+    assert stats.counters["messages_received"] == 10
+    assert summary["error_rate"] == 0.0
+
+
+def test_wss_untrusted_certificate_is_a_tls_error(servers: Servers) -> None:
+    stats, _ = run_load(f"wss://localhost:{servers.tls_port}/echo", connections=2, messages=1)
+    assert stats.errors == {"tls_error": 2}
+
+
+def test_series_add_up_to_the_counters(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/close/1011"), connections=3, messages=4)
+    assert sum(stats.series["established"]) == 3
+    assert sum(stats.series["dropped"]) == 3
+    assert sum(stats.series["received"]) == stats.counters["messages_received"]
+    assert sum(stats.series["sent"]) == stats.counters["messages_sent"]

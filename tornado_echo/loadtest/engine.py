@@ -28,7 +28,7 @@ from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.errors import HandshakeError, LoadtestError
 from tornado_echo.loadtest.framing import HandshakeRequest
 from tornado_echo.loadtest.protocol import EchoConnection
-from tornado_echo.loadtest.stats import Stats
+from tornado_echo.loadtest.stats import SERIES, Stats
 from tornado_echo.loadtest.tracker import Filler, LiveCounters
 
 log = logging.getLogger(__name__)
@@ -167,10 +167,11 @@ class Worker:
         gc.set_threshold(50_000, 20, 100)
         helpers = [
             asyncio.ensure_future(self._lag_probe()),
-            asyncio.ensure_future(self._ticker()),
             asyncio.ensure_future(self._sweeper()),
         ]
         launcher = asyncio.ensure_future(self._launch())
+        last: dict[str, int] = dict.fromkeys(SERIES, 0)
+        helpers.append(asyncio.ensure_future(self._ticker(last)))
         try:
             await self._wait_for_end(launcher)
             active = time.monotonic() - self._started
@@ -186,6 +187,7 @@ class Worker:
                     self.loop.remove_signal_handler(sig)
             gc.unfreeze()
             gc.set_threshold(*gc_threshold)
+        self._sample(last, report=False)  # the series then add up to the totals
         # Throughput counts the active phase only, not the drain and close at the end.
         self._finalize(active, time.process_time() - cpu0)
         return self.stats
@@ -360,21 +362,20 @@ class Worker:
                 if oldest is not None and oldest < deadline:
                     conn.expire(deadline)
 
-    async def _ticker(self) -> None:
-        last = {"established": 0, "failed": 0, "dropped": 0, "received": 0, "sent": 0}
-        offset = self._started - (time.time() - self.plan.start_wall)
+    async def _ticker(self, last: dict[str, int]) -> None:
         interval = self.cfg.progress_interval
         while True:
             await asyncio.sleep(min(1.0, interval))
-            self._sample(last, offset)
+            self._sample(last)
 
-    def _sample(self, last: dict[str, int], offset: float) -> None:
+    def _sample(self, last: dict[str, int], report: bool = True) -> None:
+        """Add what happened since the previous sample to the per-second series."""
         if self.established > self._frozen_at:
             # New connections since the last freeze: take them out of GC scans too.
             self._frozen_at = self.established
             gc.freeze()
-        now = time.monotonic()
-        second = int(now - offset) - 1
+        # Seconds since the run's common wall-clock start, so workers and hosts align.
+        second = max(0, int(time.time() - self.plan.start_wall - 1e-3))
         current = {
             "established": self.established,
             "failed": self.failed,
@@ -386,7 +387,7 @@ class Worker:
             self.stats.tick(name, second, value - last[name])
             last[name] = value
         self.stats.peak_open = max(self.stats.peak_open, len(self.connections))
-        if self.progress is not None:
+        if report and self.progress is not None:
             self.progress(self.snapshot())
 
     def snapshot(self) -> Progress:
