@@ -175,6 +175,7 @@ class Worker:
         try:
             await self._wait_for_end(launcher)
             active = time.monotonic() - self._started
+            active_cpu = time.process_time() - cpu0
             await self._shutdown(launcher)
         finally:
             for task in helpers:
@@ -189,7 +190,7 @@ class Worker:
             gc.set_threshold(*gc_threshold)
         self._sample(last, report=False)  # the series then add up to the totals
         # Throughput counts the active phase only, not the drain and close at the end.
-        self._finalize(active, time.process_time() - cpu0)
+        self._finalize(active, active_cpu)
         return self.stats
 
     async def _wait_for_end(self, launcher: asyncio.Future[None]) -> None:
