@@ -85,6 +85,7 @@ def test_error_rate_threshold_on_refused_upgrade(
         (["ws://127.0.0.1:1/", "--source-ip", "nonsense"], "--source-ip"),
         (["ws://127.0.0.1:1/", "-c", "30000", "-w", "1"], "--workers"),
         (["ws://127.0.0.1:1/", "--bogus"], "unrecognized arguments"),
+        (["ws://127.0.0.1:1/", "--json", "/nonexistent/x.json"], "not writable"),
         ([], "required"),
         (["merge"], "required"),
     ],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
@@ -205,8 +206,18 @@ def _finish(doc: dict[str, Any], args: argparse.Namespace) -> int:
     return EXIT_THRESHOLD if failed else EXIT_OK
 
 
+def _check_output(path: str | None) -> None:
+    # Fail before a long run rather than lose its result at the end.
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise LoadtestConfigError(f"--json {path!r}: folder {folder!r} is missing or not writable")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
+    _check_output(args.json)
     pre = preflight.check(cfg)
     for note in pre.notes:
         sys.stderr.write(f"{PROG}: {note}\n")
@@ -222,6 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from tornado_echo.loadtest.stats import Stats
 
+    _check_output(args.json)
     merged = Stats()
     config: dict[str, Any] = {}
     for path in args.files:
