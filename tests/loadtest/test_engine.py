@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from tests.loadtest.conftest import Servers
@@ -159,3 +161,10 @@ def test_series_add_up_to_the_counters(servers: Servers) -> None:
     assert sum(stats.series["dropped"]) == 3
     assert sum(stats.series["received"]) == stats.counters["messages_received"]
     assert sum(stats.series["sent"]) == stats.counters["messages_sent"]
+
+
+def test_run_leaves_garbage_collection_as_it_found_it(servers: Servers) -> None:
+    threshold = gc.get_threshold()
+    run_load(servers.url("/echo"), connections=3, duration=1.2)
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold

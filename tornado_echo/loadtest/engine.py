@@ -173,7 +173,7 @@ class Worker:
         last: dict[str, int] = dict.fromkeys(SERIES, 0)
         helpers.append(asyncio.ensure_future(self._ticker(last)))
         try:
-            await self._wait_for_end(launcher)
+            await self._wait_for_end()
             active = time.monotonic() - self._started
             active_cpu = time.process_time() - cpu0
             await self._shutdown(launcher)
@@ -193,7 +193,7 @@ class Worker:
         self._finalize(active, active_cpu)
         return self.stats
 
-    async def _wait_for_end(self, launcher: asyncio.Future[None]) -> None:
+    async def _wait_for_end(self) -> None:
         assert self._stopping is not None and self._all_closed is not None
         waiters = [
             asyncio.ensure_future(self._stopping.wait()),
@@ -367,14 +367,14 @@ class Worker:
         interval = self.cfg.progress_interval
         while True:
             await asyncio.sleep(min(1.0, interval))
+            if self.established > self._frozen_at:
+                # New connections since the last freeze: take them out of GC scans too.
+                self._frozen_at = self.established
+                gc.freeze()
             self._sample(last)
 
     def _sample(self, last: dict[str, int], report: bool = True) -> None:
         """Add what happened since the previous sample to the per-second series."""
-        if self.established > self._frozen_at:
-            # New connections since the last freeze: take them out of GC scans too.
-            self._frozen_at = self.established
-            gc.freeze()
         # Seconds since the run's common wall-clock start, so workers and hosts align.
         second = max(0, int(time.time() - self.plan.start_wall - 1e-3))
         current = {
