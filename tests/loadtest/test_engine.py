@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
 import pytest
 
 from tests.loadtest.conftest import Servers
 from tests.loadtest.helpers import run_load
+from tornado_echo.loadtest import preflight
+from tornado_echo.loadtest.config import LoadConfig, Target
+from tornado_echo.loadtest.engine import Worker
+from tornado_echo.loadtest.stats import Stats
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -168,3 +173,20 @@ def test_run_leaves_garbage_collection_as_it_found_it(servers: Servers) -> None:
     run_load(servers.url("/echo"), connections=3, duration=1.2)
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == threshold
+
+
+def test_stop_request_gives_a_partial_result_marked_interrupted(servers: Servers) -> None:
+    cfg = LoadConfig.validated(target=Target.parse(servers.url("/echo")), connections=2,
+                               duration=60.0)
+    plan = preflight.make_plans(cfg, preflight.check(cfg))[0]
+    worker = Worker(cfg, plan)
+
+    async def main() -> Stats:
+        asyncio.get_running_loop().call_later(0.5, worker.request_stop)
+        return await worker.run()
+
+    stats = asyncio.run(main())
+    assert stats.interrupted
+    assert stats.elapsed < 30  # stopped long before the 60 s duration
+    assert stats.counters["messages_received"] > 0
+    assert stats.counters["lost"] == 0

@@ -1,7 +1,8 @@
 """Command line: ``tornado-echo-loadtest URL [options]`` and ``... merge FILE...``.
 
 Exit codes: 0 all good, 1 a CI threshold failed (each failure is named), 2 bad
-input (one line on stderr, no traceback), 3 the run itself could not be carried out.
+input (one line on stderr, no traceback), 3 the run itself could not be carried out,
+130 stopped early by Ctrl-C/SIGTERM (the partial result is still printed and saved).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tornado_echo.loadtest.errors import LoadtestConfigError, LoadtestError, Res
 
 log = logging.getLogger(__name__)
 PROG = "tornado-echo-loadtest"
-EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class UsageError(Exception):
@@ -203,6 +204,8 @@ def _finish(doc: dict[str, Any], args: argparse.Namespace) -> int:
     for message in failed:
         sys.stdout.write(f"THRESHOLD FAILED {message}\n")
     sys.stdout.flush()
+    if summary.get("interrupted"):
+        return EXIT_INTERRUPTED
     return EXIT_THRESHOLD if failed else EXIT_OK
 
 

@@ -14,6 +14,7 @@ import errno
 import gc
 import logging
 import multiprocessing
+import os
 import queue
 import random
 import signal
@@ -109,6 +110,7 @@ class Worker:
     def request_stop(self) -> None:
         """Stop early (signal handlers call this; it only sets a flag)."""
         self._stop = True
+        self.stats.interrupted = True
         if self._stopping is not None:
             self._stopping.set()
 
@@ -513,8 +515,13 @@ def run(
         ctx.Process(target=_worker_process, args=(cfg, plan, loop_name, results), daemon=True)
         for plan in plans
     ]
-    interrupted = []
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    interrupted: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: interrupted.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    forwarded = False
+    silent_polls: dict[int, int] = {}
     merged = Stats()
     latest: dict[int, Progress] = {}
     failures: list[str] = []
@@ -523,13 +530,24 @@ def run(
             process.start()
         remaining = {plan.index for plan in plans}
         while remaining:
+            if interrupted and not forwarded:
+                # Ctrl-C may reach only this process: stop the workers the same way.
+                forwarded = True
+                for process in processes:
+                    if process.pid is not None and process.is_alive():
+                        os.kill(process.pid, signal.SIGTERM)
             try:
                 kind, index, payload = results.get(timeout=0.5)
             except queue.Empty:
                 for plan, process in zip(plans, processes, strict=True):
                     if plan.index in remaining and not process.is_alive():
-                        remaining.discard(plan.index)
-                        failures.append(f"worker {plan.index} exited with {process.exitcode}")
+                        # A result may still be in the pipe: give it one more poll.
+                        silent_polls[plan.index] = silent_polls.get(plan.index, 0) + 1
+                        if silent_polls[plan.index] > 1:
+                            remaining.discard(plan.index)
+                            failures.append(
+                                f"worker {plan.index} exited with {process.exitcode}"
+                            )
                 continue
             if kind == "progress":
                 latest[index] = payload
@@ -542,7 +560,8 @@ def run(
                 failures.append(f"worker {index} failed: {payload}")
                 remaining.discard(index)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for process in processes:
             process.join(timeout=10)
             if process.is_alive():

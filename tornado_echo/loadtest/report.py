@@ -54,6 +54,7 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     msg_errors = c["mismatches"] + c["lost"] + c["duplicates"]
     summary: dict[str, Any] = {
         "elapsed_s": elapsed,
+        "interrupted": stats.interrupted,
         "connections": {
             "attempted": c["connections_attempted"],
             "established": c["connections_established"],
@@ -190,7 +191,8 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
     m = summary["messages"]
     t = summary["throughput"]
     lines = [
-        f"duration {summary['elapsed_s']:.2f} s",
+        f"duration {summary['elapsed_s']:.2f} s"
+        + ("  (INTERRUPTED: partial result)" if summary.get("interrupted") else ""),
         f"connections  attempted {c['attempted']}  established {c['established']}  "
         f"failed {c['failed']}  dropped {c['dropped']}  peak open {c['peak_open']}  "
         f"last opened after {c['last_opened_after_s']:.2f} s",

@@ -53,6 +53,7 @@ class Stats:
         self.ramp_seconds = 0.0  # from the start until the last connection opened
         self.workers: list[dict[str, Any]] = []  # per-worker saturation figures
         self.start_time = 0.0  # wall clock (time.time()) at the run's start
+        self.interrupted = False  # stopped early by a signal: a partial result
 
     def error(self, category: str, count: int = 1) -> None:
         self.errors[category] += count
@@ -79,6 +80,7 @@ class Stats:
                 mine[i] += value
         self.elapsed = max(self.elapsed, other.elapsed)
         self.ramp_seconds = max(self.ramp_seconds, other.ramp_seconds)
+        self.interrupted = self.interrupted or other.interrupted
         self.cpu_seconds += other.cpu_seconds
         self.peak_open += other.peak_open
         self.workers.extend(other.workers)
@@ -96,6 +98,7 @@ class Stats:
             "cpu_seconds": self.cpu_seconds,
             "peak_open": self.peak_open,
             "ramp_seconds": self.ramp_seconds,
+            "interrupted": self.interrupted,
             "workers": list(self.workers),
             "start_time": self.start_time,
         }
@@ -116,6 +119,7 @@ class Stats:
             stats.cpu_seconds = float(data["cpu_seconds"])
             stats.peak_open = int(data["peak_open"])
             stats.ramp_seconds = float(data.get("ramp_seconds", 0.0))
+            stats.interrupted = bool(data.get("interrupted", False))
             stats.workers = list(data["workers"])
             stats.start_time = float(data["start_time"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
