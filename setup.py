@@ -14,6 +14,11 @@ setup(
         "psycopg2-binary>=2.9,<3",
         "prometheus_client>=0.20,<1",
         'tomli>=2; python_version < "3.11"',
+        # Load tester: uvloop's event loop makes the Python client keep up with a compiled
+        # one (measured in benchmarks/loadtest_vs_compiled.py); websockets only for its C
+        # masking helper (websockets.speedups.apply_mask), the hot spot of every send.
+        'uvloop>=0.19; sys_platform != "win32"',
+        "websockets>=12",
     ],
     extras_require={
         "test": [

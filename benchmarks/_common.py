@@ -1,0 +1,71 @@
+"""Helpers shared by the benchmark scripts: build Go programs, start servers, run the tester."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+GOPATH = "/usr/share/gocode"  # Debian's golang-github-gorilla-websocket-dev lives here
+
+
+def say(text: str) -> None:
+    """One line of benchmark output."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def build_go(name: str, outdir: Path) -> Path:
+    """Build benchmarks/NAME/main.go with Debian's Go toolchain (GOPATH mode, offline)."""
+    if shutil.which("go") is None:
+        sys.exit("go not found: apt-get install -y golang-go golang-github-gorilla-websocket-dev")
+    binary = outdir / name
+    env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, GOFLAGS="",
+               GOCACHE=str(outdir / "gocache"))
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=HERE / name, env=env, check=True)
+    return binary
+
+
+class Server:
+    """An echo server process pinned to ``cpu``; ``url`` once it printed its port."""
+
+    def __init__(self, kind: str, cpu: int, bindir: Path) -> None:
+        if kind == "go":
+            cmd = [str(build_go("goserver", bindir))]
+        else:
+            cmd = [sys.executable, str(HERE / "echo_server.py")]
+        env = dict(os.environ, GOMAXPROCS="1")
+        self.proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], stdout=subprocess.PIPE,
+                                     text=True, env=env)
+        assert self.proc.stdout is not None
+        port = int(self.proc.stdout.readline())
+        self.url = f"ws://127.0.0.1:{port}/ws"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def run_loadtest(cpu: int | None, args: list[str], timeout: float = 300) -> dict[str, Any]:
+    """Run tornado-echo-loadtest (optionally pinned); the whole --json result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "tornado_echo.loadtest.cli", *args, "-q", "--json", str(out)]
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu), *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode not in (0, 1) or not out.exists():
+            sys.exit(f"loadtest failed ({proc.returncode}): {proc.stderr.strip()}")
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""A minimal Tornado WebSocket echo server for the load-tester benchmarks.
+
+Prints its port on the first line of stdout, then serves /ws until killed. Stands in
+for the project's own server (tornado_echo.app) until that is merged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import sys
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+import tornado.websocket
+
+
+class Echo(tornado.websocket.WebSocketHandler):
+    def check_origin(self, origin: str) -> bool:
+        return True
+
+    def on_message(self, message: str | bytes) -> None:
+        self.write_message(message, binary=isinstance(message, bytes))
+
+
+async def serve(port: int) -> None:
+    sockets = tornado.netutil.bind_sockets(port, "127.0.0.1", backlog=4096)
+    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/ws", Echo)]))
+    server.add_sockets(sockets)
+    sys.stdout.write(f"{sockets[0].getsockname()[1]}\n")
+    sys.stdout.flush()
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(args.port))
+    else:
+        uvloop.run(serve(args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+// Command goclient is the compiled reference client of benchmarks/loadtest_vs_compiled.py:
+// N connections, each in a closed loop (send, read the echo, check it, repeat) for a
+// fixed time, then it prints one JSON line with the echo rate. Built with Debian's
+// golang-go and golang-github-gorilla-websocket-dev (GO111MODULE=off).
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+func main() {
+	url := flag.String("url", "ws://127.0.0.1:8888/ws", "echo endpoint")
+	conns := flag.Int("c", 50, "connections")
+	duration := flag.Duration("d", 10*time.Second, "test duration")
+	size := flag.Int("size", 64, "payload bytes")
+	flag.Parse()
+
+	var echoed, mismatched int64
+	var failed int64
+	var wg sync.WaitGroup
+	var ready sync.WaitGroup
+	start := make(chan struct{})
+	clients := make([]*websocket.Conn, 0, *conns)
+	var mu sync.Mutex
+	ready.Add(*conns)
+	for i := 0; i < *conns; i++ {
+		go func() {
+			defer ready.Done()
+			c, _, err := websocket.DefaultDialer.Dial(*url, nil)
+			if err != nil {
+				atomic.AddInt64(&failed, 1)
+				return
+			}
+			mu.Lock()
+			clients = append(clients, c)
+			mu.Unlock()
+		}()
+	}
+	ready.Wait()
+	if len(clients) == 0 {
+		fmt.Fprintln(os.Stderr, "goclient: no connection could be opened")
+		os.Exit(1)
+	}
+	var stop int32
+	for i, c := range clients {
+		wg.Add(1)
+		go func(id int, c *websocket.Conn) {
+			defer wg.Done()
+			payload := bytes.Repeat([]byte("x"), *size)
+			<-start
+			for seq := 0; atomic.LoadInt32(&stop) == 0; seq++ {
+				copy(payload, fmt.Sprintf("%016x", seq))
+				if err := c.WriteMessage(websocket.TextMessage, payload); err != nil {
+					return
+				}
+				_, got, err := c.ReadMessage()
+				if err != nil {
+					return
+				}
+				if bytes.Equal(got, payload) {
+					atomic.AddInt64(&echoed, 1)
+				} else {
+					atomic.AddInt64(&mismatched, 1)
+				}
+			}
+		}(i, c)
+	}
+	began := time.Now()
+	close(start)
+	time.Sleep(*duration)
+	atomic.StoreInt32(&stop, 1)
+	elapsed := time.Since(began).Seconds()
+	count := atomic.LoadInt64(&echoed)
+	for _, c := range clients {
+		c.Close()
+	}
+	wg.Wait()
+	out, _ := json.Marshal(map[string]interface{}{
+		"connections": len(clients),
+		"failed":      failed,
+		"echoed":      count,
+		"mismatched":  mismatched,
+		"elapsed_s":   elapsed,
+		"msgs_per_s":  float64(count) / elapsed,
+	})
+	fmt.Println(string(out))
+}

@@ -1,0 +1,193 @@
+"""Small real servers (correct and misbehaving) for the load tester's tests.
+
+They run on a Tornado IOLoop in a background thread, on OS-chosen ports, because the
+load tester under test owns the main thread's event loop (asyncio.run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+import tornado.websocket
+
+DATA = Path(__file__).parent / "data"
+
+
+class EchoHandler(tornado.websocket.WebSocketHandler):
+    """Correct echo (permessage-deflate offered when the client asks)."""
+
+    def check_origin(self, origin: str) -> bool:
+        return True
+
+    def get_compression_options(self) -> dict[str, Any]:
+        return {}
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return subprotocols[0] if subprotocols else None
+
+    def open(self, *args: str) -> None:
+        self.seen = 0
+        header = self.request.headers.get("X-Require")
+        # Lets a test prove custom headers and Origin reach the server.
+        if header is not None and header != "yes":
+            self.close(1008, "missing header")
+
+    def on_message(self, message: str | bytes) -> None:
+        self.seen += 1
+        self.reply(message)
+
+    def reply(self, message: str | bytes) -> None:
+        # The client may close while echoes are still queued; that is not a test failure.
+        with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+            self.write_message(message, binary=isinstance(message, bytes))
+
+
+class WrongEchoHandler(EchoHandler):
+    """Changes the last byte of every echo."""
+
+    def reply(self, message: str | bytes) -> None:
+        data = message.encode() if isinstance(message, str) else message
+        data = data[:-1] + (b"?" if data[-1:] != b"?" else b"!")
+        with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+            self.write_message(data.decode(), binary=False)
+
+
+class DropHandler(EchoHandler):
+    """Never echoes every third message."""
+
+    def reply(self, message: str | bytes) -> None:
+        if self.seen % 3 != 0:
+            super().reply(message)
+
+
+class DuplicateHandler(EchoHandler):
+    """Echoes every message twice."""
+
+    def reply(self, message: str | bytes) -> None:
+        super().reply(message)
+        super().reply(message)
+
+
+class ReorderHandler(EchoHandler):
+    """Echoes messages in swapped pairs (needs two in flight)."""
+
+    held: str | bytes | None = None
+
+    def reply(self, message: str | bytes) -> None:
+        if self.held is None:
+            self.held = message
+            return
+        super().reply(message)
+        super().reply(self.held)
+        self.held = None
+
+
+class CloseHandler(EchoHandler):
+    """Closes with the code in the path after the first echo (1006: drops TCP)."""
+
+    def reply(self, message: str | bytes) -> None:
+        super().reply(message)
+        code = int(self.path_args[0])
+        if code == 1006:
+            assert self.ws_connection is not None
+            stream = self.ws_connection.stream
+            assert stream is not None
+            stream.close()
+        else:
+            self.close(code, "test close")
+
+
+class StatusHandler(tornado.web.RequestHandler):
+    """Refuses the upgrade with the HTTP status in the path."""
+
+    def get(self, status: str) -> None:
+        self.set_status(int(status))
+        self.finish("no upgrade for you")
+
+
+@dataclass
+class Servers:
+    """Base URLs of the running test servers."""
+
+    port: int
+    small_port: int  # websocket_max_message_size=100
+    refused_port: int
+    silent_port: int
+    tls_port: int  # wss with a self-signed certificate for localhost
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+
+def _app(**settings: Any) -> tornado.web.Application:
+    return tornado.web.Application(
+        [
+            (r"/echo", EchoHandler),
+            (r"/wrong", WrongEchoHandler),
+            (r"/drop", DropHandler),
+            (r"/dup", DuplicateHandler),
+            (r"/reorder", ReorderHandler),
+            (r"/close/(\d+)", CloseHandler),
+            (r"/status/(\d+)", StatusHandler),
+        ],
+        **settings,
+    )
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    main_sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    tls_sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(DATA / "cert.pem", DATA / "key.pem")
+    small_sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    # Bound but never listening: connecting to it is refused at once.
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    # Listening but never accepting: TCP connects, the upgrade never answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def start() -> None:
+            tornado.httpserver.HTTPServer(_app()).add_sockets(main_sockets)
+            tornado.httpserver.HTTPServer(_app(), ssl_options=tls).add_sockets(tls_sockets)
+            tornado.httpserver.HTTPServer(_app(websocket_max_message_size=100)).add_sockets(
+                small_sockets
+            )
+
+        loop.run_until_complete(start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+    yield Servers(
+        port=main_sockets[0].getsockname()[1],
+        small_port=small_sockets[0].getsockname()[1],
+        refused_port=refused.getsockname()[1],
+        silent_port=silent.getsockname()[1],
+        tls_port=tls_sockets[0].getsockname()[1],
+    )
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    refused.close()
+    silent.close()

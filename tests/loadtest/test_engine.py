@@ -1,0 +1,192 @@
+"""The load tester against real (partly misbehaving) servers: every error class."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+from tests.loadtest.conftest import Servers
+from tests.loadtest.helpers import run_load
+from tornado_echo.loadtest import preflight
+from tornado_echo.loadtest.config import LoadConfig, Target
+from tornado_echo.loadtest.engine import Worker
+from tornado_echo.loadtest.stats import Stats
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_correct_server_closed_loop_checks_every_echo(servers: Servers, loop: str) -> None:
+    pytest.importorskip(loop)
+    stats, summary = run_load(servers.url("/echo"), connections=20, messages=25, loop=loop)
+    c = stats.counters
+    assert c["connections_established"] == 20
+    assert c["messages_sent"] == c["messages_received"] == 500
+    assert summary["error_rate"] == 0.0
+    assert stats.errors == {}
+    assert stats.histograms["latency"].total == 500
+    assert stats.histograms["handshake"].total == 20
+    assert summary["latency_ms"]["p99"] > 0
+    assert c["bytes_received"] == 500 * 64
+
+
+def test_inflight_binary_sizes_deflate_headers(servers: Servers) -> None:
+    stats, summary = run_load(
+        servers.url("/echo"), connections=4, messages=40, inflight=4, binary=True,
+        size="16-3000", deflate=True, headers=(("X-Require", "yes"),), origin="http://x",
+        subprotocols=("chat",), seed=1,
+    )
+    assert stats.counters["messages_received"] == 160
+    assert summary["error_rate"] == 0.0
+
+
+def test_custom_header_reaches_server(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/echo"), connections=2, messages=3,
+                        headers=(("X-Require", "no"),))
+    assert stats.errors["close_1008"] == 2
+
+
+def test_open_loop_records_schedule_and_both_latencies(servers: Servers) -> None:
+    stats, summary = run_load(servers.url("/echo"), connections=5, mode="open", rate=50.0,
+                              messages=10)
+    c = stats.counters
+    assert c["messages_received"] == 50
+    assert c["messages_intended"] == 50
+    assert stats.histograms["schedule_lag"].total == 50
+    assert stats.histograms["latency_uncorrected"].total == 50
+    # From the intended time is never shorter than from the actual send time.
+    assert summary["latency_ms"]["max"] >= summary["latency_uncorrected_ms"]["max"]
+
+
+def test_duration_mode_stops_by_itself(servers: Servers) -> None:
+    stats, summary = run_load(servers.url("/echo"), connections=3, duration=0.5)
+    assert stats.counters["messages_received"] > 0
+    assert stats.counters["lost"] == 0
+    assert summary["connections"]["dropped"] == 0
+
+
+def test_wrong_echo_counts_mismatches(servers: Servers) -> None:
+    stats, summary = run_load(servers.url("/wrong"), connections=2, messages=5)
+    assert stats.counters["mismatches"] == 10
+    assert stats.counters["messages_received"] == 0
+    assert stats.errors["mismatch"] == 10
+    assert summary["error_rate"] > 0
+
+
+def test_dropped_messages_count_as_lost(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/drop"), connections=2, messages=6, timeout=0.3)
+    assert stats.counters["lost"] == 4  # the 3rd and 6th of each connection
+    assert stats.counters["messages_received"] == 8
+    assert stats.errors["lost"] == 4
+
+
+def test_duplicates_are_counted(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/dup"), connections=1, messages=4, inflight=1)
+    assert stats.counters["messages_received"] == 4
+    assert stats.counters["duplicates"] >= 3  # the last may race the close
+
+
+def test_reordering_is_counted(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/reorder"), connections=1, messages=8, inflight=2)
+    assert stats.counters["messages_received"] == 8
+    assert stats.counters["reordered"] == 4
+    assert stats.counters["mismatches"] == 0
+
+
+@pytest.mark.parametrize("status", [500, 503, 403])
+def test_refused_upgrade_status(servers: Servers, status: int) -> None:
+    stats, summary = run_load(servers.url(f"/status/{status}"), connections=3, messages=1)
+    assert stats.errors == {f"handshake_{status}": 3}
+    assert summary["connections"]["failed"] == 3
+    assert summary["error_rate"] == 1.0
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1008, 1011, 4000])
+def test_server_close_codes(servers: Servers, code: int) -> None:
+    stats, summary = run_load(servers.url(f"/close/{code}"), connections=2, messages=5)
+    assert stats.errors[f"close_{code}"] == 2
+    assert summary["connections"]["dropped"] == 2
+
+
+def test_abrupt_close_is_1006(servers: Servers) -> None:
+    stats, summary = run_load(servers.url("/close/1006"), connections=2, messages=5)
+    assert stats.errors["close_1006"] == 2
+    assert summary["connections"]["dropped"] == 2
+
+
+def test_oversized_message_closed_with_1009(servers: Servers) -> None:
+    url = f"ws://127.0.0.1:{servers.small_port}/echo"
+    stats, _ = run_load(url, connections=1, messages=2, size=200)
+    assert stats.errors["close_1009"] == 1
+
+
+def test_connection_refused(servers: Servers) -> None:
+    stats, summary = run_load(f"ws://127.0.0.1:{servers.refused_port}/", connections=3,
+                              messages=1)
+    assert stats.errors == {"refused": 3}
+    assert summary["connections"]["failed"] == 3
+
+
+def test_handshake_timeout(servers: Servers) -> None:
+    stats, _ = run_load(f"ws://127.0.0.1:{servers.silent_port}/", connections=2, messages=1,
+                        connect_timeout=0.3)
+    assert stats.errors == {"handshake_timeout": 2}
+
+
+def test_source_addresses_are_used(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/echo"), connections=4, messages=2,
+                        source_ips=("127.0.0.2", "127.0.0.3"))
+    assert stats.counters["messages_received"] == 8
+
+
+def test_two_workers_merge_exactly(servers: Servers) -> None:
+    stats, summary = run_load(servers.url("/echo"), connections=6, messages=10, workers=2)
+    assert stats.counters["messages_received"] == 60
+    assert stats.histograms["latency"].total == 60
+    assert len(stats.workers) == 2
+    assert {w["connections"] for w in stats.workers} == {3}
+    assert summary["saturation"]["workers"] == stats.workers
+
+
+def test_wss_with_insecure(servers: Servers) -> None:
+    url = f"wss://localhost:{servers.tls_port}/echo"
+    stats, summary = run_load(url, connections=2, messages=5, insecure=True)
+    assert stats.counters["messages_received"] == 10
+    assert summary["error_rate"] == 0.0
+
+
+def test_wss_untrusted_certificate_is_a_tls_error(servers: Servers) -> None:
+    stats, _ = run_load(f"wss://localhost:{servers.tls_port}/echo", connections=2, messages=1)
+    assert stats.errors == {"tls_error": 2}
+
+
+def test_series_add_up_to_the_counters(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/close/1011"), connections=3, messages=4)
+    assert sum(stats.series["established"]) == 3
+    assert sum(stats.series["dropped"]) == 3
+    assert sum(stats.series["received"]) == stats.counters["messages_received"]
+    assert sum(stats.series["sent"]) == stats.counters["messages_sent"]
+
+
+def test_run_leaves_garbage_collection_as_it_found_it(servers: Servers) -> None:
+    threshold = gc.get_threshold()
+    run_load(servers.url("/echo"), connections=3, duration=1.2)
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold
+
+
+def test_stop_request_gives_a_partial_result_marked_interrupted(servers: Servers) -> None:
+    cfg = LoadConfig.validated(target=Target.parse(servers.url("/echo")), connections=2,
+                               duration=60.0)
+    plan = preflight.make_plans(cfg, preflight.check(cfg))[0]
+    worker = Worker(cfg, plan)
+
+    async def main() -> Stats:
+        asyncio.get_running_loop().call_later(0.5, worker.request_stop)
+        return await worker.run()
+
+    stats = asyncio.run(main())
+    assert stats.interrupted
+    assert stats.elapsed < 30  # stopped long before the 60 s duration
+    assert stats.counters["messages_received"] > 0
+    assert stats.counters["lost"] == 0

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import random
+
+from tornado_echo.loadtest.config import SizeSpec
+from tornado_echo.loadtest.histogram import Histogram
+from tornado_echo.loadtest.tracker import EchoTracker, Filler, LiveCounters
+
+
+def make(sizes: str = "32") -> tuple[EchoTracker, LiveCounters, Histogram, Histogram]:
+    live = LiveCounters()
+    corrected, raw = Histogram(), Histogram()
+    spec = SizeSpec.parse(sizes)
+    tracker = EchoTracker(live, corrected, raw, spec, Filler(spec.high), random.Random(1))
+    return tracker, live, corrected, raw
+
+
+def test_payload_carries_sequence_and_size() -> None:
+    tracker, live, _, _ = make("20-40")
+    payloads = [tracker.next_payload(0, 0) for _ in range(50)]
+    assert [int(p[:16], 16) for p in payloads] == list(range(50))
+    assert all(20 <= len(p) <= 40 for p in payloads)
+    assert live.sent == 50 and live.bytes_sent == sum(map(len, payloads))
+
+
+def test_good_echo_records_corrected_and_raw_latency() -> None:
+    tracker, live, corrected, raw = make()
+    payload = tracker.next_payload(intended_ns=1000, now_ns=4000)
+    assert tracker.on_echo(payload, now_ns=10_000)
+    assert live.received == 1 and not tracker.pending
+    assert corrected.maximum == 9000 and raw.maximum == 6000
+
+
+def test_mismatch_duplicate_unknown_and_garbage() -> None:
+    tracker, live, _, _ = make()
+    first = tracker.next_payload(0, 0)
+    second = tracker.next_payload(0, 0)
+    assert tracker.on_echo(first[:-1] + b"!", 1)  # wrong body: resolves, but mismatched
+    assert live.mismatches == 1
+    assert tracker.on_echo(second, 1)
+    assert not tracker.on_echo(second, 2)  # again: duplicate
+    assert live.duplicates == 1
+    assert not tracker.on_echo(b"%016x" % 99 + first[16:], 3)  # never sent
+    assert not tracker.on_echo(b"not a sequence number at all", 3)
+    assert live.mismatches == 3
+    assert not tracker.on_echo(b"  000000000000001" + first[16:], 3)  # int() leniency
+    assert live.received == 1
+
+
+def test_reordering_and_expiry() -> None:
+    tracker, live, _, _ = make()
+    payloads = [tracker.next_payload(0, t) for t in (10, 20, 30)]
+    assert tracker.on_echo(payloads[1], 40)
+    assert tracker.on_echo(payloads[0], 41)
+    assert live.reordered == 1
+    assert tracker.oldest_sent_ns() == 30
+    assert tracker.expire(deadline_ns=25) == 0
+    assert tracker.expire(deadline_ns=31) == 1
+    assert live.lost == 1 and tracker.oldest_sent_ns() is None
+    # A late echo of an expired message is neither duplicate nor mismatch.
+    assert not tracker.on_echo(payloads[2], 50)
+    assert live.duplicates == 0 and live.mismatches == 0
+
+
+def test_abandon_counts_all_in_flight_as_lost() -> None:
+    tracker, live, _, _ = make()
+    for _ in range(4):
+        tracker.next_payload(0, 0)
+    assert tracker.abandon() == 4 and live.lost == 4

@@ -1,0 +1,272 @@
+"""Command line: ``tornado-echo-loadtest URL [options]`` and ``... merge FILE...``.
+
+Exit codes: 0 all good, 1 a CI threshold failed (each failure is named), 2 bad
+input (one line on stderr, no traceback), 3 the run itself could not be carried out,
+130 stopped early by Ctrl-C/SIGTERM (the partial result is still printed and saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
+
+from tornado_echo.loadtest import engine, preflight, report
+from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Target, default_workers
+from tornado_echo.loadtest.errors import LoadtestConfigError, LoadtestError, ResultFormatError
+
+log = logging.getLogger(__name__)
+PROG = "tornado-echo-loadtest"
+EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(Exception):
+    """Raised instead of argparse's print-usage-and-exit."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _add_thresholds(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("CI thresholds (exit 1 when failed)")
+    group.add_argument("--max-p99-ms", type=_positive_float, help="highest allowed p99 latency")
+    group.add_argument("--max-error-rate", type=_positive_float, help="e.g. 0.001")
+    group.add_argument("--min-throughput", type=_positive_float, help="lowest echoed msgs/s")
+    parser.add_argument("--json", metavar="FILE", help="write the whole result as JSON")
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Load-test a WebSocket echo server. Subcommand: merge FILE... "
+        "(combine --json results from several hosts).",
+    )
+    p.add_argument("url", help="ws:// or wss:// URL of an echo endpoint")
+    p.add_argument("-c", "--connections", type=int, default=1)
+    p.add_argument("--connect-rate", type=_positive_float, default=0.0,
+                   help="new connections per second (ramp-up); 0 = as fast as possible")
+    p.add_argument("--connect-concurrency", type=int, default=1000,
+                   help="handshakes in progress at once per worker")
+    p.add_argument("-d", "--duration", type=_positive_float,
+                   help="seconds (default 10 unless --messages is given)")
+    p.add_argument("-n", "--messages", type=int, help="messages per connection")
+    p.add_argument("--mode", choices=("closed", "open"), default="closed")
+    p.add_argument("--inflight", type=int, default=1, help="closed loop: outstanding per conn")
+    p.add_argument("--rate", type=_positive_float, help="open loop: msgs/s per connection")
+    p.add_argument("--total-rate", type=_positive_float, help="open loop: msgs/s in total")
+    p.add_argument("-s", "--size", default="64", help="payload bytes: N, A-B or A,B,C")
+    p.add_argument("--binary", action="store_true", help="binary frames (default text)")
+    p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
+    p.add_argument("-H", "--header", type=_header, action="append", default=[],
+                   help="extra upgrade header 'Name: value' (repeatable)")
+    p.add_argument("--origin")
+    p.add_argument("--subprotocol", action="append", default=[])
+    p.add_argument("--insecure", action="store_true", help="wss: skip certificate checks")
+    p.add_argument("--timeout", type=_positive_float, default=5.0,
+                   help="seconds before an unanswered echo counts as lost")
+    p.add_argument("--connect-timeout", type=_positive_float, default=10.0)
+    p.add_argument("-w", "--workers", type=int, help="processes (default: one per core)")
+    p.add_argument("--source-ip", action="append", default=[],
+                   help="local source address(es), comma-separated or repeated")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback target (only a server you own)")
+    p.add_argument("--progress-interval", type=_positive_float,
+                   help="seconds between progress lines (default 1 on a terminal, else 5)")
+    p.add_argument("--seed", type=int, help="seed for payload-size sampling")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    _add_thresholds(p)
+    return p
+
+
+def merge_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{PROG} merge", description="Merge --json results from several hosts.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    _add_thresholds(p)
+    return p
+
+
+def build_config(args: argparse.Namespace) -> LoadConfig:
+    """The one LoadConfig from parsed arguments (LoadtestConfigError on bad input)."""
+    target = Target.parse(args.url)
+    workers = args.workers if args.workers is not None else min(default_workers(),
+                                                                max(1, args.connections))
+    if args.rate is not None and args.total_rate is not None:
+        raise LoadtestConfigError("give --rate or --total-rate, not both")
+    rate = args.rate or 0.0
+    if args.total_rate is not None:
+        rate = args.total_rate / max(1, args.connections)
+    if (args.rate or args.total_rate) and args.mode == "closed":
+        raise LoadtestConfigError("--rate/--total-rate need --mode open")
+    duration = args.duration
+    if duration is None and args.messages is None:
+        duration = 10.0
+    sources = tuple(s.strip() for item in args.source_ip for s in item.split(",") if s.strip())
+    return LoadConfig.validated(
+        target=target,
+        connections=args.connections,
+        connect_rate=args.connect_rate,
+        connect_concurrency=args.connect_concurrency,
+        duration=duration,
+        messages=args.messages,
+        mode=args.mode,
+        inflight=args.inflight,
+        rate=rate,
+        sizes=SizeSpec.parse(args.size),
+        binary=args.binary,
+        deflate=args.deflate,
+        headers=tuple(args.header),
+        origin=args.origin,
+        subprotocols=tuple(args.subprotocol),
+        insecure=args.insecure,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        workers=workers,
+        source_ips=sources,
+        progress_interval=args.progress_interval or (1.0 if sys.stderr.isatty() else 5.0),
+        allow_remote=args.allow_remote,
+        seed=args.seed,
+    )
+
+
+class ProgressLine:
+    """Live progress: one rewritten line on a terminal, plain periodic lines otherwise."""
+
+    def __init__(self, out: TextIO, interval: float) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.interval = interval
+        self._last_print = -1e9
+        self._last_received = 0
+        self._last_elapsed = 0.0
+
+    def __call__(self, snapshots: list[engine.Progress]) -> None:
+        elapsed = max(s.elapsed for s in snapshots)
+        if elapsed - self._last_print < self.interval * 0.95:
+            return
+        received = sum(s.received for s in snapshots)
+        span = elapsed - self._last_elapsed
+        rate = (received - self._last_received) / span if span > 0 else 0.0
+        self._last_print = self._last_elapsed = elapsed
+        self._last_received = received
+        line = (
+            f"[{elapsed:6.1f}s] open {sum(s.open for s in snapshots)}  "
+            f"established {sum(s.established for s in snapshots)}  "
+            f"failed {sum(s.failed for s in snapshots)}  "
+            f"dropped {sum(s.dropped for s in snapshots)}  "
+            f"echoed {received} ({rate:.0f}/s)  errors {sum(s.errors for s in snapshots)}"
+        )
+        if self.tty:
+            self.out.write("\r\x1b[K" + line)
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        if self.tty and self._last_print > 0:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def _finish(doc: dict[str, Any], args: argparse.Namespace) -> int:
+    summary = doc["summary"]
+    report.render(summary, sys.stdout)
+    if args.json:
+        try:
+            report.write_json(args.json, doc)
+        except OSError as exc:
+            sys.stderr.write(f"{PROG}: error: cannot write {args.json}: {exc.strerror}\n")
+            return EXIT_FAILED
+    limits = report.Thresholds(args.max_p99_ms, args.max_error_rate, args.min_throughput)
+    failed = report.check_thresholds(summary, limits)
+    for message in failed:
+        sys.stdout.write(f"THRESHOLD FAILED {message}\n")
+    sys.stdout.flush()
+    if summary.get("interrupted"):
+        return EXIT_INTERRUPTED
+    return EXIT_THRESHOLD if failed else EXIT_OK
+
+
+def _check_output(path: str | None) -> None:
+    # Fail before a long run rather than lose its result at the end.
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise LoadtestConfigError(f"--json {path!r}: folder {folder!r} is missing or not writable")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = build_config(args)
+    _check_output(args.json)
+    pre = preflight.check(cfg)
+    for note in pre.notes:
+        sys.stderr.write(f"{PROG}: {note}\n")
+    plans = preflight.make_plans(cfg, pre)
+    progress = None if args.quiet else ProgressLine(sys.stderr, cfg.progress_interval)
+    stats = engine.run(cfg, plans, progress, args.loop)
+    if progress is not None:
+        progress.finish()
+    doc = report.document(stats, cfg.summary(), [cfg.target.url])
+    return _finish(doc, args)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tornado_echo.loadtest.stats import Stats
+
+    _check_output(args.json)
+    merged = Stats()
+    config: dict[str, Any] = {}
+    for path in args.files:
+        stats, cfg = report.load(path)
+        merged.merge(stats)
+        config = config or cfg
+    doc = report.document(merged, config, list(args.files))
+    return _finish(doc, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s %(message)s")
+    try:
+        if argv and argv[0] == "merge":
+            args = merge_parser().parse_args(argv[1:])
+            return cmd_merge(args)
+        args = run_parser().parse_args(argv)
+        return cmd_run(args)
+    except (UsageError, LoadtestConfigError, ResultFormatError) as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    except LoadtestError as exc:
+        sys.stderr.write(f"{PROG}: run failed: {exc}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The load tester's one typed configuration, validated once and passed down."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from tornado_echo.loadtest.errors import LoadtestConfigError
+
+SEQ_WIDTH = 16  # every payload starts with its sequence number as 16 hex digits
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """Payload sizes: fixed ``N``, uniform ``A-B`` or a choice ``A,B,C`` (bytes)."""
+
+    low: int
+    high: int
+    choices: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> SizeSpec:
+        try:
+            if "," in text:
+                values = tuple(int(part) for part in text.split(","))
+                spec = cls(min(values), max(values), values)
+            elif "-" in text:
+                low_text, high_text = text.split("-", 1)
+                spec = cls(int(low_text), int(high_text))
+            else:
+                spec = cls(int(text), int(text))
+        except ValueError:
+            raise LoadtestConfigError(
+                f"--size {text!r}: expected N, A-B or A,B,C in bytes"
+            ) from None
+        if spec.low < SEQ_WIDTH:
+            raise LoadtestConfigError(
+                f"--size {text!r}: payloads need at least {SEQ_WIDTH} bytes for the sequence number"
+            )
+        if spec.high < spec.low:
+            raise LoadtestConfigError(f"--size {text!r}: range is empty")
+        return spec
+
+    def sample(self, rng: random.Random) -> int:
+        if self.choices:
+            return rng.choice(self.choices)
+        if self.low == self.high:
+            return self.low
+        return rng.randint(self.low, self.high)
+
+    def describe(self) -> str:
+        if self.choices:
+            return ",".join(map(str, self.choices))
+        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to connect, split out of the ws:// or wss:// URL."""
+
+    url: str
+    secure: bool
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss"):
+            raise LoadtestConfigError(f"URL {url!r}: scheme must be ws:// or wss://")
+        if not parts.hostname:
+            raise LoadtestConfigError(f"URL {url!r}: no host")
+        try:
+            port = parts.port or (443 if parts.scheme == "wss" else 80)
+        except ValueError:
+            raise LoadtestConfigError(f"URL {url!r}: bad port") from None
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return cls(url, parts.scheme == "wss", parts.hostname, port, path)
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.secure else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """Everything one run needs. Build with :meth:`validated`, never mutate."""
+
+    target: Target
+    connections: int = 1
+    connect_rate: float = 0.0  # new connections/s over all workers; 0 = no pacing
+    connect_concurrency: int = 1000  # handshakes in progress per worker
+    duration: float | None = 10.0
+    messages: int | None = None  # per connection; ends the connection's work
+    mode: str = "closed"  # "closed" or "open"
+    inflight: int = 1  # closed loop: messages outstanding per connection
+    rate: float = 0.0  # open loop: messages/s per connection
+    sizes: SizeSpec = field(default_factory=lambda: SizeSpec(64, 64))
+    binary: bool = False
+    deflate: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+    origin: str | None = None
+    subprotocols: tuple[str, ...] = ()
+    insecure: bool = False
+    timeout: float = 5.0  # an echo later than this counts as lost
+    connect_timeout: float = 10.0
+    workers: int = 1
+    source_ips: tuple[str, ...] = ()
+    max_message: int = 64 * 1024 * 1024
+    progress_interval: float = 1.0
+    allow_remote: bool = False
+    seed: int | None = None
+
+    @classmethod
+    def validated(cls, **kwargs: object) -> LoadConfig:
+        """Build and check; raises LoadtestConfigError naming the bad option."""
+        cfg = cls(**kwargs)  # type: ignore[arg-type]
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        def bad(message: str) -> LoadtestConfigError:
+            return LoadtestConfigError(message)
+
+        if self.connections < 1:
+            raise bad("--connections must be at least 1")
+        if self.workers < 1:
+            raise bad("--workers must be at least 1")
+        if self.workers > self.connections:
+            raise bad(f"--workers {self.workers} exceeds --connections {self.connections}")
+        if self.duration is None and self.messages is None:
+            raise bad("give --duration or --messages")
+        if self.duration is not None and self.duration <= 0:
+            raise bad("--duration must be positive")
+        if self.messages is not None and self.messages < 0:
+            raise bad("--messages must not be negative")
+        if self.mode not in ("closed", "open"):
+            raise bad(f"--mode {self.mode!r}: expected closed or open")
+        if self.mode == "open" and self.rate <= 0:
+            raise bad("open loop needs --rate or --total-rate above 0")
+        if self.mode == "closed" and self.rate > 0:
+            raise bad("--rate/--total-rate apply to --mode open only")
+        if self.inflight < 1:
+            raise bad("--inflight must be at least 1")
+        if self.connect_rate < 0:
+            raise bad("--connect-rate must not be negative")
+        if self.connect_concurrency < 1:
+            raise bad("--connect-concurrency must be at least 1")
+        if self.timeout <= 0 or self.connect_timeout <= 0:
+            raise bad("timeouts must be positive")
+        if self.sizes.high > self.max_message:
+            raise bad("--size exceeds the maximum message size")
+        if self.progress_interval <= 0:
+            raise bad("--progress-interval must be positive")
+        for name, value in self.headers:
+            if not name or any(ch in name + value for ch in "\r\n") or ":" in name:
+                raise bad(f"--header {name!r}: expected 'Name: value' without line breaks")
+
+    def summary(self) -> dict[str, object]:
+        """The settings that matter for reading a result (goes into the JSON)."""
+        return {
+            "url": self.target.url,
+            "connections": self.connections,
+            "connect_rate": self.connect_rate,
+            "duration": self.duration,
+            "messages": self.messages,
+            "mode": self.mode,
+            "inflight": self.inflight,
+            "rate_per_connection": self.rate,
+            "size": self.sizes.describe(),
+            "binary": self.binary,
+            "deflate": self.deflate,
+            "timeout": self.timeout,
+            "workers": self.workers,
+            "source_ips": list(self.source_ips),
+        }
+
+
+def default_workers() -> int:
+    """One worker per core the process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)

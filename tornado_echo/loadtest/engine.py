@@ -1,0 +1,571 @@
+"""Runs the workload: one :class:`Worker` per process, merged by :func:`run`.
+
+A worker opens its share of the connections at the requested arrival rate, keeps
+them busy until the duration or message budget is spent, drains echoes in flight,
+closes, and returns a :class:`Stats`. It also measures its own event-loop lag and CPU
+use, which is how the report tells a client-bound result from a server-bound one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import gc
+import logging
+import multiprocessing
+import os
+import queue
+import random
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tornado_echo.loadtest.config import LoadConfig
+from tornado_echo.loadtest.errors import HandshakeError, LoadtestError
+from tornado_echo.loadtest.framing import HandshakeRequest
+from tornado_echo.loadtest.protocol import EchoConnection
+from tornado_echo.loadtest.stats import SERIES, Stats
+from tornado_echo.loadtest.tracker import Filler, LiveCounters
+
+log = logging.getLogger(__name__)
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+_LAG_INTERVAL = 0.05  # seconds between event-loop lag probes
+_SWEEP_INTERVAL = 0.1  # seconds between checks for overdue echoes
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A worker's running totals, sent to the reporter about once a second."""
+
+    worker: int
+    elapsed: float
+    open: int
+    established: int
+    failed: int
+    dropped: int
+    sent: int
+    received: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One worker's share of the run, decided by the parent (pre-flight included)."""
+
+    index: int
+    connections: int
+    first_connection: int  # global index of this worker's first connection
+    connect_rate: float  # per second for this worker; 0 = unpaced
+    family: int
+    sockaddr: tuple[Any, ...]
+    sources: tuple[str, ...] = ()
+    start_wall: float = field(default_factory=time.time)
+
+
+class Worker:
+    """Drives one process's connections; :meth:`run` returns its Stats."""
+
+    def __init__(
+        self,
+        cfg: LoadConfig,
+        plan: WorkerPlan,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.plan = plan
+        self.progress = progress
+        self.stats = Stats()
+        self.live = LiveCounters()
+        self.filler = Filler(cfg.sizes.high)
+        self.rng = random.Random(None if cfg.seed is None else cfg.seed + plan.index)
+        self.intended = 0
+        self.connections: set[EchoConnection] = set()
+        self.established = 0
+        self.failed = 0
+        self.dropped = 0
+        self._stop = False
+        self._stopping: asyncio.Event | None = None
+        self._all_closed: asyncio.Event | None = None
+        self._launched = 0
+        self._connecting = 0
+        self._ssl: ssl.SSLContext | None = None
+        self._started = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_open = 0.0
+        self._frozen_at = 0
+        self._deferred: list[EchoConnection] = []
+        self._flush_scheduled = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "Worker.run() not started"
+        return self._loop
+
+    def request_stop(self) -> None:
+        """Stop early (signal handlers call this; it only sets a flag)."""
+        self._stop = True
+        self.stats.interrupted = True
+        if self._stopping is not None:
+            self._stopping.set()
+
+    # -- callbacks from connections ----------------------------------------------
+
+    def defer_send(self, conn: EchoConnection) -> None:
+        # Replies go out together after the loop has read every ready socket, like a
+        # compiled client's scheduler does; the server then sees them in one batch.
+        self._deferred.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_sends)
+
+    def _flush_sends(self) -> None:
+        self._flush_scheduled = False
+        deferred = self._deferred
+        self._deferred = []
+        for conn in deferred:
+            if conn.running:
+                conn.send_next(0)
+
+    def on_dropped(self) -> None:
+        self.dropped += 1
+
+    def on_closed(self, conn: EchoConnection) -> None:
+        self.connections.discard(conn)
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if (
+            self._all_closed is not None
+            and not self.connections
+            and self._connecting == 0
+            and self._launched >= self.plan.connections
+        ):
+            self._all_closed.set()
+
+    # -- main ---------------------------------------------------------------------
+
+    async def run(self, handle_signals: bool = False) -> Stats:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._all_closed = asyncio.Event()
+        if self.cfg.target.secure:
+            self._ssl = make_ssl_context(self.cfg.insecure)
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.loop.add_signal_handler(sig, self.request_stop)
+        self._started = time.monotonic()
+        cpu0 = time.process_time()
+        gc_threshold = gc.get_threshold()
+        # Full collections over tens of thousands of live connections stall the loop
+        # for a second or more; freezing the long-lived objects keeps them out of it.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
+        helpers = [
+            asyncio.ensure_future(self._lag_probe()),
+            asyncio.ensure_future(self._sweeper()),
+        ]
+        launcher = asyncio.ensure_future(self._launch())
+        last: dict[str, int] = dict.fromkeys(SERIES, 0)
+        helpers.append(asyncio.ensure_future(self._ticker(last)))
+        try:
+            await self._wait_for_end()
+            active = time.monotonic() - self._started
+            active_cpu = time.process_time() - cpu0
+            await self._shutdown(launcher)
+        finally:
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self.loop.remove_signal_handler(sig)
+            gc.unfreeze()
+            gc.set_threshold(*gc_threshold)
+        self._sample(last, report=False)  # the series then add up to the totals
+        # Throughput counts the active phase only, not the drain and close at the end.
+        self._finalize(active, active_cpu)
+        return self.stats
+
+    async def _wait_for_end(self) -> None:
+        assert self._stopping is not None and self._all_closed is not None
+        waiters = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._all_closed.wait()),
+        ]
+        timeout = self.cfg.duration
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _shutdown(self, launcher: asyncio.Future[None]) -> None:
+        """Stop launching, let echoes in flight arrive (up to the timeout), close all."""
+        assert self._all_closed is not None
+        self._stop = True
+        launcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await launcher
+        for conn in list(self.connections):
+            conn.finish()
+        self._check_done()
+        deadline = self.cfg.timeout + 2 * 2.0  # drain + close handshake
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), deadline)
+        except asyncio.TimeoutError:
+            log.warning("%d connections did not close in time; aborting", len(self.connections))
+            for conn in list(self.connections):
+                conn.tracker.abandon()
+                if conn.transport is not None:
+                    conn.transport.abort()
+            await asyncio.sleep(0)
+
+    async def _launch(self) -> None:
+        plan = self.plan
+        semaphore = asyncio.Semaphore(self.cfg.connect_concurrency)
+        interval = 1.0 / plan.connect_rate if plan.connect_rate > 0 else 0.0
+        start = self.loop.time()
+        pending: set[asyncio.Future[None]] = set()
+        try:
+            for k in range(plan.connections):
+                if self._stop:
+                    break
+                if interval:
+                    delay = start + k * interval - self.loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await semaphore.acquire()
+                if self._stop:
+                    semaphore.release()
+                    break
+                self._launched += 1
+                self._connecting += 1
+                task = asyncio.ensure_future(self._connect(plan.first_connection + k, semaphore))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        finally:
+            self._launched = plan.connections  # nothing more will come
+            if pending and not self._stop:
+                await asyncio.gather(*pending, return_exceptions=True)
+            self._check_done()
+
+    async def _connect(self, number: int, semaphore: asyncio.Semaphore) -> None:
+        cfg = self.cfg
+        stats = self.stats
+        stats.counters["connections_attempted"] += 1
+        started = time.monotonic_ns()
+        phase = ["connect"]
+        holder: list[EchoConnection] = []
+        try:
+            await asyncio.wait_for(self._open(number, phase, holder), cfg.connect_timeout)
+        except asyncio.TimeoutError:
+            self._failed(f"{phase[0]}_timeout", holder)
+        except ConnectionRefusedError:
+            self._failed("refused", holder)
+        except HandshakeError as exc:
+            log.debug("handshake failed: %s", exc)
+            self._failed(exc.category, holder)
+        except ssl.SSLError as exc:
+            log.debug("TLS failed: %s", exc)
+            self._failed("tls_error", holder)
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno or 0, "error")
+            self._failed(f"os_{name}", holder)
+        except asyncio.CancelledError:
+            self._failed("cancelled", holder)
+            raise
+        else:
+            conn = holder[0]
+            stats.histograms["handshake"].record(time.monotonic_ns() - started)
+            self.established += 1
+            self._last_open = time.monotonic()
+            stats.peak_open = max(stats.peak_open, len(self.connections))
+            if self._stop:
+                conn.close()
+            else:
+                conn.start()
+        finally:
+            self._connecting -= 1
+            semaphore.release()
+            self._check_done()
+
+    async def _open(self, number: int, phase: list[str], holder: list[EchoConnection]) -> None:
+        cfg = self.cfg
+        plan = self.plan
+        sock = socket.socket(plan.family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if plan.sources:
+                # Let the kernel pick the port per 4-tuple, not per source address.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((plan.sources[number % len(plan.sources)], 0))
+            await self.loop.sock_connect(sock, plan.sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        phase[0] = "tls" if self._ssl is not None else "handshake"
+        request = HandshakeRequest(
+            host=cfg.target.host_header,
+            path=cfg.target.path,
+            headers=cfg.headers,
+            origin=cfg.origin,
+            subprotocols=cfg.subprotocols,
+            deflate=cfg.deflate,
+        )
+        conn = EchoConnection(self, request)
+        holder.append(conn)
+        await self.loop.create_connection(
+            lambda: conn,
+            sock=sock,
+            ssl=self._ssl,
+            server_hostname=cfg.target.host if self._ssl is not None else None,
+        )
+        phase[0] = "handshake"
+        self.connections.add(conn)
+        await conn.opened
+
+    def _failed(self, category: str, holder: list[EchoConnection]) -> None:
+        self.failed += 1
+        self.stats.error(category)
+        if holder:
+            conn = holder[0]
+            self.connections.discard(conn)
+            if conn.transport is not None:
+                conn.transport.abort()
+
+    # -- periodic helpers -----------------------------------------------------------
+
+    async def _lag_probe(self) -> None:
+        # time.monotonic_ns, not loop.time(): uvloop's clock has millisecond resolution.
+        lag = self.stats.histograms["loop_lag"]
+        interval_ns = int(_LAG_INTERVAL * 1e9)
+        while True:
+            before = time.monotonic_ns()
+            await asyncio.sleep(_LAG_INTERVAL)
+            lag.record(time.monotonic_ns() - before - interval_ns)
+
+    async def _sweeper(self) -> None:
+        timeout_ns = int(self.cfg.timeout * 1e9)
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL)
+            deadline = time.monotonic_ns() - timeout_ns
+            for conn in list(self.connections):
+                oldest = conn.tracker.oldest_sent_ns()
+                if oldest is not None and oldest < deadline:
+                    conn.expire(deadline)
+
+    async def _ticker(self, last: dict[str, int]) -> None:
+        interval = self.cfg.progress_interval
+        while True:
+            await asyncio.sleep(min(1.0, interval))
+            if self.established > self._frozen_at:
+                # New connections since the last freeze: take them out of GC scans too.
+                self._frozen_at = self.established
+                gc.freeze()
+            self._sample(last)
+
+    def _sample(self, last: dict[str, int], report: bool = True) -> None:
+        """Add what happened since the previous sample to the per-second series."""
+        # Seconds since the run's common wall-clock start, so workers and hosts align.
+        second = max(0, int(time.time() - self.plan.start_wall - 1e-3))
+        current = {
+            "established": self.established,
+            "failed": self.failed,
+            "dropped": self.dropped,
+            "received": self.live.received,
+            "sent": self.live.sent,
+        }
+        for name, value in current.items():
+            self.stats.tick(name, second, value - last[name])
+            last[name] = value
+        self.stats.peak_open = max(self.stats.peak_open, len(self.connections))
+        if report and self.progress is not None:
+            self.progress(self.snapshot())
+
+    def snapshot(self) -> Progress:
+        live = self.live
+        errors = sum(self.stats.errors.values()) + live.mismatches + live.lost + live.duplicates
+        return Progress(
+            worker=self.plan.index,
+            elapsed=time.monotonic() - self._started,
+            open=len(self.connections),
+            established=self.established,
+            failed=self.failed,
+            dropped=self.dropped,
+            sent=live.sent,
+            received=live.received,
+            errors=errors,
+        )
+
+    def _finalize(self, elapsed: float, cpu: float) -> None:
+        stats = self.stats
+        live = self.live
+        counters = stats.counters
+        counters["connections_established"] += self.established
+        counters["connections_failed"] += self.failed
+        counters["connections_dropped"] += self.dropped
+        counters["messages_sent"] += live.sent
+        counters["messages_received"] += live.received
+        counters["bytes_sent"] += live.bytes_sent
+        counters["bytes_received"] += live.bytes_received
+        counters["messages_intended"] += self.intended
+        counters["mismatches"] += live.mismatches
+        counters["lost"] += live.lost
+        counters["duplicates"] += live.duplicates
+        counters["reordered"] += live.reordered
+        for name, count in (
+            ("mismatch", live.mismatches),
+            ("lost", live.lost),
+            ("duplicate", live.duplicates),
+        ):
+            if count:
+                stats.error(name, count)
+        if self.cfg.mode == "closed":
+            # Sent when intended: the uncorrected figure is the corrected one.
+            stats.histograms["latency_uncorrected"].merge(stats.histograms["latency"])
+        stats.elapsed = elapsed
+        if self._last_open:
+            stats.ramp_seconds = self._last_open - self._started
+        stats.cpu_seconds = cpu
+        stats.start_time = self.plan.start_wall
+        lag = stats.histograms["loop_lag"]
+        sched = stats.histograms["schedule_lag"]
+        stats.workers.append(
+            {
+                "index": self.plan.index,
+                "connections": self.plan.connections,
+                "elapsed": elapsed,
+                "cpu_fraction": cpu / elapsed if elapsed > 0 else 0.0,
+                "loop_lag_p99_ms": lag.percentile(99) / 1e6,
+                "loop_lag_max_ms": lag.maximum / 1e6,
+                "schedule_lag_p99_ms": sched.percentile(99) / 1e6,
+            }
+        )
+
+
+def make_ssl_context(insecure: bool) -> ssl.SSLContext:
+    """TLS client context; ``insecure`` skips certificate and host name checks."""
+    ctx = ssl.create_default_context()
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def run_in_loop(coro_factory: Callable[[], Any], loop_name: str) -> Any:
+    """Run a coroutine on uvloop when asked (or 'auto' and installed), else asyncio."""
+    if loop_name in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if loop_name == "uvloop":
+                raise LoadtestError("--loop uvloop: uvloop is not installed") from None
+        else:
+            return uvloop.run(coro_factory())
+    return asyncio.run(coro_factory())
+
+
+def _worker_process(
+    cfg: LoadConfig, plan: WorkerPlan, loop_name: str, results: multiprocessing.Queue[Any]
+) -> None:
+    # The parent owns Ctrl-C; a worker stops on SIGINT/SIGTERM via its own handler.
+    def report(progress: Progress) -> None:
+        results.put(("progress", plan.index, progress))
+
+    try:
+        worker = Worker(cfg, plan, report)
+        stats = run_in_loop(lambda: worker.run(handle_signals=True), loop_name)
+        results.put(("result", plan.index, stats.to_dict()))
+    except Exception as exc:  # task boundary: the parent must hear about any failure
+        log.exception("worker %d failed", plan.index)
+        results.put(("error", plan.index, repr(exc)))
+
+
+def run(
+    cfg: LoadConfig,
+    plans: list[WorkerPlan],
+    progress: Callable[[list[Progress]], None] | None = None,
+    loop_name: str = "auto",
+) -> Stats:
+    """Run all workers (in this process if there is one) and merge their Stats."""
+    if len(plans) == 1:
+        plan = plans[0]
+
+        def single(snapshot: Progress) -> None:
+            if progress is not None:
+                progress([snapshot])
+
+        worker = Worker(cfg, plan, single)
+        result: Stats = run_in_loop(lambda: worker.run(handle_signals=True), loop_name)
+        return result
+    ctx = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue[Any] = ctx.Queue()
+    processes = [
+        ctx.Process(target=_worker_process, args=(cfg, plan, loop_name, results), daemon=True)
+        for plan in plans
+    ]
+    interrupted: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: interrupted.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    forwarded = False
+    silent_polls: dict[int, int] = {}
+    merged = Stats()
+    latest: dict[int, Progress] = {}
+    failures: list[str] = []
+    try:
+        for process in processes:
+            process.start()
+        remaining = {plan.index for plan in plans}
+        while remaining:
+            if interrupted and not forwarded:
+                # Ctrl-C may reach only this process: stop the workers the same way.
+                forwarded = True
+                for process in processes:
+                    if process.pid is not None and process.is_alive():
+                        os.kill(process.pid, signal.SIGTERM)
+            try:
+                kind, index, payload = results.get(timeout=0.5)
+            except queue.Empty:
+                for plan, process in zip(plans, processes, strict=True):
+                    if plan.index in remaining and not process.is_alive():
+                        # A result may still be in the pipe: give it one more poll.
+                        silent_polls[plan.index] = silent_polls.get(plan.index, 0) + 1
+                        if silent_polls[plan.index] > 1:
+                            remaining.discard(plan.index)
+                            failures.append(
+                                f"worker {plan.index} exited with {process.exitcode}"
+                            )
+                continue
+            if kind == "progress":
+                latest[index] = payload
+                if progress is not None and len(latest) == len(plans):
+                    progress([latest[i] for i in sorted(latest)])
+            elif kind == "result":
+                merged.merge(Stats.from_dict(payload))
+                remaining.discard(index)
+            else:
+                failures.append(f"worker {index} failed: {payload}")
+                remaining.discard(index)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+    if failures:
+        raise LoadtestError("; ".join(failures))
+    return merged

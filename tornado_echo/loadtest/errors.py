@@ -1,0 +1,34 @@
+"""Errors of the load tester, all below :class:`tornado_echo.errors.EchoError`."""
+
+from __future__ import annotations
+
+from tornado_echo.errors import ConfigError, EchoError
+
+
+class LoadtestError(EchoError):
+    """Root of the load tester's own errors."""
+
+
+class LoadtestConfigError(ConfigError, LoadtestError):
+    """A command-line value or combination is invalid; the message says which and why."""
+
+
+class ProtocolError(LoadtestError):
+    """The server broke RFC 6455; ``close_code`` is the code we answer with."""
+
+    def __init__(self, message: str, close_code: int = 1002) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class HandshakeError(LoadtestError):
+    """The opening handshake failed; ``category`` is the error class we count."""
+
+    def __init__(self, message: str, category: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.category = category
+        self.status = status
+
+
+class ResultFormatError(LoadtestError):
+    """A JSON result file given to ``merge`` is not one of ours or is damaged."""

@@ -1,0 +1,365 @@
+"""RFC 6455 client-side wire protocol, without sockets.
+
+Everything here is pure: :func:`encode_frame` builds masked client frames,
+:class:`FrameParser` turns server bytes into messages, :class:`HandshakeParser`
+checks the upgrade response, :class:`Deflate` does permessage-deflate (RFC 7692).
+The socket-facing :mod:`tornado_echo.loadtest.protocol` only glues these together.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib
+import random
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
+
+OP_CONT = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_DEFLATE_TAIL = b"\x00\x00\xff\xff"
+_pack_16 = struct.Struct("!BBH").pack
+_pack_64 = struct.Struct("!BBQ").pack
+_getrandbits = random.getrandbits
+
+
+
+def _load_c_mask() -> Callable[[bytes, bytes], bytes] | None:
+    # The C helper of `websockets` beats the big-int XOR on large payloads; optional.
+    try:
+        module = importlib.import_module("websockets.speedups")
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    return cast(Callable[[bytes, bytes], bytes], module.apply_mask)
+
+
+_c_apply_mask = _load_c_mask()
+
+
+def _py_apply_mask(data: bytes, mask: bytes) -> bytes:
+    # One big-int XOR instead of a per-byte loop: linear time in C.
+    n = len(data)
+    if n == 0:
+        return b""
+    key = int.from_bytes(mask * (n // 4 + 1), "little") & ((1 << (8 * n)) - 1)
+    return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
+
+
+def apply_mask(data: bytes, mask: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte ``mask`` repeated (masking is its own inverse)."""
+    if _c_apply_mask is not None:
+        return _c_apply_mask(data, mask)
+    return _py_apply_mask(data, mask)
+
+
+def encode_frame(opcode: int, payload: bytes, *, rsv1: bool = False, fin: bool = True) -> bytes:
+    """One masked client frame carrying ``payload`` (a fresh random mask each time)."""
+    b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
+    n = len(payload)
+    mask = _getrandbits(32).to_bytes(4, "big")
+    if n < 126:
+        header = bytes((b0, 0x80 | n))
+    elif n < 65536:
+        header = _pack_16(b0, 0x80 | 126, n)
+    else:
+        header = _pack_64(b0, 0x80 | 127, n)
+    if _c_apply_mask is not None:
+        return header + mask + _c_apply_mask(payload, mask)
+    return header + mask + _py_apply_mask(payload, mask)
+
+
+def encode_close(code: int, reason: str = "") -> bytes:
+    """A masked close frame with ``code`` and a UTF-8 ``reason``."""
+    return encode_frame(OP_CLOSE, code.to_bytes(2, "big") + reason.encode()[:123])
+
+
+def parse_close_payload(payload: bytes) -> tuple[int, str]:
+    """Close code and reason of a close frame; 1005 (no status) when the body is empty."""
+    if not payload:
+        return 1005, ""
+    if len(payload) == 1:
+        raise ProtocolError("close frame with a 1-byte body")
+    code = int.from_bytes(payload[:2], "big")
+    try:
+        reason = payload[2:].decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("close reason is not UTF-8", 1007) from exc
+    return code, reason
+
+
+class Deflate:
+    """permessage-deflate state for one connection, from the server's accepted parameters."""
+
+    def __init__(self, params: dict[str, str | None]) -> None:
+        self.client_no_takeover = "client_no_context_takeover" in params
+        self.server_no_takeover = "server_no_context_takeover" in params
+        self.client_bits = _window_bits(params.get("client_max_window_bits"))
+        self.server_bits = _window_bits(params.get("server_max_window_bits"))
+        self._compressor = self._new_compressor()
+        self._decompressor = zlib.decompressobj(-self.server_bits)
+
+    def _new_compressor(self) -> zlib._Compress:
+        return zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -self.client_bits)
+
+    def compress(self, data: bytes) -> bytes:
+        if self.client_no_takeover:
+            self._compressor = self._new_compressor()
+        out = self._compressor.compress(data) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+        return out[:-4] if out.endswith(_DEFLATE_TAIL) else out
+
+    def decompress(self, data: bytes, max_size: int) -> bytes:
+        if self.server_no_takeover:
+            self._decompressor = zlib.decompressobj(-self.server_bits)
+        try:
+            out = self._decompressor.decompress(data + _DEFLATE_TAIL, max_size + 1)
+        except zlib.error as exc:
+            raise ProtocolError(f"bad deflate data: {exc}", 1007) from exc
+        if len(out) > max_size or self._decompressor.unconsumed_tail:
+            raise ProtocolError("decompressed message too big", 1009)
+        return out
+
+
+def _window_bits(value: str | None) -> int:
+    if value is None:
+        return 15
+    try:
+        bits = int(value)
+    except ValueError:
+        raise HandshakeError(f"bad window bits {value!r}", "handshake_bad_extension") from None
+    if not 8 <= bits <= 15:
+        raise HandshakeError(f"window bits {bits} out of range", "handshake_bad_extension")
+    # zlib refuses raw deflate with an 8-bit window; 9 reads everything 8 writes.
+    return max(bits, 9)
+
+
+class FrameParser:
+    """Incremental parser of server-to-client frames.
+
+    :meth:`feed` returns complete events in order: ``(opcode, payload)`` with opcode
+    OP_TEXT/OP_BINARY for whole (reassembled, decompressed) messages, or OP_PING,
+    OP_PONG, OP_CLOSE with the control frame body. Violations raise ProtocolError.
+    """
+
+    def __init__(self, max_size: int, deflate: Deflate | None = None) -> None:
+        self.max_size = max_size
+        self.deflate = deflate
+        self._buf = bytearray()
+        self._frag_opcode = -1
+        self._frag_rsv1 = False
+        self._frags: list[bytes] = []
+        self._frag_len = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        # Parses straight from ``data`` when nothing is buffered (the common case of
+        # whole frames per read) and only buffers an incomplete tail.
+        buf = self._buf
+        if buf:
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        events: list[tuple[int, bytes]] = []
+        pos = 0
+        end = len(data)
+        max_size = self.max_size
+        while end - pos >= 2:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            start = pos + 2
+            if length >= 126:
+                if length == 126:
+                    if end - pos < 4:
+                        break
+                    length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                    start = pos + 4
+                else:
+                    if end - pos < 10:
+                        break
+                    length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                    start = pos + 10
+            if b1 & 0x80:
+                raise ProtocolError("server sent a masked frame")
+            if length > max_size:
+                raise ProtocolError(f"frame of {length} bytes exceeds the limit", 1009)
+            stop = start + length
+            if stop > end:
+                break
+            payload = data[start:stop] if start or stop != end else data
+            pos = stop
+            if (b0 == 0x81 or b0 == 0x82) and self._frag_opcode < 0:
+                events.append((b0 & 0x0F, payload))  # unfragmented, uncompressed data
+            else:
+                self._frame(b0, payload, events)
+        if pos < end:
+            buf += data[pos:]
+        return events
+
+    def _frame(self, b0: int, payload: bytes, events: list[tuple[int, bytes]]) -> None:
+        opcode = b0 & 0x0F
+        fin = b0 & 0x80
+        rsv1 = bool(b0 & 0x40)
+        if b0 & 0x30 or (rsv1 and (self.deflate is None or opcode in (OP_CONT,) or opcode > 7)):
+            raise ProtocolError("reserved bits set without a negotiated extension")
+        if opcode >= 8:
+            if not fin or len(payload) > 125:
+                raise ProtocolError("fragmented or oversized control frame")
+            if opcode not in (OP_CLOSE, OP_PING, OP_PONG):
+                raise ProtocolError(f"unknown control opcode {opcode}")
+            events.append((opcode, payload))
+            return
+        if opcode == OP_CONT:
+            if self._frag_opcode < 0:
+                raise ProtocolError("continuation frame without a start")
+            self._frag_len += len(payload)
+            if self._frag_len > self.max_size:
+                raise ProtocolError("message exceeds the size limit", 1009)
+            self._frags.append(payload)
+            if not fin:
+                return
+            opcode, rsv1 = self._frag_opcode, self._frag_rsv1
+            payload = b"".join(self._frags)
+            self._frags = []
+            self._frag_opcode = -1
+            self._frag_len = 0
+        elif opcode in (OP_TEXT, OP_BINARY):
+            if self._frag_opcode >= 0:
+                raise ProtocolError("new message before the previous one finished")
+            if not fin:
+                self._frag_opcode, self._frag_rsv1 = opcode, rsv1
+                self._frags = [payload]
+                self._frag_len = len(payload)
+                return
+        else:
+            raise ProtocolError(f"unknown data opcode {opcode}")
+        if rsv1 and self.deflate is not None:
+            payload = self.deflate.decompress(payload, self.max_size)
+        events.append((opcode, payload))
+
+
+def new_key() -> str:
+    """A random Sec-WebSocket-Key."""
+    return base64.b64encode(_getrandbits(128).to_bytes(16, "big")).decode()
+
+
+def accept_for(key: str) -> str:
+    """The Sec-WebSocket-Accept a server must answer ``key`` with."""
+    return base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
+
+
+@dataclass(frozen=True)
+class HandshakeRequest:
+    """What the client asks for in its upgrade request."""
+
+    host: str
+    path: str
+    headers: Sequence[tuple[str, str]] = ()
+    origin: str | None = None
+    subprotocols: Sequence[str] = ()
+    deflate: bool = False
+    key: str = field(default_factory=new_key)
+
+    def encode(self) -> bytes:
+        lines = [
+            f"GET {self.path} HTTP/1.1",
+            f"Host: {self.host}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {self.key}",
+            "Sec-WebSocket-Version: 13",
+        ]
+        if self.origin:
+            lines.append(f"Origin: {self.origin}")
+        if self.subprotocols:
+            lines.append(f"Sec-WebSocket-Protocol: {', '.join(self.subprotocols)}")
+        if self.deflate:
+            lines.append("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
+        lines.extend(f"{name}: {value}" for name, value in self.headers)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@dataclass
+class HandshakeResult:
+    """The accepted upgrade: negotiated subprotocol and extension state."""
+
+    subprotocol: str | None
+    deflate: Deflate | None
+    leftover: bytes
+
+
+class HandshakeParser:
+    """Collects the upgrade response and validates it against ``request``."""
+
+    MAX_HEADER = 65536
+
+    def __init__(self, request: HandshakeRequest) -> None:
+        self.request = request
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> HandshakeResult | None:
+        """None until the header is complete; then the result, or HandshakeError."""
+        self._buf += data
+        end = self._buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buf) > self.MAX_HEADER:
+                raise HandshakeError("upgrade response header too large", "handshake_invalid")
+            return None
+        head = bytes(self._buf[:end]).decode("latin-1")
+        leftover = bytes(self._buf[end + 4 :])
+        status_line, *header_lines = head.split("\r\n")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise HandshakeError(f"bad status line {status_line!r}", "handshake_invalid")
+        status = int(parts[1])
+        if status != 101:
+            raise HandshakeError(
+                f"server answered the upgrade with HTTP {status}", f"handshake_{status}", status
+            )
+        headers: dict[str, str] = {}
+        for line in header_lines:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise HandshakeError(f"bad header line {line!r}", "handshake_invalid", status)
+            key = name.strip().lower()
+            value = value.strip()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        if headers.get("upgrade", "").lower() != "websocket":
+            raise HandshakeError("response lacks Upgrade: websocket", "handshake_invalid", status)
+        if "upgrade" not in headers.get("connection", "").lower():
+            raise HandshakeError("response lacks Connection: Upgrade", "handshake_invalid", status)
+        if headers.get("sec-websocket-accept") != accept_for(self.request.key):
+            raise HandshakeError("wrong Sec-WebSocket-Accept", "handshake_invalid", status)
+        subprotocol = headers.get("sec-websocket-protocol")
+        if subprotocol is not None and subprotocol not in self.request.subprotocols:
+            raise HandshakeError(
+                f"server chose unoffered subprotocol {subprotocol!r}", "handshake_invalid", status
+            )
+        deflate = None
+        extensions = headers.get("sec-websocket-extensions")
+        if extensions:
+            deflate = _accept_extensions(extensions, self.request.deflate)
+        return HandshakeResult(subprotocol, deflate, leftover)
+
+
+def _accept_extensions(header: str, offered: bool) -> Deflate | None:
+    offers = [item.strip() for item in header.split(",") if item.strip()]
+    if len(offers) != 1:
+        raise HandshakeError(f"unexpected extensions {header!r}", "handshake_bad_extension")
+    name, *raw_params = (part.strip() for part in offers[0].split(";"))
+    if name != "permessage-deflate" or not offered:
+        raise HandshakeError(f"unoffered extension {name!r}", "handshake_bad_extension")
+    params: dict[str, str | None] = {}
+    for raw in raw_params:
+        key, sep, value = raw.partition("=")
+        params[key.strip()] = value.strip().strip('"') if sep else None
+    return Deflate(params)

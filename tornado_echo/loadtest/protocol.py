@@ -1,0 +1,272 @@
+"""One client WebSocket connection as an asyncio.Protocol.
+
+The wire format lives in :mod:`framing` and the echo checks in :mod:`tracker`; this
+class only moves bytes between them and the transport and drives the workload:
+closed loop (send, await echo, send again; ``inflight`` outstanding) or open loop
+(a fixed schedule of intended send times, wrk2 style).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, cast
+
+from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
+from tornado_echo.loadtest.framing import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Deflate,
+    FrameParser,
+    HandshakeParser,
+    HandshakeRequest,
+    encode_close,
+    encode_frame,
+    parse_close_payload,
+)
+from tornado_echo.loadtest.tracker import EchoTracker
+
+if TYPE_CHECKING:
+    from tornado_echo.loadtest.engine import Worker
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE, OPEN, CLOSING, CLOSED = range(4)
+_CLOSE_WAIT = 2.0  # seconds to wait for the server's close frame before aborting
+_MAX_CATCH_UP = 1000  # open loop: most overdue messages sent in one go
+_now = time.monotonic_ns
+
+
+class EchoConnection(asyncio.Protocol):
+    """Client side of one connection; reports to its :class:`Worker`."""
+
+    def __init__(self, worker: Worker, request: HandshakeRequest) -> None:
+        self.worker = worker
+        cfg = worker.cfg
+        self.state = HANDSHAKE
+        self.request = request
+        self.opened: asyncio.Future[None] = worker.loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self._hs = HandshakeParser(request)
+        self._parser: FrameParser | None = None
+        self._deflate: Deflate | None = None
+        self._deflate_on = False
+        self._opcode = OP_BINARY if cfg.binary else OP_TEXT
+        self.tracker = EchoTracker(
+            worker.live,
+            worker.stats.histograms["latency"],
+            worker.stats.histograms["latency_uncorrected"],
+            cfg.sizes,
+            worker.filler,
+            worker.rng,
+        )
+        self.running = False
+        self._budget = cfg.messages if cfg.messages is not None else -1
+        self._inflight = cfg.inflight
+        self._timer: asyncio.TimerHandle | None = None
+        self._interval_ns = int(1e9 / cfg.rate) if cfg.mode == "open" else 0
+        self._next_intended = 0
+        self._close_received = False
+        self._close_sent = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request.encode())
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == HANDSHAKE:
+            try:
+                result = self._hs.feed(data)
+            except HandshakeError as exc:
+                self._fail_handshake(exc)
+                return
+            if result is None:
+                return
+            self._parser = FrameParser(self.worker.cfg.max_message, result.deflate)
+            self._deflate = result.deflate
+            self._deflate_on = result.deflate is not None
+            self.state = OPEN
+            if not self.opened.done():
+                self.opened.set_result(None)
+            data = result.leftover
+            if not data:
+                return
+        parser = self._parser
+        if parser is None or self.state == CLOSED:
+            return
+        try:
+            events = parser.feed(data)
+        except ProtocolError as exc:
+            self.worker.stats.error("protocol_error")
+            log.debug("protocol error: %s", exc)
+            self._send_close(exc.close_code)
+            self._abort()
+            return
+        tracker = self.tracker
+        now = _now()  # one read: one arrival time for all it carried
+        for opcode, payload in events:
+            if opcode == OP_TEXT or opcode == OP_BINARY:
+                if tracker.on_echo(payload, now) and self.running and not self._interval_ns:
+                    self.worker.defer_send(self)
+                elif not self.running and not tracker.pending:
+                    self.close()
+            elif opcode == OP_PING:
+                self._write(encode_frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                self._on_close_frame(payload)
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        previous = self.state
+        self.state = CLOSED
+        self._cancel_timer()
+        if previous == HANDSHAKE:
+            if not self.opened.done():
+                self.opened.set_exception(
+                    HandshakeError("connection closed during the handshake", "handshake_eof")
+                )
+        else:
+            if previous == OPEN and not self._close_received:
+                # Closed without a close frame while we still wanted it: RFC 6455's 1006.
+                self.worker.stats.error("close_1006")
+                self.worker.on_dropped()
+            self.tracker.abandon()
+        self.worker.on_closed(self)
+
+    # -- workload -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin sending once the handshake is done."""
+        if self.state != OPEN:
+            return
+        self.running = True
+        if self._interval_ns:
+            self._next_intended = _now()
+            self._on_tick()
+        else:
+            for _ in range(self._inflight):
+                if not self.running:
+                    break
+                self.send_next(0)
+
+    def send_next(self, intended: int, now: int = 0) -> None:
+        """Send the next message; ``intended`` is its scheduled time (0: now)."""
+        if self._budget == 0:
+            self.finish()
+            return
+        if self._budget > 0:
+            self._budget -= 1
+        if not now:
+            now = _now()
+        payload = self.tracker.next_payload(intended or now, now)
+        if self._deflate_on:
+            assert self._deflate is not None
+            frame = encode_frame(self._opcode, self._deflate.compress(payload), rsv1=True)
+        else:
+            frame = encode_frame(self._opcode, payload)
+        self._write(frame)
+
+    def _on_tick(self) -> None:
+        self._timer = None
+        if not self.running:
+            return
+        now = _now()
+        interval = self._interval_ns
+        lag = self.worker.stats.histograms["schedule_lag"]
+        sent = 0
+        while self._next_intended <= now and self.running and sent < _MAX_CATCH_UP:
+            if self._budget == 0:
+                self.finish()
+                return
+            intended = self._next_intended
+            lag.record(now - intended)
+            self.worker.intended += 1
+            self.send_next(intended)
+            self._next_intended = intended + interval
+            sent += 1
+        if self.running:
+            delay = (self._next_intended - _now()) / 1e9
+            self._timer = self.worker.loop.call_later(max(0.0, delay), self._on_tick)
+
+    def finish(self) -> None:
+        """Stop sending; close once every message in flight is answered or expired."""
+        self.running = False
+        self._cancel_timer()
+        if self.state == OPEN and not self.tracker.pending:
+            self.close()
+
+    def expire(self, deadline_ns: int) -> None:
+        """Count echoes overdue since ``deadline_ns`` as lost; keep the loop going."""
+        lost = self.tracker.expire(deadline_ns)
+        if not lost or self.state != OPEN:
+            return
+        if self.running and not self._interval_ns:
+            for _ in range(lost):
+                if self.running:
+                    self.send_next(0)
+        elif not self.running and not self.tracker.pending:
+            self.close()
+
+    # -- closing ------------------------------------------------------------------
+
+    def close(self, code: int = 1000) -> None:
+        """Start the closing handshake (idempotent)."""
+        if self.state != OPEN:
+            if self.state == HANDSHAKE:
+                self._abort()
+            return
+        self.running = False
+        self.state = CLOSING
+        self._cancel_timer()
+        self._send_close(code)
+        self._timer = self.worker.loop.call_later(_CLOSE_WAIT, self._abort)
+
+    def _on_close_frame(self, payload: bytes) -> None:
+        self._close_received = True
+        try:
+            code, _reason = parse_close_payload(payload)
+        except ProtocolError:
+            code = 1002
+            self.worker.stats.error("protocol_error")
+        if self.state == OPEN:
+            # The server closed on us: count the code, then answer as RFC 6455 asks.
+            self.worker.stats.error(f"close_{code}")
+            self.worker.on_dropped()
+            self._send_close(code if code not in (1005, 1006, 1015) else 1000)
+        self.state = CLOSING
+        self.running = False
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _send_close(self, code: int) -> None:
+        if not self._close_sent:
+            self._close_sent = True
+            self._write(encode_close(code))
+
+    def _fail_handshake(self, exc: HandshakeError) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc)
+        self._abort()
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _abort(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,225 @@
+"""Derived figures, verdicts and output of a run (or of merged runs).
+
+:func:`summarize` turns a :class:`Stats` into the figures people read; the
+saturation guard and the CI thresholds are decided here, from those figures only,
+so a merged result gets exactly the verdicts a single run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from tornado_echo.loadtest.errors import ResultFormatError
+from tornado_echo.loadtest.histogram import Histogram
+from tornado_echo.loadtest.stats import Stats
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
+# The client is deemed the bottleneck past any of these (see the saturation guard).
+CPU_BOUND = 0.90
+LOOP_LAG_BOUND_MS = 50.0
+SCHEDULE_LAG_BOUND_MS = 50.0
+RATE_SHORTFALL = 0.95
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """CI limits; None means unchecked."""
+
+    max_p99_ms: float | None = None
+    max_error_rate: float | None = None
+    min_throughput: float | None = None
+
+
+def hist_summary(hist: Histogram, scale: float = 1e6) -> dict[str, float]:
+    """Count, mean, percentiles and max of ``hist`` in ms (ns / ``scale``)."""
+    out: dict[str, float] = {"count": hist.total}
+    if hist.total:
+        out["min"] = hist.minimum / scale
+        out["mean"] = hist.mean / scale
+        for p in PERCENTILES:
+            out[f"p{p:g}"] = hist.percentile(p) / scale
+        out["max"] = hist.maximum / scale
+    return out
+
+
+def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a run: throughput, errors, latency percentiles, saturation."""
+    c = stats.counters
+    elapsed = stats.elapsed or 0.0
+    attempts = c["connections_attempted"] + c["messages_sent"]
+    conn_errors = c["connections_failed"] + c["connections_dropped"]
+    msg_errors = c["mismatches"] + c["lost"] + c["duplicates"]
+    summary: dict[str, Any] = {
+        "elapsed_s": elapsed,
+        "interrupted": stats.interrupted,
+        "connections": {
+            "attempted": c["connections_attempted"],
+            "established": c["connections_established"],
+            "failed": c["connections_failed"],
+            "dropped": c["connections_dropped"],
+            "peak_open": stats.peak_open,
+            "last_opened_after_s": stats.ramp_seconds,
+        },
+        "messages": {
+            "sent": c["messages_sent"],
+            "received": c["messages_received"],
+            "mismatches": c["mismatches"],
+            "lost": c["lost"],
+            "duplicates": c["duplicates"],
+            "reordered": c["reordered"],
+        },
+        "throughput": {
+            "msgs_per_s": c["messages_received"] / elapsed if elapsed else 0.0,
+            "mb_per_s": c["bytes_received"] / elapsed / 1e6 if elapsed else 0.0,
+            "sent_msgs_per_s": c["messages_sent"] / elapsed if elapsed else 0.0,
+        },
+        "error_rate": (conn_errors + msg_errors) / attempts if attempts else 0.0,
+        "errors": dict(sorted(stats.errors.items())),
+        "latency_ms": hist_summary(stats.histograms["latency"]),
+        "latency_uncorrected_ms": hist_summary(stats.histograms["latency_uncorrected"]),
+        "handshake_ms": hist_summary(stats.histograms["handshake"]),
+    }
+    summary["saturation"] = saturation(stats, config)
+    return summary
+
+
+def saturation(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
+    """Was the load generator itself the bottleneck? Reasons say why."""
+    reasons: list[str] = []
+    for worker in stats.workers:
+        index = worker.get("index")
+        if worker.get("cpu_fraction", 0.0) >= CPU_BOUND:
+            reasons.append(f"worker {index} used {worker['cpu_fraction']:.0%} of a core")
+        if worker.get("loop_lag_p99_ms", 0.0) > LOOP_LAG_BOUND_MS:
+            reasons.append(f"worker {index} event-loop lag p99 {worker['loop_lag_p99_ms']:.1f} ms")
+        if worker.get("schedule_lag_p99_ms", 0.0) > SCHEDULE_LAG_BOUND_MS:
+            reasons.append(
+                f"worker {index} send-schedule lag p99 {worker['schedule_lag_p99_ms']:.1f} ms"
+            )
+    intended = stats.counters["messages_intended"]
+    if config.get("mode") == "open" and stats.elapsed > 0:
+        wanted = config.get("rate_per_connection", 0.0) * stats.counters[
+            "connections_established"
+        ]
+        if intended and wanted:
+            achieved = stats.counters["messages_sent"] / stats.elapsed
+            if achieved < RATE_SHORTFALL * wanted and stats.workers:
+                lag = max(w.get("schedule_lag_p99_ms", 0.0) for w in stats.workers)
+                if lag > 1.0:
+                    reasons.append(
+                        f"sent {achieved:.0f} msgs/s of {wanted:.0f} requested "
+                        f"(schedule lag p99 {lag:.1f} ms)"
+                    )
+    return {
+        "client_bound": bool(reasons),
+        "reasons": reasons,
+        "loop_lag_ms": hist_summary(stats.histograms["loop_lag"]),
+        "schedule_lag_ms": hist_summary(stats.histograms["schedule_lag"]),
+        "workers": stats.workers,
+    }
+
+
+def check_thresholds(summary: dict[str, Any], limits: Thresholds) -> list[str]:
+    """Messages naming each CI threshold the run failed (empty: all passed)."""
+    failed: list[str] = []
+    if limits.max_p99_ms is not None:
+        p99 = summary["latency_ms"].get("p99", math.inf)
+        if p99 > limits.max_p99_ms:
+            failed.append(f"--max-p99-ms: p99 latency {p99:.3f} ms > {limits.max_p99_ms:g} ms")
+    if limits.max_error_rate is not None and summary["error_rate"] > limits.max_error_rate:
+        failed.append(
+            f"--max-error-rate: error rate {summary['error_rate']:.6f} > {limits.max_error_rate:g}"
+        )
+    if limits.min_throughput is not None:
+        rate = summary["throughput"]["msgs_per_s"]
+        if rate < limits.min_throughput:
+            failed.append(
+                f"--min-throughput: {rate:.1f} msgs/s < {limits.min_throughput:g} msgs/s"
+            )
+    return failed
+
+
+def document(stats: Stats, config: dict[str, Any], sources: list[str]) -> dict[str, Any]:
+    """The whole result as JSON-ready data (``merge`` reads it back)."""
+    return {
+        "tool": "tornado-echo-loadtest",
+        "config": config,
+        "sources": sources,
+        "summary": summarize(stats, config),
+        "stats": stats.to_dict(),
+    }
+
+
+def load(path: str) -> tuple[Stats, dict[str, Any]]:
+    """Stats and config from a ``--json`` file; ResultFormatError if not one."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise ResultFormatError(f"{path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ResultFormatError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or data.get("tool") != "tornado-echo-loadtest":
+        raise ResultFormatError(f"{path}: not a tornado-echo-loadtest result")
+    try:
+        return Stats.from_dict(data["stats"]), dict(data.get("config") or {})
+    except ResultFormatError as exc:
+        raise ResultFormatError(f"{path}: {exc}") from None
+    except KeyError:
+        raise ResultFormatError(f"{path}: no stats") from None
+
+
+def write_json(path: str, doc: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(doc, handle, indent=1)
+        handle.write("\n")
+
+
+def _fmt_hist(name: str, h: dict[str, float]) -> str:
+    if not h.get("count"):
+        return f"  {name:<22} (no samples)"
+    cols = " ".join(f"{h[f'p{p:g}']:>9.3f}" for p in PERCENTILES)
+    return f"  {name:<22} {cols} {h['max']:>9.3f} {int(h['count']):>10}"
+
+
+def render(summary: dict[str, Any], out: TextIO) -> None:
+    """The final human-readable table."""
+    c = summary["connections"]
+    m = summary["messages"]
+    t = summary["throughput"]
+    lines = [
+        f"duration {summary['elapsed_s']:.2f} s"
+        + ("  (INTERRUPTED: partial result)" if summary.get("interrupted") else ""),
+        f"connections  attempted {c['attempted']}  established {c['established']}  "
+        f"failed {c['failed']}  dropped {c['dropped']}  peak open {c['peak_open']}  "
+        f"last opened after {c['last_opened_after_s']:.2f} s",
+        f"messages     sent {m['sent']}  echoed ok {m['received']}  mismatched {m['mismatches']}"
+        f"  lost {m['lost']}  duplicated {m['duplicates']}  reordered {m['reordered']}",
+        f"throughput   {t['msgs_per_s']:.1f} msgs/s  {t['mb_per_s']:.3f} MB/s",
+        f"error rate   {summary['error_rate']:.6f}",
+        "",
+        "  latency (ms)           "
+        + " ".join(f"{'p' + format(p, 'g'):>9}" for p in PERCENTILES)
+        + f" {'max':>9} {'count':>10}",
+        _fmt_hist("round trip (corrected)", summary["latency_ms"]),
+        _fmt_hist("round trip (as sent)", summary["latency_uncorrected_ms"]),
+        _fmt_hist("handshake", summary["handshake_ms"]),
+        _fmt_hist("event-loop lag", summary["saturation"]["loop_lag_ms"]),
+        _fmt_hist("send-schedule lag", summary["saturation"]["schedule_lag_ms"]),
+    ]
+    if summary["errors"]:
+        lines.append("")
+        lines.append(
+            "errors       " + "  ".join(f"{k} {v}" for k, v in summary["errors"].items())
+        )
+    sat = summary["saturation"]
+    lines.append("")
+    if sat["client_bound"]:
+        lines.append("CLIENT-BOUND: the load generator could not keep up; figures understate")
+        lines.append("the server. " + "; ".join(sat["reasons"]))
+    else:
+        lines.append("client kept up (not client-bound)")
+    out.write("\n".join(lines) + "\n")

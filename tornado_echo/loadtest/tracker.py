@@ -1,0 +1,174 @@
+"""Per-connection bookkeeping of sent messages and their echoes, without I/O.
+
+Every payload is ``%016x`` of its sequence number followed by a fixed filler, so an
+echo can be checked byte for byte without storing what was sent. The tracker
+classifies each echo as good (latency recorded), mismatched, duplicate or reordered,
+and each message never echoed within the timeout as lost.
+"""
+
+from __future__ import annotations
+
+import random
+
+from tornado_echo.loadtest.config import SEQ_WIDTH, SizeSpec
+from tornado_echo.loadtest.histogram import Histogram
+
+_FILLER_UNIT = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+
+
+class Filler:
+    """Cached payload tails by size (shared by all connections of a worker)."""
+
+    def __init__(self, max_size: int) -> None:
+        body = max(0, max_size - SEQ_WIDTH)
+        self._data = (_FILLER_UNIT * (body // len(_FILLER_UNIT) + 1))[:body]
+        self._cache: dict[int, bytes] = {}
+
+    def tail(self, size: int) -> bytes:
+        tail = self._cache.get(size)
+        if tail is None:
+            tail = self._data[: size - SEQ_WIDTH]
+            if len(self._cache) < 4096:
+                self._cache[size] = tail
+        return tail
+
+
+class LiveCounters:
+    """Hot counters shared by a worker's connections (folded into Stats at the end)."""
+
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "duplicates",
+        "lost",
+        "mismatches",
+        "received",
+        "reordered",
+        "sent",
+    )
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.mismatches = 0
+        self.lost = 0
+        self.duplicates = 0
+        self.reordered = 0
+
+
+class EchoTracker:
+    """Sequence numbers in flight on one connection and the checks on their echoes."""
+
+    __slots__ = (
+        "_expired",
+        "_filler",
+        "_latency",
+        "_live",
+        "_rng",
+        "_sizes",
+        "_uncorrected",
+        "max_received",
+        "next_seq",
+        "pending",
+    )
+
+    def __init__(
+        self,
+        live: LiveCounters,
+        latency: Histogram,
+        uncorrected: Histogram,
+        sizes: SizeSpec,
+        filler: Filler,
+        rng: random.Random,
+    ) -> None:
+        self._live = live
+        self._latency = latency
+        self._uncorrected = uncorrected
+        self._sizes = sizes
+        self._filler = filler
+        self._rng = rng
+        self._expired: set[int] = set()
+        # seq -> (intended send ns, actual send ns, size); dict order = send order
+        self.pending: dict[int, tuple[int, int, int]] = {}
+        self.next_seq = 0
+        self.max_received = -1
+
+    def next_payload(self, intended_ns: int, now_ns: int) -> bytes:
+        """The payload of the next message; records it as in flight."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        sizes = self._sizes
+        size = sizes.low if sizes.low == sizes.high else sizes.sample(self._rng)
+        self.pending[seq] = (intended_ns, now_ns, size)
+        live = self._live
+        live.sent += 1
+        live.bytes_sent += size
+        return b"%016x" % seq + self._filler.tail(size)
+
+    def on_echo(self, payload: bytes, now_ns: int) -> bool:
+        """Check one echoed message; True if it answered a message in flight."""
+        live = self._live
+        try:
+            seq = int(payload[:SEQ_WIDTH], 16)
+        except ValueError:
+            live.mismatches += 1
+            return False
+        entry = self.pending.pop(seq, None)
+        if entry is None:
+            if seq in self._expired:
+                # A late echo of a message already counted lost: it arrived after all.
+                self._expired.discard(seq)
+            elif 0 <= seq < self.next_seq:
+                live.duplicates += 1
+            else:
+                live.mismatches += 1
+            return False
+        intended, sent, size = entry
+        if (
+            len(payload) != size
+            or not payload.endswith(self._filler.tail(size))
+            or payload[:SEQ_WIDTH] != b"%016x" % seq
+        ):
+            live.mismatches += 1
+            return True
+        if seq < self.max_received:
+            live.reordered += 1
+        else:
+            self.max_received = seq
+        live.received += 1
+        live.bytes_received += size
+        self._latency.record(now_ns - intended)
+        if sent != intended:
+            # Closed loop sends when intended, so there the two are one histogram.
+            self._uncorrected.record(now_ns - sent)
+        return True
+
+    def oldest_sent_ns(self) -> int | None:
+        """Actual send time of the oldest message in flight, or None."""
+        for entry in self.pending.values():
+            return entry[1]
+        return None
+
+    def expire(self, deadline_ns: int) -> int:
+        """Count messages sent before ``deadline_ns`` as lost; returns how many."""
+        expired = 0
+        pending = self.pending
+        while pending:
+            seq = next(iter(pending))
+            if pending[seq][1] >= deadline_ns:
+                break
+            del pending[seq]
+            if len(self._expired) < 100_000:
+                self._expired.add(seq)
+            expired += 1
+        self._live.lost += expired
+        return expired
+
+    def abandon(self) -> int:
+        """Count every message still in flight as lost (the connection is gone)."""
+        count = len(self.pending)
+        self.pending.clear()
+        self._live.lost += count
+        return count
