@@ -26,8 +26,9 @@ def build_go(name: str, outdir: Path) -> Path:
     if shutil.which("go") is None:
         sys.exit("go not found: apt-get install -y golang-go golang-github-gorilla-websocket-dev")
     binary = outdir / name
-    env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, GOFLAGS="",
-               GOCACHE=str(outdir / "gocache"))
+    env = dict(
+        os.environ, GO111MODULE="off", GOPATH=GOPATH, GOFLAGS="", GOCACHE=str(outdir / "gocache")
+    )
     subprocess.run(["go", "build", "-o", str(binary), "."], cwd=HERE / name, env=env, check=True)
     return binary
 
@@ -41,8 +42,9 @@ class Server:
         else:
             cmd = [sys.executable, str(HERE / "echo_server.py")]
         env = dict(os.environ, GOMAXPROCS="1")
-        self.proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], stdout=subprocess.PIPE,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", str(cpu), *cmd], stdout=subprocess.PIPE, text=True, env=env
+        )
         assert self.proc.stdout is not None
         port = int(self.proc.stdout.readline())
         self.url = f"ws://127.0.0.1:{port}/ws"

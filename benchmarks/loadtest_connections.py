@@ -23,8 +23,9 @@ RAMP_ALLOWANCE = 15.0  # seconds added to --hold-seconds for the connections to 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--server", choices=("tornado", "go"), default="go")
     parser.add_argument("--open", type=int, default=10_000)
     parser.add_argument("--hold", type=int, default=19_000)
@@ -34,28 +35,47 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(args.server, cpu=1, bindir=Path(tmp))
         try:
-            opened = run_loadtest(0, [server.url, "-c", str(args.open), "-w", "1",
-                                      "-d", "15", "-n", "1"])["summary"]
+            opened = run_loadtest(
+                0, [server.url, "-c", str(args.open), "-w", "1", "-d", "15", "-n", "1"]
+            )["summary"]
             # The duration includes the ramp-up, so give the connections time to open first.
-            held = run_loadtest(0, [server.url, "-c", str(args.hold), "-w", "1",
-                                    "-d", str(RAMP_ALLOWANCE + args.hold_seconds),
-                                    "--mode", "open",
-                                    "--rate", str(args.rate), "--timeout", "10"])["summary"]
+            held = run_loadtest(
+                0,
+                [
+                    server.url,
+                    "-c",
+                    str(args.hold),
+                    "-w",
+                    "1",
+                    "-d",
+                    str(RAMP_ALLOWANCE + args.hold_seconds),
+                    "--mode",
+                    "open",
+                    "--rate",
+                    str(args.rate),
+                    "--timeout",
+                    "10",
+                ],
+            )["summary"]
         finally:
             server.close()
     c = opened["connections"]
     say(f"server: {args.server} on CPU 1, tester: 1 worker on CPU 0")
-    say(f"open {args.open}: established {c['established']}, failed {c['failed']}, "
+    say(
+        f"open {args.open}: established {c['established']}, failed {c['failed']}, "
         f"last opened after {c['last_opened_after_s']:.2f} s (target < 10 s), "
         f"handshake p50 {opened['handshake_ms'].get('p50', 0):.1f} ms "
-        f"p99 {opened['handshake_ms'].get('p99', 0):.1f} ms")
+        f"p99 {opened['handshake_ms'].get('p99', 0):.1f} ms"
+    )
     c = held["connections"]
     m = held["messages"]
-    say(f"hold {args.hold} in one worker for {args.hold_seconds:g} s: peak open {c['peak_open']}, "
+    say(
+        f"hold {args.hold} in one worker for {args.hold_seconds:g} s: peak open {c['peak_open']}, "
         f"established {c['established']} (last after {c['last_opened_after_s']:.1f} s), "
         f"failed {c['failed']}, dropped {c['dropped']}; "
         f"echoes {m['received']} ok, lost {m['lost']}, mismatched {m['mismatches']}; "
-        f"client-bound: {held['saturation']['client_bound']} {held['saturation']['reasons']}")
+        f"client-bound: {held['saturation']['client_bound']} {held['saturation']['reasons']}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ from _common import Server, build_go, run_loadtest, say
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--server", choices=("tornado", "go"), default="tornado")
     parser.add_argument("-c", "--connections", type=int, default=50)
     parser.add_argument("-d", "--duration", type=float, default=10.0)
@@ -45,10 +46,23 @@ def main() -> None:
                     cpu_before = server.cpu_seconds()
                     if who == "go":
                         proc = subprocess.run(
-                            ["taskset", "-c", "0", str(goclient), "-url", server.url,
-                             "-c", str(args.connections), "-d", f"{args.duration}s",
-                             "-size", str(args.size)],
-                            capture_output=True, text=True, check=True,
+                            [
+                                "taskset",
+                                "-c",
+                                "0",
+                                str(goclient),
+                                "-url",
+                                server.url,
+                                "-c",
+                                str(args.connections),
+                                "-d",
+                                f"{args.duration}s",
+                                "-size",
+                                str(args.size),
+                            ],
+                            capture_output=True,
+                            text=True,
+                            check=True,
                             env={"GOMAXPROCS": "1", "PATH": "/usr/bin:/bin"},
                         )
                         go_result = json.loads(proc.stdout)
@@ -56,22 +70,39 @@ def main() -> None:
                         busy = (server.cpu_seconds() - cpu_before) / go_result["elapsed_s"]
                         server_busy["go"].append(busy)
                     else:
-                        result = run_loadtest(0, [
-                            server.url, "-c", str(args.connections), "-d", str(args.duration),
-                            "-s", str(args.size), "-w", "1", "--loop", args.loop,
-                        ])
+                        result = run_loadtest(
+                            0,
+                            [
+                                server.url,
+                                "-c",
+                                str(args.connections),
+                                "-d",
+                                str(args.duration),
+                                "-s",
+                                str(args.size),
+                                "-w",
+                                "1",
+                                "--loop",
+                                args.loop,
+                            ],
+                        )
                         summary = result["summary"]
                         busy = (server.cpu_seconds() - cpu_before) / summary["elapsed_s"]
                         server_busy["py"].append(busy)
                         ours.append(summary["throughput"]["msgs_per_s"])
                         sat = summary["saturation"]
-                        verdicts.append("client-bound: " + "; ".join(sat["reasons"])
-                                        if sat["client_bound"] else "not client-bound")
+                        verdicts.append(
+                            "client-bound: " + "; ".join(sat["reasons"])
+                            if sat["client_bound"]
+                            else "not client-bound"
+                        )
                         if summary["error_rate"]:
                             say(f"  warning: our run saw errors {summary['errors']}")
-                say(f"round {round_no + 1}: go {theirs[-1]:.0f} msgs/s "
-                      f"(server CPU {server_busy['go'][-1]:.0%}), loadtest {ours[-1]:.0f} msgs/s "
-                      f"(server CPU {server_busy['py'][-1]:.0%}; {verdicts[-1]})")
+                say(
+                    f"round {round_no + 1}: go {theirs[-1]:.0f} msgs/s "
+                    f"(server CPU {server_busy['go'][-1]:.0%}), loadtest {ours[-1]:.0f} msgs/s "
+                    f"(server CPU {server_busy['py'][-1]:.0%}; {verdicts[-1]})"
+                )
         finally:
             server.close()
     go_rate = sum(theirs) / len(theirs)
@@ -79,13 +110,17 @@ def main() -> None:
     # Other work on the machine moves both rates between rounds; the paired per-round
     # ratios show that spread, the ratio of the means is the headline figure.
     paired = sorted(p / g for p, g in zip(ours, theirs, strict=True))
-    say(f"server: {args.server} on CPU 1; clients on CPU 0; {args.connections} connections, "
-          f"{args.size}-byte text messages, closed loop, {args.duration:g} s x {args.rounds}")
+    say(
+        f"server: {args.server} on CPU 1; clients on CPU 0; {args.connections} connections, "
+        f"{args.size}-byte text messages, closed loop, {args.duration:g} s x {args.rounds}"
+    )
     say(f"compiled client (Go, gorilla/websocket): {go_rate:10.0f} msgs/s")
     say(f"tornado-echo-loadtest (1 worker):        {py_rate:10.0f} msgs/s")
     say(f"ratio loadtest / compiled:               {py_rate / go_rate:10.3f}  (target >= 0.9)")
-    say(f"per-round ratios: {', '.join(f'{r:.3f}' for r in paired)} "
-        f"(median {statistics.median(paired):.3f})")
+    say(
+        f"per-round ratios: {', '.join(f'{r:.3f}' for r in paired)} "
+        f"(median {statistics.median(paired):.3f})"
+    )
 
 
 if __name__ == "__main__":

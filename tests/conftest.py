@@ -9,7 +9,6 @@ they fail.
 from __future__ import annotations
 
 import os
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,9 +18,9 @@ import psycopg2
 import psycopg2.extras
 import pytest
 import tornado.web
-from helpers import Service
 from tornado.ioloop import IOLoop
 
+from tests.helpers import SERVER_ID, Service
 from tornado_echo.app import make_app
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
@@ -29,7 +28,6 @@ from tornado_echo.store import Store, make_store
 
 PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
-SERVER_ID = "test-host:0:0"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,24 +75,6 @@ def sqlite_url(tmp_path: Any) -> str:
 def database_url(request: pytest.FixtureRequest) -> str:
     """Each store test runs once on SQLite and once on PostgreSQL."""
     return str(request.getfixturevalue(f"{request.param}_url"))
-
-
-def fetch_rows(database_url: str, sql: str) -> list[dict[str, Any]]:
-    """Read rows straight from the database (test side, blocking is fine here)."""
-    if database_url.startswith("sqlite:///"):
-        conn = sqlite3.connect(database_url[len("sqlite:///") :])
-        conn.row_factory = sqlite3.Row
-        try:
-            return [dict(row) for row in conn.execute(sql)]
-        finally:
-            conn.close()
-    pg = psycopg2.connect(database_url)
-    try:
-        with pg.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            cur.execute(sql)
-            return [dict(row) for row in cur.fetchall()]
-    finally:
-        pg.close()
 
 
 @pytest.fixture

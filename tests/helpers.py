@@ -9,6 +9,7 @@ import os
 import re
 import signal  # noqa: F401
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -16,6 +17,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psycopg2
+import psycopg2.extras
+
+SERVER_ID = "test-host:0:0"
+
+
+def fetch_rows(database_url: str, sql: str) -> list[dict[str, Any]]:
+    """Read rows straight from the database (test side, blocking is fine here)."""
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url[len("sqlite:///") :])
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(row) for row in conn.execute(sql)]
+        finally:
+            conn.close()
+    pg = psycopg2.connect(database_url)
+    try:
+        with pg.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(sql)
+            return [dict(row) for row in cur.fetchall()]
+    finally:
+        pg.close()
 
 
 async def raw_http(

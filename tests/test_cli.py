@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import fetch_rows
 from tornado.websocket import websocket_connect
+
+from tests.helpers import fetch_rows
 
 COMMAND = [sys.executable, "-m", "tornado_echo"]
 

@@ -8,18 +8,19 @@ from typing import Any
 
 import pytest
 import tornado.web
-from conftest import SERVER_ID, fetch_rows
-from helpers import (
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from tests.helpers import (
+    SERVER_ID,
     client_frame,
+    fetch_rows,
     json_body,
     open_raw_websocket,
     raw_http,
     read_server_frame,
     upgrade_request,
 )
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from tornado.websocket import WebSocketClientConnection, websocket_connect
-
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
 from tornado_echo.handlers import EchoWebSocket
@@ -310,6 +311,20 @@ async def test_allowed_origin_is_upgraded(http_server: Any, http_port: int) -> N
 async def test_same_host_origin_is_upgraded(http_server: Any, http_port: int) -> None:
     status, _, _ = await raw_http(http_port, upgrade_request(Origin="http://127.0.0.1"))
     assert status == 101
+
+
+@pytest.mark.gen_test
+@pytest.mark.app_config(max_connections=5)
+async def test_connection_limit_holds_against_a_burst_of_handshakes(ws_url: str) -> None:
+    attempts = await asyncio.gather(
+        *(websocket_connect(ws_url) for _ in range(20)), return_exceptions=True
+    )
+    admitted = [a for a in attempts if isinstance(a, WebSocketClientConnection)]
+    refused = [a for a in attempts if isinstance(a, HTTPClientError)]
+    assert (len(admitted), len(refused)) == (5, 15)
+    assert {error.code for error in refused} == {503}
+    for client in admitted:
+        client.close()
 
 
 @pytest.mark.gen_test

@@ -6,10 +6,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import fetch_rows
-from helpers import raw_http, upgrade_request
 from tornado.websocket import websocket_connect
 
+from tests.helpers import fetch_rows, raw_http, upgrade_request
 from tornado_echo.config import Config
 from tornado_echo.server import Server
 

@@ -6,9 +6,18 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import BASE_CONF, Service, json_body, metric, raw_http, start_service, upgrade_request
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
+
+from tests.helpers import (
+    BASE_CONF,
+    Service,
+    json_body,
+    metric,
+    raw_http,
+    start_service,
+    upgrade_request,
+)
 
 
 def test_ready_watchdog_stopping_in_order(tmp_path: Path, services: list[Service]) -> None:

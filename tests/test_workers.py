@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fetch_rows
-from helpers import BASE_CONF, Service, metric, start_service
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import WebSocketClosedError, websocket_connect
+
+from tests.helpers import BASE_CONF, Service, fetch_rows, metric, start_service
 
 
 def worker_pids(service: Service) -> list[int]:

@@ -44,6 +44,9 @@ class Connections:
         self._open: set[Session] = set()
         self._ended_traffic = Traffic()
         self.total = 0
+        # Upgrades admitted and not yet ended, handshakes in flight included: the count
+        # max_connections limits, so a burst of handshakes cannot overshoot it.
+        self.admitted = 0
         self.draining = False
         self._empty = asyncio.Event()
         self._empty.set()

@@ -103,10 +103,15 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         if self.connections.draining:
             self._reject(503, "draining", "server is shutting down")
             return
-        if len(self.connections) >= self.config.max_connections:
+        if self.connections.admitted >= self.config.max_connections:
             self._reject(503, "connection_limit", "connection limit reached")
             return
-        await super().get(*args, **kwargs)
+        self.connections.admitted += 1
+        try:
+            # Returns when the connection ends: Tornado runs its read loop in here.
+            await super().get(*args, **kwargs)
+        finally:
+            self.connections.admitted -= 1
 
     def _upgrade_problem(self) -> tuple[str, str] | None:
         """(metric label, message) of what makes this request impossible to upgrade."""

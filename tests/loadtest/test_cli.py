@@ -23,15 +23,35 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def quick(servers: Servers, path: str = "/echo") -> list[str]:
-    return [servers.url(path), "-c", "2", "-n", "5", "-w", "1", "-q", "--loop", "asyncio",
-            "--timeout", "0.3"]
+    return [
+        servers.url(path),
+        "-c",
+        "2",
+        "-n",
+        "5",
+        "-w",
+        "1",
+        "-q",
+        "--loop",
+        "asyncio",
+        "--timeout",
+        "0.3",
+    ]
 
 
 def test_passing_run_prints_summary_and_exits_zero(
     servers: Servers, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run_cli(capsys, *quick(servers), "--max-p99-ms", "60000",
-                           "--max-error-rate", "0", "--min-throughput", "0.001")
+    code, out, _ = run_cli(
+        capsys,
+        *quick(servers),
+        "--max-p99-ms",
+        "60000",
+        "--max-error-rate",
+        "0",
+        "--min-throughput",
+        "0.001",
+    )
     assert code == 0
     assert "echoed ok 10" in out
     assert "round trip (corrected)" in out
@@ -142,8 +162,17 @@ def test_merge_thresholds_and_bad_files(
 def test_progress_lines_off_a_terminal() -> None:
     out = io.StringIO()
     line = ProgressLine(out, interval=1.0)
-    snap = Progress(worker=0, elapsed=1.0, open=3, established=3, failed=1, dropped=0,
-                    sent=10, received=9, errors=1)
+    snap = Progress(
+        worker=0,
+        elapsed=1.0,
+        open=3,
+        established=3,
+        failed=1,
+        dropped=0,
+        sent=10,
+        received=9,
+        errors=1,
+    )
     line([snap, snap])
     line([snap, snap])  # same second: not repeated
     line([replace(snap, elapsed=2.0, received=19), snap])
@@ -162,7 +191,11 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_script_wrapper_reports_bad_input_without_traceback() -> None:
     script = Path(__file__).resolve().parents[2] / "scripts" / "loadtest.py"
-    proc = subprocess.run([sys.executable, str(script), "ws://127.0.0.1:1/", "-c", "-5"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(script), "ws://127.0.0.1:1/", "-c", "-5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--connections" in proc.stderr

@@ -32,23 +32,33 @@ def test_correct_server_closed_loop_checks_every_echo(servers: Servers, loop: st
 
 def test_inflight_binary_sizes_deflate_headers(servers: Servers) -> None:
     stats, summary = run_load(
-        servers.url("/echo"), connections=4, messages=40, inflight=4, binary=True,
-        size="16-3000", deflate=True, headers=(("X-Require", "yes"),), origin="http://x",
-        subprotocols=("chat",), seed=1,
+        servers.url("/echo"),
+        connections=4,
+        messages=40,
+        inflight=4,
+        binary=True,
+        size="16-3000",
+        deflate=True,
+        headers=(("X-Require", "yes"),),
+        origin="http://x",
+        subprotocols=("chat",),
+        seed=1,
     )
     assert stats.counters["messages_received"] == 160
     assert summary["error_rate"] == 0.0
 
 
 def test_custom_header_reaches_server(servers: Servers) -> None:
-    stats, _ = run_load(servers.url("/echo"), connections=2, messages=3,
-                        headers=(("X-Require", "no"),))
+    stats, _ = run_load(
+        servers.url("/echo"), connections=2, messages=3, headers=(("X-Require", "no"),)
+    )
     assert stats.errors["close_1008"] == 2
 
 
 def test_open_loop_records_schedule_and_both_latencies(servers: Servers) -> None:
-    stats, summary = run_load(servers.url("/echo"), connections=5, mode="open", rate=50.0,
-                              messages=10)
+    stats, summary = run_load(
+        servers.url("/echo"), connections=5, mode="open", rate=50.0, messages=10
+    )
     c = stats.counters
     assert c["messages_received"] == 50
     assert c["messages_intended"] == 50
@@ -121,21 +131,22 @@ def test_oversized_message_closed_with_1009(servers: Servers) -> None:
 
 
 def test_connection_refused(servers: Servers) -> None:
-    stats, summary = run_load(f"ws://127.0.0.1:{servers.refused_port}/", connections=3,
-                              messages=1)
+    stats, summary = run_load(f"ws://127.0.0.1:{servers.refused_port}/", connections=3, messages=1)
     assert stats.errors == {"refused": 3}
     assert summary["connections"]["failed"] == 3
 
 
 def test_handshake_timeout(servers: Servers) -> None:
-    stats, _ = run_load(f"ws://127.0.0.1:{servers.silent_port}/", connections=2, messages=1,
-                        connect_timeout=0.3)
+    stats, _ = run_load(
+        f"ws://127.0.0.1:{servers.silent_port}/", connections=2, messages=1, connect_timeout=0.3
+    )
     assert stats.errors == {"handshake_timeout": 2}
 
 
 def test_source_addresses_are_used(servers: Servers) -> None:
-    stats, _ = run_load(servers.url("/echo"), connections=4, messages=2,
-                        source_ips=("127.0.0.2", "127.0.0.3"))
+    stats, _ = run_load(
+        servers.url("/echo"), connections=4, messages=2, source_ips=("127.0.0.2", "127.0.0.3")
+    )
     assert stats.counters["messages_received"] == 8
 
 
@@ -176,8 +187,9 @@ def test_run_leaves_garbage_collection_as_it_found_it(servers: Servers) -> None:
 
 
 def test_stop_request_gives_a_partial_result_marked_interrupted(servers: Servers) -> None:
-    cfg = LoadConfig.validated(target=Target.parse(servers.url("/echo")), connections=2,
-                               duration=60.0)
+    cfg = LoadConfig.validated(
+        target=Target.parse(servers.url("/echo")), connections=2, duration=60.0
+    )
     plan = preflight.make_plans(cfg, preflight.check(cfg))[0]
     worker = Worker(cfg, plan)
 

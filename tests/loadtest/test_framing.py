@@ -115,8 +115,9 @@ def test_close_payloads() -> None:
         parse_close_payload(b"\x03")
 
 
-@pytest.mark.parametrize("params", [{}, {"client_no_context_takeover": None,
-                                         "server_no_context_takeover": None}])
+@pytest.mark.parametrize(
+    "params", [{}, {"client_no_context_takeover": None, "server_no_context_takeover": None}]
+)
 def test_deflate_round_trip_against_zlib(params: dict[str, str | None]) -> None:
     client = Deflate(params)
     server_out = zlib.compressobj(6, zlib.DEFLATED, -15)
@@ -139,8 +140,9 @@ def test_deflate_bomb_is_refused() -> None:
     assert info.value.close_code == 1009
 
 
-def response(request: HandshakeRequest, status: str = "101 Switching Protocols",
-             extra: str = "") -> bytes:
+def response(
+    request: HandshakeRequest, status: str = "101 Switching Protocols", extra: str = ""
+) -> bytes:
     return (
         f"HTTP/1.1 {status}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Accept: {accept_for(request.key)}\r\n{extra}\r\n"
@@ -148,20 +150,34 @@ def response(request: HandshakeRequest, status: str = "101 Switching Protocols",
 
 
 def test_handshake_request_carries_options() -> None:
-    request = HandshakeRequest("h:1", "/p?q=1", headers=[("X-A", "b")], origin="http://o",
-                               subprotocols=["chat", "v2"], deflate=True)
+    request = HandshakeRequest(
+        "h:1",
+        "/p?q=1",
+        headers=[("X-A", "b")],
+        origin="http://o",
+        subprotocols=["chat", "v2"],
+        deflate=True,
+    )
     text = request.encode().decode()
     assert text.startswith("GET /p?q=1 HTTP/1.1\r\nHost: h:1\r\n")
-    for line in ["X-A: b", "Origin: http://o", "Sec-WebSocket-Protocol: chat, v2",
-                 "Sec-WebSocket-Version: 13", "Sec-WebSocket-Extensions: permessage-deflate"]:
+    for line in [
+        "X-A: b",
+        "Origin: http://o",
+        "Sec-WebSocket-Protocol: chat, v2",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Extensions: permessage-deflate",
+    ]:
         assert line in text
     assert text.endswith("\r\n\r\n")
 
 
 def test_handshake_accepts_split_response_and_keeps_leftover() -> None:
     request = HandshakeRequest("h", "/", subprotocols=["chat"], deflate=True)
-    data = response(request, extra="Sec-WebSocket-Protocol: chat\r\n"
-                    "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n")
+    data = response(
+        request,
+        extra="Sec-WebSocket-Protocol: chat\r\n"
+        "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n",
+    )
     data += server_frame(OP_TEXT, b"early")
     parser = HandshakeParser(request)
     assert parser.feed(data[:10]) is None
@@ -174,8 +190,11 @@ def test_handshake_accepts_split_response_and_keeps_leftover() -> None:
 
 @pytest.mark.parametrize(
     ("status", "category"),
-    [("500 Internal Server Error", "handshake_500"), ("503 Busy", "handshake_503"),
-     ("200 OK", "handshake_200")],
+    [
+        ("500 Internal Server Error", "handshake_500"),
+        ("503 Busy", "handshake_503"),
+        ("200 OK", "handshake_200"),
+    ],
 )
 def test_handshake_status_is_classified(status: str, category: str) -> None:
     request = HandshakeRequest("h", "/")

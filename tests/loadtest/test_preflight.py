@@ -61,8 +61,9 @@ def test_remote_target_needs_opt_in() -> None:
 
 
 def test_large_loopback_runs_spread_sources_early() -> None:
-    pre = preflight.check(cfg(connections=preflight.FAST_PER_SOURCE + 1, workers=1),
-                          ports=(1024, 65535))
+    pre = preflight.check(
+        cfg(connections=preflight.FAST_PER_SOURCE + 1, workers=1), ports=(1024, 65535)
+    )
     assert pre.sources == ("127.0.0.1", "127.0.0.2")
     small = preflight.check(cfg(connections=100), ports=(1024, 65535))
     assert small.sources == ()

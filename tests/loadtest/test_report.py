@@ -16,8 +16,9 @@ def stats_with(latencies_ms: list[float], lost: int = 0, cpu: float = 0.2) -> St
     stats.counters["messages_received"] = len(latencies_ms)
     stats.counters["lost"] = lost
     stats.elapsed = 2.0
-    stats.workers = [{"index": 0, "cpu_fraction": cpu, "loop_lag_p99_ms": 0.1,
-                      "schedule_lag_p99_ms": 0.0}]
+    stats.workers = [
+        {"index": 0, "cpu_fraction": cpu, "loop_lag_p99_ms": 0.1, "schedule_lag_p99_ms": 0.0}
+    ]
     return stats
 
 
@@ -26,8 +27,11 @@ def test_thresholds_name_each_failure() -> None:
     assert summary["throughput"]["msgs_per_s"] == 50.0
     assert check_thresholds(summary, Thresholds(50.0, 0.05, 10.0)) == []
     failed = check_thresholds(summary, Thresholds(10.0, 0.001, 100.0))
-    assert [f.split(":")[0] for f in failed] == ["--max-p99-ms", "--max-error-rate",
-                                                   "--min-throughput"]
+    assert [f.split(":")[0] for f in failed] == [
+        "--max-p99-ms",
+        "--max-error-rate",
+        "--min-throughput",
+    ]
 
 
 def test_no_samples_fails_latency_threshold() -> None:

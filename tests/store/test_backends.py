@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from conftest import fetch_rows
-
+from tests.helpers import fetch_rows
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, make_backend
 from tornado_echo.store.records import Record
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import fetch_rows
-from test_backends import closed, opened
 
+from tests.helpers import fetch_rows
+from tests.store.test_backends import closed, opened
 from tornado_echo.errors import StoreError
 from tornado_echo.store import Store, make_backend
 

@@ -65,12 +65,24 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("url", help="ws:// or wss:// URL of an echo endpoint")
     p.add_argument("-c", "--connections", type=int, default=1)
-    p.add_argument("--connect-rate", type=_positive_float, default=0.0,
-                   help="new connections per second (ramp-up); 0 = as fast as possible")
-    p.add_argument("--connect-concurrency", type=int, default=1000,
-                   help="handshakes in progress at once per worker")
-    p.add_argument("-d", "--duration", type=_positive_float,
-                   help="seconds (default 10 unless --messages is given)")
+    p.add_argument(
+        "--connect-rate",
+        type=_positive_float,
+        default=0.0,
+        help="new connections per second (ramp-up); 0 = as fast as possible",
+    )
+    p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=1000,
+        help="handshakes in progress at once per worker",
+    )
+    p.add_argument(
+        "-d",
+        "--duration",
+        type=_positive_float,
+        help="seconds (default 10 unless --messages is given)",
+    )
     p.add_argument("-n", "--messages", type=int, help="messages per connection")
     p.add_argument("--mode", choices=("closed", "open"), default="closed")
     p.add_argument("--inflight", type=int, default=1, help="closed loop: outstanding per conn")
@@ -79,22 +91,42 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--size", default="64", help="payload bytes: N, A-B or A,B,C")
     p.add_argument("--binary", action="store_true", help="binary frames (default text)")
     p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
-    p.add_argument("-H", "--header", type=_header, action="append", default=[],
-                   help="extra upgrade header 'Name: value' (repeatable)")
+    p.add_argument(
+        "-H",
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        help="extra upgrade header 'Name: value' (repeatable)",
+    )
     p.add_argument("--origin")
     p.add_argument("--subprotocol", action="append", default=[])
     p.add_argument("--insecure", action="store_true", help="wss: skip certificate checks")
-    p.add_argument("--timeout", type=_positive_float, default=5.0,
-                   help="seconds before an unanswered echo counts as lost")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        help="seconds before an unanswered echo counts as lost",
+    )
     p.add_argument("--connect-timeout", type=_positive_float, default=10.0)
     p.add_argument("-w", "--workers", type=int, help="processes (default: one per core)")
-    p.add_argument("--source-ip", action="append", default=[],
-                   help="local source address(es), comma-separated or repeated")
+    p.add_argument(
+        "--source-ip",
+        action="append",
+        default=[],
+        help="local source address(es), comma-separated or repeated",
+    )
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow a non-loopback target (only a server you own)")
-    p.add_argument("--progress-interval", type=_positive_float,
-                   help="seconds between progress lines (default 1 on a terminal, else 5)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback target (only a server you own)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=_positive_float,
+        help="seconds between progress lines (default 1 on a terminal, else 5)",
+    )
     p.add_argument("--seed", type=int, help="seed for payload-size sampling")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     _add_thresholds(p)
@@ -111,8 +143,11 @@ def merge_parser() -> argparse.ArgumentParser:
 def build_config(args: argparse.Namespace) -> LoadConfig:
     """The one LoadConfig from parsed arguments (LoadtestConfigError on bad input)."""
     target = Target.parse(args.url)
-    workers = args.workers if args.workers is not None else min(default_workers(),
-                                                                max(1, args.connections))
+    workers = (
+        args.workers
+        if args.workers is not None
+        else min(default_workers(), max(1, args.connections))
+    )
     if args.rate is not None and args.total_rate is not None:
         raise LoadtestConfigError("give --rate or --total-rate, not both")
     rate = args.rate or 0.0

@@ -545,9 +545,7 @@ def run(
                         silent_polls[plan.index] = silent_polls.get(plan.index, 0) + 1
                         if silent_polls[plan.index] > 1:
                             remaining.discard(plan.index)
-                            failures.append(
-                                f"worker {plan.index} exited with {process.exitcode}"
-                            )
+                            failures.append(f"worker {plan.index} exited with {process.exitcode}")
                 continue
             if kind == "progress":
                 latest[index] = payload

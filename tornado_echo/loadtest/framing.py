@@ -34,7 +34,6 @@ _pack_64 = struct.Struct("!BBQ").pack
 _getrandbits = random.getrandbits
 
 
-
 def _load_c_mask() -> Callable[[bytes, bytes], bytes] | None:
     # The C helper of `websockets` beats the big-int XOR on large payloads; optional.
     try:

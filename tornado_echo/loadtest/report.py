@@ -101,9 +101,7 @@ def saturation(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
             )
     intended = stats.counters["messages_intended"]
     if config.get("mode") == "open" and stats.elapsed > 0:
-        wanted = config.get("rate_per_connection", 0.0) * stats.counters[
-            "connections_established"
-        ]
+        wanted = config.get("rate_per_connection", 0.0) * stats.counters["connections_established"]
         if intended and wanted:
             achieved = stats.counters["messages_sent"] / stats.elapsed
             if achieved < RATE_SHORTFALL * wanted and stats.workers:
@@ -136,9 +134,7 @@ def check_thresholds(summary: dict[str, Any], limits: Thresholds) -> list[str]:
     if limits.min_throughput is not None:
         rate = summary["throughput"]["msgs_per_s"]
         if rate < limits.min_throughput:
-            failed.append(
-                f"--min-throughput: {rate:.1f} msgs/s < {limits.min_throughput:g} msgs/s"
-            )
+            failed.append(f"--min-throughput: {rate:.1f} msgs/s < {limits.min_throughput:g} msgs/s")
     return failed
 
 
@@ -212,9 +208,7 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
     ]
     if summary["errors"]:
         lines.append("")
-        lines.append(
-            "errors       " + "  ".join(f"{k} {v}" for k, v in summary["errors"].items())
-        )
+        lines.append("errors       " + "  ".join(f"{k} {v}" for k, v in summary["errors"].items()))
     sat = summary["saturation"]
     lines.append("")
     if sat["client_bound"]:

@@ -1,0 +1,71 @@
+"""The load tester against the real tornado-echo process, cross-checked with its database."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import BASE_CONF, Service, fetch_rows, start_service
+from tornado_echo.loadtest.cli import main
+
+
+def test_every_echo_checked_and_every_session_recorded(
+    tmp_path: Path, services: list[Service], capsys: pytest.CaptureFixture[str]
+) -> None:
+    service = start_service(tmp_path, BASE_CONF + 'journal = "meta"\n')
+    services.append(service)
+    result = tmp_path / "result.json"
+    url = f"ws://127.0.0.1:{service.port}/ws"
+    argv = [url, "-c", "40", "-n", "25", "-w", "2", "-q", "--json", str(result)]
+    code = main([*argv, "--max-error-rate", "0", "--min-throughput", "1"])
+    assert code == 0, capsys.readouterr().out
+    summary = json.loads(result.read_text())["summary"]
+    assert summary["connections"]["established"] == 40
+    assert summary["messages"] == {
+        "sent": 1000,
+        "received": 1000,
+        "mismatches": 0,
+        "lost": 0,
+        "duplicates": 0,
+        "reordered": 0,
+    }
+    service.process.send_signal(signal.SIGTERM)
+    assert service.wait_exit() == 0
+    database = f"sqlite:///{tmp_path}/echo.db"
+    sessions = fetch_rows(database, "SELECT messages_in, messages_out FROM ws_sessions")
+    assert [(s["messages_in"], s["messages_out"]) for s in sessions] == [(25, 25)] * 40
+    [journal] = fetch_rows(database, "SELECT count(*) AS n FROM ws_messages")
+    assert journal["n"] == 1000
+
+
+def test_a_full_server_shows_as_503_handshake_errors(
+    tmp_path: Path, services: list[Service], capsys: pytest.CaptureFixture[str]
+) -> None:
+    service = start_service(tmp_path, BASE_CONF + "max_connections = 5\n")
+    services.append(service)
+    result = tmp_path / "result.json"
+    url = f"ws://127.0.0.1:{service.port}/ws"
+    code = main(
+        [
+            url,
+            "-c",
+            "20",
+            "-d",
+            "1",
+            "-w",
+            "1",
+            "-q",
+            "--json",
+            str(result),
+            "--max-error-rate",
+            "0",
+        ]
+    )
+    assert code == 1  # the error-rate threshold failed
+    summary = json.loads(result.read_text())["summary"]
+    assert summary["connections"]["established"] == 5
+    assert summary["connections"]["failed"] == 15
+    assert any("503" in name for name in summary["errors"]), summary["errors"]
