@@ -16,8 +16,9 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import tornado.netutil
 
@@ -142,13 +143,27 @@ def serve(
         config, default_server_id(config, worker), reload_config=reload_config, notifier=notifier
     )
     try:
-        return asyncio.run(server.serve(sockets))
+        return run_loop(config.event_loop, server.serve(sockets))
     except EchoError as exc:
         logger.error("%s", exc)
         return 1
     except OSError as exc:
         logger.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror)
         return 1
+
+
+def run_loop(choice: str, main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop (faster I/O; "auto" when installed) or asyncio's own loop."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                main.close()
+                raise EchoError("event_loop = 'uvloop' but uvloop is not installed") from None
+        else:
+            return int(uvloop.run(main))
+    return asyncio.run(main)
 
 
 def _free_port(host: str) -> int:

@@ -33,6 +33,7 @@ SECRET_KEYS = frozenset({"admin_token", "metrics_token"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 JOURNAL_MODES = ("off", "meta", "full")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 def _between(low: float, high: float) -> Callable[[Any], str | None]:
@@ -119,6 +120,9 @@ class Config:
         10.0, "seconds to drain connections and the store on shutdown", _between(0, 3600)
     )
     workers: int = _opt(1, "processes sharing the port (SO_REUSEPORT)", _between(1, 256))
+    event_loop: str = _opt(
+        "auto", "auto (uvloop when installed), uvloop or asyncio", _one_of(EVENT_LOOPS)
+    )
     admin_token: str = _opt("", "bearer token for /api (empty: loopback only)")
     metrics_token: str = _opt("", "bearer token for /metrics (empty: loopback only)")
 
