@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -65,6 +68,78 @@ def postgres_url(pg_admin_dsn: str) -> Iterator[str]:
     parts = urlsplit(pg_admin_dsn)
     yield urlunsplit(parts._replace(path="/" + name))
     _admin(pg_admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@dataclass
+class PgOutage:
+    """A throw-away database owned by a throw-away login role that a test can lock out.
+
+    ``cut()`` makes the database unreachable for tornado-echo without touching anybody else:
+    the role loses LOGIN and its open connections are terminated. ``restore()`` undoes it.
+    """
+
+    admin_dsn: str
+    role: str
+    database: str
+    url: str
+
+    def cut(self) -> None:
+        _admin(self.admin_dsn, f"ALTER ROLE {self.role} NOLOGIN")
+        self.terminate()
+
+    def terminate(self) -> int:
+        """Kill this role's tornado-echo connections (a restart, as far as they can tell)."""
+        conn = psycopg2.connect(self.admin_dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE usename = %s AND datname = %s AND application_name = 'tornado-echo'",
+                    (self.role, self.database),
+                )
+                return int(cur.fetchone()[0])
+        finally:
+            conn.close()
+
+    def restore(self) -> None:
+        _admin(self.admin_dsn, f"ALTER ROLE {self.role} LOGIN")
+
+
+@pytest.fixture
+def pg_outage(pg_admin_dsn: str) -> Iterator[PgOutage]:
+    suffix = uuid.uuid4().hex[:12]
+    role, name = f"tornado_echo_role_{suffix}", f"tornado_echo_test_{suffix}"
+    _admin(pg_admin_dsn, f"CREATE ROLE {role} LOGIN")
+    _admin(pg_admin_dsn, f"CREATE DATABASE {name} OWNER {role}")
+    parts = urlsplit(pg_admin_dsn)
+    netloc = f"{role}@{parts.hostname}:{parts.port or 5432}"
+    yield PgOutage(
+        pg_admin_dsn, role, name, urlunsplit(parts._replace(netloc=netloc, path="/" + name))
+    )
+    _admin(pg_admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    _admin(pg_admin_dsn, f"DROP ROLE IF EXISTS {role}")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (needs root and mount rights); skips with the reason otherwise."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command for the disk-full test")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs for the disk-full test: {mounted.stderr.strip()}")
+    yield mountpoint
+    # Lazy: a failed test may leave the store's spool file open.
+    subprocess.run(["umount", "--lazy", str(mountpoint)], check=False)
 
 
 @pytest.fixture

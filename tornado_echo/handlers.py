@@ -292,7 +292,13 @@ class HealthHandler(JsonHandler):
 
 
 class ReadyHandler(JsonHandler):
-    """Readiness: 200 when the store is reachable and the server is not draining, else 503."""
+    """Readiness: 503 when draining or when the store writer is not running, else 200.
+
+    A database outage is *degraded*, not unready: echo keeps working and records wait in
+    memory and the spool, so the body says ``"status": "degraded"`` with the reason while the
+    answer stays 200 (taking every instance out of a load balancer at once because their
+    shared database blinked would turn a database outage into a service outage).
+    """
 
     def initialize(self, db: Store, connections: Connections) -> None:
         self.db = db
@@ -304,16 +310,29 @@ class ReadyHandler(JsonHandler):
             "connections": len(self.connections),
             "store": {
                 "available": store.available,
+                "error": store.error,
                 "pending": store.pending,
+                "queued": store.queued,
+                "spooled": store.spooled,
+                "spool_bytes": store.spool_bytes,
                 "oldest_pending_age_s": round(store.oldest_pending_age, 3),
+                "written": store.written,
+                "poisoned": store.poisoned,
                 "dropped": store.dropped,
             },
         }
         if self.connections.draining:
             self.write_json(503, {"status": "unavailable", "reason": "draining", **body})
-        elif not store.available:
-            reason = f"store unavailable: {store.error or 'not started'}"
+        elif not store.running:
+            reason = f"store writer not running: {store.error or 'not started'}"
             self.write_json(503, {"status": "unavailable", "reason": reason, **body})
+        elif not store.available or store.dropped:
+            problems = []
+            if not store.available:
+                problems.append(f"store unavailable: {store.error}")
+            if store.dropped:
+                problems.append(f"{store.dropped} records lost (spool not writable)")
+            self.write_json(200, {"status": "degraded", "reason": "; ".join(problems), **body})
         else:
             self.write_json(200, {"status": "ok", **body})
 
