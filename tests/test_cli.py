@@ -16,6 +16,8 @@ import pytest
 from conftest import fetch_rows
 from tornado.websocket import websocket_connect
 
+from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, make_backend
+
 COMMAND = [sys.executable, "-m", "tornado_echo"]
 
 
@@ -142,3 +144,66 @@ async def test_sigterm_closes_clients_with_1001_records_sessions_and_exits_0(
     assert {e["end_state"] for e in ends} == {"closed", "server_shutdown"}
     assert all(e["peer"] == "127.0.0.1" and e["path"] == "/ws" for e in ends)
     assert any(e["messages_in"] == 1 and e["bytes_out"] == 7 for e in ends)
+
+
+def test_sessions_command_lists_and_shows_sessions(tmp_path: Path, database_url: str) -> None:
+    sid, sid2 = (f"6f1c1d1e-0000-4000-8000-00000000000{n}" for n in (1, 2))
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+    backend.write(
+        [
+            SessionOpened(
+                sid, "h:1:0", time.time() - 1, "127.0.0.1", "/ws", None, None, None, False
+            ),
+            MessageReceived(sid, 1, time.time(), 1, 2, b"hi"),
+            SessionClosed(sid, time.time(), 1000, "", 1, 1, 2, 2, "closed"),
+        ]
+    )
+    backend.write([SessionOpened(sid2, "h:1:0", time.time(), "::1", "/ws", None, None, None, True)])
+    backend.close()
+    conf = tmp_path / "echo.toml"
+    conf.write_text(f'database_url = "{database_url}"\n')
+
+    table = run_cli("sessions", "--config", str(conf), cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    header, *rows, total = table.stdout.splitlines()
+    assert header.split()[:3] == ["OPENED", "(UTC)", "ID"]
+    assert [row.split()[1:3] for row in rows] == [[sid2, "open"], [sid, "closed"]]
+    assert total == "(2 sessions)"
+
+    lines = run_cli(
+        "sessions", "--database-url", database_url, "--json", "--limit", "1", cwd=tmp_path
+    )
+    assert [json.loads(line)["id"] for line in lines.stdout.splitlines()] == [sid2]
+
+    one = run_cli("sessions", "--config", str(conf), sid, cwd=tmp_path)
+    shown = json.loads(one.stdout)
+    assert (shown["id"], shown["end_state"], shown["journal"][0]["payload_base64"]) == (
+        sid,
+        "closed",
+        "aGk=",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (("--limit", "many"), 2, "tornado-echo: limit must be an integer from 1 to 1000"),
+        (("--since", "last week"), 2, "tornado-echo: since must be an ISO-8601 time"),
+        (("not-a-uuid",), 2, "tornado-echo: session id must be a UUID"),
+        (("--port", "-1"), 2, "tornado-echo: config error: command line --port: key 'port'"),
+        (
+            ("--database-url", "postgresql://echo:hunter2@127.0.0.1:1/echo"),
+            1,
+            "tornado-echo: cannot query postgresql://echo:***@127.0.0.1:1/echo:",
+        ),
+    ],
+)
+def test_sessions_command_errors_are_one_line(
+    tmp_path: Path, args: tuple[str, ...], code: int, expected: str
+) -> None:
+    result = run_cli("sessions", *args, cwd=tmp_path)
+    assert result.returncode == code
+    assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1
+    assert "hunter2" not in result.stderr

@@ -23,6 +23,7 @@ from .app import make_app
 from .config import Config
 from .connections import Connections
 from .store import Store, make_store
+from .store.reader import SessionReader
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Server:
         self.server_id = server_id or default_server_id(config)
         self.connections = Connections()
         self.store: Store = make_store(config, self.server_id)
+        self.reader = SessionReader(config.database_url)
         self.http: tornado.httpserver.HTTPServer | None = None
         self.sockets: list[socket.socket] = []
         self.exit_requested = False
@@ -60,7 +62,7 @@ class Server:
             return
         self._exit_event = asyncio.Event()
         await self.store.start()
-        app = make_app(self.config, self.store, self.connections, self.server_id)
+        app = make_app(self.config, self.store, self.connections, self.server_id, self.reader)
         self.http = tornado.httpserver.HTTPServer(
             app, xheaders=self.config.behind_proxy, idle_connection_timeout=60
         )
@@ -119,11 +121,14 @@ class Server:
         if self.http is not None:
             await self._wait_or_forced(self._close_http_connections())
         store_time = max(MIN_STORE_DRAIN, deadline - time.monotonic())
+        self.reader.close()
         await self.store.close(0.0 if self.force_exit else store_time)
         status = self.store.status()
         if status.pending or status.dropped:
             logger.error(
-                "store not drained: %d records pending, %d dropped", status.pending, status.dropped
+                "store not drained: %d records left in the spool for the next start, %d lost",
+                status.pending,
+                status.dropped,
             )
         logger.info("stopped")
         return 0 if drained and not self.force_exit else 1
