@@ -111,7 +111,9 @@ class Config:
         0.05, "seconds a record may wait for its batch to fill", _between(0.001, 60)
     )
     queue_limit: int = _opt(
-        100_000, "records held in memory while the database is slow", _between(1, 100_000_000)
+        100_000,
+        "records held in memory while the database is slow; beyond, spooled to state_dir",
+        _between(1, 100_000_000),
     )
     log_level: str = _opt("info", "debug, info, warning or error", _one_of(LOG_LEVELS))
     log_format: str = _opt("text", "text (terminal) or json (journald)", _one_of(LOG_FORMATS))
