@@ -260,7 +260,9 @@ class Store:
     def _loop(self) -> None:
         last_activity = time.monotonic()
         while True:
-            if not self._stopping.is_set():
+            # A full batch (or a spool to replay) goes at once; a partial one waits its delay.
+            behind = len(self._queue) >= self.batch_size or self.spool.pending
+            if not self._stopping.is_set() and not behind:
                 self._wakeup.wait(self.batch_delay)
                 self._wakeup.clear()
             with self._lock:
