@@ -267,7 +267,7 @@ def orchestrate(args: Any) -> None:
     admin.autocommit = True
     admin.cursor().execute(f"CREATE DATABASE {pg_name}")
     pg_url = urlunsplit(urlsplit(args.pg)._replace(path="/" + pg_name))
-    base = {"port": 0, "log_level": "warning", "max_connections": 20000}
+    base = {"port": 0, "log_level": "error", "max_connections": 20000}
     runs = [("store off", {"database_url": f"sqlite:///{work}/off.db"}, True)]
     for name, url in (("SQLite", f"sqlite:///{work}/echo.db"), ("PostgreSQL", pg_url)):
         for journal in ("off", "meta", "full"):
