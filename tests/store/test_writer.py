@@ -256,3 +256,21 @@ async def test_full_disk_loses_only_what_it_counts(
     arrived = fetch_rows(pg_outage.url, "SELECT count(*) AS n FROM ws_sessions")[0]["n"]
     arrived += fetch_rows(pg_outage.url, "SELECT count(*) AS n FROM ws_messages")[0]["n"]
     assert arrived + store.status().dropped == submitted
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_records_of_a_store_that_never_started_are_spooled_not_dropped(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    never = make(database_url, tmp_path)
+    for record in session(7):
+        never.submit(record)
+    await never.close()
+    assert (never.status().spooled, never.status().dropped) == (5, 0)
+    never.submit(opened(sid(8)))  # after close nothing can be kept: counted and logged
+    assert never.status().dropped == 1
+    assert any("store already closed" in r.getMessage() for r in caplog.records)
+    later = make(database_url, tmp_path)
+    await later.start()
+    await later.close()
+    assert_sessions_arrived_once(database_url, 1)

@@ -114,6 +114,7 @@ class Store:
         self._spooler: threading.Thread | None = None
         self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._closed = False
+        self._sealed = False  # closed and spooled: nothing submitted now can be kept
         self._available = False
         self._error: str | None = None
         self._last_degraded_log = 0.0
@@ -136,6 +137,9 @@ class Store:
 
     def submit(self, record: Record) -> None:
         """Queue ``record`` for writing; never blocks, safe from any thread."""
+        if self._sealed:
+            self._late(record)
+            return
         queue = self._queue
         queue.append(record)
         depth = len(queue)
@@ -144,10 +148,19 @@ class Store:
         if depth > self.queue_limit and not self._overflow.is_set():
             self._overflow.set()
 
+    def _late(self, record: Record) -> None:
+        self._dropped += 1
+        logger.error(
+            "store already closed: record lost (%d lost so far): %r", self._dropped, record
+        )
+
     def status(self) -> StoreStatus:
         queue = self._queue
         now = time.time()
-        oldest = [queue[0].at] if queue else []
+        try:
+            oldest = [queue[0].at]
+        except IndexError:  # empty, or emptied by the writer since we looked
+            oldest = []
         spool_oldest = self.spool.oldest
         if spool_oldest is not None:
             oldest.append(spool_oldest)
@@ -189,9 +202,10 @@ class Store:
             self._spooler_stop.set()
             self._overflow.set()
             await loop.run_in_executor(None, spooler.join)
-        else:
-            await loop.run_in_executor(None, self._spill, True)
+        else:  # never started, or failed to: keep whatever was submitted anyway
+            await loop.run_in_executor(None, self._spill_unstarted)
         with self._lock:
+            self._sealed = True
             left = self.spool.pending
             self.spool.close()
         if left:
@@ -200,6 +214,16 @@ class Store:
                 left,
                 self.spool.path,
             )
+
+    def _spill_unstarted(self) -> None:
+        if not self._queue:
+            return
+        try:
+            with self._lock:
+                self.spool.open()
+        except StoreError as exc:
+            logger.critical("%s", exc)
+        self._spill(everything=True)
 
     # -- writer thread ---------------------------------------------------------------------
 
@@ -399,16 +423,16 @@ class Store:
     # -- spooler thread --------------------------------------------------------------------
 
     def _spool_run(self) -> None:
-        try:
-            while True:
-                self._overflow.wait(SPOOL_CHECK_INTERVAL)
-                self._overflow.clear()
-                stopping = self._spooler_stop.is_set()
+        while True:
+            self._overflow.wait(SPOOL_CHECK_INTERVAL)
+            self._overflow.clear()
+            stopping = self._spooler_stop.is_set()
+            try:
                 self._spill(stopping)
-                if stopping:
-                    return
-        except Exception:  # task boundary: report, the writer keeps going
-            logger.critical("store spooler stopped unexpectedly", exc_info=True)
+            except Exception:  # task boundary: memory must stay bounded, so keep going
+                logger.critical("store spooler failed; retrying", exc_info=True)
+            if stopping:
+                return
 
     def _spill(self, everything: bool) -> None:
         """Move memory beyond ``queue_limit`` (or all of it) to the spool, oldest first."""
@@ -421,7 +445,11 @@ class Store:
             records = [queue.popleft() for _ in range(count)]
             self._removed += count
             before = self.spool.pending
-            error = self.spool.append(records)
+            try:
+                error: OSError | None = self.spool.append(records)
+            except Exception as exc:  # an unencodable record: count the loss, keep spooling
+                logger.critical("cannot encode records for the spool", exc_info=True)
+                error = OSError(0, f"{type(exc).__name__}: {exc}")
             if error is not None:
                 lost = count - (self.spool.pending - before)
                 self._dropped += lost
