@@ -114,6 +114,8 @@ class PostgresBackend(Backend):
             keepalives_idle=10,
             keepalives_interval=5,
             keepalives_count=3,
+            # And a write to a vanished server fails within seconds too, not minutes.
+            tcp_user_timeout=10_000,
         )
 
     def _connection(self) -> psycopg2.extensions.connection:

@@ -350,7 +350,11 @@ class Store:
                 remaining = self._drain_until - time.monotonic()
                 if remaining <= 0:
                     return _Outcome.GAVE_UP
-                time.sleep(min(backoff, remaining))
+                pause = min(backoff, remaining)
+                if self._stopping.is_set():
+                    time.sleep(pause)
+                else:  # close() cuts the pause short, so the drain deadline is kept
+                    self._stopping.wait(pause)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 if self._moved(batch):
                     return _Outcome.MOVED
