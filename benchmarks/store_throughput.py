@@ -258,6 +258,49 @@ def writer_rate(database_url: str, state_dir: str, journal_records: int) -> floa
     return asyncio.run(main())
 
 
+def insert_methods(database_url: str, rows: int = 1000, batches: int = 100) -> dict[str, float]:
+    """Journal rows/s into ws_messages: execute_values vs COPY + INSERT ... ON CONFLICT."""
+    import psycopg2
+    import psycopg2.extras
+
+    from tornado_echo.store import make_backend
+    from tornado_echo.store.records import MessageReceived
+
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+
+    def batch() -> list[MessageReceived]:
+        session, now = str(uuid.uuid4()), time.time()
+        return [MessageReceived(session, seq, now, 2, 32, PAYLOAD) for seq in range(rows)]
+
+    conn = psycopg2.connect(database_url)
+
+    def execute_values(records: list[MessageReceived]) -> None:
+        with conn, conn.cursor() as cur:
+            psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO ws_messages VALUES %s ON CONFLICT DO NOTHING",
+                [
+                    (r.session_id, r.seq, r.received_at, r.opcode, r.size, r.payload)
+                    for r in records
+                ],
+                template="(%s::uuid, %s, to_timestamp(%s), %s, %s, %s::bytea)",
+                page_size=len(records),
+            )
+
+    rates = {}
+    for name, write in (("execute_values", execute_values), ("COPY + merge", backend.write)):
+        work = [batch() for _ in range(batches)]
+        started = time.perf_counter()
+        for records in work:
+            write(records)
+        rates[name] = rows * batches / (time.perf_counter() - started)
+    conn.close()
+    backend.close()
+    return rates
+
+
 def orchestrate(args: Any) -> None:
     import psycopg2
 
@@ -301,6 +344,9 @@ def orchestrate(args: Any) -> None:
         for name, url in (("SQLite", f"sqlite:///{work}/alone.db"), ("PostgreSQL", pg_url)):
             rate = writer_rate(url, str(work / "alone"), 200_000)
             out(f"  {name:12} {rate:>10,.0f} rows/s\n")
+        out("\nPostgreSQL insert methods, 100 batches of 1000 journal rows, one connection:\n")
+        for name, rate in insert_methods(pg_url).items():
+            out(f"  {name:16} {rate:>10,.0f} rows/s\n")
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {pg_name} WITH (FORCE)")
         admin.close()
