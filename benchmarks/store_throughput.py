@@ -228,7 +228,9 @@ def measure(label: str, settings: dict[str, Any], store_off: bool, args: Any) ->
 def median_result(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median echo rate (its rows/s and backlog come along)."""
     ordered = sorted(results, key=lambda r: float(r["echo_per_s"]))
-    return ordered[len(ordered) // 2]
+    median = dict(ordered[len(ordered) // 2])
+    median["spread"] = f"{ordered[0]['echo_per_s']:,.0f}-{ordered[-1]['echo_per_s']:,.0f}"
+    return median
 
 
 def writer_rate(database_url: str, state_dir: str, journal_records: int) -> float:
@@ -334,11 +336,12 @@ def orchestrate(args: Any) -> None:
         results = [median_result(list(per_mode)) for per_mode in zip(*rounds, strict=True)]
         baseline = results[0]["echo_per_s"]
         out = sys.stdout.write
-        out(f"\n{'mode':32} {'echo/s':>10} {'ratio':>7} {'rows/s':>10} {'backlog':>8}\n")
+        out(f"\n{'mode':32} {'echo/s':>10} {'ratio':>7} {'rows/s':>10} {'backlog':>8}")
+        out(f"  {'echo/s min-max':>15}\n")
         for r in results:
             out(
                 f"{r['label']:32} {r['echo_per_s']:>10,.0f} {r['echo_per_s'] / baseline:>7.3f}"
-                f" {r['rows_per_s']:>10,.0f} {r['backlog']:>8}\n"
+                f" {r['rows_per_s']:>10,.0f} {r['backlog']:>8}  {r['spread']:>15}\n"
             )
         out("\nwriter alone, 200k journal rows (full, 32 B), batch_size 1000:\n")
         for name, url in (("SQLite", f"sqlite:///{work}/alone.db"), ("PostgreSQL", pg_url)):
