@@ -9,8 +9,10 @@ they fail.
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +22,7 @@ import pytest
 import tornado.web
 from tornado.ioloop import IOLoop
 
-from tests.helpers import SERVER_ID, Service
+from tests.helpers import SERVER_ID, PgOutage, Service, admin_sql
 from tornado_echo.app import make_app
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
@@ -46,24 +48,50 @@ def pg_admin_dsn() -> str:
     return PG_ADMIN_DSN
 
 
-def _admin(dsn: str, sql: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def postgres_url(pg_admin_dsn: str) -> Iterator[str]:
     """A fresh, empty database for one test; dropped afterwards."""
     name = "tornado_echo_test_" + uuid.uuid4().hex[:12]
-    _admin(pg_admin_dsn, f"CREATE DATABASE {name}")
+    admin_sql(pg_admin_dsn, f"CREATE DATABASE {name}")
     parts = urlsplit(pg_admin_dsn)
     yield urlunsplit(parts._replace(path="/" + name))
-    _admin(pg_admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin_sql(pg_admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_outage(pg_admin_dsn: str) -> Iterator[PgOutage]:
+    suffix = uuid.uuid4().hex[:12]
+    role, name = f"tornado_echo_role_{suffix}", f"tornado_echo_test_{suffix}"
+    admin_sql(pg_admin_dsn, f"CREATE ROLE {role} LOGIN")
+    admin_sql(pg_admin_dsn, f"CREATE DATABASE {name} OWNER {role}")
+    parts = urlsplit(pg_admin_dsn)
+    netloc = f"{role}@{parts.hostname}:{parts.port or 5432}"
+    yield PgOutage(
+        pg_admin_dsn, role, name, urlunsplit(parts._replace(netloc=netloc, path="/" + name))
+    )
+    admin_sql(pg_admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin_sql(pg_admin_dsn, f"DROP ROLE IF EXISTS {role}")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (needs root and mount rights); skips with the reason otherwise."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command for the disk-full test")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs for the disk-full test: {mounted.stderr.strip()}")
+    yield mountpoint
+    # Lazy: a failed test may leave the store's spool file open.
+    subprocess.run(["umount", "--lazy", str(mountpoint)], check=False)
 
 
 @pytest.fixture

@@ -182,3 +182,49 @@ def metric(text: str, name: str) -> float:
     found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
     assert found, f"{name} not in metrics"
     return float(found.group(1))
+
+
+def admin_sql(dsn: str, sql: str) -> None:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@dataclass
+class PgOutage:
+    """A throw-away database owned by a throw-away login role that a test can lock out.
+
+    ``cut()`` makes the database unreachable for tornado-echo without touching anybody else:
+    the role loses LOGIN and its open connections are terminated. ``restore()`` undoes it.
+    """
+
+    admin_dsn: str
+    role: str
+    database: str
+    url: str
+
+    def cut(self) -> None:
+        admin_sql(self.admin_dsn, f"ALTER ROLE {self.role} NOLOGIN")
+        self.terminate()
+
+    def terminate(self) -> int:
+        """Kill this role's tornado-echo connections (a restart, as far as they can tell)."""
+        conn = psycopg2.connect(self.admin_dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE usename = %s AND datname = %s AND application_name = 'tornado-echo'",
+                    (self.role, self.database),
+                )
+                return int(cur.fetchone()[0])
+        finally:
+            conn.close()
+
+    def restore(self) -> None:
+        admin_sql(self.admin_dsn, f"ALTER ROLE {self.role} LOGIN")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 from tornado.websocket import websocket_connect
 
-from tests.helpers import fetch_rows
+from tests.helpers import PgOutage, fetch_rows
+from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, make_backend
 
 COMMAND = [sys.executable, "-m", "tornado_echo"]
 
@@ -82,30 +84,34 @@ def test_unreachable_database_at_start_exits_1_with_masked_url(tmp_path: Path) -
     assert "Traceback" not in result.stderr
 
 
+def start_server(tmp_path: Path, log: Path, **settings: str) -> tuple[subprocess.Popen[str], int]:
+    """The real command on port 0 with JSON logs to ``log``; settings as TORNADO_ECHO_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORNADO_ECHO_")}
+    env.update(TORNADO_ECHO_LOG_FORMAT="json")
+    env.update({f"TORNADO_ECHO_{key.upper()}": value for key, value in settings.items()})
+    with log.open("a") as sink:
+        process = subprocess.Popen(
+            [*COMMAND, "--port", "0"], cwd=tmp_path, env=env, stderr=sink, text=True
+        )
+    seen = log.read_text().count("listening on")
+    for _ in range(300):
+        found = re.findall(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
+        if len(found) > seen:
+            return process, int(found[-1])
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail("server did not start:\n" + log.read_text())
+
+
 @pytest.fixture
 def running_server(
     tmp_path: Path, database_url: str
 ) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
     """The real command on port 0 with JSON logs; yields (process, port, log file)."""
     log = tmp_path / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORNADO_ECHO_")}
-    env.update(TORNADO_ECHO_LOG_FORMAT="json", TORNADO_ECHO_DATABASE_URL=database_url)
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [*COMMAND, "--port", "0"], cwd=tmp_path, env=env, stderr=sink, text=True
-        )
-    port = 0
-    for _ in range(300):
-        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
-        if found:
-            port = int(found.group(1))
-            break
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    if not port:
-        process.kill()
-        pytest.fail("server did not start:\n" + log.read_text())
+    process, port = start_server(tmp_path, log, database_url=database_url)
     yield process, port, log
     if process.poll() is None:
         process.kill()
@@ -143,3 +149,125 @@ async def test_sigterm_closes_clients_with_1001_records_sessions_and_exits_0(
     assert {e["end_state"] for e in ends} == {"closed", "server_shutdown"}
     assert all(e["peer"] == "127.0.0.1" and e["path"] == "/ws" for e in ends)
     assert any(e["messages_in"] == 1 and e["bytes_out"] == 7 for e in ends)
+
+
+def test_sessions_command_lists_and_shows_sessions(tmp_path: Path, database_url: str) -> None:
+    sid, sid2 = (f"6f1c1d1e-0000-4000-8000-00000000000{n}" for n in (1, 2))
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+    backend.write(
+        [
+            SessionOpened(
+                sid, "h:1:0", time.time() - 1, "127.0.0.1", "/ws", None, None, None, False
+            ),
+            MessageReceived(sid, 1, time.time(), 1, 2, b"hi"),
+            SessionClosed(sid, time.time(), 1000, "", 1, 1, 2, 2, "closed"),
+        ]
+    )
+    backend.write([SessionOpened(sid2, "h:1:0", time.time(), "::1", "/ws", None, None, None, True)])
+    backend.close()
+    conf = tmp_path / "echo.toml"
+    conf.write_text(f'database_url = "{database_url}"\n')
+
+    table = run_cli("sessions", "--config", str(conf), cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    header, *rows, total = table.stdout.splitlines()
+    assert header.split()[:3] == ["OPENED", "(UTC)", "ID"]
+    assert [row.split()[1:3] for row in rows] == [[sid2, "open"], [sid, "closed"]]
+    assert total == "(2 sessions)"
+
+    lines = run_cli(
+        "sessions", "--database-url", database_url, "--json", "--limit", "1", cwd=tmp_path
+    )
+    assert [json.loads(line)["id"] for line in lines.stdout.splitlines()] == [sid2]
+
+    one = run_cli("sessions", "--config", str(conf), sid, cwd=tmp_path)
+    shown = json.loads(one.stdout)
+    assert (shown["id"], shown["end_state"], shown["journal"][0]["payload_base64"]) == (
+        sid,
+        "closed",
+        "aGk=",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (("--limit", "many"), 2, "tornado-echo: limit must be an integer from 1 to 1000"),
+        (("--since", "last week"), 2, "tornado-echo: since must be an ISO-8601 time"),
+        (("not-a-uuid",), 2, "tornado-echo: session id must be a UUID"),
+        (("--port", "-1"), 2, "tornado-echo: config error: command line --port: key 'port'"),
+        (
+            ("--database-url", "postgresql://echo:hunter2@127.0.0.1:1/echo"),
+            1,
+            "tornado-echo: cannot query postgresql://echo:***@127.0.0.1:1/echo:",
+        ),
+    ],
+)
+def test_sessions_command_errors_are_one_line(
+    tmp_path: Path, args: tuple[str, ...], code: int, expected: str
+) -> None:
+    result = run_cli("sessions", *args, cwd=tmp_path)
+    assert result.returncode == code
+    assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1
+    assert "hunter2" not in result.stderr
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_killed_during_an_outage_the_next_start_replays_the_spool_then_marks_crashed(
+    tmp_path: Path, pg_outage: PgOutage
+) -> None:
+    log = tmp_path / "server.log"
+    settings = {"database_url": pg_outage.url, "journal": "full", "queue_limit": "10"}
+    process, port = start_server(tmp_path, log, **settings)
+    try:
+        clients = [await websocket_connect(f"ws://127.0.0.1:{port}/ws") for _ in range(5)]
+        pg_outage.cut()
+        for client in clients:
+            for number in range(20):
+                await client.write_message(f"m{number}")
+                assert await client.read_message() == f"m{number}"
+        for client in clients[:3]:
+            client.close(1000)
+            assert await client.read_message() is None
+        for client in clients[3:]:  # push the closes beyond the 10 records kept in memory
+            for number in range(20, 40):
+                await client.write_message(f"m{number}")
+                assert await client.read_message() == f"m{number}"
+        spool = tmp_path / "var"
+        for _ in range(200):
+            spooled = sum(len(p.read_bytes().splitlines()) for p in spool.glob("spool-*.jsonl"))
+            # Every message and close but the last 10 (the opens may be written already).
+            if spooled >= 3 * 21 + 2 * 40 - 10:
+                break
+            await asyncio.sleep(0.05)
+        process.kill()  # SIGKILL: no shutdown, whatever was in memory is gone
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    pg_outage.restore()
+    process, _ = start_server(tmp_path, log, **settings)
+    try:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    states = fetch_rows(pg_outage.url, "SELECT end_state, messages_in FROM ws_sessions")
+    assert sorted((s["end_state"], s["messages_in"]) for s in states) == [
+        ("closed", 20),
+        ("closed", 20),
+        ("closed", 20),
+        ("crashed", 0),
+        ("crashed", 0),
+    ]
+    [journal] = fetch_rows(pg_outage.url, "SELECT count(*) AS n FROM ws_messages")
+    assert journal["n"] >= 3 * 20 + 2 * 20  # at most the last 10 records died with the process
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(e["msg"].startswith("replayed ") for e in entries)
+    assert any(
+        e["msg"] == "marked 2 sessions left open by a previous run as crashed" for e in entries
+    )
+    assert not list((tmp_path / "var").glob("spool-*.jsonl"))

@@ -10,9 +10,12 @@ from tornado.httputil import HTTPServerRequest
 
 def is_loopback(address: str | None) -> bool:
     try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
+        ip = ipaddress.ip_address(address or "")
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack socket
+    return ip.is_loopback
 
 
 def is_authorized(request: HTTPServerRequest, token: str) -> bool:

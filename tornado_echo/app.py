@@ -7,11 +7,13 @@ from typing import Any
 import tornado.web
 from tornado.log import access_log
 
+from .api import SessionHandler, SessionsHandler
 from .config import Config
 from .connections import Connections
 from .handlers import EchoWebSocket, HealthHandler, MetricsHandler, NotFoundHandler, ReadyHandler
 from .metrics import Metrics
 from .store import Store
+from .store.reader import SessionReader
 
 
 class EchoApplication(tornado.web.Application):
@@ -29,6 +31,7 @@ class EchoApplication(tornado.web.Application):
         connections: Connections,
         server_id: str,
         metrics: Metrics,
+        reader: SessionReader,
     ) -> None:
         self._ws_kwargs: dict[str, Any] = {
             "db": db,
@@ -43,12 +46,20 @@ class EchoApplication(tornado.web.Application):
             "db": db,
             "token": config.metrics_token,
         }
+        self._api_kwargs: dict[str, Any] = {"config": config, "reader": reader}
+        self._ready_kwargs: dict[str, Any] = {
+            "db": db,
+            "connections": connections,
+            "config": config,
+        }
         super().__init__(
             [
                 (config.ws_path, EchoWebSocket, self._ws_kwargs),
                 ("/healthz", HealthHandler),
-                ("/readyz", ReadyHandler, {"db": db, "connections": connections}),
+                ("/readyz", ReadyHandler, self._ready_kwargs),
                 ("/metrics", MetricsHandler, self._metrics_kwargs),
+                ("/api/sessions", SessionsHandler, self._api_kwargs),
+                (r"/api/sessions/([^/]+)", SessionHandler, self._api_kwargs),
             ],
             default_handler_class=NotFoundHandler,
             compress_response=False,
@@ -59,6 +70,8 @@ class EchoApplication(tornado.web.Application):
     def reconfigure(self, config: Config) -> None:
         """Apply what can change without a restart to connections opened from now on."""
         self._ws_kwargs["config"] = config
+        self._api_kwargs["config"] = config
+        self._ready_kwargs["config"] = config
         self._metrics_kwargs["token"] = config.metrics_token
         self.settings.update(_live_settings(config))
 
@@ -77,11 +90,13 @@ def make_app(
     connections: Connections | None = None,
     server_id: str = "local",
     metrics: Metrics | None = None,
+    reader: SessionReader | None = None,
 ) -> EchoApplication:
-    """The application serving ``config.ws_path``, /healthz, /readyz and /metrics.
+    """The application serving ``config.ws_path``, /healthz, /readyz, /metrics and /api.
 
     ``db`` must be started before the first connection; ``connections`` is shared with the
-    server so that shutdown can reach every open session.
+    server so that shutdown can reach every open session; ``reader`` (made from
+    ``config.database_url`` when not given) answers the /api queries.
     """
     return EchoApplication(
         config,
@@ -89,6 +104,7 @@ def make_app(
         Connections() if connections is None else connections,
         server_id,
         Metrics() if metrics is None else metrics,
+        SessionReader(config.database_url) if reader is None else reader,
     )
 
 

@@ -3,6 +3,9 @@
 Builds the :class:`Config` once, sets up logging, and runs the server. A user mistake (bad
 config value, unreachable database at start) is one line on stderr and a non-zero exit:
 2 for configuration errors, 1 for failures at start.
+
+``tornado-echo sessions [--limit N] [--since TIME] [--json] [SESSION_ID]`` lists recent
+sessions (or shows one with its journal) from the database the same configuration names.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import tornado.netutil
 
 from . import __version__
-from .config import FIELDS, Config, build_config, env_name, flag_name
+from .config import FIELDS, Config, build_config, env_name, flag_name, mask_url
 from .errors import ConfigError, EchoError
 from .logs import setup_logging
 from .systemd import Notifier, raise_nofile_limit
@@ -40,25 +43,44 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tornado-echo",
         description="WebSocket echo server. Settings: defaults < conf file < environment"
         " TORNADO_ECHO_<KEY> < these flags.",
+        epilog="Other command: tornado-echo sessions --help (recent sessions from the database).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration, print the effective values (secrets masked), exit",
+    )
+    add_settings(parser)
+    return parser
+
+
+def build_sessions_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tornado-echo sessions",
+        description="List recent sessions, newest first, or show one session with its journal,"
+        " from the database the configuration names.",
+    )
+    parser.add_argument("session_id", nargs="?", help="show this session (a UUID)")
+    parser.add_argument("--limit", default=None, help="sessions to list, 1 to 1000 (default 50)")
+    parser.add_argument("--since", default=None, help="only sessions opened at or after (ISO-8601)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_settings(parser)
+    return parser
+
+
+def add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         metavar="PATH",
         help="TOML conf file (default: ./conf/tornado-echo.toml, else"
         " /etc/tornado-echo/tornado-echo.toml; also $TORNADO_ECHO_CONFIG)",
     )
-    parser.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate the configuration, print the effective values (secrets masked), exit",
-    )
     settings = parser.add_argument_group("settings (each also $" + env_name("<key>") + ")")
     for key, spec in FIELDS.items():
         settings.add_argument(
             flag_name(key), dest=key, metavar="VALUE", help=f"{spec.metadata['doc']} ({key})"
         )
-    return parser
 
 
 def format_config(config: Config, source: str) -> str:
@@ -70,6 +92,9 @@ def format_config(config: Config, source: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sessions"]:
+        return sessions(argv[1:])
     args = build_parser().parse_args(argv)  # argparse reports bad flags itself, exit 2
     flags = {key: getattr(args, key) for key in FIELDS}
     try:
@@ -172,3 +197,68 @@ def _free_port(host: str) -> int:
     for sock in sockets:
         sock.close()
     return port
+
+
+SESSION_TABLE = (
+    ("opened_at", "OPENED (UTC)", 27),
+    ("id", "ID", 36),
+    ("end_state", "STATE", 15),
+    ("peer", "PEER", 15),
+    ("messages_in", "IN", 7),
+    ("messages_out", "OUT", 7),
+    ("close_code", "CLOSE", 5),
+)
+
+
+def sessions(argv: Sequence[str]) -> int:
+    """``tornado-echo sessions``: read-only, so it runs the queries right here, blocking."""
+    # Imported here: .api imports the metrics module, which must wait for run()'s set-up.
+    from .api import QueryError, journal_entry, parse_limit, parse_session_id, parse_since
+    from .store.reader import JOURNAL_LIMIT, run_query
+
+    args = build_sessions_parser().parse_args(argv)
+    flags = {key: getattr(args, key) for key in FIELDS}
+    try:
+        config, _ = build_config(args.config, flags=flags)
+    except ConfigError as exc:
+        sys.stderr.write(f"tornado-echo: config error: {exc}\n")
+        return 2
+    try:
+        limit = parse_limit(args.limit)
+        since = parse_since(args.since)
+        session_id = None if args.session_id is None else parse_session_id(args.session_id)
+    except QueryError as exc:
+        sys.stderr.write(f"tornado-echo: {exc}\n")
+        return 2
+    try:
+        if session_id is None:
+            rows = run_query(config.database_url, lambda db: db.list_sessions(limit, since))
+        else:
+            found = run_query(
+                config.database_url, lambda db: db.get_session(session_id, JOURNAL_LIMIT)
+            )
+    except Exception as exc:  # noqa: BLE001 - command boundary: one line, no traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        sys.stderr.write(f"tornado-echo: cannot query {mask_url(config.database_url)}: {first}\n")
+        return 1
+    if session_id is not None:
+        if found is None:
+            sys.stderr.write(f"tornado-echo: no session {session_id}\n")
+            return 1
+        found["journal"] = [journal_entry(row) for row in found["journal"]]
+        sys.stdout.write(json.dumps(found, indent=None if args.json else 2) + "\n")
+        return 0
+    if args.json:
+        sys.stdout.writelines(json.dumps(row) + "\n" for row in rows)
+        return 0
+    sys.stdout.write(_table(rows))
+    return 0
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    lines = ["  ".join(title.ljust(width) for _, title, width in SESSION_TABLE).rstrip()]
+    for row in rows:
+        cells = ["" if row[key] is None else str(row[key]).ljust(w) for key, _, w in SESSION_TABLE]
+        lines.append("  ".join(cells).rstrip())
+    lines.append(f"({len(rows)} sessions)")
+    return "\n".join(lines) + "\n"

@@ -111,8 +111,13 @@ class Config:
     batch_delay: float = _opt(
         0.05, "seconds a record may wait for its batch to fill", _between(0.001, 60)
     )
+    readiness_needs_store: bool = _opt(
+        True, "/readyz answers 503 while the database is unreachable (false: 200 degraded)"
+    )
     queue_limit: int = _opt(
-        100_000, "records held in memory while the database is slow", _between(1, 100_000_000)
+        100_000,
+        "records held in memory while the database is slow; beyond, spooled to state_dir",
+        _between(1, 100_000_000),
     )
     log_level: str = _opt("info", "debug, info, warning or error", _one_of(LOG_LEVELS))
     log_format: str = _opt("text", "text (terminal) or json (journald)", _one_of(LOG_FORMATS))

@@ -318,11 +318,19 @@ class HealthHandler(JsonHandler):
 
 
 class ReadyHandler(JsonHandler):
-    """Readiness: 200 when the store is reachable and the server is not draining, else 503."""
+    """Readiness: 503 while draining, while the store writer is not running, and (unless
+    ``readiness_needs_store`` is off) while the database is unreachable; else 200.
 
-    def initialize(self, db: Store, connections: Connections) -> None:
+    During a database outage echo keeps working and records wait in memory and the spool:
+    the body says so either way. With ``readiness_needs_store = false`` the answer stays
+    200 with ``"status": "degraded"``, so that a shared database blinking does not take
+    every instance out of a load balancer at once.
+    """
+
+    def initialize(self, db: Store, connections: Connections, config: Config) -> None:
         self.db = db
         self.connections = connections
+        self.config = config
 
     def get(self) -> None:
         store = self.db.status()
@@ -330,16 +338,32 @@ class ReadyHandler(JsonHandler):
             "connections": len(self.connections),
             "store": {
                 "available": store.available,
+                "error": store.error,
                 "pending": store.pending,
+                "queued": store.queued,
+                "spooled": store.spooled,
+                "spool_bytes": store.spool_bytes,
                 "oldest_pending_age_s": round(store.oldest_pending_age, 3),
+                "written": store.written,
+                "poisoned": store.poisoned,
                 "dropped": store.dropped,
             },
         }
         if self.connections.draining:
             self.write_json(503, {"status": "unavailable", "reason": "draining", **body})
-        elif not store.available:
-            reason = f"store unavailable: {store.error or 'not started'}"
+        elif not store.running:
+            reason = f"store writer not running: {store.error or 'not started'}"
             self.write_json(503, {"status": "unavailable", "reason": reason, **body})
+        elif not store.available and self.config.readiness_needs_store:
+            reason = f"store unavailable: {store.error}"
+            self.write_json(503, {"status": "unavailable", "reason": reason, **body})
+        elif not store.available or store.dropped:
+            problems = []
+            if not store.available:
+                problems.append(f"store unavailable: {store.error}")
+            if store.dropped:
+                problems.append(f"{store.dropped} records lost (spool not writable)")
+            self.write_json(200, {"status": "degraded", "reason": "; ".join(problems), **body})
         else:
             self.write_json(200, {"status": "ok", **body})
 

@@ -31,6 +31,7 @@ from .errors import ConfigError
 from .logs import setup_logging
 from .metrics import Metrics
 from .store import Store, make_store
+from .store.reader import SessionReader
 from .systemd import Notifier
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ LIVE_KEYS = frozenset(
         "log_level",
         "log_format",
         "shutdown_deadline",
+        "readiness_needs_store",
         "admin_token",
         "metrics_token",
     }
@@ -78,6 +80,7 @@ class Server:
         self.connections = Connections()
         self.metrics = Metrics()
         self.store: Store = make_store(config, self.server_id)
+        self.reader = SessionReader(config.database_url)
         self.app: EchoApplication | None = None
         self.http: tornado.httpserver.HTTPServer | None = None
         self.sockets: list[socket.socket] = []
@@ -100,7 +103,9 @@ class Server:
         self._wakeup = asyncio.Event()
         self.store.on_batch = self.metrics.batch_seconds.observe
         await self.store.start()
-        self.app = make_app(self.config, self.store, self.connections, self.server_id, self.metrics)
+        self.app = make_app(
+            self.config, self.store, self.connections, self.server_id, self.metrics, self.reader
+        )
         self.http = tornado.httpserver.HTTPServer(
             self.app, xheaders=self.config.behind_proxy, idle_connection_timeout=60
         )
@@ -251,11 +256,14 @@ class Server:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         store_time = max(MIN_STORE_DRAIN, deadline - time.monotonic())
+        self.reader.close()
         await self.store.close(0.0 if self.force_exit else store_time)
         status = self.store.status()
         if status.pending or status.dropped:
             logger.error(
-                "store not drained: %d records pending, %d dropped", status.pending, status.dropped
+                "store not drained: %d records left in the spool for the next start, %d lost",
+                status.pending,
+                status.dropped,
             )
         logger.info("stopped")
         return 0 if drained and not self.force_exit else 1

@@ -1,24 +1,77 @@
-"""The batching writer: start, batches, drain on close, failures at start."""
+"""The batching writer: batches, poison records, outages, the spool, crash leftovers."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
+import time
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import fetch_rows
+from tests.helpers import PgOutage, fetch_rows
 from tests.store.test_backends import closed, opened
 from tornado_echo.errors import StoreError
-from tornado_echo.store import Store, make_backend
+from tornado_echo.store import (
+    MessageReceived,
+    Spool,
+    Store,
+    StoreStatus,
+    make_backend,
+    spool_path,
+)
+from tornado_echo.store.records import Record
 
 
 def sid(number: int) -> str:
     return f"00000000-0000-4000-8000-{number:012d}"
 
 
+def make(url: str, tmp_path: Path, server_id: str = "host:1:0", **settings: float) -> Store:
+    return Store(
+        make_backend(url),
+        server_id,
+        spool_path(tmp_path, server_id),
+        **settings,  # type: ignore[arg-type]
+    )
+
+
+def session(number: int, messages: int = 3) -> list[Record]:
+    """Open, ``messages`` journal entries, close: the records one session produces."""
+    records: list[Record] = [opened(sid(number))]
+    for seq in range(1, messages + 1):
+        records.append(MessageReceived(sid(number), seq, time.time(), 2, 4, b"\x00\x01\x02\x03"))
+    records.append(closed(sid(number)))
+    return records
+
+
+async def wait_for(predicate: object, timeout: float = 20.0) -> StoreStatus | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return None
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def assert_sessions_arrived_once(url: str, count: int, messages: int = 3, extra: int = 0) -> None:
+    sessions = fetch_rows(
+        url, "SELECT id, end_state, messages_in FROM ws_sessions WHERE end_state <> 'open'"
+    )
+    assert len(sessions) == count
+    assert len(fetch_rows(url, "SELECT id FROM ws_sessions")) == count + extra
+    assert {(s["end_state"], s["messages_in"]) for s in sessions} == {("closed", 3)}
+    rows = fetch_rows(url, "SELECT session_id, seq FROM ws_messages")
+    assert len(rows) == count * messages
+    assert len({(str(r["session_id"]), r["seq"]) for r in rows}) == count * messages
+
+
 @pytest.mark.gen_test(timeout=30)
-async def test_records_are_written_in_batches_and_drained_on_close(database_url: str) -> None:
-    store = Store(make_backend(database_url), "host:1:0", batch_size=100, batch_delay=0.01)
+async def test_records_are_written_in_batches_and_drained_on_close(
+    database_url: str, tmp_path: Path
+) -> None:
+    store = make(database_url, tmp_path, batch_size=100, batch_delay=0.01)
     await store.start()
     await store.start()  # idempotent
     for number in range(1050):
@@ -32,25 +85,22 @@ async def test_records_are_written_in_batches_and_drained_on_close(database_url:
         database_url, "SELECT count(*) AS n FROM ws_sessions WHERE end_state = 'closed'"
     )
     assert count["n"] == 1050
+    assert not store.spool.path.exists()
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_records_arrive_within_the_batch_delay(database_url: str) -> None:
-    store = Store(make_backend(database_url), "host:1:0", batch_size=1000, batch_delay=0.01)
+async def test_records_arrive_within_the_batch_delay(database_url: str, tmp_path: Path) -> None:
+    store = make(database_url, tmp_path, batch_size=1000, batch_delay=0.01)
     await store.start()
     store.submit(opened(sid(1)))
-    for _ in range(500):
-        if store.status().written:
-            break
-        await asyncio.sleep(0.01)
-    assert store.status().written == 1
+    await wait_for(lambda: store.status().written == 1)
     await store.close()
 
 
 @pytest.mark.gen_test
-async def test_unreachable_database_fails_start_with_a_masked_reason() -> None:
+async def test_unreachable_database_fails_start_with_a_masked_reason(tmp_path: Path) -> None:
     # Port 1 on loopback: nothing listens there, so the connection is refused at once.
-    store = Store(make_backend("postgresql://echo:hunter2@127.0.0.1:1/echo"), "host:1:0")
+    store = make("postgresql://echo:hunter2@127.0.0.1:1/echo", tmp_path)
     with pytest.raises(StoreError) as raised:
         await store.start()
     message = str(raised.value)
@@ -60,9 +110,167 @@ async def test_unreachable_database_fails_start_with_a_masked_reason() -> None:
 
 
 @pytest.mark.gen_test
-async def test_full_queue_counts_dropped_records(sqlite_url: str) -> None:
-    store = Store(make_backend(sqlite_url), "host:1:0", queue_limit=3)
-    for number in range(5):  # not started: nothing drains the queue
-        store.submit(opened(sid(number)))
+async def test_unusable_state_dir_fails_start(sqlite_url: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    store = make(sqlite_url, tmp_path / "file")
+    with pytest.raises(StoreError, match="cannot use spool file"):
+        await store.start()
+    await store.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_poison_record_is_isolated_logged_and_skipped(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make(database_url, tmp_path, batch_size=64, batch_delay=0.01)
+    await store.start()
+    records = [record for number in range(40) for record in session(number)]
+    # A counter beyond 64 bits: both databases refuse this close, whatever the batch around it.
+    poison = dataclasses.replace(closed(sid(999)), messages_in=2**70)
+    records[77:77] = [opened(sid(999)), poison]
+    with caplog.at_level(logging.ERROR, logger="tornado_echo.store.writer"):
+        for record in records:
+            store.submit(record)
+        await store.close()
     status = store.status()
-    assert (status.pending, status.dropped) == (3, 2)
+    assert (status.poisoned, status.pending, status.dropped) == (1, 0, 0)
+    [stays_open] = fetch_rows(
+        database_url, f"SELECT end_state FROM ws_sessions WHERE id = '{sid(999)}'"
+    )
+    assert stays_open["end_state"] == "open"
+    assert_sessions_arrived_once(database_url, 40, extra=1)
+    [logged] = [r for r in caplog.records if "refused a record" in r.getMessage()]
+    assert logged.exc_info is not None and sid(999) in logged.getMessage()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_outage_spills_to_the_spool_and_replays_exactly_once(
+    pg_outage: PgOutage, tmp_path: Path
+) -> None:
+    store = make(pg_outage.url, tmp_path, batch_size=50, batch_delay=0.01, queue_limit=100)
+    await store.start()
+    for record in session(0):
+        store.submit(record)
+    await wait_for(lambda: store.status().pending == 0)
+    pg_outage.cut()
+    for number in range(1, 300):
+        for record in session(number):
+            store.submit(record)
+        if number == 150:
+            pg_outage.terminate()  # a second blow while records wait
+    await wait_for(lambda: not store.status().available and store.status().queued <= 100)
+    status = store.status()
+    assert status.spooled > 0 and status.spool_bytes > 0 and status.dropped == 0
+    assert status.oldest_pending_age >= 0.0
+    assert store.spool.path.stat().st_size > 0
+    pg_outage.restore()
+    await wait_for(lambda: store.status().pending == 0 and store.status().available)
+    await store.close()
+    assert_sessions_arrived_once(pg_outage.url, 300)
+    assert not store.spool.path.exists()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_close_during_an_outage_keeps_records_in_the_spool_for_the_next_start(
+    pg_outage: PgOutage, tmp_path: Path
+) -> None:
+    store = make(pg_outage.url, tmp_path, batch_size=50, batch_delay=0.01)
+    await store.start()
+    pg_outage.cut()
+    for number in range(100):
+        for record in session(number):
+            store.submit(record)
+    await store.close(deadline=0.5)
+    status = store.status()
+    assert (status.dropped, status.queued) == (0, 0)
+    assert status.spooled == 500
+    assert len(store.spool.path.read_bytes().splitlines()) == 500
+    pg_outage.restore()
+    again = make(pg_outage.url, tmp_path)
+    await again.start()
+    await again.close()
+    assert_sessions_arrived_once(pg_outage.url, 100)
+    assert not again.spool.path.exists()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_crash_leftovers_spool_replayed_before_open_sessions_are_marked_crashed(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A previous run wrote the opens of A and B, then died with A's close and all of C
+    # still in its spool, the last line torn by the crash.
+    first = make(database_url, tmp_path)
+    await first.start()
+    first.submit(opened(sid(1)))
+    first.submit(opened(sid(2)))
+    await first.close()
+    leftover = Spool(spool_path(tmp_path, "host:1:0"))
+    leftover.open()
+    leftover.append([closed(sid(1)), *session(3)])
+    leftover.close()
+    with leftover.path.open("ab") as handle:
+        handle.write(b'["c","00000000-0000-4000-8000-0000000')
+    with caplog.at_level(logging.WARNING):
+        second = make(database_url, tmp_path)
+        await second.start()
+        await second.close()
+    rows = fetch_rows(database_url, "SELECT id, end_state FROM ws_sessions")
+    assert {str(r["id"]): r["end_state"] for r in rows} == {
+        sid(1): "closed",  # the replayed close won over mark_crashed
+        sid(2): "crashed",
+        sid(3): "closed",
+    }
+    assert len(fetch_rows(database_url, "SELECT seq FROM ws_messages")) == 3
+    assert not second.spool.path.exists()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("torn last line" in m for m in messages)
+    assert any("replayed 6 records" in m for m in messages)
+    assert any("marked 1 sessions" in m for m in messages)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_full_disk_loses_only_what_it_counts(
+    pg_outage: PgOutage, tiny_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make(pg_outage.url, tiny_disk, batch_size=20, batch_delay=0.01, queue_limit=50)
+    await store.start()
+    pg_outage.cut()
+    submitted = 0
+    with caplog.at_level(logging.CRITICAL, logger="tornado_echo.store.writer"):
+        for number in range(400):
+            store.submit(opened(sid(number)))
+            for seq in range(1, 4):
+                store.submit(MessageReceived(sid(number), seq, time.time(), 2, 300, b"x" * 300))
+            submitted += 4
+            await asyncio.sleep(0)
+        await wait_for(lambda: store.status().dropped > 0)
+    assert any("LOST" in r.getMessage() for r in caplog.records)
+    # What made it into the spool is intact: every line decodes.
+    check = Spool(store.spool.path)
+    check.open()
+    records, _, lines = check.read(10_000)
+    assert len(records) == lines > 0
+    pg_outage.restore()
+    await wait_for(lambda: store.status().pending == 0 and store.status().available)
+    await store.close()
+    arrived = fetch_rows(pg_outage.url, "SELECT count(*) AS n FROM ws_sessions")[0]["n"]
+    arrived += fetch_rows(pg_outage.url, "SELECT count(*) AS n FROM ws_messages")[0]["n"]
+    assert arrived + store.status().dropped == submitted
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_records_of_a_store_that_never_started_are_spooled_not_dropped(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    never = make(database_url, tmp_path)
+    for record in session(7):
+        never.submit(record)
+    await never.close()
+    assert (never.status().spooled, never.status().dropped) == (5, 0)
+    never.submit(opened(sid(8)))  # after close nothing can be kept: counted and logged
+    assert never.status().dropped == 1
+    assert any("store already closed" in r.getMessage() for r in caplog.records)
+    later = make(database_url, tmp_path)
+    await later.start()
+    await later.close()
+    assert_sessions_arrived_once(database_url, 1)

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..config import Config
 from .base import Backend
 from .records import MessageReceived, Record, SessionClosed, SessionOpened
+from .spool import Spool, spool_path
 from .writer import Store, StoreStatus
 
 __all__ = [
@@ -15,10 +16,12 @@ __all__ = [
     "Record",
     "SessionClosed",
     "SessionOpened",
+    "Spool",
     "Store",
     "StoreStatus",
     "make_backend",
     "make_store",
+    "spool_path",
 ]
 
 
@@ -38,6 +41,7 @@ def make_store(config: Config, server_id: str) -> Store:
     return Store(
         make_backend(config.database_url),
         server_id=server_id,
+        spool_path=spool_path(config.state_dir, server_id),
         batch_size=config.batch_size,
         batch_delay=config.batch_delay,
         queue_limit=config.queue_limit,

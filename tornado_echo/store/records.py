@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass
 from typing import Any
+
+from ..errors import StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +24,10 @@ class SessionOpened:
     subprotocol: str | None
     compression: bool
 
+    @property
+    def at(self) -> float:
+        return self.opened_at
+
 
 @dataclass(frozen=True, slots=True)
 class SessionClosed:
@@ -35,6 +43,10 @@ class SessionClosed:
     bytes_out: int
     end_state: str
 
+    @property
+    def at(self) -> float:
+        return self.closed_at
+
 
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
@@ -46,6 +58,10 @@ class MessageReceived:
     opcode: int
     size: int
     payload: bytes | None
+
+    @property
+    def at(self) -> float:
+        return self.received_at
 
 
 Record = SessionOpened | SessionClosed | MessageReceived
@@ -77,3 +93,33 @@ def split_batch(
 def as_row(record: Record) -> tuple[Any, ...]:
     """The record's fields in declaration order (the column order of its table)."""
     return tuple(getattr(record, name) for name in record.__slots__)
+
+
+# -- spool encoding: one JSON array per line, kind tag first, bytes as base64 ----------------
+
+_KINDS: dict[str, type[SessionOpened] | type[SessionClosed] | type[MessageReceived]] = {
+    "o": SessionOpened,
+    "c": SessionClosed,
+    "m": MessageReceived,
+}
+_TAGS = {kind: tag for tag, kind in _KINDS.items()}
+
+
+def encode_record(record: Record) -> bytes:
+    """One spool line (with its newline) for ``record``."""
+    fields: list[Any] = [_TAGS[type(record)], *as_row(record)]
+    if isinstance(record, MessageReceived) and record.payload is not None:
+        fields[-1] = base64.b64encode(record.payload).decode("ascii")
+    return json.dumps(fields, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def decode_record(line: bytes) -> Record:
+    """The record of one spool line; raises :class:`StoreError` if it is not one."""
+    try:
+        tag, *values = json.loads(line)
+        kind = _KINDS[tag]
+        if kind is MessageReceived and values[-1] is not None:
+            values[-1] = base64.b64decode(values[-1], validate=True)
+        return kind(*values)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise StoreError(f"not a spool record: {line[:80]!r}: {exc}") from None

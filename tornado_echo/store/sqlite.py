@@ -5,9 +5,10 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import StoreError
-from .base import Backend, load_migrations
+from .base import MESSAGE_COLUMNS, SESSION_COLUMNS, Backend, load_migrations, row_dict
 from .records import Record, as_row, split_batch
 
 LOCK_TIMEOUT = 10.0
@@ -24,6 +25,18 @@ INSERT_MESSAGE = (
     "INSERT OR IGNORE INTO ws_messages (session_id, seq, received_at, opcode, size, payload)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
+
+
+# Errors about the records, not the database: constraint violations, values SQLite cannot bind.
+DATA_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+SELECT_SESSIONS = "SELECT " + ", ".join(SESSION_COLUMNS) + " FROM ws_sessions"
 
 
 def split_statements(script: str) -> list[str]:
@@ -111,6 +124,34 @@ class SQLiteBackend(Backend):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def is_data_error(self, exc: Exception) -> bool:
+        return isinstance(exc, DATA_ERRORS)
+
+    def list_sessions(self, limit: int, since: float | None) -> list[dict[str, Any]]:
+        conn = self._connection()
+        if since is None:
+            rows = conn.execute(SELECT_SESSIONS + " ORDER BY opened_at DESC LIMIT ?", (limit,))
+        else:
+            rows = conn.execute(
+                SELECT_SESSIONS + " WHERE opened_at >= ? ORDER BY opened_at DESC LIMIT ?",
+                (since, limit),
+            )
+        return [row_dict(SESSION_COLUMNS, row) for row in rows]
+
+    def get_session(self, session_id: str, journal_limit: int) -> dict[str, Any] | None:
+        conn = self._connection()
+        row = conn.execute(SELECT_SESSIONS + " WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            return None
+        session = row_dict(SESSION_COLUMNS, row)
+        messages = conn.execute(
+            "SELECT " + ", ".join(MESSAGE_COLUMNS) + " FROM ws_messages WHERE session_id = ?"
+            " ORDER BY seq LIMIT ?",
+            (session_id, journal_limit),
+        )
+        session["journal"] = [row_dict(MESSAGE_COLUMNS, message) for message in messages]
+        return session
 
     def mark_crashed(self, server_id: str, now: float) -> int:
         conn = self._connection()

@@ -1,10 +1,23 @@
-"""The store the server talks to: the IOLoop only enqueues, one thread writes in batches.
+"""The store the server talks to: the IOLoop only enqueues, two threads do the rest.
 
-``submit`` is the only call made per record on the IOLoop thread: it appends to a deque and,
-when a batch is full, wakes the writer. The writer thread owns the backend connection: it
-connects and migrates at start, writes batches (size ``batch_size`` or after ``batch_delay``),
-retries a failed batch with capped exponential backoff while the database is down, pings when
-idle so readiness reflects reality, and drains what is queued on close within the deadline.
+``submit`` is the only call made per record on the IOLoop thread: a deque append and, when a
+threshold is crossed, an event. Everything else runs on two threads:
+
+* the *writer* owns the backend connection. At start it connects, migrates, replays a spool a
+  previous run left behind, and marks that run's still-open sessions crashed (in that order,
+  so replayed closes win). Then it writes batches (``batch_size`` records or after
+  ``batch_delay``), spool first, then memory, retrying connection failures with capped
+  exponential backoff and bisecting a batch that fails on bad data until the poison record is
+  isolated, logged and skipped.
+* the *spooler* keeps memory bounded: records beyond ``queue_limit`` move, oldest first, to
+  an append-only spool file in ``state_dir`` (fsync off the IOLoop). On close, whatever the
+  writer could not write before the deadline goes there too, for the next start.
+
+Order: spool + memory always form one FIFO, the spool being its head. The writer reads memory
+batches without removing them (a peek); if the spooler moves them meanwhile, the writer
+abandons the attempt and reads them from the spool instead. Writes are idempotent (keyed on
+session id and (session id, seq)), so a record written twice lands once, and a session's
+open, journal and close, even when split between spool and memory, arrive in order.
 """
 
 from __future__ import annotations
@@ -12,21 +25,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import enum
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import StoreError
 from .base import Backend
 from .records import Record
+from .spool import Spool
 
 logger = logging.getLogger(__name__)
 
 IDLE_PING_INTERVAL = 5.0
 MAX_BACKOFF = 5.0
 FIRST_BACKOFF = 0.1
+SPOOL_CHECK_INTERVAL = 0.05
+DEGRADED_LOG_INTERVAL = 30.0
+# How long start may wait for the database while replaying a leftover spool before failing.
+START_REPLAY_PATIENCE = 5.0
+# Grace for the batch in flight when the drain deadline passes.
+JOIN_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -35,20 +58,41 @@ class StoreStatus:
 
     available: bool
     error: str | None
-    pending: int
+    pending: int  # queued + spooled
+    queued: int  # records in memory
+    spooled: int  # records in the spool file
+    spool_bytes: int
     written: int
-    dropped: int
-    errors: int
+    poisoned: int  # records the database refused (bad data), logged and skipped
+    dropped: int  # records lost: the spool could not be written (disk full)
+    errors: int  # failed database operations (each retried)
     oldest_pending_age: float
+    running: bool  # the writer thread is alive
+
+
+class _Outcome(enum.Enum):
+    DONE = "done"  # written (or poison skipped)
+    MOVED = "moved"  # memory records moved to the spool meanwhile; re-read from there
+    GAVE_UP = "gave_up"  # the drain deadline passed with the database unavailable
+
+
+@dataclass
+class _Batch:
+    records: list[Record]
+    from_spool: bool
+    head: int = 0  # memory: records removed from memory before this batch was peeked
+    end: int = 0  # spool: offset after the batch
+    lines: int = 0  # spool: lines the batch spans
 
 
 class Store:
-    """Batching, retrying writer in front of one :class:`Backend`."""
+    """Batching, retrying, spooling writer in front of one :class:`Backend`."""
 
     def __init__(
         self,
         backend: Backend,
         server_id: str,
+        spool_path: Path,
         batch_size: int = 1000,
         batch_delay: float = 0.05,
         queue_limit: int = 100_000,
@@ -58,16 +102,26 @@ class Store:
         self.batch_size = batch_size
         self.batch_delay = batch_delay
         self.queue_limit = queue_limit
-        self._queue: collections.deque[tuple[float, Record]] = collections.deque()
+        self.spool = Spool(spool_path)
+        self._queue: collections.deque[Record] = collections.deque()
+        # Guards the spool and removals from the queue (submit's append needs no lock).
+        self._lock = threading.Lock()
+        self._removed = 0  # records ever removed from the head of the queue
         self._wakeup = threading.Event()
+        self._overflow = threading.Event()
         self._stopping = threading.Event()
+        self._spooler_stop = threading.Event()
         self._drain_until = float("inf")
         self._thread: threading.Thread | None = None
+        self._spooler: threading.Thread | None = None
         self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._closed = False
+        self._sealed = False  # closed and spooled: nothing submitted now can be kept
         self._available = False
         self._error: str | None = None
+        self._last_degraded_log = 0.0
         self._written = 0
+        self._poisoned = 0
         self._dropped = 0
         self._errors = 0
         # Called on the writer thread with each written batch's duration (metrics).
@@ -76,9 +130,9 @@ class Store:
     # -- IOLoop side -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the writer; returns once the database is connected and migrated.
+        """Start the writer; returns once the database is connected, migrated and caught up.
 
-        Raises :class:`StoreError` when the database cannot be reached or migrated, so a
+        Raises :class:`StoreError` when the spool or the database cannot be opened, so a
         misconfigured service fails at start instead of serving with nowhere to write.
         """
         if self._thread is None:
@@ -88,54 +142,104 @@ class Store:
 
     def submit(self, record: Record) -> None:
         """Queue ``record`` for writing; never blocks, safe from any thread."""
-        if len(self._queue) >= self.queue_limit:
-            self._dropped += 1
-            if self._dropped == 1 or self._dropped % 10_000 == 0:
-                logger.error(
-                    "store queue full (%d records): %d records dropped so far",
-                    self.queue_limit,
-                    self._dropped,
-                )
+        if self._sealed:
+            self._late(record)
             return
-        self._queue.append((time.monotonic(), record))
-        if len(self._queue) >= self.batch_size:
+        queue = self._queue
+        queue.append(record)
+        depth = len(queue)
+        if depth >= self.batch_size and not self._wakeup.is_set():
             self._wakeup.set()
+        if depth > self.queue_limit and not self._overflow.is_set():
+            self._overflow.set()
+
+    def _late(self, record: Record) -> None:
+        self._dropped += 1
+        logger.error(
+            "store already closed: record lost (%d lost so far): %r", self._dropped, record
+        )
 
     def status(self) -> StoreStatus:
         queue = self._queue
-        oldest = time.monotonic() - queue[0][0] if queue else 0.0
+        now = time.time()
+        try:
+            oldest = [queue[0].at]
+        except IndexError:  # empty, or emptied by the writer since we looked
+            oldest = []
+        spool_oldest = self.spool.oldest
+        if spool_oldest is not None:
+            oldest.append(spool_oldest)
+        thread = self._thread
         return StoreStatus(
             available=self._available,
             error=self._error,
-            pending=len(queue),
+            pending=len(queue) + self.spool.pending,
+            queued=len(queue),
+            spooled=self.spool.pending,
+            spool_bytes=self.spool.pending_bytes,
             written=self._written,
+            poisoned=self._poisoned,
             dropped=self._dropped,
             errors=self._errors,
-            oldest_pending_age=oldest,
+            oldest_pending_age=max(0.0, now - min(oldest)) if oldest else 0.0,
+            running=thread is not None and thread.is_alive() and self._started.done(),
         )
 
     async def close(self, deadline: float = 10.0) -> None:
-        """Write what is queued (for at most ``deadline`` seconds), then disconnect. Idempotent."""
+        """Write what is pending for at most ``deadline`` seconds, spool the rest. Idempotent.
+
+        Nothing is dropped here: records the database did not take stay in the spool file
+        for the next start.
+        """
         if self._closed:
             return
         self._closed = True
+        loop = asyncio.get_running_loop()
         thread = self._thread
-        if thread is None:
+        if thread is not None:
+            self._drain_until = time.monotonic() + deadline
+            self._stopping.set()
+            self._wakeup.set()
+            await loop.run_in_executor(None, thread.join, deadline + JOIN_GRACE)
+            if thread.is_alive():
+                logger.error("store writer did not stop within the shutdown deadline")
+        spooler = self._spooler
+        if spooler is not None:
+            self._spooler_stop.set()
+            self._overflow.set()
+            await loop.run_in_executor(None, spooler.join)
+        else:  # never started, or failed to: keep whatever was submitted anyway
+            await loop.run_in_executor(None, self._spill_unstarted)
+        with self._lock:
+            self._sealed = True
+            left = self.spool.pending
+            self.spool.close()
+        if left:
+            logger.warning(
+                "store closed with %d records in the spool %s; the next start replays them",
+                left,
+                self.spool.path,
+            )
+
+    def _spill_unstarted(self) -> None:
+        if not self._queue:
             return
-        self._drain_until = time.monotonic() + deadline
-        self._stopping.set()
-        self._wakeup.set()
-        # A little grace beyond the deadline for the batch in flight to finish.
-        await asyncio.get_running_loop().run_in_executor(None, thread.join, deadline + 5.0)
-        if thread.is_alive():
-            logger.error("store writer did not stop within the shutdown deadline")
+        try:
+            with self._lock:
+                self.spool.open()
+        except StoreError as exc:
+            logger.critical("%s", exc)
+        self._spill(everything=True)
 
     # -- writer thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
+            with self._lock:
+                self.spool.open()
             self.backend.connect()
             applied = self.backend.migrate()
+            replayed = self._replay_leftover_spool()
             crashed = self.backend.mark_crashed(self.server_id, time.time())
         except Exception as exc:  # noqa: BLE001 - task boundary: report to start() and stop
             message = f"cannot open store {self.backend.describe()}: {_one_line(exc)}"
@@ -144,9 +248,13 @@ class Store:
             return
         if applied:
             logger.info("store %s: applied schema versions %s", self.backend.describe(), applied)
+        if replayed:
+            logger.warning("replayed %d records spooled by a previous run", replayed)
         if crashed:
             logger.warning("marked %d sessions left open by a previous run as crashed", crashed)
         self._available = True
+        self._spooler = threading.Thread(target=self._spool_run, name="store-spool", daemon=True)
+        self._spooler.start()
         self._started.set_result(None)
         try:
             self._loop()
@@ -155,17 +263,50 @@ class Store:
         finally:
             self.backend.close()
 
+    def _replay_leftover_spool(self) -> int:
+        """Write a previous run's spool before anything else; raises if the database goes."""
+        if not self.spool.pending:
+            return 0
+        logger.warning(
+            "replaying %d records (%d bytes) from %s",
+            self.spool.pending,
+            self.spool.pending_bytes,
+            self.spool.path,
+        )
+        replayed = 0
+        while self.spool.pending:
+            with self._lock:
+                batch = self._next_batch()
+            assert batch is not None and batch.from_spool
+            self._drain_until = time.monotonic() + START_REPLAY_PATIENCE
+            if self._write(batch.records, batch) is not _Outcome.DONE:
+                raise StoreError(f"database unavailable while replaying {self.spool.path}")
+            with self._lock:
+                self.spool.commit(batch.end, batch.lines)
+            replayed += batch.lines
+        self._drain_until = float("inf")
+        return replayed
+
     def _loop(self) -> None:
         last_activity = time.monotonic()
         while True:
-            if not self._stopping.is_set():
+            # A full batch (or a spool to replay) goes at once; a partial one waits its delay.
+            behind = len(self._queue) >= self.batch_size or self.spool.pending
+            if not self._stopping.is_set() and not behind:
                 self._wakeup.wait(self.batch_delay)
                 self._wakeup.clear()
-            batch = self._take_batch()
-            if batch:
-                if not self._write_with_retry(batch):
-                    self._give_up(batch)
+            with self._lock:
+                batch = self._next_batch()
+            if batch is not None:
+                outcome = self._write(batch.records, batch)
+                if outcome is _Outcome.GAVE_UP:
+                    logger.error(
+                        "shutdown deadline passed with the store unavailable: %s", self._error
+                    )
                     return
+                if outcome is _Outcome.DONE:
+                    with self._lock:
+                        self._finish(batch)
                 last_activity = time.monotonic()
             elif self._stopping.is_set():
                 return
@@ -173,32 +314,81 @@ class Store:
                 self._ping()
                 last_activity = time.monotonic()
 
-    def _take_batch(self) -> list[Record]:
+    def _next_batch(self) -> _Batch | None:
+        """The oldest pending records: the spool's head, else memory's (peeked). Under lock."""
+        if self.spool.pending:
+            records, end, lines = self.spool.read(self.batch_size)
+            return _Batch(records, from_spool=True, end=end, lines=lines)
         queue = self._queue
         count = min(len(queue), self.batch_size)
-        return [queue.popleft()[1] for _ in range(count)]
+        if not count:
+            return None
+        # islice over a deque runs in C without releasing the GIL, so the IOLoop's appends
+        # cannot interleave with this copy.
+        return _Batch(list(itertools.islice(queue, count)), from_spool=False, head=self._removed)
 
-    def _write_with_retry(self, batch: list[Record]) -> bool:
-        """Write ``batch``, retrying while the database is down; False past the drain deadline."""
+    def _finish(self, batch: _Batch) -> None:
+        """Remove a written batch from where it was pending. Under lock."""
+        if batch.from_spool:
+            self.spool.commit(batch.end, batch.lines)
+            return
+        # The spooler may have moved some of these records meanwhile; remove only the rest.
+        for _ in range(batch.head + len(batch.records) - self._removed):
+            self._queue.popleft()
+            self._removed += 1
+
+    def _moved(self, batch: _Batch) -> bool:
+        return not batch.from_spool and self._removed > batch.head
+
+    def _write(self, records: list[Record], batch: _Batch) -> _Outcome:
+        """Write ``records`` (part of ``batch``): retry outages, bisect around bad data."""
         backoff = FIRST_BACKOFF
         while True:
             started = time.monotonic()
             try:
-                self.backend.write(batch)
-            except Exception as exc:  # noqa: BLE001 - any driver failure: not written yet
+                self.backend.write(records)
+            except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
+                if self.backend.is_data_error(exc):
+                    return self._isolate(records, batch, exc)
                 self._mark_unavailable(exc)
+                self.backend.close()
+                if self._moved(batch):
+                    return _Outcome.MOVED
                 remaining = self._drain_until - time.monotonic()
                 if remaining <= 0:
-                    return False
-                time.sleep(min(backoff, remaining))
+                    return _Outcome.GAVE_UP
+                pause = min(backoff, remaining)
+                if self._stopping.is_set():
+                    time.sleep(pause)
+                else:  # close() cuts the pause short, so the drain deadline is kept
+                    self._stopping.wait(pause)
                 backoff = min(backoff * 2, MAX_BACKOFF)
-                self.backend.close()
+                if self._moved(batch):
+                    return _Outcome.MOVED
                 continue
-            self._written += len(batch)
+            self._written += len(records)
             if self.on_batch is not None:
                 self.on_batch(time.monotonic() - started)
             self._mark_available()
-            return True
+            return _Outcome.DONE
+
+    def _isolate(self, records: list[Record], batch: _Batch, exc: Exception) -> _Outcome:
+        if len(records) == 1:
+            self._poisoned += 1
+            logger.error(
+                "store %s refused a record, skipping it (%d so far): %r",
+                self.backend.describe(),
+                self._poisoned,
+                records[0],
+                exc_info=exc,
+            )
+            return _Outcome.DONE
+        middle = len(records) // 2
+        for half in (records[:middle], records[middle:]):
+            outcome = self._write(half, batch)
+            if outcome is not _Outcome.DONE:
+                return outcome
+        return _Outcome.DONE
 
     def _ping(self) -> None:
         try:
@@ -212,22 +402,89 @@ class Store:
     def _mark_unavailable(self, exc: Exception) -> None:
         message = _one_line(exc)
         self._errors += 1
+        now = time.monotonic()
         if self._available or message != self._error:
             logger.error("store %s unavailable: %s", self.backend.describe(), message)
+            self._last_degraded_log = now
+        elif now - self._last_degraded_log >= DEGRADED_LOG_INTERVAL:
+            status = self.status()
+            logger.warning(
+                "store %s still unavailable (%s): %d records in memory, %d spooled (%d bytes),"
+                " oldest %.1fs old",
+                self.backend.describe(),
+                message,
+                status.queued,
+                status.spooled,
+                status.spool_bytes,
+                status.oldest_pending_age,
+            )
+            self._last_degraded_log = now
         self._available = False
         self._error = message
 
     def _mark_available(self) -> None:
-        if not self._available:
-            logger.warning("store %s available again", self.backend.describe())
+        if not self._available and self._started.done():
+            status = self.status()
+            logger.warning(
+                "store %s available again; catching up on %d records (%d spooled)",
+                self.backend.describe(),
+                status.pending,
+                status.spooled,
+            )
         self._available = True
         self._error = None
 
-    def _give_up(self, batch: list[Record]) -> None:
-        lost = len(batch) + len(self._queue)
-        self._queue.clear()
-        self._dropped += lost
-        logger.error("shutdown deadline passed with the store unavailable: %d records lost", lost)
+    # -- spooler thread --------------------------------------------------------------------
+
+    def _spool_run(self) -> None:
+        while True:
+            self._overflow.wait(SPOOL_CHECK_INTERVAL)
+            self._overflow.clear()
+            stopping = self._spooler_stop.is_set()
+            try:
+                self._spill(stopping)
+            except Exception:  # task boundary: memory must stay bounded, so keep going
+                logger.critical("store spooler failed; retrying", exc_info=True)
+            if stopping:
+                return
+
+    def _spill(self, everything: bool) -> None:
+        """Move memory beyond ``queue_limit`` (or all of it) to the spool, oldest first."""
+        with self._lock:
+            queue = self._queue
+            count = len(queue) - (0 if everything else self.queue_limit)
+            if count <= 0:
+                return
+            was_empty = self.spool.pending == 0
+            records = [queue.popleft() for _ in range(count)]
+            self._removed += count
+            before = self.spool.pending
+            try:
+                error: OSError | None = self.spool.append(records)
+            except Exception as exc:  # an unencodable record: count the loss, keep spooling
+                logger.critical("cannot encode records for the spool", exc_info=True)
+                error = OSError(0, f"{type(exc).__name__}: {exc}")
+            if error is not None:
+                lost = count - (self.spool.pending - before)
+                self._dropped += lost
+                logger.critical(
+                    "cannot write the spool %s (%s): %d records LOST, %d lost so far",
+                    self.spool.path,
+                    error.strerror,
+                    lost,
+                    self._dropped,
+                )
+        if was_empty:
+            logger.warning(
+                "store behind: %s records beyond the memory limit (%d) go to the spool %s",
+                "all" if everything else count,
+                self.queue_limit,
+                self.spool.path,
+            )
+        try:
+            self.spool.sync()
+        except OSError as exc:
+            logger.critical("cannot fsync the spool %s: %s", self.spool.path, exc.strerror)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,0 +1,140 @@
+"""A real server with real WebSocket clients while its database goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from tests.helpers import PgOutage, fetch_rows
+from tornado_echo.config import Config
+from tornado_echo.server import Server
+
+CLIENTS = 12
+
+
+async def started(tmp_path: Path, database_url: str, **overrides: Any) -> Server:
+    settings: dict[str, Any] = {
+        "port": 0,
+        "database_url": database_url,
+        "state_dir": str(tmp_path),
+        "batch_delay": 0.01,
+        "shutdown_deadline": 5.0,
+    }
+    settings.update(overrides)
+    server = Server(Config(**settings), server_id="outage-test:0:0")
+    await server.start()
+    return server
+
+
+async def readyz(server: Server) -> tuple[int, dict[str, Any]]:
+    response = await AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{server.port}/readyz", raise_error=False
+    )
+    return response.code, json.loads(response.body)
+
+
+async def echo_round(
+    clients: list[WebSocketClientConnection], sent: dict[int, list[bytes]]
+) -> None:
+    """Every client sends one message and must get it back (bounded wait, not a speed test)."""
+    for number, client in enumerate(clients):
+        payload = f"client {number} message {len(sent[number]) + 1}".encode()
+        sent[number].append(payload)
+        await client.write_message(payload, binary=True)
+    for number, client in enumerate(clients):
+        assert await asyncio.wait_for(client.read_message(), 10) == sent[number][-1]
+
+
+async def until(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_echo_keeps_serving_through_an_outage_and_every_row_arrives_once(
+    pg_outage: PgOutage, tmp_path: Path
+) -> None:
+    server = await started(tmp_path, pg_outage.url, journal="full", queue_limit=100)
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    clients = [await websocket_connect(url) for _ in range(CLIENTS)]
+    sent: dict[int, list[bytes]] = {number: [] for number in range(CLIENTS)}
+    for _ in range(5):
+        await echo_round(clients, sent)
+
+    pg_outage.cut()
+    for _ in range(40):  # the IOLoop keeps echoing while the writer cannot write
+        await echo_round(clients, sent)
+    await until(lambda: not server.store.status().available)
+    await until(lambda: server.store.status().spooled > 0)
+    code, body = await readyz(server)
+    assert (code, body["status"]) == (503, "unavailable")
+    assert body["reason"].startswith("store unavailable: OperationalError")
+    assert server.app is not None  # readiness_needs_store = false, applied live:
+    server.app.reconfigure(dataclasses.replace(server.config, readiness_needs_store=False))
+    code, body = await readyz(server)
+    assert (code, body["status"]) == (200, "degraded")
+    assert body["reason"].startswith("store unavailable: OperationalError")
+    store = body["store"]
+    assert store["available"] is False and store["spooled"] > 0 and store["spool_bytes"] > 0
+    assert store["pending"] == store["queued"] + store["spooled"]
+    assert store["oldest_pending_age_s"] >= 0 and store["dropped"] == 0
+
+    pg_outage.restore()
+    for _ in range(5):
+        await echo_round(clients, sent)
+    await until(lambda: server.store.status().available)
+    assert pg_outage.terminate() == 1  # the writer's connection, as if the database restarted
+    for _ in range(5):
+        await echo_round(clients, sent)
+    for client in clients:
+        client.close(1000)
+    await until(lambda: len(server.connections) == 0)
+    await until(lambda: server.store.status().pending == 0 and server.store.status().available)
+    assert (await readyz(server))[1]["status"] == "ok"
+    assert await server.shutdown() == 0
+
+    sessions = fetch_rows(pg_outage.url, "SELECT id, end_state, messages_in FROM ws_sessions")
+    assert len(sessions) == CLIENTS
+    assert {(s["end_state"], s["messages_in"]) for s in sessions} == {("closed", 55)}
+    rows = fetch_rows(
+        pg_outage.url, "SELECT session_id, seq, payload FROM ws_messages ORDER BY session_id, seq"
+    )
+    assert len(rows) == CLIENTS * 55
+    journals: dict[str, list[bytes]] = {}
+    for row in rows:
+        journals.setdefault(str(row["session_id"]), []).append(bytes(row["payload"]))
+    assert sorted(journals.values()) == sorted(sent.values())
+    assert not server.store.spool.path.exists()
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("journal", ["off", "meta", "full"])
+async def test_journal_modes(database_url: str, tmp_path: Path, journal: str) -> None:
+    server = await started(tmp_path, database_url, journal=journal)
+    client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
+    for message in ("héllo", b"\x00\xffbin"):
+        await client.write_message(message, binary=isinstance(message, bytes))
+        assert await client.read_message() == message
+    client.close()
+    await until(lambda: len(server.connections) == 0)
+    assert await server.shutdown() == 0
+    rows = fetch_rows(
+        database_url, "SELECT seq, opcode, size, payload FROM ws_messages ORDER BY seq"
+    )
+    found = [(r["seq"], r["opcode"], r["size"], r["payload"] and bytes(r["payload"])) for r in rows]
+    expected = {
+        "off": [],
+        "meta": [(1, 1, 6, None), (2, 2, 5, None)],
+        "full": [(1, 1, 6, "héllo".encode()), (2, 2, 5, b"\x00\xffbin")],
+    }
+    assert found == expected[journal]

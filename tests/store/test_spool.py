@@ -1,0 +1,92 @@
+"""The spool file and the record encoding, on a real file system without a database."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.store.test_backends import closed, opened
+from tornado_echo.errors import StoreError
+from tornado_echo.store import MessageReceived, Spool, spool_path
+from tornado_echo.store.records import Record, decode_record, encode_record
+
+RECORDS: list[Record] = [
+    opened("6f1c1d1e-0000-4000-8000-000000000001"),
+    MessageReceived("6f1c1d1e-0000-4000-8000-000000000001", 1, time.time(), 2, 3, b"\x00\xff\n"),
+    MessageReceived("6f1c1d1e-0000-4000-8000-000000000001", 2, time.time(), 1, 7, None),
+    closed("6f1c1d1e-0000-4000-8000-000000000001"),
+]
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=["opened", "full", "meta", "closed"])
+def test_records_survive_the_spool_encoding(record: Record) -> None:
+    line = encode_record(record)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert decode_record(line) == record
+
+
+@pytest.mark.parametrize("line", [b"", b"{}", b'["x", 1]', b'["m", "id", 1]', b"\xff"])
+def test_garbage_is_not_a_record(line: bytes) -> None:
+    with pytest.raises(StoreError, match="not a spool record"):
+        decode_record(line)
+
+
+def test_each_worker_gets_its_own_file(tmp_path: Path) -> None:
+    paths = {spool_path(tmp_path, f"web-1.example:8080:{worker}") for worker in range(4)}
+    assert len(paths) == 4
+    assert spool_path(tmp_path, "h/../x:1:0").name == "spool-h_.._x_1_0.jsonl"
+    assert all(path.parent == tmp_path for path in paths)
+
+
+def test_append_read_commit_and_reset(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s" / "spool.jsonl")
+    spool.open()
+    spool.open()  # idempotent
+    assert spool.append(RECORDS) is None
+    spool.sync()
+    assert (spool.pending, spool.oldest) == (4, RECORDS[0].at)
+    first, end, lines = spool.read(3)
+    assert (first, lines) == (RECORDS[:3], 3)
+    spool.commit(end, lines)
+    assert spool.pending == 1 and spool.pending_bytes == len(encode_record(RECORDS[3]))
+    rest, end, lines = spool.read(3)
+    assert rest == RECORDS[3:]
+    spool.commit(end, lines)
+    assert (spool.pending, spool.pending_bytes, spool.oldest) == (0, 0, None)
+    assert spool.path.stat().st_size == 0  # fully replayed: truncated
+    spool.close()
+    spool.close()  # idempotent
+    assert not spool.path.exists()  # and removed when closed empty
+
+
+def test_leftover_is_counted_and_a_torn_tail_cut(tmp_path: Path) -> None:
+    path = tmp_path / "spool.jsonl"
+    path.write_bytes(b"".join(map(encode_record, RECORDS)) + b'["o","6f1c')
+    spool = Spool(path)
+    spool.open()
+    assert spool.pending == 4
+    assert path.read_bytes().endswith(b"\n")
+    records, _, _ = spool.read(100)
+    assert records == RECORDS
+    spool.close()
+    assert path.exists()  # pending records stay for the next start
+
+
+def test_corrupt_line_in_the_middle_is_skipped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "spool.jsonl"
+    path.write_bytes(encode_record(RECORDS[0]) + b"garbage\n" + encode_record(RECORDS[3]))
+    spool = Spool(path)
+    spool.open()
+    records, end, lines = spool.read(100)
+    assert (records, lines) == ([RECORDS[0], RECORDS[3]], 3)
+    spool.commit(end, lines)
+    assert spool.pending == 0
+    spool.close()
+
+
+def test_unusable_path_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match="cannot use spool file"):
+        Spool(tmp_path / "file" / "spool.jsonl").open()

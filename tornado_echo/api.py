@@ -1,0 +1,146 @@
+"""Read-only operator API: ``GET /api/sessions`` and ``GET /api/sessions/{id}``.
+
+Access: loopback clients, or with ``Authorization: Bearer <admin_token>`` when a token is
+set (401 otherwise; 403 for remote clients while no token is set). Query
+parameters are validated (400 with a JSON reason); queries run on the reader's thread pool,
+never on the IOLoop, with bound parameters only.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import uuid
+from typing import Any
+
+from .access import is_authorized
+from .config import Config
+from .errors import EchoError
+from .handlers import JsonHandler
+from .store.reader import JOURNAL_LIMIT, SessionReader
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+
+
+class QueryError(EchoError):
+    """A bad query parameter; the message says which and why."""
+
+
+def parse_limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {text!r}")
+    return limit
+
+
+def parse_since(text: str | None) -> float | None:
+    """An ISO-8601 time (``Z`` or an offset; none means UTC) as a Unix time."""
+    if text is None:
+        return None
+    try:
+        # fromisoformat takes "Z" only from Python 3.11 on.
+        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(
+            f"since must be an ISO-8601 time like 2026-01-31T12:00:00Z, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def parse_session_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise QueryError(f"session id must be a UUID, got {text!r}") from None
+
+
+def journal_entry(row: dict[str, Any]) -> dict[str, Any]:
+    payload = row.pop("payload", None)
+    row["payload_base64"] = None if payload is None else base64.b64encode(payload).decode()
+    return row
+
+
+class ApiHandler(JsonHandler):
+    """Access control and parameter errors shared by the API handlers."""
+
+    def initialize(self, config: Config, reader: SessionReader) -> None:
+        self.config = config
+        self.reader = reader
+
+    def prepare(self) -> None:
+        if is_authorized(self.request, self.config.admin_token):
+            return
+        if self.config.admin_token:
+            self.set_header("WWW-Authenticate", 'Bearer realm="tornado-echo"')
+            self._deny(401, "missing or wrong bearer token")
+        else:
+            self._deny(403, "the API answers loopback clients only unless admin_token is set")
+
+    def _deny(self, status: int, reason: str) -> None:
+        logger.warning(
+            "API request from %s refused (%d): %s", self.request.remote_ip, status, reason
+        )
+        self.write_json(status, {"status": status, "error": reason})
+
+    def bad_request(self, exc: QueryError) -> None:
+        self.write_json(400, {"status": 400, "error": str(exc)})
+
+    def unavailable(self, exc: Exception) -> None:
+        logger.warning("API query failed: %s", exc, exc_info=exc)
+        self.write_json(503, {"status": 503, "error": "database unavailable"})
+
+
+class SessionsHandler(ApiHandler):
+    """``GET /api/sessions?limit=N&since=ISO``: the most recently opened sessions first."""
+
+    async def get(self) -> None:
+        try:
+            unknown = set(self.request.arguments) - {"limit", "since"}
+            if unknown:
+                raise QueryError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+            limit = parse_limit(self.get_query_argument("limit", None))
+            since = parse_since(self.get_query_argument("since", None))
+        except QueryError as exc:
+            self.bad_request(exc)
+            return
+        try:
+            sessions = await self.reader.list_sessions(limit, since)
+        except Exception as exc:  # noqa: BLE001 - any driver failure: answer 503, keep serving
+            self.unavailable(exc)
+            return
+        self.write_json(200, {"count": len(sessions), "limit": limit, "sessions": sessions})
+
+
+class SessionHandler(ApiHandler):
+    """``GET /api/sessions/{id}``: one session, with its journal when the journal is on."""
+
+    async def get(self, raw_id: str) -> None:
+        try:
+            session_id = parse_session_id(raw_id)
+        except QueryError as exc:
+            self.bad_request(exc)
+            return
+        try:
+            session = await self.reader.get_session(session_id, JOURNAL_LIMIT)
+        except Exception as exc:  # noqa: BLE001 - any driver failure: answer 503, keep serving
+            self.unavailable(exc)
+            return
+        if session is None:
+            self.write_json(404, {"status": 404, "error": f"no session {session_id}"})
+            return
+        journal = session.pop("journal")
+        if self.config.journal != "off":
+            session["journal"] = [journal_entry(row) for row in journal]
+            session["journal_truncated"] = len(journal) >= JOURNAL_LIMIT
+        self.write_json(200, session)

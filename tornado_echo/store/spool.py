@@ -1,0 +1,191 @@
+"""The spool: an append-only file of records that did not fit in memory while the database was away.
+
+Format: one record per line, a JSON array (see :func:`records.encode_record`). Lines are only
+ever appended; a replay reads from the *committed* offset and advances it once the database
+has taken the lines; when everything is committed the file is truncated to zero. A crash may
+leave a torn last line (no newline): :meth:`Spool.open` cuts it off and says so. Re-reading
+lines that were already written is harmless because every database write is idempotent.
+
+Not thread-safe: the store serialises every call with its own lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import itertools
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import StoreError
+from .records import Record, decode_record, encode_record
+
+logger = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def spool_path(state_dir: str | Path, server_id: str) -> Path:
+    """One spool file per server id (hostname:port:worker), so workers never share one."""
+    return Path(state_dir) / f"spool-{_UNSAFE.sub('_', server_id)}.jsonl"
+
+
+class Spool:
+    """Append-only record file with a replay cursor."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._size = 0  # bytes in the file
+        self._committed = 0  # bytes already replayed
+        self._pending = 0  # records after the committed offset
+        # (end offset, time of the first record) per appended chunk: the oldest pending time.
+        self._chunks: collections.deque[tuple[int, float]] = collections.deque()
+
+    @property
+    def pending(self) -> int:
+        """Records waiting to be replayed."""
+        return self._pending
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._size - self._committed
+
+    @property
+    def oldest(self) -> float | None:
+        """Wall time of the oldest pending record (chunk resolution), None when empty."""
+        return self._chunks[0][1] if self._chunks else None
+
+    def open(self) -> None:
+        """Open (creating) the file and count what a previous run left; idempotent.
+
+        Raises :class:`StoreError` when the state directory or file cannot be used.
+        """
+        if self._fd >= 0:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            self._scan()
+        except OSError as exc:
+            self.close()
+            raise StoreError(f"cannot use spool file {self.path}: {exc.strerror}") from None
+
+    def _scan(self) -> None:
+        count = 0
+        first: float | None = None
+        good = 0
+        with open(self.path, "rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break
+                if first is None:
+                    try:
+                        first = decode_record(line).at
+                    except StoreError:
+                        first = 0.0
+                good += len(line)
+                count += 1
+        size = os.fstat(self._fd).st_size
+        if size > good:
+            logger.warning(
+                "spool %s: cutting off a torn last line (%d bytes) left by a crash",
+                self.path,
+                size - good,
+            )
+            os.ftruncate(self._fd, good)
+        self._size, self._committed, self._pending = good, 0, count
+        self._chunks.clear()
+        if count:
+            self._chunks.append((good, first or 0.0))
+
+    def append(self, records: Sequence[Record]) -> OSError | None:
+        """Append ``records`` (written to the OS, not yet synced).
+
+        On a write error (disk full, I/O error) the records whose lines were written whole
+        stay, the file is cut back to the end of the last whole line, and the error is
+        returned: the records beyond the growth of :attr:`pending` were not spooled.
+        """
+        if not records:
+            return None
+        lines = [encode_record(record) for record in records]
+        ends = list(itertools.accumulate(map(len, lines)))
+        view = memoryview(b"".join(lines))
+        done = 0
+        error: OSError | None = None
+        try:
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            error = exc
+        kept = bisect.bisect_right(ends, done)
+        kept_bytes = ends[kept - 1] if kept else 0
+        if kept_bytes < done:
+            try:
+                os.ftruncate(self._fd, self._size + kept_bytes)
+            except OSError:
+                logger.critical("spool %s: cannot cut back a failed append", self.path)
+        if kept:
+            self._chunks.append((self._size + kept_bytes, records[0].at))
+            self._size += kept_bytes
+            self._pending += kept
+        return error
+
+    def sync(self) -> None:
+        """fsync the file; raises OSError."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
+
+    def read(self, limit: int) -> tuple[list[Record], int, int]:
+        """Up to ``limit`` records from the committed offset: (records, end offset, lines).
+
+        ``lines`` counts undecodable lines too; those are logged and skipped.
+        """
+        records: list[Record] = []
+        lines = 0
+        offset = self._committed
+        with open(self.path, "rb") as handle:
+            handle.seek(offset)
+            while lines < limit and offset < self._size:
+                line = handle.readline()
+                if not line.endswith(b"\n"):
+                    break
+                offset += len(line)
+                lines += 1
+                try:
+                    records.append(decode_record(line))
+                except StoreError as exc:
+                    logger.error("spool %s: skipping a corrupt line: %s", self.path, exc)
+        return records, offset, lines
+
+    def commit(self, offset: int, lines: int) -> None:
+        """Mark everything before ``offset`` (``lines`` lines) as written to the database."""
+        if self._fd < 0:
+            return
+        self._committed = offset
+        self._pending = max(0, self._pending - lines)
+        while self._chunks and self._chunks[0][0] <= offset:
+            self._chunks.popleft()
+        if self._committed >= self._size:
+            os.ftruncate(self._fd, 0)
+            self._size = self._committed = self._pending = 0
+            self._chunks.clear()
+
+    def close(self) -> None:
+        """Sync and close; removes the file when nothing is pending. Idempotent."""
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            logger.critical("spool %s: fsync failed at close: %s", self.path, exc.strerror)
+        os.close(fd)
+        if self._pending == 0:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
