@@ -9,7 +9,7 @@ from tornado_echo.access import is_authorized, is_loopback
 
 
 def request(peer: str, authorization: str | None = None) -> HTTPServerRequest:
-    headers = HTTPHeaders()
+    headers = HTTPHeaders({"Host": "127.0.0.1"})
     if authorization is not None:
         headers["Authorization"] = authorization
     req = HTTPServerRequest(
