@@ -97,11 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sessions(argv[1:])
     args = build_parser().parse_args(argv)  # argparse reports bad flags itself, exit 2
     flags = {key: getattr(args, key) for key in FIELDS}
-    try:
-        config, path = build_config(args.config, flags=flags)
-    except ConfigError as exc:
-        sys.stderr.write(f"tornado-echo: config error: {exc}\n")
+    built = _config_or_report(args.config, flags)
+    if built is None:
         return 2
+    config, path = built
     if args.check_config:
         sys.stdout.write(format_config(config, str(path) if path else "none, defaults only"))
         return 0
@@ -112,6 +111,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return build_config(args.config, flags=flags)[0]
 
     return run(config, reload_config)
+
+
+def _config_or_report(
+    path: str | None, flags: dict[str, str | None]
+) -> tuple[Config, Path | None] | None:
+    """The validated config, or None after printing the one-line reason to stderr."""
+    try:
+        return build_config(path, flags=flags)
+    except ConfigError as exc:
+        sys.stderr.write(f"tornado-echo: config error: {exc}\n")
+        return None
 
 
 def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
@@ -217,12 +227,10 @@ def sessions(argv: Sequence[str]) -> int:
     from .store.reader import JOURNAL_LIMIT, run_query
 
     args = build_sessions_parser().parse_args(argv)
-    flags = {key: getattr(args, key) for key in FIELDS}
-    try:
-        config, _ = build_config(args.config, flags=flags)
-    except ConfigError as exc:
-        sys.stderr.write(f"tornado-echo: config error: {exc}\n")
+    built = _config_or_report(args.config, {key: getattr(args, key) for key in FIELDS})
+    if built is None:
         return 2
+    config, _ = built
     try:
         limit = parse_limit(args.limit)
         since = parse_since(args.since)

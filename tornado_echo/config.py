@@ -261,11 +261,7 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         source = f"environment {name}"
         if key not in FIELDS:
             raise ConfigError(f"{source}: unknown setting (value {text!r})")
-        try:
-            native = _coerce_text(key, text)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: key '{key}': {exc}, got {text!r}") from None
-        values[key] = _validated(source, key, native)
+        values[key] = _from_text(source, key, text)
     return values
 
 
@@ -273,15 +269,17 @@ def read_flags(flags: Mapping[str, str | None]) -> dict[str, Any]:
     """Validated values from command-line flags given as {key: text or None (absent)}."""
     values: dict[str, Any] = {}
     for key, text in flags.items():
-        if text is None:
-            continue
-        source = f"command line {flag_name(key)}"
-        try:
-            native = _coerce_text(key, text)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: key '{key}': {exc}, got {text!r}") from None
-        values[key] = _validated(source, key, native)
+        if text is not None:
+            values[key] = _from_text(f"command line {flag_name(key)}", key, text)
     return values
+
+
+def _from_text(source: str, key: str, text: str) -> Any:
+    try:
+        native = _coerce_text(key, text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: key '{key}': {exc}, got {text!r}") from None
+    return _validated(source, key, native)
 
 
 def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
