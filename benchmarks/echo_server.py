@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A minimal Tornado WebSocket echo server for the load-tester benchmarks.
 
-Prints its port on the first line of stdout, then serves /ws until killed. Stands in
-for the project's own server (tornado_echo.app) until that is merged.
+Prints its port on the first line of stdout, then serves /ws until killed. This is the
+stock Tornado handler (write_message per echo), the baseline the benchmarks compare
+tornado-echo and the load tester against.
 """
 
 from __future__ import annotations
