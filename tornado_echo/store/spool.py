@@ -51,6 +51,10 @@ class Spool:
         return self._pending
 
     @property
+    def is_open(self) -> bool:
+        return self._fd >= 0
+
+    @property
     def pending_bytes(self) -> int:
         return self._size - self._committed
 

@@ -210,16 +210,24 @@ class Store:
             await loop.run_in_executor(None, spooler.join)
         else:  # never started, or failed to: keep whatever was submitted anyway
             await loop.run_in_executor(None, self._spill_unstarted)
-        with self._lock:
-            self._sealed = True
-            left = self.spool.pending
-            self.spool.close()
+        # Sealing fsyncs the spool: never on the IOLoop thread.
+        left = await loop.run_in_executor(None, self._seal)
         if left:
             logger.warning(
                 "store closed with %d records in the spool %s; the next start replays them",
                 left,
                 self.spool.path,
             )
+
+    def _seal(self) -> int:
+        """Spool what was submitted during close, then close the spool; returns its size."""
+        self._sealed = True  # from now on submit() counts records as lost
+        if self._queue and self.spool.is_open:
+            self._spill(everything=True)
+        with self._lock:
+            left = self.spool.pending
+            self.spool.close()
+        return left
 
     def _spill_unstarted(self) -> None:
         if not self._queue:
