@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import signal
 import socket
@@ -109,9 +110,15 @@ class Server:
         self.http = tornado.httpserver.HTTPServer(
             self.app, xheaders=self.config.behind_proxy, idle_connection_timeout=60
         )
-        self.sockets = sockets or tornado.netutil.bind_sockets(
-            self.config.port, self.config.host, backlog=1024
-        )
+        if sockets is None:
+            # bind_sockets resolves the host name: a DNS lookup, kept off the IOLoop thread.
+            sockets = await asyncio.get_running_loop().run_in_executor(
+                None,
+                functools.partial(
+                    tornado.netutil.bind_sockets, self.config.port, self.config.host, backlog=1024
+                ),
+            )
+        self.sockets = sockets
         self.http.add_sockets(self.sockets)
         self._housekeeping = asyncio.ensure_future(self._housekeep())
         logger.info(
