@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import re
-import signal  # noqa: F401
 import socket
 import sqlite3
 import struct
@@ -20,6 +19,9 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
+
+from tornado_echo.config import Config
+from tornado_echo.server import Server
 
 SERVER_ID = "test-host:0:0"
 
@@ -228,3 +230,17 @@ class PgOutage:
 
     def restore(self) -> None:
         admin_sql(self.admin_dsn, f"ALTER ROLE {self.role} LOGIN")
+
+
+def make_server(
+    tmp_path: Path, database_url: str, server_id: str = "test:0:0", **overrides: Any
+) -> Server:
+    """A not yet started Server on port 0 with its state in ``tmp_path``."""
+    settings: dict[str, Any] = {
+        "port": 0,
+        "database_url": database_url,
+        "state_dir": str(tmp_path),
+        "batch_delay": 0.01,
+    }
+    settings.update(overrides)
+    return Server(Config(**settings), server_id=server_id)

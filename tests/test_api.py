@@ -13,8 +13,8 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
+from tests.helpers import make_server
 from tornado_echo.api import QueryError, parse_limit, parse_since
-from tornado_echo.config import Config
 from tornado_echo.server import Server
 
 ISO_UTC = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -30,15 +30,8 @@ async def get(server: Server, path: str, **headers: str) -> tuple[int, Any]:
 
 
 async def serve(tmp_path: Path, database_url: str, **overrides: Any) -> Server:
-    settings: dict[str, Any] = {
-        "port": 0,
-        "database_url": database_url,
-        "state_dir": str(tmp_path),
-        "batch_delay": 0.005,
-        "journal": "full",
-    }
-    settings.update(overrides)
-    server = Server(Config(**settings), server_id="api-test:0:0")
+    settings: dict[str, Any] = {"batch_delay": 0.005, "journal": "full", **overrides}
+    server = make_server(tmp_path, database_url, "api-test:0:0", **settings)
     await server.start()
     return server
 

@@ -8,20 +8,7 @@ from pathlib import Path
 import pytest
 from tornado.websocket import websocket_connect
 
-from tests.helpers import fetch_rows, raw_http, upgrade_request
-from tornado_echo.config import Config
-from tornado_echo.server import Server
-
-
-def make_server(tmp_path: Path, database_url: str, **overrides: object) -> Server:
-    settings: dict[str, object] = {
-        "port": 0,
-        "database_url": database_url,
-        "state_dir": str(tmp_path),
-        "batch_delay": 0.01,
-    }
-    settings.update(overrides)
-    return Server(Config(**settings), server_id="test:0:0")  # type: ignore[arg-type]
+from tests.helpers import fetch_rows, make_server, raw_http, upgrade_request
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -13,23 +13,16 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from tests.helpers import PgOutage, fetch_rows
-from tornado_echo.config import Config
+from tests.helpers import PgOutage, fetch_rows, make_server
 from tornado_echo.server import Server
 
 CLIENTS = 12
 
 
 async def started(tmp_path: Path, database_url: str, **overrides: Any) -> Server:
-    settings: dict[str, Any] = {
-        "port": 0,
-        "database_url": database_url,
-        "state_dir": str(tmp_path),
-        "batch_delay": 0.01,
-        "shutdown_deadline": 5.0,
-    }
-    settings.update(overrides)
-    server = Server(Config(**settings), server_id="outage-test:0:0")
+    server = make_server(
+        tmp_path, database_url, "outage-test:0:0", shutdown_deadline=5.0, **overrides
+    )
     await server.start()
     return server
 
