@@ -24,6 +24,9 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-tornado>=0.8",
+            # pytest-tornado imports pkg_resources, which newer setuptools no longer ship
+            # and Python 3.12+ venvs do not include.
+            "setuptools<81",
             "mypy>=1.10",
             "ruff>=0.5",
         ],
