@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import zlib
 from typing import Any
 
 import pytest
@@ -214,6 +215,31 @@ async def test_invalid_utf8_text_closes_with_1007(http_server: Any, http_port: i
     opcode, reply = await asyncio.wait_for(read_server_frame(reader), 5)
     assert (opcode, struct.unpack("!H", reply[:2])[0]) == (0x8, 1007)
     assert await reader.read() == b""  # and the server hangs up
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_invalid_utf8_in_compressed_text_closes_with_1007(
+    http_server: Any, http_port: int
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(upgrade_request(Sec_WebSocket_Extensions="permessage-deflate"))
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b"permessage-deflate" in head
+
+    def deflated_text(payload: bytes) -> bytes:
+        compressor = zlib.compressobj(wbits=-15)
+        body = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        frame = bytearray(client_frame(0x1, body[:-4]))  # RFC 7692: drop 00 00 ff ff
+        frame[0] |= 0x40  # RSV1: compressed
+        return bytes(frame)
+
+    writer.write(deflated_text("grüße".encode()))
+    opcode, reply = await read_server_frame(reader)
+    assert opcode == 0x1  # the echo, compressed in turn
+    writer.write(deflated_text(b"caf\xc3"))
+    opcode, reply = await asyncio.wait_for(read_server_frame(reader), 5)
+    assert (opcode, struct.unpack("!H", reply[:2])[0]) == (0x8, 1007)
     writer.close()
 
 

@@ -8,9 +8,8 @@
   pauses reading: a slow reader gets backpressure instead of unbounded server memory.
 * Close frames are checked (RFC 6455 sections 5.5.1 and 7.4): a one-byte payload, a code
   that may not be sent on the wire, or a reason that is not UTF-8 is answered with 1002 or
-  1007 instead of being echoed back. A text message that is not UTF-8 is answered with
-  1007 (Tornado drops the connection without a close frame; with permessage-deflate it
-  still does).
+  1007 instead of being echoed back. A text message that is not UTF-8, compressed or not,
+  is answered with 1007 (Tornado drops the connection without a close frame).
 * It remembers whether the peer sent a close frame, so a session can tell a clean close
   from a dropped connection.
 """
@@ -21,7 +20,11 @@ import struct
 from asyncio import Future
 
 from tornado.iostream import StreamClosedError
-from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
+from tornado.websocket import (
+    WebSocketClosedError,
+    WebSocketProtocol13,
+    _DecompressTooLargeError,
+)
 
 WRITE_HIGH_WATER = 1024 * 1024
 
@@ -86,7 +89,15 @@ class EchoProtocol(WebSocketProtocol13):
     def _handle_message(self, opcode: int, data: bytes) -> Future[None] | None:
         if self.client_terminated:
             return None
-        if opcode == OPCODE_TEXT and not self._frame_compressed:
+        if opcode == OPCODE_TEXT:
+            if self._frame_compressed:
+                assert self._decompressor is not None
+                try:
+                    data = self._decompressor.decompress(data)
+                except _DecompressTooLargeError:
+                    self.close(1009, "message too big after decompression")
+                    self._abort()
+                    return None
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
