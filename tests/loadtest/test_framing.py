@@ -21,6 +21,8 @@ from tornado_echo.loadtest.framing import (
     apply_mask,
     encode_close,
     encode_frame,
+    frame_header,
+    mask_frame,
     parse_close_payload,
 )
 
@@ -58,6 +60,16 @@ def test_encode_frame_masks_and_sizes(size: int) -> None:
     payload = bytes(i % 251 for i in range(size))
     opcode, rsv1, body = unmask_client_frame(encode_frame(OP_BINARY, payload))
     assert (opcode, rsv1, body) == (OP_BINARY, False, payload)
+
+
+@pytest.mark.parametrize("size", [16, 125, 126, 70_000])
+def test_a_prebuilt_header_frames_like_encode_frame(size: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+    header = frame_header(OP_TEXT, size)
+    frames = [mask_frame(header, payload) for _ in range(8)]
+    assert all(unmask_client_frame(f) == (OP_TEXT, False, payload) for f in frames)
+    masks = {f[len(header) : len(header) + 4] for f in frames}
+    assert len(masks) > 1  # a fresh mask key per frame, not one per header
 
 
 def test_python_mask_matches_reference() -> None:
@@ -98,12 +110,28 @@ def test_parser_reassembles_fragments_around_control_frames() -> None:
         (server_frame(OP_PING, b"x", fin=False), 1002),  # fragmented control
         (server_frame(0x3, b"x"), 1002),  # reserved opcode
         (server_frame(OP_BINARY, b"x" * 200), 1009),  # over the size limit
+        (server_frame(OP_TEXT, b"x" * 120), 1009),  # over it, as one whole small frame
     ],
 )
 def test_parser_rejects_protocol_violations(data: bytes, code: int) -> None:
     with pytest.raises(ProtocolError) as info:
         FrameParser(max_size=100).feed(data)
     assert info.value.close_code == code
+
+
+def test_a_whole_frame_in_one_read_still_respects_an_open_fragment() -> None:
+    parser = FrameParser(100)
+    assert parser.feed(server_frame(OP_TEXT, b"ab", fin=False)) == []
+    with pytest.raises(ProtocolError):
+        parser.feed(server_frame(OP_TEXT, b"cd"))
+
+
+def test_a_whole_frame_after_a_buffered_tail_is_joined_to_it() -> None:
+    parser = FrameParser(100)
+    first = server_frame(OP_TEXT, b"hello")
+    assert parser.feed(first[:3]) == []
+    assert parser.feed(first[3:]) == [(OP_TEXT, b"hello")]
+    assert parser.feed(server_frame(OP_BINARY, b"world")) == [(OP_BINARY, b"world")]
 
 
 def test_close_payloads() -> None:

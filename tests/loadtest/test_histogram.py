@@ -5,7 +5,7 @@ import random
 import pytest
 
 from tornado_echo.loadtest.errors import ResultFormatError
-from tornado_echo.loadtest.histogram import Histogram, bucket_bounds, bucket_index
+from tornado_echo.loadtest.histogram import MAX_VALUE, Histogram, bucket_bounds, bucket_index
 
 
 def exact_percentile(values: list[int], percent: float) -> int:
@@ -85,3 +85,23 @@ def test_from_dict_rejects_inconsistent_counts() -> None:
         Histogram.from_dict(data)
     with pytest.raises(ResultFormatError):
         Histogram.from_dict({"sub_bucket_bits": 11})
+
+
+def test_huge_values_grow_the_buckets_and_round_trip() -> None:
+    hist = Histogram()
+    for value in (7, 3 * 2**50, 2**63 + 5, 2**70):
+        hist.record(value)
+    assert hist.maximum == MAX_VALUE  # beyond 2**64 - 1 counts as it
+    assert hist.percentile(50) <= 3 * 2**50 * 1.001
+    assert hist.percentile(100) == MAX_VALUE
+    again = Histogram.from_dict(hist.to_dict())
+    assert again == hist and again.percentile(75) == hist.percentile(75)
+
+
+@pytest.mark.parametrize("bucket", [[-1, 1], [bucket_index(MAX_VALUE) + 1, 1], [5, -1]])
+def test_from_dict_rejects_impossible_buckets(bucket: list[int]) -> None:
+    data = Histogram().to_dict()
+    data["buckets"] = [bucket]
+    data["count"] = bucket[1]
+    with pytest.raises(ResultFormatError):
+        Histogram.from_dict(data)

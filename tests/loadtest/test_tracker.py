@@ -47,6 +47,14 @@ def test_mismatch_duplicate_unknown_and_garbage() -> None:
     assert live.received == 1
 
 
+def test_garbled_spelling_of_a_sequence_in_flight_answers_it_as_mismatch() -> None:
+    tracker, live, _, _ = make()
+    payload = tracker.next_payload(0, 0)
+    garbled = b"0x" + payload[2:]  # int(..., 16) reads it as the same number
+    assert tracker.on_echo(garbled, 1)  # the closed loop goes on
+    assert live.mismatches == 1 and live.received == 0 and not tracker.pending
+
+
 def test_reordering_and_expiry() -> None:
     tracker, live, _, _ = make()
     payloads = [tracker.next_payload(0, t) for t in (10, 20, 30)]

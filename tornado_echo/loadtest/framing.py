@@ -62,20 +62,30 @@ def apply_mask(data: bytes, mask: bytes) -> bytes:
     return _py_apply_mask(data, mask)
 
 
-def encode_frame(opcode: int, payload: bytes, *, rsv1: bool = False, fin: bool = True) -> bytes:
-    """One masked client frame carrying ``payload`` (a fresh random mask each time)."""
+def frame_header(opcode: int, length: int, *, rsv1: bool = False, fin: bool = True) -> bytes:
+    """The header of a masked client frame of ``length`` bytes, without the mask key."""
     b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
-    n = len(payload)
+    if length < 126:
+        return bytes((b0, 0x80 | length))
+    if length < 65536:
+        return _pack_16(b0, 0x80 | 126, length)
+    return _pack_64(b0, 0x80 | 127, length)
+
+
+def mask_frame(header: bytes, payload: bytes) -> bytes:
+    """``header`` (from :func:`frame_header`), a fresh random mask key, the masked payload.
+
+    A sender of many equal-length frames builds the header once and calls only this.
+    """
     mask = _getrandbits(32).to_bytes(4, "big")
-    if n < 126:
-        header = bytes((b0, 0x80 | n))
-    elif n < 65536:
-        header = _pack_16(b0, 0x80 | 126, n)
-    else:
-        header = _pack_64(b0, 0x80 | 127, n)
     if _c_apply_mask is not None:
         return header + mask + _c_apply_mask(payload, mask)
     return header + mask + _py_apply_mask(payload, mask)
+
+
+def encode_frame(opcode: int, payload: bytes, *, rsv1: bool = False, fin: bool = True) -> bytes:
+    """One masked client frame carrying ``payload`` (a fresh random mask each time)."""
+    return mask_frame(frame_header(opcode, len(payload), rsv1=rsv1, fin=fin), payload)
 
 
 def encode_close(code: int, reason: str = "") -> bytes:
@@ -163,6 +173,18 @@ class FrameParser:
         # Parses straight from ``data`` when nothing is buffered (the common case of
         # whole frames per read) and only buffers an incomplete tail.
         buf = self._buf
+        if not buf and self._frag_opcode < 0 and len(data) > 1:
+            # The usual read in a closed loop: exactly one whole, small, unfragmented and
+            # uncompressed data frame. Same checks as below, without the general loop.
+            b0 = data[0]
+            length = data[1]  # also rules out a set mask bit, which makes it >= 128
+            if (
+                length == len(data) - 2
+                and length < 126
+                and (b0 == 0x81 or b0 == 0x82)
+                and length <= self.max_size
+            ):
+                return [(b0 & 0x0F, data[2:])]
         if buf:
             buf += data
             data = bytes(buf)

@@ -20,6 +20,7 @@ from tornado_echo.loadtest.errors import ResultFormatError
 SUB_BITS = 11
 _LINEAR = 1 << SUB_BITS  # values below this are exact
 _HALF_BITS = SUB_BITS - 1
+MAX_VALUE = (1 << 64) - 1  # larger values are recorded as this
 
 
 def bucket_index(value: int) -> int:
@@ -39,43 +40,70 @@ def bucket_bounds(index: int) -> tuple[int, int]:
     return low, low + (1 << shift) - 1
 
 
+_MAX_INDEX = bucket_index(MAX_VALUE)
+_INITIAL_BUCKETS = bucket_index(1 << 40)  # values up to 2**40 ns (18 minutes) need no growth
+
+
 class Histogram:
     """Counts of values per log bucket, plus exact count, sum, min and max."""
 
     __slots__ = ("counts", "maximum", "minimum", "total", "total_sum")
 
     def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
+        # A flat list indexed by bucket, not a dict: recording is on every echo's path
+        # and a list increment costs half a dict get-and-set. It grows on demand.
+        self.counts: list[int] = [0] * _INITIAL_BUCKETS
         self.total = 0
         self.total_sum = 0
         self.minimum = 0
         self.maximum = 0
 
     def record(self, value: int) -> None:
-        """Add one sample; negative values (clock skew) count as zero."""
-        if value < 0:
-            value = 0
+        """Add one sample; negative values (clock skew) count as zero.
+
+        Values above ``MAX_VALUE`` (2**64 - 1, centuries in nanoseconds) count as it.
+        """
+        # The bucket arithmetic is bucket_index(), inlined for speed.
         if value < _LINEAR:
+            if value < 0:
+                value = 0
             index = value
         else:
             shift = value.bit_length() - SUB_BITS
             index = (shift << _HALF_BITS) + (value >> shift)
-        counts = self.counts
-        counts[index] = counts.get(index, 0) + 1
-        if self.total == 0 or value < self.minimum:
-            self.minimum = value
+        try:
+            self.counts[index] += 1
+        except IndexError:
+            if value > MAX_VALUE:
+                value = MAX_VALUE
+                index = _MAX_INDEX
+            self._grow(index)
+            self.counts[index] += 1
+        total = self.total
         if value > self.maximum:
             self.maximum = value
-        self.total += 1
+        if value < self.minimum or not total:
+            self.minimum = value
+        self.total = total + 1
         self.total_sum += value
+
+    def _grow(self, index: int) -> None:
+        counts = self.counts
+        if index >= len(counts):
+            counts.extend([0] * (index + 1 - len(counts)))
+
+    def buckets(self) -> list[tuple[int, int]]:
+        """(bucket index, count) of every non-empty bucket, in ascending order."""
+        return [(index, count) for index, count in enumerate(self.counts) if count]
 
     def merge(self, other: Histogram) -> None:
         """Add all of ``other``'s samples to this histogram (exact)."""
         if other.total == 0:
             return
+        self._grow(len(other.counts) - 1)
         counts = self.counts
-        for index, count in other.counts.items():
-            counts[index] = counts.get(index, 0) + count
+        for index, count in other.buckets():
+            counts[index] += count
         self.minimum = other.minimum if self.total == 0 else min(self.minimum, other.minimum)
         self.maximum = max(self.maximum, other.maximum)
         self.total += other.total
@@ -94,8 +122,8 @@ class Histogram:
         # Integer ceil of percent/100*total, so p99.99 of 10_000 samples is exactly rank 9_999.
         rank = max(1, -(-round(percent * 1000) * self.total // 100_000))
         seen = 0
-        for index in sorted(self.counts):
-            seen += self.counts[index]
+        for index, count in enumerate(self.counts):
+            seen += count
             if seen >= rank:
                 return min(bucket_bounds(index)[1], self.maximum)
         return self.maximum
@@ -108,7 +136,7 @@ class Histogram:
             "sum": self.total_sum,
             "min": self.minimum,
             "max": self.maximum,
-            "buckets": [[index, self.counts[index]] for index in sorted(self.counts)],
+            "buckets": [[index, count] for index, count in self.buckets()],
         }
 
     @classmethod
@@ -121,15 +149,19 @@ class Histogram:
                 )
             hist = cls()
             pairs: Iterable[list[int]] = data["buckets"]
-            for index, count in pairs:
-                hist.counts[int(index)] = hist.counts.get(int(index), 0) + int(count)
+            for raw_index, raw_count in pairs:
+                index, count = int(raw_index), int(raw_count)
+                if not 0 <= index <= _MAX_INDEX or count < 0:
+                    raise ResultFormatError(f"histogram bucket {index} count {count} is invalid")
+                hist._grow(index)
+                hist.counts[index] += count
             hist.total = int(data["count"])
             hist.total_sum = int(data["sum"])
             hist.minimum = int(data["min"])
             hist.maximum = int(data["max"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ResultFormatError(f"malformed histogram: {exc!r}") from exc
-        if sum(hist.counts.values()) != hist.total:
+        if sum(hist.counts) != hist.total:
             raise ResultFormatError("histogram bucket counts do not add up to its count")
         return hist
 

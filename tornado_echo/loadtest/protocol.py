@@ -26,6 +26,8 @@ from tornado_echo.loadtest.framing import (
     HandshakeRequest,
     encode_close,
     encode_frame,
+    frame_header,
+    mask_frame,
     parse_close_payload,
 )
 from tornado_echo.loadtest.tracker import EchoTracker
@@ -46,6 +48,7 @@ class EchoConnection(asyncio.Protocol):
 
     def __init__(self, worker: Worker, request: HandshakeRequest) -> None:
         self.worker = worker
+        self._defer_send = worker.defer_send
         cfg = worker.cfg
         self.state = HANDSHAKE
         self.request = request
@@ -56,6 +59,10 @@ class EchoConnection(asyncio.Protocol):
         self._deflate: Deflate | None = None
         self._deflate_on = False
         self._opcode = OP_BINARY if cfg.binary else OP_TEXT
+        # Equal-size messages share one frame header: built once, not per send.
+        self._header = (
+            frame_header(self._opcode, cfg.sizes.low) if cfg.sizes.low == cfg.sizes.high else None
+        )
         self.tracker = EchoTracker(
             worker.live,
             worker.stats.histograms["latency"],
@@ -114,7 +121,7 @@ class EchoConnection(asyncio.Protocol):
         for opcode, payload in events:
             if opcode == OP_TEXT or opcode == OP_BINARY:
                 if tracker.on_echo(payload, now) and self.running and not self._interval_ns:
-                    self.worker.defer_send(self)
+                    self._defer_send(self)
                 elif not self.running and not tracker.pending:
                     self.close()
             elif opcode == OP_PING:
@@ -158,20 +165,25 @@ class EchoConnection(asyncio.Protocol):
 
     def send_next(self, intended: int, now: int = 0) -> None:
         """Send the next message; ``intended`` is its scheduled time (0: now)."""
-        if self._budget == 0:
+        budget = self._budget
+        if budget == 0:
             self.finish()
             return
-        if self._budget > 0:
-            self._budget -= 1
+        if budget > 0:
+            self._budget = budget - 1
         if not now:
             now = _now()
         payload = self.tracker.next_payload(intended or now, now)
         if self._deflate_on:
             assert self._deflate is not None
             frame = encode_frame(self._opcode, self._deflate.compress(payload), rsv1=True)
+        elif self._header is not None:
+            frame = mask_frame(self._header, payload)
         else:
             frame = encode_frame(self._opcode, payload)
-        self._write(frame)
+        transport = self.transport  # _write(), inlined on the hot path
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
 
     def _on_tick(self) -> None:
         self._timer = None

@@ -64,6 +64,7 @@ class EchoTracker:
     __slots__ = (
         "_expired",
         "_filler",
+        "_fixed_tail",
         "_latency",
         "_live",
         "_rng",
@@ -89,9 +90,12 @@ class EchoTracker:
         self._sizes = sizes
         self._filler = filler
         self._rng = rng
+        self._fixed_tail = filler.tail(sizes.low) if sizes.low == sizes.high else None
         self._expired: set[int] = set()
-        # seq -> (intended send ns, actual send ns, size); dict order = send order
-        self.pending: dict[int, tuple[int, int, int]] = {}
+        # Keyed by the payload's 16-digit prefix, so that one dict lookup of an echo's
+        # first 16 bytes both finds the message and checks those bytes exactly.
+        # prefix -> (intended send ns, actual send ns, seq, tail); dict order = send order
+        self.pending: dict[bytes, tuple[int, int, int, bytes]] = {}
         self.next_seq = 0
         self.max_received = -1
 
@@ -99,38 +103,26 @@ class EchoTracker:
         """The payload of the next message; records it as in flight."""
         seq = self.next_seq
         self.next_seq = seq + 1
-        sizes = self._sizes
-        size = sizes.low if sizes.low == sizes.high else sizes.sample(self._rng)
-        self.pending[seq] = (intended_ns, now_ns, size)
+        tail = self._fixed_tail
+        if tail is None:
+            tail = self._filler.tail(self._sizes.sample(self._rng))
+        prefix = b"%016x" % seq
+        self.pending[prefix] = (intended_ns, now_ns, seq, tail)
         live = self._live
         live.sent += 1
-        live.bytes_sent += size
-        return b"%016x" % seq + self._filler.tail(size)
+        live.bytes_sent += SEQ_WIDTH + len(tail)
+        return prefix + tail
 
     def on_echo(self, payload: bytes, now_ns: int) -> bool:
         """Check one echoed message; True if it answered a message in flight."""
-        live = self._live
-        try:
-            seq = int(payload[:SEQ_WIDTH], 16)
-        except ValueError:
-            live.mismatches += 1
-            return False
-        entry = self.pending.pop(seq, None)
+        entry = self.pending.pop(payload[:SEQ_WIDTH], None)
         if entry is None:
-            if seq in self._expired:
-                # A late echo of a message already counted lost: it arrived after all.
-                self._expired.discard(seq)
-            elif 0 <= seq < self.next_seq:
-                live.duplicates += 1
-            else:
-                live.mismatches += 1
-            return False
-        intended, sent, size = entry
-        if (
-            len(payload) != size
-            or not payload.endswith(self._filler.tail(size))
-            or payload[:SEQ_WIDTH] != b"%016x" % seq
-        ):
+            return self._unexpected(payload)
+        intended, sent, seq, tail = entry
+        live = self._live
+        # The prefix matched as the dict key; length and tail make the check byte-exact.
+        size = SEQ_WIDTH + len(tail)
+        if len(payload) != size or not payload.endswith(tail):
             live.mismatches += 1
             return True
         if seq < self.max_received:
@@ -145,6 +137,29 @@ class EchoTracker:
             self._uncorrected.record(now_ns - sent)
         return True
 
+    def _unexpected(self, payload: bytes) -> bool:
+        # An echo whose prefix is not in flight as sent: classify it (the rare path).
+        live = self._live
+        try:
+            seq = int(payload[:SEQ_WIDTH], 16)
+        except ValueError:
+            live.mismatches += 1
+            return False
+        prefix = b"%016x" % seq if seq >= 0 else b""
+        if prefix in self.pending:
+            # A garbled spelling of a sequence number in flight: it answered that message.
+            del self.pending[prefix]
+            live.mismatches += 1
+            return True
+        if seq in self._expired:
+            # A late echo of a message already counted lost: it arrived after all.
+            self._expired.discard(seq)
+        elif 0 <= seq < self.next_seq:
+            live.duplicates += 1
+        else:
+            live.mismatches += 1
+        return False
+
     def oldest_sent_ns(self) -> int | None:
         """Actual send time of the oldest message in flight, or None."""
         for entry in self.pending.values():
@@ -156,10 +171,12 @@ class EchoTracker:
         expired = 0
         pending = self.pending
         while pending:
-            seq = next(iter(pending))
-            if pending[seq][1] >= deadline_ns:
+            prefix = next(iter(pending))
+            entry = pending[prefix]
+            if entry[1] >= deadline_ns:
                 break
-            del pending[seq]
+            del pending[prefix]
+            seq = entry[2]
             if len(self._expired) < 100_000:
                 self._expired.add(seq)
             expired += 1
