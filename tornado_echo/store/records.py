@@ -66,8 +66,6 @@ class MessageReceived:
 
 Record = SessionOpened | SessionClosed | MessageReceived
 
-END_STATES = ("open", "closed", "aborted", "server_shutdown", "crashed")
-
 
 def split_batch(
     batch: list[Record],
