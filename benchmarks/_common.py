@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +35,50 @@ def build_go(name: str, outdir: Path) -> Path:
     return binary
 
 
-class Server:
-    """An echo server process pinned to ``cpu``; ``url`` once it printed its port."""
+SERVER_KINDS = ("tornado-echo", "tornado", "go")
 
-    def __init__(self, kind: str, cpu: int, bindir: Path) -> None:
-        if kind == "go":
-            cmd = [str(build_go("goserver", bindir))]
-        else:
-            cmd = [sys.executable, str(HERE / "echo_server.py")]
+
+class Server:
+    """An echo server process pinned to ``cpu``, listening at ``url`` once constructed.
+
+    ``kind``: "tornado-echo" (this project, SQLite session records in ``workdir``,
+    ``journal`` mode), "tornado" (the stock handler of echo_server.py) or "go" (gorilla).
+    """
+
+    def __init__(self, kind: str, cpu: int, workdir: Path, journal: str = "off") -> None:
         env = dict(os.environ, GOMAXPROCS="1")
-        self.proc = subprocess.Popen(
-            ["taskset", "-c", str(cpu), *cmd], stdout=subprocess.PIPE, text=True, env=env
-        )
-        assert self.proc.stdout is not None
-        port = int(self.proc.stdout.readline())
+        if kind == "tornado-echo":
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            cmd = [
+                sys.executable,
+                "-m",
+                "tornado_echo",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--database-url",
+                f"sqlite:///{workdir}/echo.db",
+                "--journal",
+                journal,
+                "--max-connections",
+                "100000",
+            ]
+            self.proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], cwd=workdir)
+            _wait_listening(port)
+        else:
+            cmd = (
+                [str(build_go("goserver", workdir))]
+                if kind == "go"
+                else [sys.executable, str(HERE / "echo_server.py")]
+            )
+            self.proc = subprocess.Popen(
+                ["taskset", "-c", str(cpu), *cmd], stdout=subprocess.PIPE, text=True, env=env
+            )
+            assert self.proc.stdout is not None
+            port = int(self.proc.stdout.readline())
         self.url = f"ws://127.0.0.1:{port}/ws"
 
     def cpu_seconds(self) -> float:
@@ -56,7 +88,17 @@ class Server:
 
     def close(self) -> None:
         self.proc.terminate()
-        self.proc.wait(10)
+        self.proc.wait(30)
+
+
+def _wait_listening(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"no server came up on port {port}")
 
 
 def run_loadtest(cpu: int | None, args: list[str], timeout: float = 300) -> dict[str, Any]:

@@ -10,56 +10,15 @@ are printed. tornado-echo runs with SQLite session records and the given journal
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from _common import Server, run_loadtest, say
 
 
-class OurServer:
-    """tornado-echo itself, pinned to ``cpu``, on SQLite in ``workdir``."""
-
-    def __init__(self, cpu: int, workdir: Path, journal: str) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        command = [
-            sys.executable,
-            "-m",
-            "tornado_echo",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--database-url",
-            f"sqlite:///{workdir}/echo.db",
-            "--journal",
-            journal,
-            "--max-connections",
-            "100000",
-        ]
-        self.proc = subprocess.Popen(["taskset", "-c", str(cpu), *command], cwd=workdir)
-        self.url = f"ws://127.0.0.1:{port}/ws"
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("tornado-echo did not start")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
-def one_round(server: Server | OurServer, args: argparse.Namespace) -> dict[str, Any]:
+def one_round(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     try:
         result = run_loadtest(
             1,
@@ -99,11 +58,8 @@ def main() -> None:
         for number in range(1, args.rounds + 1):
             rates = []
             for name in ("stock Tornado handler", f"tornado-echo (journal {args.journal})"):
-                server = (
-                    Server("tornado", 0, Path(tmp))
-                    if name.startswith("stock")
-                    else OurServer(0, Path(tmp), args.journal)
-                )
+                kind = "tornado" if name.startswith("stock") else "tornado-echo"
+                server = Server(kind, 0, Path(tmp), args.journal)
                 summary = one_round(server, args)
                 rate = summary["throughput"]["msgs_per_s"]
                 latency = summary["latency_ms"]

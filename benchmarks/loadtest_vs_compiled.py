@@ -17,14 +17,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from _common import Server, build_go, run_loadtest, say
+from _common import SERVER_KINDS, Server, build_go, run_loadtest, say
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--server", choices=("tornado", "go"), default="tornado")
+    parser.add_argument("--server", choices=SERVER_KINDS, default="tornado")
     parser.add_argument("-c", "--connections", type=int, default=50)
     parser.add_argument("-d", "--duration", type=float, default=10.0)
     parser.add_argument("--size", type=int, default=64)
@@ -34,7 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bindir = Path(tmp)
         goclient = build_go("goclient", bindir)
-        server = Server(args.server, cpu=1, bindir=bindir)
+        server = Server(args.server, cpu=1, workdir=bindir)
         ours: list[float] = []
         theirs: list[float] = []
         verdicts: list[str] = []

@@ -68,6 +68,17 @@ def test_open_loop_records_schedule_and_both_latencies(servers: Servers) -> None
     assert summary["latency_ms"]["max"] >= summary["latency_uncorrected_ms"]["max"]
 
 
+def test_open_loop_counts_sends_due_at_the_end(servers: Servers) -> None:
+    stats, summary = run_load(
+        servers.url("/echo"), connections=3, mode="open", rate=20.0, duration=0.5
+    )
+    c = stats.counters
+    # At the stop each connection has at most its next send due and not yet made.
+    assert c["messages_sent"] > 0
+    assert 0 <= c["messages_intended"] - c["messages_sent"] <= 3
+    assert not summary["saturation"]["client_bound"], summary["saturation"]["reasons"]
+
+
 def test_duration_mode_stops_by_itself(servers: Servers) -> None:
     stats, summary = run_load(servers.url("/echo"), connections=3, duration=0.5)
     assert stats.counters["messages_received"] > 0

@@ -168,23 +168,16 @@ class FrameParser:
         self._frag_rsv1 = False
         self._frags: list[bytes] = []
         self._frag_len = 0
+        # No partial frame buffered and no fragmented message in progress: a read that is
+        # exactly one whole unfragmented data frame is then that message, so a caller may
+        # take this common case without feed(). An attribute, not a property, because it
+        # is read on every echo; feed() keeps it current.
+        self.between_frames = True
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         # Parses straight from ``data`` when nothing is buffered (the common case of
         # whole frames per read) and only buffers an incomplete tail.
         buf = self._buf
-        if not buf and self._frag_opcode < 0 and len(data) > 1:
-            # The usual read in a closed loop: exactly one whole, small, unfragmented and
-            # uncompressed data frame. Same checks as below, without the general loop.
-            b0 = data[0]
-            length = data[1]  # also rules out a set mask bit, which makes it >= 128
-            if (
-                length == len(data) - 2
-                and length < 126
-                and (b0 == 0x81 or b0 == 0x82)
-                and length <= self.max_size
-            ):
-                return [(b0 & 0x0F, data[2:])]
         if buf:
             buf += data
             data = bytes(buf)
@@ -224,6 +217,7 @@ class FrameParser:
                 self._frame(b0, payload, events)
         if pos < end:
             buf += data[pos:]
+        self.between_frames = not buf and self._frag_opcode < 0
         return events
 
     def _frame(self, b0: int, payload: bytes, events: list[tuple[int, bytes]]) -> None:
