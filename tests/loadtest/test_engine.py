@@ -179,6 +179,13 @@ def test_series_add_up_to_the_counters(servers: Servers) -> None:
     assert sum(stats.series["sent"]) == stats.counters["messages_sent"]
 
 
+def test_series_put_counts_in_the_second_they_happened(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/echo"), connections=3, duration=1.5)
+    # The connections open within milliseconds of the start; echoes flow in both seconds.
+    assert stats.series["established"][0] == 3
+    assert stats.series["received"][0] > 0 and stats.series["received"][1] > 0
+
+
 def test_run_leaves_garbage_collection_as_it_found_it(servers: Servers) -> None:
     threshold = gc.get_threshold()
     run_load(servers.url("/echo"), connections=3, duration=1.2)
