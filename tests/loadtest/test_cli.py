@@ -141,6 +141,20 @@ def test_json_then_merge_adds_up_exactly(
     assert "echoed ok 24" in out
 
 
+def test_merge_of_one_result_prints_what_the_run_printed(
+    servers: Servers, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    result = tmp_path / "a.json"
+    code, run_out, _ = run_cli(capsys, *quick(servers, "/close/1011"), "--json", str(result))
+    assert code == 0
+    assert "connections over time (1 s per row)" in run_out
+    code, merge_out, _ = run_cli(capsys, "merge", str(result))
+    assert code == 0
+    assert merge_out == run_out
+    timeline = json.loads(result.read_text())["summary"]["timeline"]
+    assert sum(row["dropped"] for row in timeline) == 2
+
+
 def test_merge_thresholds_and_bad_files(
     servers: Servers, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

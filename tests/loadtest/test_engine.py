@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 
 import pytest
 
 from tests.loadtest.conftest import Servers
 from tests.loadtest.helpers import run_load
-from tornado_echo.loadtest import preflight
+from tornado_echo.loadtest import preflight, report
 from tornado_echo.loadtest.config import LoadConfig, Target
 from tornado_echo.loadtest.engine import Worker
 from tornado_echo.loadtest.stats import Stats
@@ -188,6 +189,47 @@ def test_series_add_up_to_the_counters(servers: Servers) -> None:
     assert sum(stats.series["dropped"]) == 3
     assert sum(stats.series["received"]) == stats.counters["messages_received"]
     assert sum(stats.series["sent"]) == stats.counters["messages_sent"]
+
+
+def test_series_put_counts_in_the_second_they_happened(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/echo"), connections=3, duration=1.5)
+    # The connections open within milliseconds of the start; echoes flow in both seconds.
+    assert stats.series["established"][0] == 3
+    assert stats.series["received"][0] > 0 and stats.series["received"][1] > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "options", "nonzero"),
+    [
+        ("/echo", {"duration": 1.5}, ("established", "received")),
+        ("/close/1011", {"messages": 4}, ("established", "dropped", "received")),
+        ("/status/503", {"messages": 1}, ("failed",)),
+    ],
+)
+def test_connections_over_time_add_up_to_the_totals(
+    servers: Servers, path: str, options: dict[str, float], nonzero: tuple[str, ...]
+) -> None:
+    _, summary = run_load(servers.url(path), connections=3, **options)
+    totals = {
+        "established": summary["connections"]["established"],
+        "failed": summary["connections"]["failed"],
+        "dropped": summary["connections"]["dropped"],
+        "received": summary["messages"]["received"],
+    }
+    assert all(totals[name] > 0 for name in nonzero), totals
+    rows = summary["timeline"]
+    for name, total in totals.items():
+        assert sum(row[name] for row in rows) == total, name
+    out = io.StringIO()
+    report.render(summary, out)
+    lines = out.getvalue().splitlines()
+    start = lines.index("connections over time (1 s per row)") + 2
+    printed = [line.split() for line in lines[start : start + len(rows)]]
+    assert [cells[0] for cells in printed] == [f"{i}-{i + 1}" for i in range(len(rows))]
+    for column, name in enumerate(("established", "failed", "dropped"), start=1):
+        assert sum(int(cells[column]) for cells in printed) == totals[name], name
+    echoed = sum(float(cells[4]) for cells in printed)  # per second, and each row is 1 s
+    assert echoed == pytest.approx(totals["received"], abs=0.05 * len(rows))
 
 
 def test_run_leaves_garbage_collection_as_it_found_it(servers: Servers) -> None:

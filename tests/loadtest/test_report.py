@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import io
 
-from tornado_echo.loadtest.report import Thresholds, check_thresholds, render, summarize
+from tornado_echo.loadtest.report import (
+    Thresholds,
+    check_thresholds,
+    render,
+    summarize,
+    timeline,
+    timeline_lines,
+)
 from tornado_echo.loadtest.stats import Stats
 
 
@@ -79,3 +86,73 @@ def test_stats_round_trip_and_merge() -> None:
     assert merged.series["received"] == [0, 0, 0, 5]
     assert merged.histograms["latency"].total == 3
     assert len(merged.workers) == 2
+
+
+def test_timeline_of_a_short_run_has_a_row_per_second() -> None:
+    series = {"established": [3, 1, 0], "failed": [0, 2, 0], "dropped": [0, 0, 1]}
+    series["received"] = [10, 40, 5]
+    assert timeline(series) == [
+        {"from_s": 0, "to_s": 1, "established": 3, "failed": 0, "dropped": 0, "received": 10},
+        {"from_s": 1, "to_s": 2, "established": 1, "failed": 2, "dropped": 0, "received": 40},
+        {"from_s": 2, "to_s": 3, "established": 0, "failed": 0, "dropped": 1, "received": 5},
+    ]
+
+
+def test_timeline_folds_a_long_run_into_equal_intervals_that_keep_the_totals() -> None:
+    series = {
+        "established": [i % 7 for i in range(601)],
+        "failed": [i % 3 for i in range(601)],
+        "dropped": [1 if i % 50 == 0 else 0 for i in range(601)],
+        "received": [1000 + i for i in range(601)],
+    }
+    rows = timeline(series)
+    assert len(rows) == 20
+    assert [r["to_s"] - r["from_s"] for r in rows] == [31] * 19 + [12]
+    assert [r["from_s"] for r in rows] == list(range(0, 601, 31))
+    for name, values in series.items():
+        assert sum(r[name] for r in rows) == sum(values)
+    assert rows[1]["received"] == sum(series["received"][31:62])
+    assert len(timeline({"received": [1] * 100})) == 20  # exactly 5 s per row
+    assert len(timeline({"received": [1] * 100}, max_rows=7)) == 7  # 15 s, then 10 s
+
+
+def test_timeline_series_of_unequal_length_and_without_echoes() -> None:
+    rows = timeline({"established": [2], "failed": [0, 0, 4], "dropped": []}, max_rows=2)
+    assert rows == [
+        {"from_s": 0, "to_s": 2, "established": 2, "failed": 0, "dropped": 0},
+        {"from_s": 2, "to_s": 3, "established": 0, "failed": 4, "dropped": 0},
+    ]
+    assert timeline({"established": [], "received": []}) == []
+    assert timeline({"sent": [5, 5]}) == []  # not a series the timeline shows
+
+
+def test_timeline_lines_count_connections_and_rate_echoes() -> None:
+    rows = [
+        {"from_s": 0, "to_s": 5, "established": 40, "failed": 2, "dropped": 0, "received": 500},
+        {"from_s": 5, "to_s": 7, "established": 0, "failed": 0, "dropped": 3, "received": 7},
+    ]
+    lines = timeline_lines(rows)
+    assert lines[:2] == ["", "connections over time (5 s per row)"]
+    assert lines[2].split() == ["seconds", "established", "failed", "dropped", "echoed/s"]
+    assert lines[3].split() == ["0-5", "40", "2", "0", "100.0"]
+    assert lines[4].split() == ["5-7", "0", "0", "3", "3.5"]  # the last row is 2 s wide
+    without = timeline_lines([{k: v for k, v in r.items() if k != "received"} for r in rows])
+    assert without[2].split()[-1] == "dropped" and without[3].split() == ["0-5", "40", "2", "0"]
+    assert timeline_lines([]) == []
+
+
+def test_render_shows_the_timeline_only_when_there_is_one() -> None:
+    stats = stats_with([1.0])
+    out = io.StringIO()
+    render(summarize(stats, {}), out)
+    assert "connections over time" not in out.getvalue()
+    stats.tick("established", 0)
+    stats.tick("received", 1, 9)
+    out = io.StringIO()
+    render(summarize(stats, {}), out)
+    text = out.getvalue().splitlines()
+    start = text.index("connections over time (1 s per row)")
+    assert [line.split() for line in text[start + 2 : start + 4]] == [
+        ["0-1", "1", "0", "0", "0.0"],
+        ["1-2", "0", "0", "0", "9.0"],
+    ]

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import gc
 import logging
+import math
 import multiprocessing
 import os
 import queue
@@ -190,7 +191,8 @@ class Worker:
                     self.loop.remove_signal_handler(sig)
             gc.unfreeze()
             gc.set_threshold(*gc_threshold)
-        self._sample(last, report=False)  # the series then add up to the totals
+        # The series then add up to the totals; these counts belong to the current second.
+        self._sample(last, int(time.time() - self.plan.start_wall), report=False)
         # Throughput counts the active phase only, not the drain and close at the end.
         self._finalize(active, active_cpu)
         return self.stats
@@ -366,19 +368,21 @@ class Worker:
                     conn.expire(deadline)
 
     async def _ticker(self, last: dict[str, int]) -> None:
-        interval = self.cfg.progress_interval
+        # Samples fall on whole fractions of the seconds since the run's common wall-clock
+        # start, so each one's counts belong to one second, the same in every worker/host.
+        per_second = math.ceil(1.0 / min(1.0, self.cfg.progress_interval))
         while True:
-            await asyncio.sleep(min(1.0, interval))
+            periods = (time.time() - self.plan.start_wall) * per_second
+            tick = math.floor(periods) + 1
+            await asyncio.sleep((tick - periods) / per_second)
             if self.established > self._frozen_at:
                 # New connections since the last freeze: take them out of GC scans too.
                 self._frozen_at = self.established
                 gc.freeze()
-            self._sample(last)
+            self._sample(last, (tick - 1) // per_second)
 
-    def _sample(self, last: dict[str, int], report: bool = True) -> None:
-        """Add what happened since the previous sample to the per-second series."""
-        # Seconds since the run's common wall-clock start, so workers and hosts align.
-        second = max(0, int(time.time() - self.plan.start_wall - 1e-3))
+    def _sample(self, last: dict[str, int], second: int, report: bool = True) -> None:
+        """Add what happened since the previous sample to the series at ``second``."""
         current = {
             "established": self.established,
             "failed": self.failed,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -22,6 +23,9 @@ CPU_BOUND = 0.90
 LOOP_LAG_BOUND_MS = 50.0
 SCHEDULE_LAG_BOUND_MS = 50.0
 RATE_SHORTFALL = 0.95
+# A long run's per-second series fold into at most this many rows of equal width.
+TIMELINE_ROWS = 20
+TIMELINE_SERIES = ("established", "failed", "dropped", "received")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ def hist_summary(hist: Histogram, scale: float = 1e6) -> dict[str, float]:
 
 
 def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
-    """The figures of a run: throughput, errors, latency percentiles, saturation."""
+    """The figures of a run: throughput, errors, latency, connections over time, saturation."""
     c = stats.counters
     elapsed = stats.elapsed or 0.0
     attempts = c["connections_attempted"] + c["messages_sent"]
@@ -82,8 +86,34 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
         "latency_uncorrected_ms": hist_summary(stats.histograms["latency_uncorrected"]),
         "handshake_ms": hist_summary(stats.histograms["handshake"]),
     }
+    summary["timeline"] = timeline(stats.series)
     summary["saturation"] = saturation(stats, config)
     return summary
+
+
+def timeline(
+    series: Mapping[str, Sequence[int]], max_rows: int = TIMELINE_ROWS
+) -> list[dict[str, int]]:
+    """The per-second series folded into at most ``max_rows`` (>= 1) rows.
+
+    Each row covers the seconds ``from_s`` up to (not including) ``to_s`` and holds the
+    counts of :data:`TIMELINE_SERIES` in them, for each of those series that exists. All
+    rows are equally wide except perhaps the last, so a row's counts add up exactly to
+    what happened in it and the rows to the series' totals. No series: no rows.
+    """
+    names = [name for name in TIMELINE_SERIES if name in series]
+    length = max((len(series[name]) for name in names), default=0)
+    if not length:
+        return []
+    width = -(-length // max_rows)  # ceiling division
+    rows: list[dict[str, int]] = []
+    for start in range(0, length, width):
+        end = min(start + width, length)
+        row = {"from_s": start, "to_s": end}
+        for name in names:
+            row[name] = sum(series[name][start:end])
+        rows.append(row)
+    return rows
 
 
 def saturation(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +209,28 @@ def _fmt_hist(name: str, h: dict[str, float]) -> str:
     return f"  {name:<22} {cols} {h['max']:>9.3f} {int(h['count']):>10}"
 
 
+def timeline_lines(rows: Sequence[Mapping[str, int]]) -> list[str]:
+    """The "connections over time" section of the summary (nothing without rows).
+
+    Connections are counted per row; echoes (when the rows have them) are per second of
+    the row, so folded rows of a long run read like the per-second ones of a short run.
+    """
+    if not rows:
+        return []
+    width = rows[0]["to_s"] - rows[0]["from_s"]
+    echoes = "received" in rows[0]
+    title = f"connections over time ({width} s per row)"
+    header = f"  {'seconds':>9} {'established':>11} {'failed':>8} {'dropped':>8}"
+    lines = ["", title, header + (f" {'echoed/s':>10}" if echoes else "")]
+    for row in rows:
+        span = f"{row['from_s']}-{row['to_s']}"
+        line = f"  {span:>9} {row['established']:>11} {row['failed']:>8} {row['dropped']:>8}"
+        if echoes:
+            line += f" {row['received'] / (row['to_s'] - row['from_s']):>10.1f}"
+        lines.append(line)
+    return lines
+
+
 def render(summary: dict[str, Any], out: TextIO) -> None:
     """The final human-readable table."""
     c = summary["connections"]
@@ -204,6 +256,7 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
         _fmt_hist("event-loop lag", summary["saturation"]["loop_lag_ms"]),
         _fmt_hist("send-schedule lag", summary["saturation"]["schedule_lag_ms"]),
     ]
+    lines.extend(timeline_lines(summary["timeline"]))
     if summary["errors"]:
         lines.append("")
         lines.append("errors       " + "  ".join(f"{k} {v}" for k, v in summary["errors"].items()))
