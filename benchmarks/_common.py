@@ -57,8 +57,10 @@ class Server:
                 "tornado_echo",
                 "--port",
                 str(port),
+                # Not "warning": clients that hang up without a close frame (the Go
+                # client does) would print a line per session.
                 "--log-level",
-                "warning",
+                "error",
                 "--database-url",
                 f"sqlite:///{workdir}/echo.db",
                 "--journal",

@@ -5,7 +5,7 @@ Both clients run pinned to CPU 0, one after the other, in a closed loop against 
 echo server pinned to CPU 1, and the script prints both echo rates and their ratio
 (target: ours >= 0.9 x the compiled client's). Run by hand, not a test:
 
-    python benchmarks/loadtest_vs_compiled.py [--server tornado|go] [-c 50] [-d 10]
+    python benchmarks/loadtest_vs_compiled.py [--server tornado-echo|tornado|go] [-c 50] [-d 10]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--server", choices=SERVER_KINDS, default="tornado")
+    parser.add_argument("--server", choices=SERVER_KINDS, default="tornado-echo")
     parser.add_argument("-c", "--connections", type=int, default=50)
     parser.add_argument("-d", "--duration", type=float, default=10.0)
     parser.add_argument("--size", type=int, default=64)
