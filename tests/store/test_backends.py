@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from urllib.parse import urlsplit
 
-from tests.helpers import fetch_rows
+import psycopg2
+import pytest
+
+from tests.helpers import admin_sql, fetch_rows
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, make_backend
 from tornado_echo.store.records import Record
 
@@ -121,6 +125,26 @@ def test_ping_and_reconnect(database_url: str) -> None:
     backend.ping()
     backend.close()
     backend.ping()  # reconnects on demand
+    backend.close()
+
+
+def test_postgres_dropped_connection_raises_its_cause_then_reconnects(
+    postgres_url: str, pg_admin_dsn: str
+) -> None:
+    backend = make_backend(postgres_url)
+    backend.migrate()
+    admin_sql(
+        pg_admin_dsn,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE datname = '{urlsplit(postgres_url).path[1:]}'"
+        " AND application_name = 'tornado-echo'",
+    )
+    # Not "InterfaceError: connection already closed" from a rollback on the dead link:
+    # the operator (log, /readyz) sees why the write failed.
+    with pytest.raises(psycopg2.OperationalError):
+        backend.write([opened("00000000-0000-4000-8000-000000000001")])
+    backend.write([opened("00000000-0000-4000-8000-000000000001")])  # a new connection
+    assert fetch_rows(postgres_url, "SELECT count(*) AS n FROM ws_sessions") == [{"n": 1}]
     backend.close()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
@@ -124,10 +126,28 @@ class PostgresBackend(Backend):
         assert self._conn is not None
         return self._conn
 
-    def migrate(self) -> list[int]:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[psycopg2.extensions.cursor]:
+        """A cursor in a transaction: committed at the end, rolled back on an error.
+
+        Unlike ``with conn:``, whose rollback on a connection the server dropped raises
+        "InterfaceError: connection already closed" in place of the cause, the error that
+        broke the transaction is the one raised (and logged, and shown by /readyz).
+        """
         conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                yield cur
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                with contextlib.suppress(psycopg2.Error):
+                    conn.rollback()
+            raise
+
+    def migrate(self) -> list[int]:
         applied_now = []
-        with conn, conn.cursor() as cur:
+        with self._transaction() as cur:
             # Serialises concurrent starts; released at commit.
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
             cur.execute(
@@ -148,9 +168,8 @@ class PostgresBackend(Backend):
         return applied_now
 
     def write(self, batch: list[Record]) -> None:
-        conn = self._connection()
         opened, closed, messages = split_batch(batch)
-        with conn, conn.cursor() as cur:
+        with self._transaction() as cur:
             if not self._temp_tables:
                 cur.execute(TEMP_TABLES)
             for data, table, merge in (
@@ -171,8 +190,7 @@ class PostgresBackend(Backend):
         return isinstance(exc, (ValueError, TypeError, UnicodeError, OverflowError))
 
     def list_sessions(self, limit: int, since: float | None) -> list[dict[str, Any]]:
-        conn = self._connection()
-        with conn, conn.cursor() as cur:
+        with self._transaction() as cur:
             if since is None:
                 cur.execute(SELECT_SESSIONS + " ORDER BY opened_at DESC LIMIT %s", (limit,))
             else:
@@ -184,8 +202,7 @@ class PostgresBackend(Backend):
             return [row_dict(SESSION_COLUMNS, row) for row in cur.fetchall()]
 
     def get_session(self, session_id: str, journal_limit: int) -> dict[str, Any] | None:
-        conn = self._connection()
-        with conn, conn.cursor() as cur:
+        with self._transaction() as cur:
             cur.execute(SELECT_SESSIONS + " WHERE id = %s::uuid", (session_id,))
             row = cur.fetchone()
             if row is None:
@@ -200,8 +217,7 @@ class PostgresBackend(Backend):
             return session
 
     def mark_crashed(self, server_id: str, now: float) -> int:
-        conn = self._connection()
-        with conn, conn.cursor() as cur:
+        with self._transaction() as cur:
             cur.execute(
                 "UPDATE ws_sessions SET end_state = 'crashed', closed_at = to_timestamp(%s)"
                 " WHERE server_id = %s AND end_state = 'open'",
@@ -210,8 +226,7 @@ class PostgresBackend(Backend):
             return int(cur.rowcount)
 
     def ping(self) -> None:
-        conn = self._connection()
-        with conn, conn.cursor() as cur:
+        with self._transaction() as cur:
             cur.execute("SELECT 1")
 
     def close(self) -> None:
