@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -83,6 +84,18 @@ def test_error_rate_threshold_fails_on_lost_echoes(
     assert "lost 2" in out
 
 
+def test_no_connection_opened_fails_without_thresholds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as closed_port:  # bound, never listening: connections refused
+        closed_port.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{closed_port.getsockname()[1]}/ws"
+        code, out, err = run_cli(capsys, url, "-c", "2", "-n", "1", "-w", "1", "-q")
+    assert code == 3
+    assert "refused 2" in out
+    assert "none of 2 connections opened (refused 2)" in err
+
+
 def test_error_rate_threshold_on_refused_upgrade(
     servers: Servers, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -95,6 +108,7 @@ def test_error_rate_threshold_on_refused_upgrade(
     ("argv", "fragment"),
     [
         (["http://127.0.0.1:1/"], "scheme must be ws:// or wss://"),
+        (["ws://[::1/"], "Invalid IPv6 URL"),
         (["ws://127.0.0.1:1/", "-c", "x"], "invalid int value"),
         (["ws://127.0.0.1:1/", "-c", "0"], "--connections"),
         (["ws://127.0.0.1:1/", "--size", "8"], "--size"),

@@ -22,7 +22,7 @@ def test_target_parsing() -> None:
     t = Target.parse("wss://localhost/a?b=1")
     assert (t.secure, t.port, t.path, t.host_header) == (True, 443, "/a?b=1", "localhost")
     assert Target.parse("ws://[::1]:81").host_header == "[::1]:81"
-    for bad in ("http://x/", "ws:///x", "ws://h:99999/"):
+    for bad in ("http://x/", "ws:///x", "ws://h:99999/", "ws://[::1/ws"):
         with pytest.raises(LoadtestConfigError):
             Target.parse(bad)
 

@@ -24,7 +24,13 @@ def stats_with(latencies_ms: list[float], lost: int = 0, cpu: float = 0.2) -> St
     stats.counters["lost"] = lost
     stats.elapsed = 2.0
     stats.workers = [
-        {"index": 0, "cpu_fraction": cpu, "loop_lag_p99_ms": 0.1, "schedule_lag_p99_ms": 0.0}
+        {
+            "index": 0,
+            "elapsed": 2.0,
+            "cpu_fraction": cpu,
+            "loop_lag_p99_ms": 0.1,
+            "schedule_lag_p99_ms": 0.0,
+        }
     ]
     return stats
 
@@ -54,6 +60,12 @@ def test_saturation_guard_flags_a_busy_client() -> None:
     out = io.StringIO()
     render(summarize(stats_with([1.0], cpu=0.99), {}), out)
     assert "CLIENT-BOUND" in out.getvalue()
+
+
+def test_a_run_too_short_to_judge_is_not_client_bound_on_cpu() -> None:
+    stats = stats_with([1.0], cpu=1.0)
+    stats.workers[0]["elapsed"] = 0.05  # e.g. every connection refused at once
+    assert not summarize(stats, {"mode": "closed"})["saturation"]["client_bound"]
 
 
 def test_open_loop_shortfall_is_client_bound() -> None:

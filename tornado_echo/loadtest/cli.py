@@ -241,7 +241,17 @@ def _finish(doc: dict[str, Any], args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if summary.get("interrupted"):
         return EXIT_INTERRUPTED
-    return EXIT_THRESHOLD if failed else EXIT_OK
+    if failed:
+        return EXIT_THRESHOLD
+    connections = summary["connections"]
+    if connections["attempted"] and not connections["established"]:
+        # Not a load test at all: without thresholds this must not pass in CI either.
+        errors = ", ".join(f"{name} {count}" for name, count in summary["errors"].items())
+        sys.stderr.write(
+            f"{PROG}: error: none of {connections['attempted']} connections opened ({errors})\n"
+        )
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _check_output(path: str | None) -> None:

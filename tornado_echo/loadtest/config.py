@@ -68,7 +68,10 @@ class Target:
 
     @classmethod
     def parse(cls, url: str) -> Target:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # e.g. an unclosed [IPv6 literal
+            raise LoadtestConfigError(f"URL {url!r}: {exc}") from None
         if parts.scheme not in ("ws", "wss"):
             raise LoadtestConfigError(f"URL {url!r}: scheme must be ws:// or wss://")
         if not parts.hostname:

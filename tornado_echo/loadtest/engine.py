@@ -160,14 +160,14 @@ class Worker:
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.loop.add_signal_handler(sig, self.request_stop)
-        self._started = time.monotonic()
-        cpu0 = time.process_time()
         gc_threshold = gc.get_threshold()
         # Full collections over tens of thousands of live connections stall the loop
         # for a second or more; freezing the long-lived objects keeps them out of it.
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+        self._started = time.monotonic()
+        cpu0 = time.process_time()
         helpers = [
             asyncio.ensure_future(self._lag_probe()),
             asyncio.ensure_future(self._sweeper()),

@@ -179,7 +179,7 @@ class EchoConnection(asyncio.Protocol):
                     break
                 self.send_next(0)
 
-    def send_next(self, intended: int, now: int = 0) -> None:
+    def send_next(self, intended: int) -> None:
         """Send the next message; ``intended`` is its scheduled time (0: now)."""
         budget = self._budget
         if budget == 0:
@@ -187,8 +187,7 @@ class EchoConnection(asyncio.Protocol):
             return
         if budget > 0:
             self._budget = budget - 1
-        if not now:
-            now = _now()
+        now = _now()
         payload = self.tracker.next_payload(intended or now, now)
         if self._deflate_on:
             assert self._deflate is not None
