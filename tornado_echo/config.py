@@ -34,6 +34,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 JOURNAL_MODES = ("off", "meta", "full")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+ENGINES = ("fast", "tornado")
 
 
 def _between(low: float, high: float) -> Callable[[Any], str | None]:
@@ -101,6 +102,11 @@ class Config:
         20.0, "seconds to wait for a pong before closing", _between(0.1, 3600)
     )
     compression: bool = _opt(True, "negotiate permessage-deflate when the client offers it")
+    engine: str = _opt(
+        "fast",
+        "what carries upgraded connections: fast (asyncio transport) or tornado (IOStream)",
+        _one_of(ENGINES),
+    )
     behind_proxy: bool = _opt(False, "trust X-Forwarded-For / X-Real-Ip from a reverse proxy")
     database_url: str = _opt(
         "sqlite:///var/tornado-echo.db", "sqlite:///PATH or postgresql://...", _database_url

@@ -7,9 +7,9 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-logger = logging.getLogger(__name__)
+from .rfc6455 import CloseCode
 
-GOING_AWAY = 1001
+logger = logging.getLogger(__name__)
 
 
 class Session(Protocol):
@@ -83,7 +83,7 @@ class Connections:
         """Send every open session a 1001 Going Away close; returns how many."""
         sessions = list(self._open)
         for session in sessions:
-            session.close_for_shutdown(GOING_AWAY, reason)
+            session.close_for_shutdown(CloseCode.GOING_AWAY, reason)
         return len(sessions)
 
     async def wait_closed(self, timeout: float) -> bool:
