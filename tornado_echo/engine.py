@@ -415,10 +415,15 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         if self.is_closing():
             return
         if self._awaiting_pong:
-            # The peer does not answer: no point waiting for its close frame either.
+            # The peer does not answer: no point waiting for its close frame either. The
+            # frame still goes out (close flushes), and the timer drops a peer that
+            # does not even take that.
             self._send(Opcode.CLOSE, close_payload(CloseCode.INTERNAL_ERROR, "ping timed out"))
             self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "ping timed out"
-            self._abort()
+            self.client_terminated = self.server_terminated = True
+            assert self.transport is not None
+            self.transport.close()
+            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
             return
         self._timer = asyncio.get_running_loop().call_later(
             max(0.0, self.ping_interval - self.ping_timeout), self._ping
