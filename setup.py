@@ -23,6 +23,8 @@ setup(
         "websockets>=12",
     ],
     extras_require={
+        # Peers measured by the hand-run benchmarks/, never imported by the package.
+        "bench": ["aiohttp>=3.9"],
         "test": [
             "pytest>=8",
             "pytest-tornado>=0.8",
