@@ -45,6 +45,7 @@ class EchoApplication(tornado.web.Application):
             "connections": connections,
             "db": db,
             "token": config.metrics_token,
+            "server_names": config.server_names,
         }
         self._api_kwargs: dict[str, Any] = {"config": config, "reader": reader}
         self._ready_kwargs: dict[str, Any] = {
@@ -73,6 +74,7 @@ class EchoApplication(tornado.web.Application):
         self._api_kwargs["config"] = config
         self._ready_kwargs["config"] = config
         self._metrics_kwargs["token"] = config.metrics_token
+        self._metrics_kwargs["server_names"] = config.server_names
         self.settings.update(_live_settings(config))
 
 

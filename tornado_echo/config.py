@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .access import parse_network
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -74,6 +75,22 @@ def _origins(value: Any) -> str | None:
     return None
 
 
+def _networks(value: Any) -> str | None:
+    for entry in value:
+        try:
+            parse_network(entry)
+        except ValueError:
+            return f"entry {entry!r} must be an IP address or network like 10.0.0.0/8"
+    return None
+
+
+def _host_names(value: Any) -> str | None:
+    for name in value:
+        if not name or any(ch.isspace() or ch in "/:[]@" for ch in name):
+            return f"entry {name!r} must be a host name like echo.example.com (no port)"
+    return None
+
+
 def _opt(default: Any, doc: str, check: Callable[[Any], str | None] | None = None) -> Any:
     return field(default=default, metadata={"doc": doc, "check": check})
 
@@ -101,7 +118,28 @@ class Config:
         20.0, "seconds to wait for a pong before closing", _between(0.1, 3600)
     )
     compression: bool = _opt(True, "negotiate permessage-deflate when the client offers it")
-    behind_proxy: bool = _opt(False, "trust X-Forwarded-For / X-Real-Ip from a reverse proxy")
+    max_http_connections: int = _opt(
+        1000,
+        "connections not (yet) WebSockets at most (requests, handshakes); more get HTTP 503",
+        _between(1, 10_000_000),
+    )
+    http_timeout: float = _opt(
+        10.0,
+        "seconds a connection may take to send its request headers; idle ones close after it",
+        _between(0.1, 3600),
+    )
+    behind_proxy: bool = _opt(False, "believe X-Forwarded-For / X-Real-Ip from the trusted_proxies")
+    trusted_proxies: tuple[str, ...] = _opt(
+        ("127.0.0.1", "::1"),
+        "addresses or networks of the reverse proxies believed when behind_proxy is on",
+        _networks,
+    )
+    server_names: tuple[str, ...] = _opt(
+        (),
+        "Host names of this server besides localhost and loopback addresses, for loopback"
+        " clients of /api and /metrics",
+        _host_names,
+    )
     database_url: str = _opt(
         "sqlite:///var/tornado-echo.db", "sqlite:///PATH or postgresql://...", _database_url
     )

@@ -22,7 +22,7 @@ from typing import Any
 import tornado.web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from .access import is_authorized
+from .access import NOT_LOOPBACK, request_refusal
 from .config import Config
 from .connections import Connections
 from .metrics import CONTENT_TYPE, Metrics
@@ -371,15 +371,28 @@ class ReadyHandler(JsonHandler):
 class MetricsHandler(JsonHandler):
     """Prometheus scrape endpoint; loopback peers or ``Authorization: Bearer <metrics_token>``."""
 
-    def initialize(self, metrics: Metrics, connections: Connections, db: Store, token: str) -> None:
+    def initialize(
+        self,
+        metrics: Metrics,
+        connections: Connections,
+        db: Store,
+        token: str,
+        server_names: tuple[str, ...] = (),
+    ) -> None:
         self.metrics = metrics
         self.connections = connections
         self.db = db
         self.token = token
+        self.server_names = server_names
 
     def get(self) -> None:
-        if not is_authorized(self.request, self.token):
-            self.error_reason = "metrics are served to loopback or with the metrics token"
+        refused = request_refusal(self.request, self.token, self.server_names)
+        if refused is not None:
+            self.error_reason = (
+                "metrics are served to loopback or with the metrics token"
+                if refused == NOT_LOOPBACK
+                else refused
+            )
             raise tornado.web.HTTPError(403)
         self.metrics.refresh(self.connections, self.db)
         self.set_header("Content-Type", CONTENT_TYPE)

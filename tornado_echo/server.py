@@ -22,13 +22,14 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 
-import tornado.httpserver
 import tornado.netutil
 
+from .access import TrustedProxies, is_loopback
 from .app import EchoApplication, make_app
 from .config import Config
 from .connections import Connections
 from .errors import ConfigError
+from .http_server import EchoHTTPServer, make_http_server
 from .logs import setup_logging
 from .metrics import Metrics
 from .store import Store, make_store
@@ -83,7 +84,7 @@ class Server:
         self.store: Store = make_store(config, self.server_id)
         self.reader = SessionReader(config.database_url)
         self.app: EchoApplication | None = None
-        self.http: tornado.httpserver.HTTPServer | None = None
+        self.http: EchoHTTPServer | None = None
         self.sockets: list[socket.socket] = []
         self.exit_requested = False
         self.force_exit = False
@@ -107,9 +108,22 @@ class Server:
         self.app = make_app(
             self.config, self.store, self.connections, self.server_id, self.metrics, self.reader
         )
-        self.http = tornado.httpserver.HTTPServer(
-            self.app, xheaders=self.config.behind_proxy, idle_connection_timeout=60
+        self.http = make_http_server(
+            self.app,
+            timeout=self.config.http_timeout,
+            max_http_connections=self.config.max_http_connections,
+            proxies=TrustedProxies(self.config.trusted_proxies)
+            if self.config.behind_proxy
+            else None,
+            on_refusal=self._count_refusal,
         )
+        if self.config.behind_proxy and not is_loopback(self.config.host):
+            logger.warning(
+                "behind_proxy is on but host %s is not a loopback address: clients that reach"
+                " the port directly are told apart from the proxy only by trusted_proxies (%s)",
+                self.config.host,
+                ", ".join(self.config.trusted_proxies) or "empty",
+            )
         if sockets is None:
             # bind_sockets resolves the host name: a DNS lookup, kept off the IOLoop thread.
             sockets = await asyncio.get_running_loop().run_in_executor(
@@ -129,6 +143,9 @@ class Server:
             self.store.backend.describe(),
         )
         self.notifier.ready(self._status_line())
+
+    def _count_refusal(self, label: str) -> None:
+        self.metrics.rejections.labels(label).inc()
 
     # -- signals: flags only ---------------------------------------------------------------
 
