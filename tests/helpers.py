@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import re
+import resource
 import socket
 import sqlite3
 import struct
@@ -176,7 +177,10 @@ class Service:
         return self.process.wait(timeout)
 
 
-def start_service(tmp_path: Path, conf_text: str, watchdog_usec: int | None = None) -> Service:
+def start_service(
+    tmp_path: Path, conf_text: str, watchdog_usec: int | None = None, nofile: int | None = None
+) -> Service:
+    """The server as a process; ``nofile`` caps its RLIMIT_NOFILE (soft and hard)."""
     conf = tmp_path / "echo.toml"
     conf.write_text(conf_text)
     notify_path = str(tmp_path / "notify.sock")
@@ -194,6 +198,9 @@ def start_service(tmp_path: Path, conf_text: str, watchdog_usec: int | None = No
             env=env,
             stderr=sink,
             text=True,
+            preexec_fn=None
+            if nofile is None
+            else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )
     service = Service(process, 0, conf, log, notify)
     service.messages("READY=1")
