@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import tornado.web
@@ -55,7 +56,8 @@ class EchoApplication(tornado.web.Application):
         }
         super().__init__(
             [
-                (config.ws_path, EchoWebSocket, self._ws_kwargs),
+                # A literal path: Tornado would read it as a regular expression.
+                (re.escape(config.ws_path), EchoWebSocket, self._ws_kwargs),
                 ("/healthz", HealthHandler),
                 ("/readyz", ReadyHandler, self._ready_kwargs),
                 ("/metrics", MetricsHandler, self._metrics_kwargs),
