@@ -255,6 +255,10 @@ class Config:
         " clients of /api and /metrics",
         _host_names,
     )
+    tls_cert: str = _opt(
+        STRING, "", "PEM certificate chain: serve wss:// itself, TLS >= 1.2 (with tls_key)"
+    )
+    tls_key: str = _opt(STRING, "", "PEM private key of tls_cert (re-read with it on SIGHUP)")
     database_url: str = _opt(
         STRING, "sqlite:///var/tornado-echo.db", "sqlite:///PATH or postgresql://...", _database_url
     )
