@@ -227,6 +227,12 @@ class Config:
     compression: bool = _opt(
         BOOLEAN, True, "negotiate permessage-deflate when the client offers it"
     )
+    max_connections_per_ip: int = _opt(
+        INTEGER,
+        0,
+        "open WebSockets per client address (IPv6: per /64); more get HTTP 503; 0: no limit",
+        _between(0, 10_000_000),
+    )
     max_http_connections: int = _opt(
         INTEGER,
         1000,

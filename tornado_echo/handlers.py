@@ -106,12 +106,17 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         if self.connections.admitted >= self.config.max_connections:
             self._reject(503, "connection_limit", "connection limit reached")
             return
+        address, per_address = self.request.remote_ip or "", self.connections.per_address
+        if not per_address.admit(address, self.config.max_connections_per_ip):
+            self._reject(503, "address_limit", "too many connections from your address")
+            return
         self.connections.admitted += 1
         try:
             # Returns when the connection ends: Tornado runs its read loop in here.
             await super().get(*args, **kwargs)
         finally:
             self.connections.admitted -= 1
+            per_address.release(address)
 
     def _upgrade_problem(self) -> tuple[str, str] | None:
         """(metric label, message) of what makes this request impossible to upgrade."""

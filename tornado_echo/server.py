@@ -48,6 +48,7 @@ LIVE_KEYS = frozenset(
         "allowed_origins",
         "max_message_size",
         "max_connections",
+        "max_connections_per_ip",
         "ping_interval",
         "ping_timeout",
         "compression",
