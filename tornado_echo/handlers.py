@@ -106,8 +106,10 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         if self.connections.admitted >= self.config.max_connections:
             self._reject(503, "connection_limit", "connection limit reached")
             return
-        address, per_address = self.request.remote_ip or "", self.connections.per_address
-        if not per_address.admit(address, self.config.max_connections_per_ip):
+        self._address = self.request.remote_ip or ""
+        if not self.connections.per_address.admit(
+            self._address, self.config.max_connections_per_ip
+        ):
             self._reject(503, "address_limit", "too many connections from your address")
             return
         self.connections.admitted += 1
@@ -116,7 +118,7 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
             await super().get(*args, **kwargs)
         finally:
             self.connections.admitted -= 1
-            per_address.release(address)
+            self.connections.per_address.release(self._address)
 
     def _upgrade_problem(self) -> tuple[str, str] | None:
         """(metric label, message) of what makes this request impossible to upgrade."""

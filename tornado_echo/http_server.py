@@ -14,7 +14,9 @@
 * **Descriptors exhausted.** accept() failing with EMFILE/ENFILE pauses accepting for
   ``ACCEPT_BACKOFF`` seconds, logged once per interval, instead of a busy loop.
 
-Every private name of Tornado this package relies on is in this module.
+Only Tornado's public interfaces are overridden; the one thing read beyond them is the
+per-connection request context (``connection.context``: its address and ``remote_ip``),
+here and nowhere else.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from tornado.httputil import (
     ResponseStartLine,
 )
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+from tornado.netutil import ssl_wrap_socket
 
 from .throttle import LogThrottle
 
@@ -91,44 +94,84 @@ def answer(status: int, reason: str) -> bytes:
 
 
 class EchoHTTPServer(tornado.httpserver.HTTPServer):
-    """HTTPServer with the policies above; build it with :func:`make_http_server`."""
+    """HTTPServer with the policies above; build it with :func:`make_http_server`.
+
+    It accepts connections itself (Tornado's accept loop spins on EMFILE) and counts the
+    connections it serves through the public delegate interface.
+    """
 
     proxies: TrustedProxies | None = None
     max_http_connections = 1000
+    open_http = 0  # connections handed to Tornado's HTTP/1 code and not yet closed/upgraded
     on_refusal: Callable[[str], None] | None = None
     throttle: LogThrottle
+    listeners: dict[int, tuple[socket.socket, Callable[[], None]]]
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        for sock in sockets:
+            remove = _accept_handler(sock, self._accepted, self.throttle)
+            self.listeners[sock.fileno()] = (sock, remove)
+
+    def stop(self) -> None:
+        for sock, remove in self.listeners.values():
+            remove()
+            sock.close()
+        self.listeners.clear()
+        super().stop()
+
+    def set_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Use ``context`` for connections accepted from now on (certificate reload)."""
+        self.ssl_options = context
+
+    def _accepted(self, connection: socket.socket, address: Any) -> None:
+        if self.ssl_options is None:
+            stream = IOStream(
+                connection,
+                max_buffer_size=self.max_buffer_size,
+                read_chunk_size=self.read_chunk_size,
+            )
+        else:
+            try:
+                connection = ssl_wrap_socket(
+                    connection, self.ssl_options, server_side=True, do_handshake_on_connect=False
+                )
+            except OSError as exc:  # ssl.SSLError too: a client gone before the handshake
+                logger.debug("TLS wrap failed for %s: %s", address, exc)
+                connection.close()
+                return
+            stream = SSLIOStream(
+                connection,
+                max_buffer_size=self.max_buffer_size,
+                read_chunk_size=self.read_chunk_size,
+            )
+        self.handle_stream(stream, address)
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
-        if len(self._connections) >= self.max_http_connections:
+        if self.open_http >= self.max_http_connections:
             peer = str(address[0]) if address else "?"
-            self._refuse(stream, 503, "connection_limit_http", "too many open HTTP connections")
+            self.refuse(stream, 503, "connection_limit_http", "too many open HTTP connections")
             self.throttle.log(
                 "http_connection_limit",
                 logging.WARNING,
                 "refused a connection from %s: %d HTTP connections open (max_http_connections)",
                 peer,
-                len(self._connections),
+                self.open_http,
             )
             return
+        self.open_http += 1
         super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: object) -> None:
+        # Called once per connection served, when it closes or is upgraded (detached).
+        self.open_http -= 1
+        super().on_close(server_conn)
 
     def start_request(
         self, server_conn: object, request_conn: HTTPConnection
     ) -> HTTPMessageDelegate:
         return _Guard(self, super().start_request(server_conn, request_conn), request_conn)
 
-    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
-        for sock in sockets:
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = _accept_handler(
-                sock, self._handle_connection, self.throttle
-            )
-
-    def set_ssl_context(self, context: ssl.SSLContext) -> None:
-        """Use ``context`` for connections accepted from now on (certificate reload)."""
-        self.ssl_options = context
-
-    def _refuse(self, stream: IOStream, status: int, label: str, reason: str) -> None:
+    def refuse(self, stream: IOStream, status: int, label: str, reason: str) -> None:
         if self.on_refusal is not None:
             self.on_refusal(label)
         _spawn(_answer_and_close(stream, answer(status, reason)))
@@ -162,7 +205,7 @@ class _Guard(HTTPMessageDelegate):
                 context.remote_ip,
                 getattr(start_line, "path", "?"),
             )
-            self.server._refuse(
+            self.server.refuse(
                 self.connection.detach(),
                 413,
                 "request_body",
@@ -217,7 +260,8 @@ async def _answer_and_close(stream: IOStream, response: bytes) -> None:
 def _accept_handler(
     sock: socket.socket, callback: Callable[[socket.socket, Any], None], throttle: LogThrottle
 ) -> Callable[[], None]:
-    """tornado.netutil.add_accept_handler, pausing on resource errors; returns the remover."""
+    """Like tornado.netutil.add_accept_handler, but pauses on resource errors instead of
+    spinning; returns the function that removes it."""
     io_loop = IOLoop.current()
     state: dict[str, Any] = {"removed": False, "resume": None}
 
@@ -283,4 +327,5 @@ def make_http_server(
     server.max_http_connections = max_http_connections
     server.on_refusal = on_refusal
     server.throttle = LogThrottle(logger)
+    server.listeners = {}
     return server
