@@ -22,7 +22,7 @@ from typing import Any
 import tornado.web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from .access import is_authorized
+from .access import NOT_LOOPBACK, request_refusal
 from .config import Config
 from .connections import Connections
 from .engine import FastProtocol, FastWebSocketHandler
@@ -108,6 +108,12 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         if self.connections.admitted >= self.config.max_connections:
             self._reject(503, "connection_limit", "connection limit reached")
             return
+        self._address = self.request.remote_ip or ""
+        if not self.connections.per_address.admit(
+            self._address, self.config.max_connections_per_ip
+        ):
+            self._reject(503, "address_limit", "too many connections from your address")
+            return
         self.connections.admitted += 1
         self._admitted = True
         try:
@@ -122,6 +128,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         if self._admitted:
             self._admitted = False
             self.connections.admitted -= 1
+            self.connections.per_address.release(self._address)
 
     def _upgrade_problem(self) -> tuple[str, str] | None:
         """(metric label, message) of what makes this request impossible to upgrade."""
@@ -179,7 +186,9 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         return bool(super().check_origin(origin))
 
     def get_compression_options(self) -> dict[str, Any] | None:
-        return {} if self.config.compression else None
+        if not self.config.compression:
+            return None
+        return {"compression_level": self.config.compression_level}
 
     def get_websocket_protocol(self) -> EchoProtocol | FastProtocol | None:
         if self.config.engine == "fast":
@@ -391,15 +400,28 @@ class ReadyHandler(JsonHandler):
 class MetricsHandler(JsonHandler):
     """Prometheus scrape endpoint; loopback peers or ``Authorization: Bearer <metrics_token>``."""
 
-    def initialize(self, metrics: Metrics, connections: Connections, db: Store, token: str) -> None:
+    def initialize(
+        self,
+        metrics: Metrics,
+        connections: Connections,
+        db: Store,
+        token: str,
+        server_names: tuple[str, ...] = (),
+    ) -> None:
         self.metrics = metrics
         self.connections = connections
         self.db = db
         self.token = token
+        self.server_names = server_names
 
     def get(self) -> None:
-        if not is_authorized(self.request, self.token):
-            self.error_reason = "metrics are served to loopback or with the metrics token"
+        refused = request_refusal(self.request, self.token, self.server_names)
+        if refused is not None:
+            self.error_reason = (
+                "metrics are served to loopback or with the metrics token"
+                if refused == NOT_LOOPBACK
+                else refused
+            )
             raise tornado.web.HTTPError(403)
         self.metrics.refresh(self.connections, self.db)
         self.set_header("Content-Type", CONTENT_TYPE)
