@@ -96,7 +96,9 @@ async def idle(port: int, count: int, deflate: bool) -> dict[str, float]:
     extra = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
     held = []
     for start in range(0, count, 200):
-        held += await asyncio.gather(*(open_ws(port, extra) for _ in range(start, min(count, start + 200))))
+        held += await asyncio.gather(
+            *(open_ws(port, extra) for _ in range(start, min(count, start + 200)))
+        )
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)

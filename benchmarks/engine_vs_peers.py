@@ -50,7 +50,9 @@ IDLE_CONNECTIONS = 5000
 def raw_client(*args: str, timeout: float = 600) -> dict[str, Any]:
     cmd = ["taskset", "-c", str(CLIENT_CPU), sys.executable, str(HERE / "_rawclient.py"), *args]
     env = dict(os.environ, PYTHONPATH=str(HERE.parent))
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
     result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])

@@ -125,7 +125,12 @@ async def test_http_connections_beyond_the_limit_get_503(
         # Upgraded WebSockets leave the HTTP count.
         sockets = [await open_raw_websocket(server.port) for _ in range(3)]
         assert (await raw_http(server.port, HEALTH))[0] == 200
+        assert server.http is not None
+        while server.http.open_http:  # until the server has seen that request's close
+            await asyncio.sleep(0.01)
         idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        while server.http.open_http < 2:  # the kernel connected them; wait for accept()
+            await asyncio.sleep(0.01)
         status, _, body = await raw_http(server.port, HEALTH)
         assert (status, json_body(body)["error"]) == (503, "too many open HTTP connections")
         idle[0][1].close()

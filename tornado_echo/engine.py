@@ -13,6 +13,10 @@ To the handler it is a ``tornado.websocket.WebSocketProtocol``: ``open``, ``on_m
 ``on_close`` with ``close_code``/``close_reason``, and ``write_message``, ``ping``,
 ``close``, ``set_nodelay``, ``selected_subprotocol`` keep their Tornado meaning.
 
+A connection over TLS that this process terminates (``tls_cert``) stays on Tornado's own
+protocol: its TLS session lives in Tornado's SSLIOStream. Terminating TLS in a proxy keeps
+the fast path.
+
 Backpressure uses the transport's own flow control: while the peer reads slower than it is
 sent to and the transport's buffer is above its high-water mark, this connection is not
 read (:class:`FlowControl`).
@@ -22,13 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import sys
 from collections.abc import Awaitable
 from typing import Any, cast
 
 import tornado.escape
+from tornado.iostream import SSLIOStream
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
 from .rfc6455 import (
@@ -165,19 +169,17 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         if stream.writing():
             await stream.write(b"")  # the 101 answer is out before the socket moves
         leftover = unread_bytes(stream)
-        # A second descriptor of the same connection for the transport; closing the
-        # stream then unregisters and closes Tornado's, not the connection.
+        # The same socket moves to the transport: Tornado forgets its descriptor (and the
+        # stream, never closed, is dropped). A dup()ed descriptor would leave epoll
+        # watching the old number, which the next accepted connection then reuses.
         sock = stream.socket
         assert sock is not None
-        fd = os.dup(sock.fileno())
-        stream.close()
+        stream.io_loop.remove_handler(sock)
         self.reader = FrameReader(self.max_message_size, self.deflate)
         if leftover:
             self._pending = self.reader.feed(leftover)
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: self, socket.socket(fileno=fd)
-            )
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: self, sock)
         except OSError as exc:
             self.connection_error = exc
             self._lost = True
@@ -441,6 +443,11 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         raise NotImplementedError("FastProtocol reads through its transport")
 
 
+def carried_by_tls(handler: WebSocketHandler) -> bool:
+    """Whether the request came over TLS that this process terminates."""
+    return isinstance(getattr(handler.request.connection, "stream", None), SSLIOStream)
+
+
 class FastWebSocketHandler(WebSocketHandler):
     """A ``WebSocketHandler`` whose connections run on :class:`FastProtocol`.
 
@@ -450,6 +457,10 @@ class FastWebSocketHandler(WebSocketHandler):
     """
 
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        if carried_by_tls(self):
+            # The TLS session lives in Tornado's SSLIOStream and cannot move to a
+            # transport: Tornado's own protocol carries it.
+            return super().get_websocket_protocol()
         return FastProtocol(
             self,
             max_message_size=self.max_message_size,

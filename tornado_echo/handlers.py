@@ -25,7 +25,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from .access import NOT_LOOPBACK, request_refusal
 from .config import Config
 from .connections import Connections
-from .engine import FastProtocol, FastWebSocketHandler
+from .engine import FastProtocol, FastWebSocketHandler, carried_by_tls
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import EchoProtocol
 from .rfc6455 import CloseCode, Opcode
@@ -191,7 +191,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         return {"compression_level": self.config.compression_level}
 
     def get_websocket_protocol(self) -> EchoProtocol | FastProtocol | None:
-        if self.config.engine == "fast":
+        if self.config.engine == "fast" and not carried_by_tls(self):
             fast = super().get_websocket_protocol()
             assert isinstance(fast, FastProtocol)
             self._protocol = fast
