@@ -57,10 +57,11 @@ async def test_client_ignoring_the_close_is_dropped_at_the_deadline(
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(upgrade_request())
     await reader.readuntil(b"\r\n\r\n")
-    # This client never answers the close frame: shutdown must not wait past its deadline.
+    # This client never answers the close frame: shutdown waits for it up to its deadline,
+    # not past it.
     started = asyncio.get_running_loop().time()
     assert await server.shutdown() == 1
-    assert asyncio.get_running_loop().time() - started < 10
+    assert 0.5 <= asyncio.get_running_loop().time() - started < 10
     writer.close()
 
 
