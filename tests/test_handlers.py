@@ -81,6 +81,7 @@ async def test_order_is_kept_under_pipelining(ws_url: str) -> None:
     client.close()
 
 
+@pytest.mark.slow
 @pytest.mark.gen_test(timeout=60)
 async def test_two_hundred_concurrent_clients(ws_url: str, connections: Connections) -> None:
     async def session(number: int) -> list[Any]:

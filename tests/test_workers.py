@@ -28,6 +28,7 @@ def worker_pids(service: Service) -> list[int]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.gen_test(timeout=90)
 async def test_workers_share_the_port_metrics_reload_restart_and_stop(
     tmp_path: Path, services: list[Service]
@@ -103,6 +104,7 @@ async def test_workers_share_the_port_metrics_reload_restart_and_stop(
     assert "crashed" in states
 
 
+@pytest.mark.slow
 def test_a_stuck_worker_withholds_the_watchdog(tmp_path: Path, services: list[Service]) -> None:
     service = start_service(tmp_path, BASE_CONF + "workers = 2\n", watchdog_usec=1_000_000)
     services.append(service)

@@ -220,6 +220,7 @@ def test_series_add_up_to_the_counters(servers: Servers) -> None:
     assert sum(stats.series["sent"]) == stats.counters["messages_sent"]
 
 
+@pytest.mark.slow
 def test_series_put_counts_in_the_second_they_happened(servers: Servers) -> None:
     cfg = LoadConfig.validated(
         target=Target.parse(servers.url("/echo")), connections=3, duration=60.0
@@ -249,7 +250,9 @@ def test_series_put_counts_in_the_second_they_happened(servers: Servers) -> None
 @pytest.mark.parametrize(
     ("path", "options", "nonzero"),
     [
-        ("/echo", {"duration": 1.5}, ("established", "received")),
+        pytest.param(
+            "/echo", {"duration": 1.5}, ("established", "received"), marks=pytest.mark.slow
+        ),
         ("/close/1011", {"messages": 4}, ("established", "dropped", "received")),
         ("/status/503", {"messages": 1}, ("failed",)),
     ],
@@ -280,6 +283,7 @@ def test_connections_over_time_add_up_to_the_totals(
     assert echoed == pytest.approx(totals["received"], abs=0.05 * len(rows))
 
 
+@pytest.mark.slow
 def test_run_leaves_garbage_collection_as_it_found_it(servers: Servers) -> None:
     threshold = gc.get_threshold()
     run_load(servers.url("/echo"), connections=3, duration=1.2)
