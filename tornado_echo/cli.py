@@ -11,7 +11,6 @@ sessions (or shows one with its journal) from the database the same configuratio
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -25,7 +24,7 @@ from typing import Any
 
 import tornado.netutil
 
-from . import __version__
+from . import __version__, eventloop
 from .config import FIELDS, Config, build_config, env_name, flag_name, mask_url
 from .errors import ConfigError, EchoError
 from .logs import setup_logging
@@ -189,16 +188,8 @@ def serve(
 
 def run_loop(choice: str, main: Coroutine[Any, Any, int]) -> int:
     """Run ``main`` on uvloop (faster I/O; "auto" when installed) or asyncio's own loop."""
-    if choice != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                main.close()
-                raise EchoError("event_loop = 'uvloop' but uvloop is not installed") from None
-        else:
-            return int(uvloop.run(main))
-    return asyncio.run(main)
+    missing = EchoError("event_loop = 'uvloop' but uvloop is not installed")
+    return eventloop.run(main, choice, missing)
 
 
 def _free_port(host: str) -> int:
