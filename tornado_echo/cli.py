@@ -26,7 +26,7 @@ import tornado.netutil
 
 from . import __version__, eventloop
 from .config import FIELDS, Config, build_config, env_name, flag_name, mask_url
-from .errors import ConfigError, EchoError
+from .errors import ConfigError, EchoError, one_line
 from .logs import setup_logging
 from .systemd import Notifier, raise_nofile_limit
 from .workers import Supervisor, WorkerLink
@@ -237,8 +237,8 @@ def sessions(argv: Sequence[str]) -> int:
                 config.database_url, lambda db: db.get_session(session_id, JOURNAL_LIMIT)
             )
     except Exception as exc:  # noqa: BLE001 - command boundary: one line, no traceback
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        sys.stderr.write(f"tornado-echo: cannot query {mask_url(config.database_url)}: {first}\n")
+        reason = one_line(exc)
+        sys.stderr.write(f"tornado-echo: cannot query {mask_url(config.database_url)}: {reason}\n")
         return 1
     if session_id is not None:
         if found is None:
