@@ -2,7 +2,8 @@
 
 Per-message counts live in plain integers on each session (see :class:`Connections`); they
 are folded into the Prometheus counters by :meth:`Metrics.refresh`, which the server calls
-every second and before each scrape. The echo path therefore pays nothing for metrics.
+on each housekeeping tick (``tornado_echo.server.TICK``) and before each scrape. The echo
+path therefore pays nothing for metrics.
 
 With several worker processes (``workers > 1``) the values go through prometheus_client's
 multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before prometheus_client is
