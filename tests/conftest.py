@@ -35,9 +35,6 @@ REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "app_config(**overrides): settings for the app fixture")
-    config.addinivalue_line(
-        "markers", "slow: a second or more (real processes, timed runs); skip with -m 'not slow'"
-    )
 
 
 @pytest.fixture(scope="session")

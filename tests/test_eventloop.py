@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,6 +14,15 @@ from tornado_echo.errors import EchoError
 
 async def loop_type() -> str:
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+@pytest.fixture(autouse=True)
+def default_policy() -> Iterator[None]:
+    """asyncio's own policy, whatever loop the rest of the suite runs on."""
+    saved = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(None)
+    yield
+    asyncio.set_event_loop_policy(saved)
 
 
 @pytest.mark.parametrize(("choice", "expected"), [("asyncio", "asyncio"), ("uvloop", "uvloop")])
