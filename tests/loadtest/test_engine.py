@@ -226,22 +226,22 @@ def test_series_put_counts_in_the_second_they_happened(servers: Servers) -> None
         target=Target.parse(servers.url("/echo")), connections=3, duration=60.0
     )
     plan = preflight.make_plans(cfg, preflight.check(cfg))[0]
-    reports: list[tuple[float, Progress]] = []  # wall-clock time of each once-a-second report
+    reports: list[tuple[int, Progress]] = []  # (the whole second it was made at, what it saw)
 
     def progress(snapshot: Progress) -> None:
-        reports.append((time.time(), snapshot))
-        if len(reports) == 2:  # stopped by reports, not by a timer a busy machine may skew
+        # A report is due at each whole second of the run; it may come late on a busy
+        # machine, or a moment early (uvloop's timers have millisecond resolution), and an
+        # early one is repeated until the second is reached.
+        reports.append((int(time.time() - plan.start_wall + 0.05), snapshot))
+        if reports[-1][0] >= 2:  # stopped by reports, not by a timer a busy machine may skew
             worker.request_stop()
 
     worker = Worker(cfg, plan, progress)
     stats = asyncio.run(worker.run())
-    assert len(reports) == 2
-    # Each report closes the seconds before the one it is made in: what it had seen by
-    # then is exactly what those seconds hold.
-    for made, snapshot in reports:
-        seconds = int(made - plan.start_wall)
-        assert sum(stats.series["established"][:seconds]) == snapshot.established
-        assert sum(stats.series["received"][:seconds]) == snapshot.received
+    # The last report at the end of second 0 saw exactly what the series put in it.
+    *_, first = (snapshot for made, snapshot in reports if made == 1)
+    assert stats.series["established"][0] == first.established
+    assert stats.series["received"][0] == first.received
     # The connections open within milliseconds of the start; echoes flow in both seconds.
     assert stats.series["established"][0] == 3
     assert stats.series["received"][0] > 0 and stats.series["received"][1] > 0
