@@ -34,7 +34,7 @@ async def eventually(
     condition: Callable[[], T | Awaitable[T]],
     what: str | None = None,
     *,
-    timeout: float = 10.0,
+    timeout: float = 3.0,
     interval: float = 0.01,
     detail: Callable[[], str] | None = None,
 ) -> T:
@@ -43,6 +43,8 @@ async def eventually(
     The event loop keeps running between polls. On timeout the AssertionError names
     ``what`` was awaited (by default the condition's source), its last value and
     ``detail()`` (say, a server log); an exception the condition raises fails at once.
+    The default timeout is below pytest-tornado's 5 s for a gen_test, so that it is this
+    message a stuck test ends with; a test with a longer gen_test timeout may pass more.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -59,7 +61,7 @@ def eventually_blocking(
     condition: Callable[[], T],
     what: str | None = None,
     *,
-    timeout: float = 10.0,
+    timeout: float = 3.0,
     interval: float = 0.01,
     detail: Callable[[], str] | None = None,
 ) -> T:

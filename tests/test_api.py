@@ -48,7 +48,7 @@ async def run_sessions(server: Server, count: int) -> None:
         _, body = await get(server, f"/api/sessions?limit={count}")
         return body["count"] == count and all(s["closed_at"] for s in body["sessions"])
 
-    await eventually(all_closed, f"{count} closed sessions in the store")
+    await eventually(all_closed, f"{count} closed sessions in the store", timeout=10)
 
 
 @pytest.mark.gen_test(timeout=30)

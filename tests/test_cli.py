@@ -252,7 +252,9 @@ async def test_killed_during_an_outage_the_next_start_replays_the_spool_then_mar
 
         # Every message and close but the last 10 (the opens may be written already).
         await eventually(
-            lambda: spooled() >= 3 * 21 + 2 * 40 - 10, "all but 10 records in the spool"
+            lambda: spooled() >= 3 * 21 + 2 * 40 - 10,
+            "all but 10 records in the spool",
+            timeout=15,
         )
         process.kill()  # SIGKILL: no shutdown, whatever was in memory is gone
         process.wait()

@@ -55,7 +55,9 @@ async def test_workers_share_the_port_metrics_reload_restart_and_stop(
     async def both_workers_counted() -> bool:
         return await scrape() == (20, 20)
 
-    await eventually(both_workers_counted, "20 connections and 20 messages in the metrics")
+    await eventually(
+        both_workers_counted, "20 connections and 20 messages in the metrics", timeout=15
+    )
     for _ in range(4):
         assert await scrape() == (20, 20)
 
@@ -69,6 +71,7 @@ async def test_workers_share_the_port_metrics_reload_restart_and_stop(
     await eventually(
         lambda: service.log.read_text().count("listening on") == 3,
         "the replacement to listen",
+        timeout=15,
         detail=service.log.read_text,
     )
     assert "exited unexpectedly with -9" in service.log.read_text()
