@@ -87,7 +87,9 @@ async def test_workers_share_the_port_metrics_reload_restart_and_stop(
             continue
         if await client.read_message() == "alive?":
             survivors.append(client)
-    assert 0 < len(survivors) < 21
+    # Some of the 20 were the killed worker's and are gone; the other worker's still echo
+    # (SO_REUSEPORT put all 20 on one worker with a chance of 2 in a million).
+    assert 1 < len(survivors) < 21
 
     service.process.send_signal(signal.SIGTERM)
     assert service.messages("STOPPING=1")[-1] == "STOPPING=1"
