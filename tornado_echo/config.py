@@ -221,15 +221,11 @@ def _validated(source: str, key: str, value: Any) -> Any:
     check = FIELDS[key].metadata["check"]
     problem = check(value) if check else None
     if problem:
-        raise ConfigError(f"{source}: key '{key}': {problem}, got {_shown(key, value)!r}")
+        shown = "***" if key in SECRET_KEYS else value
+        if isinstance(shown, tuple):
+            shown = list(shown)
+        raise ConfigError(f"{source}: key '{key}': {problem}, got {shown!r}")
     return value
-
-
-def _shown(key: str, value: Any) -> Any:
-    """``value`` as an error message may show it: never a secret's."""
-    if key in SECRET_KEYS:
-        return "***"
-    return list(value) if isinstance(value, tuple) else value
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -250,7 +246,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         try:
             native = _coerce_native(key, value)
         except ValueError as exc:
-            raise ConfigError(f"{path}: key '{key}': {exc}, got {_shown(key, value)!r}") from None
+            raise ConfigError(f"{path}: key '{key}': {exc}, got {value!r}") from None
         values[key] = _validated(str(path), key, native)
     return values
 
@@ -282,7 +278,7 @@ def _from_text(source: str, key: str, text: str) -> Any:
     try:
         native = _coerce_text(key, text)
     except ValueError as exc:
-        raise ConfigError(f"{source}: key '{key}': {exc}, got {_shown(key, text)!r}") from None
+        raise ConfigError(f"{source}: key '{key}': {exc}, got {text!r}") from None
     return _validated(source, key, native)
 
 
