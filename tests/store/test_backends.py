@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import admin_sql, fetch_rows
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, make_backend
-from tornado_echo.store.records import Record
+from tornado_echo.store.records import MESSAGE_COLUMNS, SESSION_COLUMNS, Record
 
 
 def opened(session_id: str, server_id: str = "host:1:0") -> SessionOpened:
@@ -55,6 +55,30 @@ def test_migrate_is_idempotent(database_url: str) -> None:
     backend.close()  # idempotent
     versions = fetch_rows(database_url, "SELECT version FROM schema_version")
     assert versions == [{"version": 1}]
+
+
+def test_the_tables_have_exactly_the_columns_the_records_name(database_url: str) -> None:
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+    backend.close()
+    for table, expected in (
+        ("ws_sessions", SESSION_COLUMNS),
+        ("ws_messages", ("session_id", *MESSAGE_COLUMNS)),
+    ):
+        found = table_columns(database_url, table)
+        assert sorted(found) == sorted(expected), table
+
+
+def table_columns(database_url: str, table: str) -> list[str]:
+    if database_url.startswith("sqlite:///"):
+        rows = fetch_rows(database_url, f"SELECT name FROM pragma_table_info('{table}')")
+        return [row["name"] for row in rows]
+    rows = fetch_rows(
+        database_url,
+        f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}'",
+    )
+    return [row["column_name"] for row in rows]
 
 
 def test_concurrent_migrations_apply_once(database_url: str) -> None:

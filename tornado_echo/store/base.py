@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from .records import Record
+from .records import COLUMN_KINDS, Record
 
 SCHEMA_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
@@ -87,29 +87,6 @@ class Backend(abc.ABC):
         """Drop the connection; idempotent."""
 
 
-SESSION_COLUMNS = (
-    "id",
-    "server_id",
-    "opened_at",
-    "closed_at",
-    "peer",
-    "path",
-    "origin",
-    "user_agent",
-    "subprotocol",
-    "compression",
-    "close_code",
-    "close_reason",
-    "messages_in",
-    "messages_out",
-    "bytes_in",
-    "bytes_out",
-    "end_state",
-)
-MESSAGE_COLUMNS = ("seq", "received_at", "opcode", "size", "payload")
-TIME_COLUMNS = frozenset({"opened_at", "closed_at", "received_at"})
-
-
 def iso_utc(value: float | datetime.datetime | None) -> str | None:
     """A Unix time (SQLite) or an aware datetime (PostgreSQL) as ISO-8601 UTC with ``Z``."""
     if value is None:
@@ -123,13 +100,16 @@ def row_dict(columns: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
     """A result row as JSON-ready values: ISO times, text ids, bool flags, bytes kept."""
     out: dict[str, Any] = {}
     for name, value in zip(columns, row, strict=True):
-        if name in TIME_COLUMNS:
+        kind = COLUMN_KINDS[name]
+        if value is None:
+            pass
+        elif kind is float:  # every float column is a time
             value = iso_utc(value)
-        elif name == "id":
+        elif kind is str:  # also PostgreSQL's UUID ids
             value = str(value)
-        elif name == "compression":
+        elif kind is bool:  # SQLite's 0/1
             value = bool(value)
-        elif isinstance(value, memoryview):
+        elif kind is bytes:  # PostgreSQL's memoryview
             value = bytes(value)
         out[name] = value
     return out

@@ -1,9 +1,17 @@
-"""The records the server hands to the store: plain, immutable, serialisable values."""
+"""The records the server hands to the store: plain, immutable, serialisable values.
+
+The records are the one place where the stored columns are named: each field is a column
+of its table, under the same name, except ``session_id``, which is ``id`` in ``ws_sessions``.
+Backends, the spool and the read side derive their column lists and value kinds from here.
+Every ``float`` field is a Unix time.
+"""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,8 +96,37 @@ def split_batch(
     return opened, closed, messages
 
 
+RecordKind = type[SessionOpened] | type[SessionClosed] | type[MessageReceived]
+KEY = "session_id"
+
+
+def columns(kind: RecordKind) -> tuple[str, ...]:
+    """The columns ``kind`` writes, in field order, its key (the session id) first."""
+    names = tuple(field.name for field in dataclasses.fields(kind))
+    assert names[0] == KEY, f"{kind.__name__}: the session id must be the first field"
+    if kind is MessageReceived:
+        return names
+    return ("id", *names[1:])
+
+
+def field_kinds(kind: RecordKind) -> dict[str, type]:
+    """Column name -> the Python type of its values (``None`` aside)."""
+    hints = typing.get_type_hints(kind)
+    found: dict[str, type] = {}
+    for column, field in zip(columns(kind), dataclasses.fields(kind), strict=True):
+        hint = hints[field.name]
+        found[column] = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+    return found
+
+
+SESSION_COLUMNS = ("id", *dict.fromkeys(columns(SessionOpened)[1:] + columns(SessionClosed)[1:]))
+MESSAGE_COLUMNS = columns(MessageReceived)[1:]
+COLUMN_KINDS = {**field_kinds(SessionOpened), **field_kinds(SessionClosed)}
+COLUMN_KINDS.update(field_kinds(MessageReceived))
+
+
 def as_row(record: Record) -> tuple[Any, ...]:
-    """The record's fields in declaration order (the column order of its table)."""
+    """The record's values in :func:`columns` order (the key first)."""
     return tuple(getattr(record, name) for name in record.__slots__)
 
 

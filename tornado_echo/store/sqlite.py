@@ -8,23 +8,43 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from .base import MESSAGE_COLUMNS, SESSION_COLUMNS, Backend, load_migrations, row_dict
-from .records import Record, as_row, split_batch
+from .base import Backend, load_migrations, row_dict
+from .records import (
+    MESSAGE_COLUMNS,
+    SESSION_COLUMNS,
+    MessageReceived,
+    Record,
+    RecordKind,
+    SessionClosed,
+    SessionOpened,
+    as_row,
+    columns,
+    split_batch,
+)
 
 LOCK_TIMEOUT = 10.0
 
-INSERT_SESSION = (
-    "INSERT OR IGNORE INTO ws_sessions (id, server_id, opened_at, peer, path, origin, user_agent,"
-    " subprotocol, compression) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+
+def _insert(table: str, kind: RecordKind) -> str:
+    names = columns(kind)
+    return (
+        f"INSERT OR IGNORE INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    )
+
+
+INSERT_SESSION = _insert("ws_sessions", SessionOpened)
+INSERT_MESSAGE = _insert("ws_messages", MessageReceived)
+# The key goes last, after the values it sets (see close_params).
 CLOSE_SESSION = (
-    "UPDATE ws_sessions SET closed_at = ?, close_code = ?, close_reason = ?, messages_in = ?,"
-    " messages_out = ?, bytes_in = ?, bytes_out = ?, end_state = ? WHERE id = ?"
+    "UPDATE ws_sessions SET "
+    + ", ".join(f"{name} = ?" for name in columns(SessionClosed)[1:])
+    + " WHERE id = ?"
 )
-INSERT_MESSAGE = (
-    "INSERT OR IGNORE INTO ws_messages (session_id, seq, received_at, opcode, size, payload)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
+
+
+def close_params(record: SessionClosed) -> tuple[Any, ...]:
+    key, *values = as_row(record)
+    return (*values, key)
 
 
 # Errors about the records, not the database: constraint violations, values SQLite cannot bind.
@@ -116,7 +136,7 @@ class SQLiteBackend(Backend):
             if opened:
                 conn.executemany(INSERT_SESSION, map(as_row, opened))
             if closed:
-                conn.executemany(CLOSE_SESSION, ((*as_row(c)[1:], c.session_id) for c in closed))
+                conn.executemany(CLOSE_SESSION, map(close_params, closed))
             if messages:
                 conn.executemany(INSERT_MESSAGE, map(as_row, messages))
             conn.execute("COMMIT")
