@@ -143,8 +143,10 @@ class Spool:
         if self._fd >= 0:
             os.fsync(self._fd)
 
-    def read(self, limit: int) -> tuple[list[Record], int, int]:
+    def read(self, limit: int, max_bytes: int = 1 << 62) -> tuple[list[Record], int, int]:
         """Up to ``limit`` records from the committed offset: (records, end offset, lines).
+
+        Stops after the line that reaches ``max_bytes`` (at least one line is read).
 
         ``lines`` counts undecodable lines too; those are logged and skipped.
         """
@@ -153,7 +155,8 @@ class Spool:
         offset = self._committed
         with open(self.path, "rb") as handle:
             handle.seek(offset)
-            while lines < limit and offset < self._size:
+            start = offset
+            while lines < limit and offset < self._size and offset - start < max_bytes:
                 line = handle.readline()
                 if not line.endswith(b"\n"):
                     break
