@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from urllib.parse import urlsplit
@@ -124,6 +125,30 @@ def test_batch_with_open_close_and_journal_in_one_transaction(database_url: str)
         (1, 5, b"hello"),
         (2, 3, None),
     ]
+
+
+HOSTILE = "a\x00b\ud800c\udfffd"  # NUL and lone surrogates: PostgreSQL refuses both
+STORED = "a\ufffdb\ufffdc\ufffdd"
+
+
+def test_any_client_chosen_text_is_stored_with_replacement_characters(database_url: str) -> None:
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+    backend.write(
+        [
+            dataclasses.replace(
+                opened(SID), path="/ws" + HOSTILE, origin=HOSTILE, user_agent=HOSTILE
+            ),
+            dataclasses.replace(closed(SID), close_reason=HOSTILE),
+        ]
+    )
+    session = backend.get_session(SID, 10)
+    backend.close()
+    assert session is not None
+    assert (session["path"], session["origin"]) == ("/ws" + STORED, STORED)
+    assert (session["user_agent"], session["close_reason"]) == (STORED, STORED)
+    assert session["end_state"] == "closed"
 
 
 def test_mark_crashed_touches_only_this_servers_open_sessions(database_url: str) -> None:

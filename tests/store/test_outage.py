@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,18 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from tests.helpers import PgOutage, fetch_rows, make_server
+from tests.helpers import (
+    PgOutage,
+    client_frame,
+    fetch_rows,
+    make_server,
+    open_raw_websocket,
+    read_server_frame,
+)
 from tornado_echo.server import Server
 
 CLIENTS = 12
+OPCODE_CLOSE = 8
 
 
 async def started(tmp_path: Path, database_url: str, **overrides: Any) -> Server:
@@ -131,3 +140,24 @@ async def test_journal_modes(database_url: str, tmp_path: Path, journal: str) ->
         "full": [(1, 1, 6, "héllo".encode()), (2, 2, 5, b"\x00\xffbin")],
     }
     assert found == expected[journal]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_close_reason_with_nul_is_stored_with_a_replacement_character(
+    database_url: str, tmp_path: Path
+) -> None:
+    server = await started(tmp_path, database_url)
+    reader, writer = await open_raw_websocket(server.port)
+    try:
+        writer.write(client_frame(OPCODE_CLOSE, struct.pack("!H", 1000) + b"bye\x00now"))
+        await writer.drain()
+        opcode, _ = await asyncio.wait_for(read_server_frame(reader), 10)
+        assert opcode == OPCODE_CLOSE
+    finally:
+        writer.close()
+    await until(lambda: len(server.connections) == 0)
+    await until(lambda: server.store.status().pending == 0)
+    assert await server.shutdown() == 0
+    assert server.store.status().poisoned == 0
+    [row] = fetch_rows(database_url, "SELECT end_state, close_code, close_reason FROM ws_sessions")
+    assert row == {"end_state": "closed", "close_code": 1000, "close_reason": "bye\ufffdnow"}

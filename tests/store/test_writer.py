@@ -143,6 +143,21 @@ async def test_poison_record_is_isolated_logged_and_skipped(
     assert logged.exc_info is not None and sid(999) in logged.getMessage()
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_many_poison_records_cost_one_log_line_per_interval(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make(database_url, tmp_path, batch_size=64, batch_delay=0.01)
+    await store.start()
+    with caplog.at_level(logging.ERROR, logger="tornado_echo.store.writer"):
+        for number in range(20):
+            store.submit(opened(sid(number)))
+            store.submit(dataclasses.replace(closed(sid(number)), messages_in=2**70))
+        await store.close()
+    assert store.status().poisoned == 20
+    assert len([r for r in caplog.records if "refused a record" in r.getMessage()]) == 1
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_outage_spills_to_the_spool_and_replays_exactly_once(
     pg_outage: PgOutage, tmp_path: Path

@@ -21,9 +21,9 @@ from .records import (
     RecordKind,
     SessionClosed,
     SessionOpened,
-    as_row,
     columns,
     split_batch,
+    storable_row,
 )
 
 # Any constant works; it only has to be the same for every tornado-echo process.
@@ -85,7 +85,7 @@ def _copy_value(value: Any) -> str:
 
 def copy_text(records: Sequence[Record]) -> str:
     """COPY text-format lines for the staging table of the records' kind."""
-    return "".join("\t".join(map(_copy_value, as_row(record))) + "\n" for record in records)
+    return "".join("\t".join(map(_copy_value, storable_row(record))) + "\n" for record in records)
 
 
 class PostgresBackend(Backend):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -139,6 +140,20 @@ COLUMN_KINDS.update(field_kinds(MessageReceived))
 def as_row(record: Record) -> tuple[Any, ...]:
     """The record's values in :func:`columns` order (the key first)."""
     return tuple(getattr(record, name) for name in record.__slots__)
+
+
+# Text PostgreSQL refuses (NUL; lone surrogates, which are not UTF-8 at all), and SQLite
+# would store but most readers cut at. Clients choose close reasons, user agents, origins
+# and paths, so each such character is stored as U+FFFD REPLACEMENT CHARACTER.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_row(record: Record) -> tuple[Any, ...]:
+    """:func:`as_row` with every text value made acceptable to every backend."""
+    return tuple(
+        _UNSTORABLE.sub("\ufffd", value) if type(value) is str else value
+        for value in as_row(record)
+    )
 
 
 # What one queued record costs besides its variable-length values: the object, its float

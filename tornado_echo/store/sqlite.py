@@ -17,9 +17,9 @@ from .records import (
     RecordKind,
     SessionClosed,
     SessionOpened,
-    as_row,
     columns,
     split_batch,
+    storable_row,
 )
 
 LOCK_TIMEOUT = 10.0
@@ -43,7 +43,7 @@ CLOSE_SESSION = (
 
 
 def close_params(record: SessionClosed) -> tuple[Any, ...]:
-    key, *values = as_row(record)
+    key, *values = storable_row(record)
     return (*values, key)
 
 
@@ -134,11 +134,11 @@ class SQLiteBackend(Backend):
         conn.execute("BEGIN IMMEDIATE")
         try:
             if opened:
-                conn.executemany(INSERT_SESSION, map(as_row, opened))
+                conn.executemany(INSERT_SESSION, map(storable_row, opened))
             if closed:
                 conn.executemany(CLOSE_SESSION, map(close_params, closed))
             if messages:
-                conn.executemany(INSERT_MESSAGE, map(as_row, messages))
+                conn.executemany(INSERT_MESSAGE, map(storable_row, messages))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

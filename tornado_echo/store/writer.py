@@ -444,10 +444,13 @@ class Store:
         if len(records) == 1:
             with self._state_lock:
                 self._poisoned += 1
-            logger.error(
+                poisoned = self._poisoned
+            self._throttle.log(
+                "poison",
+                logging.ERROR,
                 "store %s refused a record, skipping it (%d so far): %r",
                 self.backend.describe(),
-                self._poisoned,
+                poisoned,
                 records[0],
                 exc_info=exc,
             )
