@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
 import struct
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.helpers import (
     open_raw_websocket,
     read_server_frame,
 )
+from tests.test_cli import start_server
 from tornado_echo.server import Server
 
 CLIENTS = 12
@@ -161,3 +163,51 @@ async def test_a_close_reason_with_nul_is_stored_with_a_replacement_character(
     assert server.store.status().poisoned == 0
     [row] = fetch_rows(database_url, "SELECT end_state, close_code, close_reason FROM ws_sessions")
     assert row == {"end_state": "closed", "close_code": 1000, "close_reason": "bye\ufffdnow"}
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_killed_during_an_outage_loses_nothing_older_than_a_batch_window(
+    tmp_path: Path, pg_outage: PgOutage
+) -> None:
+    """While the database is down, records go to the fsynced spool within a batch window
+    instead of waiting in memory, so SIGKILL then loses nothing that was echoed before."""
+    log = tmp_path / "server.log"
+    settings = {"database_url": pg_outage.url, "journal": "full", "batch_delay": "0.05"}
+    process, port = start_server(tmp_path, log, **settings)
+    try:
+        client = await websocket_connect(f"ws://127.0.0.1:{port}/ws")
+        pg_outage.cut()
+        for number in range(1, 51):
+            await client.write_message(f"m{number}")
+            assert await client.read_message() == f"m{number}"
+
+        async def on_disk() -> bool:
+            response = await AsyncHTTPClient().fetch(
+                f"http://127.0.0.1:{port}/readyz", raise_error=False
+            )
+            store = json.loads(response.body)["store"]
+            return not store["available"] and store["queued"] == 0 and store["spooled"] >= 50
+
+        deadline = time.monotonic() + 20
+        while not await on_disk():
+            assert time.monotonic() < deadline, "records still in memory during the outage"
+            await asyncio.sleep(0.05)
+        process.kill()  # SIGKILL: no shutdown
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    pg_outage.restore()
+    process, _ = start_server(tmp_path, log, **settings)
+    try:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    rows = fetch_rows(pg_outage.url, "SELECT seq, payload FROM ws_messages ORDER BY seq")
+    assert [(r["seq"], bytes(r["payload"])) for r in rows] == [
+        (n, f"m{n}".encode()) for n in range(1, 51)
+    ]
+    [session] = fetch_rows(pg_outage.url, "SELECT end_state FROM ws_sessions")
+    assert session["end_state"] == "crashed"

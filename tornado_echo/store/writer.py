@@ -10,8 +10,10 @@ an event. Everything else runs on two threads:
   ``batch_delay``), spool first, then memory, retrying connection failures with capped
   exponential backoff and bisecting a batch that fails on bad data until the poison record is
   isolated, logged and skipped.
-* the *spooler* keeps memory bounded: records beyond ``queue_limit`` or ``queue_bytes_limit``
-  move, oldest first, to an append-only spool file in ``state_dir`` (fsync off the IOLoop).
+* the *spooler* keeps memory bounded: every batch window (``batch_delay``) records beyond
+  ``queue_limit`` or ``queue_bytes_limit`` move, oldest first, to an append-only spool file in
+  ``state_dir``, fsynced (off the IOLoop). While the database is unavailable *every* record
+  moves there, so a crash (kill -9) during an outage loses at most one batch window.
   Should records come faster than the spool takes them, past twice the byte limit journal
   payloads are shed (the metadata kept, marked truncated, counted). On close, whatever the
   writer could not write before the deadline goes there too, for the next start.
@@ -55,7 +57,6 @@ logger = logging.getLogger(__name__)
 IDLE_PING_INTERVAL = 5.0
 MAX_BACKOFF = 5.0
 FIRST_BACKOFF = 0.1
-SPOOL_CHECK_INTERVAL = 0.05
 SPILL_STEP = 1000  # records moved per hold of the state lock
 DEGRADED_LOG_INTERVAL = 30.0
 # How long start may wait for the database while replaying a leftover spool before failing.
@@ -511,11 +512,11 @@ class Store:
 
     def _spool_run(self) -> None:
         while True:
-            self._overflow.wait(SPOOL_CHECK_INTERVAL)
+            self._overflow.wait(self.batch_delay)
             self._overflow.clear()
             stopping = self._spooler_stop.is_set()
             try:
-                self._spill(stopping)
+                self._spill(everything=stopping or not self._available)
             except Exception:  # task boundary: memory must stay bounded, so keep going
                 logger.critical("store spooler failed; retrying", exc_info=True)
             if stopping:
@@ -548,11 +549,8 @@ class Store:
                 )
         if was_empty:
             logger.warning(
-                "store behind: %s records beyond the memory limits (%d records, %d bytes)"
-                " go to the spool %s",
-                "all" if everything else count,
-                self.queue_limit,
-                self.queue_bytes_limit,
+                "store behind: %s go to the spool %s",
+                "records" if everything else "records beyond the memory limits",
                 self.spool.path,
             )
         try:
