@@ -341,12 +341,14 @@ class ReadyHandler(JsonHandler):
                 "error": store.error,
                 "pending": store.pending,
                 "queued": store.queued,
+                "queued_bytes": store.queued_bytes,
                 "spooled": store.spooled,
                 "spool_bytes": store.spool_bytes,
                 "oldest_pending_age_s": round(store.oldest_pending_age, 3),
                 "written": store.written,
                 "poisoned": store.poisoned,
                 "dropped": store.dropped,
+                "shed": store.shed,
             },
         }
         if self.connections.draining:
@@ -362,7 +364,7 @@ class ReadyHandler(JsonHandler):
             if not store.available:
                 problems.append(f"store unavailable: {store.error}")
             if store.dropped:
-                problems.append(f"{store.dropped} records lost (spool not writable)")
+                problems.append(f"{store.dropped} records lost ({store.loss})")
             self.write_json(200, {"status": "degraded", "reason": "; ".join(problems), **body})
         else:
             self.write_json(200, {"status": "ok", **body})

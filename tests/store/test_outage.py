@@ -20,6 +20,7 @@ from tests.helpers import (
     client_frame,
     fetch_rows,
     make_server,
+    metric,
     open_raw_websocket,
     read_server_frame,
 )
@@ -211,3 +212,31 @@ async def test_killed_during_an_outage_loses_nothing_older_than_a_batch_window(
     ]
     [session] = fetch_rows(pg_outage.url, "SELECT end_state FROM ws_sessions")
     assert session["end_state"] == "crashed"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_spool_deleted_while_running_shows_in_readyz_and_metrics(
+    pg_outage: PgOutage, tmp_path: Path
+) -> None:
+    server = await started(tmp_path, pg_outage.url, journal="full")
+    client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
+    pg_outage.cut()
+    for number in range(20):
+        await client.write_message(f"m{number}")
+        assert await client.read_message() == f"m{number}"
+    await until(lambda: server.store.status().queued == 0 and server.store.status().spooled > 0)
+    lost = server.store.status().spooled
+    server.store.spool.path.unlink()
+    await client.write_message("after")  # the next move to the spool notices
+    assert await client.read_message() == "after"
+    await until(lambda: server.store.status().dropped == lost)
+    pg_outage.restore()
+    await until(lambda: server.store.status().available and server.store.status().pending == 0)
+    code, body = await readyz(server)
+    assert (code, body["status"]) == (200, "degraded")
+    assert body["reason"] == f"{lost} records lost (spool file deleted or damaged while running)"
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/metrics")
+    assert metric(response.body.decode(), "tornado_echo_store_records_lost_total") == lost
+    client.close(1000)
+    await until(lambda: len(server.connections) == 0)
+    assert await server.shutdown() == 0

@@ -289,3 +289,63 @@ async def test_records_of_a_store_that_never_started_are_spooled_not_dropped(
     await later.start()
     await later.close()
     assert_sessions_arrived_once(database_url, 1)
+
+
+async def spool_outage(pg_outage: PgOutage, tmp_path: Path, sessions: int) -> Store:
+    """A started store whose database is down, holding ``sessions`` sessions in its spool."""
+    store = make(pg_outage.url, tmp_path, batch_size=50, batch_delay=0.01)
+    await store.start()
+    pg_outage.cut()
+    for number in range(sessions):
+        for record in session(number):
+            store.submit(record)
+    await wait_for(lambda: store.status().spooled == 5 * sessions)
+    return store
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_spool_deleted_while_running_is_counted_once_and_the_writer_goes_on(
+    pg_outage: PgOutage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await spool_outage(pg_outage, tmp_path, 20)
+    with caplog.at_level(logging.CRITICAL, logger="tornado_echo.store.writer"):
+        store.spool.path.unlink()
+        for number in range(100, 110):
+            for record in session(number):
+                store.submit(record)
+        await wait_for(lambda: store.status().dropped == 100)
+        pg_outage.restore()
+        await wait_for(lambda: store.status().pending == 0 and store.status().available)
+    status = store.status()
+    assert status.running and status.loss == "spool file deleted or damaged while running"
+    await store.close()
+    assert store.status().dropped == 100
+    # What came after the deletion arrived; what went with the file is counted, not written.
+    assert_sessions_arrived_once(pg_outage.url, 10)
+    [logged] = [r for r in caplog.records if "deleted, replaced or cut short" in r.getMessage()]
+    assert "100 pending records LOST" in logged.getMessage()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_spool_cut_short_or_overwritten_while_running_is_counted(
+    pg_outage: PgOutage, tmp_path: Path
+) -> None:
+    store = await spool_outage(pg_outage, tmp_path, 20)
+    lines = store.spool.path.read_bytes().splitlines(keepends=True)
+    # Another program scribbles over lines 10-19, then the file loses its last 30 lines.
+    with store.spool.path.open("r+b") as handle:
+        handle.seek(sum(map(len, lines[:10])))
+        handle.write(b"".join(b"#" * (len(line) - 1) + b"\n" for line in lines[10:20]))
+        handle.truncate(sum(map(len, lines[:70])))
+    store.submit(opened(sid(500)))  # the next move to the spool notices
+    await wait_for(lambda: store.status().dropped == 30)
+    pg_outage.restore()
+    await wait_for(lambda: store.status().pending == 0 and store.status().available)
+    await store.close()
+    assert store.status().dropped == 40  # 30 cut off, 10 unreadable
+    # Lines 0-69 were sessions 0-13 (five records each); 10-19 were sessions 2 and 3.
+    kept = {sid(number) for number in (0, 1, *range(4, 14), 500)}
+    rows = fetch_rows(pg_outage.url, "SELECT id FROM ws_sessions")
+    assert {str(row["id"]) for row in rows} == kept
+    messages = fetch_rows(pg_outage.url, "SELECT count(*) AS n FROM ws_messages")
+    assert messages == [{"n": 3 * 12}]

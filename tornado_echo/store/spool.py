@@ -6,6 +6,10 @@ has taken the lines; when everything is committed the file is truncated to zero.
 leave a torn last line (no newline): :meth:`Spool.open` cuts it off and says so. Re-reading
 lines that were already written is harmless because every database write is idempotent.
 
+The file may be deleted, replaced or cut short behind our back (an operator freeing disk, a
+bad restore): :meth:`Spool.check` notices, says how many pending records went with it, and
+carries on with the file now at the path (created if none).
+
 Not thread-safe: the store serialises every call with its own lock.
 """
 
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import StoreError
+from ..throttle import LogThrottle
 from .records import Record, decode_record, encode_record
 
 logger = logging.getLogger(__name__)
@@ -44,6 +49,7 @@ class Spool:
         self._pending = 0  # records after the committed offset
         # (end offset, time of the first record) per appended chunk: the oldest pending time.
         self._chunks: collections.deque[tuple[int, float]] = collections.deque()
+        self._throttle = LogThrottle(logger)
 
     @property
     def pending(self) -> int:
@@ -78,11 +84,39 @@ class Spool:
             self.close()
             raise StoreError(f"cannot use spool file {self.path}: {exc.strerror}") from None
 
-    def _scan(self) -> None:
+    def check(self) -> int | None:
+        """None while the file at the path is ours and whole; else the pending records lost
+        with it (deleted, replaced or cut short), after taking the file as it now is."""
+        if self._fd < 0:
+            return None
+        try:
+            ours, there = os.fstat(self._fd), os.stat(self.path)
+        except FileNotFoundError:
+            there = None
+        same = there is not None and (there.st_ino, there.st_dev) == (ours.st_ino, ours.st_dev)
+        if same and ours.st_size >= self._size:
+            return None
+        before = self._pending
+        if same:  # cut short in place: what is left after the committed offset survives
+            self._scan(start=min(self._committed, ours.st_size))
+            return max(0, before - self._pending)
+        os.close(self._fd)
+        self._fd = -1
+        try:
+            self.open()  # whatever now is at the path counts as a leftover to replay
+        except StoreError:
+            self._size = self._committed = self._pending = 0
+            self._chunks.clear()
+            raise
+        return before
+
+    def _scan(self, start: int = 0) -> None:
+        """Count the whole lines from ``start`` on as pending; cut off a torn tail."""
         count = 0
         first: float | None = None
-        good = 0
+        good = start
         with open(self.path, "rb") as handle:
+            handle.seek(start)
             for line in handle:
                 if not line.endswith(b"\n"):
                     break
@@ -101,7 +135,7 @@ class Spool:
                 size - good,
             )
             os.ftruncate(self._fd, good)
-        self._size, self._committed, self._pending = good, 0, count
+        self._size, self._committed, self._pending = good, start, count
         self._chunks.clear()
         if count:
             self._chunks.append((good, first or 0.0))
@@ -165,7 +199,13 @@ class Spool:
                 try:
                     records.append(decode_record(line))
                 except StoreError as exc:
-                    logger.error("spool %s: skipping a corrupt line: %s", self.path, exc)
+                    self._throttle.log(
+                        "corrupt",
+                        logging.ERROR,
+                        "spool %s: skipping a corrupt line: %s",
+                        self.path,
+                        exc,
+                    )
         return records, offset, lines
 
     def commit(self, offset: int, lines: int) -> None:

@@ -63,6 +63,7 @@ DEGRADED_LOG_INTERVAL = 30.0
 START_REPLAY_PATIENCE = 5.0
 # Grace for the batch in flight when the drain deadline passes.
 JOIN_GRACE = 1.0
+RESTART_PAUSE = 1.0  # after an unexpected writer failure
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ class StoreStatus:
     spool_bytes: int
     written: int
     poisoned: int  # records the database refused (bad data), logged and skipped
-    dropped: int  # records lost: the spool could not be written (disk full)
+    dropped: int  # records lost: the spool was full, deleted or damaged
+    loss: str | None  # why records were last lost
     shed: int  # journal payloads not kept because memory was full (metadata kept)
     errors: int  # failed database operations (each retried)
     oldest_pending_age: float
@@ -146,6 +148,7 @@ class Store:
         self._written = 0
         self._poisoned = 0
         self._dropped = 0
+        self._loss: str | None = None
         self._shed = 0
         self._errors = 0
         self._throttle = LogThrottle(logger)
@@ -201,10 +204,15 @@ class Store:
             self._overflow.set()
 
     def _late(self, record: Record) -> None:
-        with self._state_lock:
-            self._dropped += 1
-            dropped = self._dropped
+        dropped = self._lose(1, "submitted after the store closed")
         logger.error("store already closed: record lost (%d lost so far): %r", dropped, record)
+
+    def _lose(self, count: int, reason: str) -> int:
+        """Count ``count`` records lost for ``reason``; returns the total lost so far."""
+        with self._state_lock:
+            self._dropped += count
+            self._loss = reason
+            return self._dropped
 
     def status(self) -> StoreStatus:
         now = time.time()
@@ -212,6 +220,7 @@ class Store:
             queued, queued_bytes = len(self._queue), self._queued_bytes
             oldest = [self._queue[0].at] if queued else []
             written, poisoned, dropped = self._written, self._poisoned, self._dropped
+            loss = self._loss
             shed, errors = self._shed, self._errors
         spool_oldest = self.spool.oldest
         if spool_oldest is not None:
@@ -228,6 +237,7 @@ class Store:
             written=written,
             poisoned=poisoned,
             dropped=dropped,
+            loss=loss,
             shed=shed,
             errors=errors,
             oldest_pending_age=max(0.0, now - min(oldest)) if oldest else 0.0,
@@ -315,9 +325,17 @@ class Store:
         self._spooler.start()
         self._started.set_result(None)
         try:
-            self._loop()
-        except Exception:  # task boundary: the writer must never die silently
-            logger.critical("store writer stopped unexpectedly", exc_info=True)
+            while True:
+                try:
+                    self._loop()
+                    return
+                except Exception:  # noqa: BLE001 - task boundary: logged, and the writer goes on
+                    self._throttle.log(
+                        "writer", logging.CRITICAL, "store writer failed; restarting", exc_info=True
+                    )
+                if self._stopping.is_set() and time.monotonic() >= self._drain_until:
+                    return
+                self._stopping.wait(RESTART_PAUSE)
         finally:
             self.backend.close()
 
@@ -376,8 +394,16 @@ class Store:
 
     def _next_batch(self) -> _Batch | None:
         """The oldest pending records: the spool's head, else memory's (peeked). Under lock."""
+        self._check_spool()
         if self.spool.pending:
             records, end, lines = self.spool.read(self.batch_size, self.batch_bytes)
+            if len(records) < lines:
+                dropped = self._lose(lines - len(records), "corrupt lines in the spool file")
+                logger.error(
+                    "spool %s: corrupt lines skipped, %d records lost so far",
+                    self.spool.path,
+                    dropped,
+                )
             return _Batch(records, from_spool=True, end=end, lines=lines)
         with self._state_lock:
             head = self._removed
@@ -392,6 +418,28 @@ class Store:
                 del records[count:]
                 break
         return _Batch(records, from_spool=False, head=head)
+
+    def _check_spool(self) -> None:
+        """Notice a spool file deleted or damaged under us: count, say so, go on. Under lock."""
+        if self._sealed:
+            return
+        try:
+            lost = self.spool.check()
+        except StoreError as exc:
+            self._throttle.log("spool", logging.CRITICAL, "%s", exc)
+            return
+        if lost is None:
+            return
+        dropped = self._lose(lost, "spool file deleted or damaged while running")
+        self._throttle.log(
+            "spool",
+            logging.CRITICAL,
+            "spool %s was deleted, replaced or cut short while running: %d pending records"
+            " LOST (%d lost so far); going on with the file now at that path",
+            self.spool.path,
+            lost,
+            dropped,
+        )
 
     def _finish(self, batch: _Batch) -> None:
         """Remove a written batch from where it was pending. Under lock."""
@@ -529,6 +577,7 @@ class Store:
             count = len(records)
             if not count:
                 return
+            self._check_spool()
             was_empty = self.spool.pending == 0
             before = self.spool.pending
             try:
@@ -538,14 +587,13 @@ class Store:
                 error = OSError(0, f"{type(exc).__name__}: {exc}")
             if error is not None:
                 lost = count - (self.spool.pending - before)
-                with self._state_lock:
-                    self._dropped += lost
+                dropped = self._lose(lost, f"spool not writable: {error.strerror}")
                 logger.critical(
                     "cannot write the spool %s (%s): %d records LOST, %d lost so far",
                     self.spool.path,
                     error.strerror,
                     lost,
-                    self._dropped,
+                    dropped,
                 )
         if was_empty:
             logger.warning(
