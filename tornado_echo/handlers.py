@@ -298,11 +298,12 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
 
 
 class JsonHandler(JsonErrorMixin, tornado.web.RequestHandler):
-    def write_json(self, status: int, body: dict[str, Any]) -> None:
+    def write_json(self, status: int, body: dict[str, Any] | bytes) -> None:
+        """Answer ``body``: a dict, or bytes already serialised (say, off the IOLoop)."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(body))
+        self.finish(body if isinstance(body, bytes) else json.dumps(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self.error_message(status_code, kwargs.get("exc_info"))

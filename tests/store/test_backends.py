@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers import admin_sql, fetch_rows
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, make_backend
+from tornado_echo.store.base import journal_page
 from tornado_echo.store.records import MESSAGE_COLUMNS, SESSION_COLUMNS, Record
 
 
@@ -200,3 +201,20 @@ def test_postgres_dropped_connection_raises_its_cause_then_reconnects(
 def test_postgres_describe_masks_the_password() -> None:
     backend = make_backend("postgresql://echo:hunter2@127.0.0.1:1/echo")
     assert backend.describe() == "postgresql://echo:***@127.0.0.1:1/echo"
+
+
+@pytest.mark.parametrize(
+    ("sizes", "limit", "expected"),
+    [
+        ([], 10, (None, None)),
+        ([(1, 10), (2, 10)], 10, (2, None)),  # everything fits
+        ([(1, 10), (2, 10), (3, 10)], 2, (2, 2)),  # the entry past the limit says "more"
+        ([(1, 60), (2, 40), (3, 1)], 10, (2, 2)),  # 60 + 40 = 100 fits, one byte more not
+        ([(1, 500), (2, 1)], 10, (1, 1)),  # one entry over the bound still comes alone
+        ([(5, None), (6, None)], 10, (6, None)),  # meta journal: no payload bytes
+    ],
+)
+def test_journal_page_bounds_entries_and_bytes(
+    sizes: list[tuple[int, int | None]], limit: int, expected: tuple[int | None, int | None]
+) -> None:
+    assert journal_page(sizes, limit, 100) == expected

@@ -15,12 +15,15 @@ from __future__ import annotations
 import abc
 import datetime
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from .records import COLUMN_KINDS, Record
 
+# Payload bytes per journal page: a session's journal can be far larger than any answer.
+JOURNAL_BYTES = 4 * 1024 * 1024
 SCHEMA_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
@@ -71,8 +74,17 @@ class Backend(abc.ABC):
         """The ``limit`` most recently opened sessions (opened at or after ``since``)."""
 
     @abc.abstractmethod
-    def get_session(self, session_id: str, journal_limit: int) -> dict[str, Any] | None:
-        """One session with up to ``journal_limit`` journal entries (key ``journal``)."""
+    def get_session(
+        self,
+        session_id: str,
+        journal_limit: int,
+        journal_after: int = 0,
+        journal_bytes: int = JOURNAL_BYTES,
+    ) -> dict[str, Any] | None:
+        """One session with a page of its journal: up to ``journal_limit`` entries after
+        sequence number ``journal_after`` holding at most ``journal_bytes`` of payload (at
+        least one entry), under ``journal``; ``journal_next`` is the ``journal_after`` of the
+        next page, None after the last."""
 
     @abc.abstractmethod
     def mark_crashed(self, server_id: str, now: float) -> int:
@@ -85,6 +97,25 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Drop the connection; idempotent."""
+
+
+def journal_page(
+    sizes: Sequence[tuple[int, int | None]], limit: int, max_bytes: int
+) -> tuple[int | None, int | None]:
+    """Where a journal page ends: (last seq in it, next page's cursor or None).
+
+    ``sizes`` are (seq, payload bytes) of up to ``limit + 1`` entries after the cursor, in
+    order. The page keeps ``limit`` entries at most, and stops before the entry whose payload
+    would take it over ``max_bytes``, except that it always holds one entry.
+    """
+    last = None
+    total = 0
+    for count, (seq, size) in enumerate(sizes):
+        total += size or 0
+        if count == limit or (count and total > max_bytes):
+            return last, last
+        last = seq
+    return last, None
 
 
 def iso_utc(value: float | datetime.datetime | None) -> str | None:

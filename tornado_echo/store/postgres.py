@@ -12,7 +12,7 @@ import psycopg2
 import psycopg2.extensions
 
 from ..config import mask_url
-from .base import Backend, load_migrations, row_dict
+from .base import JOURNAL_BYTES, Backend, journal_page, load_migrations, row_dict
 from .records import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
@@ -196,17 +196,32 @@ class PostgresBackend(Backend):
                 )
             return [row_dict(SESSION_COLUMNS, row) for row in cur.fetchall()]
 
-    def get_session(self, session_id: str, journal_limit: int) -> dict[str, Any] | None:
+    def get_session(
+        self,
+        session_id: str,
+        journal_limit: int,
+        journal_after: int = 0,
+        journal_bytes: int = JOURNAL_BYTES,
+    ) -> dict[str, Any] | None:
         with self._transaction() as cur:
             cur.execute(SELECT_SESSIONS + " WHERE id = %s::uuid", (session_id,))
             row = cur.fetchone()
             if row is None:
                 return None
             session = row_dict(SESSION_COLUMNS, row)
+            # Sizes first (octet_length reads no TOASTed payload), then the payloads that fit.
+            cur.execute(
+                "SELECT seq, octet_length(payload) FROM ws_messages"
+                " WHERE session_id = %s::uuid AND seq > %s ORDER BY seq LIMIT %s",
+                (session_id, journal_after, journal_limit + 1),
+            )
+            last, session["journal_next"] = journal_page(
+                cur.fetchall(), journal_limit, journal_bytes
+            )
             cur.execute(
                 "SELECT " + ", ".join(MESSAGE_COLUMNS) + " FROM ws_messages"
-                " WHERE session_id = %s::uuid ORDER BY seq LIMIT %s",
-                (session_id, journal_limit),
+                " WHERE session_id = %s::uuid AND seq > %s AND seq <= %s ORDER BY seq",
+                (session_id, journal_after, -1 if last is None else last),
             )
             session["journal"] = [row_dict(MESSAGE_COLUMNS, m) for m in cur.fetchall()]
             return session

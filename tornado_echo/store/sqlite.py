@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from .base import Backend, load_migrations, row_dict
+from .base import JOURNAL_BYTES, Backend, journal_page, load_migrations, row_dict
 from .records import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
@@ -159,16 +159,29 @@ class SQLiteBackend(Backend):
             )
         return [row_dict(SESSION_COLUMNS, row) for row in rows]
 
-    def get_session(self, session_id: str, journal_limit: int) -> dict[str, Any] | None:
+    def get_session(
+        self,
+        session_id: str,
+        journal_limit: int,
+        journal_after: int = 0,
+        journal_bytes: int = JOURNAL_BYTES,
+    ) -> dict[str, Any] | None:
         conn = self._connection()
         row = conn.execute(SELECT_SESSIONS + " WHERE id = ?", (session_id,)).fetchone()
         if row is None:
             return None
         session = row_dict(SESSION_COLUMNS, row)
-        messages = conn.execute(
-            "SELECT " + ", ".join(MESSAGE_COLUMNS) + " FROM ws_messages WHERE session_id = ?"
+        # Sizes first (length() of a blob reads no payload), then the payloads that fit.
+        sizes = conn.execute(
+            "SELECT seq, length(payload) FROM ws_messages WHERE session_id = ? AND seq > ?"
             " ORDER BY seq LIMIT ?",
-            (session_id, journal_limit),
+            (session_id, journal_after, journal_limit + 1),
+        ).fetchall()
+        last, session["journal_next"] = journal_page(sizes, journal_limit, journal_bytes)
+        messages = conn.execute(
+            "SELECT " + ", ".join(MESSAGE_COLUMNS) + " FROM ws_messages"
+            " WHERE session_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
+            (session_id, journal_after, -1 if last is None else last),
         )
         session["journal"] = [row_dict(MESSAGE_COLUMNS, message) for message in messages]
         return session
