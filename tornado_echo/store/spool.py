@@ -165,7 +165,12 @@ class Spool:
             try:
                 os.ftruncate(self._fd, self._size + kept_bytes)
             except OSError:
-                logger.critical("spool %s: cannot cut back a failed append", self.path)
+                self._throttle.log(
+                    "cut-back",
+                    logging.CRITICAL,
+                    "spool %s: cannot cut back a failed append",
+                    self.path,
+                )
         if kept:
             self._chunks.append((self._size + kept_bytes, records[0].at))
             self._size += kept_bytes

@@ -582,13 +582,21 @@ class Store:
             before = self.spool.pending
             try:
                 error: OSError | None = self.spool.append(records)
-            except Exception as exc:  # an unencodable record: count the loss, keep spooling
-                logger.critical("cannot encode records for the spool", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - an unencodable record: count, keep spooling
+                self._throttle.log(
+                    "spool-encode",
+                    logging.CRITICAL,
+                    "cannot encode records for the spool",
+                    exc_info=True,
+                )
                 error = OSError(0, f"{type(exc).__name__}: {exc}")
             if error is not None:
                 lost = count - (self.spool.pending - before)
                 dropped = self._lose(lost, f"spool not writable: {error.strerror}")
-                logger.critical(
+                # A full disk fails every move: once per interval, with the running count.
+                self._throttle.log(
+                    "spool-write",
+                    logging.CRITICAL,
                     "cannot write the spool %s (%s): %d records LOST, %d lost so far",
                     self.spool.path,
                     error.strerror,
@@ -604,7 +612,13 @@ class Store:
         try:
             self.spool.sync()
         except OSError as exc:
-            logger.critical("cannot fsync the spool %s: %s", self.spool.path, exc.strerror)
+            self._throttle.log(
+                "spool-sync",
+                logging.CRITICAL,
+                "cannot fsync the spool %s: %s",
+                self.spool.path,
+                exc.strerror,
+            )
 
     def _take_overflow(self, everything: bool) -> list[Record]:
         """Remove from the head of memory what is over its limits (or everything)."""
