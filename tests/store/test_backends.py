@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -169,13 +171,40 @@ def test_mark_crashed_touches_only_this_servers_open_sessions(database_url: str)
     }
 
 
+def open_connections(database_url: str) -> int:
+    """tornado-echo's connections to this database: PostgreSQL backends, or this process's
+    file descriptors on the SQLite file."""
+    if database_url.startswith("sqlite:///"):
+        path = os.path.realpath(database_url[len("sqlite:///") :])
+        fds = Path("/proc/self/fd").iterdir()
+        return sum(1 for fd in fds if os.path.realpath(fd) == path)
+    [row] = fetch_rows(
+        database_url,
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'tornado-echo'"
+        f" AND datname = '{urlsplit(database_url).path[1:]}'",
+    )
+    return int(row["n"])
+
+
+def assert_connections(database_url: str, expected: int) -> None:
+    # A PostgreSQL backend leaves pg_stat_activity a moment after its client hangs up.
+    deadline = time.monotonic() + 5
+    while open_connections(database_url) != expected:
+        assert time.monotonic() < deadline, f"not {expected} connections"
+        time.sleep(0.01)
+
+
 def test_ping_and_reconnect(database_url: str) -> None:
     backend = make_backend(database_url)
     backend.connect()
     backend.ping()
+    assert_connections(database_url, 1)
     backend.close()
+    assert_connections(database_url, 0)
     backend.ping()  # reconnects on demand
+    assert_connections(database_url, 1)
     backend.close()
+    assert_connections(database_url, 0)
 
 
 def test_postgres_dropped_connection_raises_its_cause_then_reconnects(
