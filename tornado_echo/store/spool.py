@@ -10,7 +10,9 @@ The file may be deleted, replaced or cut short behind our back (an operator free
 bad restore): :meth:`Spool.check` notices, says how many pending records went with it, and
 carries on with the file now at the path (created if none).
 
-Not thread-safe: the store serialises every call with its own lock.
+Not thread-safe: the store serialises every call with its own lock. Only the read-only
+properties (:attr:`pending`, :attr:`pending_bytes`, :attr:`oldest`) are read without it, for
+status snapshots: a moment old at worst, never negative.
 """
 
 from __future__ import annotations
@@ -62,12 +64,15 @@ class Spool:
 
     @property
     def pending_bytes(self) -> int:
-        return self._size - self._committed
+        return max(0, self._size - self._committed)  # two reads: see the module doc
 
     @property
     def oldest(self) -> float | None:
         """Wall time of the oldest pending record (chunk resolution), None when empty."""
-        return self._chunks[0][1] if self._chunks else None
+        try:  # read without the lock (see the module doc): the deque may empty meanwhile
+            return self._chunks[0][1]
+        except IndexError:
+            return None
 
     def open(self) -> None:
         """Open (creating) the file and count what a previous run left; idempotent.
