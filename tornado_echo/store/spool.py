@@ -94,9 +94,10 @@ class Spool:
         with it (deleted, replaced or cut short), after taking the file as it now is."""
         if self._fd < 0:
             return None
+        ours = os.fstat(self._fd)
         try:
-            ours, there = os.fstat(self._fd), os.stat(self.path)
-        except FileNotFoundError:
+            there: os.stat_result | None = os.stat(self.path)
+        except OSError:  # gone, or its directory no longer ours to read: use a new file
             there = None
         same = there is not None and (there.st_ino, there.st_dev) == (ours.st_ino, ours.st_dev)
         if same and ours.st_size >= self._size:

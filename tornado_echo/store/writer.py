@@ -399,7 +399,9 @@ class Store:
             records, end, lines = self.spool.read(self.batch_size, self.batch_bytes)
             if len(records) < lines:
                 dropped = self._lose(lines - len(records), "corrupt lines in the spool file")
-                logger.error(
+                self._throttle.log(
+                    "spool-corrupt",
+                    logging.ERROR,
                     "spool %s: corrupt lines skipped, %d records lost so far",
                     self.spool.path,
                     dropped,
@@ -424,11 +426,13 @@ class Store:
         if self._sealed:
             return
         try:
+            if not self.spool.is_open:  # a previous check could not recreate it
+                self.spool.open()
             lost = self.spool.check()
         except StoreError as exc:
             self._throttle.log("spool", logging.CRITICAL, "%s", exc)
             return
-        if lost is None:
+        if not lost:  # intact, or nothing pending went with it
             return
         dropped = self._lose(lost, "spool file deleted or damaged while running")
         self._throttle.log(
@@ -604,7 +608,9 @@ class Store:
                     dropped,
                 )
         if was_empty:
-            logger.warning(
+            self._throttle.log(
+                "behind",
+                logging.WARNING,
                 "store behind: %s go to the spool %s",
                 "records" if everything else "records beyond the memory limits",
                 self.spool.path,
