@@ -37,6 +37,7 @@ class _Synced:
     store_written: int = 0
     store_errors: int = 0
     store_lost: int = 0
+    store_shed: int = 0
 
 
 class Metrics:
@@ -109,6 +110,11 @@ class Metrics:
         self.store_lost = Counter(
             "tornado_echo_store_records_lost", "Records that could not be kept", registry=registry
         )
+        self.store_shed = Counter(
+            "tornado_echo_store_payloads_shed",
+            "Journal payloads not kept (metadata kept) because store memory was full",
+            registry=registry,
+        )
         self.batch_seconds = Histogram(
             "tornado_echo_store_batch_seconds",
             "Time to write one batch",
@@ -143,7 +149,8 @@ class Metrics:
         self.store_errors.inc(status.errors - synced.store_errors)
         self.store_lost.inc(status.dropped - synced.store_lost)
         synced.store_written, synced.store_errors = status.written, status.errors
-        synced.store_lost = status.dropped
+        self.store_shed.inc(status.shed - synced.store_shed)
+        synced.store_lost, synced.store_shed = status.dropped, status.shed
 
     def exposition(self) -> bytes:
         """The text format for a scrape: this process, or every worker in multiprocess mode."""

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from tornado.websocket import websocket_connect
 
-from tests.helpers import PgOutage, fetch_rows, make_server
+from tests.helpers import PgOutage, fetch_rows, make_server, metric
 from tests.store.test_writer import make, sid
+from tornado_echo.connections import Connections
+from tornado_echo.metrics import Metrics
 from tornado_echo.store import MessageReceived
 from tornado_echo.store.records import RECORD_OVERHEAD
 
@@ -40,6 +42,9 @@ def test_past_twice_the_byte_limit_payloads_are_shed_and_counted(tmp_path: Path)
     assert status.queued_bytes <= 2 * MiB
     assert status.shed == 7  # the first three fit under 2 MiB
     assert status.dropped == 0  # their metadata is kept
+    metrics = Metrics()
+    metrics.refresh(Connections(), store)
+    assert metric(metrics.exposition().decode(), "tornado_echo_store_payloads_shed_total") == 7
 
 
 class LoopLag:
