@@ -333,9 +333,12 @@ class Store:
                     self._throttle.log(
                         "writer", logging.CRITICAL, "store writer failed; restarting", exc_info=True
                     )
-                if self._stopping.is_set() and time.monotonic() >= self._drain_until:
+                if not self._stopping.is_set():
+                    self._stopping.wait(RESTART_PAUSE)
+                elif time.monotonic() < self._drain_until:
+                    time.sleep(FIRST_BACKOFF)  # close() waits for us: retry, but not in a spin
+                else:
                     return
-                self._stopping.wait(RESTART_PAUSE)
         finally:
             self.backend.close()
 
