@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -83,6 +84,39 @@ def table_columns(database_url: str, table: str) -> list[str]:
         f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}'",
     )
     return [row["column_name"] for row in rows]
+
+
+def test_a_version_1_database_with_journal_rows_is_upgraded_in_place(database_url: str) -> None:
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+    backend.write([opened(SID), MessageReceived(SID, 1, time.time(), 2, 3, b"abc")])
+    backend.close()
+    for sql in (
+        "ALTER TABLE ws_messages DROP COLUMN truncated",
+        "DELETE FROM schema_version WHERE version = 2",
+    ):
+        execute(database_url, sql)
+    backend.connect()
+    assert backend.migrate() == [2]
+    backend.write([MessageReceived(SID, 2, time.time(), 2, 9000, b"def", truncated=True)])
+    session = backend.get_session(SID, 10)
+    backend.close()
+    assert session is not None
+    assert [(j["seq"], j["size"], j["truncated"]) for j in session["journal"]] == [
+        (1, 3, False),
+        (2, 9000, True),
+    ]
+
+
+def execute(database_url: str, sql: str) -> None:
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url[len("sqlite:///") :])
+        with conn:
+            conn.execute(sql)
+        conn.close()
+    else:
+        admin_sql(database_url, sql)
 
 
 def test_concurrent_migrations_apply_once(database_url: str) -> None:
