@@ -362,3 +362,25 @@ async def test_spool_cut_short_or_overwritten_while_running_is_counted(
     assert {str(row["id"]) for row in rows} == kept
     messages = fetch_rows(pg_outage.url, "SELECT count(*) AS n FROM ws_messages")
     assert messages == [{"n": 3 * 12}]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_spool_path_unusable_for_a_while_costs_only_what_it_counts(
+    pg_outage: PgOutage, tmp_path: Path
+) -> None:
+    store = await spool_outage(pg_outage, tmp_path, 20)
+    store.spool.path.unlink()
+    store.spool.path.mkdir()  # nothing can be spooled at that path now
+    for record in session(100):
+        store.submit(record)
+    await wait_for(lambda: store.status().dropped == 100 + 5)
+    assert store.status().running
+    store.spool.path.rmdir()  # usable again: the store reopens it
+    for record in session(101):
+        store.submit(record)
+    await wait_for(lambda: store.status().spooled == 5)
+    pg_outage.restore()
+    await wait_for(lambda: store.status().pending == 0 and store.status().available)
+    await store.close()
+    assert store.status().dropped == 105
+    assert_sessions_arrived_once(pg_outage.url, 1)

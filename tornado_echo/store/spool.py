@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -91,7 +93,8 @@ class Spool:
 
     def check(self) -> int | None:
         """None while the file at the path is ours and whole; else the pending records lost
-        with it (deleted, replaced or cut short), after taking the file as it now is."""
+        with it (deleted, replaced or cut short), after taking the file as it now is (left
+        closed if the path cannot be opened: see :attr:`is_open`)."""
         if self._fd < 0:
             return None
         ours = os.fstat(self._fd)
@@ -108,12 +111,10 @@ class Spool:
             return max(0, before - self._pending)
         os.close(self._fd)
         self._fd = -1
-        try:
+        self._size = self._committed = self._pending = 0
+        self._chunks.clear()
+        with contextlib.suppress(StoreError):  # still closed: the store retries open()
             self.open()  # whatever now is at the path counts as a leftover to replay
-        except StoreError:
-            self._size = self._committed = self._pending = 0
-            self._chunks.clear()
-            raise
         return before
 
     def _scan(self, start: int = 0) -> None:
@@ -155,6 +156,8 @@ class Spool:
         """
         if not records:
             return None
+        if self._fd < 0:
+            return OSError(errno.EBADF, "spool file not open")
         lines = [encode_record(record) for record in records]
         ends = list(itertools.accumulate(map(len, lines)))
         view = memoryview(b"".join(lines))
