@@ -174,7 +174,7 @@ async def test_killed_during_an_outage_loses_nothing_older_than_a_batch_window(
     instead of waiting in memory, so SIGKILL then loses nothing that was echoed before."""
     log = tmp_path / "server.log"
     settings = {"database_url": pg_outage.url, "journal": "full", "batch_delay": "0.05"}
-    process, port = start_server(tmp_path, log, **settings)
+    process, port = await start_server(tmp_path, log, **settings)
     try:
         client = await websocket_connect(f"ws://127.0.0.1:{port}/ws")
         pg_outage.cut()
@@ -199,7 +199,7 @@ async def test_killed_during_an_outage_loses_nothing_older_than_a_batch_window(
         if process.poll() is None:
             process.kill()
     pg_outage.restore()
-    process, _ = start_server(tmp_path, log, **settings)
+    process, _ = await start_server(tmp_path, log, **settings)
     try:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
