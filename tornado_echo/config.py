@@ -58,6 +58,14 @@ def _ws_path(value: Any) -> str | None:
     return None if value.startswith("/") and " " not in value else "must be a path starting with /"
 
 
+def _console_path(value: Any) -> str | None:
+    # A directory-like path: the page's relative links (assets, figures, the WebSocket)
+    # resolve against it.
+    if value.startswith("/") and value.endswith("/") and " " not in value:
+        return None
+    return "must be a path starting and ending with /"
+
+
 def _database_url(value: Any) -> str | None:
     scheme = value.split(":", 1)[0]
     if scheme == "sqlite" and value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
@@ -85,6 +93,8 @@ class Config:
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8080, "TCP port to listen on (0 lets the OS pick)", _between(0, 65535))
     ws_path: str = _opt("/ws", "URL path of the WebSocket echo endpoint", _ws_path)
+    console: bool = _opt(True, "serve the web console (echo console and live server view)")
+    console_path: str = _opt("/", "URL path of the web console page", _console_path)
     allowed_origins: tuple[str, ...] = _opt(
         (), "browser Origins allowed besides same-host ones ('*' allows all)", _origins
     )
