@@ -245,7 +245,8 @@
     const span = 300 * history.every_s;
     const end = points[points.length - 1][0];
     const values = points.map((p) => p[column]);
-    const top = Math.max(1, ...values);
+    const peak = Math.max(...values);
+    const top = Math.max(1, peak);
     const pad = 4 * ratio;
     const x = (t) => width - ((end - t) / span) * width;
     const y = (v) => height - pad - (v / top) * (height - 2 * pad - 12 * ratio);
@@ -261,9 +262,10 @@
     ctx.fill();
     ctx.fillStyle = "#57606a";
     ctx.font = `${11 * ratio}px system-ui, sans-serif`;
-    ctx.fillText(`max ${rate(top)}/s`, pad, 11 * ratio);
-    const last = values[values.length - 1];
-    canvas.setAttribute("aria-label", `Messages per second over the last ${Math.round((end - points[0][0]) / 60)} minutes: now ${rate(last)}, at most ${rate(top)}`);
+    ctx.fillText(`max ${rate(peak)}/s`, pad, 11 * ratio);
+    const minutes = Math.max(1, Math.round((end - points[0][0]) / 60));
+    canvas.setAttribute("aria-label", `Messages per second over the last ${minutes} min: now ${rate(values[values.length - 1])}, at most ${rate(peak)}`);
+    canvas.dataset.peak = String(peak);
   }
 
   function showFigures(f) {
