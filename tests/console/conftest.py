@@ -7,7 +7,11 @@ never looks for (or downloads) a browser or a driver.
 
 from __future__ import annotations
 
+import re
 import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as DriverService
 
 from tests.helpers import BASE_CONF, Service, start_service
+from tests.test_nginx import NGINX, NGINX_CONF, free_port, write_nginx_conf
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -85,3 +90,41 @@ def serve(tmp_path: Path, services: list[Service], engine: str | None) -> Callab
         return service
 
     return start
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Callable[[int], int]]:
+    """Runs the shipped conf/nginx.conf in front of a backend port; returns nginx's port."""
+    if NGINX is None:
+        pytest.skip("nginx not installed (Debian package 'nginx-light' or 'nginx')")
+    running: list[subprocess.Popen[str]] = []
+
+    def start(backend: int) -> int:
+        assert NGINX is not None
+        text = NGINX_CONF.read_text()
+        text = re.sub(r"^\s*server 127\.0\.0\.1:8082 .*\n", "", text, flags=re.MULTILINE)
+        text = text.replace("server 127.0.0.1:8081", f"server 127.0.0.1:{backend}")
+        port = free_port()
+        prefix = tmp_path / "nginx"
+        prefix.mkdir()
+        conf = write_nginx_conf(text, prefix, port)
+        process = subprocess.Popen(
+            [NGINX, "-p", str(prefix), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
+            stderr=(prefix / "stderr").open("w"),
+            text=True,
+        )
+        running.append(process)
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, (prefix / "stderr").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return port
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not listen within 30 s"
+                time.sleep(0.05)
+
+    yield start
+    for process in running:
+        process.terminate()
+        process.wait(30)

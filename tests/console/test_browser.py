@@ -195,3 +195,27 @@ def test_server_shutdown_shows_going_away(browser: webdriver.Chrome, serve: Any)
     assert text(browser, "close") == "1001 server shutting down"
     assert service.wait_exit() == 0
     wait(browser, lambda d: "server unreachable" in text(d, "live-status"))
+
+
+def test_behind_the_shipped_nginx_conf(
+    browser: webdriver.Chrome, serve: Any, nginx: Callable[[int], int]
+) -> None:
+    service = serve(behind_proxy="true", admin_token='"s3cret"')  # as conf/production.toml
+    port = nginx(service.port)
+    browser.get(f"http://127.0.0.1:{port}/")
+    wait(browser, lambda d: text(d, "live-status").startswith("updated"))
+    assert browser.find_element(By.ID, "url").get_attribute("value") == f"ws://127.0.0.1:{port}/ws"
+    connect_page(browser)
+    assert text(browser, "extensions").startswith("permessage-deflate")
+    browser.find_element(By.ID, "message").send_keys("through nginx", Keys.CONTROL, Keys.ENTER)
+    (echo,) = echoes(browser, 1)
+    assert echo.get_attribute("data-equal") == "true"
+
+    # Sessions are asked for only once a token is given. (Who may see them is tested in
+    # test_handlers: this browser is a loopback peer, through nginx too.)
+    browser.find_element(By.CSS_SELECTOR, "#admin summary").click()
+    assert not browser.find_element(By.ID, "sessions").is_displayed()
+    browser.find_element(By.ID, "token").send_keys("s3cret", Keys.ENTER)
+    wait(browser, lambda d: d.find_element(By.ID, "sessions").is_displayed())
+    assert "127.0.0.1" in text(browser, "sessions")  # the proxied peer: this browser
+    assert severe(browser) == []
