@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from selenium import webdriver
@@ -23,6 +24,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from websockets.sync.client import connect
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests/
 from tests.console.conftest import CHROMIUM_FLAGS
 
 SECONDS = 30
