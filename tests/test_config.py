@@ -85,6 +85,7 @@ FILE_ERRORS = [
     ('log_level = "loud"\n', "key 'log_level': must be one of debug, info, warning, error"),
     ('ws_path = "ws"\n', "key 'ws_path': must be a path starting with /, got 'ws'"),
     ('console_path = "/c"\n', "key 'console_path': must be a path starting and ending with /"),
+    ('console_path = "/a b/"\n', "key 'console_path': must be a path starting and ending with /"),
     ('database_url = "mysql://x"\n', "key 'database_url': must be sqlite:///PATH or postgresql"),
     ("allowed_origins = [1]\n", "key 'allowed_origins': expected a list of strings"),
     ('allowed_origins = ["evil"]\n', "entry 'evil' must be '*' or an origin"),

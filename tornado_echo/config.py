@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,10 +61,11 @@ def _ws_path(value: Any) -> str | None:
 
 def _console_path(value: Any) -> str | None:
     # A directory-like path: the page's relative links (assets, figures, the WebSocket)
-    # resolve against it.
-    if value.startswith("/") and value.endswith("/") and " " not in value:
+    # resolve against it. Plain characters only, as it becomes a route and a proxy rule.
+    plain = re.fullmatch(r"/([A-Za-z0-9._~-]+/)*", value) is not None
+    if plain and not {".", ".."} & set(value.split("/")):
         return None
-    return "must be a path starting and ending with /"
+    return "must be a path starting and ending with / (letters, digits, . _ ~ -)"
 
 
 def _database_url(value: Any) -> str | None:
