@@ -68,13 +68,17 @@ def console_routes(config: Config, live_kwargs: dict[str, Any]) -> list[Any]:
     return routes
 
 
-class ConsolePage(tornado.web.RequestHandler):
-    def initialize(self, ws_path: str) -> None:
-        self.ws_path = ws_path
-
+class _Secured(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
+
+
+class ConsolePage(_Secured, JsonHandler):
+    """The page, with the WebSocket path filled in; errors (a POST, say) as JSON."""
+
+    def initialize(self, ws_path: str) -> None:
+        self.ws_path = ws_path
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -82,12 +86,8 @@ class ConsolePage(tornado.web.RequestHandler):
         self.finish(render_page(self.ws_path))
 
 
-class ConsoleAsset(JsonHandler, tornado.web.StaticFileHandler):
+class ConsoleAsset(_Secured, JsonHandler, tornado.web.StaticFileHandler):
     """The page's script, style and icon from the package; JSON errors like every handler."""
-
-    def set_default_headers(self) -> None:
-        for name, value in SECURITY_HEADERS.items():
-            self.set_header(name, value)
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")
