@@ -179,6 +179,7 @@ def test_counters_move_when_traffic_runs(browser: webdriver.Chrome, serve: Any) 
         wait(browser, lambda d: number(d, "msg-rate") > 0)  # the last second's rate
         wait(browser, lambda d: number(d, "messages") >= 30)
         wait(browser, lambda d: number(d, "chart", "data-peak") > 0)
+        wait(browser, lambda d: text(d, "lag").endswith(" ms"))
     wait(browser, lambda d: text(d, "open") == "0")
     wait(browser, lambda d: "1000 normal closed 3" in text(d, "close-codes"))
     assert "accepted 3" in text(browser, "handshakes")

@@ -320,6 +320,11 @@
 
   async function poll() {
     const status = $("live-status");
+    if (document.hidden) {
+      // A tab nobody looks at asks for nothing; it catches up when shown again.
+      window.setTimeout(poll, POLL_MS);
+      return;
+    }
     try {
       const headers = token ? { Authorization: `Bearer ${token}` } : {};
       const answer = await fetch("console/live", { headers, cache: "no-store" });
