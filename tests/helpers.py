@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
 import os
 import re
+import resource
 import socket
 import sqlite3
 import struct
@@ -24,6 +26,7 @@ from tornado_echo.config import Config
 from tornado_echo.server import Server
 
 SERVER_ID = "test-host:0:0"
+SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
 
 
 def fetch_rows(database_url: str, sql: str) -> list[dict[str, Any]]:
@@ -45,10 +48,15 @@ def fetch_rows(database_url: str, sql: str) -> list[dict[str, Any]]:
 
 
 async def raw_http(
-    port: int, request: bytes, timeout: float = 5.0
+    port: int, request: bytes, timeout: float = 5.0, source: str | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    """Send exactly ``request`` bytes; return (status, lower-cased headers, body)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """Send exactly ``request`` bytes; return (status, lower-cased headers, body).
+
+    ``source``: the local address to connect from (default: the kernel's choice, loopback).
+    """
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, local_addr=None if source is None else (source, 0)
+    )
     try:
         writer.write(request)
         await writer.drain()
@@ -80,6 +88,25 @@ def upgrade_request(path: str = "/ws", method: str = "GET", **overrides: str | N
     lines = [f"{method} {path} HTTP/1.1"]
     lines += [f"{name}: {value}" for name, value in headers.items() if value is not None]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def own_ipv4_address() -> str | None:
+    """A non-loopback IPv4 address of this machine, or None. Connecting from it to
+    127.0.0.1 stays on this machine yet shows the server a non-loopback peer."""
+    for _, name in socket.if_nameindex():
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            packed = fcntl.ioctl(
+                probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15])
+            )
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        address = socket.inet_ntoa(packed[20:24])
+        if not address.startswith("127."):
+            return address
+    return None
 
 
 def json_body(body: bytes) -> Any:
@@ -150,7 +177,10 @@ class Service:
         return self.process.wait(timeout)
 
 
-def start_service(tmp_path: Path, conf_text: str, watchdog_usec: int | None = None) -> Service:
+def start_service(
+    tmp_path: Path, conf_text: str, watchdog_usec: int | None = None, nofile: int | None = None
+) -> Service:
+    """The server as a process; ``nofile`` caps its RLIMIT_NOFILE (soft and hard)."""
     conf = tmp_path / "echo.toml"
     conf.write_text(conf_text)
     notify_path = str(tmp_path / "notify.sock")
@@ -168,6 +198,9 @@ def start_service(tmp_path: Path, conf_text: str, watchdog_usec: int | None = No
             env=env,
             stderr=sink,
             text=True,
+            preexec_fn=None
+            if nofile is None
+            else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )
     service = Service(process, 0, conf, log, notify)
     service.messages("READY=1")

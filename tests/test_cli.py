@@ -63,6 +63,16 @@ def test_config_errors_are_one_line_and_exit_2(
     assert "Traceback" not in result.stderr
 
 
+def test_a_conf_file_that_is_not_utf8_exits_2_with_one_line(tmp_path: Path) -> None:
+    conf = tmp_path / "echo.toml"
+    conf.write_bytes(b"port = 80\xe9\n")
+    result = run_cli("--config", str(conf), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"tornado-echo: config error: {conf}: not UTF-8 text: byte 0xe9 at line 1, column 10\n"
+    )
+
+
 def test_unknown_flag_exits_2_without_traceback(tmp_path: Path) -> None:
     result = run_cli("--colour", "blue", cwd=tmp_path)
     assert result.returncode == 2

@@ -28,6 +28,9 @@ from tornado_echo.handlers import EchoWebSocket
 from tornado_echo.metrics import Metrics
 from tornado_echo.store import Store
 
+# Every test here runs on each engine (tests/conftest.py, fixture "engine").
+pytestmark = pytest.mark.usefixtures("engine")
+
 # -- echo ---------------------------------------------------------------------------------
 
 

@@ -9,6 +9,8 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from tests.helpers import fetch_rows, make_server, raw_http, upgrade_request
+from tornado_echo.config import build_config
+from tornado_echo.server import Server
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -80,3 +82,40 @@ async def test_second_sigint_forces_exit(tmp_path: Path, sqlite_url: str) -> Non
     server.request_exit(signal.SIGINT)
     assert await asyncio.wait_for(shutting_down, 5) == 1
     writer.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_ws_path_is_a_literal_path(tmp_path: Path, sqlite_url: str) -> None:
+    server = make_server(tmp_path, sqlite_url, ws_path="/ws(")
+    await server.start()
+    try:
+        client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws(")
+        await client.write_message("literal")
+        assert await client.read_message() == "literal"
+        client.close()
+        assert (await raw_http(server.port, upgrade_request("/ws")))[0] == 404
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_reload_of_a_conf_file_that_is_not_utf8_is_refused(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "echo.toml"
+    conf.write_text(f'database_url = "{sqlite_url}"\nstate_dir = "{tmp_path}"\nport = 0\n')
+    config, _ = build_config(str(conf), {})
+    server = Server(config, reload_config=lambda: build_config(str(conf), {})[0])
+    await server.start()
+    try:
+        client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
+        conf.write_bytes(conf.read_bytes() + b"max_connections = 1\xff\n")
+        assert await server.reload() is False
+        assert server.config is config
+        assert f"{conf}: not UTF-8 text: byte 0xff at line 4" in caplog.text
+        await client.write_message("still here")
+        assert await client.read_message() == "still here"
+        client.close()
+    finally:
+        await server.shutdown()
+    assert "Traceback" not in caplog.text

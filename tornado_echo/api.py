@@ -14,7 +14,7 @@ import logging
 import uuid
 from typing import Any
 
-from .access import is_authorized
+from .access import NOT_LOOPBACK, request_refusal
 from .config import Config
 from .errors import EchoError
 from .handlers import JsonHandler
@@ -79,9 +79,12 @@ class ApiHandler(JsonHandler):
         self.reader = reader
 
     def prepare(self) -> None:
-        if is_authorized(self.request, self.config.admin_token):
+        refused = request_refusal(self.request, self.config.admin_token, self.config.server_names)
+        if refused is None:
             return
-        if self.config.admin_token:
+        if refused != NOT_LOOPBACK:
+            self._deny(403, refused)
+        elif self.config.admin_token:
             self.set_header("WWW-Authenticate", 'Bearer realm="tornado-echo"')
             self._deny(401, "missing or wrong bearer token")
         else:

@@ -25,7 +25,7 @@ from typing import Any
 
 import tornado.netutil
 
-from . import __version__
+from . import __version__, tls
 from .config import FIELDS, Config, build_config, env_name, flag_name, mask_url
 from .errors import ConfigError, EchoError
 from .logs import setup_logging
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sessions(argv[1:])
     args = build_parser().parse_args(argv)  # argparse reports bad flags itself, exit 2
     flags = {key: getattr(args, key) for key in FIELDS}
-    built = _config_or_report(args.config, flags)
+    built = _config_or_report(args.config, flags, serving=True)
     if built is None:
         return 2
     config, path = built
@@ -114,11 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _config_or_report(
-    path: str | None, flags: dict[str, str | None]
+    path: str | None, flags: dict[str, str | None], serving: bool = False
 ) -> tuple[Config, Path | None] | None:
     """The validated config, or None after printing the one-line reason to stderr."""
     try:
-        return build_config(path, flags=flags)
+        built = build_config(path, flags=flags)
+        if serving:  # unreadable or mismatched TLS files: a config error too
+            tls.server_context(built[0])
+        return built
     except ConfigError as exc:
         sys.stderr.write(f"tornado-echo: config error: {exc}\n")
         return None
@@ -127,7 +130,7 @@ def _config_or_report(
 def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Serve until told to stop: in this process, or in ``config.workers`` processes."""
     # Each connection is a descriptor; keep headroom for the database, spool and listeners.
-    raise_nofile_limit(config.max_connections + 64)
+    raise_nofile_limit(config.max_connections + config.max_http_connections + 64)
     if config.workers == 1:
         return serve(config, None, Notifier.from_environ(), reload_config)
 

@@ -39,11 +39,6 @@ CHROMIUM_FLAGS = (
     "--window-size=1280,900",
 )
 
-# The engines the browser tests run against, one server each. Once the `engine` config key
-# is on main, this is the one line to change: ENGINES = ["fast", "tornado"]. None leaves the
-# configuration's default.
-ENGINES: list[str | None] = [None]
-
 
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
@@ -70,18 +65,13 @@ def browser(chromium: webdriver.Chrome) -> webdriver.Chrome:
     return chromium
 
 
-@pytest.fixture(params=ENGINES, ids=lambda engine: engine or "default-engine")
-def engine(request: pytest.FixtureRequest) -> str | None:
-    return request.param  # type: ignore[no-any-return]
-
-
 @pytest.fixture
-def serve(tmp_path: Path, services: list[Service], engine: str | None) -> Callable[..., Service]:
-    """Starts tornado-echo as its own process with extra conf lines (key=TOML value)."""
+def serve(tmp_path: Path, services: list[Service], engine: str) -> Callable[..., Service]:
+    """Starts tornado-echo as its own process, on each engine (the ``engine`` fixture), with
+    extra conf lines (key=TOML value)."""
 
     def start(**conf: str) -> Service:
-        if engine is not None:
-            conf.setdefault("engine", f'"{engine}"')
+        conf.setdefault("engine", f'"{engine}"')
         lines = "".join(f"{key} = {value}\n" for key, value in conf.items())
         directory = tmp_path / f"server{len(services)}"
         directory.mkdir()

@@ -12,7 +12,7 @@ from typing import Any
 import tornado.template
 import tornado.web
 
-from ..access import is_authorized
+from ..access import NOT_LOOPBACK, request_refusal
 from ..config import Config
 from ..handlers import JsonHandler
 from ..store.reader import SessionReader
@@ -115,14 +115,19 @@ class LiveHandler(JsonHandler):
         self.write_json(200, {**figures, "sessions": await self._sessions()})
 
     async def _sessions(self) -> dict[str, Any]:
-        if not is_authorized(self.request, self.config.admin_token):
+        config = self.config
+        refused = request_refusal(self.request, config.admin_token, config.server_names)
+        if refused is not None:
             throttle.log(
                 "refused",
                 logging.WARNING,
-                "console sessions refused to %s: missing or wrong admin token",
+                "console sessions refused to %s: %s",
                 self.request.remote_ip,
+                refused,
             )
-            if self.config.admin_token:
+            if refused != NOT_LOOPBACK:
+                return {"error": refused}
+            if config.admin_token:
                 return {"error": "wrong admin token"}
             return {
                 "error": "sessions are shown to loopback clients only while admin_token is unset"
