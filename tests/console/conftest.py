@@ -36,12 +36,12 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    "--window-size=1280,900",
 )
 
-# The engines the browser tests run against, one server each. Once the `engine` config key
-# is on main, this is the one line to change: ENGINES = ["fast", "tornado"]. None leaves the
-# configuration's default.
+# The engines the browser tests run against, one server each; None: the default. This
+# branch predates the `engine` key. Merged with main, which has it and an `engine` fixture
+# in tests/conftest.py, delete ENGINES and the fixture below: `serve` then runs every
+# browser test on each engine (as branch console-on-main does).
 ENGINES: list[str | None] = [None]
 
 
