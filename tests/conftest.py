@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -102,6 +103,18 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     yield mountpoint
     # Lazy: a failed test may leave the store's spool file open.
     subprocess.run(["umount", "--lazy", str(mountpoint)], check=False)
+
+
+@pytest.fixture
+def lowered_nofile() -> Iterator[int]:
+    """Lower this process's soft fd limit for the test, restore it after; yields hard."""
+    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = saved[1]
+    if hard == resource.RLIM_INFINITY or hard <= 512:
+        pytest.skip(f"needs a finite hard RLIMIT_NOFILE above 512, have {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    yield hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, saved)
 
 
 @pytest.fixture

@@ -15,9 +15,11 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from inspect import getsource, isawaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extras
@@ -148,6 +150,71 @@ async def open_raw_websocket(
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
     return reader, writer
+
+
+T = TypeVar("T")
+
+
+async def eventually(
+    condition: Callable[[], T | Awaitable[T]],
+    what: str | None = None,
+    *,
+    timeout: float = 3.0,
+    interval: float = 0.01,
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``condition`` (plain or async) until it returns something true; return that.
+
+    The event loop keeps running between polls. On timeout the AssertionError names
+    ``what`` was awaited (by default the condition's source), its last value and
+    ``detail()`` (say, a server log); an exception the condition raises fails at once.
+    The default timeout is below pytest-tornado's 5 s for a gen_test, so that it is this
+    message a stuck test ends with; a test with a longer gen_test timeout may pass more.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        value = await result if isawaitable(result) else result
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_timed_out(condition, what, timeout, value, detail))
+        await asyncio.sleep(interval)
+
+
+def eventually_blocking(
+    condition: Callable[[], T],
+    what: str | None = None,
+    *,
+    timeout: float = 3.0,
+    interval: float = 0.01,
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """:func:`eventually` for plain (not async) tests: blocks the thread between polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_timed_out(condition, what, timeout, value, detail))
+        time.sleep(interval)
+
+
+def _timed_out(
+    condition: Callable[..., Any],
+    what: str | None,
+    timeout: float,
+    last: Any,
+    detail: Callable[[], str] | None,
+) -> str:
+    if what is None:
+        try:
+            what = getsource(condition).strip()
+        except (OSError, TypeError):
+            what = repr(condition)
+    message = f"not reached within {timeout:g} s: {what} (last value: {last!r})"
+    return message if detail is None else f"{message}\n{detail()}"
 
 
 @dataclass

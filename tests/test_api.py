@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import json
@@ -13,7 +12,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
-from tests.helpers import make_server
+from tests.helpers import eventually, make_server
 from tornado_echo.api import QueryError, parse_limit, parse_since
 from tornado_echo.server import Server
 
@@ -44,12 +43,12 @@ async def run_sessions(server: Server, count: int) -> None:
         assert await client.read_message() == str(number)
         client.close(1000)
         assert await client.read_message() is None
-    while len(server.connections) or server.store.status().pending:
-        await asyncio.sleep(0.01)
-    # The close record is submitted after the connection leaves; give the writer a beat.
-    await asyncio.sleep(0.05)
-    while server.store.status().pending:
-        await asyncio.sleep(0.01)
+
+    async def all_closed() -> bool:
+        _, body = await get(server, f"/api/sessions?limit={count}")
+        return body["count"] == count and all(s["closed_at"] for s in body["sessions"])
+
+    await eventually(all_closed, f"{count} closed sessions in the store", timeout=10)
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -11,7 +11,6 @@ sessions (or shows one with its journal) from the database the same configuratio
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -25,9 +24,9 @@ from typing import Any
 
 import tornado.netutil
 
-from . import __version__, tls
+from . import __version__, eventloop, tls
 from .config import FIELDS, Config, build_config, env_name, flag_name, mask_url
-from .errors import ConfigError, EchoError
+from .errors import ConfigError, EchoError, one_line
 from .logs import setup_logging
 from .systemd import Notifier, raise_nofile_limit
 from .workers import Supervisor, WorkerLink
@@ -192,16 +191,8 @@ def serve(
 
 def run_loop(choice: str, main: Coroutine[Any, Any, int]) -> int:
     """Run ``main`` on uvloop (faster I/O; "auto" when installed) or asyncio's own loop."""
-    if choice != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                main.close()
-                raise EchoError("event_loop = 'uvloop' but uvloop is not installed") from None
-        else:
-            return int(uvloop.run(main))
-    return asyncio.run(main)
+    missing = EchoError("event_loop = 'uvloop' but uvloop is not installed")
+    return eventloop.run(main, choice, missing)
 
 
 def _free_port(host: str) -> int:
@@ -249,8 +240,8 @@ def sessions(argv: Sequence[str]) -> int:
                 config.database_url, lambda db: db.get_session(session_id, JOURNAL_LIMIT)
             )
     except Exception as exc:  # noqa: BLE001 - command boundary: one line, no traceback
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        sys.stderr.write(f"tornado-echo: cannot query {mask_url(config.database_url)}: {first}\n")
+        reason = one_line(exc)
+        sys.stderr.write(f"tornado-echo: cannot query {mask_url(config.database_url)}: {reason}\n")
         return 1
     if session_id is not None:
         if found is None:

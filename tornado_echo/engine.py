@@ -47,7 +47,7 @@ from .rfc6455 import (
     negotiate_deflate,
     parse_close_payload,
 )
-from .tornado_compat import detach_stream, unread_bytes
+from .tornado_compat import detach_stream, release_response_headers, unread_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         sock = stream.socket
         assert sock is not None
         stream.io_loop.remove_handler(sock)
+        _release_http_state(handler)
         self.reader = FrameReader(self.max_message_size, self.deflate)
         if leftover:
             self._pending = self.reader.feed(leftover)
@@ -441,6 +442,20 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
 
     async def _receive_frame_loop(self) -> None:
         raise NotImplementedError("FastProtocol reads through its transport")
+
+
+def _release_http_state(handler: WebSocketHandler) -> None:
+    """Drop what only the HTTP exchange needed, so an idle connection holds little.
+
+    The request keeps its method, URI, path, arguments, headers and remote_ip; its links to
+    Tornado's connection objects (which hold the old stream and its buffers) and its body
+    go, as does the response's header set, which is sent.
+    """
+    request = handler.request
+    request.connection = None
+    request.server_connection = None
+    request.body = b""
+    release_response_headers(handler)
 
 
 def carried_by_tls(handler: WebSocketHandler) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketHandler, _DecompressTooLargeError
@@ -20,6 +21,7 @@ PRIVATE_NAMES = {
     "tornado.iostream.IOStream._read_buffer": (IOStream, "_read_buffer"),
     "tornado.iostream.IOStream._read_buffer_size": (IOStream, "_read_buffer_size"),
     "tornado.iostream.IOStream._write_buffer": (IOStream, "_write_buffer"),
+    "tornado.web.RequestHandler._headers": (RequestHandler, "_headers"),
 }
 
 DecompressTooLargeError = _DecompressTooLargeError
@@ -44,3 +46,8 @@ def unread_bytes(stream: IOStream) -> bytes:
 def unsent_bytes(stream: IOStream) -> int:
     """Bytes written to the stream that the kernel has not accepted yet."""
     return len(stream._write_buffer)
+
+
+def release_response_headers(handler: RequestHandler) -> None:
+    """Forget the response headers of a handler whose response has been sent."""
+    handler._headers = HTTPHeaders()

@@ -11,7 +11,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as DriverService
 
-from tests.helpers import BASE_CONF, Service, start_service
+from tests.helpers import BASE_CONF, Service, eventually_blocking, start_service
 from tests.test_nginx import NGINX, NGINX_CONF, free_port, write_nginx_conf
 
 CHROMIUM = shutil.which("chromium")
@@ -81,6 +80,14 @@ def serve(tmp_path: Path, services: list[Service], engine: str) -> Callable[...,
     return start
 
 
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[Callable[[int], int]]:
     """Runs the shipped conf/nginx.conf in front of a backend port; returns nginx's port."""
@@ -103,15 +110,14 @@ def nginx(tmp_path: Path) -> Iterator[Callable[[int], int]]:
             text=True,
         )
         running.append(process)
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (prefix / "stderr").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return port
-            except OSError:
-                assert time.monotonic() < deadline, "nginx did not listen within 30 s"
-                time.sleep(0.05)
+        eventually_blocking(
+            lambda: process.poll() is not None or listening(port),
+            "nginx listening",
+            timeout=30,
+            detail=(prefix / "stderr").read_text,
+        )
+        assert process.poll() is None, (prefix / "stderr").read_text()
+        return port
 
     yield start
     for process in running:

@@ -21,6 +21,9 @@ from websockets.sync.client import connect
 from tests.console.conftest import webdriver
 from tests.helpers import Service
 
+# Real processes (server, browser, nginx): seconds each.
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 30.0  # seconds; the machine is shared, every wait is on a condition
 
 

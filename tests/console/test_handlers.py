@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.websocket import websocket_connect
 
-from tests.helpers import make_server
+from tests.helpers import eventually, make_server
 from tornado_echo.config import Config
 from tornado_echo.console.handlers import relative_ws_path
 from tornado_echo.server import Server
@@ -24,6 +24,15 @@ async def get(server: Server, path: str, **headers: str) -> HTTPResponse:
         raise_error=False,
         follow_redirects=False,
     )
+
+
+async def live(
+    server: Server, wanted: Callable[[dict[str, Any]], Any], **headers: str
+) -> tuple[HTTPResponse, dict[str, Any]] | None:
+    """The live figures and their response once ``wanted(figures)`` holds, else None."""
+    answer = await get(server, "/console/live", **headers)
+    figures = json.loads(answer.body)
+    return (answer, figures) if wanted(figures) else None
 
 
 async def started(tmp_path: Path, sqlite_url: str, **overrides: Any) -> Server:
@@ -104,12 +113,9 @@ async def test_figures_count_traffic_and_show_no_peer_or_payload(
             await client.write_message("secret payload")
             assert await client.read_message() == "secret payload"
         # Figures are taken at most once a second: wait for a reading with the traffic in it.
-        while True:
-            answer = await get(server, "/console/live")
-            figures = json.loads(answer.body)
-            if figures["traffic"]["messages_out"] == 3:
-                break
-            await asyncio.sleep(0.1)
+        answer, figures = await eventually(
+            lambda: live(server, lambda f: f["traffic"]["messages_out"] == 3)
+        )
         assert answer.headers["Cache-Control"] == "no-store"
         assert figures["connections"] == {"open": 1, "total": 1}
         assert figures["traffic"]["bytes_in"] == 3 * len("secret payload")
@@ -118,9 +124,7 @@ async def test_figures_count_traffic_and_show_no_peer_or_payload(
         assert "sessions" not in figures
         assert b"127.0.0.1" not in answer.body and b"secret" not in answer.body
         client.close(1000)
-        while "1000 closed" not in figures["close_codes"]:
-            await asyncio.sleep(0.1)
-            figures = json.loads((await get(server, "/console/live")).body)
+        _, figures = await eventually(lambda: live(server, lambda f: f["close_codes"]))
         assert figures["close_codes"] == {"1000 closed": 1}
         assert len(figures["history"]["points"]) >= 1
         assert figures["history"]["fields"][0] == "time"
@@ -136,11 +140,12 @@ async def test_sessions_only_with_the_admin_token(tmp_path: Path, sqlite_url: st
     try:
         client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
         client.close(1000)
-        rows: list[dict[str, Any]] = []
-        while not rows:
-            answer = await get(server, "/console/live", Authorization="Bearer s3cret", **remote)
-            rows = json.loads(answer.body)["sessions"]["rows"]
-            await asyncio.sleep(0.05)
+        _, figures = await eventually(
+            lambda: live(
+                server, lambda f: f["sessions"]["rows"], Authorization="Bearer s3cret", **remote
+            )
+        )
+        rows = figures["sessions"]["rows"]
         assert rows[0]["peer"] == "127.0.0.1"
         wrong = json.loads(
             (await get(server, "/console/live", Authorization="Bearer no", **remote)).body

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import StoreError, one_line
 from .base import Backend
 from .records import Record
 from .spool import Spool
@@ -250,7 +250,7 @@ class Store:
             replayed = self._replay_leftover_spool()
             crashed = self.backend.mark_crashed(self.server_id, time.time())
         except Exception as exc:  # noqa: BLE001 - task boundary: report to start() and stop
-            message = f"cannot open store {self.backend.describe()}: {_one_line(exc)}"
+            message = f"cannot open store {self.backend.describe()}: {one_line(exc)}"
             self._started.set_exception(StoreError(message))
             self.backend.close()
             return
@@ -408,7 +408,7 @@ class Store:
             self._mark_available()
 
     def _mark_unavailable(self, exc: Exception) -> None:
-        message = _one_line(exc)
+        message = one_line(exc)
         self._errors += 1
         now = time.monotonic()
         if self._available or message != self._error:
@@ -493,8 +493,3 @@ class Store:
             self.spool.sync()
         except OSError as exc:
             logger.critical("cannot fsync the spool %s: %s", self.spool.path, exc.strerror)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
