@@ -294,6 +294,12 @@ class Config:
     )
     state_dir: str = _opt(STRING, "var", "directory for local state (spool files)", _directory)
     journal: str = _opt(STRING, "off", "message journal: off, meta or full", _one_of(JOURNAL_MODES))
+    journal_max_payload: int = _opt(
+        INTEGER,
+        65536,
+        "payload bytes journalled per message (full); the rest is marked truncated",
+        _between(0, 1 << 30),
+    )
     batch_size: int = _opt(INTEGER, 1000, "records per database batch", _between(1, 100_000))
     batch_delay: float = _opt(
         NUMBER, 0.05, "seconds a record may wait for its batch to fill", _between(0.001, 60)
@@ -306,6 +312,12 @@ class Config:
         100_000,
         "records held in memory while the database is slow; beyond, spooled to state_dir",
         _between(1, 100_000_000),
+    )
+    queue_bytes_limit: int = _opt(
+        INTEGER,
+        64 * 1024 * 1024,
+        "bytes of records held in memory; beyond, spooled to state_dir",
+        _between(1024 * 1024, 1 << 40),
     )
     log_level: str = _opt(STRING, "info", "debug, info, warning or error", _one_of(LOG_LEVELS))
     log_format: str = _opt(

@@ -21,6 +21,8 @@ class Session(Protocol):
 
     def close_for_shutdown(self, code: int, reason: str) -> None: ...
 
+    def on_connection_close(self) -> None: ...
+
 
 @dataclass
 class Traffic:
@@ -128,6 +130,14 @@ class Connections:
         sessions = list(self._open)
         for session in sessions:
             session.close_for_shutdown(CloseCode.GOING_AWAY, reason)
+        return len(sessions)
+
+    def abort_all(self) -> int:
+        """Drop every session still open now: each ends (and records its close) before this
+        returns, so the store can take the records before it seals. Returns how many."""
+        sessions = list(self._open)
+        for session in sessions:
+            session.on_connection_close()
         return len(sessions)
 
     async def wait_closed(self, timeout: float) -> bool:

@@ -327,11 +327,12 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
 
 
 class JsonHandler(JsonErrorMixin, tornado.web.RequestHandler):
-    def write_json(self, status: int, body: dict[str, Any]) -> None:
+    def write_json(self, status: int, body: dict[str, Any] | bytes) -> None:
+        """Answer ``body``: a dict, or bytes already serialised (say, off the IOLoop)."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(body))
+        self.finish(body if isinstance(body, bytes) else json.dumps(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self.error_message(status_code, kwargs.get("exc_info"))
@@ -370,12 +371,14 @@ class ReadyHandler(JsonHandler):
                 "error": store.error,
                 "pending": store.pending,
                 "queued": store.queued,
+                "queued_bytes": store.queued_bytes,
                 "spooled": store.spooled,
                 "spool_bytes": store.spool_bytes,
                 "oldest_pending_age_s": round(store.oldest_pending_age, 3),
                 "written": store.written,
                 "poisoned": store.poisoned,
                 "dropped": store.dropped,
+                "shed": store.shed,
             },
         }
         if self.connections.draining:
@@ -391,7 +394,7 @@ class ReadyHandler(JsonHandler):
             if not store.available:
                 problems.append(f"store unavailable: {store.error}")
             if store.dropped:
-                problems.append(f"{store.dropped} records lost (spool not writable)")
+                problems.append(f"{store.dropped} records lost ({store.loss})")
             self.write_json(200, {"status": "degraded", "reason": "; ".join(problems), **body})
         else:
             self.write_json(200, {"status": "ok", **body})

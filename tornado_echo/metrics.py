@@ -98,6 +98,11 @@ class Metrics:
         self.store_lost = Counter(
             "tornado_echo_store_records_lost", "Records that could not be kept", registry=registry
         )
+        self.store_shed = Counter(
+            "tornado_echo_store_payloads_shed",
+            "Journal payloads not kept (metadata kept) because store memory was full",
+            registry=registry,
+        )
         self.batch_seconds = Histogram(
             "tornado_echo_store_batch_seconds",
             "Time to write one batch",
@@ -112,7 +117,7 @@ class Metrics:
         )
         # What refresh() has added to the counters so far: each call adds the difference.
         self._folded_traffic = Traffic()
-        self._folded_store = (0, 0, 0)  # records written, errors, records lost
+        self._folded_store = (0, 0, 0, 0)  # records written, errors, lost, shed
 
     def refresh(self, connections: Connections, store: Store) -> None:
         """Fold the plain counters of sessions and store into the Prometheus metrics."""
@@ -129,11 +134,12 @@ class Metrics:
         self.store_queue.set(status.pending)
         self.store_oldest.set(status.oldest_pending_age)
         self.store_available.set(1 if status.available else 0)
-        written, errors, lost = self._folded_store
+        written, errors, lost, shed = self._folded_store
         self.store_written.inc(status.written - written)
         self.store_errors.inc(status.errors - errors)
         self.store_lost.inc(status.dropped - lost)
-        self._folded_store = (status.written, status.errors, status.dropped)
+        self.store_shed.inc(status.shed - shed)
+        self._folded_store = (status.written, status.errors, status.dropped, status.shed)
 
     def exposition(self) -> bytes:
         """The text format for a scrape: this process, or every worker in multiprocess mode."""

@@ -313,6 +313,7 @@ class Server:
                 "%d WebSocket sessions still open at the shutdown deadline; dropping them",
                 len(self.connections),
             )
+            self.connections.abort_all()  # their close records go in before the store seals
         if self.http is not None:
             await self._wait_or_forced(self._close_http_connections())
         if self._housekeeping is not None:
