@@ -8,7 +8,10 @@ setup(
     description="A production WebSocket echo server on Tornado, with a bundled load tester",
     python_requires=">=3.10",
     packages=find_packages(include=["tornado_echo", "tornado_echo.*"]),
-    package_data={"tornado_echo.store": ["schema/*/*.sql"]},
+    package_data={
+        "tornado_echo.store": ["schema/*/*.sql"],
+        "tornado_echo.console": ["static/*"],
+    },
     install_requires=[
         # 6.6 is the first with the private names tornado_echo/tornado_compat.py uses;
         # CI runs the suite at each lower bound here (.ci/lowest_requirements.py).
@@ -33,6 +36,8 @@ setup(
             "setuptools<81",
             "mypy>=1.10",
             "ruff>=0.5",
+            # Browser tests drive Debian's chromium through its chromedriver (.ci/run).
+            "selenium>=4.10",
         ],
     },
     entry_points={

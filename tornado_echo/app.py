@@ -11,6 +11,7 @@ from tornado.log import access_log
 from .api import SessionHandler, SessionsHandler
 from .config import Config
 from .connections import Connections
+from .console import LiveFeed, console_routes
 from .handlers import EchoWebSocket, HealthHandler, MetricsHandler, NotFoundHandler, ReadyHandler
 from .metrics import Metrics
 from .store import Store
@@ -54,6 +55,9 @@ class EchoApplication(tornado.web.Application):
             "connections": connections,
             "config": config,
         }
+        # Sampling starts with the server (Server.start), and only when the console is on.
+        self.live = LiveFeed(connections, db, metrics)
+        self._live_kwargs: dict[str, Any] = {"live": self.live, "reader": reader, "config": config}
         super().__init__(
             [
                 # A literal path: Tornado would read it as a regular expression.
@@ -63,7 +67,8 @@ class EchoApplication(tornado.web.Application):
                 ("/metrics", MetricsHandler, self._metrics_kwargs),
                 ("/api/sessions", SessionsHandler, self._api_kwargs),
                 (r"/api/sessions/([^/]+)", SessionHandler, self._api_kwargs),
-            ],
+            ]
+            + (console_routes(config, self._live_kwargs) if config.console else []),
             default_handler_class=NotFoundHandler,
             compress_response=False,
             log_function=_log_request,
@@ -75,6 +80,7 @@ class EchoApplication(tornado.web.Application):
         self._ws_kwargs["config"] = config
         self._api_kwargs["config"] = config
         self._ready_kwargs["config"] = config
+        self._live_kwargs["config"] = config
         self._metrics_kwargs["token"] = config.metrics_token
         self._metrics_kwargs["server_names"] = config.server_names
         self.settings.update(_live_settings(config))
@@ -96,7 +102,8 @@ def make_app(
     metrics: Metrics | None = None,
     reader: SessionReader | None = None,
 ) -> EchoApplication:
-    """The application serving ``config.ws_path``, /healthz, /readyz, /metrics and /api.
+    """The application serving ``config.ws_path``, /healthz, /readyz, /metrics, /api and the
+    console (``config.console_path``).
 
     ``db`` must be started before the first connection; ``connections`` is shared with the
     server so that shutdown can reach every open session; ``reader`` (made from

@@ -71,6 +71,15 @@ def _ws_path(value: Any) -> str | None:
     return None
 
 
+def _console_path(value: Any) -> str | None:
+    # A directory-like path: the page's relative links (assets, figures, the WebSocket)
+    # resolve against it. Plain characters only, as it becomes a route and a proxy rule.
+    plain = re.fullmatch(r"/([A-Za-z0-9._~-]+/)*", value) is not None
+    if plain and not {".", ".."} & set(value.split("/")):
+        return None
+    return "must be a path starting and ending with / (letters, digits, . _ ~ -)"
+
+
 def _database_url(value: Any) -> str | None:
     scheme = value.split(":", 1)[0]
     usage = "must be sqlite:///PATH or postgresql://USER@HOST[:PORT]/DBNAME"
@@ -207,6 +216,8 @@ class Config:
         INTEGER, 8080, "TCP port to listen on (0 lets the OS pick)", _between(0, 65535)
     )
     ws_path: str = _opt(STRING, "/ws", "URL path of the WebSocket echo endpoint", _ws_path)
+    console: bool = _opt(BOOLEAN, True, "serve the web console (echo console and live server view)")
+    console_path: str = _opt(STRING, "/", "URL path of the web console page", _console_path)
     allowed_origins: tuple[str, ...] = _opt(
         STRINGS, (), "browser Origins allowed besides same-host ones ('*' allows all)", _origins
     )

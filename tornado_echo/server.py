@@ -151,6 +151,8 @@ class Server:
             )
         self.sockets = sockets
         self.http.add_sockets(self.sockets)
+        if self.config.console:
+            self.app.live.start()
         self._housekeeping = asyncio.ensure_future(self._housekeep())
         logger.info(
             "listening on %s:%d%s%s, store %s",
@@ -316,6 +318,8 @@ class Server:
             await self._wait_or_forced(self._close_http_connections())
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        if self.app is not None:
+            self.app.live.close()
         store_time = max(MIN_STORE_DRAIN, deadline - time.monotonic())
         self.reader.close()
         await self.store.close(0.0 if self.force_exit else store_time)
