@@ -16,6 +16,7 @@ from .handlers import EchoWebSocket, HealthHandler, MetricsHandler, NotFoundHand
 from .metrics import Metrics
 from .store import Store
 from .store.reader import SessionReader
+from .tornado_compat import request_summary
 
 
 class EchoApplication(tornado.web.Application):
@@ -125,6 +126,6 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     access_log.debug(
         "%d %s %.2fms",
         handler.get_status(),
-        handler._request_summary(),
+        request_summary(handler),
         1000.0 * handler.request.request_time(),
     )

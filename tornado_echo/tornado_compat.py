@@ -22,6 +22,7 @@ PRIVATE_NAMES = {
     "tornado.iostream.IOStream._read_buffer_size": (IOStream, "_read_buffer_size"),
     "tornado.iostream.IOStream._write_buffer": (IOStream, "_write_buffer"),
     "tornado.web.RequestHandler._headers": (RequestHandler, "_headers"),
+    "tornado.web.RequestHandler._request_summary": (RequestHandler, "_request_summary"),
 }
 
 DecompressTooLargeError = _DecompressTooLargeError
@@ -51,3 +52,9 @@ def unsent_bytes(stream: IOStream) -> int:
 def release_response_headers(handler: RequestHandler) -> None:
     """Forget the response headers of a handler whose response has been sent."""
     handler._headers = HTTPHeaders()
+
+
+def request_summary(handler: RequestHandler) -> str:
+    """Tornado's ``METHOD URI (remote_ip)`` line of a request, as its access log has it."""
+    summary: str = handler._request_summary()
+    return summary
