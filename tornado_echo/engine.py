@@ -48,7 +48,12 @@ from .rfc6455 import (
     parse_close_payload,
 )
 from .timerwheel import loop_wheel
-from .tornado_compat import detach_stream, release_response_headers, unread_bytes
+from .tornado_compat import (
+    detach_stream,
+    release_response_headers,
+    switching_protocols,
+    unread_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,10 +177,12 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         handler.set_header("Upgrade", "websocket")
         handler.set_header("Connection", "Upgrade")
         handler.set_header("Sec-WebSocket-Accept", accept_value(key))
-        handler.finish()
+        # The 101 answer (with every header the handler set) is the transport's first
+        # write: Tornado's response machinery costs more than the rest of the upgrade.
+        self._out = [switching_protocols(handler)]
         stream = detach_stream(handler)
-        if stream.writing():
-            await stream.write(b"")  # the 101 answer is out before the socket moves
+        handler.on_finish()
+        handler.application.log_request(handler)
         leftover = unread_bytes(stream)
         # The same socket moves to the transport: Tornado forgets its descriptor (and the
         # stream, never closed, is dropped). A dup()ed descriptor would leave epoll
@@ -189,6 +196,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
             self._pending = self.reader.feed(leftover)
         try:
             await asyncio.get_running_loop().connect_accepted_socket(lambda: self, sock)
+            self._flush()
         except OSError as exc:
             self.connection_error = exc
             self._lost = True
@@ -259,8 +267,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
 
     def _dispatch(self, events: list[tuple[Any, Any]]) -> None:
         """Hand ``events`` to the handler in order; all frames written meanwhile go as one."""
-        out: list[bytes] = []
-        self._out = out
+        self._out = []
         try:
             for index, (opcode, payload) in enumerate(events):
                 if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
@@ -276,9 +283,13 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
                 else:
                     self._control(opcode, payload)
         finally:
-            self._out = None
-            if out and self.transport is not None and not self._lost:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write what was collected while dispatching, as one write; stop collecting."""
+        out, self._out = self._out, None
+        if out and self.transport is not None and not self._lost:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _wait_for_handler(self, waiting: Awaitable[Any], rest: list[tuple[Any, Any]]) -> None:
         assert self.flow is not None
@@ -358,9 +369,12 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         self._send(Opcode.PING, data[:125])
 
     def set_nodelay(self, x: bool) -> None:
-        sock = self.transport.get_extra_info("socket") if self.transport else None
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if x else 0)
+        # asyncio's and uvloop's TCP transports already set TCP_NODELAY; only turning it
+        # off costs a system call.
+        if not x and self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
 
     # -- closing ---------------------------------------------------------------------------
 

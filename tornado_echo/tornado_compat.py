@@ -23,6 +23,7 @@ PRIVATE_NAMES = {
     "tornado.iostream.IOStream._write_buffer": (IOStream, "_write_buffer"),
     "tornado.web.RequestHandler._headers": (RequestHandler, "_headers"),
     "tornado.web.RequestHandler._request_summary": (RequestHandler, "_request_summary"),
+    "tornado.web.RequestHandler._reason": (RequestHandler, "_reason"),
 }
 
 DecompressTooLargeError = _DecompressTooLargeError
@@ -58,3 +59,10 @@ def request_summary(handler: RequestHandler) -> str:
     """Tornado's ``METHOD URI (remote_ip)`` line of a request, as its access log has it."""
     summary: str = handler._request_summary()
     return summary
+
+
+def switching_protocols(handler: RequestHandler) -> bytes:
+    """The ``101 Switching Protocols`` answer with every header ``handler`` has set."""
+    lines = [f"HTTP/1.1 101 {handler._reason}"]
+    lines.extend(f"{name}: {value}" for name, value in handler._headers.get_all())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
