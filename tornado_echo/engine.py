@@ -221,7 +221,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         # uvloop's transports have the Transport methods without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        self.stream = None  # Tornado's stream is closed; the transport carries the connection
+        self.stream = None  # the transport carries the connection; Tornado's stream is dropped
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         self.flow = FlowControl(transport)
         self.flow.pause(FlowControl.HANDLER)  # until open() has returned

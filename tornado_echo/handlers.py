@@ -28,7 +28,7 @@ from .connections import Connections
 from .engine import FastProtocol, FastWebSocketHandler, carried_by_tls
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import EchoProtocol
-from .rfc6455 import CloseCode, Opcode
+from .rfc6455 import CloseCode, Opcode, negotiate_deflate
 from .store import MessageReceived, SessionClosed, SessionOpened, Store
 from .tornado_compat import cross_origin_problem
 
@@ -133,6 +133,9 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
     def _upgrade_problem(self) -> tuple[str, str] | None:
         """(metric label, message) of what makes this request impossible to upgrade."""
         headers = self.request.headers
+        if self.request.version != "HTTP/1.1":
+            # RFC 6455 section 4.1: the upgrade is an HTTP/1.1 (or later) request.
+            return "http_version", f"{self.request.version} cannot be upgraded (use HTTP/1.1)"
         if headers.get("Upgrade", "").lower() != "websocket":
             return "upgrade_header", "missing or invalid Upgrade header (expected 'websocket')"
         tokens = {part.strip().lower() for part in headers.get("Connection", "").split(",")}
@@ -191,6 +194,16 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         return {"compression_level": self.config.compression_level}
 
     def get_websocket_protocol(self) -> EchoProtocol | FastProtocol | None:
+        offer = self.request.headers.get("Sec-WebSocket-Extensions")
+        if offer is not None:
+            # Both engines negotiate the same way: the first valid permessage-deflate offer
+            # (rfc6455.negotiate_deflate), or none. Tornado's own negotiation fails the
+            # whole handshake, with a traceback, on a bad window size.
+            agreed = negotiate_deflate(offer)
+            if agreed is None:
+                del self.request.headers["Sec-WebSocket-Extensions"]
+            else:
+                self.request.headers["Sec-WebSocket-Extensions"] = agreed[1]
         if self.config.engine == "fast" and not carried_by_tls(self):
             fast = super().get_websocket_protocol()
             assert isinstance(fast, FastProtocol)
