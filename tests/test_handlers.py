@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import struct
 import zlib
@@ -429,3 +430,35 @@ async def test_deflate_offers_are_negotiated_strictly_without_error_logs(
     assert (opcode, payload) == (0x1, b"still echoes")
     writer.close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("limit", "messages", "echoed"),
+    [
+        ({"max_messages_per_second": 5}, [b"m"] * 10, 5),
+        ({"max_bytes_per_second": 1000}, [b"x" * 300] * 5, 3),
+    ],
+    ids=["messages", "bytes"],
+)
+async def test_a_connection_over_its_rate_limit_is_closed_with_1008(
+    http_server: Any,
+    http_port: int,
+    app: tornado.web.Application,
+    app_config: Config,
+    limit: dict[str, float],
+    messages: list[bytes],
+    echoed: int,
+) -> None:
+    app.reconfigure(dataclasses.replace(app_config, **limit))  # type: ignore[attr-defined]
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(b"".join(client_frame(0x2, message) for message in messages))
+    frames = [await read_server_frame(reader) for _ in range(echoed + 1)]
+    assert frames[:echoed] == [(0x2, message) for message in messages[:echoed]]
+    opcode, payload = frames[echoed]
+    assert (opcode, struct.unpack("!H", payload[:2])[0], payload[2:]) == (
+        0x8,
+        1008,
+        b"rate limit exceeded",
+    )
+    writer.close()

@@ -251,6 +251,19 @@ class Config:
         "what carries upgraded connections: fast (asyncio transport) or tornado (IOStream)",
         _one_of(ENGINES),
     )
+    max_messages_per_second: float = _opt(
+        NUMBER,
+        0.0,
+        "messages a connection may send per second (one second's worth at once); more close"
+        " it with 1008; 0: no limit",
+        _between(0, 1e9),
+    )
+    max_bytes_per_second: float = _opt(
+        NUMBER,
+        0.0,
+        "message bytes a connection may send per second, likewise; 0: no limit",
+        _between(0, 1e12),
+    )
     max_connections_per_ip: int = _opt(
         INTEGER,
         0,

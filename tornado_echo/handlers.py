@@ -28,6 +28,7 @@ from .connections import Connections
 from .engine import FastProtocol, FastWebSocketHandler, carried_by_tls
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import EchoProtocol
+from .ratelimit import TokenBucket
 from .rfc6455 import CloseCode, Opcode, negotiate_deflate
 from .store import MessageReceived, SessionClosed, SessionOpened, Store
 from .tornado_compat import cross_origin_problem
@@ -83,6 +84,12 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         self._opened_at = 0.0
         self._shutdown_close = False
         self._journal = config.journal
+        self._message_budget = (
+            TokenBucket(config.max_messages_per_second) if config.max_messages_per_second else None
+        )
+        self._byte_budget = (
+            TokenBucket(config.max_bytes_per_second) if config.max_bytes_per_second else None
+        )
 
     # -- upgrade ---------------------------------------------------------------------------
 
@@ -248,6 +255,11 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             data, opcode = message, Opcode.BINARY
         self.messages_in += 1
         self.bytes_in += len(data)
+        if (self._message_budget is not None and not self._message_budget.take()) or (
+            self._byte_budget is not None and not self._byte_budget.take(len(data))
+        ):
+            self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+            return None
         if self._journal != "off":
             self.db.submit(
                 MessageReceived(

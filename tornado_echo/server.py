@@ -47,6 +47,8 @@ LIVE_KEYS = frozenset(
     {
         "allowed_origins",
         "max_message_size",
+        "max_messages_per_second",
+        "max_bytes_per_second",
         "max_connections",
         "max_connections_per_ip",
         "ping_interval",
