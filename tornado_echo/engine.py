@@ -100,6 +100,36 @@ class FlowControl:
 class FastProtocol(WebSocketProtocol, asyncio.Protocol):
     """One upgraded connection. Built by the handler; :meth:`accept_connection` starts it."""
 
+    # Slots, the base class's attributes included, so that no instance dict is made: an
+    # idle connection is mostly its objects' overhead.
+    __slots__ = (
+        "_awaiting_pong",
+        "_busy",
+        "_compression_options",
+        "_deadline",
+        "_drain_waiters",
+        "_lost",
+        "_out",
+        "_pending",
+        "_selected_subprotocol",
+        "client_terminated",
+        "close_code",
+        "close_frame_received",
+        "close_reason",
+        "connection_error",
+        "deflate",
+        "flow",
+        "handler",
+        "max_message_size",
+        "ping_interval",
+        "ping_timeout",
+        "reader",
+        "server_terminated",
+        "stream",
+        "transport",
+        "wheel_slot",
+    )
+
     def __init__(
         self,
         handler: WebSocketHandler,
