@@ -144,21 +144,19 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         status = status_code if status_code in POLICY_STATUSES else 500
-        self.metrics.handshakes.labels(str(status)).inc()
-        self.metrics.rejections.labels(self.rejection_label).inc()
         reason = self.error_message(status, kwargs.get("exc_info"))
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         if self.rejection_label == "version":
             # RFC 6455 section 4.4: tell the client which version we speak.
             self.set_header("Sec-WebSocket-Version", "13")
-        logger.warning(
-            "rejected WebSocket upgrade from %s %s %s: %d %s",
+        self.metrics.reject(
             self.request.remote_ip,
-            self.request.method,
+            self.request.method or "",
             self.request.path,
             status,
             reason,
+            self.rejection_label,
         )
         self.finish(self.json_error(status, reason))
 

@@ -21,8 +21,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .connections import Connections
 from .store import Store
+from .throttle import LogThrottle
 
 logger = logging.getLogger(__name__)
+# Refused upgrades are logged under the handler's name, where operators look for them.
+rejection_logger = logging.getLogger("tornado_echo.handlers")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -122,6 +125,29 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self._synced = _Synced()
+        self._rejection_log = LogThrottle(rejection_logger)
+
+    def reject(
+        self, peer: str | None, method: str, path: str, status: int, reason: str, label: str
+    ) -> None:
+        """Count a refused upgrade, and log it with fields: each ``label`` once per 10 s.
+
+        A stranger can send refused upgrades as fast as the network allows: the counters
+        take every one, the log a sample (with how many were withheld).
+        """
+        self.handshakes.labels(str(status)).inc()
+        self.rejections.labels(label).inc()
+        self._rejection_log.log(
+            label,
+            logging.WARNING,
+            "rejected WebSocket upgrade from %s %s %s: %d %s",
+            peer,
+            method,
+            path,
+            status,
+            reason,
+            extra={"peer": peer, "status": status, "reason": reason, "rejection": label},
+        )
 
     def refresh(self, connections: Connections, store: Store) -> None:
         """Fold the plain counters of sessions and store into the Prometheus metrics."""

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .logs import set_worker
 from .systemd import Notifier
 from .throttle import LogThrottle
 
@@ -194,6 +195,7 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
                 die_with_parent(parent)
+                set_worker(index)
                 os.close(read_fd)
                 for other in self.workers.values():
                     os.close(other.read_fd)
