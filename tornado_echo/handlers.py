@@ -314,6 +314,8 @@ class HealthHandler(JsonHandler):
     def get(self) -> None:
         self.write_json(200, {"status": "ok"})
 
+    head = get  # Tornado sends the headers of GET, without the body
+
 
 class ReadyHandler(JsonHandler):
     """Readiness: 503 while draining, while the store writer is not running, and (unless
@@ -323,6 +325,9 @@ class ReadyHandler(JsonHandler):
     the body says so either way. With ``readiness_needs_store = false`` the answer stays
     200 with ``"status": "degraded"``, so that a shared database blinking does not take
     every instance out of a load balancer at once.
+
+    The database's error text names hosts, users and databases: only peers allowed to read
+    /metrics see it (and the store details); others get the status and a generic reason.
     """
 
     def initialize(self, db: Store, connections: Connections, config: Config) -> None:
@@ -332,9 +337,29 @@ class ReadyHandler(JsonHandler):
 
     def get(self) -> None:
         store = self.db.status()
-        body: dict[str, Any] = {
-            "connections": len(self.connections),
-            "store": {
+        problems: list[tuple[str, str]] = []  # (what anybody may read, detail for the trusted)
+        status = 200
+        if self.connections.draining:
+            status, problems = 503, [("draining", "")]
+        elif not store.running:
+            status, problems = 503, [("store writer not running", store.error or "not started")]
+        else:
+            if not store.available:
+                problems.append(("store unavailable", store.error or ""))
+                if self.config.readiness_needs_store:
+                    status = 503
+            if store.dropped:
+                problems.append(("records lost", f"{store.dropped} (spool not writable)"))
+        trusted = is_authorized(self.request, self.config.metrics_token)
+        body: dict[str, Any] = {"status": "ok"}
+        if problems:
+            body["status"] = "unavailable" if status == 503 else "degraded"
+            body["reason"] = "; ".join(
+                f"{what}: {detail}" if trusted and detail else what for what, detail in problems
+            )
+        if trusted:
+            body["connections"] = len(self.connections)
+            body["store"] = {
                 "available": store.available,
                 "error": store.error,
                 "pending": store.pending,
@@ -345,29 +370,18 @@ class ReadyHandler(JsonHandler):
                 "written": store.written,
                 "poisoned": store.poisoned,
                 "dropped": store.dropped,
-            },
-        }
-        if self.connections.draining:
-            self.write_json(503, {"status": "unavailable", "reason": "draining", **body})
-        elif not store.running:
-            reason = f"store writer not running: {store.error or 'not started'}"
-            self.write_json(503, {"status": "unavailable", "reason": reason, **body})
-        elif not store.available and self.config.readiness_needs_store:
-            reason = f"store unavailable: {store.error}"
-            self.write_json(503, {"status": "unavailable", "reason": reason, **body})
-        elif not store.available or store.dropped:
-            problems = []
-            if not store.available:
-                problems.append(f"store unavailable: {store.error}")
-            if store.dropped:
-                problems.append(f"{store.dropped} records lost (spool not writable)")
-            self.write_json(200, {"status": "degraded", "reason": "; ".join(problems), **body})
-        else:
-            self.write_json(200, {"status": "ok", **body})
+            }
+        self.write_json(status, body)
+
+    head = get
 
 
 class MetricsHandler(JsonHandler):
-    """Prometheus scrape endpoint; loopback peers or ``Authorization: Bearer <metrics_token>``."""
+    """Prometheus scrape endpoint; loopback peers or ``Authorization: Bearer <metrics_token>``.
+
+    Refused: 401 (with ``WWW-Authenticate``) when a token is set and was not given or is
+    wrong; 403 when no token is set, since no credentials could help.
+    """
 
     def initialize(self, metrics: Metrics, connections: Connections, db: Store, token: str) -> None:
         self.metrics = metrics
@@ -377,11 +391,18 @@ class MetricsHandler(JsonHandler):
 
     def get(self) -> None:
         if not is_authorized(self.request, self.token):
-            self.error_reason = "metrics are served to loopback or with the metrics token"
-            raise tornado.web.HTTPError(403)
+            if self.token:
+                self.set_header("WWW-Authenticate", 'Bearer realm="tornado-echo"')
+                error = 401, "missing or wrong bearer token"
+            else:
+                error = 403, "metrics are served to loopback only unless metrics_token is set"
+            self.write_json(error[0], {"status": error[0], "error": error[1]})
+            return
         self.metrics.refresh(self.connections, self.db)
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(self.metrics.exposition())
+
+    head = get
 
 
 class NotFoundHandler(JsonHandler):
