@@ -25,7 +25,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from .access import is_authorized
 from .config import Config
 from .connections import Connections
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import Metrics
 from .protocol import OPCODE_BINARY, OPCODE_TEXT, EchoProtocol
 from .store import MessageReceived, SessionClosed, SessionOpened, Store
 
@@ -209,6 +209,7 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
             data, opcode = message, OPCODE_BINARY
         self.messages_in += 1
         self.bytes_in += len(data)
+        self.metrics.observe_message(len(data))
         if self._journal != "off":
             self.db.submit(
                 MessageReceived(
@@ -249,7 +250,7 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         if code is None:
             code = NO_STATUS_RECEIVED if end_state == "closed" else ABNORMAL_CLOSURE
         duration = time.monotonic() - self._opened_at
-        self.metrics.close_codes.labels(str(code), end_state).inc()
+        self.metrics.observe_close(code, end_state, duration)
         self.db.submit(
             SessionClosed(
                 session_id=self.session_id,
@@ -399,8 +400,9 @@ class MetricsHandler(JsonHandler):
             self.write_json(error[0], {"status": error[0], "error": error[1]})
             return
         self.metrics.refresh(self.connections, self.db)
-        self.set_header("Content-Type", CONTENT_TYPE)
-        self.finish(self.metrics.exposition())
+        body, content_type = self.metrics.exposition(self.request.headers.get("Accept"))
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
     head = get
 

@@ -80,6 +80,7 @@ class Server:
         self.notifier = notifier or Notifier(None)
         self.connections = Connections()
         self.metrics = Metrics()
+        self.metrics.configure(config)
         self.store: Store = make_store(config, self.server_id)
         self.reader = SessionReader(config.database_url)
         self.app: EchoApplication | None = None
@@ -201,6 +202,7 @@ class Server:
         if new.log_level != old.log_level or new.log_format != old.log_format:
             setup_logging(new.log_level, new.log_format, new.secrets())
         self.app.reconfigure(new)
+        self.metrics.configure(new)
         self.config = new
         applied = [key for key in changed if key in LIVE_KEYS]
         logger.info("configuration reloaded; applied: %s", ", ".join(applied) or "nothing changed")
