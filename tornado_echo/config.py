@@ -107,6 +107,11 @@ class Config:
     )
     state_dir: str = _opt("var", "directory for local state (spool files)")
     journal: str = _opt("off", "message journal: off, meta or full", _one_of(JOURNAL_MODES))
+    retention_days: float = _opt(
+        0.0,
+        "delete ended sessions and their journal opened more than this many days ago (0: keep)",
+        _between(0, 36500),
+    )
     batch_size: int = _opt(1000, "records per database batch", _between(1, 100_000))
     batch_delay: float = _opt(
         0.05, "seconds a record may wait for its batch to fill", _between(0.001, 60)

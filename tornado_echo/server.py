@@ -31,8 +31,9 @@ from .connections import Connections
 from .errors import ConfigError
 from .logs import setup_logging
 from .metrics import Metrics
-from .store import Store, make_store
+from .store import Store, make_backend, make_store
 from .store.reader import SessionReader
+from .store.retention import Retention
 from .systemd import Notifier
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Server:
         self.metrics.configure(config)
         self.store: Store = make_store(config, self.server_id)
         self.reader = SessionReader(config.database_url)
+        self.retention = Retention(lambda: make_backend(config.database_url), config.retention_days)
         self.app: EchoApplication | None = None
         self.http: tornado.httpserver.HTTPServer | None = None
         self.sockets: list[socket.socket] = []
@@ -105,6 +107,7 @@ class Server:
         self._wakeup = asyncio.Event()
         self.store.on_batch = self.metrics.batch_seconds.observe
         await self.store.start()
+        self.retention.start()
         self.app = make_app(
             self.config, self.store, self.connections, self.server_id, self.metrics, self.reader
         )
@@ -266,6 +269,7 @@ class Server:
             self._housekeeping.cancel()
         store_time = max(MIN_STORE_DRAIN, deadline - time.monotonic())
         self.reader.close()
+        self.retention.close()
         await self.store.close(0.0 if self.force_exit else store_time)
         status = self.store.status()
         if status.pending or status.dropped:
