@@ -258,6 +258,8 @@ def sessions(argv: Sequence[str]) -> int:
     except QueryError as exc:
         sys.stderr.write(f"tornado-echo: {exc}\n")
         return 2
+    if _no_database(config):
+        return 1
     try:
         if session_id is None:
             rows = run_query(config.database_url, lambda db: db.list_sessions(limit, since))
@@ -303,6 +305,8 @@ def prune(argv: Sequence[str]) -> int:
     if built is None:
         return 2
     config, _ = built
+    if _no_database(config):
+        return 1
     cutoff = time.time() - days * DAY
     backend = make_backend(config.database_url)
     try:
@@ -320,6 +324,20 @@ def prune(argv: Sequence[str]) -> int:
         f" opened before {before:%Y-%m-%dT%H:%M:%SZ}\n"
     )
     return 0
+
+
+def _no_database(config: Config) -> bool:
+    """For commands that read: a missing SQLite file is reported, not created empty."""
+    if not config.database_url.startswith("sqlite:///"):
+        return False
+    path = Path(config.database_url[len("sqlite:///") :])
+    if path.is_file():
+        return False
+    sys.stderr.write(
+        f"tornado-echo: no database at {path} (a relative sqlite:/// path is relative to"
+        f" state_dir, here {config.state_dir!r})\n"
+    )
+    return True
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

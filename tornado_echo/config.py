@@ -67,6 +67,15 @@ def _database_url(value: Any) -> str | None:
     return "must be sqlite:///PATH or postgresql://USER@HOST[:PORT]/DBNAME"
 
 
+def resolve_sqlite_url(url: str, state_dir: str) -> str:
+    """A relative ``sqlite:///PATH`` made relative to ``state_dir``, not to the working
+    directory, so that the server and ``tornado-echo sessions`` run from anywhere agree."""
+    if not url.startswith("sqlite:///"):
+        return url
+    path = url[len("sqlite:///") :]
+    return url if os.path.isabs(path) else "sqlite:///" + os.path.join(state_dir, path)
+
+
 def _origins(value: Any) -> str | None:
     for origin in value:
         if origin != "*" and not (origin.startswith(("http://", "https://")) and "://" in origin):
@@ -103,7 +112,9 @@ class Config:
     compression: bool = _opt(True, "negotiate permessage-deflate when the client offers it")
     behind_proxy: bool = _opt(False, "trust X-Forwarded-For / X-Real-Ip from a reverse proxy")
     database_url: str = _opt(
-        "sqlite:///var/tornado-echo.db", "sqlite:///PATH or postgresql://...", _database_url
+        "sqlite:///tornado-echo.db",
+        "sqlite:///PATH (relative to state_dir) or sqlite:////ABSOLUTE/PATH or postgresql://...",
+        _database_url,
     )
     state_dir: str = _opt("var", "directory for local state (spool files)")
     journal: str = _opt("off", "message journal: off, meta or full", _one_of(JOURNAL_MODES))
@@ -135,6 +146,11 @@ class Config:
     )
     admin_token: str = _opt("", "bearer token for /api (empty: loopback only)")
     metrics_token: str = _opt("", "bearer token for /metrics (empty: loopback only)")
+
+    def __post_init__(self) -> None:
+        # Resolved once here: every consumer of database_url sees the same file.
+        resolved = resolve_sqlite_url(self.database_url, self.state_dir)
+        object.__setattr__(self, "database_url", resolved)
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secrets replaced by ``***``, for display and logs."""
