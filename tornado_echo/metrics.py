@@ -63,7 +63,6 @@ class _Synced:
     store_written: int = 0
     store_errors: int = 0
     store_lost: int = 0
-    cpu_seconds: float = 0.0
 
 
 class Metrics:
@@ -124,6 +123,7 @@ class Metrics:
                 "User and system CPU time of every worker, in seconds",
                 registry=registry,
             )
+            self._folded_cpu = 0.0  # what the counter holds of this process's CPU time
         else:
             registry.register(self._process)
         self.connections_open = Gauge(
@@ -291,8 +291,8 @@ class Metrics:
                 if gauge is not None:
                     gauge.set(sample.value)
                 elif sample.name == "process_cpu_seconds_total":
-                    self.cpu_seconds.inc(max(0.0, sample.value - self._synced.cpu_seconds))
-                    self._synced.cpu_seconds = sample.value
+                    self.cpu_seconds.inc(max(0.0, sample.value - self._folded_cpu))
+                    self._folded_cpu = sample.value
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """(body, content type) of a scrape in the format ``accept`` prefers (Prometheus
