@@ -291,6 +291,7 @@ smoke_test() {
         'database_url = "sqlite:///smoke.db"' 'workers = 1' 'log_format = "text"' \
         >"$tmp/smoke.toml"
     [[ -n $root ]] || chown -R -- "$SERVICE_USER:$SERVICE_USER" "$tmp"
+    : >"$tmp/log"  # before the server's shell opens it, for the sed below
     # setpriv execs: $! is the server itself, which the SIGTERM below must reach.
     "${as_service_user[@]}" "$venv_dir/bin/tornado-echo" --config "$tmp/smoke.toml" \
         2>"$tmp/log" &

@@ -181,7 +181,7 @@ def test_staged_install_with_offline_venv(tmp_path: Path) -> None:
     src = source_copy(tmp_path)
     # The smoke test runs the installed server: without its dependencies it fails...
     broken = run("--root", root, "--offline", "--python", python, src, check=False)
-    assert broken.returncode == 1
+    assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "install-systemd: failed: the installed server did not start:" in broken.stderr
     assert "No module named" in broken.stderr
     # ...and echoes once they are there (offline: found on the path, as this run's).
