@@ -75,8 +75,8 @@ class RestartWindow:
 def die_with_parent(parent: int) -> None:
     """Ask the kernel for SIGTERM when the parent dies; exit now if it already has.
 
-    Linux only; elsewhere (or when prctl is refused) the worker only notices at its
-    next write to the closed pipe.
+    Linux only: elsewhere (or when prctl is refused) a warning says so, and workers would
+    outlive a supervisor killed with SIGKILL.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
