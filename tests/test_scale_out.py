@@ -138,6 +138,7 @@ async def test_two_instances_behind_nginx_share_one_database_and_drain_one_at_a_
     assert await open_connections(second) == CLIENTS
     for client in clients.values():
         client.close(1000)
+        assert await client.read_message() is None  # the server answered the close
     second.process.send_signal(signal.SIGTERM)
     assert second.wait_exit() == 0
     nginx.send_signal(signal.SIGQUIT)
