@@ -177,3 +177,15 @@ def test_mask_url_without_password_is_unchanged() -> None:
 
 def test_every_key_is_documented() -> None:
     assert all(spec.metadata["doc"] for spec in FIELDS.values())
+
+
+def test_relative_sqlite_paths_are_resolved_against_state_dir() -> None:
+    assert Config(database_url="sqlite:///x.db", state_dir="/srv/echo").database_url == (
+        "sqlite:////srv/echo/x.db"
+    )
+    assert Config(database_url="sqlite:////abs/x.db", state_dir="/srv").database_url == (
+        "sqlite:////abs/x.db"
+    )
+    assert Config(state_dir="var").database_url == "sqlite:///var/tornado-echo.db"
+    url = "postgresql://u@h/d"
+    assert Config(database_url=url, state_dir="/srv").database_url == url

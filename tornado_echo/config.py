@@ -113,6 +113,15 @@ def _directory(value: Any) -> str | None:
     return None if value and "\0" not in value else "must be a directory path"
 
 
+def resolve_sqlite_url(url: str, state_dir: str) -> str:
+    """A relative ``sqlite:///PATH`` made relative to ``state_dir``, not to the working
+    directory, so that the server and ``tornado-echo sessions`` run from anywhere agree."""
+    if not url.startswith("sqlite:///"):
+        return url
+    path = url[len("sqlite:///") :]
+    return url if os.path.isabs(path) else "sqlite:///" + os.path.join(state_dir, path)
+
+
 def _origins(value: Any) -> str | None:
     for origin in value:
         if origin != "*" and not (origin.startswith(("http://", "https://")) and "://" in origin):
@@ -303,7 +312,10 @@ class Config:
     )
     tls_key: str = _opt(STRING, "", "PEM private key of tls_cert (re-read with it on SIGHUP)")
     database_url: str = _opt(
-        STRING, "sqlite:///var/tornado-echo.db", "sqlite:///PATH or postgresql://...", _database_url
+        STRING,
+        "sqlite:///tornado-echo.db",
+        "sqlite:///PATH (relative to state_dir) or sqlite:////ABSOLUTE/PATH or postgresql://...",
+        _database_url,
     )
     state_dir: str = _opt(STRING, "var", "directory for local state (spool files)", _directory)
     journal: str = _opt(STRING, "off", "message journal: off, meta or full", _one_of(JOURNAL_MODES))
@@ -312,6 +324,12 @@ class Config:
         65536,
         "payload bytes journalled per message (full); the rest is marked truncated",
         _between(0, 1 << 30),
+    )
+    retention_days: float = _opt(
+        NUMBER,
+        0.0,
+        "delete ended sessions and their journal opened more than this many days ago (0: keep)",
+        _between(0, 36500),
     )
     batch_size: int = _opt(INTEGER, 1000, "records per database batch", _between(1, 100_000))
     batch_delay: float = _opt(
@@ -345,6 +363,11 @@ class Config:
     )
     admin_token: str = _opt(STRING, "", "bearer token for /api (empty: loopback only)")
     metrics_token: str = _opt(STRING, "", "bearer token for /metrics (empty: loopback only)")
+
+    def __post_init__(self) -> None:
+        # Resolved once here: every consumer of database_url sees the same file.
+        resolved = resolve_sqlite_url(self.database_url, self.state_dir)
+        object.__setattr__(self, "database_url", resolved)
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secrets replaced by ``***``, for display and logs."""

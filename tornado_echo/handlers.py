@@ -26,7 +26,7 @@ from .access import NOT_LOOPBACK, request_refusal
 from .config import Config
 from .connections import Connections
 from .engine import FastProtocol, FastWebSocketHandler, carried_by_tls
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import Metrics
 from .protocol import EchoProtocol
 from .ratelimit import TokenBucket
 from .rfc6455 import CloseCode, Opcode, negotiate_deflate
@@ -171,21 +171,19 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         status = status_code if status_code in POLICY_STATUSES else 500
-        self.metrics.handshakes.labels(str(status)).inc()
-        self.metrics.rejections.labels(self.rejection_label).inc()
         reason = self.error_message(status, kwargs.get("exc_info"))
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         if self.rejection_label == "version":
             # RFC 6455 section 4.4: tell the client which version we speak.
             self.set_header("Sec-WebSocket-Version", "13")
-        logger.warning(
-            "rejected WebSocket upgrade from %s %s %s: %d %s",
+        self.metrics.reject(
             self.request.remote_ip,
-            self.request.method,
+            self.request.method or "",
             self.request.path,
             status,
             reason,
+            self.rejection_label,
         )
         self.finish(self.json_error(status, reason))
 
@@ -255,6 +253,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             data, opcode = message, Opcode.BINARY
         self.messages_in += 1
         self.bytes_in += len(data)
+        self.metrics.observe_message(len(data))
         if (self._message_budget is not None and not self._message_budget.take()) or (
             self._byte_budget is not None and not self._byte_budget.take(len(data))
         ):
@@ -305,7 +304,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
                 else CloseCode.ABNORMAL_CLOSURE
             )
         duration = time.monotonic() - self._opened_at
-        self.metrics.close_codes.labels(str(code), end_state).inc()
+        self.metrics.observe_close(code, end_state, duration)
         self.db.submit(
             SessionClosed(
                 session_id=self.session_id,
@@ -371,6 +370,8 @@ class HealthHandler(JsonHandler):
     def get(self) -> None:
         self.write_json(200, {"status": "ok"})
 
+    head = get  # Tornado sends the headers of GET, without the body
+
 
 class ReadyHandler(JsonHandler):
     """Readiness: 503 while draining, while the store writer is not running, and (unless
@@ -380,6 +381,9 @@ class ReadyHandler(JsonHandler):
     the body says so either way. With ``readiness_needs_store = false`` the answer stays
     200 with ``"status": "degraded"``, so that a shared database blinking does not take
     every instance out of a load balancer at once.
+
+    The database's error text names hosts, users and databases: only peers allowed to read
+    /metrics see it (and the store details); others get the status and a generic reason.
     """
 
     def initialize(self, db: Store, connections: Connections, config: Config) -> None:
@@ -389,9 +393,30 @@ class ReadyHandler(JsonHandler):
 
     def get(self) -> None:
         store = self.db.status()
-        body: dict[str, Any] = {
-            "connections": len(self.connections),
-            "store": {
+        problems: list[tuple[str, str]] = []  # (what anybody may read, detail for the trusted)
+        status = 200
+        if self.connections.draining:
+            status, problems = 503, [("draining", "")]
+        elif not store.running:
+            status, problems = 503, [("store writer not running", store.error or "not started")]
+        else:
+            if not store.available:
+                problems.append(("store unavailable", store.error or ""))
+                if self.config.readiness_needs_store:
+                    status = 503
+            if store.dropped:
+                problems.append(("records lost", f"{store.dropped} ({store.loss})"))
+        config = self.config
+        trusted = request_refusal(self.request, config.metrics_token, config.server_names) is None
+        body: dict[str, Any] = {"status": "ok"}
+        if problems:
+            body["status"] = "unavailable" if status == 503 else "degraded"
+            body["reason"] = "; ".join(
+                f"{what}: {detail}" if trusted and detail else what for what, detail in problems
+            )
+        if trusted:
+            body["connections"] = len(self.connections)
+            body["store"] = {
                 "available": store.available,
                 "error": store.error,
                 "pending": store.pending,
@@ -404,29 +429,19 @@ class ReadyHandler(JsonHandler):
                 "poisoned": store.poisoned,
                 "dropped": store.dropped,
                 "shed": store.shed,
-            },
-        }
-        if self.connections.draining:
-            self.write_json(503, {"status": "unavailable", "reason": "draining", **body})
-        elif not store.running:
-            reason = f"store writer not running: {store.error or 'not started'}"
-            self.write_json(503, {"status": "unavailable", "reason": reason, **body})
-        elif not store.available and self.config.readiness_needs_store:
-            reason = f"store unavailable: {store.error}"
-            self.write_json(503, {"status": "unavailable", "reason": reason, **body})
-        elif not store.available or store.dropped:
-            problems = []
-            if not store.available:
-                problems.append(f"store unavailable: {store.error}")
-            if store.dropped:
-                problems.append(f"{store.dropped} records lost ({store.loss})")
-            self.write_json(200, {"status": "degraded", "reason": "; ".join(problems), **body})
-        else:
-            self.write_json(200, {"status": "ok", **body})
+            }
+        self.write_json(status, body)
+
+    head = get
 
 
 class MetricsHandler(JsonHandler):
-    """Prometheus scrape endpoint; loopback peers or ``Authorization: Bearer <metrics_token>``."""
+    """Prometheus scrape endpoint; loopback peers or ``Authorization: Bearer <metrics_token>``.
+
+    Refused: 401 (with ``WWW-Authenticate``) when a token is set and was not given or is
+    wrong; 403 when no token is set, since no credentials could help, or when the Host does
+    not name this server.
+    """
 
     def initialize(
         self,
@@ -445,15 +460,21 @@ class MetricsHandler(JsonHandler):
     def get(self) -> None:
         refused = request_refusal(self.request, self.token, self.server_names)
         if refused is not None:
-            self.error_reason = (
-                "metrics are served to loopback or with the metrics token"
-                if refused == NOT_LOOPBACK
-                else refused
-            )
-            raise tornado.web.HTTPError(403)
+            if refused == NOT_LOOPBACK and self.token:
+                self.set_header("WWW-Authenticate", 'Bearer realm="tornado-echo"')
+                error = 401, "missing or wrong bearer token"
+            elif refused == NOT_LOOPBACK:
+                error = 403, "metrics are served to loopback only unless metrics_token is set"
+            else:
+                error = 403, refused
+            self.write_json(error[0], {"status": error[0], "error": error[1]})
+            return
         self.metrics.refresh(self.connections, self.db)
-        self.set_header("Content-Type", CONTENT_TYPE)
-        self.finish(self.metrics.exposition())
+        body, content_type = self.metrics.exposition(self.request.headers.get("Accept"))
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+    head = get
 
 
 class NotFoundHandler(JsonHandler):

@@ -34,8 +34,9 @@ from .errors import ConfigError
 from .http_server import EchoHTTPServer, make_http_server
 from .logs import setup_logging
 from .metrics import Metrics
-from .store import Store, make_store
+from .store import Store, make_backend, make_store
 from .store.reader import SessionReader
+from .store.retention import Retention
 from .systemd import Notifier
 
 logger = logging.getLogger(__name__)
@@ -99,8 +100,10 @@ class Server:
         self.notifier = notifier or Notifier(None)
         self.connections = Connections()
         self.metrics = Metrics()
+        self.metrics.configure(config)
         self.store: Store = make_store(config, self.server_id)
         self.reader = SessionReader(config.database_url)
+        self.retention = Retention(lambda: make_backend(config.database_url), config.retention_days)
         self.app: EchoApplication | None = None
         self.http: EchoHTTPServer | None = None
         self.sockets: list[socket.socket] = []
@@ -123,6 +126,7 @@ class Server:
         self._wakeup = asyncio.Event()
         self.store.on_batch = self.metrics.batch_seconds.observe
         await self.store.start()
+        self.retention.start()
         self.app = make_app(
             self.config, self.store, self.connections, self.server_id, self.metrics, self.reader
         )
@@ -245,6 +249,7 @@ class Server:
         if new.log_level != old.log_level or new.log_format != old.log_format:
             setup_logging(new.log_level, new.log_format, new.secrets())
         self.app.reconfigure(new)
+        self.metrics.configure(new)
         if self.http is not None:
             self.http.proxies = _proxies(new)
             self.http.max_http_connections = new.max_http_connections
@@ -324,6 +329,7 @@ class Server:
             self.app.live.close()
         store_time = max(MIN_STORE_DRAIN, deadline - time.monotonic())
         self.reader.close()
+        self.retention.close()
         await self.store.close(0.0 if self.force_exit else store_time)
         status = self.store.status()
         if status.pending or status.dropped:
