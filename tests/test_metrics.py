@@ -18,6 +18,7 @@ from tornado.websocket import websocket_connect
 
 from tests.helpers import BASE_CONF, Service, make_server, metric, start_service
 from tornado_echo import __version__
+from tornado_echo.config import Config
 from tornado_echo.connections import Connections
 from tornado_echo.metrics import KNOWN_CLOSE_CODES, Metrics, close_code_label
 from tornado_echo.store import Store
@@ -64,7 +65,7 @@ async def test_metrics_of_one_process(tmp_path: Path, sqlite_url: str) -> None:
             assert time.monotonic() < deadline, text
             await asyncio.sleep(0.05)
         build = {"version": __version__, "python": platform.python_version()}
-        build |= {"tornado": tornado.version, "engine": "tornado"}
+        build |= {"tornado": tornado.version, "engine": Config().engine}
         assert value(text, "tornado_echo_build_info", **build) == 1
         assert value(text, "tornado_echo_max_connections") == 123
         assert value(text, "process_open_fds") > 5
