@@ -30,14 +30,14 @@ class EchoApplication(tornado.web.Application):
     def __init__(
         self,
         config: Config,
-        db: Store,
+        store: Store,
         connections: Connections,
         server_id: str,
         metrics: Metrics,
         reader: SessionReader,
     ) -> None:
         self._ws_kwargs: dict[str, Any] = {
-            "db": db,
+            "db": store,  # EchoWebSocket's users know it as the db
             "config": config,
             "connections": connections,
             "server_id": server_id,
@@ -46,18 +46,18 @@ class EchoApplication(tornado.web.Application):
         self._metrics_kwargs: dict[str, Any] = {
             "metrics": metrics,
             "connections": connections,
-            "db": db,
+            "store": store,
             "token": config.metrics_token,
             "server_names": config.server_names,
         }
         self._api_kwargs: dict[str, Any] = {"config": config, "reader": reader}
         self._ready_kwargs: dict[str, Any] = {
-            "db": db,
+            "store": store,
             "connections": connections,
             "config": config,
         }
         # Sampling starts with the server (Server.start), and only when the console is on.
-        self.live = LiveFeed(connections, db, metrics)
+        self.live = LiveFeed(connections, store, metrics)
         self._live_kwargs: dict[str, Any] = {"live": self.live, "reader": reader, "config": config}
         super().__init__(
             [
@@ -97,7 +97,7 @@ def _live_settings(config: Config) -> dict[str, Any]:
 
 def make_app(
     config: Config,
-    db: Store,
+    store: Store,
     connections: Connections | None = None,
     server_id: str = "local",
     metrics: Metrics | None = None,
@@ -106,13 +106,13 @@ def make_app(
     """The application serving ``config.ws_path``, /healthz, /readyz, /metrics, /api and the
     console (``config.console_path``).
 
-    ``db`` must be started before the first connection; ``connections`` is shared with the
+    ``store`` must be started before the first connection; ``connections`` is shared with the
     server so that shutdown can reach every open session; ``reader`` (made from
     ``config.database_url`` when not given) answers the /api queries.
     """
     return EchoApplication(
         config,
-        db,
+        store,
         Connections() if connections is None else connections,
         server_id,
         Metrics() if metrics is None else metrics,

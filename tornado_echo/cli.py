@@ -256,10 +256,12 @@ def sessions(argv: Sequence[str]) -> int:
         return 1
     try:
         if session_id is None:
-            rows = run_query(config.database_url, lambda db: db.list_sessions(limit, since))
+            rows = run_query(
+                config.database_url, lambda backend: backend.list_sessions(limit, since)
+            )
         else:
             found = run_query(
-                config.database_url, lambda db: db.get_session(session_id, JOURNAL_LIMIT)
+                config.database_url, lambda backend: backend.get_session(session_id, JOURNAL_LIMIT)
             )
     except Exception as exc:  # noqa: BLE001 - command boundary: one line, no traceback
         reason = one_line(exc)

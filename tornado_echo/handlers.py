@@ -39,13 +39,17 @@ POLICY_STATUSES = (403, 503)
 
 
 class JsonErrorMixin:
-    """Errors as ``{"status": N, "error": reason}``; set ``error_reason`` before send_error."""
+    """Errors as ``{"status": N, "error": text}``: ``send_error(status, error=text)``.
 
-    error_reason: str | None = None
+    Tornado hands ``send_error``'s keyword arguments to ``write_error``; without ``error``
+    the text comes from the exception (an HTTPError's log message) or the status.
+    """
 
-    def error_message(self, status: int, exc_info: Any) -> str:
-        if self.error_reason is not None:
-            return self.error_reason
+    def error_message(self, status: int, details: dict[str, Any]) -> str:
+        text = details.get("error")
+        if text is not None:
+            return str(text)
+        exc_info = details.get("exc_info")
         error = exc_info[1] if exc_info else None
         if isinstance(error, tornado.web.HTTPError):
             return error.log_message or error.reason or responses.get(error.status_code, "error")
@@ -59,9 +63,6 @@ class JsonErrorMixin:
 
 class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
     """Echoes every message back with the same type, in order; records each session."""
-
-    # Metric label of a refused upgrade; "error" covers exceptions raised while opening.
-    rejection_label = "error"
 
     def initialize(
         self,
@@ -165,16 +166,16 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         return None
 
     def _reject(self, status: int, label: str, reason: str) -> None:
-        self.error_reason = reason
-        self.rejection_label = label
-        self.send_error(status)
+        self.send_error(status, error=reason, label=label)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         status = status_code if status_code in POLICY_STATUSES else 500
-        reason = self.error_message(status, kwargs.get("exc_info"))
+        reason = self.error_message(status, kwargs)
+        # The metric label of the refusal; "error" is an exception raised while opening.
+        label = kwargs.get("label", "error")
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        if self.rejection_label == "version":
+        if label == "version":
             # RFC 6455 section 4.4: tell the client which version we speak.
             self.set_header("Sec-WebSocket-Version", "13")
         self.metrics.reject(
@@ -183,7 +184,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             self.request.path,
             status,
             reason,
-            self.rejection_label,
+            label,
         )
         self.finish(self.json_error(status, reason))
 
@@ -359,7 +360,7 @@ class JsonHandler(JsonErrorMixin, tornado.web.RequestHandler):
         self.finish(body if isinstance(body, bytes) else json.dumps(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        reason = self.error_message(status_code, kwargs.get("exc_info"))
+        reason = self.error_message(status_code, kwargs)
         self.set_header("Content-Type", "application/json")
         self.finish(self.json_error(status_code, reason))
 
@@ -386,51 +387,51 @@ class ReadyHandler(JsonHandler):
     /metrics see it (and the store details); others get the status and a generic reason.
     """
 
-    def initialize(self, db: Store, connections: Connections, config: Config) -> None:
-        self.db = db
+    def initialize(self, store: Store, connections: Connections, config: Config) -> None:
+        self.store = store
         self.connections = connections
         self.config = config
 
     def get(self) -> None:
-        store = self.db.status()
+        status = self.store.status()
         problems: list[tuple[str, str]] = []  # (what anybody may read, detail for the trusted)
-        status = 200
+        code = 200
         if self.connections.draining:
-            status, problems = 503, [("draining", "")]
-        elif not store.running:
-            status, problems = 503, [("store writer not running", store.error or "not started")]
+            code, problems = 503, [("draining", "")]
+        elif not status.running:
+            code, problems = 503, [("store writer not running", status.error or "not started")]
         else:
-            if not store.available:
-                problems.append(("store unavailable", store.error or ""))
+            if not status.available:
+                problems.append(("store unavailable", status.error or ""))
                 if self.config.readiness_needs_store:
-                    status = 503
-            if store.dropped:
-                problems.append(("records lost", f"{store.dropped} ({store.loss})"))
+                    code = 503
+            if status.dropped:
+                problems.append(("records lost", f"{status.dropped} ({status.loss})"))
         config = self.config
         trusted = request_refusal(self.request, config.metrics_token, config.server_names) is None
         body: dict[str, Any] = {"status": "ok"}
         if problems:
-            body["status"] = "unavailable" if status == 503 else "degraded"
+            body["status"] = "unavailable" if code == 503 else "degraded"
             body["reason"] = "; ".join(
                 f"{what}: {detail}" if trusted and detail else what for what, detail in problems
             )
         if trusted:
             body["connections"] = len(self.connections)
             body["store"] = {
-                "available": store.available,
-                "error": store.error,
-                "pending": store.pending,
-                "queued": store.queued,
-                "queued_bytes": store.queued_bytes,
-                "spooled": store.spooled,
-                "spool_bytes": store.spool_bytes,
-                "oldest_pending_age_s": round(store.oldest_pending_age, 3),
-                "written": store.written,
-                "poisoned": store.poisoned,
-                "dropped": store.dropped,
-                "shed": store.shed,
+                "available": status.available,
+                "error": status.error,
+                "pending": status.pending,
+                "queued": status.queued,
+                "queued_bytes": status.queued_bytes,
+                "spooled": status.spooled,
+                "spool_bytes": status.spool_bytes,
+                "oldest_pending_age_s": round(status.oldest_pending_age, 3),
+                "written": status.written,
+                "poisoned": status.poisoned,
+                "dropped": status.dropped,
+                "shed": status.shed,
             }
-        self.write_json(status, body)
+        self.write_json(code, body)
 
     head = get
 
@@ -447,13 +448,13 @@ class MetricsHandler(JsonHandler):
         self,
         metrics: Metrics,
         connections: Connections,
-        db: Store,
+        store: Store,
         token: str,
         server_names: tuple[str, ...] = (),
     ) -> None:
         self.metrics = metrics
         self.connections = connections
-        self.db = db
+        self.store = store
         self.token = token
         self.server_names = server_names
 
@@ -469,7 +470,7 @@ class MetricsHandler(JsonHandler):
                 error = 403, refused
             self.write_json(error[0], {"status": error[0], "error": error[1]})
             return
-        self.metrics.refresh(self.connections, self.db)
+        self.metrics.refresh(self.connections, self.store)
         body, content_type = self.metrics.exposition(self.request.headers.get("Accept"))
         self.set_header("Content-Type", content_type)
         self.finish(body)
@@ -479,5 +480,4 @@ class MetricsHandler(JsonHandler):
 
 class NotFoundHandler(JsonHandler):
     def prepare(self) -> None:
-        self.error_reason = f"no such path: {self.request.path}"
-        raise tornado.web.HTTPError(404)
+        self.send_error(404, error=f"no such path: {self.request.path}")

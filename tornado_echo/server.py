@@ -290,12 +290,12 @@ class Server:
                 last_status = now
 
     def _status_line(self) -> str:
-        store = self.store.status()
-        state = "ok" if store.available else f"unavailable ({store.error})"
+        status = self.store.status()
+        state = "ok" if status.available else f"unavailable ({status.error})"
         draining = ", draining" if self.connections.draining else ""
         return (
             f"{len(self.connections)} connections ({self.connections.total} total){draining};"
-            f" store {state}, {store.pending} pending"
+            f" store {state}, {status.pending} pending"
         )
 
     # -- shutdown --------------------------------------------------------------------------
