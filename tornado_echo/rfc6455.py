@@ -287,8 +287,9 @@ class FrameReader:
     ``(Opcode.TEXT, str)``, ``(Opcode.BINARY, bytes)`` for whole messages (reassembled,
     inflated), ``(Opcode.PING | PONG | CLOSE, payload)`` for control frames. A violation
     ends the list with ``(None, ProtocolError)``; after that the reader accepts nothing
-    more. Text is validated per fragment, so invalid UTF-8 fails as soon as it arrives;
-    ``max_size`` bounds a message's inflated size and no frame larger than it is buffered.
+    more. Text is validated as it arrives, even inside a frame not yet complete, so invalid
+    UTF-8 fails at once; ``max_size`` bounds a message's inflated size and no frame larger
+    than it is buffered.
     """
 
     def __init__(self, max_size: int, deflate: PerMessageDeflate | None = None) -> None:
