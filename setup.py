@@ -38,6 +38,8 @@ setup(
             "ruff>=0.5",
             # Browser tests drive Debian's chromium through its chromedriver (.ci/run).
             "selenium>=4.10",
+            # Runs the Autobahn TestSuite's cases (tests/test_autobahn.py, benchmarks/autobahn.py).
+            "kosoku>=0.1.0",
         ],
     },
     entry_points={

@@ -180,6 +180,43 @@ def test_invalid_utf8_fails_at_its_fragment_not_at_the_end() -> None:
     assert opcode is None and error.code == 1007
 
 
+@pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.CONTINUATION])
+def test_invalid_utf8_fails_inside_a_frame_still_arriving(opcode: Opcode) -> None:
+    # Autobahn 6.4.3/6.4.4: the frame's header announces the whole payload, the bytes come in
+    # chops; the impossible sequence must fail when it arrives, not when the frame completes.
+    reader = FrameReader(1000)
+    valid, invalid = " κόσμε".encode(), b"\xf4\x90\x80\x80"
+    if opcode == Opcode.CONTINUATION:  # which carries on a character split at the frame
+        assert reader.feed(masked(Opcode.TEXT, b"\xce", fin=False)) == []
+        valid = b"\xba" + valid
+    frame = masked(opcode, valid + invalid + b"edited")
+    cut = len(frame) - len(invalid) - len(b"edited")
+    for i in range(cut):  # header, mask and the valid part, a byte at a time
+        assert reader.feed(frame[i : i + 1]) == []
+    assert reader.feed(frame[cut : cut + 1]) == []  # \xf4 may still start a character
+    [(failed, error)] = reader.feed(frame[cut + 1 : cut + 2])
+    assert failed is None and error.code == 1007
+    assert reader.feed(frame[cut + 2 :]) == []
+
+
+def test_text_frames_arriving_in_pieces_are_checked_and_delivered_whole() -> None:
+    text = "ü€𝄞 mask turns " * 997
+    squeezed = " ".join(f"κόσμε {i}" for i in range(500))
+    body = deflated(squeezed.encode())  # not UTF-8: only what it inflates to is checked
+    stream = (
+        masked(Opcode.TEXT, text.encode())
+        + masked(Opcode.TEXT, "€".encode()[:1], fin=False)  # a character split at the frame
+        + masked(Opcode.CONTINUATION, "€𝄞".encode()[1:])
+        + masked(Opcode.TEXT, body[:100], fin=False, rsv=0x40)
+        + masked(Opcode.CONTINUATION, body[100:])
+    )
+    reader = FrameReader(100_000, PerMessageDeflate({}))
+    events = []
+    for at in range(0, len(stream), 7):
+        events += reader.feed(stream[at : at + 7])
+    assert events == [(Opcode.TEXT, text), (Opcode.TEXT, "€𝄞"), (Opcode.TEXT, squeezed)]
+
+
 def test_oversized_frame_is_refused_from_its_header_alone() -> None:
     reader = FrameReader(1000)
     header = struct.pack("!BBQ", 0x82, 0x80 | 127, 1 << 40)

@@ -287,8 +287,9 @@ class FrameReader:
     ``(Opcode.TEXT, str)``, ``(Opcode.BINARY, bytes)`` for whole messages (reassembled,
     inflated), ``(Opcode.PING | PONG | CLOSE, payload)`` for control frames. A violation
     ends the list with ``(None, ProtocolError)``; after that the reader accepts nothing
-    more. Text is validated per fragment, so invalid UTF-8 fails as soon as it arrives;
-    ``max_size`` bounds a message's inflated size and no frame larger than it is buffered.
+    more. Text is validated as it arrives, even inside a frame not yet complete, so invalid
+    UTF-8 fails at once; ``max_size`` bounds a message's inflated size and no frame larger
+    than it is buffered.
     """
 
     def __init__(self, max_size: int, deflate: PerMessageDeflate | None = None) -> None:
@@ -303,6 +304,12 @@ class FrameReader:
         self._msg_parts: list[Any] = []  # bytes, or str pieces of a text
         self._msg_size = 0
         self._msg_text: Any = None  # incremental UTF-8 decoder of a fragmented text
+        # A text frame still arriving: its payload so far is checked as it comes (RFC 6455
+        # section 8.1 "fail fast"), so a client cannot park invalid UTF-8 in a long frame.
+        self._partial_text: Any = None  # a UTF-8 decoder used only to check, or None
+        self._partial_mask = b""
+        self._partial_start = 0  # offset of the frame's payload in the buffer
+        self._partial_checked = 0  # offset in the buffer up to which it is checked
 
     @property
     def buffered(self) -> int:
@@ -313,14 +320,17 @@ class FrameReader:
         if self._failed:
             return []
         buf = self._buf
-        if buf:
-            buf += data
-            if len(buf) < self._need:
-                return []
-            data = bytes(buf)
-            buf.clear()
         events: list[tuple[Any, Any]] = []
         try:
+            if buf:
+                buf += data
+                if len(buf) < self._need:
+                    if self._partial_text is not None:
+                        self._check_partial_text()
+                    return events
+                data = bytes(buf)
+                buf.clear()
+                self._partial_text = None
             self._parse(data, events)
         except ProtocolError as exc:
             self._failed = True
@@ -364,6 +374,14 @@ class FrameReader:
                 )
             stop = start + 4 + length
             if stop > end:
+                if self._is_plain_text_frame(b0):
+                    if end < start + 4:
+                        self._need = start + 4 - pos  # parse again once the mask is here
+                        break
+                    self._need = stop - pos
+                    self._buf += data[pos:]
+                    self._start_partial_text(data[start : start + 4], start + 4 - pos)
+                    return
                 self._need = stop - pos
                 break
             payload = apply_mask(data[start + 4 : stop], data[start : start + 4])
@@ -383,6 +401,43 @@ class FrameReader:
                 self._frame(b0, payload, events)
         if pos < end:
             self._buf += data[pos:] if pos else data
+
+    def _is_plain_text_frame(self, b0: int) -> bool:
+        """Whether a frame with first byte ``b0`` carries uncompressed text of a valid message."""
+        if b0 & 0x70:
+            return False  # compressed (checked once inflated), or an RSV error found later
+        opcode = b0 & 0x0F
+        if opcode == Opcode.TEXT:
+            return self._msg_opcode < 0
+        return (
+            opcode == Opcode.CONTINUATION
+            and self._msg_text is not None
+            and not self._msg_compressed
+        )
+
+    def _start_partial_text(self, mask: bytes, start: int) -> None:
+        decoder = _utf8_decoder()
+        if self._msg_text is not None:  # a continuation: carry a sequence split at the frame
+            decoder.setstate(self._msg_text.getstate())
+        self._partial_text = decoder
+        self._partial_mask = mask
+        self._partial_start = self._partial_checked = start
+        self._check_partial_text()
+
+    def _check_partial_text(self) -> None:
+        buf = self._buf
+        at = self._partial_checked
+        if len(buf) <= at:
+            return
+        turn = (at - self._partial_start) % 4
+        mask = self._partial_mask[turn:] + self._partial_mask[:turn]
+        self._partial_checked = len(buf)
+        try:
+            self._partial_text.decode(apply_mask(bytes(buf[at:]), mask), False)
+        except UnicodeDecodeError:
+            raise ProtocolError(
+                CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8"
+            ) from None
 
     def _frame(self, b0: int, payload: bytes, events: list[tuple[Any, Any]]) -> None:
         opcode = b0 & 0x0F
