@@ -94,6 +94,18 @@ class ReorderHandler(EchoHandler):
         self.held = None
 
 
+class RetypeHandler(EchoHandler):
+    """Echoes every fifth message as the other frame type (text as binary and back)."""
+
+    def reply(self, message: str | bytes) -> None:
+        if self.seen % 5 == 0:
+            swapped = message.encode() if isinstance(message, str) else message.decode()
+            with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+                self.write_message(swapped, binary=isinstance(swapped, bytes))
+        else:
+            super().reply(message)
+
+
 class CloseHandler(EchoHandler):
     """Closes with the code in the path after the first echo (1006: drops TCP)."""
 
@@ -139,6 +151,7 @@ def _app(**settings: Any) -> tornado.web.Application:
             (r"/drop", DropHandler),
             (r"/dup", DuplicateHandler),
             (r"/reorder", ReorderHandler),
+            (r"/retype", RetypeHandler),
             (r"/close/(\d+)", CloseHandler),
             (r"/status/(\d+)", StatusHandler),
         ],

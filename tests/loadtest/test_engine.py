@@ -95,6 +95,17 @@ def test_wrong_echo_counts_mismatches(servers: Servers) -> None:
     assert summary["error_rate"] > 0
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_echo_in_the_other_frame_type_is_its_own_error(servers: Servers, binary: bool) -> None:
+    stats, summary = run_load(servers.url("/retype"), connections=2, messages=10, binary=binary)
+    assert stats.counters["retyped"] == 4  # the 5th and 10th of each connection
+    assert stats.errors == {"retyped": 4}
+    assert stats.counters["messages_received"] == 16
+    assert stats.counters["lost"] == stats.counters["mismatches"] == 0
+    assert summary["messages"]["retyped"] == 4
+    assert summary["error_rate"] > 0
+
+
 def test_dropped_messages_count_as_lost(servers: Servers) -> None:
     stats, _ = run_load(servers.url("/drop"), connections=2, messages=6, timeout=0.3)
     assert stats.counters["lost"] == 4  # the 3rd and 6th of each connection

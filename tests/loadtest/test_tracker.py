@@ -75,3 +75,13 @@ def test_abandon_counts_all_in_flight_as_lost() -> None:
     for _ in range(4):
         tracker.next_payload(0, 0)
     assert tracker.abandon() == 4 and live.lost == 4
+
+
+def test_retyped_echo_answers_its_message_without_counting_it_good() -> None:
+    tracker, live, corrected, _ = make()
+    payload = tracker.next_payload(0, 0)
+    assert tracker.on_retyped(payload)
+    assert live.retyped == 1 and live.received == 0 and not tracker.pending
+    assert corrected.total == 0
+    assert not tracker.on_retyped(payload)  # again: a duplicate, not a second retype
+    assert live.retyped == 1 and live.duplicates == 1

@@ -30,7 +30,7 @@ from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.errors import HandshakeError, LoadtestError
 from tornado_echo.loadtest.framing import HandshakeRequest
 from tornado_echo.loadtest.protocol import EchoConnection
-from tornado_echo.loadtest.stats import SERIES, Stats
+from tornado_echo.loadtest.stats import ECHO_ERRORS, SERIES, Stats
 from tornado_echo.loadtest.tracker import Filler, LiveCounters
 
 log = logging.getLogger(__name__)
@@ -399,7 +399,7 @@ class Worker:
 
     def snapshot(self) -> Progress:
         live = self.live
-        errors = sum(self.stats.errors.values()) + live.mismatches + live.lost + live.duplicates
+        errors = sum(self.stats.errors.values()) + sum(getattr(live, name) for name in ECHO_ERRORS)
         return Progress(
             worker=self.plan.index,
             elapsed=time.monotonic() - self._started,
@@ -424,17 +424,12 @@ class Worker:
         counters["bytes_sent"] += live.bytes_sent
         counters["bytes_received"] += live.bytes_received
         counters["messages_intended"] += self.intended
-        counters["mismatches"] += live.mismatches
-        counters["lost"] += live.lost
-        counters["duplicates"] += live.duplicates
         counters["reordered"] += live.reordered
-        for name, count in (
-            ("mismatch", live.mismatches),
-            ("lost", live.lost),
-            ("duplicate", live.duplicates),
-        ):
+        for name, category in ECHO_ERRORS.items():
+            count = getattr(live, name)
+            counters[name] += count
             if count:
-                stats.error(name, count)
+                stats.error(category, count)
         if self.cfg.mode == "closed":
             # Sent when intended: the uncorrected figure is the corrected one.
             stats.histograms["latency_uncorrected"].merge(stats.histograms["latency"])

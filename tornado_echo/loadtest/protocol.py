@@ -59,6 +59,7 @@ class EchoConnection(asyncio.Protocol):
         self._deflate: Deflate | None = None
         self._deflate_on = False
         self._opcode = OP_BINARY if cfg.binary else OP_TEXT
+        self._fast_b0 = 0x80 | self._opcode  # first byte of a whole uncompressed echo
         # Equal-size messages share one frame header: built once, not per send.
         self._header = (
             frame_header(self._opcode, cfg.sizes.low) if cfg.sizes.low == cfg.sizes.high else None
@@ -116,7 +117,7 @@ class EchoConnection(asyncio.Protocol):
             length >= 0
             and data[1] == length  # a 7-bit length, so also no mask bit
             and length < 126
-            and (data[0] == 0x81 or data[0] == 0x82)
+            and data[0] == self._fast_b0
             and length <= parser.max_size
             and parser.between_frames
         ):
@@ -132,8 +133,11 @@ class EchoConnection(asyncio.Protocol):
             return
         now = _now()  # one read: one arrival time for all it carried
         for opcode, payload in events:
-            if opcode == OP_TEXT or opcode == OP_BINARY:
+            if opcode == self._opcode:
                 self._on_data(payload, now)
+            elif opcode == OP_TEXT or opcode == OP_BINARY:
+                # Echoed as the other frame type: its own error class, however right the bytes.
+                self._on_answer(self.tracker.on_retyped(payload))
             elif opcode == OP_PING:
                 self._write(encode_frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
@@ -141,7 +145,15 @@ class EchoConnection(asyncio.Protocol):
                 return
 
     def _on_data(self, payload: bytes, now: int) -> None:
+        # _on_answer(), inlined: this runs once per echo.
         if self.tracker.on_echo(payload, now) and self.running and not self._interval_ns:
+            self._defer_send(self)
+        elif not self.running and not self.tracker.pending:
+            self.close()
+
+    def _on_answer(self, answered: bool) -> None:
+        # An echo came in (``answered``: for a message in flight): keep the loop going.
+        if answered and self.running and not self._interval_ns:
             self._defer_send(self)
         elif not self.running and not self.tracker.pending:
             self.close()

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from tornado_echo.loadtest.errors import ResultFormatError
 from tornado_echo.loadtest.histogram import Histogram
-from tornado_echo.loadtest.stats import Stats
+from tornado_echo.loadtest.stats import ECHO_ERRORS, Stats
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 # The client is deemed the bottleneck past any of these (see the saturation guard).
@@ -58,7 +58,7 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     elapsed = stats.elapsed or 0.0
     attempts = c["connections_attempted"] + c["messages_sent"]
     conn_errors = c["connections_failed"] + c["connections_dropped"]
-    msg_errors = c["mismatches"] + c["lost"] + c["duplicates"]
+    msg_errors = sum(c[name] for name in ECHO_ERRORS)
     summary: dict[str, Any] = {
         "elapsed_s": elapsed,
         "interrupted": stats.interrupted,
@@ -76,6 +76,7 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
             "mismatches": c["mismatches"],
             "lost": c["lost"],
             "duplicates": c["duplicates"],
+            "retyped": c["retyped"],
             "reordered": c["reordered"],
         },
         "throughput": {
@@ -247,7 +248,8 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
         f"failed {c['failed']}  dropped {c['dropped']}  peak open {c['peak_open']}  "
         f"last opened after {c['last_opened_after_s']:.2f} s",
         f"messages     sent {m['sent']}  echoed ok {m['received']}  mismatched {m['mismatches']}"
-        f"  lost {m['lost']}  duplicated {m['duplicates']}  reordered {m['reordered']}",
+        f"  lost {m['lost']}  duplicated {m['duplicates']}  retyped {m['retyped']}"
+        f"  reordered {m['reordered']}",
         f"throughput   {t['msgs_per_s']:.1f} msgs/s  {t['mb_per_s']:.3f} MB/s",
         f"error rate   {summary['error_rate']:.6f}",
         "",

@@ -33,8 +33,16 @@ COUNTERS = (
     "mismatches",
     "lost",
     "duplicates",
+    "retyped",
     "reordered",
 )
+# Wrong echoes: the counter of each class and the error category it is reported under.
+ECHO_ERRORS = {
+    "mismatches": "mismatch",
+    "lost": "lost",
+    "duplicates": "duplicate",
+    "retyped": "retyped",
+}
 SERIES = ("established", "failed", "dropped", "received", "sent")
 FORMAT_VERSION = 1
 

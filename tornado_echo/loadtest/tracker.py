@@ -44,6 +44,7 @@ class LiveCounters:
         "mismatches",
         "received",
         "reordered",
+        "retyped",
         "sent",
     )
 
@@ -56,6 +57,7 @@ class LiveCounters:
         self.lost = 0
         self.duplicates = 0
         self.reordered = 0
+        self.retyped = 0
 
 
 class EchoTracker:
@@ -135,6 +137,17 @@ class EchoTracker:
         if sent != intended:
             # Closed loop sends when intended, so there the two are one histogram.
             self._uncorrected.record(now_ns - sent)
+        return True
+
+    def on_retyped(self, payload: bytes) -> bool:
+        """An echo in the other frame type (text for binary or back): never a good echo.
+
+        True if it answered a message in flight, which then counts as retyped only (not
+        also lost); otherwise it is classified like any unexpected echo.
+        """
+        if self.pending.pop(payload[:SEQ_WIDTH], None) is None:
+            return self._unexpected(payload)
+        self._live.retyped += 1
         return True
 
     def _unexpected(self, payload: bytes) -> bool:
