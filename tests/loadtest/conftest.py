@@ -94,6 +94,18 @@ class ReorderHandler(EchoHandler):
         self.held = None
 
 
+class CorruptSequenceHandler(EchoHandler):
+    """Changes the last digit of the sequence number (the 16th byte) of every third echo."""
+
+    def reply(self, message: str | bytes) -> None:
+        if self.seen % 3 == 0:
+            text = message.decode() if isinstance(message, bytes) else message
+            digit = "%x" % (int(text[15], 16) ^ 1)
+            garbled = text[:15] + digit + text[16:]
+            message = garbled.encode() if isinstance(message, bytes) else garbled
+        super().reply(message)
+
+
 class RetypeHandler(EchoHandler):
     """Echoes every fifth message as the other frame type (text as binary and back)."""
 
@@ -152,6 +164,7 @@ def _app(**settings: Any) -> tornado.web.Application:
             (r"/dup", DuplicateHandler),
             (r"/reorder", ReorderHandler),
             (r"/retype", RetypeHandler),
+            (r"/corrupt-seq", CorruptSequenceHandler),
             (r"/close/(\d+)", CloseHandler),
             (r"/status/(\d+)", StatusHandler),
         ],

@@ -106,6 +106,20 @@ def test_echo_in_the_other_frame_type_is_its_own_error(servers: Servers, binary:
     assert summary["error_rate"] > 0
 
 
+@pytest.mark.parametrize(("size", "inflight"), [("64", 1), ("17-40", 2)])
+def test_a_garbled_sequence_number_is_one_mismatch(
+    servers: Servers, size: str, inflight: int
+) -> None:
+    stats, _ = run_load(
+        servers.url("/corrupt-seq"), connections=2, messages=12, size=size, inflight=inflight
+    )
+    c = stats.counters
+    assert c["mismatches"] == 8  # the 3rd, 6th, 9th, 12th of each connection
+    assert c["lost"] == c["duplicates"] == 0
+    assert c["messages_received"] == 16
+    assert stats.errors == {"mismatch": 8}
+
+
 def test_dropped_messages_count_as_lost(servers: Servers) -> None:
     stats, _ = run_load(servers.url("/drop"), connections=2, messages=6, timeout=0.3)
     assert stats.counters["lost"] == 4  # the 3rd and 6th of each connection
