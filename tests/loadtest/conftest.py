@@ -133,6 +133,20 @@ class CloseHandler(EchoHandler):
             self.close(code, "test close")
 
 
+class FlakyUpgradeHandler(EchoHandler):
+    """Refuses every second upgrade with 503 (counted over the server's life)."""
+
+    upgrades = 0
+
+    async def get(self, *args: str, **kwargs: str) -> None:
+        FlakyUpgradeHandler.upgrades += 1
+        if FlakyUpgradeHandler.upgrades % 2 == 0:
+            self.set_status(503)
+            self.finish("try again")
+            return
+        await super().get(*args, **kwargs)
+
+
 class StatusHandler(tornado.web.RequestHandler):
     """Refuses the upgrade with the HTTP status in the path."""
 
@@ -167,6 +181,7 @@ def _app(**settings: Any) -> tornado.web.Application:
             (r"/corrupt-seq", CorruptSequenceHandler),
             (r"/close/(\d+)", CloseHandler),
             (r"/status/(\d+)", StatusHandler),
+            (r"/flaky", FlakyUpgradeHandler),
         ],
         **settings,
     )

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.loadtest.conftest import Servers
-from tornado_echo.loadtest.cli import ProgressLine, main
+from tornado_echo.loadtest.cli import ProgressLine, build_config, main, merge_parser, run_parser
 from tornado_echo.loadtest.engine import Progress
 
 
@@ -62,7 +64,10 @@ def test_passing_run_prints_summary_and_exits_zero(
 @pytest.mark.parametrize(
     ("args", "name"),
     [
+        (["--max-p50-ms", "0.000001"], "--max-p50-ms"),
         (["--max-p99-ms", "0.000001"], "--max-p99-ms"),
+        (["--max-p999-ms", "0.000001"], "--max-p999-ms"),
+        (["--max-latency-ms", "0.000001"], "--max-latency-ms"),
         (["--min-throughput", "1e12"], "--min-throughput"),
     ],
 )
@@ -96,12 +101,46 @@ def test_no_connection_opened_fails_without_thresholds(
     assert "none of 2 connections opened (refused 2)" in err
 
 
-def test_error_rate_threshold_on_refused_upgrade(
+def test_thresholds_on_a_run_with_no_connection_opened_still_exit_3(
     servers: Servers, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run_cli(capsys, *quick(servers, "/status/503"), "--max-error-rate", "0.5")
-    assert code == 1
+    assert code == 3
     assert "handshake_503 2" in out
+    assert "THRESHOLD FAILED --max-error-rate" in out
+
+
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        ("/drop", "lost 2"),
+        ("/retype", "retyped 2"),
+        ("/wrong", "mismatch 10"),
+        ("/dup", "duplicate"),
+        ("/close/1011", "close_1011 2"),
+        ("/flaky", "handshake_503"),
+    ],
+)
+def test_any_error_fails_the_run_by_default(
+    servers: Servers, capsys: pytest.CaptureFixture[str], path: str, error: str
+) -> None:
+    code, out, _ = run_cli(capsys, *quick(servers, path))
+    assert code == 1
+    [failed] = [line for line in out.splitlines() if "FAILED" in line]
+    assert failed.startswith("CHECK FAILED errors: ") and error in failed
+    code, out, _ = run_cli(capsys, *quick(servers, path), "--allow-errors")
+    assert code == 0 and "FAILED" not in out
+
+
+def test_connection_failure_rate_threshold(
+    servers: Servers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*quick(servers, "/flaky"), "-c", "4", "--allow-errors"]
+    code, out, _ = run_cli(capsys, *argv, "--max-conn-failure-rate", "0.6")
+    assert code == 0, out
+    code, out, _ = run_cli(capsys, *argv, "--max-conn-failure-rate", "0.1")
+    assert code == 1
+    assert "THRESHOLD FAILED --max-conn-failure-rate: 2 of 4 connections failed" in out
 
 
 @pytest.mark.parametrize(
@@ -112,7 +151,7 @@ def test_error_rate_threshold_on_refused_upgrade(
         (["ws://127.0.0.1:1/", "-c", "x"], "invalid int value"),
         (["ws://127.0.0.1:1/", "-c", "0"], "--connections"),
         (["ws://127.0.0.1:1/", "--size", "8"], "--size"),
-        (["ws://127.0.0.1:1/", "--rate", "10"], "--mode open"),
+        (["ws://127.0.0.1:1/", "--rate", "10", "--mode", "closed"], "--mode closed"),
         (["ws://127.0.0.1:1/", "--mode", "open"], "--rate"),
         (["ws://127.0.0.1:1/", "-H", "nocolon"], "Name: value"),
         (["ws://192.0.2.1:1/"], "not a loopback address"),
@@ -159,10 +198,11 @@ def test_merge_of_one_result_prints_what_the_run_printed(
     servers: Servers, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     result = tmp_path / "a.json"
-    code, run_out, _ = run_cli(capsys, *quick(servers, "/close/1011"), "--json", str(result))
+    argv = [*quick(servers, "/close/1011"), "--json", str(result), "--allow-errors"]
+    code, run_out, _ = run_cli(capsys, *argv)
     assert code == 0
     assert "connections over time (1 s per row)" in run_out
-    code, merge_out, _ = run_cli(capsys, "merge", str(result))
+    code, merge_out, _ = run_cli(capsys, "merge", str(result), "--allow-errors")
     assert code == 0
     assert merge_out == run_out
     timeline = json.loads(result.read_text())["summary"]["timeline"]
@@ -210,11 +250,29 @@ def test_progress_lines_off_a_terminal() -> None:
     assert "echoed 28 (10/s)" in lines[1]
 
 
-def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("argv", [["--help"], ["merge", "--help"]])
+def test_help_exits_zero_and_lists_the_exit_codes(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["--help"])
+        main(argv)
     assert info.value.code == 0
-    assert "--max-p99-ms" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--max-p99-ms" in out
+    assert "exit codes:" in out and "130" in out
+
+
+@pytest.mark.parametrize("parser", [run_parser, merge_parser])
+def test_every_option_has_help(parser: Callable[[], argparse.ArgumentParser]) -> None:
+    actions = parser()._actions
+    assert [a.dest for a in actions if not a.help] == []
+
+
+def test_rate_alone_means_open_loop() -> None:
+    for option in ("--rate", "--total-rate"):
+        cfg = build_config(run_parser().parse_args(["ws://127.0.0.1:1/", option, "10"]))
+        assert cfg.mode == "open"
+    assert build_config(run_parser().parse_args(["ws://127.0.0.1:1/"])).mode == "closed"
 
 
 def test_script_wrapper_reports_bad_input_without_traceback() -> None:

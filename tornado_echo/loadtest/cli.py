@@ -1,13 +1,15 @@
 """Command line: ``tornado-echo-loadtest URL [options]`` and ``... merge FILE...``.
 
-Exit codes: 0 all good, 1 a CI threshold failed (each failure is named), 2 bad
-input (one line on stderr, no traceback), 3 the run itself could not be carried out,
-130 stopped early by Ctrl-C/SIGTERM (the partial result is still printed and saved).
+Exit codes (:data:`EXIT_CODES`, also in ``--help``): 0 all good, 1 a check or CI threshold
+failed (each failure is named), 2 bad input (one line on stderr, no traceback), 3 the run
+itself could not be carried out, 130 stopped early by Ctrl-C/SIGTERM (the partial result
+is still printed and saved).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -21,6 +23,14 @@ from tornado_echo.loadtest.errors import LoadtestConfigError, LoadtestError, Res
 log = logging.getLogger(__name__)
 PROG = "tornado-echo-loadtest"
 EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    every echo right, every connection opened and kept, every threshold met
+  {EXIT_THRESHOLD}    a check failed: a wrong, lost, duplicated or retyped echo, a failed or
+       dropped connection (unless --allow-errors), or a threshold (each on a FAILED line)
+  {EXIT_USAGE}    bad input (one line on stderr)
+  {EXIT_FAILED}    the run could not be carried out, e.g. not one connection opened
+  {EXIT_INTERRUPTED}  stopped by Ctrl-C or SIGTERM (the partial result is still printed and saved)
+"""
 
 
 class UsageError(Exception):
@@ -50,11 +60,37 @@ def _header(text: str) -> tuple[str, str]:
 
 
 def _add_thresholds(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("CI thresholds (exit 1 when failed)")
+    group = parser.add_argument_group("checks and CI thresholds (exit 1 when failed)")
+    group.add_argument(
+        "--allow-errors",
+        action="store_true",
+        help="do not fail on wrong/lost/duplicated/retyped echoes or failed/dropped "
+        "connections (they still count in --max-error-rate)",
+    )
+    group.add_argument("--max-p50-ms", type=_positive_float, help="highest allowed p50 latency")
     group.add_argument("--max-p99-ms", type=_positive_float, help="highest allowed p99 latency")
-    group.add_argument("--max-error-rate", type=_positive_float, help="e.g. 0.001")
+    group.add_argument("--max-p999-ms", type=_positive_float, help="highest allowed p99.9 latency")
+    group.add_argument(
+        "--max-latency-ms", type=_positive_float, help="highest allowed maximum latency"
+    )
+    group.add_argument(
+        "--max-error-rate",
+        type=_positive_float,
+        help="highest allowed share of errors among connections and messages, e.g. 0.001",
+    )
+    group.add_argument(
+        "--max-conn-failure-rate",
+        type=_positive_float,
+        help="highest allowed share of connections that failed to open, e.g. 0.01",
+    )
     group.add_argument("--min-throughput", type=_positive_float, help="lowest echoed msgs/s")
     parser.add_argument("--json", metavar="FILE", help="write the whole result as JSON")
+
+
+def _thresholds(args: argparse.Namespace) -> report.Thresholds:
+    return report.Thresholds(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(report.Thresholds)}
+    )
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -62,9 +98,11 @@ def run_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Load-test a WebSocket echo server. Subcommand: merge FILE... "
         "(combine --json results from several hosts).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("url", help="ws:// or wss:// URL of an echo endpoint")
-    p.add_argument("-c", "--connections", type=int, default=1)
+    p.add_argument("-c", "--connections", type=int, default=1, help="connections (default 1)")
     p.add_argument(
         "--connect-rate",
         type=_positive_float,
@@ -84,10 +122,19 @@ def run_parser() -> argparse.ArgumentParser:
         help="seconds (default 10 unless --messages is given)",
     )
     p.add_argument("-n", "--messages", type=int, help="messages per connection")
-    p.add_argument("--mode", choices=("closed", "open"), default="closed")
+    p.add_argument(
+        "--mode",
+        choices=("closed", "open"),
+        help="closed: send, await the echo, send again (the default); open: send on a fixed "
+        "schedule, latency corrected for coordinated omission (the default with --rate)",
+    )
     p.add_argument("--inflight", type=int, default=1, help="closed loop: outstanding per conn")
-    p.add_argument("--rate", type=_positive_float, help="open loop: msgs/s per connection")
-    p.add_argument("--total-rate", type=_positive_float, help="open loop: msgs/s in total")
+    p.add_argument(
+        "--rate", type=_positive_float, help="open loop: msgs/s per connection (implies open)"
+    )
+    p.add_argument(
+        "--total-rate", type=_positive_float, help="open loop: msgs/s in total (implies open)"
+    )
     p.add_argument("-s", "--size", default="64", help="payload bytes: N, A-B or A,B,C")
     p.add_argument("--binary", action="store_true", help="binary frames (default text)")
     p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
@@ -99,8 +146,13 @@ def run_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra upgrade header 'Name: value' (repeatable)",
     )
-    p.add_argument("--origin")
-    p.add_argument("--subprotocol", action="append", default=[])
+    p.add_argument("--origin", help="Origin header of the upgrade request")
+    p.add_argument(
+        "--subprotocol",
+        action="append",
+        default=[],
+        help="offer this Sec-WebSocket-Protocol (repeatable)",
+    )
     p.add_argument("--insecure", action="store_true", help="wss: skip certificate checks")
     p.add_argument(
         "--timeout",
@@ -108,7 +160,12 @@ def run_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds before an unanswered echo counts as lost",
     )
-    p.add_argument("--connect-timeout", type=_positive_float, default=10.0)
+    p.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=10.0,
+        help="seconds for TCP connect, TLS and upgrade together (default 10)",
+    )
     p.add_argument("-w", "--workers", type=int, help="processes (default: one per core)")
     p.add_argument(
         "--source-ip",
@@ -116,7 +173,12 @@ def run_parser() -> argparse.ArgumentParser:
         default=[],
         help="local source address(es), comma-separated or repeated",
     )
-    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    p.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop (auto: uvloop when installed)",
+    )
     p.add_argument(
         "--allow-remote",
         action="store_true",
@@ -134,8 +196,13 @@ def run_parser() -> argparse.ArgumentParser:
 
 
 def merge_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"{PROG} merge", description="Merge --json results from several hosts.")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p = _Parser(
+        prog=f"{PROG} merge",
+        description="Merge --json results from several hosts.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="--json results to merge")
     _add_thresholds(p)
     return p
 
@@ -153,8 +220,10 @@ def build_config(args: argparse.Namespace) -> LoadConfig:
     rate = args.rate or 0.0
     if args.total_rate is not None:
         rate = args.total_rate / max(1, args.connections)
-    if (args.rate or args.total_rate) and args.mode == "closed":
-        raise LoadtestConfigError("--rate/--total-rate need --mode open")
+    paced = args.rate is not None or args.total_rate is not None
+    if paced and args.mode == "closed":
+        raise LoadtestConfigError("--rate/--total-rate send on a schedule: not with --mode closed")
+    mode = args.mode or ("open" if paced else "closed")
     duration = args.duration
     if duration is None and args.messages is None:
         duration = 10.0
@@ -166,7 +235,7 @@ def build_config(args: argparse.Namespace) -> LoadConfig:
         connect_concurrency=args.connect_concurrency,
         duration=duration,
         messages=args.messages,
-        mode=args.mode,
+        mode=mode,
         inflight=args.inflight,
         rate=rate,
         sizes=SizeSpec.parse(args.size),
@@ -234,24 +303,23 @@ def _finish(doc: dict[str, Any], args: argparse.Namespace) -> int:
         except OSError as exc:
             sys.stderr.write(f"{PROG}: error: cannot write {args.json}: {exc.strerror}\n")
             return EXIT_FAILED
-    limits = report.Thresholds(args.max_p99_ms, args.max_error_rate, args.min_throughput)
-    failed = report.check_thresholds(summary, limits)
-    for message in failed:
-        sys.stdout.write(f"THRESHOLD FAILED {message}\n")
+    failed = [f"THRESHOLD FAILED {m}" for m in report.check_thresholds(summary, _thresholds(args))]
+    if not args.allow_errors:
+        failed += [f"CHECK FAILED {m}" for m in report.check_errors(summary)]
+    for line in failed:
+        sys.stdout.write(line + "\n")
     sys.stdout.flush()
     if summary.get("interrupted"):
         return EXIT_INTERRUPTED
-    if failed:
-        return EXIT_THRESHOLD
     connections = summary["connections"]
     if connections["attempted"] and not connections["established"]:
-        # Not a load test at all: without thresholds this must not pass in CI either.
+        # Not a load test at all: the run could not be carried out.
         errors = ", ".join(f"{name} {count}" for name, count in summary["errors"].items())
         sys.stderr.write(
             f"{PROG}: error: none of {connections['attempted']} connections opened ({errors})\n"
         )
         return EXIT_FAILED
-    return EXIT_OK
+    return EXIT_THRESHOLD if failed else EXIT_OK
 
 
 def _check_output(path: str | None) -> None:

@@ -38,6 +38,19 @@ class Thresholds:
     max_p99_ms: float | None = None
     max_error_rate: float | None = None
     min_throughput: float | None = None
+    max_p50_ms: float | None = None
+    max_p999_ms: float | None = None
+    max_latency_ms: float | None = None
+    max_conn_failure_rate: float | None = None
+
+
+# Latency limits: the Thresholds field, its option and the summary figure it bounds.
+LATENCY_LIMITS = (
+    ("max_p50_ms", "p50"),
+    ("max_p99_ms", "p99"),
+    ("max_p999_ms", "p99.9"),
+    ("max_latency_ms", "max"),
+)
 
 
 def hist_summary(hist: Histogram, scale: float = 1e6) -> dict[str, float]:
@@ -153,22 +166,47 @@ def saturation(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
 def check_thresholds(summary: dict[str, Any], limits: Thresholds) -> list[str]:
     """Messages naming each CI threshold the run failed (empty: all passed)."""
     failed: list[str] = []
-    if limits.max_p99_ms is not None:
-        p99 = summary["latency_ms"].get("p99", math.inf)
-        if p99 > limits.max_p99_ms:
-            failed.append(f"--max-p99-ms: p99 latency {p99:.3f} ms > {limits.max_p99_ms:g} ms")
+    latency = summary["latency_ms"]
+    for field, figure in LATENCY_LIMITS:
+        limit = getattr(limits, field)
+        if limit is None:
+            continue
+        value = latency.get(figure, math.inf)  # no echo at all fails every latency limit
+        if value > limit:
+            failed.append(f"{_option(field)}: {figure} latency {value:.3f} ms > {limit:g} ms")
     if limits.max_error_rate is not None and summary["error_rate"] > limits.max_error_rate:
         failed.append(
             f"--max-error-rate: error rate {summary['error_rate']:.6f} > {limits.max_error_rate:g}"
         )
+    if limits.max_conn_failure_rate is not None:
+        c = summary["connections"]
+        rate = c["failed"] / c["attempted"] if c["attempted"] else 0.0
+        if rate > limits.max_conn_failure_rate:
+            failed.append(
+                f"--max-conn-failure-rate: {c['failed']} of {c['attempted']} connections "
+                f"failed ({rate:.6f} > {limits.max_conn_failure_rate:g})"
+            )
     if limits.min_throughput is not None:
         rate = summary["throughput"]["msgs_per_s"]
         if rate < limits.min_throughput:
             failed.append(f"--min-throughput: {rate:.1f} msgs/s < {limits.min_throughput:g} msgs/s")
     return failed
+
+
+def check_errors(summary: dict[str, Any]) -> list[str]:
+    """The default check: any wrong echo or failed/dropped connection fails the run."""
+    errors = summary["errors"]
+    if not errors:
+        return []
+    listed = ", ".join(f"{name} {count}" for name, count in errors.items())
+    return [f"errors: {listed} (--allow-errors accepts them)"]
 
 
 def document(stats: Stats, config: dict[str, Any], sources: list[str]) -> dict[str, Any]:
