@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import tornado.httpserver
+import tornado.ioloop
 import tornado.netutil
 import tornado.web
 import tornado.websocket
@@ -92,6 +93,26 @@ class ReorderHandler(EchoHandler):
         super().reply(message)
         super().reply(self.held)
         self.held = None
+
+
+class StallHandler(EchoHandler):
+    """Stalls for half a second at the 50th message of each connection, then catches up."""
+
+    held: list[str | bytes] | None = None
+
+    def reply(self, message: str | bytes) -> None:
+        if self.seen == 50:
+            self.held = []
+            tornado.ioloop.IOLoop.current().call_later(0.5, self.resume)
+        if self.held is not None:
+            self.held.append(message)
+        else:
+            super().reply(message)
+
+    def resume(self) -> None:
+        held, self.held = self.held or [], None
+        for message in held:
+            super().reply(message)
 
 
 class CorruptSequenceHandler(EchoHandler):
@@ -182,6 +203,7 @@ def _app(**settings: Any) -> tornado.web.Application:
             (r"/close/(\d+)", CloseHandler),
             (r"/status/(\d+)", StatusHandler),
             (r"/flaky", FlakyUpgradeHandler),
+            (r"/stall", StallHandler),
         ],
         **settings,
     )

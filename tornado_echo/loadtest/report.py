@@ -26,6 +26,15 @@ CPU_MIN_ELAPSED_S = 1.0
 LOOP_LAG_BOUND_MS = 50.0
 SCHEDULE_LAG_BOUND_MS = 50.0
 RATE_SHORTFALL = 0.95
+# Closed loop: a maximum this many times the p99 (and this much above it) means stalls
+# that the closed-loop percentiles hide.
+STALL_FACTOR = 10.0
+STALL_MIN_GAP_MS = 50.0
+CLOSED_LOOP_NOTE = (
+    "closed loop: latency is NOT corrected for coordinated omission (a stalled server also "
+    "holds back the sends, so the percentiles miss the stall); measure tail latency in open "
+    "loop (--rate)"
+)
 # A long run's per-second series fold into at most this many rows of equal width.
 TIMELINE_ROWS = 20
 TIMELINE_SERIES = ("established", "failed", "dropped", "received")
@@ -105,7 +114,24 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     }
     summary["timeline"] = timeline(stats.series)
     summary["saturation"] = saturation(stats, config)
+    summary["latency_corrected"] = config.get("mode") == "open"
+    summary["warnings"] = latency_warnings(summary)
     return summary
+
+
+def latency_warnings(summary: dict[str, Any]) -> list[str]:
+    """Closed loop only: a maximum far above the p99 is a stall the percentiles hide."""
+    latency = summary["latency_ms"]
+    if summary["latency_corrected"] or not latency.get("count"):
+        return []
+    p99, peak = latency["p99"], latency["max"]
+    if peak < STALL_FACTOR * p99 or peak - p99 < STALL_MIN_GAP_MS:
+        return []
+    return [
+        f"max latency {peak:.1f} ms is {peak / p99:.0f}x the p99 ({p99:.3f} ms): the server "
+        "stalled, and closed-loop percentiles do not show for how long; run open loop "
+        "(--rate) for tail latency"
+    ]
 
 
 def timeline(
@@ -294,12 +320,20 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
         "  latency (ms)           "
         + " ".join(f"{'p' + format(p, 'g'):>9}" for p in PERCENTILES)
         + f" {'max':>9} {'count':>10}",
-        _fmt_hist("round trip (corrected)", summary["latency_ms"]),
-        _fmt_hist("round trip (as sent)", summary["latency_uncorrected_ms"]),
+    ]
+    if summary.get("latency_corrected"):
+        lines.append(_fmt_hist("round trip (corrected)", summary["latency_ms"]))
+        lines.append(_fmt_hist("round trip (as sent)", summary["latency_uncorrected_ms"]))
+    else:
+        lines.append(_fmt_hist("round trip", summary["latency_ms"]))
+    lines += [
         _fmt_hist("handshake", summary["handshake_ms"]),
         _fmt_hist("event-loop lag", summary["saturation"]["loop_lag_ms"]),
         _fmt_hist("send-schedule lag", summary["saturation"]["schedule_lag_ms"]),
     ]
+    if not summary.get("latency_corrected"):
+        lines.append(CLOSED_LOOP_NOTE)
+    lines += [f"WARNING: {warning}" for warning in summary.get("warnings", ())]
     lines.extend(timeline_lines(summary["timeline"]))
     if summary["errors"]:
         lines.append("")
