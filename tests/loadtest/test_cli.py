@@ -214,6 +214,50 @@ def test_json_then_merge_adds_up_exactly(
     assert "echoed ok 24" in out
 
 
+def test_merge_refuses_a_run_twice_and_different_settings(
+    servers: Servers, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    first, second, merged = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "m.json"
+    big = tmp_path / "big.json"
+    assert run_cli(capsys, *quick(servers), "--json", str(first))[0] == 0
+    assert run_cli(capsys, *quick(servers), "--json", str(second))[0] == 0
+    assert run_cli(capsys, *quick(servers), "-s", "100", "--json", str(big))[0] == 0
+    copy = tmp_path / "copy.json"
+    copy.write_text(first.read_text())
+    for argv in ([first, first], [first, copy]):
+        code, _, err = run_cli(capsys, "merge", *map(str, argv))
+        assert code == 2 and "already in" in err and "twice" in err
+    assert run_cli(capsys, "merge", str(first), str(second), "--json", str(merged))[0] == 0
+    code, _, err = run_cli(capsys, "merge", str(merged), str(second))  # inside a merged one
+    assert code == 2 and "already in" in err
+    code, _, err = run_cli(capsys, "merge", str(first), str(big))
+    assert code == 2 and "differ in size" in err and '"100"' in err
+    code, out, err = run_cli(capsys, "merge", str(first), str(big), "--allow-mixed")
+    assert code == 0
+    assert "warning: merged runs with different size" in err
+    assert "WARNING: merged runs with different size" in out
+
+
+def test_merge_counts_time_once_per_span_and_lists_its_runs(
+    servers: Servers, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    first, second, merged = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "m.json"
+    assert run_cli(capsys, *quick(servers), "--json", str(first))[0] == 0
+    assert run_cli(capsys, *quick(servers), "--json", str(second))[0] == 0
+    code, out, _ = run_cli(capsys, "merge", str(first), str(second), "--json", str(merged))
+    assert code == 0
+    a, b, m = (json.loads(p.read_text()) for p in (first, second, merged))
+    # One run after the other: the merged throughput is over both runs' time, not the longer.
+    elapsed = a["summary"]["elapsed_s"] + b["summary"]["elapsed_s"]
+    # (wall-clock spans: float rounding at ~1.7e9 s is about 1e-7 s)
+    assert m["summary"]["elapsed_s"] == pytest.approx(elapsed, abs=1e-5)
+    assert m["summary"]["throughput"]["msgs_per_s"] == pytest.approx(20 / elapsed, rel=1e-2)
+    assert [run["label"] for run in m["runs"]] == [str(first), str(second)]
+    lines = out.splitlines()
+    start = lines.index("merged runs") + 2
+    assert [line.split()[-1] for line in lines[start : start + 2]] == [str(first), str(second)]
+
+
 def test_merge_of_one_result_prints_what_the_run_printed(
     servers: Servers, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -168,3 +168,21 @@ def test_render_shows_the_timeline_only_when_there_is_one() -> None:
         ["0-1", "1", "0", "0", "0.0"],
         ["1-2", "0", "0", "0", "9.0"],
     ]
+
+
+def test_merged_elapsed_is_the_union_of_the_run_windows() -> None:
+    def run(start: float, end: float) -> Stats:
+        stats = Stats()
+        stats.windows = [[start, end]]
+        stats.elapsed = end - start
+        return stats
+
+    side_by_side = Stats()
+    for start, end in ((100.0, 110.0), (105.0, 112.0), (100.0, 110.0)):
+        side_by_side.merge(run(start, end))
+    assert side_by_side.elapsed == 12.0
+    apart = Stats()
+    apart.merge(run(100.0, 110.0))
+    apart.merge(run(400.0, 405.0))
+    assert apart.elapsed == 15.0
+    assert Stats.from_dict(apart.to_dict()).windows == [[100.0, 110.0], [400.0, 405.0]]

@@ -203,6 +203,12 @@ def merge_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="--json results to merge")
+    p.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="merge runs with different URL, mode, size, binary or deflate (with a warning) "
+        "instead of refusing",
+    )
     _add_thresholds(p)
     return p
 
@@ -342,21 +348,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     stats = engine.run(cfg, plans, progress, args.loop)
     if progress is not None:
         progress.finish()
-    doc = report.document(stats, cfg.summary(), [cfg.target.url])
+    config = cfg.summary()
+    doc = report.document(stats, config, [report.run_record(stats, config, cfg.target.url)])
     return _finish(doc, args)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from tornado_echo.loadtest.stats import Stats
-
     _check_output(args.json)
-    merged = Stats()
-    config: dict[str, Any] = {}
-    for path in args.files:
-        stats, cfg = report.load(path)
-        merged.merge(stats)
-        config = config or cfg
-    doc = report.document(merged, config, list(args.files))
+    results = [(path, report.load(path)) for path in args.files]
+    stats, config, runs, warnings = report.merge(results, args.allow_mixed)
+    for warning in warnings:
+        sys.stderr.write(f"{PROG}: warning: {warning}\n")
+    doc = report.document(stats, config, runs, warnings)
     return _finish(doc, args)
 
 

@@ -438,6 +438,7 @@ class Worker:
             stats.ramp_seconds = self._last_open - self._started
         stats.cpu_seconds = cpu
         stats.start_time = self.plan.start_wall
+        stats.windows = [[self.plan.start_wall, self.plan.start_wall + elapsed]]
         lag = stats.histograms["loop_lag"]
         sched = stats.histograms["schedule_lag"]
         stats.workers.append(

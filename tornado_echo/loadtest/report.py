@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -235,19 +237,56 @@ def check_errors(summary: dict[str, Any]) -> list[str]:
     return [f"errors: {listed} (--allow-errors accepts them)"]
 
 
-def document(stats: Stats, config: dict[str, Any], sources: list[str]) -> dict[str, Any]:
+# Settings that must agree for runs to be merged into one result.
+MERGE_KEYS = ("url", "mode", "size", "binary", "deflate")
+
+
+def run_record(stats: Stats, config: dict[str, Any], label: str) -> dict[str, Any]:
+    """One run as a source of a (merged) result: identity, settings and headline figures."""
+    c = stats.counters
+    return {
+        "run_id": uuid.uuid4().hex,
+        "label": label,
+        **{key: config.get(key) for key in MERGE_KEYS},
+        "start_time": stats.start_time,
+        "elapsed_s": stats.elapsed,
+        "received": c["messages_received"],
+        "msgs_per_s": c["messages_received"] / stats.elapsed if stats.elapsed else 0.0,
+        "errors": sum(stats.errors.values()),
+    }
+
+
+def document(
+    stats: Stats,
+    config: dict[str, Any],
+    runs: list[dict[str, Any]],
+    warnings: Sequence[str] = (),
+) -> dict[str, Any]:
     """The whole result as JSON-ready data (``merge`` reads it back)."""
+    summary = summarize(stats, config)
+    summary["warnings"] = [*warnings, *summary["warnings"]]
+    summary["runs"] = runs
     return {
         "tool": "tornado-echo-loadtest",
         "config": config,
-        "sources": sources,
-        "summary": summarize(stats, config),
+        "sources": [run["label"] for run in runs],
+        "runs": runs,
+        "summary": summary,
         "stats": stats.to_dict(),
     }
 
 
-def load(path: str) -> tuple[Stats, dict[str, Any]]:
-    """Stats and config from a ``--json`` file; ResultFormatError if not one."""
+@dataclass
+class Result:
+    """A ``--json`` file read back: its Stats, settings and the runs it holds."""
+
+    stats: Stats
+    config: dict[str, Any]
+    runs: list[dict[str, Any]]
+
+
+def load(path: str) -> Result:
+    """A ``--json`` file; ResultFormatError if it is not one."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -255,14 +294,66 @@ def load(path: str) -> tuple[Stats, dict[str, Any]]:
         raise ResultFormatError(f"{path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise ResultFormatError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise ResultFormatError(f"{path}: not UTF-8 text") from None
     if not isinstance(data, dict) or data.get("tool") != "tornado-echo-loadtest":
         raise ResultFormatError(f"{path}: not a tornado-echo-loadtest result")
     try:
-        return Stats.from_dict(data["stats"]), dict(data.get("config") or {})
+        stats = Stats.from_dict(data["stats"])
+        config = dict(data.get("config") or {})
+        runs = data.get("runs")
+        if runs is None:  # written before runs were recorded: the file is the run
+            runs = [run_record(stats, config, path)]
+        if not isinstance(runs, list) or not all(
+            isinstance(run, dict) and isinstance(run.get("run_id"), str) for run in runs
+        ):
+            raise ResultFormatError("malformed runs")
     except ResultFormatError as exc:
         raise ResultFormatError(f"{path}: {exc}") from None
     except KeyError:
         raise ResultFormatError(f"{path}: no stats") from None
+    if len(runs) == 1 and "runs" in data:
+        runs = [{**runs[0], "label": path}]  # one run: named by the file it is in
+    return Result(stats, config, runs)
+
+
+def merge(
+    results: Sequence[tuple[str, Result]], allow_mixed: bool = False
+) -> tuple[Stats, dict[str, Any], list[dict[str, Any]], list[str]]:
+    """Merged Stats, settings, source runs and warnings of ``results`` (path, Result).
+
+    Refuses (ResultFormatError) a run given twice, directly or inside a merged file, and
+    runs with different settings (:data:`MERGE_KEYS`) unless ``allow_mixed``, which
+    turns that into a warning.
+    """
+    merged = Stats()
+    runs: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for path, result in results:
+        for run in result.runs:
+            earlier = seen.get(run["run_id"])
+            if earlier is not None:
+                raise ResultFormatError(
+                    f"{path}: run {run['label']!r} is already in {earlier}; "
+                    "merging it twice would count it twice"
+                )
+            seen[run["run_id"]] = path
+        merged.merge(result.stats)
+        runs.extend(result.runs)
+    config = dict(results[0][1].config)
+    warnings: list[str] = []
+    for key in MERGE_KEYS:
+        values = {json.dumps(run.get(key)) for run in runs}
+        if len(values) > 1:
+            listed = ", ".join(sorted(values))
+            if not allow_mixed:
+                raise ResultFormatError(
+                    f"runs differ in {key} ({listed}); merging them would report one figure "
+                    "for different loads (--allow-mixed merges them anyway)"
+                )
+            warnings.append(f"merged runs with different {key}: {listed}")
+            config[key] = "mixed"
+    return merged, config, runs, warnings
 
 
 def write_json(path: str, doc: dict[str, Any]) -> None:
@@ -297,6 +388,24 @@ def timeline_lines(rows: Sequence[Mapping[str, int]]) -> list[str]:
         if echoes:
             line += f" {row['received'] / (row['to_s'] - row['from_s']):>10.1f}"
         lines.append(line)
+    return lines
+
+
+def source_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The "merged runs" section: one line per source run (nothing for a single run)."""
+    if len(runs) < 2:
+        return []
+    lines = [
+        "",
+        "merged runs",
+        f"  {'started (UTC)':<19} {'seconds':>8} {'echoed/s':>10} {'errors':>7}  source",
+    ]
+    for run in runs:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run.get("start_time") or 0))
+        lines.append(
+            f"  {started:<19} {run.get('elapsed_s', 0.0):>8.2f} "
+            f"{run.get('msgs_per_s', 0.0):>10.1f} {run.get('errors', 0):>7}  {run['label']}"
+        )
     return lines
 
 
@@ -335,6 +444,7 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
         lines.append(CLOSED_LOOP_NOTE)
     lines += [f"WARNING: {warning}" for warning in summary.get("warnings", ())]
     lines.extend(timeline_lines(summary["timeline"]))
+    lines.extend(source_lines(summary.get("runs", ())))
     if summary["errors"]:
         lines.append("")
         lines.append("errors       " + "  ".join(f"{k} {v}" for k, v in summary["errors"].items()))

@@ -62,6 +62,10 @@ class Stats:
         self.workers: list[dict[str, Any]] = []  # per-worker saturation figures
         self.start_time = 0.0  # wall clock (time.time()) at the run's start
         self.interrupted = False  # stopped early by a signal: a partial result
+        # Wall-clock [start, end] spans of the active phases measured, disjoint and sorted:
+        # the elapsed time of merged runs is the length of their union, so runs side by
+        # side count once and runs minutes apart count each.
+        self.windows: list[list[float]] = []
 
     def error(self, category: str, count: int = 1) -> None:
         self.errors[category] += count
@@ -86,7 +90,15 @@ class Stats:
                 mine.extend([0] * (len(values) - len(mine)))
             for i, value in enumerate(values):
                 mine[i] += value
-        self.elapsed = max(self.elapsed, other.elapsed)
+        if not self.windows:
+            # Taken as is: a merge of one result reads exactly like that result.
+            self.windows = [list(window) for window in other.windows]
+            self.elapsed = max(self.elapsed, other.elapsed)
+        elif other.windows:
+            self.windows = union(self.windows + other.windows)
+            self.elapsed = sum(end - start for start, end in self.windows)
+        else:
+            self.elapsed = max(self.elapsed, other.elapsed)
         self.ramp_seconds = max(self.ramp_seconds, other.ramp_seconds)
         self.interrupted = self.interrupted or other.interrupted
         self.cpu_seconds += other.cpu_seconds
@@ -109,6 +121,7 @@ class Stats:
             "interrupted": self.interrupted,
             "workers": list(self.workers),
             "start_time": self.start_time,
+            "windows": [list(window) for window in self.windows],
         }
 
     @classmethod
@@ -130,6 +143,21 @@ class Stats:
             stats.interrupted = bool(data.get("interrupted", False))
             stats.workers = list(data["workers"])
             stats.start_time = float(data["start_time"])
+            windows = data.get("windows")
+            if windows is None and stats.start_time:  # written before windows existed
+                windows = [[stats.start_time, stats.start_time + stats.elapsed]]
+            stats.windows = union([[float(start), float(end)] for start, end in windows or ()])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ResultFormatError(f"malformed result: {exc!r}") from exc
         return stats
+
+
+def union(spans: list[list[float]]) -> list[list[float]]:
+    """The union of [start, end] spans as disjoint spans in ascending order."""
+    merged: list[list[float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
