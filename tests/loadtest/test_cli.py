@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -349,3 +350,45 @@ def test_script_wrapper_reports_bad_input_without_traceback() -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--connections" in proc.stderr
+
+
+def test_a_client_starved_of_cpu_is_judged_client_bound(servers: Servers, tmp_path: Path) -> None:
+    # The tester at nice 15 shares one CPU with two busy processes at nice 0: it waits in
+    # the run queue most of the time it could run, however little CPU it gets.
+    cpu = max(os.sched_getaffinity(0))
+
+    def pin(niceness: int) -> Callable[[], None]:
+        def apply() -> None:
+            os.sched_setaffinity(0, {cpu})
+            os.nice(niceness)
+
+        return apply
+
+    # Busy for a bounded time, from after the tester's start-up (imports) on.
+    spin = [
+        sys.executable,
+        "-c",
+        "import time\ntime.sleep(0.5)\nend = time.time() + 4\nwhile time.time() < end: pass",
+    ]
+    spinners = [subprocess.Popen(spin, preexec_fn=pin(0)) for _ in range(2)]
+    result = tmp_path / "starved.json"
+    try:
+        argv = [*quick(servers), "-c", "10", "-n", "1000000", "-d", "2", "--json", str(result)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "tornado_echo.loadtest.cli", *argv],
+            preexec_fn=pin(15),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    saturation = json.loads(result.read_text())["summary"]["saturation"]
+    [worker] = saturation["workers"]
+    assert worker["run_queue_fraction"] >= 0.2, worker
+    assert saturation["client_bound"]
+    assert any("waited for a CPU" in reason for reason in saturation["reasons"])
+    assert "CLIENT-BOUND" in proc.stdout

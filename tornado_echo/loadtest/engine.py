@@ -36,6 +36,8 @@ from tornado_echo.loadtest.tracker import Filler, LiveCounters
 log = logging.getLogger(__name__)
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+# The calling thread's CPU time, time waiting in the run queue, and time slices, in ns.
+SCHEDSTAT = "/proc/thread-self/schedstat"
 _LAG_INTERVAL = 0.05  # seconds between event-loop lag probes
 _SWEEP_INTERVAL = 0.1  # seconds between checks for overdue echoes
 
@@ -168,6 +170,7 @@ class Worker:
         gc.set_threshold(50_000, 20, 100)
         self._started = time.monotonic()
         cpu0 = time.process_time()
+        wait0 = run_queue_wait_ns()
         helpers = [
             asyncio.ensure_future(self._lag_probe()),
             asyncio.ensure_future(self._sweeper()),
@@ -179,6 +182,9 @@ class Worker:
             await self._wait_for_end()
             active = time.monotonic() - self._started
             active_cpu = time.process_time() - cpu0
+            wait1 = run_queue_wait_ns()
+            # Time the loop was ready to run but another process had the CPU.
+            waited = (wait1 - wait0) / 1e9 if wait0 is not None and wait1 is not None else None
             await self._shutdown(launcher)
         finally:
             for task in helpers:
@@ -194,7 +200,7 @@ class Worker:
         # The series then add up to the totals; these counts belong to the current second.
         self._sample(last, int(time.time() - self.plan.start_wall), report=False)
         # Throughput counts the active phase only, not the drain and close at the end.
-        self._finalize(active, active_cpu)
+        self._finalize(active, active_cpu, waited)
         return self.stats
 
     async def _wait_for_end(self) -> None:
@@ -412,7 +418,7 @@ class Worker:
             errors=errors,
         )
 
-    def _finalize(self, elapsed: float, cpu: float) -> None:
+    def _finalize(self, elapsed: float, cpu: float, waited: float | None) -> None:
         stats = self.stats
         live = self.live
         counters = stats.counters
@@ -447,11 +453,24 @@ class Worker:
                 "connections": self.plan.connections,
                 "elapsed": elapsed,
                 "cpu_fraction": cpu / elapsed if elapsed > 0 else 0.0,
+                # None where the kernel does not tell (no schedstat).
+                "run_queue_fraction": (
+                    waited / elapsed if waited is not None and elapsed > 0 else None
+                ),
                 "loop_lag_p99_ms": lag.percentile(99) / 1e6,
                 "loop_lag_max_ms": lag.maximum / 1e6,
                 "schedule_lag_p99_ms": sched.percentile(99) / 1e6,
             }
         )
+
+
+def run_queue_wait_ns(path: str = SCHEDSTAT) -> int | None:
+    """Nanoseconds this thread has spent runnable but waiting for a CPU (None: unknown)."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def make_ssl_context(insecure: bool) -> ssl.SSLContext:

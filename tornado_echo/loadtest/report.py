@@ -25,6 +25,9 @@ CPU_BOUND = 0.90
 # A shorter run's CPU share is its start-up work (e.g. every connection refused at once),
 # not the load, so it is not judged on CPU.
 CPU_MIN_ELAPSED_S = 1.0
+# A worker that waited this share of its time for a CPU that other processes held measured
+# its own scheduling delay along with the server's answers.
+RUN_QUEUE_BOUND = 0.20
 LOOP_LAG_BOUND_MS = 50.0
 SCHEDULE_LAG_BOUND_MS = 50.0
 RATE_SHORTFALL = 0.95
@@ -166,9 +169,22 @@ def saturation(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     reasons: list[str] = []
     for worker in stats.workers:
         index = worker.get("index")
-        busy = worker.get("cpu_fraction", 0.0) >= CPU_BOUND
-        if busy and worker.get("elapsed", 0.0) >= CPU_MIN_ELAPSED_S:
-            reasons.append(f"worker {index} used {worker['cpu_fraction']:.0%} of a core")
+        cpu = worker.get("cpu_fraction", 0.0)
+        waited = worker.get("run_queue_fraction") or 0.0
+        if worker.get("elapsed", 0.0) >= CPU_MIN_ELAPSED_S:
+            if cpu >= CPU_BOUND:
+                reasons.append(f"worker {index} used {cpu:.0%} of a core")
+            elif cpu + waited >= CPU_BOUND:
+                # Busy by CPU it got plus CPU it waited for: it wanted a whole core.
+                reasons.append(
+                    f"worker {index} was ready to run {cpu + waited:.0%} of the time "
+                    f"(on a CPU {cpu:.0%}, waiting for one {waited:.0%})"
+                )
+            if waited >= RUN_QUEUE_BOUND:
+                reasons.append(
+                    f"worker {index} waited for a CPU {waited:.0%} of the time (other "
+                    "processes had it): its latencies include that delay"
+                )
         if worker.get("loop_lag_p99_ms", 0.0) > LOOP_LAG_BOUND_MS:
             reasons.append(f"worker {index} event-loop lag p99 {worker['loop_lag_p99_ms']:.1f} ms")
         if worker.get("schedule_lag_p99_ms", 0.0) > SCHEDULE_LAG_BOUND_MS:
