@@ -31,7 +31,7 @@ from tornado_echo.loadtest.errors import HandshakeError, LoadtestError
 from tornado_echo.loadtest.framing import HandshakeRequest
 from tornado_echo.loadtest.protocol import EchoConnection
 from tornado_echo.loadtest.stats import ECHO_ERRORS, SERIES, Stats
-from tornado_echo.loadtest.tracker import Filler, LiveCounters
+from tornado_echo.loadtest.tracker import EchoTracker, Filler, LiveCounters
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,6 @@ class Worker:
         self.live = LiveCounters()
         self.filler = Filler(cfg.sizes.high)
         self.rng = random.Random(None if cfg.seed is None else cfg.seed + plan.index)
-        self.intended = 0
         self.connections: set[EchoConnection] = set()
         self.established = 0
         self.failed = 0
@@ -134,6 +133,9 @@ class Worker:
         for conn in deferred:
             if conn.running:
                 conn.send_next(0)
+
+    def on_error(self, category: str) -> None:
+        self.stats.error(category)
 
     def on_dropped(self) -> None:
         self.dropped += 1
@@ -232,9 +234,7 @@ class Worker:
         except asyncio.TimeoutError:
             log.warning("%d connections did not close in time; aborting", len(self.connections))
             for conn in list(self.connections):
-                conn.tracker.abandon()
-                if conn.transport is not None:
-                    conn.transport.abort()
+                conn.abort()
             await asyncio.sleep(0)
 
     async def _launch(self) -> None:
@@ -331,7 +331,16 @@ class Worker:
             subprotocols=cfg.subprotocols,
             deflate=cfg.deflate,
         )
-        conn = EchoConnection(self, request)
+        histograms = self.stats.histograms
+        tracker = EchoTracker(
+            self.live,
+            histograms["latency"],
+            histograms["latency_uncorrected"],
+            cfg.sizes,
+            self.filler,
+            self.rng,
+        )
+        conn = EchoConnection(self, cfg, request, tracker, self.live, histograms["schedule_lag"])
         holder.append(conn)
         await self.loop.create_connection(
             lambda: conn,
@@ -349,8 +358,7 @@ class Worker:
         if holder:
             conn = holder[0]
             self.connections.discard(conn)
-            if conn.transport is not None:
-                conn.transport.abort()
+            conn.abort()
 
     # -- periodic helpers -----------------------------------------------------------
 
@@ -369,9 +377,7 @@ class Worker:
             await asyncio.sleep(_SWEEP_INTERVAL)
             deadline = time.monotonic_ns() - timeout_ns
             for conn in list(self.connections):
-                oldest = conn.tracker.oldest_sent_ns()
-                if oldest is not None and oldest < deadline:
-                    conn.expire(deadline)
+                conn.expire(deadline)
 
     async def _ticker(self, last: dict[str, int]) -> None:
         # Samples fall on whole fractions of the seconds since the run's common wall-clock
@@ -429,7 +435,7 @@ class Worker:
         counters["messages_received"] += live.received
         counters["bytes_sent"] += live.bytes_sent
         counters["bytes_received"] += live.bytes_received
-        counters["messages_intended"] += self.intended
+        counters["messages_intended"] += live.intended
         counters["reordered"] += live.reordered
         for name, category in ECHO_ERRORS.items():
             count = getattr(live, name)

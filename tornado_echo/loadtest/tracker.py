@@ -48,6 +48,7 @@ class LiveCounters:
         "bytes_received",
         "bytes_sent",
         "duplicates",
+        "intended",
         "lost",
         "mismatches",
         "received",
@@ -66,6 +67,7 @@ class LiveCounters:
         self.duplicates = 0
         self.reordered = 0
         self.retyped = 0
+        self.intended = 0  # open loop: sends the schedule made due
 
 
 class EchoTracker:
@@ -216,12 +218,6 @@ class EchoTracker:
         else:
             live.mismatches += 1
         return False
-
-    def oldest_sent_ns(self) -> int | None:
-        """Actual send time of the oldest message in flight, or None."""
-        for entry in self.pending.values():
-            return entry[1]
-        return None
 
     def expire(self, deadline_ns: int) -> int:
         """Count messages sent before ``deadline_ns`` as lost; returns how many."""
