@@ -4,6 +4,7 @@ import struct
 import zlib
 
 import pytest
+from websockets.utils import accept_key
 
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
 from tornado_echo.loadtest.framing import (
@@ -17,7 +18,6 @@ from tornado_echo.loadtest.framing import (
     HandshakeParser,
     HandshakeRequest,
     _py_apply_mask,
-    accept_for,
     apply_mask,
     encode_close,
     encode_frame,
@@ -147,7 +147,7 @@ def test_close_payloads() -> None:
     "params", [{}, {"client_no_context_takeover": None, "server_no_context_takeover": None}]
 )
 def test_deflate_round_trip_against_zlib(params: dict[str, str | None]) -> None:
-    client = Deflate(params)
+    client = Deflate.accepted(list(params.items()))
     server_out = zlib.compressobj(6, zlib.DEFLATED, -15)
     server_in = zlib.decompressobj(-15)
     for message in [b"hello hello hello", b"x" * 5000, b"hello hello hello"]:
@@ -164,7 +164,7 @@ def test_deflate_bomb_is_refused() -> None:
     bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
     wire = bomb.compress(b"\x00" * 1_000_000) + bomb.flush(zlib.Z_SYNC_FLUSH)
     with pytest.raises(ProtocolError) as info:
-        FrameParser(1000, Deflate({})).feed(server_frame(OP_BINARY, wire[:-4], rsv1=True))
+        FrameParser(1000, Deflate.accepted([])).feed(server_frame(OP_BINARY, wire[:-4], rsv1=True))
     assert info.value.close_code == 1009
 
 
@@ -173,7 +173,7 @@ def response(
 ) -> bytes:
     return (
         f"HTTP/1.1 {status}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {accept_for(request.key)}\r\n{extra}\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(request.key)}\r\n{extra}\r\n"
     ).encode()
 
 
@@ -233,7 +233,7 @@ def test_handshake_status_is_classified(status: str, category: str) -> None:
 
 def test_handshake_rejects_wrong_accept_and_unoffered_things() -> None:
     request = HandshakeRequest("h", "/")
-    bad_accept = response(request).replace(accept_for(request.key).encode(), b"AAAA")
+    bad_accept = response(request).replace(accept_key(request.key).encode(), b"AAAA")
     for data in (
         bad_accept,
         response(request, extra="Sec-WebSocket-Protocol: chat\r\n"),

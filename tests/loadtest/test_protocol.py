@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import pytest
+from websockets.utils import accept_key
 
 from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Target
 from tornado_echo.loadtest.errors import HandshakeError
@@ -23,7 +24,6 @@ from tornado_echo.loadtest.framing import (
     OP_PONG,
     OP_TEXT,
     HandshakeRequest,
-    accept_for,
     apply_mask,
 )
 from tornado_echo.loadtest.histogram import Histogram
@@ -77,7 +77,7 @@ class Peer:
         )
         self.writer.write(
             f"HTTP/1.1 {status}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {accept_for(key)}\r\n\r\n".encode()
+            f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode()
         )
 
     async def frame(self) -> tuple[int, bytes]:

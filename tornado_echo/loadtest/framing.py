@@ -3,20 +3,35 @@
 Everything here is pure: :func:`encode_frame` builds masked client frames,
 :class:`FrameParser` turns server bytes into messages, :class:`HandshakeParser`
 checks the upgrade response, :class:`Deflate` does permessage-deflate (RFC 7692).
-The socket-facing :mod:`tornado_echo.loadtest.protocol` only glues these together.
+Checking the upgrade response against the offer and the deflate work itself are the
+`websockets` package's sans-I/O parts (this is the one module that imports them); the
+per-message frame path is this module's own, for speed. The socket-facing
+:mod:`tornado_echo.loadtest.protocol` only glues these together.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import importlib
 import random
 import struct
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
+
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHandshake, PayloadTooBig
+from websockets.exceptions import ProtocolError as WebSocketsProtocolError
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    PerMessageDeflate,
+)
+from websockets.frames import Frame, Opcode
+from websockets.headers import build_extension
+from websockets.http11 import Response
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+from websockets.utils import generate_key
 
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
 
@@ -27,8 +42,6 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_DEFLATE_TAIL = b"\x00\x00\xff\xff"
 _pack_16 = struct.Struct("!BBH").pack
 _pack_64 = struct.Struct("!BBQ").pack
 _getrandbits = random.getrandbits
@@ -108,48 +121,44 @@ def parse_close_payload(payload: bytes) -> tuple[int, str]:
 
 
 class Deflate:
-    """permessage-deflate state for one connection, from the server's accepted parameters."""
+    """permessage-deflate (RFC 7692) of one connection: the `websockets` extension object.
 
-    def __init__(self, params: dict[str, str | None]) -> None:
-        self.client_no_takeover = "client_no_context_takeover" in params
-        self.server_no_takeover = "server_no_context_takeover" in params
-        self.client_bits = _window_bits(params.get("client_max_window_bits"))
-        self.server_bits = _window_bits(params.get("server_max_window_bits"))
-        self._compressor = self._new_compressor()
-        self._decompressor = zlib.decompressobj(-self.server_bits)
+    Negotiation and the zlib work are the `websockets` package's (pure, no I/O); this only
+    adapts it to whole messages and to this module's ProtocolError.
+    """
 
-    def _new_compressor(self) -> zlib._Compress:
-        return zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -self.client_bits)
+    def __init__(self, extension: PerMessageDeflate) -> None:
+        self._extension = extension
+
+    @classmethod
+    def accepted(cls, params: Sequence[tuple[str, str | None]]) -> Deflate:
+        """The state for the server's accepted ``params`` (HandshakeError if unacceptable)."""
+        try:
+            extension = _deflate_offer().process_response_params(params, [])
+        except InvalidHandshake as exc:
+            raise HandshakeError(str(exc), "handshake_bad_extension") from None
+        return cls(extension)
+
+    @property
+    def server_no_takeover(self) -> bool:
+        return bool(self._extension.remote_no_context_takeover)
 
     def compress(self, data: bytes) -> bytes:
-        if self.client_no_takeover:
-            self._compressor = self._new_compressor()
-        out = self._compressor.compress(data) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
-        return out[:-4] if out.endswith(_DEFLATE_TAIL) else out
+        return bytes(self._extension.encode(Frame(Opcode.BINARY, data)).data)
 
     def decompress(self, data: bytes, max_size: int) -> bytes:
-        if self.server_no_takeover:
-            self._decompressor = zlib.decompressobj(-self.server_bits)
         try:
-            out = self._decompressor.decompress(data + _DEFLATE_TAIL, max_size + 1)
-        except zlib.error as exc:
-            raise ProtocolError(f"bad deflate data: {exc}", 1007) from exc
-        if len(out) > max_size or self._decompressor.unconsumed_tail:
-            raise ProtocolError("decompressed message too big", 1009)
-        return out
+            frame = self._extension.decode(Frame(Opcode.BINARY, data, rsv1=True), max_size=max_size)
+        except PayloadTooBig:
+            raise ProtocolError("decompressed message too big", 1009) from None
+        except WebSocketsProtocolError as exc:
+            raise ProtocolError(f"bad deflate data: {exc.__cause__ or exc}", 1007) from None
+        return bytes(frame.data)
 
 
-def _window_bits(value: str | None) -> int:
-    if value is None:
-        return 15
-    try:
-        bits = int(value)
-    except ValueError:
-        raise HandshakeError(f"bad window bits {value!r}", "handshake_bad_extension") from None
-    if not 8 <= bits <= 15:
-        raise HandshakeError(f"window bits {bits} out of range", "handshake_bad_extension")
-    # zlib refuses raw deflate with an 8-bit window; 9 reads everything 8 writes.
-    return max(bits, 9)
+def _deflate_offer() -> ClientPerMessageDeflateFactory:
+    # What the client offers: permessage-deflate, any client window the server asks for.
+    return ClientPerMessageDeflateFactory(client_max_window_bits=True)
 
 
 class FrameParser:
@@ -262,16 +271,6 @@ class FrameParser:
         events.append((opcode, payload))
 
 
-def new_key() -> str:
-    """A random Sec-WebSocket-Key."""
-    return base64.b64encode(_getrandbits(128).to_bytes(16, "big")).decode()
-
-
-def accept_for(key: str) -> str:
-    """The Sec-WebSocket-Accept a server must answer ``key`` with."""
-    return base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
-
-
 @dataclass(frozen=True)
 class HandshakeRequest:
     """What the client asks for in its upgrade request."""
@@ -282,7 +281,7 @@ class HandshakeRequest:
     origin: str | None = None
     subprotocols: Sequence[str] = ()
     deflate: bool = False
-    key: str = field(default_factory=new_key)
+    key: str = field(default_factory=generate_key)
 
     def encode(self) -> bytes:
         lines = [
@@ -298,7 +297,9 @@ class HandshakeRequest:
         if self.subprotocols:
             lines.append(f"Sec-WebSocket-Protocol: {', '.join(self.subprotocols)}")
         if self.deflate:
-            lines.append("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
+            offer = _deflate_offer()
+            extensions = build_extension([(offer.name, offer.get_request_params())])
+            lines.append(f"Sec-WebSocket-Extensions: {extensions}")
         lines.extend(f"{name}: {value}" for name, value in self.headers)
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -340,41 +341,38 @@ class HandshakeParser:
             raise HandshakeError(
                 f"server answered the upgrade with HTTP {status}", f"handshake_{status}", status
             )
-        headers: dict[str, str] = {}
+        headers = Headers()
         for line in header_lines:
             name, sep, value = line.partition(":")
             if not sep:
                 raise HandshakeError(f"bad header line {line!r}", "handshake_invalid", status)
-            key = name.strip().lower()
-            value = value.strip()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        if headers.get("upgrade", "").lower() != "websocket":
-            raise HandshakeError("response lacks Upgrade: websocket", "handshake_invalid", status)
-        if "upgrade" not in headers.get("connection", "").lower():
-            raise HandshakeError("response lacks Connection: Upgrade", "handshake_invalid", status)
-        if headers.get("sec-websocket-accept") != accept_for(self.request.key):
-            raise HandshakeError("wrong Sec-WebSocket-Accept", "handshake_invalid", status)
-        subprotocol = headers.get("sec-websocket-protocol")
-        if subprotocol is not None and subprotocol not in self.request.subprotocols:
-            raise HandshakeError(
-                f"server chose unoffered subprotocol {subprotocol!r}", "handshake_invalid", status
-            )
+            headers[name.strip()] = value.strip()
+        client = self._client()
+        try:
+            client.process_response(Response(status, parts[2] if len(parts) > 2 else "", headers))
+        except InvalidHandshake as exc:
+            # Extensions are checked first: if they alone fail, the fault is theirs.
+            try:
+                client.process_extensions(headers)
+            except InvalidHandshake:
+                category = "handshake_bad_extension"
+            else:
+                category = "handshake_invalid"
+            raise HandshakeError(f"invalid upgrade response: {exc}", category, status) from None
         deflate = None
-        extensions = headers.get("sec-websocket-extensions")
-        if extensions:
-            deflate = _accept_extensions(extensions, self.request.deflate)
-        return HandshakeResult(subprotocol, deflate, leftover)
+        for extension in client.extensions:
+            if isinstance(extension, PerMessageDeflate):
+                deflate = Deflate(extension)
+        return HandshakeResult(client.subprotocol, deflate, leftover)
 
-
-def _accept_extensions(header: str, offered: bool) -> Deflate | None:
-    offers = [item.strip() for item in header.split(",") if item.strip()]
-    if len(offers) != 1:
-        raise HandshakeError(f"unexpected extensions {header!r}", "handshake_bad_extension")
-    name, *raw_params = (part.strip() for part in offers[0].split(";"))
-    if name != "permessage-deflate" or not offered:
-        raise HandshakeError(f"unoffered extension {name!r}", "handshake_bad_extension")
-    params: dict[str, str | None] = {}
-    for raw in raw_params:
-        key, sep, value = raw.partition("=")
-        params[key.strip()] = value.strip().strip('"') if sep else None
-    return Deflate(params)
+    def _client(self) -> ClientProtocol:
+        # The `websockets` client state machine, used only to check the response against
+        # what was offered (accept key, upgrade headers, extension and subprotocol choice).
+        request = self.request
+        client = ClientProtocol(
+            parse_uri(f"ws://{request.host}/"),
+            extensions=[_deflate_offer()] if request.deflate else None,
+            subprotocols=[Subprotocol(name) for name in request.subprotocols] or None,
+        )
+        client.key = request.key
+        return client
