@@ -18,6 +18,7 @@ import pytest
 from tests.loadtest.conftest import Servers
 from tornado_echo.loadtest.cli import ProgressLine, build_config, main, merge_parser, run_parser
 from tornado_echo.loadtest.engine import Progress
+from tornado_echo.loadtest.histogram import Histogram
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -313,6 +314,35 @@ def test_progress_lines_off_a_terminal() -> None:
     assert len(lines) == 2
     assert "open 6" in lines[0] and "failed 2" in lines[0] and "echoed 18" in lines[0]
     assert "echoed 28 (10/s)" in lines[1]
+    assert "p50 - p99 -" in lines[1]  # no latency samples in these snapshots
+
+
+def test_progress_shows_the_last_intervals_percentiles_and_error_classes() -> None:
+    out = io.StringIO()
+    fast, slow = Histogram(), Histogram()
+    for _ in range(98):
+        fast.record(1_000_000)  # 1 ms
+    for _ in range(2):
+        slow.record(80_000_000)  # 80 ms
+    snap = Progress(
+        worker=0,
+        elapsed=1.0,
+        open=2,
+        established=2,
+        failed=0,
+        dropped=1,
+        sent=100,
+        received=98,
+        errors=3,
+        latency_buckets=tuple(fast.buckets()),
+        error_classes=(("close_1011", 1), ("lost", 2)),
+    )
+    other = replace(snap, worker=1, latency_buckets=tuple(slow.buckets()), error_classes=())
+    ProgressLine(out, interval=1.0)([snap, other])
+    [line] = out.getvalue().splitlines()
+    # The two workers' intervals merged (a bucket's upper bound: at most 0.1% above).
+    assert "p50 1.00 ms p99 80.0" in line
+    assert "errors 6 (close_1011 1, lost 2)" in line
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["merge", "--help"]])

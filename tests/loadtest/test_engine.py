@@ -12,7 +12,7 @@ from tests.loadtest.conftest import Servers
 from tests.loadtest.helpers import run_load
 from tornado_echo.loadtest import preflight, report
 from tornado_echo.loadtest.config import LoadConfig, Target
-from tornado_echo.loadtest.engine import Worker
+from tornado_echo.loadtest.engine import Progress, Worker
 from tornado_echo.loadtest.stats import Stats
 
 
@@ -280,3 +280,23 @@ def test_stop_request_gives_a_partial_result_marked_interrupted(servers: Servers
     assert stats.elapsed < 30  # stopped long before the 60 s duration
     assert stats.counters["messages_received"] > 0
     assert stats.counters["lost"] == 0
+
+
+def test_progress_snapshots_carry_interval_latency_and_error_classes(servers: Servers) -> None:
+    cfg = LoadConfig.validated(
+        target=Target.parse(servers.url("/drop")),
+        connections=2,
+        duration=1.6,
+        timeout=0.3,
+        progress_interval=0.25,
+    )
+    plan = preflight.make_plans(cfg, preflight.check(cfg))[0]
+    snapshots: list[Progress] = []
+    asyncio.run(Worker(cfg, plan, snapshots.append).run())
+    # The drop server answers 2 of 3: lost ones show by class while the run goes on.
+    assert any(dict(s.error_classes).get("lost", 0) > 0 for s in snapshots)
+    # Each snapshot holds only its own interval's samples: together, every sample once.
+    assert sum(count for s in snapshots for _, count in s.latency_buckets) == (
+        snapshots[-1].received
+    )
+    assert sum(1 for s in snapshots if s.latency_buckets) >= 2

@@ -13,12 +13,14 @@ import dataclasses
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
 from tornado_echo.loadtest import engine, preflight, report
 from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Target, default_workers
 from tornado_echo.loadtest.errors import LoadtestConfigError, LoadtestError, ResultFormatError
+from tornado_echo.loadtest.histogram import Histogram
 
 log = logging.getLogger(__name__)
 PROG = "tornado-echo-loadtest"
@@ -286,13 +288,31 @@ class ProgressLine:
             f"established {sum(s.established for s in snapshots)}  "
             f"failed {sum(s.failed for s in snapshots)}  "
             f"dropped {sum(s.dropped for s in snapshots)}  "
-            f"echoed {received} ({rate:.0f}/s)  errors {sum(s.errors for s in snapshots)}"
+            f"echoed {received} ({rate:.0f}/s)  {self._latency(snapshots)}  "
+            f"errors {sum(s.errors for s in snapshots)}{self._classes(snapshots)}"
         )
         if self.tty:
             self.out.write("\r\x1b[K" + line)
         else:
             self.out.write(line + "\n")
         self.out.flush()
+
+    @staticmethod
+    def _latency(snapshots: list[engine.Progress]) -> str:
+        # The workers' last intervals together: their buckets add up exactly.
+        hist = Histogram.of_buckets(pair for s in snapshots for pair in s.latency_buckets)
+        if not hist.total:
+            return "p50 - p99 -"
+        return f"p50 {hist.percentile(50) / 1e6:.2f} ms p99 {hist.percentile(99) / 1e6:.2f} ms"
+
+    @staticmethod
+    def _classes(snapshots: list[engine.Progress]) -> str:
+        classes: Counter[str] = Counter()
+        for snapshot in snapshots:
+            classes.update(dict(snapshot.error_classes))
+        if not classes:
+            return ""
+        return " (" + ", ".join(f"{name} {count}" for name, count in sorted(classes.items())) + ")"
 
     def finish(self) -> None:
         if self.tty and self._last_print > 0:

@@ -22,6 +22,7 @@ import signal
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,10 @@ class Progress:
     sent: int
     received: int
     errors: int
+    # Echo latency samples of the last interval, as (bucket index, count), mergeable.
+    latency_buckets: tuple[tuple[int, int], ...] = ()
+    # Every error so far by class (connection and echo errors alike).
+    error_classes: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class Worker:
         self._frozen_at = 0
         self._deferred: list[EchoConnection] = []
         self._flush_scheduled = False
+        self._latency_seen: list[int] = []  # latency bucket counts at the last snapshot
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -411,7 +417,13 @@ class Worker:
 
     def snapshot(self) -> Progress:
         live = self.live
-        errors = sum(self.stats.errors.values()) + sum(getattr(live, name) for name in ECHO_ERRORS)
+        classes = Counter(self.stats.errors)
+        for name, category in ECHO_ERRORS.items():
+            classes[category] += getattr(live, name)
+        classes = +classes  # drop the zeros
+        latency = self.stats.histograms["latency"]
+        interval = latency.new_since(self._latency_seen)
+        self._latency_seen = list(latency.counts)
         return Progress(
             worker=self.plan.index,
             elapsed=time.monotonic() - self._started,
@@ -421,7 +433,9 @@ class Worker:
             dropped=self.dropped,
             sent=live.sent,
             received=live.received,
-            errors=errors,
+            errors=sum(classes.values()),
+            latency_buckets=tuple(interval),
+            error_classes=tuple(sorted(classes.items())),
         )
 
     def _finalize(self, elapsed: float, cpu: float, waited: float | None) -> None:
