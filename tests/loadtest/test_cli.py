@@ -180,6 +180,10 @@ def test_connection_failure_rate_threshold(
         (["ws://127.0.0.1:1/", "--source-ip", "nonsense"], "--source-ip"),
         (["ws://127.0.0.1:1/", "-c", "30000", "-w", "1"], "--workers"),
         (["ws://127.0.0.1:1/", "--bogus"], "unrecognized arguments"),
+        (["ws://127.0.0.1:1/", "--stage", "1:5", "-c", "3"], "peak 5"),
+        (["ws://127.0.0.1:1/", "--stage", "1:x"], "--stage"),
+        (["ws://127.0.0.1:1/", "--churn", "0"], "--churn"),
+        (["ws://127.0.0.1:1/", "--reconnect", "-n", "5"], "need --duration"),
         (["ws://127.0.0.1:1/", "--json", "/nonexistent/x.json"], "not writable"),
         ([], "required"),
         (["merge"], "required"),
@@ -361,6 +365,14 @@ def test_help_exits_zero_and_lists_the_exit_codes(
 def test_every_option_has_help(parser: Callable[[], argparse.ArgumentParser]) -> None:
     actions = parser()._actions
     assert [a.dest for a in actions if not a.help] == []
+
+
+def test_stages_set_connections_duration_and_open_loop() -> None:
+    argv = ["ws://127.0.0.1:1/", "--stage", "2:10:5", "--stage", "3:40"]
+    cfg = build_config(run_parser().parse_args(argv))
+    assert (cfg.connections, cfg.duration, cfg.mode, cfg.rate) == (40, 5.0, "open", 5.0)
+    cfg = build_config(run_parser().parse_args(["ws://127.0.0.1:1/", "--stage", "2:10"]))
+    assert (cfg.connections, cfg.duration, cfg.mode) == (10, 2.0, "closed")
 
 
 def test_rate_alone_means_open_loop() -> None:

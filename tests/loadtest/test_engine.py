@@ -11,7 +11,7 @@ import pytest
 from tests.loadtest.conftest import Servers
 from tests.loadtest.helpers import run_load
 from tornado_echo.loadtest import preflight, report
-from tornado_echo.loadtest.config import LoadConfig, Target
+from tornado_echo.loadtest.config import LoadConfig, Stage, Target
 from tornado_echo.loadtest.engine import Progress, Worker
 from tornado_echo.loadtest.stats import Stats
 
@@ -300,3 +300,31 @@ def test_progress_snapshots_carry_interval_latency_and_error_classes(servers: Se
         snapshots[-1].received
     )
     assert sum(1 for s in snapshots if s.latency_buckets) >= 2
+
+
+def test_stages_ramp_connections_up_and_down(servers: Servers) -> None:
+    stages = (Stage(0.5, 4), Stage(0.5, 4), Stage(0.5, 0))
+    stats, summary = run_load(
+        servers.url("/echo"), connections=4, stages=stages, duration=1.5, workers=1
+    )
+    assert stats.counters["connections_established"] == 4  # none replaced: none closed early
+    assert summary["connections"]["peak_open"] == 4
+    # Up by 0.5 s, closed by us on the way down: no drops, no errors.
+    assert stats.series["established"][0] == 4
+    assert stats.errors == {} and stats.counters["messages_received"] > 0
+
+
+def test_churn_replaces_each_connection_after_its_messages(servers: Servers) -> None:
+    stats, summary = run_load(servers.url("/echo"), connections=2, churn=3, duration=1.0)
+    c = stats.counters
+    assert c["connections_established"] >= 6  # each of the 2 slots reopened at least twice
+    assert stats.histograms["handshake"].total == c["connections_established"]
+    assert stats.errors == {} and c["connections_dropped"] == 0
+    assert summary["connections"]["opened_per_s"] > 0
+
+
+def test_reconnect_opens_a_new_connection_for_each_dropped_one(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/close/1011"), connections=2, reconnect=True, duration=1.0)
+    c = stats.counters
+    assert c["connections_established"] >= 4
+    assert stats.errors["close_1011"] == c["connections_dropped"] >= 3

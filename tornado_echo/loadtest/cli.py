@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
 from tornado_echo.loadtest import engine, preflight, report
-from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Target, default_workers
+from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Stage, Target, default_workers
 from tornado_echo.loadtest.errors import LoadtestConfigError, LoadtestError, ResultFormatError
 from tornado_echo.loadtest.histogram import Histogram
 
@@ -104,7 +104,9 @@ def run_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("url", help="ws:// or wss:// URL of an echo endpoint")
-    p.add_argument("-c", "--connections", type=int, default=1, help="connections (default 1)")
+    p.add_argument(
+        "-c", "--connections", type=int, help="connections (default 1; with --stage, its peak)"
+    )
     p.add_argument(
         "--connect-rate",
         type=_positive_float,
@@ -131,6 +133,28 @@ def run_parser() -> argparse.ArgumentParser:
         "schedule, latency corrected for coordinated omission (the default with --rate)",
     )
     p.add_argument("--inflight", type=int, default=1, help="closed loop: outstanding per conn")
+    shapes = p.add_argument_group("load shapes")
+    shapes.add_argument(
+        "--stage",
+        type=Stage.parse,
+        action="append",
+        default=[],
+        metavar="SECONDS:CONNECTIONS[:RATE]",
+        help="ramp linearly to CONNECTIONS open (from 0) and RATE msgs/s per connection "
+        "over SECONDS (repeatable, in order; -d defaults to their sum)",
+    )
+    shapes.add_argument(
+        "--churn",
+        type=int,
+        metavar="N",
+        help="each connection sends N messages, closes, and a new one takes its place "
+        "(measures handshakes per second and their latency)",
+    )
+    shapes.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="open a new connection in place of each one the server drops",
+    )
     p.add_argument(
         "--rate", type=_positive_float, help="open loop: msgs/s per connection (implies open)"
     )
@@ -218,27 +242,41 @@ def merge_parser() -> argparse.ArgumentParser:
 def build_config(args: argparse.Namespace) -> LoadConfig:
     """The one LoadConfig from parsed arguments (LoadtestConfigError on bad input)."""
     target = Target.parse(args.url)
+    stages = tuple(args.stage)
+    connections = args.connections
+    if stages:
+        peak = max(stage.connections for stage in stages)
+        if connections is not None and connections != peak:
+            raise LoadtestConfigError(
+                f"--connections {connections} differs from the stages' peak {peak}: give one"
+            )
+        connections = peak
+    if connections is None:
+        connections = 1
     workers = (
-        args.workers
-        if args.workers is not None
-        else min(default_workers(), max(1, args.connections))
+        args.workers if args.workers is not None else min(default_workers(), max(1, connections))
     )
     if args.rate is not None and args.total_rate is not None:
         raise LoadtestConfigError("give --rate or --total-rate, not both")
     rate = args.rate or 0.0
     if args.total_rate is not None:
-        rate = args.total_rate / max(1, args.connections)
-    paced = args.rate is not None or args.total_rate is not None
+        rate = args.total_rate / max(1, connections)
+    staged_rates = [stage.rate for stage in stages if stage.rate is not None]
+    if staged_rates and not rate:
+        rate = staged_rates[0]  # a ramp of rates starts at the first one given
+    paced = args.rate is not None or args.total_rate is not None or bool(staged_rates)
     if paced and args.mode == "closed":
         raise LoadtestConfigError("--rate/--total-rate send on a schedule: not with --mode closed")
     mode = args.mode or ("open" if paced else "closed")
     duration = args.duration
+    if duration is None and stages:
+        duration = sum(stage.seconds for stage in stages)
     if duration is None and args.messages is None:
         duration = 10.0
     sources = tuple(s.strip() for item in args.source_ip for s in item.split(",") if s.strip())
     return LoadConfig.validated(
         target=target,
-        connections=args.connections,
+        connections=connections,
         connect_rate=args.connect_rate,
         connect_concurrency=args.connect_concurrency,
         duration=duration,
@@ -260,6 +298,9 @@ def build_config(args: argparse.Namespace) -> LoadConfig:
         progress_interval=args.progress_interval or (1.0 if sys.stderr.isatty() else 5.0),
         allow_remote=args.allow_remote,
         seed=args.seed,
+        stages=stages,
+        churn=args.churn,
+        reconnect=args.reconnect,
     )
 
 

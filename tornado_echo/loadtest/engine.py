@@ -41,6 +41,8 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 SCHEDSTAT = "/proc/thread-self/schedstat"
 _LAG_INTERVAL = 0.05  # seconds between event-loop lag probes
 _SWEEP_INTERVAL = 0.1  # seconds between checks for overdue echoes
+_CONTROL_INTERVAL = 0.05  # seconds between checks of the connections wanted (load shapes)
+_RATE_STEP = 0.005  # a ramped rate is passed on to the connections when it moved this much
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Worker:
         self._deferred: list[EchoConnection] = []
         self._flush_scheduled = False
         self._latency_seen: list[int] = []  # latency bucket counts at the last snapshot
+        self._rate = cfg.rate  # open loop: per connection now (stages ramp it)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -183,7 +186,8 @@ class Worker:
             asyncio.ensure_future(self._lag_probe()),
             asyncio.ensure_future(self._sweeper()),
         ]
-        launcher = asyncio.ensure_future(self._launch())
+        launch = self._control if self.cfg.replaces_connections else self._launch
+        launcher = asyncio.ensure_future(launch())
         last: dict[str, int] = dict.fromkeys(SERIES, 0)
         helpers.append(asyncio.ensure_future(self._ticker(last)))
         try:
@@ -272,6 +276,48 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
             self._check_done()
 
+    async def _control(self) -> None:
+        """Keep the connections wanted open: stages ramp them, churn and drops replace them."""
+        cfg, plan = self.cfg, self.plan
+        profile = cfg.profile
+        share = plan.connections / cfg.connections  # this worker's part of every target
+        semaphore = asyncio.Semaphore(cfg.connect_concurrency)
+        start = self.loop.time()
+        launched = 0
+        pending: set[asyncio.Future[None]] = set()
+        try:
+            while not self._stop:
+                elapsed = self.loop.time() - start
+                wanted = plan.connections
+                if profile is not None:
+                    connections, rate = profile.at(elapsed)
+                    wanted = round(connections * share)
+                    if self._rate and abs(rate - self._rate) > _RATE_STEP * self._rate:
+                        self._rate = rate
+                        for conn in self.connections:
+                            conn.set_rate(rate)
+                running = [conn for conn in self.connections if conn.running]
+                excess = len(running) + self._connecting - wanted
+                for conn in running[: max(0, excess)]:
+                    conn.finish()
+                allowed = -excess
+                if plan.connect_rate > 0:
+                    allowed = min(allowed, int(plan.connect_rate * elapsed) + 1 - launched)
+                while allowed > 0 and not semaphore.locked():
+                    await semaphore.acquire()
+                    self._connecting += 1
+                    task = asyncio.ensure_future(
+                        self._connect(plan.first_connection + launched, semaphore)
+                    )
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    launched += 1
+                    allowed -= 1
+                await asyncio.sleep(_CONTROL_INTERVAL)
+        finally:
+            self._launched = plan.connections  # nothing more will come
+            self._check_done()
+
     async def _connect(self, number: int, semaphore: asyncio.Semaphore) -> None:
         cfg = self.cfg
         stats = self.stats
@@ -306,6 +352,7 @@ class Worker:
             if self._stop:
                 conn.close()
             else:
+                conn.set_rate(self._rate)
                 conn.start()
         finally:
             self._connecting -= 1

@@ -97,7 +97,8 @@ class EchoConnection(asyncio.Protocol):
         )
         self.tracker = tracker
         self.running = False
-        self._budget = cfg.messages if cfg.messages is not None else -1
+        budget = cfg.churn if cfg.churn is not None else cfg.messages
+        self._budget = budget if budget is not None else -1
         self._inflight = cfg.inflight
         self._timer: asyncio.TimerHandle | None = None
         self._interval_ns = int(1e9 / cfg.rate) if cfg.mode == "open" else 0
@@ -214,6 +215,11 @@ class EchoConnection(asyncio.Protocol):
                 if not self.running:
                     break
                 self.send_next(0)
+
+    def set_rate(self, rate: float) -> None:
+        """Open loop: send ``rate`` messages/s from the next one on (a stage's ramp)."""
+        if self._interval_ns and rate > 0:
+            self._interval_ns = int(1e9 / rate)
 
     def send_next(self, intended: int) -> None:
         """Send the next message; ``intended`` is its scheduled time (0: now)."""

@@ -96,6 +96,7 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
             "dropped": c["connections_dropped"],
             "peak_open": stats.peak_open,
             "last_opened_after_s": stats.ramp_seconds,
+            "opened_per_s": c["connections_established"] / elapsed if elapsed else 0.0,
         },
         "messages": {
             "sent": c["messages_sent"],
@@ -435,7 +436,7 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
         + ("  (INTERRUPTED: partial result)" if summary.get("interrupted") else ""),
         f"connections  attempted {c['attempted']}  established {c['established']}  "
         f"failed {c['failed']}  dropped {c['dropped']}  peak open {c['peak_open']}  "
-        f"last opened after {c['last_opened_after_s']:.2f} s",
+        f"last opened after {c['last_opened_after_s']:.2f} s  opened {c['opened_per_s']:.1f}/s",
         f"messages     sent {m['sent']}  echoed ok {m['received']}  mismatched {m['mismatches']}"
         f"  lost {m['lost']}  duplicated {m['duplicates']}  retyped {m['retyped']}"
         f"  reordered {m['reordered']}",
