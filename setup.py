@@ -8,15 +8,20 @@ setup(
     description="A production WebSocket echo server on Tornado, with a bundled load tester",
     python_requires=">=3.10",
     packages=find_packages(include=["tornado_echo", "tornado_echo.*"]),
-    package_data={"tornado_echo.store": ["schema/*/*.sql"]},
+    package_data={
+        "tornado_echo.store": ["schema/*/*.sql"],
+        # uPlot (MIT, npm "uplot" 1.6.32), inlined into --html reports; licence alongside.
+        "tornado_echo.loadtest": ["assets/*"],
+    },
     install_requires=[
         "tornado>=6.5,<7",
         "psycopg2-binary>=2.9,<3",
         "prometheus_client>=0.20,<1",
         'tomli>=2; python_version < "3.11"',
         # Load tester: uvloop's event loop makes the Python client keep up with a compiled
-        # one (measured in benchmarks/loadtest_vs_compiled.py); websockets only for its C
-        # masking helper (websockets.speedups.apply_mask), the hot spot of every send.
+        # one (measured in benchmarks/loadtest_vs_compiled.py); websockets for its C
+        # masking helper (websockets.speedups.apply_mask), the hot spot of every send, and
+        # its sans-I/O upgrade-response checks and permessage-deflate.
         'uvloop>=0.19; sys_platform != "win32"',
         "websockets>=12",
     ],

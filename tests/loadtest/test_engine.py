@@ -194,6 +194,9 @@ def test_two_workers_merge_exactly(servers: Servers) -> None:
     assert len(stats.workers) == 2
     assert {w["connections"] for w in stats.workers} == {3}
     assert summary["saturation"]["workers"] == stats.workers
+    # Per-second latency (for the HTML report) merges exactly too: every sample once.
+    assert sum(sum(second.values()) for second in stats.latency_seconds) == 60
+    assert sum(stats.series["closed"]) == sum(stats.series["established"]) == 6
 
 
 def test_wss_with_insecure(servers: Servers) -> None:

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
-from tornado_echo.loadtest import engine, preflight, report
+from tornado_echo.loadtest import engine, htmlreport, preflight, report
 from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Stage, Target, default_workers
 from tornado_echo.loadtest.errors import LoadtestConfigError, LoadtestError, ResultFormatError
 from tornado_echo.loadtest.histogram import Histogram
@@ -87,6 +87,11 @@ def _add_thresholds(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--min-throughput", type=_positive_float, help="lowest echoed msgs/s")
     parser.add_argument("--json", metavar="FILE", help="write the whole result as JSON")
+    parser.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write a self-contained HTML report (charts, figures, verdicts; no network needed)",
+    )
 
 
 def _thresholds(args: argparse.Namespace) -> report.Thresholds:
@@ -364,18 +369,23 @@ class ProgressLine:
 def _finish(doc: dict[str, Any], args: argparse.Namespace) -> int:
     summary = doc["summary"]
     report.render(summary, sys.stdout)
-    if args.json:
-        try:
-            report.write_json(args.json, doc)
-        except OSError as exc:
-            sys.stderr.write(f"{PROG}: error: cannot write {args.json}: {exc.strerror}\n")
-            return EXIT_FAILED
     failed = [f"THRESHOLD FAILED {m}" for m in report.check_thresholds(summary, _thresholds(args))]
     if not args.allow_errors:
         failed += [f"CHECK FAILED {m}" for m in report.check_errors(summary)]
     for line in failed:
         sys.stdout.write(line + "\n")
     sys.stdout.flush()
+    path = None
+    try:
+        if args.json:
+            path = args.json
+            report.write_json(path, doc)
+        if args.html:
+            path = args.html
+            htmlreport.write(path, doc, failed)
+    except OSError as exc:
+        sys.stderr.write(f"{PROG}: error: cannot write {path}: {exc.strerror}\n")
+        return EXIT_FAILED
     if summary.get("interrupted"):
         return EXIT_INTERRUPTED
     connections = summary["connections"]
@@ -389,18 +399,21 @@ def _finish(doc: dict[str, Any], args: argparse.Namespace) -> int:
     return EXIT_THRESHOLD if failed else EXIT_OK
 
 
-def _check_output(path: str | None) -> None:
+def _check_output(args: argparse.Namespace) -> None:
     # Fail before a long run rather than lose its result at the end.
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise LoadtestConfigError(f"--json {path!r}: folder {folder!r} is missing or not writable")
+    for option, path in (("--json", args.json), ("--html", args.html)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise LoadtestConfigError(
+                f"{option} {path!r}: folder {folder!r} is missing or not writable"
+            )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
-    _check_output(args.json)
+    _check_output(args)
     pre = preflight.check(cfg)
     for note in pre.notes:
         sys.stderr.write(f"{PROG}: {note}\n")
@@ -415,7 +428,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    _check_output(args.json)
+    _check_output(args)
     results = [(path, report.load(path)) for path in args.files]
     stats, config, runs, warnings = report.merge(results, args.allow_mixed)
     for warning in warnings:

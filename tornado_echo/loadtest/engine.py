@@ -98,6 +98,7 @@ class Worker:
         self.established = 0
         self.failed = 0
         self.dropped = 0
+        self.closed = 0
         self._stop = False
         self._stopping: asyncio.Event | None = None
         self._all_closed: asyncio.Event | None = None
@@ -151,6 +152,8 @@ class Worker:
 
     def on_closed(self, conn: EchoConnection) -> None:
         self.connections.discard(conn)
+        if conn.opened.done() and conn.opened.exception() is None:
+            self.closed += 1  # one that had opened: the open count over time drops
         self._check_done()
 
     def _check_done(self) -> None:
@@ -448,29 +451,34 @@ class Worker:
 
     def _sample(self, last: dict[str, int], second: int, report: bool = True) -> None:
         """Add what happened since the previous sample to the series at ``second``."""
+        live = self.live
         current = {
             "established": self.established,
             "failed": self.failed,
             "dropped": self.dropped,
-            "received": self.live.received,
-            "sent": self.live.sent,
+            "closed": self.closed,
+            "received": live.received,
+            "sent": live.sent,
+            "echo_errors": sum(getattr(live, name) for name in ECHO_ERRORS),
         }
         for name, value in current.items():
             self.stats.tick(name, second, value - last[name])
             last[name] = value
+        latency = self.stats.histograms["latency"]
+        interval = latency.new_since(self._latency_seen)
+        self._latency_seen = list(latency.counts)
+        self.stats.tick_latency(second, interval)
         self.stats.peak_open = max(self.stats.peak_open, len(self.connections))
         if report and self.progress is not None:
-            self.progress(self.snapshot())
+            self.progress(self.snapshot(interval))
 
-    def snapshot(self) -> Progress:
+    def snapshot(self, latency_buckets: list[tuple[int, int]] | None = None) -> Progress:
+        """Running totals; ``latency_buckets``: the latency samples since the last one."""
         live = self.live
         classes = Counter(self.stats.errors)
         for name, category in ECHO_ERRORS.items():
             classes[category] += getattr(live, name)
         classes = +classes  # drop the zeros
-        latency = self.stats.histograms["latency"]
-        interval = latency.new_since(self._latency_seen)
-        self._latency_seen = list(latency.counts)
         return Progress(
             worker=self.plan.index,
             elapsed=time.monotonic() - self._started,
@@ -481,7 +489,7 @@ class Worker:
             sent=live.sent,
             received=live.received,
             errors=sum(classes.values()),
-            latency_buckets=tuple(interval),
+            latency_buckets=tuple(latency_buckets or ()),
             error_classes=tuple(sorted(classes.items())),
         )
 

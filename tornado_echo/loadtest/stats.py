@@ -43,7 +43,10 @@ ECHO_ERRORS = {
     "duplicates": "duplicate",
     "retyped": "retyped",
 }
-SERIES = ("established", "failed", "dropped", "received", "sent")
+SERIES = ("established", "failed", "dropped", "closed", "received", "sent", "echo_errors")
+# Per-second latency histograms group this many adjacent buckets (2**5: about 3% wide),
+# enough for a plot of percentiles over time at a fraction of the size.
+SECOND_BUCKET_SHIFT = 5
 FORMAT_VERSION = 1
 
 
@@ -66,6 +69,9 @@ class Stats:
         # the elapsed time of merged runs is the length of their union, so runs side by
         # side count once and runs minutes apart count each.
         self.windows: list[list[float]] = []
+        # Echo latency per second since the start: {coarse bucket: count} (see
+        # SECOND_BUCKET_SHIFT), merged second by second like the series.
+        self.latency_seconds: list[dict[int, int]] = []
 
     def error(self, category: str, count: int = 1) -> None:
         self.errors[category] += count
@@ -78,6 +84,19 @@ class Stats:
         if len(series) <= second:
             series.extend([0] * (second + 1 - len(series)))
         series[second] += count
+
+    def tick_latency(self, second: int, buckets: list[tuple[int, int]]) -> None:
+        """Add latency samples, as (fine bucket index, count), to ``second``."""
+        if not buckets:
+            return
+        second = max(0, second)
+        seconds = self.latency_seconds
+        if len(seconds) <= second:
+            seconds.extend({} for _ in range(second + 1 - len(seconds)))
+        target = seconds[second]
+        for index, count in buckets:
+            coarse = index >> SECOND_BUCKET_SHIFT
+            target[coarse] = target.get(coarse, 0) + count
 
     def merge(self, other: Stats) -> None:
         for name, hist in other.histograms.items():
@@ -101,6 +120,8 @@ class Stats:
             self.elapsed = max(self.elapsed, other.elapsed)
         self.ramp_seconds = max(self.ramp_seconds, other.ramp_seconds)
         self.interrupted = self.interrupted or other.interrupted
+        for second, buckets in enumerate(other.latency_seconds):
+            self.tick_latency(second, [(c << SECOND_BUCKET_SHIFT, n) for c, n in buckets.items()])
         self.cpu_seconds += other.cpu_seconds
         self.peak_open += other.peak_open
         self.workers.extend(other.workers)
@@ -122,6 +143,7 @@ class Stats:
             "workers": list(self.workers),
             "start_time": self.start_time,
             "windows": [list(window) for window in self.windows],
+            "latency_seconds": [sorted(second.items()) for second in self.latency_seconds],
         }
 
     @classmethod
@@ -146,6 +168,10 @@ class Stats:
             windows = data.get("windows")
             if windows is None and stats.start_time:  # written before windows existed
                 windows = [[stats.start_time, stats.start_time + stats.elapsed]]
+            stats.latency_seconds = [
+                {int(index): int(count) for index, count in second}
+                for second in data.get("latency_seconds", ())
+            ]
             stats.windows = union([[float(start), float(end)] for start, end in windows or ()])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ResultFormatError(f"malformed result: {exc!r}") from exc
