@@ -160,6 +160,12 @@ def test_deflate_round_trip_against_zlib(params: dict[str, str | None]) -> None:
         assert parser.feed(server_frame(OP_TEXT, reply[:-4], rsv1=True)) == [(OP_TEXT, message)]
 
 
+def test_bad_deflate_data_is_a_1007_protocol_error() -> None:
+    with pytest.raises(ProtocolError) as info:
+        FrameParser(1000, Deflate.accepted([])).feed(server_frame(OP_TEXT, b"\xff" * 8, rsv1=True))
+    assert info.value.close_code == 1007
+
+
 def test_deflate_bomb_is_refused() -> None:
     bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
     wire = bomb.compress(b"\x00" * 1_000_000) + bomb.flush(zlib.Z_SYNC_FLUSH)
