@@ -250,8 +250,11 @@ def test_merge_counts_time_once_per_span_and_lists_its_runs(
     first, second, merged = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "m.json"
     assert run_cli(capsys, *quick(servers), "--json", str(first))[0] == 0
     assert run_cli(capsys, *quick(servers), "--json", str(second))[0] == 0
-    code, out, _ = run_cli(capsys, "merge", str(first), str(second), "--json", str(merged))
+    page = tmp_path / "m.html"
+    argv = ["merge", str(first), str(second), "--json", str(merged), "--html", str(page)]
+    code, out, _ = run_cli(capsys, *argv)
     assert code == 0
+    assert str(first) in page.read_text() and str(second) in page.read_text()
     a, b, m = (json.loads(p.read_text()) for p in (first, second, merged))
     # One run after the other: the merged throughput is over both runs' time, not the longer.
     elapsed = a["summary"]["elapsed_s"] + b["summary"]["elapsed_s"]
@@ -295,6 +298,13 @@ def test_merge_thresholds_and_bad_files(
     other.write_text('{"tool": "something else"}')
     code, _, err = run_cli(capsys, "merge", str(other))
     assert code == 2 and "not a tornado-echo-loadtest result" in err
+    doc = json.loads(result.read_text())
+    for runs, windows in (([{"label": "x"}], None), ("nonsense", None), (None, [[1, "a"]])):
+        damaged = tmp_path / "d.json"
+        stats = dict(doc["stats"], windows=windows) if windows else doc["stats"]
+        damaged.write_text(json.dumps(dict(doc, runs=runs, stats=stats)))
+        code, out, err = run_cli(capsys, "merge", str(damaged))
+        assert code == 2 and err.count("\n") == 1 and str(damaged) in err, (runs, err)
 
 
 def test_progress_lines_off_a_terminal() -> None:
