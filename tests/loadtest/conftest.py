@@ -96,14 +96,14 @@ class ReorderHandler(EchoHandler):
 
 
 class StallHandler(EchoHandler):
-    """Stalls for half a second at the 50th message of each connection, then catches up."""
+    """Stalls for a second at the 50th message of each connection, then catches up."""
 
     held: list[str | bytes] | None = None
 
     def reply(self, message: str | bytes) -> None:
         if self.seen == 50:
             self.held = []
-            tornado.ioloop.IOLoop.current().call_later(0.5, self.resume)
+            tornado.ioloop.IOLoop.current().call_later(1.0, self.resume)
         if self.held is not None:
             self.held.append(message)
         else:

@@ -106,7 +106,7 @@ def test_closed_loop_says_it_is_not_corrected_and_warns_of_a_hidden_stall(
     servers: Servers, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     result = tmp_path / "closed.json"
-    argv = [servers.url("/stall"), "-c", "1", "-n", "100", "-q", "--loop", "asyncio"]
+    argv = [servers.url("/stall"), "-c", "1", "-n", "200", "-q", "--loop", "asyncio"]
     code, out, _ = run_cli(capsys, *argv, "--json", str(result))
     assert code == 0
     assert "(corrected)" not in out and "round trip " in out
@@ -114,13 +114,13 @@ def test_closed_loop_says_it_is_not_corrected_and_warns_of_a_hidden_stall(
     [warning] = [line for line in out.splitlines() if line.startswith("WARNING")]
     assert "stalled" in warning and "--rate" in warning
     summary = json.loads(result.read_text())["summary"]
-    assert not summary["latency_corrected"] and summary["latency_ms"]["max"] >= 500
+    assert not summary["latency_corrected"] and summary["latency_ms"]["max"] >= 1000
     # Open loop against the same stall: the percentiles show it, nothing to warn about.
-    code, out, _ = run_cli(capsys, *argv, "--rate", "200", "--json", str(result))
+    code, out, _ = run_cli(capsys, *argv, "--rate", "400", "--json", str(result))
     assert code == 0
     assert "round trip (corrected)" in out and "WARNING" not in out
     summary = json.loads(result.read_text())["summary"]
-    assert summary["latency_corrected"] and summary["latency_ms"]["p90"] >= 200
+    assert summary["latency_corrected"] and summary["latency_ms"]["p90"] >= 500
 
 
 def test_thresholds_on_a_run_with_no_connection_opened_still_exit_3(

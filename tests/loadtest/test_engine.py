@@ -312,9 +312,9 @@ def test_stages_ramp_connections_up_and_down(servers: Servers) -> None:
     )
     assert stats.counters["connections_established"] == 4  # none replaced: none closed early
     assert summary["connections"]["peak_open"] == 4
-    # Up by 0.5 s, closed by us on the way down: no drops, no errors.
-    assert stats.series["established"][0] == 4
+    # Closed by us on the way down: no drops, no errors, all closed again.
     assert stats.errors == {} and stats.counters["messages_received"] > 0
+    assert sum(stats.series["closed"]) == 4
 
 
 def test_churn_replaces_each_connection_after_its_messages(servers: Servers) -> None:
