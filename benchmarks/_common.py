@@ -35,17 +35,27 @@ def build_go(name: str, outdir: Path) -> Path:
     return binary
 
 
-SERVER_KINDS = ("tornado-echo", "tornado", "go")
+SERVER_KINDS = ("tornado-echo", "tornado", "aiohttp", "go")
+# Scripts that print their port on the first line of stdout.
+_PEER_SCRIPTS = {"tornado": "echo_server.py", "aiohttp": "aiohttp_server.py"}
 
 
 class Server:
     """An echo server process pinned to ``cpu``, listening at ``url`` once constructed.
 
     ``kind``: "tornado-echo" (this project, SQLite session records in ``workdir``,
-    ``journal`` mode), "tornado" (the stock handler of echo_server.py) or "go" (gorilla).
+    ``journal`` mode, ``extra`` flags such as ``--engine tornado``), "tornado" (the stock
+    handler of echo_server.py), "aiohttp" (aiohttp_server.py) or "go" (gorilla).
     """
 
-    def __init__(self, kind: str, cpu: int, workdir: Path, journal: str = "off") -> None:
+    def __init__(
+        self,
+        kind: str,
+        cpu: int,
+        workdir: Path,
+        journal: str = "off",
+        extra: tuple[str, ...] = (),
+    ) -> None:
         env = dict(os.environ, GOMAXPROCS="1")
         if kind == "tornado-echo":
             with socket.socket() as probe:
@@ -67,6 +77,7 @@ class Server:
                 journal,
                 "--max-connections",  # the most one process's 20000 fds allow
                 "19500",
+                *extra,
             ]
             self.proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], cwd=workdir)
             _wait_listening(port)
@@ -74,7 +85,7 @@ class Server:
             cmd = (
                 [str(build_go("goserver", workdir))]
                 if kind == "go"
-                else [sys.executable, str(HERE / "echo_server.py")]
+                else [sys.executable, str(HERE / _PEER_SCRIPTS[kind])]
             )
             self.proc = subprocess.Popen(
                 ["taskset", "-c", str(cpu), *cmd], stdout=subprocess.PIPE, text=True, env=env
@@ -82,6 +93,13 @@ class Server:
             assert self.proc.stdout is not None
             port = int(self.proc.stdout.readline())
         self.url = f"ws://127.0.0.1:{port}/ws"
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process now."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server has used so far."""

@@ -8,7 +8,9 @@ they fail.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import resource
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from tornado.ioloop import IOLoop
 
 from tests.helpers import SERVER_ID, PgOutage, Service, admin_sql
 from tornado_echo.app import make_app
-from tornado_echo.config import Config
+from tornado_echo.config import ENGINES, Config
 from tornado_echo.connections import Connections
 from tornado_echo.store import Store, make_store
 
@@ -32,8 +34,17 @@ PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
 
 
+TEST_EVENT_LOOP = os.environ.get("TEST_EVENT_LOOP", "uvloop")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "app_config(**overrides): settings for the app fixture")
+    # In-process servers run on the loop production runs on ("auto": uvloop when installed);
+    # TEST_EVENT_LOOP=asyncio runs them on asyncio's own loop (.ci/run does both).
+    if TEST_EVENT_LOOP == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +106,18 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
+def lowered_nofile() -> Iterator[int]:
+    """Lower this process's soft fd limit for the test, restore it after; yields hard."""
+    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = saved[1]
+    if hard == resource.RLIM_INFINITY or hard <= 512:
+        pytest.skip(f"needs a finite hard RLIMIT_NOFILE above 512, have {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    yield hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Any) -> str:
     return f"sqlite:///{tmp_path}/echo.db"
 
@@ -103,6 +126,12 @@ def sqlite_url(tmp_path: Any) -> str:
 def database_url(request: pytest.FixtureRequest) -> str:
     """Each store test runs once on SQLite and once on PostgreSQL."""
     return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """A module with ``pytestmark = pytest.mark.usefixtures("engine")`` runs on every engine."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -115,6 +144,8 @@ def app_config(request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Any) -
         "state_dir": str(tmp_path),
         "batch_delay": 0.005,
     }
+    if "engine" in request.fixturenames:
+        settings["engine"] = request.getfixturevalue("engine")
     settings.update(overrides)
     return Config(**settings)
 

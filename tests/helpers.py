@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
 import os
 import re
+import resource
 import socket
 import sqlite3
 import struct
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from inspect import getsource, isawaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extras
@@ -24,6 +28,7 @@ from tornado_echo.config import Config
 from tornado_echo.server import Server
 
 SERVER_ID = "test-host:0:0"
+SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
 
 
 def fetch_rows(database_url: str, sql: str) -> list[dict[str, Any]]:
@@ -45,10 +50,15 @@ def fetch_rows(database_url: str, sql: str) -> list[dict[str, Any]]:
 
 
 async def raw_http(
-    port: int, request: bytes, timeout: float = 5.0
+    port: int, request: bytes, timeout: float = 5.0, source: str | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    """Send exactly ``request`` bytes; return (status, lower-cased headers, body)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """Send exactly ``request`` bytes; return (status, lower-cased headers, body).
+
+    ``source``: the local address to connect from (default: the kernel's choice, loopback).
+    """
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, local_addr=None if source is None else (source, 0)
+    )
     try:
         writer.write(request)
         await writer.drain()
@@ -80,6 +90,25 @@ def upgrade_request(path: str = "/ws", method: str = "GET", **overrides: str | N
     lines = [f"{method} {path} HTTP/1.1"]
     lines += [f"{name}: {value}" for name, value in headers.items() if value is not None]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def own_ipv4_address() -> str | None:
+    """A non-loopback IPv4 address of this machine, or None. Connecting from it to
+    127.0.0.1 stays on this machine yet shows the server a non-loopback peer."""
+    for _, name in socket.if_nameindex():
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            packed = fcntl.ioctl(
+                probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15])
+            )
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        address = socket.inet_ntoa(packed[20:24])
+        if not address.startswith("127."):
+            return address
+    return None
 
 
 def json_body(body: bytes) -> Any:
@@ -123,6 +152,71 @@ async def open_raw_websocket(
     return reader, writer
 
 
+T = TypeVar("T")
+
+
+async def eventually(
+    condition: Callable[[], T | Awaitable[T]],
+    what: str | None = None,
+    *,
+    timeout: float = 3.0,
+    interval: float = 0.01,
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``condition`` (plain or async) until it returns something true; return that.
+
+    The event loop keeps running between polls. On timeout the AssertionError names
+    ``what`` was awaited (by default the condition's source), its last value and
+    ``detail()`` (say, a server log); an exception the condition raises fails at once.
+    The default timeout is below pytest-tornado's 5 s for a gen_test, so that it is this
+    message a stuck test ends with; a test with a longer gen_test timeout may pass more.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        value = await result if isawaitable(result) else result
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_timed_out(condition, what, timeout, value, detail))
+        await asyncio.sleep(interval)
+
+
+def eventually_blocking(
+    condition: Callable[[], T],
+    what: str | None = None,
+    *,
+    timeout: float = 3.0,
+    interval: float = 0.01,
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """:func:`eventually` for plain (not async) tests: blocks the thread between polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_timed_out(condition, what, timeout, value, detail))
+        time.sleep(interval)
+
+
+def _timed_out(
+    condition: Callable[..., Any],
+    what: str | None,
+    timeout: float,
+    last: Any,
+    detail: Callable[[], str] | None,
+) -> str:
+    if what is None:
+        try:
+            what = getsource(condition).strip()
+        except (OSError, TypeError):
+            what = repr(condition)
+    message = f"not reached within {timeout:g} s: {what} (last value: {last!r})"
+    return message if detail is None else f"{message}\n{detail()}"
+
+
 @dataclass
 class Service:
     process: subprocess.Popen[str]
@@ -150,7 +244,10 @@ class Service:
         return self.process.wait(timeout)
 
 
-def start_service(tmp_path: Path, conf_text: str, watchdog_usec: int | None = None) -> Service:
+def start_service(
+    tmp_path: Path, conf_text: str, watchdog_usec: int | None = None, nofile: int | None = None
+) -> Service:
+    """The server as a process; ``nofile`` caps its RLIMIT_NOFILE (soft and hard)."""
     conf = tmp_path / "echo.toml"
     conf.write_text(conf_text)
     notify_path = str(tmp_path / "notify.sock")
@@ -168,6 +265,9 @@ def start_service(tmp_path: Path, conf_text: str, watchdog_usec: int | None = No
             env=env,
             stderr=sink,
             text=True,
+            preexec_fn=None
+            if nofile is None
+            else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )
     service = Service(process, 0, conf, log, notify)
     service.messages("READY=1")

@@ -1,22 +1,30 @@
-"""Who may read the operator endpoints."""
+"""Who may read the operator endpoints, and whose forwarded address is believed."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
 import pytest
-from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
+from tornado.httputil import HTTPHeaders
 
-from tornado_echo.access import is_authorized, is_loopback
+from tests.helpers import (
+    fetch_rows,
+    json_body,
+    make_server,
+    own_ipv4_address,
+    raw_http,
+    upgrade_request,
+)
+from tornado_echo.access import NOT_LOOPBACK, TrustedProxies, host_name, is_loopback, refusal
+from tornado_echo.server import Server
 
-
-def request(peer: str, authorization: str | None = None) -> HTTPServerRequest:
-    headers = HTTPHeaders({"Host": "127.0.0.1"})
-    if authorization is not None:
-        headers["Authorization"] = authorization
-    req = HTTPServerRequest(
-        headers=headers, start_line=RequestStartLine("GET", "/metrics", "HTTP/1.1")
-    )
-    req.remote_ip = peer
-    return req
+OWN_ADDRESS = own_ipv4_address()
+needs_own_address = pytest.mark.skipif(
+    OWN_ADDRESS is None, reason="no non-loopback address on this machine to connect from"
+)
 
 
 def test_loopback_addresses() -> None:
@@ -26,18 +34,171 @@ def test_loopback_addresses() -> None:
 
 
 @pytest.mark.parametrize(
-    ("peer", "token", "authorization", "allowed"),
+    ("peer", "client", "host", "authorization", "token", "allowed"),
     [
-        ("127.0.0.1", "", None, True),
-        ("127.0.0.1", "tok", None, True),
-        ("203.0.113.7", "", None, False),
-        ("203.0.113.7", "", "Bearer ", False),  # no token configured: nothing matches
-        ("203.0.113.7", "tok", None, False),
-        ("203.0.113.7", "tok", "Bearer wrong", False),
-        ("203.0.113.7", "tok", "Basic tok", False),
-        ("203.0.113.7", "tok", "Bearer tok", True),
-        ("203.0.113.7", "tok", "bearer  tok ", True),
+        ("127.0.0.1", "127.0.0.1", "127.0.0.1:8080", "", "", True),
+        ("127.0.0.1", "127.0.0.1", "localhost", "", "tok", True),
+        ("::1", "::1", "[::1]:8080", "", "", True),
+        ("127.0.0.1", "127.0.0.2", "localhost", "", "", True),  # via a loopback proxy
+        ("127.0.0.1", "203.0.113.7", "localhost", "", "", False),  # forwarded for a stranger
+        ("203.0.113.7", "127.0.0.1", "localhost", "", "", False),  # a forged header
+        ("203.0.113.7", "203.0.113.7", "localhost", "", "", False),
+        ("203.0.113.7", "203.0.113.7", "x", "Bearer ", "", False),  # no token: nothing matches
+        ("203.0.113.7", "203.0.113.7", "x", "Bearer wrong", "tok", False),
+        ("203.0.113.7", "203.0.113.7", "x", "Basic tok", "tok", False),
+        ("203.0.113.7", "203.0.113.7", "x", "Bearer tok", "tok", True),
+        ("203.0.113.7", "203.0.113.7", "x", "bearer  tok ", "tok", True),
     ],
 )
-def test_is_authorized(peer: str, token: str, authorization: str | None, allowed: bool) -> None:
-    assert is_authorized(request(peer, authorization), token) is allowed
+def test_refusal(
+    peer: str, client: str, host: str, authorization: str, token: str, allowed: bool
+) -> None:
+    refused = refusal(peer, client, host, authorization, token, ())
+    assert (refused is None) is allowed
+    if not allowed:
+        assert refused == NOT_LOOPBACK
+
+
+@pytest.mark.parametrize(
+    ("host", "names", "allowed"),
+    [
+        ("localhost", (), True),
+        ("LOCALHOST:80", (), True),
+        ("127.0.0.1", (), True),
+        ("[::1]", (), True),
+        ("attacker.example", (), False),
+        ("attacker.example:8080", (), False),
+        ("", (), False),
+        ("localhost.attacker.example", (), False),
+        ("echo.example.com:443", ("Echo.Example.com",), True),
+    ],
+)
+def test_loopback_clients_need_a_host_naming_this_server(
+    host: str, names: tuple[str, ...], allowed: bool
+) -> None:
+    refused = refusal("127.0.0.1", "127.0.0.1", host, "", "", names)
+    assert (refused is None) is allowed
+    if not allowed:
+        assert refused is not None and refused.startswith(f"Host {host!r}")
+    # A token holder is not asked which name it used.
+    assert refusal("127.0.0.1", "127.0.0.1", host, "Bearer t", "t", names) is None
+
+
+def test_host_name() -> None:
+    assert host_name("[::1]:8080") == "::1" and host_name("::1") == "::1"
+    assert host_name("Example.COM:80") == "example.com" and host_name("a:b") == "a:b"
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "real_ip", "client"),
+    [
+        ("127.0.0.1", "203.0.113.9", None, "203.0.113.9"),
+        ("127.0.0.1", "127.0.0.1, 203.0.113.9", None, "203.0.113.9"),  # client wrote the left
+        ("127.0.0.1", "198.51.100.1, 203.0.113.9, 10.0.0.5", None, "203.0.113.9"),  # 2 proxies
+        ("127.0.0.1", "10.0.0.5, 127.0.0.1", None, "10.0.0.5"),  # every hop trusted
+        ("127.0.0.1", "203.0.113.9, garbage", None, "127.0.0.1"),  # stop at the last voucher
+        ("127.0.0.1", None, "203.0.113.4", "203.0.113.4"),
+        ("127.0.0.1", None, "not an address", "127.0.0.1"),
+        ("127.0.0.1", None, None, "127.0.0.1"),
+        ("203.0.113.7", "127.0.0.1", "127.0.0.1", "203.0.113.7"),  # not a proxy: ignored
+    ],
+)
+def test_client_address_behind_trusted_proxies(
+    peer: str, forwarded_for: str | None, real_ip: str | None, client: str
+) -> None:
+    headers = HTTPHeaders()
+    if forwarded_for is not None:
+        headers["X-Forwarded-For"] = forwarded_for
+    if real_ip is not None:
+        headers["X-Real-Ip"] = real_ip
+    proxies = TrustedProxies(["127.0.0.1", "10.0.0.0/8", "::1"])
+    assert proxies.client_address(peer, headers) == client
+
+
+def request(path: str, **headers: str) -> bytes:
+    fields = {"Host": "127.0.0.1", **{name.replace("_", "-"): v for name, v in headers.items()}}
+    lines = [f"GET {path} HTTP/1.1", *(f"{name}: {value}" for name, value in fields.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def started(tmp_path: Path, sqlite_url: str, **overrides: Any) -> Server:
+    server = make_server(tmp_path, sqlite_url, **overrides)
+    await server.start()
+    return server
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+@needs_own_address
+@pytest.mark.parametrize("behind_proxy", [True, False])
+@pytest.mark.gen_test(timeout=30)
+async def test_forged_loopback_header_from_a_remote_peer_is_refused(
+    tmp_path: Path, sqlite_url: str, behind_proxy: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await started(tmp_path, sqlite_url, behind_proxy=behind_proxy)
+    forged = {"X_Real_Ip": "127.0.0.1", "X_Forwarded_For": "127.0.0.1"}
+    try:
+        for path in ("/api/sessions", "/metrics"):
+            status, _, body = await raw_http(
+                server.port, request(path, **forged), source=OWN_ADDRESS
+            )
+            assert status == 403, (path, body)
+            assert "loopback" in json_body(body)["error"]
+            # The same request from loopback itself is served: the peer made the difference.
+            assert (await raw_http(server.port, request(path, **forged)))[0] == 200
+    finally:
+        await server.shutdown()
+    assert_no_traceback(caplog)
+
+
+@needs_own_address
+@pytest.mark.gen_test(timeout=30)
+async def test_forwarded_address_of_a_trusted_proxy_is_the_session_peer(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    server = await started(tmp_path, sqlite_url, behind_proxy=True)
+    try:
+        # From the trusted (loopback) proxy: the right-most address not a proxy's own.
+        trusted = upgrade_request(X_Forwarded_For="198.51.100.1, 203.0.113.9, 127.0.0.1")
+        # From a peer that is no proxy: its headers are ignored.
+        untrusted = upgrade_request(X_Forwarded_For="203.0.113.5", X_Real_Ip="203.0.113.5")
+        for raw, source in ((trusted, None), (untrusted, OWN_ADDRESS)):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", server.port, local_addr=None if source is None else (source, 0)
+            )
+            writer.write(raw)
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            writer.close()
+        while server.connections.total < 2 or len(server.connections):
+            await asyncio.sleep(0.01)
+    finally:
+        await server.shutdown()
+    rows = fetch_rows(sqlite_url, "SELECT peer FROM ws_sessions ORDER BY opened_at")
+    assert [row["peer"] for row in rows] == ["203.0.113.9", OWN_ADDRESS]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_loopback_trust_is_refused_for_a_foreign_host(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await started(
+        tmp_path, sqlite_url, server_names=("echo.example.com",), admin_token="s3cret"
+    )
+    port = server.port
+    try:
+        for path in ("/api/sessions", "/metrics"):
+            status, _, body = await raw_http(port, request(path, Host="attacker.example"))
+            assert status == 403, body
+            assert json_body(body)["error"].startswith("Host 'attacker.example' does not name")
+            for host in (f"localhost:{port}", f"[::1]:{port}", "echo.example.com"):
+                assert (await raw_http(port, request(path, Host=host)))[0] == 200, host
+        # A token holder may use any name (the API has a token here).
+        authorized = request(
+            "/api/sessions", Host="attacker.example", Authorization="Bearer s3cret"
+        )
+        assert (await raw_http(port, authorized))[0] == 200
+    finally:
+        await server.shutdown()
+    assert_no_traceback(caplog)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import json
@@ -13,11 +12,13 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
-from tests.helpers import make_server
+from tests.helpers import eventually, make_server
 from tornado_echo.api import QueryError, parse_limit, parse_since
 from tornado_echo.server import Server
+from tornado_echo.store.base import JOURNAL_BYTES
 
 ISO_UTC = "%Y-%m-%dT%H:%M:%S.%fZ"
+SOME_ID = "00000000-0000-4000-8000-000000000000"
 
 
 async def get(server: Server, path: str, **headers: str) -> tuple[int, Any]:
@@ -44,12 +45,12 @@ async def run_sessions(server: Server, count: int) -> None:
         assert await client.read_message() == str(number)
         client.close(1000)
         assert await client.read_message() is None
-    while len(server.connections) or server.store.status().pending:
-        await asyncio.sleep(0.01)
-    # The close record is submitted after the connection leaves; give the writer a beat.
-    await asyncio.sleep(0.05)
-    while server.store.status().pending:
-        await asyncio.sleep(0.01)
+
+    async def all_closed() -> bool:
+        _, body = await get(server, f"/api/sessions?limit={count}")
+        return body["count"] == count and all(s["closed_at"] for s in body["sessions"])
+
+    await eventually(all_closed, f"{count} closed sessions in the store", timeout=10)
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -86,7 +87,49 @@ async def test_list_and_get_sessions(tmp_path: Path, database_url: str) -> None:
         assert [(j["seq"], j["opcode"], j["size"]) for j in one["journal"]] == [(1, 1, 1)]
         assert base64.b64decode(one["journal"][0]["payload_base64"]) == b"2"
         assert one["journal"][0]["received_at"].endswith("Z")
-        assert one["journal_truncated"] is False
+        assert one["journal_next"] is None
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_large_journal_comes_in_pages_bounded_in_bytes(
+    tmp_path: Path, database_url: str
+) -> None:
+    server = await serve(tmp_path, database_url, journal_max_payload=1024 * 1024)
+    try:
+        sent = [bytes([number]) * (768 * 1024) for number in range(12)]
+        client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
+        for payload in sent:
+            await client.write_message(payload, binary=True)
+            assert await client.read_message() == payload
+        client.close(1000)
+        await eventually(
+            lambda: not len(server.connections) and not server.store.status().pending,
+            "the session closed and its records written",
+            timeout=20,
+        )
+        _, listed = await get(server, "/api/sessions")
+        path = f"/api/sessions/{listed['sessions'][0]['id']}"
+
+        code, first = await get(server, path + "?limit=3")
+        assert code == 200 and [j["seq"] for j in first["journal"]] == [1, 2, 3]
+        assert first["journal_next"] == 3
+
+        received: list[bytes] = []
+        pages = []
+        after = 0
+        while after is not None:
+            code, page = await get(server, f"{path}?after={after}")
+            assert code == 200
+            payloads = [base64.b64decode(j["payload_base64"]) for j in page["journal"]]
+            assert sum(map(len, payloads)) <= JOURNAL_BYTES
+            assert [j["size"] for j in page["journal"]] == [768 * 1024] * len(payloads)
+            received += payloads
+            pages.append(len(payloads))
+            after = page["journal_next"]
+        assert received == sent
+        assert pages == [5, 5, 2]  # 5 x 768 KiB fit in 4 MiB, a sixth would not
     finally:
         await server.shutdown()
 
@@ -112,6 +155,10 @@ async def test_journal_is_left_out_when_off(tmp_path: Path, sqlite_url: str) -> 
         ("/api/sessions?limit=1001", 400, "limit must be an integer from 1 to 1000, got '1001'"),
         ("/api/sessions?since=yesterday", 400, "since must be an ISO-8601 time"),
         ("/api/sessions?order=asc", 400, "unknown parameter(s): order"),
+        (f"/api/sessions/{SOME_ID}?since=x", 400, "unknown parameter(s): since"),
+        (f"/api/sessions/{SOME_ID}?after=-1", 400, "after must be a journal sequence number"),
+        (f"/api/sessions/{SOME_ID}?after=x", 400, "after must be a journal sequence number"),
+        (f"/api/sessions/{SOME_ID}?limit=0", 400, "limit must be an integer from 1 to 1000"),
         ("/api/sessions/42;DROP%20TABLE", 400, "session id must be a UUID, got '42;DROP TABLE'"),
         (
             "/api/sessions/00000000-0000-4000-8000-000000000000",

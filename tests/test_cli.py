@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -14,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tornado.ioloop import IOLoop
 from tornado.websocket import websocket_connect
 
-from tests.helpers import PgOutage, fetch_rows
+from tests.helpers import PgOutage, eventually, fetch_rows
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, make_backend
 
 COMMAND = [sys.executable, "-m", "tornado_echo"]
@@ -63,6 +63,16 @@ def test_config_errors_are_one_line_and_exit_2(
     assert "Traceback" not in result.stderr
 
 
+def test_a_conf_file_that_is_not_utf8_exits_2_with_one_line(tmp_path: Path) -> None:
+    conf = tmp_path / "echo.toml"
+    conf.write_bytes(b"port = 80\xe9\n")
+    result = run_cli("--config", str(conf), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"tornado-echo: config error: {conf}: not UTF-8 text: byte 0xe9 at line 1, column 10\n"
+    )
+
+
 def test_unknown_flag_exits_2_without_traceback(tmp_path: Path) -> None:
     result = run_cli("--colour", "blue", cwd=tmp_path)
     assert result.returncode == 2
@@ -84,7 +94,9 @@ def test_unreachable_database_at_start_exits_1_with_masked_url(tmp_path: Path) -
     assert "Traceback" not in result.stderr
 
 
-def start_server(tmp_path: Path, log: Path, **settings: str) -> tuple[subprocess.Popen[str], int]:
+async def start_server(
+    tmp_path: Path, log: Path, **settings: str
+) -> tuple[subprocess.Popen[str], int]:
     """The real command on port 0 with JSON logs to ``log``; settings as TORNADO_ECHO_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORNADO_ECHO_")}
     env.update(TORNADO_ECHO_LOG_FORMAT="json")
@@ -94,24 +106,36 @@ def start_server(tmp_path: Path, log: Path, **settings: str) -> tuple[subprocess
             [*COMMAND, "--port", "0"], cwd=tmp_path, env=env, stderr=sink, text=True
         )
     seen = log.read_text().count("listening on")
-    for _ in range(300):
+
+    def new_port() -> int | None:
         found = re.findall(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
         if len(found) > seen:
-            return process, int(found[-1])
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail("server did not start:\n" + log.read_text())
+            return int(found[-1])
+        assert process.poll() is None, "server exited at start:\n" + log.read_text()
+        return None
+
+    try:
+        port = await eventually(new_port, "the server to listen", timeout=15, detail=log.read_text)
+    except AssertionError:
+        process.kill()
+        process.wait()
+        raise
+    return process, port
+
+
+async def exit_code(process: subprocess.Popen[str]) -> int:
+    """The exit status of ``process``, awaited without blocking the event loop."""
+    await eventually(lambda: process.poll() is not None, "the server to exit", timeout=30)
+    return process.returncode
 
 
 @pytest.fixture
 def running_server(
-    tmp_path: Path, database_url: str
+    io_loop: IOLoop, tmp_path: Path, database_url: str
 ) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
     """The real command on port 0 with JSON logs; yields (process, port, log file)."""
     log = tmp_path / "server.log"
-    process, port = start_server(tmp_path, log, database_url=database_url)
+    process, port = io_loop.run_sync(lambda: start_server(tmp_path, log, database_url=database_url))
     yield process, port, log
     if process.poll() is None:
         process.kill()
@@ -133,11 +157,7 @@ async def test_sigterm_closes_clients_with_1001_records_sessions_and_exits_0(
     process.send_signal(signal.SIGTERM)
     assert await client.read_message() is None
     assert client.close_code == 1001
-    for _ in range(200):
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    assert process.returncode == 0, log.read_text()
+    assert await exit_code(process) == 0, log.read_text()
 
     rows = fetch_rows(database_url, "SELECT end_state, close_code FROM ws_sessions")
     assert sorted((r["end_state"], r["close_code"]) for r in rows) == [
@@ -220,7 +240,7 @@ async def test_killed_during_an_outage_the_next_start_replays_the_spool_then_mar
 ) -> None:
     log = tmp_path / "server.log"
     settings = {"database_url": pg_outage.url, "journal": "full", "queue_limit": "10"}
-    process, port = start_server(tmp_path, log, **settings)
+    process, port = await start_server(tmp_path, log, **settings)
     try:
         clients = [await websocket_connect(f"ws://127.0.0.1:{port}/ws") for _ in range(5)]
         pg_outage.cut()
@@ -236,22 +256,26 @@ async def test_killed_during_an_outage_the_next_start_replays_the_spool_then_mar
                 await client.write_message(f"m{number}")
                 assert await client.read_message() == f"m{number}"
         spool = tmp_path / "var"
-        for _ in range(200):
-            spooled = sum(len(p.read_bytes().splitlines()) for p in spool.glob("spool-*.jsonl"))
-            # Every message and close but the last 10 (the opens may be written already).
-            if spooled >= 3 * 21 + 2 * 40 - 10:
-                break
-            await asyncio.sleep(0.05)
+
+        def spooled() -> int:
+            return sum(len(p.read_bytes().splitlines()) for p in spool.glob("spool-*.jsonl"))
+
+        # Every message and close but the last 10 (the opens may be written already).
+        await eventually(
+            lambda: spooled() >= 3 * 21 + 2 * 40 - 10,
+            "all but 10 records in the spool",
+            timeout=15,
+        )
         process.kill()  # SIGKILL: no shutdown, whatever was in memory is gone
         process.wait()
     finally:
         if process.poll() is None:
             process.kill()
     pg_outage.restore()
-    process, _ = start_server(tmp_path, log, **settings)
+    process, _ = await start_server(tmp_path, log, **settings)
     try:
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert await exit_code(process) == 0, log.read_text()
     finally:
         if process.poll() is None:
             process.kill()

@@ -89,6 +89,14 @@ FILE_ERRORS = [
     ('allowed_origins = ["evil"]\n', "entry 'evil' must be '*' or an origin"),
     ("ping_timeout = 0\n", "key 'ping_timeout': must be between 0.1 and 3600, got 0.0"),
     ("port = \n", "not valid TOML"),
+    ('ws_path = "/ws?x"\n', "key 'ws_path': must be printable ASCII without spaces, '?' or '#'"),
+    ('database_url = "postgresql://[::1"\n', "key 'database_url': must be sqlite:///PATH or"),
+    ('database_url = "postgresql://h:99999/db"\n', "Port out of range"),
+    ('host = "no such host"\n', "key 'host': must be an IP address"),
+    ('state_dir = ""\n', "key 'state_dir': must be a directory path, got ''"),
+    ('trusted_proxies = ["10.0.0.0/33"]\n', "entry '10.0.0.0/33' must be an IP address or net"),
+    ('server_names = ["a.example:80"]\n', "entry 'a.example:80' must be a host name"),
+    ("admin_token = 12345\n", "key 'admin_token': expected a string, got '***'"),
 ]
 
 
@@ -100,6 +108,21 @@ def test_file_errors_name_file_key_and_value(tmp_path: Path, text: str, expected
     message = str(raised.value)
     assert message.startswith(f"{conf}: ")
     assert expected in message
+
+
+def test_a_byte_that_is_not_utf8_is_named_with_its_position(tmp_path: Path) -> None:
+    conf = tmp_path / "echo.toml"
+    conf.write_bytes(b'port = 8080\nws_path = "/w\xffs"\n')
+    with pytest.raises(ConfigError) as raised:
+        build_config(str(conf), {})
+    assert str(raised.value) == f"{conf}: not UTF-8 text: byte 0xff at line 2, column 14"
+
+
+def test_accepted_values_that_look_odd_are_kept_literally(tmp_path: Path) -> None:
+    text = 'ws_path = "/ws("\nhost = "::"\ndatabase_url = "postgresql://u@[::1]:5/d"\n'
+    config, _ = build_config(str(write_conf(tmp_path, text)), {})
+    assert (config.ws_path, config.host) == ("/ws(", "::")
+    assert config.secrets() == [] and config.masked()["database_url"].endswith("[::1]:5/d")
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from tests.helpers import (
     SERVER_ID,
     client_frame,
+    eventually,
     fetch_rows,
     json_body,
     open_raw_websocket,
@@ -27,6 +28,9 @@ from tornado_echo.connections import Connections
 from tornado_echo.handlers import EchoWebSocket
 from tornado_echo.metrics import Metrics
 from tornado_echo.store import Store
+
+# Every test here runs on each engine (tests/conftest.py, fixture "engine").
+pytestmark = pytest.mark.usefixtures("engine")
 
 # -- echo ---------------------------------------------------------------------------------
 
@@ -80,6 +84,7 @@ async def test_order_is_kept_under_pipelining(ws_url: str) -> None:
     client.close()
 
 
+@pytest.mark.slow
 @pytest.mark.gen_test(timeout=60)
 async def test_two_hundred_concurrent_clients(ws_url: str, connections: Connections) -> None:
     async def session(number: int) -> list[Any]:
@@ -110,11 +115,7 @@ async def test_compression_is_negotiated_and_echo_works(ws_url: str) -> None:
 
 async def _closed(client: WebSocketClientConnection, connections: Connections) -> None:
     await client.read_message()  # the server's close reply ends the read with None
-    for _ in range(200):
-        if len(connections) == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("session did not end")
+    await eventually(lambda: len(connections) == 0, "the session to end on the server")
 
 
 @pytest.mark.gen_test
@@ -147,10 +148,7 @@ async def test_dropped_connection_is_recorded_as_aborted(
     writer.write(client_frame(0x1, b"hi"))
     assert await read_server_frame(reader) == (0x1, b"hi")
     writer.transport.abort()  # no close frame: a half-open peer going away
-    for _ in range(200):
-        if len(connections) == 0:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(connections) == 0, "the aborted session to end on the server")
     await store.close()
     [row] = fetch_rows(app_config.database_url, "SELECT * FROM ws_sessions")
     assert (row["end_state"], row["close_code"]) == ("aborted", 1006)

@@ -153,6 +153,7 @@ def offline_python() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_staged_install_with_offline_venv(tmp_path: Path) -> None:
     python = offline_python()
     if python is None:

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from tornado.websocket import websocket_connect
 
-from tests.helpers import fetch_rows, make_server, raw_http, upgrade_request
+from tests.helpers import (
+    eventually,
+    fetch_rows,
+    make_server,
+    raw_http,
+    read_server_frame,
+    upgrade_request,
+)
+from tornado_echo.config import build_config
+from tornado_echo.server import Server
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -17,8 +26,7 @@ async def test_shutdown_closes_clients_with_1001_and_flushes_the_store(
 ) -> None:
     server = make_server(tmp_path, database_url)
     serving = asyncio.ensure_future(server.serve())
-    while not server.sockets:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.sockets, "the server to listen")
     url = f"ws://127.0.0.1:{server.port}/ws"
     clients = [await websocket_connect(url) for _ in range(5)]
     for client in clients:
@@ -50,18 +58,25 @@ async def test_draining_server_refuses_upgrades_with_503(tmp_path: Path, sqlite_
 
 @pytest.mark.gen_test(timeout=30)
 async def test_client_ignoring_the_close_is_dropped_at_the_deadline(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, database_url: str
 ) -> None:
-    server = make_server(tmp_path, sqlite_url, shutdown_deadline=0.5)
+    server = make_server(tmp_path, database_url, shutdown_deadline=0.5)
     await server.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(upgrade_request())
     await reader.readuntil(b"\r\n\r\n")
+    while not len(server.connections):  # open() may run just after the 101 is sent
+        await asyncio.sleep(0.01)
     # This client never answers the close frame: shutdown must not wait past its deadline.
     started = asyncio.get_running_loop().time()
     assert await server.shutdown() == 1
-    assert asyncio.get_running_loop().time() - started < 10
+    assert 0.5 <= asyncio.get_running_loop().time() - started < 10
     writer.close()
+    # Its close record was written before the store sealed: nothing lost, no row left open.
+    assert server.store.status().dropped == 0
+    rows = fetch_rows(database_url, "SELECT end_state, close_code, closed_at FROM ws_sessions")
+    assert [(r["end_state"], r["close_code"]) for r in rows] == [("server_shutdown", 1006)]
+    assert rows[0]["closed_at"] is not None
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -75,8 +90,46 @@ async def test_second_sigint_forces_exit(tmp_path: Path, sqlite_url: str) -> Non
     await reader.readuntil(b"\r\n\r\n")
     server.request_exit(signal.SIGINT)
     shutting_down = asyncio.ensure_future(server.shutdown())
-    await asyncio.sleep(0.2)
+    opcode, _ = await asyncio.wait_for(read_server_frame(reader), 5)
+    assert opcode == 0x8  # the server's close frame, which this client never answers
     assert not shutting_down.done()  # waiting for the unresponsive client
     server.request_exit(signal.SIGINT)
     assert await asyncio.wait_for(shutting_down, 5) == 1
     writer.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_ws_path_is_a_literal_path(tmp_path: Path, sqlite_url: str) -> None:
+    server = make_server(tmp_path, sqlite_url, ws_path="/ws(")
+    await server.start()
+    try:
+        client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws(")
+        await client.write_message("literal")
+        assert await client.read_message() == "literal"
+        client.close()
+        assert (await raw_http(server.port, upgrade_request("/ws")))[0] == 404
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_reload_of_a_conf_file_that_is_not_utf8_is_refused(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "echo.toml"
+    conf.write_text(f'database_url = "{sqlite_url}"\nstate_dir = "{tmp_path}"\nport = 0\n')
+    config, _ = build_config(str(conf), {})
+    server = Server(config, reload_config=lambda: build_config(str(conf), {})[0])
+    await server.start()
+    try:
+        client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
+        conf.write_bytes(conf.read_bytes() + b"max_connections = 1\xff\n")
+        assert await server.reload() is False
+        assert server.config is config
+        assert f"{conf}: not UTF-8 text: byte 0xff at line 4" in caplog.text
+        await client.write_message("still here")
+        assert await client.read_message() == "still here"
+        client.close()
+    finally:
+        await server.shutdown()
+    assert "Traceback" not in caplog.text

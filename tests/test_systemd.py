@@ -204,18 +204,6 @@ def test_malformed_watchdog_variables_are_logged_and_ignored(
     assert "malformed" in caplog.records[0].getMessage()
 
 
-@pytest.fixture
-def lowered_nofile() -> Iterator[int]:
-    """Lower this process's soft fd limit for the test, restore it after; yields hard."""
-    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
-    hard = saved[1]
-    if hard == resource.RLIM_INFINITY or hard <= 512:
-        pytest.skip(f"needs a finite hard RLIMIT_NOFILE above 512, have {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-    yield hard
-    resource.setrlimit(resource.RLIMIT_NOFILE, saved)
-
-
 def test_raise_nofile_limit_to_hard(lowered_nofile: int, caplog: pytest.LogCaptureFixture) -> None:
     hard = lowered_nofile
     with caplog.at_level(logging.WARNING, logger="tornado_echo.systemd"):

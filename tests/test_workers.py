@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
-from tests.helpers import BASE_CONF, Service, fetch_rows, metric, start_service
+from tests.helpers import (
+    BASE_CONF,
+    Service,
+    eventually,
+    eventually_blocking,
+    fetch_rows,
+    metric,
+    start_service,
+)
 
 
 def worker_pids(service: Service) -> list[int]:
@@ -22,6 +28,7 @@ def worker_pids(service: Service) -> list[int]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.gen_test(timeout=90)
 async def test_workers_share_the_port_metrics_reload_restart_and_stop(
     tmp_path: Path, services: list[Service]
@@ -35,13 +42,24 @@ async def test_workers_share_the_port_metrics_reload_restart_and_stop(
         await client.write_message("hi")
         assert await client.read_message() == "hi"
 
-    # Any worker answers a scrape with the sum over both (folded in every 0.5 s).
-    await asyncio.sleep(1.5)
+    # Any worker answers a scrape with the sum over both, once each has folded its figures in.
     http = AsyncHTTPClient()
-    for _ in range(4):
+
+    async def scrape() -> tuple[float, float]:
         text = (await http.fetch(f"http://127.0.0.1:{service.port}/metrics")).body.decode()
-        assert metric(text, "tornado_echo_connections_open") == 20
-        assert metric(text, 'tornado_echo_messages_total{direction="in"}') == 20
+        return (
+            metric(text, "tornado_echo_connections_open"),
+            metric(text, 'tornado_echo_messages_total{direction="in"}'),
+        )
+
+    async def both_workers_counted() -> bool:
+        return await scrape() == (20, 20)
+
+    await eventually(
+        both_workers_counted, "20 connections and 20 messages in the metrics", timeout=15
+    )
+    for _ in range(4):
+        assert await scrape() == (20, 20)
 
     service.process.send_signal(signal.SIGHUP)
     reload_messages = service.messages("READY=1")
@@ -50,10 +68,12 @@ async def test_workers_share_the_port_metrics_reload_restart_and_stop(
     # A worker killed outright is replaced; the service keeps serving.
     victim = worker_pids(service)[0]
     os.kill(victim, signal.SIGKILL)
-    for _ in range(200):  # the replacement is up when a third "listening" line appears
-        if service.log.read_text().count("listening on") == 3:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: service.log.read_text().count("listening on") == 3,
+        "the replacement to listen",
+        timeout=15,
+        detail=service.log.read_text,
+    )
     assert "exited unexpectedly with -9" in service.log.read_text()
     fresh = await websocket_connect(url)
     await fresh.write_message("still here")
@@ -67,7 +87,9 @@ async def test_workers_share_the_port_metrics_reload_restart_and_stop(
             continue
         if await client.read_message() == "alive?":
             survivors.append(client)
-    assert 0 < len(survivors) < 21
+    # Some of the 20 were the killed worker's and are gone; the other worker's still echo
+    # (SO_REUSEPORT put all 20 on one worker with a chance of 2 in a million).
+    assert 1 < len(survivors) < 21
 
     service.process.send_signal(signal.SIGTERM)
     assert service.messages("STOPPING=1")[-1] == "STOPPING=1"
@@ -87,6 +109,7 @@ async def test_workers_share_the_port_metrics_reload_restart_and_stop(
     assert "crashed" in states
 
 
+@pytest.mark.slow
 def test_a_stuck_worker_withholds_the_watchdog(tmp_path: Path, services: list[Service]) -> None:
     service = start_service(tmp_path, BASE_CONF + "workers = 2\n", watchdog_usec=1_000_000)
     services.append(service)
@@ -94,10 +117,12 @@ def test_a_stuck_worker_withholds_the_watchdog(tmp_path: Path, services: list[Se
     stuck = worker_pids(service)[1]
     os.kill(stuck, signal.SIGSTOP)  # its event loop can no longer check in
     try:
-        deadline = time.monotonic() + 15
-        while "stopped checking in" not in service.log.read_text():
-            assert time.monotonic() < deadline, service.log.read_text()
-            time.sleep(0.1)
+        eventually_blocking(
+            lambda: "stopped checking in" in service.log.read_text(),
+            "the supervisor to notice the stuck worker",
+            timeout=15,
+            detail=service.log.read_text,
+        )
         service.notify.settimeout(0.1)
         while True:  # empty what was queued before the supervisor noticed
             try:

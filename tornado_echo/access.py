@@ -1,35 +1,142 @@
-"""Who may read operator endpoints (/metrics, /api): loopback peers, or a bearer token."""
+"""Who may read operator endpoints (/metrics, /api), and whose forwarded address to believe.
+
+Trust rests on three things only: the socket peer (loopback), a bearer token, and the
+reverse proxies the operator listed in ``trusted_proxies``. A forwarded header never grants
+anything by itself: loopback trust needs the socket peer *and* the client it forwards for
+(if any) to be loopback, and a Host header naming this server, so that a web page whose
+DNS name was rebound to 127.0.0.1 cannot read the endpoints through a local browser.
+"""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Iterable
 
-from tornado.httputil import HTTPServerRequest
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
+
+from .http_server import socket_peer
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_NAMES = frozenset({"localhost"})
+# The refusal of a client that is neither loopback nor holds the token (callers word it for
+# their endpoint); any other refusal is a loopback client with a foreign Host.
+NOT_LOOPBACK = "needs a loopback client or the bearer token"
+
+
+def ip(address: str | None) -> IPAddress | None:
+    """The address as an IP (IPv4-mapped IPv6 unwrapped), or None when it is not one."""
+    try:
+        parsed = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        return None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return parsed.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack socket
+    return parsed
 
 
 def is_loopback(address: str | None) -> bool:
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack socket
-    return ip.is_loopback
+    parsed = ip(address)
+    return parsed is not None and parsed.is_loopback
 
 
-def is_authorized(request: HTTPServerRequest, token: str) -> bool:
-    """True for a loopback peer, or for ``Authorization: Bearer <token>`` when one is set.
+def parse_network(text: str) -> Network:
+    """An address or CIDR (``10.0.0.0/8``, ``::1``); raises ValueError."""
+    return ipaddress.ip_network(text.strip(), strict=False)
 
-    Behind a reverse proxy on the same host every peer looks like loopback unless
-    ``behind_proxy`` is on (then the forwarded address counts): the proxy must not pass
-    these paths through, as conf/nginx.conf does not.
+
+class TrustedProxies:
+    """The reverse proxies whose X-Forwarded-For / X-Real-Ip headers are believed."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.networks = tuple(parse_network(entry) for entry in entries)
+
+    def __contains__(self, address: object) -> bool:
+        parsed = ip(address) if isinstance(address, str) else None
+        return parsed is not None and any(
+            parsed.version == net.version and parsed in net for net in self.networks
+        )
+
+    def client_address(self, peer: str, headers: HTTPHeaders) -> str:
+        """The client's address: ``peer`` itself unless ``peer`` is a trusted proxy.
+
+        From a trusted proxy: the right-most X-Forwarded-For entry that is not itself a
+        trusted proxy (entries left of it were written by the client and prove nothing),
+        else X-Real-Ip. A malformed entry stops the walk at the last hop that vouched.
+        """
+        if peer not in self:
+            return peer
+        hops = [
+            hop.strip() for value in headers.get_list("X-Forwarded-For") for hop in value.split(",")
+        ]
+        if hops:
+            client = peer
+            for hop in reversed(hops):
+                parsed = ip(hop)
+                if parsed is None:
+                    return client
+                client = str(parsed)
+                if client not in self:
+                    return client
+            return client
+        real = ip(headers.get("X-Real-Ip"))
+        return peer if real is None else str(real)
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header value, lower-cased (``[::1]:8080`` -> ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    name, colon, port = host.rpartition(":")
+    return name if colon and port.isdigit() and ":" not in name else host
+
+
+def names_this_server(host: str, server_names: Iterable[str]) -> bool:
+    """True for a loopback name or address, or one of the configured ``server_names``."""
+    name = host_name(host)
+    return (
+        name in LOOPBACK_NAMES
+        or is_loopback(name)
+        or name in {configured.lower() for configured in server_names}
+    )
+
+
+def refusal(
+    peer: str, client: str, host: str, authorization: str, token: str, server_names: Iterable[str]
+) -> str | None:
+    """Why a request may not read an operator endpoint, or None when it may.
+
+    ``peer`` is the socket peer, ``client`` the address after trusted proxies (the same
+    when none is involved), ``host`` and ``authorization`` the request's headers.
     """
-    if is_loopback(request.remote_ip):
-        return True
-    if not token:
-        return False
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
+    if token:
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            return None
+    if not (is_loopback(peer) and is_loopback(client)):
+        return NOT_LOOPBACK
+    if not names_this_server(host, server_names):
+        return (
+            f"Host {host!r} does not name this server: loopback clients must use localhost,"
+            " a loopback address or one of server_names"
+        )
+    return None
+
+
+def request_refusal(
+    request: HTTPServerRequest, token: str, server_names: Iterable[str] = ()
+) -> str | None:
+    """:func:`refusal` for a request served by :mod:`tornado_echo.http_server`."""
+    headers = request.headers
+    return refusal(
+        socket_peer(request),
+        request.remote_ip or "",
+        headers.get("Host", ""),
+        headers.get("Authorization", ""),
+        token,
+        server_names,
     )

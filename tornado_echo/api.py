@@ -3,27 +3,32 @@
 Access: loopback clients, or with ``Authorization: Bearer <admin_token>`` when a token is
 set (401 otherwise; 403 for remote clients while no token is set). Query
 parameters are validated (400 with a JSON reason); queries run on the reader's thread pool,
-never on the IOLoop, with bound parameters only.
+never on the IOLoop, with bound parameters only. A session's journal comes in pages
+(``limit`` entries after sequence number ``after``, at most ``JOURNAL_BYTES`` of payload),
+encoded on the reader's threads too: a journal can be far larger than memory allows.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import json
 import logging
 import uuid
 from typing import Any
 
-from .access import is_authorized
+from .access import NOT_LOOPBACK, request_refusal
 from .config import Config
 from .errors import EchoError
 from .handlers import JsonHandler
-from .store.reader import JOURNAL_LIMIT, SessionReader
+from .store.reader import SessionReader
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
+SESSIONS_PARAMETERS = frozenset({"limit", "since"})
+SESSION_PARAMETERS = frozenset({"limit", "after"})
 
 
 class QueryError(EchoError):
@@ -58,6 +63,18 @@ def parse_since(text: str | None) -> float | None:
     return moment.timestamp()
 
 
+def parse_after(text: str | None) -> int:
+    if text is None:
+        return 0
+    try:
+        after = int(text)
+    except ValueError:
+        after = -1
+    if not 0 <= after < 2**63:
+        raise QueryError(f"after must be a journal sequence number (0 or more), got {text!r}")
+    return after
+
+
 def parse_session_id(text: str) -> str:
     try:
         return str(uuid.UUID(text))
@@ -79,9 +96,12 @@ class ApiHandler(JsonHandler):
         self.reader = reader
 
     def prepare(self) -> None:
-        if is_authorized(self.request, self.config.admin_token):
+        refused = request_refusal(self.request, self.config.admin_token, self.config.server_names)
+        if refused is None:
             return
-        if self.config.admin_token:
+        if refused != NOT_LOOPBACK:
+            self._deny(403, refused)
+        elif self.config.admin_token:
             self.set_header("WWW-Authenticate", 'Bearer realm="tornado-echo"')
             self._deny(401, "missing or wrong bearer token")
         else:
@@ -91,14 +111,19 @@ class ApiHandler(JsonHandler):
         logger.warning(
             "API request from %s refused (%d): %s", self.request.remote_ip, status, reason
         )
-        self.write_json(status, {"status": status, "error": reason})
+        self.fail(status, reason)
 
-    def bad_request(self, exc: QueryError) -> None:
-        self.write_json(400, {"status": 400, "error": str(exc)})
+    def fail(self, status: int, reason: str) -> None:
+        self.write_json(status, self.json_error(status, reason))
+
+    def check_parameters(self, known: frozenset[str]) -> None:
+        unknown = set(self.request.arguments) - known
+        if unknown:
+            raise QueryError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
 
     def unavailable(self, exc: Exception) -> None:
         logger.warning("API query failed: %s", exc, exc_info=exc)
-        self.write_json(503, {"status": 503, "error": "database unavailable"})
+        self.fail(503, "database unavailable")
 
 
 class SessionsHandler(ApiHandler):
@@ -106,13 +131,11 @@ class SessionsHandler(ApiHandler):
 
     async def get(self) -> None:
         try:
-            unknown = set(self.request.arguments) - {"limit", "since"}
-            if unknown:
-                raise QueryError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+            self.check_parameters(SESSIONS_PARAMETERS)
             limit = parse_limit(self.get_query_argument("limit", None))
             since = parse_since(self.get_query_argument("since", None))
         except QueryError as exc:
-            self.bad_request(exc)
+            self.fail(400, str(exc))
             return
         try:
             sessions = await self.reader.list_sessions(limit, since)
@@ -123,24 +146,36 @@ class SessionsHandler(ApiHandler):
 
 
 class SessionHandler(ApiHandler):
-    """``GET /api/sessions/{id}``: one session, with its journal when the journal is on."""
+    """``GET /api/sessions/{id}?limit=N&after=SEQ``: one session, with a page of its journal
+    when the journal is on; ``journal_next`` is the ``after`` of the next page (null: none)."""
 
     async def get(self, raw_id: str) -> None:
         try:
             session_id = parse_session_id(raw_id)
+            self.check_parameters(SESSION_PARAMETERS)
+            limit = parse_limit(self.get_query_argument("limit", None))
+            after = parse_after(self.get_query_argument("after", None))
         except QueryError as exc:
-            self.bad_request(exc)
+            self.fail(400, str(exc))
             return
         try:
-            session = await self.reader.get_session(session_id, JOURNAL_LIMIT)
+            session = await self.reader.get_session(session_id, limit, after)
         except Exception as exc:  # noqa: BLE001 - any driver failure: answer 503, keep serving
             self.unavailable(exc)
             return
         if session is None:
-            self.write_json(404, {"status": 404, "error": f"no session {session_id}"})
+            self.fail(404, f"no session {session_id}")
             return
         journal = session.pop("journal")
+        journal_next = session.pop("journal_next")
         if self.config.journal != "off":
-            session["journal"] = [journal_entry(row) for row in journal]
-            session["journal_truncated"] = len(journal) >= JOURNAL_LIMIT
-        self.write_json(200, session)
+            session["journal"] = journal
+            session["journal_next"] = journal_next
+        self.write_json(200, await self.reader.offload(lambda: render(session)))
+
+
+def render(session: dict[str, Any]) -> bytes:
+    """The JSON answer for one session, payloads as base64 (up to JOURNAL_BYTES of them)."""
+    if "journal" in session:
+        session["journal"] = [journal_entry(row) for row in session["journal"]]
+    return json.dumps(session).encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import tornado.web
@@ -45,6 +46,7 @@ class EchoApplication(tornado.web.Application):
             "connections": connections,
             "db": db,
             "token": config.metrics_token,
+            "server_names": config.server_names,
         }
         self._api_kwargs: dict[str, Any] = {"config": config, "reader": reader}
         self._ready_kwargs: dict[str, Any] = {
@@ -54,7 +56,8 @@ class EchoApplication(tornado.web.Application):
         }
         super().__init__(
             [
-                (config.ws_path, EchoWebSocket, self._ws_kwargs),
+                # A literal path: Tornado would read it as a regular expression.
+                (re.escape(config.ws_path), EchoWebSocket, self._ws_kwargs),
                 ("/healthz", HealthHandler),
                 ("/readyz", ReadyHandler, self._ready_kwargs),
                 ("/metrics", MetricsHandler, self._metrics_kwargs),
@@ -73,6 +76,7 @@ class EchoApplication(tornado.web.Application):
         self._api_kwargs["config"] = config
         self._ready_kwargs["config"] = config
         self._metrics_kwargs["token"] = config.metrics_token
+        self._metrics_kwargs["server_names"] = config.server_names
         self.settings.update(_live_settings(config))
 
 

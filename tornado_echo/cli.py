@@ -11,7 +11,6 @@ sessions (or shows one with its journal) from the database the same configuratio
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -25,9 +24,9 @@ from typing import Any
 
 import tornado.netutil
 
-from . import __version__
+from . import __version__, eventloop, tls
 from .config import FIELDS, Config, build_config, env_name, flag_name, mask_url
-from .errors import ConfigError, EchoError
+from .errors import ConfigError, EchoError, one_line
 from .logs import setup_logging
 from .systemd import Notifier, raise_nofile_limit
 from .workers import Supervisor, WorkerLink
@@ -97,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sessions(argv[1:])
     args = build_parser().parse_args(argv)  # argparse reports bad flags itself, exit 2
     flags = {key: getattr(args, key) for key in FIELDS}
-    built = _config_or_report(args.config, flags)
+    built = _config_or_report(args.config, flags, serving=True)
     if built is None:
         return 2
     config, path = built
@@ -114,11 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _config_or_report(
-    path: str | None, flags: dict[str, str | None]
+    path: str | None, flags: dict[str, str | None], serving: bool = False
 ) -> tuple[Config, Path | None] | None:
     """The validated config, or None after printing the one-line reason to stderr."""
     try:
-        return build_config(path, flags=flags)
+        built = build_config(path, flags=flags)
+        if serving:  # unreadable or mismatched TLS files: a config error too
+            tls.server_context(built[0])
+        return built
     except ConfigError as exc:
         sys.stderr.write(f"tornado-echo: config error: {exc}\n")
         return None
@@ -127,7 +129,7 @@ def _config_or_report(
 def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Serve until told to stop: in this process, or in ``config.workers`` processes."""
     # Each connection is a descriptor; keep headroom for the database, spool and listeners.
-    raise_nofile_limit(config.max_connections + 64)
+    raise_nofile_limit(config.max_connections + config.max_http_connections + 64)
     if config.workers == 1:
         return serve(config, None, Notifier.from_environ(), reload_config)
 
@@ -189,16 +191,8 @@ def serve(
 
 def run_loop(choice: str, main: Coroutine[Any, Any, int]) -> int:
     """Run ``main`` on uvloop (faster I/O; "auto" when installed) or asyncio's own loop."""
-    if choice != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                main.close()
-                raise EchoError("event_loop = 'uvloop' but uvloop is not installed") from None
-        else:
-            return int(uvloop.run(main))
-    return asyncio.run(main)
+    missing = EchoError("event_loop = 'uvloop' but uvloop is not installed")
+    return eventloop.run(main, choice, missing)
 
 
 def _free_port(host: str) -> int:
@@ -246,8 +240,8 @@ def sessions(argv: Sequence[str]) -> int:
                 config.database_url, lambda db: db.get_session(session_id, JOURNAL_LIMIT)
             )
     except Exception as exc:  # noqa: BLE001 - command boundary: one line, no traceback
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        sys.stderr.write(f"tornado-echo: cannot query {mask_url(config.database_url)}: {first}\n")
+        reason = one_line(exc)
+        sys.stderr.write(f"tornado-echo: cannot query {mask_url(config.database_url)}: {reason}\n")
         return 1
     if session_id is not None:
         if found is None:

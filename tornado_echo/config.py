@@ -10,7 +10,9 @@ from, the key and the value, so the CLI can print one line and exit 2.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .access import parse_network
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -34,6 +37,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 JOURNAL_MODES = ("off", "meta", "full")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+ENGINES = ("fast", "tornado")
 
 
 def _between(low: float, high: float) -> Callable[[Any], str | None]:
@@ -54,17 +58,50 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
     return check
 
 
+def _printable(value: str) -> bool:
+    return value.isascii() and value.isprintable() and " " not in value
+
+
 def _ws_path(value: Any) -> str | None:
-    return None if value.startswith("/") and " " not in value else "must be a path starting with /"
+    # Matched literally against the request path, which never holds a query or fragment.
+    if not value.startswith("/"):
+        return "must be a path starting with /"
+    if not _printable(value) or set(value) & set("?#"):
+        return "must be printable ASCII without spaces, '?' or '#'"
+    return None
 
 
 def _database_url(value: Any) -> str | None:
     scheme = value.split(":", 1)[0]
+    usage = "must be sqlite:///PATH or postgresql://USER@HOST[:PORT]/DBNAME"
+    if "\0" in value:
+        return usage
     if scheme == "sqlite" and value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return None
     if scheme in ("postgresql", "postgres") and value.startswith(scheme + "://"):
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - parsing it is the check: raises ValueError when bad
+        except ValueError as exc:
+            return f"{usage} ({exc})"
         return None
-    return "must be sqlite:///PATH or postgresql://USER@HOST[:PORT]/DBNAME"
+    return usage
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _host(value: Any) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(value):
+            return "must be an IP address (0.0.0.0 or :: for every interface) or a host name"
+    return None
+
+
+def _directory(value: Any) -> str | None:
+    return None if value and "\0" not in value else "must be a directory path"
 
 
 def _origins(value: Any) -> str | None:
@@ -74,62 +111,216 @@ def _origins(value: Any) -> str | None:
     return None
 
 
-def _opt(default: Any, doc: str, check: Callable[[Any], str | None] | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "check": check})
+def _networks(value: Any) -> str | None:
+    for entry in value:
+        try:
+            parse_network(entry)
+        except ValueError:
+            return f"entry {entry!r} must be an IP address or network like 10.0.0.0/8"
+    return None
+
+
+def _host_names(value: Any) -> str | None:
+    for name in value:
+        if not name or any(ch.isspace() or ch in "/:[]@" for ch in name):
+            return f"entry {name!r} must be a host name like echo.example.com (no port)"
+    return None
+
+
+@dataclass(frozen=True)
+class Parser:
+    """How one setting's value is read: from TOML (typed) and from text (environment, flags).
+
+    Both raise ValueError with the text of the error ("expected an integer").
+    """
+
+    kind: str
+    native: Callable[[Any], Any]
+    text: Callable[[str], Any]
+
+
+def _expect(kind: str, accepts: Callable[[Any], bool], convert: Callable[[Any], Any]) -> Any:
+    def parse(value: Any) -> Any:
+        if not accepts(value):
+            raise ValueError(f"expected {kind}")
+        return convert(value)
+
+    return parse
+
+
+def _number_text(kind: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return convert(text.strip())
+        except ValueError:
+            raise ValueError(f"expected {kind}") from None
+
+    return parse
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool_text(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE or lowered in _FALSE:
+        return lowered in _TRUE
+    raise ValueError("expected a boolean (true/false)")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+INTEGER = Parser(
+    "an integer",
+    _expect("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool), int),
+    _number_text("an integer", int),
+)
+NUMBER = Parser("a number", _expect("a number", _is_number, float), _number_text("a number", float))
+BOOLEAN = Parser("a boolean", _expect("a boolean", lambda v: isinstance(v, bool), bool), _bool_text)
+STRING = Parser("a string", _expect("a string", lambda v: isinstance(v, str), str), str)
+STRINGS = Parser(
+    "a list of strings",
+    _expect(
+        "a list of strings",
+        lambda v: isinstance(v, list) and all(isinstance(item, str) for item in v),
+        tuple,
+    ),
+    lambda text: tuple(item.strip() for item in text.split(",") if item.strip()),
+)
+
+
+def _opt(
+    parser: Parser, default: Any, doc: str, check: Callable[[Any], str | None] | None = None
+) -> Any:
+    return field(default=default, metadata={"doc": doc, "parser": parser, "check": check})
 
 
 @dataclass(frozen=True)
 class Config:
     """Effective settings of one tornado-echo process. Immutable once built."""
 
-    host: str = _opt("127.0.0.1", "address to listen on")
-    port: int = _opt(8080, "TCP port to listen on (0 lets the OS pick)", _between(0, 65535))
-    ws_path: str = _opt("/ws", "URL path of the WebSocket echo endpoint", _ws_path)
+    host: str = _opt(STRING, "127.0.0.1", "address to listen on", _host)
+    port: int = _opt(
+        INTEGER, 8080, "TCP port to listen on (0 lets the OS pick)", _between(0, 65535)
+    )
+    ws_path: str = _opt(STRING, "/ws", "URL path of the WebSocket echo endpoint", _ws_path)
     allowed_origins: tuple[str, ...] = _opt(
-        (), "browser Origins allowed besides same-host ones ('*' allows all)", _origins
+        STRINGS, (), "browser Origins allowed besides same-host ones ('*' allows all)", _origins
     )
     max_message_size: int = _opt(
-        1024 * 1024, "largest message in bytes; larger ones close with 1009", _between(1, 1 << 30)
+        INTEGER,
+        1024 * 1024,
+        "largest message in bytes; larger ones close with 1009",
+        _between(1, 1 << 30),
     )
     max_connections: int = _opt(
-        10000, "open WebSockets at most; more get HTTP 503", _between(1, 10_000_000)
+        INTEGER, 10000, "open WebSockets at most; more get HTTP 503", _between(1, 10_000_000)
     )
     ping_interval: float = _opt(
-        20.0, "seconds between keepalive pings (0 disables)", _between(0, 3600)
+        NUMBER, 20.0, "seconds between keepalive pings (0 disables)", _between(0, 3600)
     )
     ping_timeout: float = _opt(
-        20.0, "seconds to wait for a pong before closing", _between(0.1, 3600)
+        NUMBER, 20.0, "seconds to wait for a pong before closing", _between(0.1, 3600)
     )
-    compression: bool = _opt(True, "negotiate permessage-deflate when the client offers it")
-    behind_proxy: bool = _opt(False, "trust X-Forwarded-For / X-Real-Ip from a reverse proxy")
+    compression: bool = _opt(
+        BOOLEAN, True, "negotiate permessage-deflate when the client offers it"
+    )
+    compression_level: int = _opt(
+        INTEGER,
+        1,
+        "zlib level of the messages this server compresses (1 fastest, 9 smallest)",
+        _between(1, 9),
+    )
+    engine: str = _opt(
+        STRING,
+        "fast",
+        "what carries upgraded connections: fast (asyncio transport) or tornado (IOStream)",
+        _one_of(ENGINES),
+    )
+    max_connections_per_ip: int = _opt(
+        INTEGER,
+        0,
+        "open WebSockets per client address (IPv6: per /64); more get HTTP 503; 0: no limit",
+        _between(0, 10_000_000),
+    )
+    max_http_connections: int = _opt(
+        INTEGER,
+        1000,
+        "connections not (yet) WebSockets at most (requests, handshakes); more get HTTP 503",
+        _between(1, 10_000_000),
+    )
+    http_timeout: float = _opt(
+        NUMBER,
+        10.0,
+        "seconds a connection may take to send its request headers; idle ones close after it",
+        _between(0.1, 3600),
+    )
+    behind_proxy: bool = _opt(
+        BOOLEAN, False, "believe X-Forwarded-For / X-Real-Ip from the trusted_proxies"
+    )
+    trusted_proxies: tuple[str, ...] = _opt(
+        STRINGS,
+        ("127.0.0.1", "::1"),
+        "addresses or networks of the reverse proxies believed when behind_proxy is on",
+        _networks,
+    )
+    server_names: tuple[str, ...] = _opt(
+        STRINGS,
+        (),
+        "Host names of this server besides localhost and loopback addresses, for loopback"
+        " clients of /api and /metrics",
+        _host_names,
+    )
+    tls_cert: str = _opt(
+        STRING, "", "PEM certificate chain: serve wss:// itself, TLS >= 1.2 (with tls_key)"
+    )
+    tls_key: str = _opt(STRING, "", "PEM private key of tls_cert (re-read with it on SIGHUP)")
     database_url: str = _opt(
-        "sqlite:///var/tornado-echo.db", "sqlite:///PATH or postgresql://...", _database_url
+        STRING, "sqlite:///var/tornado-echo.db", "sqlite:///PATH or postgresql://...", _database_url
     )
-    state_dir: str = _opt("var", "directory for local state (spool files)")
-    journal: str = _opt("off", "message journal: off, meta or full", _one_of(JOURNAL_MODES))
-    batch_size: int = _opt(1000, "records per database batch", _between(1, 100_000))
+    state_dir: str = _opt(STRING, "var", "directory for local state (spool files)", _directory)
+    journal: str = _opt(STRING, "off", "message journal: off, meta or full", _one_of(JOURNAL_MODES))
+    journal_max_payload: int = _opt(
+        INTEGER,
+        65536,
+        "payload bytes journalled per message (full); the rest is marked truncated",
+        _between(0, 1 << 30),
+    )
+    batch_size: int = _opt(INTEGER, 1000, "records per database batch", _between(1, 100_000))
     batch_delay: float = _opt(
-        0.05, "seconds a record may wait for its batch to fill", _between(0.001, 60)
+        NUMBER, 0.05, "seconds a record may wait for its batch to fill", _between(0.001, 60)
     )
     readiness_needs_store: bool = _opt(
-        True, "/readyz answers 503 while the database is unreachable (false: 200 degraded)"
+        BOOLEAN, True, "/readyz answers 503 while the database is unreachable (false: 200 degraded)"
     )
     queue_limit: int = _opt(
+        INTEGER,
         100_000,
         "records held in memory while the database is slow; beyond, spooled to state_dir",
         _between(1, 100_000_000),
     )
-    log_level: str = _opt("info", "debug, info, warning or error", _one_of(LOG_LEVELS))
-    log_format: str = _opt("text", "text (terminal) or json (journald)", _one_of(LOG_FORMATS))
+    queue_bytes_limit: int = _opt(
+        INTEGER,
+        64 * 1024 * 1024,
+        "bytes of records held in memory; beyond, spooled to state_dir",
+        _between(1024 * 1024, 1 << 40),
+    )
+    log_level: str = _opt(STRING, "info", "debug, info, warning or error", _one_of(LOG_LEVELS))
+    log_format: str = _opt(
+        STRING, "text", "text (terminal) or json (journald)", _one_of(LOG_FORMATS)
+    )
     shutdown_deadline: float = _opt(
-        10.0, "seconds to drain connections and the store on shutdown", _between(0, 3600)
+        NUMBER, 10.0, "seconds to drain connections and the store on shutdown", _between(0, 3600)
     )
-    workers: int = _opt(1, "processes sharing the port (SO_REUSEPORT)", _between(1, 256))
+    workers: int = _opt(INTEGER, 1, "processes sharing the port (SO_REUSEPORT)", _between(1, 256))
     event_loop: str = _opt(
-        "auto", "auto (uvloop when installed), uvloop or asyncio", _one_of(EVENT_LOOPS)
+        STRING, "auto", "auto (uvloop when installed), uvloop or asyncio", _one_of(EVENT_LOOPS)
     )
-    admin_token: str = _opt("", "bearer token for /api (empty: loopback only)")
-    metrics_token: str = _opt("", "bearer token for /metrics (empty: loopback only)")
+    admin_token: str = _opt(STRING, "", "bearer token for /api (empty: loopback only)")
+    metrics_token: str = _opt(STRING, "", "bearer token for /metrics (empty: loopback only)")
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secrets replaced by ``***``, for display and logs."""
@@ -169,74 +360,41 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _kind(key: str) -> str:
-    annotation = str(FIELDS[key].type)
-    return {"int": "an integer", "float": "a number", "bool": "a boolean", "str": "a string"}.get(
-        annotation, "a list of strings"
-    )
+def _parser(key: str) -> Parser:
+    parser: Parser = FIELDS[key].metadata["parser"]
+    return parser
 
 
-def _coerce_native(key: str, value: Any) -> Any:
-    """Check a TOML value's type; returns it in the field's Python type or raises ValueError."""
-    kind = _kind(key)
-    if kind == "an integer" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind == "a number" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind == "a boolean" and isinstance(value, bool):
-        return value
-    if kind == "a string" and isinstance(value, str):
-        return value
-    if kind == "a list of strings" and isinstance(value, list):
-        if all(isinstance(item, str) for item in value):
-            return tuple(value)
-    raise ValueError(f"expected {kind}")
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _coerce_text(key: str, text: str) -> Any:
-    """Parse an environment or command-line string into the field's type or raise ValueError."""
-    kind = _kind(key)
-    try:
-        if kind == "an integer":
-            return int(text.strip())
-        if kind == "a number":
-            return float(text.strip())
-    except ValueError:
-        raise ValueError(f"expected {kind}") from None
-    if kind == "a boolean":
-        lowered = text.strip().lower()
-        if lowered in _TRUE or lowered in _FALSE:
-            return lowered in _TRUE
-        raise ValueError("expected a boolean (true/false)")
-    if kind == "a list of strings":
-        return tuple(item.strip() for item in text.split(",") if item.strip())
-    return text
+def _shown(key: str, value: Any) -> str:
+    if key in SECRET_KEYS:
+        return "'***'"
+    return repr(list(value) if isinstance(value, tuple) else value)
 
 
 def _validated(source: str, key: str, value: Any) -> Any:
     check = FIELDS[key].metadata["check"]
     problem = check(value) if check else None
     if problem:
-        shown = "***" if key in SECRET_KEYS else value
-        if isinstance(shown, tuple):
-            shown = list(shown)
-        raise ConfigError(f"{source}: key '{key}': {problem}, got {shown!r}")
+        raise ConfigError(f"{source}: key '{key}': {problem}, got {_shown(key, value)}")
     return value
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Parse one TOML conf file into validated values; raises ConfigError."""
     try:
-        with path.open("rb") as handle:
-            raw = tomllib.load(handle)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line}, column {column}"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
@@ -244,9 +402,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if key not in FIELDS:
             raise ConfigError(f"{path}: unknown key '{key}' (value {value!r})")
         try:
-            native = _coerce_native(key, value)
+            native = _parser(key).native(value)
         except ValueError as exc:
-            raise ConfigError(f"{path}: key '{key}': {exc}, got {value!r}") from None
+            raise ConfigError(f"{path}: key '{key}': {exc}, got {_shown(key, value)}") from None
         values[key] = _validated(str(path), key, native)
     return values
 
@@ -276,9 +434,9 @@ def read_flags(flags: Mapping[str, str | None]) -> dict[str, Any]:
 
 def _from_text(source: str, key: str, text: str) -> Any:
     try:
-        native = _coerce_text(key, text)
+        native = _parser(key).text(text)
     except ValueError as exc:
-        raise ConfigError(f"{source}: key '{key}': {exc}, got {text!r}") from None
+        raise ConfigError(f"{source}: key '{key}': {exc}, got {_shown(key, text)}") from None
     return _validated(source, key, native)
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-logger = logging.getLogger(__name__)
+from .rfc6455 import CloseCode
 
-GOING_AWAY = 1001
+logger = logging.getLogger(__name__)
 
 
 class Session(Protocol):
@@ -19,6 +20,8 @@ class Session(Protocol):
     bytes_out: int
 
     def close_for_shutdown(self, code: int, reason: str) -> None: ...
+
+    def on_connection_close(self) -> None: ...
 
 
 @dataclass
@@ -37,6 +40,48 @@ class Traffic:
         self.bytes_out += session.bytes_out
 
 
+class AddressCounts:
+    """Upgrades admitted per client address, for ``max_connections_per_ip``.
+
+    IPv6 clients are counted per /64, the block one subscriber usually holds: otherwise one
+    client could take a fresh address per connection. Only addresses with connections open
+    are kept, so memory follows the open connections, not what strangers send.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    @staticmethod
+    def key(address: str) -> str:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+        return str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
+
+    def admit(self, address: str, limit: int) -> bool:
+        """Count one more for ``address`` unless it has ``limit`` already (0: no limit)."""
+        key = self.key(address)
+        count = self._counts.get(key, 0)
+        if limit and count >= limit:
+            return False
+        self._counts[key] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        key = self.key(address)
+        count = self._counts.get(key, 0) - 1
+        if count > 0:
+            self._counts[key] = count
+        else:
+            self._counts.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
 class Connections:
     """Tracks open sessions; used only on the IOLoop thread."""
 
@@ -47,6 +92,7 @@ class Connections:
         # Upgrades admitted and not yet ended, handshakes in flight included: the count
         # max_connections limits, so a burst of handshakes cannot overshoot it.
         self.admitted = 0
+        self.per_address = AddressCounts()
         self.draining = False
         self._empty = asyncio.Event()
         self._empty.set()
@@ -83,7 +129,15 @@ class Connections:
         """Send every open session a 1001 Going Away close; returns how many."""
         sessions = list(self._open)
         for session in sessions:
-            session.close_for_shutdown(GOING_AWAY, reason)
+            session.close_for_shutdown(CloseCode.GOING_AWAY, reason)
+        return len(sessions)
+
+    def abort_all(self) -> int:
+        """Drop every session still open now: each ends (and records its close) before this
+        returns, so the store can take the records before it seals. Returns how many."""
+        sessions = list(self._open)
+        for session in sessions:
+            session.on_connection_close()
         return len(sessions)
 
     async def wait_closed(self, timeout: float) -> bool:

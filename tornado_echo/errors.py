@@ -17,3 +17,9 @@ class ConfigError(EchoError):
 
 class StoreError(EchoError):
     """The store cannot be opened or used (bad URL, unreachable database)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line for a log or stderr: its type and the first line of its text."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -22,17 +22,18 @@ from typing import Any
 import tornado.web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from .access import is_authorized
+from .access import NOT_LOOPBACK, request_refusal
 from .config import Config
 from .connections import Connections
+from .engine import FastProtocol, FastWebSocketHandler, carried_by_tls
 from .metrics import CONTENT_TYPE, Metrics
-from .protocol import OPCODE_BINARY, OPCODE_TEXT, EchoProtocol
+from .protocol import EchoProtocol
+from .rfc6455 import CloseCode, Opcode
 from .store import MessageReceived, SessionClosed, SessionOpened, Store
+from .tornado_compat import cross_origin_problem
 
 logger = logging.getLogger(__name__)
 
-NO_STATUS_RECEIVED = 1005
-ABNORMAL_CLOSURE = 1006
 POLICY_STATUSES = (403, 503)
 
 
@@ -55,7 +56,7 @@ class JsonErrorMixin:
         return json.dumps({"status": status, "error": reason}).encode()
 
 
-class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
+class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
     """Echoes every message back with the same type, in order; records each session."""
 
     # Metric label of a refused upgrade; "error" covers exceptions raised while opening.
@@ -77,7 +78,8 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         self.session_id = ""
         self.messages_in = self.messages_out = 0
         self.bytes_in = self.bytes_out = 0
-        self._protocol: EchoProtocol | None = None
+        self._protocol: EchoProtocol | FastProtocol | None = None
+        self._admitted = False
         self._opened_at = 0.0
         self._shutdown_close = False
         self._journal = config.journal
@@ -96,7 +98,7 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
             self._reject(500, *problem)
             return
         # Tornado's own check: Sec-Fetch-Site, then Origin against Host, then check_origin.
-        forbidden = self._check_cross_origin(self.check_origin)
+        forbidden = cross_origin_problem(self, self.check_origin)
         if forbidden is not None:
             self._reject(403, "origin", forbidden)
             return
@@ -106,12 +108,27 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         if self.connections.admitted >= self.config.max_connections:
             self._reject(503, "connection_limit", "connection limit reached")
             return
+        self._address = self.request.remote_ip or ""
+        if not self.connections.per_address.admit(
+            self._address, self.config.max_connections_per_ip
+        ):
+            self._reject(503, "address_limit", "too many connections from your address")
+            return
         self.connections.admitted += 1
+        self._admitted = True
         try:
-            # Returns when the connection ends: Tornado runs its read loop in here.
+            # With the tornado engine this returns when the connection ends (its read loop
+            # runs in here); the fast engine returns once open() has run.
             await super().get(*args, **kwargs)
         finally:
+            if not self.session_id:
+                self._release_admission()  # never opened: on_close will not run
+
+    def _release_admission(self) -> None:
+        if self._admitted:
+            self._admitted = False
             self.connections.admitted -= 1
+            self.connections.per_address.release(self._address)
 
     def _upgrade_problem(self) -> tuple[str, str] | None:
         """(metric label, message) of what makes this request impossible to upgrade."""
@@ -169,11 +186,18 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         return bool(super().check_origin(origin))
 
     def get_compression_options(self) -> dict[str, Any] | None:
-        return {} if self.config.compression else None
+        if not self.config.compression:
+            return None
+        return {"compression_level": self.config.compression_level}
 
-    def get_websocket_protocol(self) -> EchoProtocol | None:
+    def get_websocket_protocol(self) -> EchoProtocol | FastProtocol | None:
+        if self.config.engine == "fast" and not carried_by_tls(self):
+            fast = super().get_websocket_protocol()
+            assert isinstance(fast, FastProtocol)
+            self._protocol = fast
+            return fast
         # Same parameters Tornado would pass; only the protocol class differs.
-        stock = super().get_websocket_protocol()
+        stock = WebSocketHandler.get_websocket_protocol(self)
         if stock is None:
             return None
         self._protocol = EchoProtocol(self, False, stock.params)  # type: ignore[attr-defined]
@@ -200,15 +224,15 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
                 origin=headers.get("Origin"),
                 user_agent=headers.get("User-Agent"),
                 subprotocol=self.selected_subprotocol,
-                compression=protocol is not None and protocol._compressor is not None,
+                compression=protocol is not None and protocol.compression_negotiated,
             )
         )
 
     def on_message(self, message: str | bytes) -> Future[None] | None:
         if isinstance(message, str):
-            data, opcode = message.encode(), OPCODE_TEXT
+            data, opcode = message.encode(), Opcode.TEXT
         else:
-            data, opcode = message, OPCODE_BINARY
+            data, opcode = message, Opcode.BINARY
         self.messages_in += 1
         self.bytes_in += len(data)
         if self._journal != "off":
@@ -217,7 +241,7 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
                     session_id=self.session_id,
                     seq=self.messages_in,
                     received_at=time.time(),
-                    opcode=opcode,
+                    opcode=int(opcode),
                     size=len(data),
                     payload=data if self._journal == "full" else None,
                 )
@@ -237,6 +261,7 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
         self.close(code, reason)
 
     def on_close(self) -> None:
+        self._release_admission()
         if not self.session_id:
             return
         self.connections.discard(self)
@@ -249,7 +274,11 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
             end_state = "aborted"
         code = self.close_code
         if code is None:
-            code = NO_STATUS_RECEIVED if end_state == "closed" else ABNORMAL_CLOSURE
+            code = (
+                CloseCode.NO_STATUS_RECEIVED
+                if end_state == "closed"
+                else CloseCode.ABNORMAL_CLOSURE
+            )
         duration = time.monotonic() - self._opened_at
         self.metrics.close_codes.labels(str(code), end_state).inc()
         self.db.submit(
@@ -265,7 +294,7 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
                 end_state=end_state,
             )
         )
-        stream_error = protocol.stream.error if protocol and protocol.stream else None
+        stream_error = protocol.connection_error if protocol else None
         logger.log(
             logging.WARNING if end_state == "aborted" and stream_error else logging.INFO,
             "session %s ended (%s): peer=%s path=%s duration=%.3fs in=%d msgs/%d B"
@@ -298,11 +327,12 @@ class EchoWebSocket(JsonErrorMixin, WebSocketHandler):
 
 
 class JsonHandler(JsonErrorMixin, tornado.web.RequestHandler):
-    def write_json(self, status: int, body: dict[str, Any]) -> None:
+    def write_json(self, status: int, body: dict[str, Any] | bytes) -> None:
+        """Answer ``body``: a dict, or bytes already serialised (say, off the IOLoop)."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(body))
+        self.finish(body if isinstance(body, bytes) else json.dumps(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self.error_message(status_code, kwargs.get("exc_info"))
@@ -341,12 +371,14 @@ class ReadyHandler(JsonHandler):
                 "error": store.error,
                 "pending": store.pending,
                 "queued": store.queued,
+                "queued_bytes": store.queued_bytes,
                 "spooled": store.spooled,
                 "spool_bytes": store.spool_bytes,
                 "oldest_pending_age_s": round(store.oldest_pending_age, 3),
                 "written": store.written,
                 "poisoned": store.poisoned,
                 "dropped": store.dropped,
+                "shed": store.shed,
             },
         }
         if self.connections.draining:
@@ -362,7 +394,7 @@ class ReadyHandler(JsonHandler):
             if not store.available:
                 problems.append(f"store unavailable: {store.error}")
             if store.dropped:
-                problems.append(f"{store.dropped} records lost (spool not writable)")
+                problems.append(f"{store.dropped} records lost ({store.loss})")
             self.write_json(200, {"status": "degraded", "reason": "; ".join(problems), **body})
         else:
             self.write_json(200, {"status": "ok", **body})
@@ -371,15 +403,28 @@ class ReadyHandler(JsonHandler):
 class MetricsHandler(JsonHandler):
     """Prometheus scrape endpoint; loopback peers or ``Authorization: Bearer <metrics_token>``."""
 
-    def initialize(self, metrics: Metrics, connections: Connections, db: Store, token: str) -> None:
+    def initialize(
+        self,
+        metrics: Metrics,
+        connections: Connections,
+        db: Store,
+        token: str,
+        server_names: tuple[str, ...] = (),
+    ) -> None:
         self.metrics = metrics
         self.connections = connections
         self.db = db
         self.token = token
+        self.server_names = server_names
 
     def get(self) -> None:
-        if not is_authorized(self.request, self.token):
-            self.error_reason = "metrics are served to loopback or with the metrics token"
+        refused = request_refusal(self.request, self.token, self.server_names)
+        if refused is not None:
+            self.error_reason = (
+                "metrics are served to loopback or with the metrics token"
+                if refused == NOT_LOOPBACK
+                else refused
+            )
             raise tornado.web.HTTPError(403)
         self.metrics.refresh(self.connections, self.db)
         self.set_header("Content-Type", CONTENT_TYPE)

@@ -2,7 +2,8 @@
 
 Per-message counts live in plain integers on each session (see :class:`Connections`); they
 are folded into the Prometheus counters by :meth:`Metrics.refresh`, which the server calls
-every second and before each scrape. The echo path therefore pays nothing for metrics.
+on each housekeeping tick (``tornado_echo.server.TICK``) and before each scrape. The echo
+path therefore pays nothing for metrics.
 
 With several worker processes (``workers > 1``) the values go through prometheus_client's
 multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before prometheus_client is
@@ -14,29 +15,17 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .connections import Connections
+from .connections import Connections, Traffic
 from .store import Store
 
 logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-@dataclass
-class _Synced:
-    messages_in: int = 0
-    messages_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    store_written: int = 0
-    store_errors: int = 0
-    store_lost: int = 0
 
 
 class Metrics:
@@ -109,6 +98,11 @@ class Metrics:
         self.store_lost = Counter(
             "tornado_echo_store_records_lost", "Records that could not be kept", registry=registry
         )
+        self.store_shed = Counter(
+            "tornado_echo_store_payloads_shed",
+            "Journal payloads not kept (metadata kept) because store memory was full",
+            registry=registry,
+        )
         self.batch_seconds = Histogram(
             "tornado_echo_store_batch_seconds",
             "Time to write one batch",
@@ -121,29 +115,31 @@ class Metrics:
             registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
-        self._synced = _Synced()
+        # What refresh() has added to the counters so far: each call adds the difference.
+        self._folded_traffic = Traffic()
+        self._folded_store = (0, 0, 0, 0)  # records written, errors, lost, shed
 
     def refresh(self, connections: Connections, store: Store) -> None:
         """Fold the plain counters of sessions and store into the Prometheus metrics."""
         traffic = connections.traffic()
-        synced = self._synced
+        folded = self._folded_traffic
         self.connections_open.set(len(connections))
-        self.messages.labels("in").inc(traffic.messages_in - synced.messages_in)
-        self.messages.labels("out").inc(traffic.messages_out - synced.messages_out)
-        self.bytes.labels("in").inc(traffic.bytes_in - synced.bytes_in)
-        self.bytes.labels("out").inc(traffic.bytes_out - synced.bytes_out)
-        synced.messages_in, synced.messages_out = traffic.messages_in, traffic.messages_out
-        synced.bytes_in, synced.bytes_out = traffic.bytes_in, traffic.bytes_out
+        self.messages.labels("in").inc(traffic.messages_in - folded.messages_in)
+        self.messages.labels("out").inc(traffic.messages_out - folded.messages_out)
+        self.bytes.labels("in").inc(traffic.bytes_in - folded.bytes_in)
+        self.bytes.labels("out").inc(traffic.bytes_out - folded.bytes_out)
+        self._folded_traffic = traffic
 
         status = store.status()
         self.store_queue.set(status.pending)
         self.store_oldest.set(status.oldest_pending_age)
         self.store_available.set(1 if status.available else 0)
-        self.store_written.inc(status.written - synced.store_written)
-        self.store_errors.inc(status.errors - synced.store_errors)
-        self.store_lost.inc(status.dropped - synced.store_lost)
-        synced.store_written, synced.store_errors = status.written, status.errors
-        synced.store_lost = status.dropped
+        written, errors, lost, shed = self._folded_store
+        self.store_written.inc(status.written - written)
+        self.store_errors.inc(status.errors - errors)
+        self.store_lost.inc(status.dropped - lost)
+        self.store_shed.inc(status.shed - shed)
+        self._folded_store = (status.written, status.errors, status.dropped, status.shed)
 
     def exposition(self) -> bytes:
         """The text format for a scrape: this process, or every worker in multiprocess mode."""

@@ -19,16 +19,19 @@ import functools
 import logging
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
-import tornado.httpserver
 import tornado.netutil
 
+from . import tls
+from .access import TrustedProxies, is_loopback
 from .app import EchoApplication, make_app
 from .config import Config
 from .connections import Connections
 from .errors import ConfigError
+from .http_server import EchoHTTPServer, make_http_server
 from .logs import setup_logging
 from .metrics import Metrics
 from .store import Store, make_store
@@ -45,9 +48,11 @@ LIVE_KEYS = frozenset(
         "allowed_origins",
         "max_message_size",
         "max_connections",
+        "max_connections_per_ip",
         "ping_interval",
         "ping_timeout",
         "compression",
+        "compression_level",
         "journal",
         "log_level",
         "log_format",
@@ -55,8 +60,20 @@ LIVE_KEYS = frozenset(
         "readiness_needs_store",
         "admin_token",
         "metrics_token",
+        "server_names",
+        "behind_proxy",
+        "trusted_proxies",
+        "max_http_connections",
+        # Live while TLS stays on (or off): switching it needs a restart.
+        "tls_cert",
+        "tls_key",
     }
 )
+TLS_KEYS = ("tls_cert", "tls_key")
+
+
+def _proxies(config: Config) -> TrustedProxies | None:
+    return TrustedProxies(config.trusted_proxies) if config.behind_proxy else None
 
 
 def default_server_id(config: Config, worker: int = 0) -> str:
@@ -83,7 +100,7 @@ class Server:
         self.store: Store = make_store(config, self.server_id)
         self.reader = SessionReader(config.database_url)
         self.app: EchoApplication | None = None
-        self.http: tornado.httpserver.HTTPServer | None = None
+        self.http: EchoHTTPServer | None = None
         self.sockets: list[socket.socket] = []
         self.exit_requested = False
         self.force_exit = False
@@ -107,12 +124,26 @@ class Server:
         self.app = make_app(
             self.config, self.store, self.connections, self.server_id, self.metrics, self.reader
         )
-        self.http = tornado.httpserver.HTTPServer(
-            self.app, xheaders=self.config.behind_proxy, idle_connection_timeout=60
+        loop = asyncio.get_running_loop()
+        ssl_context = await loop.run_in_executor(None, tls.server_context, self.config)
+        self.http = make_http_server(
+            self.app,
+            timeout=self.config.http_timeout,
+            max_http_connections=self.config.max_http_connections,
+            proxies=_proxies(self.config),
+            ssl_context=ssl_context,
+            on_refusal=self._count_refusal,
         )
+        if self.config.behind_proxy and not is_loopback(self.config.host):
+            logger.warning(
+                "behind_proxy is on but host %s is not a loopback address: clients that reach"
+                " the port directly are told apart from the proxy only by trusted_proxies (%s)",
+                self.config.host,
+                ", ".join(self.config.trusted_proxies) or "empty",
+            )
         if sockets is None:
             # bind_sockets resolves the host name: a DNS lookup, kept off the IOLoop thread.
-            sockets = await asyncio.get_running_loop().run_in_executor(
+            sockets = await loop.run_in_executor(
                 None,
                 functools.partial(
                     tornado.netutil.bind_sockets, self.config.port, self.config.host, backlog=1024
@@ -122,13 +153,17 @@ class Server:
         self.http.add_sockets(self.sockets)
         self._housekeeping = asyncio.ensure_future(self._housekeep())
         logger.info(
-            "listening on %s:%d%s, store %s",
+            "listening on %s:%d%s%s, store %s",
             self.config.host,
             self.port,
             self.config.ws_path,
+            " with TLS" if ssl_context is not None else "",
             self.store.backend.describe(),
         )
         self.notifier.ready(self._status_line())
+
+    def _count_refusal(self, label: str) -> None:
+        self.metrics.rejections.labels(label).inc()
 
     # -- signals: flags only ---------------------------------------------------------------
 
@@ -180,7 +215,9 @@ class Server:
             return False
         self.notifier.reloading()
         try:
-            loaded = await asyncio.get_running_loop().run_in_executor(None, self.reload_config)
+            loaded, ssl_context = await asyncio.get_running_loop().run_in_executor(
+                None, self._load_config
+            )
         except ConfigError as exc:
             logger.error("reload refused, keeping the running configuration: %s", exc)
             self.notifier.ready(self._status_line())
@@ -191,7 +228,10 @@ class Server:
             for f in dataclasses.fields(Config)
             if getattr(loaded, f.name) != getattr(old, f.name)
         ]
-        needs_restart = [key for key in changed if key not in LIVE_KEYS]
+        tls_switched = bool(loaded.tls_cert) != bool(old.tls_cert)
+        needs_restart = [
+            key for key in changed if key not in LIVE_KEYS or (tls_switched and key in TLS_KEYS)
+        ]
         if needs_restart:
             logger.warning(
                 "reload: changing %s needs a restart; keeping the running values",
@@ -201,11 +241,24 @@ class Server:
         if new.log_level != old.log_level or new.log_format != old.log_format:
             setup_logging(new.log_level, new.log_format, new.secrets())
         self.app.reconfigure(new)
+        if self.http is not None:
+            self.http.proxies = _proxies(new)
+            self.http.max_http_connections = new.max_http_connections
+            if ssl_context is not None and not tls_switched:
+                # Read again even when the paths are the same: a renewed certificate.
+                self.http.set_ssl_context(ssl_context)
+                logger.info("TLS certificate %s loaded for new connections", new.tls_cert)
         self.config = new
         applied = [key for key in changed if key in LIVE_KEYS]
         logger.info("configuration reloaded; applied: %s", ", ".join(applied) or "nothing changed")
         self.notifier.ready(self._status_line())
         return True
+
+    def _load_config(self) -> tuple[Config, ssl.SSLContext | None]:
+        """The configuration and its TLS context, files read afresh (not on the IOLoop)."""
+        assert self.reload_config is not None
+        loaded = self.reload_config()
+        return loaded, tls.server_context(loaded)
 
     async def _housekeep(self) -> None:
         """Every TICK: event-loop lag, metrics, watchdog ping, and now and then the status."""
@@ -258,6 +311,7 @@ class Server:
                 "%d WebSocket sessions still open at the shutdown deadline; dropping them",
                 len(self.connections),
             )
+            self.connections.abort_all()  # their close records go in before the store seals
         if self.http is not None:
             await self._wait_or_forced(self._close_http_connections())
         if self._housekeeping is not None:

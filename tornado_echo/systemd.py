@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import socket
 import time
 from collections.abc import Mapping
+
+from .fdlimit import raise_soft_limit
 
 __all__ = ["Notifier", "raise_nofile_limit"]
 
@@ -190,22 +191,9 @@ def raise_nofile_limit(wanted: int) -> int:
     server still starts, but connections beyond the limit will be refused by accept().
     The hard limit is the administrator's (``LimitNOFILE=``); it is never raised here.
     """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    infinity = resource.RLIM_INFINITY
-    # Linux caps RLIMIT_NOFILE at fs.nr_open, so an "unlimited" hard limit only occurs
-    # elsewhere; there ask for what is wanted rather than the impossible infinity.
-    target = max(soft, wanted) if hard == infinity else hard
-    if soft != infinity and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            logger.warning("cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, target, exc)
-    if soft != infinity and wanted > soft:
+    soft = raise_soft_limit(wanted)
+    if wanted > soft:
         logger.warning(
-            "%d file descriptors wanted but RLIMIT_NOFILE is %d (hard %s); raise LimitNOFILE=",
-            wanted,
-            soft,
-            "unlimited" if hard == infinity else hard,
+            "%d file descriptors wanted but RLIMIT_NOFILE is %d; raise LimitNOFILE=", wanted, soft
         )
     return soft

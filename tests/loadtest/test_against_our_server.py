@@ -42,6 +42,7 @@ def test_every_echo_checked_and_every_session_recorded(
     assert journal["n"] == 1000
 
 
+@pytest.mark.slow
 def test_a_full_server_shows_as_503_handshake_errors(
     tmp_path: Path, services: list[Service], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import socket
+import time
 
 import pytest
 
@@ -77,7 +79,17 @@ def test_open_loop_counts_sends_due_at_the_end(servers: Servers) -> None:
     # At the stop each connection has at most its next send due and not yet made.
     assert c["messages_sent"] > 0
     assert 0 <= c["messages_intended"] - c["messages_sent"] <= 3
-    assert not summary["saturation"]["client_bound"], summary["saturation"]["reasons"]
+    # A busy machine can make the tester itself late, and then it rightly says so; but a
+    # run that kept to its schedule is not client-bound for the sends still due at the
+    # stop, and a run this short is never judged on CPU.
+    saturation = summary["saturation"]
+    on_schedule = all(
+        w["schedule_lag_p99_ms"] <= 1.0 and w["loop_lag_p99_ms"] <= report.LOOP_LAG_BOUND_MS
+        for w in stats.workers
+    )
+    if on_schedule:
+        assert not saturation["client_bound"], saturation["reasons"]
+    assert all("lag" in reason for reason in saturation["reasons"]), saturation["reasons"]
 
 
 def test_duration_mode_stops_by_itself(servers: Servers) -> None:
@@ -181,10 +193,27 @@ def test_handshake_timeout(servers: Servers) -> None:
 
 
 def test_source_addresses_are_used(servers: Servers) -> None:
-    stats, _ = run_load(
-        servers.url("/echo"), connections=4, messages=2, source_ips=("127.0.0.2", "127.0.0.3")
-    )
+    sources = ("127.0.0.2", "127.0.0.3")
+    stats, _ = run_load(servers.url("/echo"), connections=4, messages=2, source_ips=sources)
     assert stats.counters["messages_received"] == 8
+    # What a listener sees: the connections come from those addresses, in turn.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        stats, _ = run_load(
+            f"ws://127.0.0.1:{port}/",
+            connections=4,
+            messages=1,
+            connect_timeout=0.3,
+            source_ips=sources,
+        )
+        assert stats.errors == {"handshake_timeout": 4}
+        listener.settimeout(5)
+        peers = []
+        for _ in range(4):
+            conn, (peer, _) = listener.accept()
+            conn.close()
+            peers.append(peer)
+    assert sorted(peers) == sorted(sources * 2)
 
 
 def test_two_workers_merge_exactly(servers: Servers) -> None:
@@ -219,8 +248,28 @@ def test_series_add_up_to_the_counters(servers: Servers) -> None:
     assert sum(stats.series["sent"]) == stats.counters["messages_sent"]
 
 
+@pytest.mark.slow
 def test_series_put_counts_in_the_second_they_happened(servers: Servers) -> None:
-    stats, _ = run_load(servers.url("/echo"), connections=3, duration=1.5)
+    cfg = LoadConfig.validated(
+        target=Target.parse(servers.url("/echo")), connections=3, duration=60.0
+    )
+    plan = preflight.make_plans(cfg, preflight.check(cfg))[0]
+    reports: list[tuple[int, Progress]] = []  # (the whole second it was made at, what it saw)
+
+    def progress(snapshot: Progress) -> None:
+        # A report is due at each whole second of the run; it may come late on a busy
+        # machine, or a moment early (uvloop's timers have millisecond resolution), and an
+        # early one is repeated until the second is reached.
+        reports.append((int(time.time() - plan.start_wall + 0.05), snapshot))
+        if reports[-1][0] >= 2:  # stopped by reports, not by a timer a busy machine may skew
+            worker.request_stop()
+
+    worker = Worker(cfg, plan, progress)
+    stats = asyncio.run(worker.run())
+    # The last report at the end of second 0 saw exactly what the series put in it.
+    *_, first = (snapshot for made, snapshot in reports if made == 1)
+    assert stats.series["established"][0] == first.established
+    assert stats.series["received"][0] == first.received
     # The connections open within milliseconds of the start; echoes flow in both seconds.
     assert stats.series["established"][0] == 3
     assert stats.series["received"][0] > 0 and stats.series["received"][1] > 0
@@ -229,7 +278,9 @@ def test_series_put_counts_in_the_second_they_happened(servers: Servers) -> None
 @pytest.mark.parametrize(
     ("path", "options", "nonzero"),
     [
-        ("/echo", {"duration": 1.5}, ("established", "received")),
+        pytest.param(
+            "/echo", {"duration": 1.5}, ("established", "received"), marks=pytest.mark.slow
+        ),
         ("/close/1011", {"messages": 4}, ("established", "dropped", "received")),
         ("/status/503", {"messages": 1}, ("failed",)),
     ],
@@ -260,6 +311,7 @@ def test_connections_over_time_add_up_to_the_totals(
     assert echoed == pytest.approx(totals["received"], abs=0.05 * len(rows))
 
 
+@pytest.mark.slow
 def test_run_leaves_garbage_collection_as_it_found_it(servers: Servers) -> None:
     threshold = gc.get_threshold()
     run_load(servers.url("/echo"), connections=3, duration=1.2)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sqlite3
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -11,7 +15,8 @@ import pytest
 
 from tests.helpers import admin_sql, fetch_rows
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, make_backend
-from tornado_echo.store.records import Record
+from tornado_echo.store.base import journal_page
+from tornado_echo.store.records import MESSAGE_COLUMNS, SESSION_COLUMNS, Record
 
 
 def opened(session_id: str, server_id: str = "host:1:0") -> SessionOpened:
@@ -49,12 +54,69 @@ SID2 = "6f1c1d1e-0000-4000-8000-000000000002"
 def test_migrate_is_idempotent(database_url: str) -> None:
     backend = make_backend(database_url)
     backend.connect()
-    assert backend.migrate() == [1]
+    assert backend.migrate() == [1, 2]
     assert backend.migrate() == []
     backend.close()
     backend.close()  # idempotent
     versions = fetch_rows(database_url, "SELECT version FROM schema_version")
-    assert versions == [{"version": 1}]
+    assert sorted(v["version"] for v in versions) == [1, 2]
+
+
+def test_the_tables_have_exactly_the_columns_the_records_name(database_url: str) -> None:
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+    backend.close()
+    for table, expected in (
+        ("ws_sessions", SESSION_COLUMNS),
+        ("ws_messages", ("session_id", *MESSAGE_COLUMNS)),
+    ):
+        found = table_columns(database_url, table)
+        assert sorted(found) == sorted(expected), table
+
+
+def table_columns(database_url: str, table: str) -> list[str]:
+    if database_url.startswith("sqlite:///"):
+        rows = fetch_rows(database_url, f"SELECT name FROM pragma_table_info('{table}')")
+        return [row["name"] for row in rows]
+    rows = fetch_rows(
+        database_url,
+        f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}'",
+    )
+    return [row["column_name"] for row in rows]
+
+
+def test_a_version_1_database_with_journal_rows_is_upgraded_in_place(database_url: str) -> None:
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+    backend.write([opened(SID), MessageReceived(SID, 1, time.time(), 2, 3, b"abc")])
+    backend.close()
+    for sql in (
+        "ALTER TABLE ws_messages DROP COLUMN truncated",
+        "DELETE FROM schema_version WHERE version = 2",
+    ):
+        execute(database_url, sql)
+    backend.connect()
+    assert backend.migrate() == [2]
+    backend.write([MessageReceived(SID, 2, time.time(), 2, 9000, b"def", truncated=True)])
+    session = backend.get_session(SID, 10)
+    backend.close()
+    assert session is not None
+    assert [(j["seq"], j["size"], j["truncated"]) for j in session["journal"]] == [
+        (1, 3, False),
+        (2, 9000, True),
+    ]
+
+
+def execute(database_url: str, sql: str) -> None:
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url[len("sqlite:///") :])
+        with conn:
+            conn.execute(sql)
+        conn.close()
+    else:
+        admin_sql(database_url, sql)
 
 
 def test_concurrent_migrations_apply_once(database_url: str) -> None:
@@ -71,7 +133,7 @@ def test_concurrent_migrations_apply_once(database_url: str) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(applied) == [[], [], [], [1]]
+    assert sorted(applied) == [[], [], [], [1, 2]]
 
 
 def test_batch_with_open_close_and_journal_in_one_transaction(database_url: str) -> None:
@@ -102,6 +164,30 @@ def test_batch_with_open_close_and_journal_in_one_transaction(database_url: str)
     ]
 
 
+HOSTILE = "a\x00b\ud800c\udfffd"  # NUL and lone surrogates: PostgreSQL refuses both
+STORED = "a\ufffdb\ufffdc\ufffdd"
+
+
+def test_any_client_chosen_text_is_stored_with_replacement_characters(database_url: str) -> None:
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+    backend.write(
+        [
+            dataclasses.replace(
+                opened(SID), path="/ws" + HOSTILE, origin=HOSTILE, user_agent=HOSTILE
+            ),
+            dataclasses.replace(closed(SID), close_reason=HOSTILE),
+        ]
+    )
+    session = backend.get_session(SID, 10)
+    backend.close()
+    assert session is not None
+    assert (session["path"], session["origin"]) == ("/ws" + STORED, STORED)
+    assert (session["user_agent"], session["close_reason"]) == (STORED, STORED)
+    assert session["end_state"] == "closed"
+
+
 def test_mark_crashed_touches_only_this_servers_open_sessions(database_url: str) -> None:
     backend = make_backend(database_url)
     backend.connect()
@@ -119,13 +205,40 @@ def test_mark_crashed_touches_only_this_servers_open_sessions(database_url: str)
     }
 
 
+def open_connections(database_url: str) -> int:
+    """tornado-echo's connections to this database: PostgreSQL backends, or this process's
+    file descriptors on the SQLite file."""
+    if database_url.startswith("sqlite:///"):
+        path = os.path.realpath(database_url[len("sqlite:///") :])
+        fds = Path("/proc/self/fd").iterdir()
+        return sum(1 for fd in fds if os.path.realpath(fd) == path)
+    [row] = fetch_rows(
+        database_url,
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'tornado-echo'"
+        f" AND datname = '{urlsplit(database_url).path[1:]}'",
+    )
+    return int(row["n"])
+
+
+def assert_connections(database_url: str, expected: int) -> None:
+    # A PostgreSQL backend leaves pg_stat_activity a moment after its client hangs up.
+    deadline = time.monotonic() + 5
+    while open_connections(database_url) != expected:
+        assert time.monotonic() < deadline, f"not {expected} connections"
+        time.sleep(0.01)
+
+
 def test_ping_and_reconnect(database_url: str) -> None:
     backend = make_backend(database_url)
     backend.connect()
     backend.ping()
+    assert_connections(database_url, 1)
     backend.close()
+    assert_connections(database_url, 0)
     backend.ping()  # reconnects on demand
+    assert_connections(database_url, 1)
     backend.close()
+    assert_connections(database_url, 0)
 
 
 def test_postgres_dropped_connection_raises_its_cause_then_reconnects(
@@ -151,3 +264,20 @@ def test_postgres_dropped_connection_raises_its_cause_then_reconnects(
 def test_postgres_describe_masks_the_password() -> None:
     backend = make_backend("postgresql://echo:hunter2@127.0.0.1:1/echo")
     assert backend.describe() == "postgresql://echo:***@127.0.0.1:1/echo"
+
+
+@pytest.mark.parametrize(
+    ("sizes", "limit", "expected"),
+    [
+        ([], 10, (None, None)),
+        ([(1, 10), (2, 10)], 10, (2, None)),  # everything fits
+        ([(1, 10), (2, 10), (3, 10)], 2, (2, 2)),  # the entry past the limit says "more"
+        ([(1, 60), (2, 40), (3, 1)], 10, (2, 2)),  # 60 + 40 = 100 fits, one byte more not
+        ([(1, 500), (2, 1)], 10, (1, 1)),  # one entry over the bound still comes alone
+        ([(5, None), (6, None)], 10, (6, None)),  # meta journal: no payload bytes
+    ],
+)
+def test_journal_page_bounds_entries_and_bytes(
+    sizes: list[tuple[int, int | None]], limit: int, expected: tuple[int | None, int | None]
+) -> None:
+    assert journal_page(sizes, limit, 100) == expected

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,20 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from tests.helpers import PgOutage, fetch_rows, make_server
+from tests.helpers import (
+    PgOutage,
+    client_frame,
+    fetch_rows,
+    make_server,
+    metric,
+    open_raw_websocket,
+    read_server_frame,
+)
+from tests.test_cli import start_server
 from tornado_echo.server import Server
 
 CLIENTS = 12
+OPCODE_CLOSE = 8
 
 
 async def started(tmp_path: Path, database_url: str, **overrides: Any) -> Server:
@@ -131,3 +143,100 @@ async def test_journal_modes(database_url: str, tmp_path: Path, journal: str) ->
         "full": [(1, 1, 6, "héllo".encode()), (2, 2, 5, b"\x00\xffbin")],
     }
     assert found == expected[journal]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_close_reason_with_nul_is_stored_with_a_replacement_character(
+    database_url: str, tmp_path: Path
+) -> None:
+    server = await started(tmp_path, database_url)
+    reader, writer = await open_raw_websocket(server.port)
+    try:
+        writer.write(client_frame(OPCODE_CLOSE, struct.pack("!H", 1000) + b"bye\x00now"))
+        await writer.drain()
+        opcode, _ = await asyncio.wait_for(read_server_frame(reader), 10)
+        assert opcode == OPCODE_CLOSE
+    finally:
+        writer.close()
+    await until(lambda: len(server.connections) == 0)
+    await until(lambda: server.store.status().pending == 0)
+    assert await server.shutdown() == 0
+    assert server.store.status().poisoned == 0
+    [row] = fetch_rows(database_url, "SELECT end_state, close_code, close_reason FROM ws_sessions")
+    assert row == {"end_state": "closed", "close_code": 1000, "close_reason": "bye\ufffdnow"}
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_killed_during_an_outage_loses_nothing_older_than_a_batch_window(
+    tmp_path: Path, pg_outage: PgOutage
+) -> None:
+    """While the database is down, records go to the fsynced spool within a batch window
+    instead of waiting in memory, so SIGKILL then loses nothing that was echoed before."""
+    log = tmp_path / "server.log"
+    settings = {"database_url": pg_outage.url, "journal": "full", "batch_delay": "0.05"}
+    process, port = await start_server(tmp_path, log, **settings)
+    try:
+        client = await websocket_connect(f"ws://127.0.0.1:{port}/ws")
+        pg_outage.cut()
+        for number in range(1, 51):
+            await client.write_message(f"m{number}")
+            assert await client.read_message() == f"m{number}"
+
+        async def on_disk() -> bool:
+            response = await AsyncHTTPClient().fetch(
+                f"http://127.0.0.1:{port}/readyz", raise_error=False
+            )
+            store = json.loads(response.body)["store"]
+            return not store["available"] and store["queued"] == 0 and store["spooled"] >= 50
+
+        deadline = time.monotonic() + 20
+        while not await on_disk():
+            assert time.monotonic() < deadline, "records still in memory during the outage"
+            await asyncio.sleep(0.05)
+        process.kill()  # SIGKILL: no shutdown
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    pg_outage.restore()
+    process, _ = await start_server(tmp_path, log, **settings)
+    try:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    rows = fetch_rows(pg_outage.url, "SELECT seq, payload FROM ws_messages ORDER BY seq")
+    assert [(r["seq"], bytes(r["payload"])) for r in rows] == [
+        (n, f"m{n}".encode()) for n in range(1, 51)
+    ]
+    [session] = fetch_rows(pg_outage.url, "SELECT end_state FROM ws_sessions")
+    assert session["end_state"] == "crashed"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_spool_deleted_while_running_shows_in_readyz_and_metrics(
+    pg_outage: PgOutage, tmp_path: Path
+) -> None:
+    server = await started(tmp_path, pg_outage.url, journal="full")
+    client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
+    pg_outage.cut()
+    for number in range(20):
+        await client.write_message(f"m{number}")
+        assert await client.read_message() == f"m{number}"
+    await until(lambda: server.store.status().queued == 0 and server.store.status().spooled > 0)
+    lost = server.store.status().spooled
+    server.store.spool.path.unlink()
+    await client.write_message("after")  # the next move to the spool notices
+    assert await client.read_message() == "after"
+    await until(lambda: server.store.status().dropped == lost)
+    pg_outage.restore()
+    await until(lambda: server.store.status().available and server.store.status().pending == 0)
+    code, body = await readyz(server)
+    assert (code, body["status"]) == (200, "degraded")
+    assert body["reason"] == f"{lost} records lost (spool file deleted or damaged while running)"
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/metrics")
+    assert metric(response.body.decode(), "tornado_echo_store_records_lost_total") == lost
+    client.close(1000)
+    await until(lambda: len(server.connections) == 0)
+    assert await server.shutdown() == 0

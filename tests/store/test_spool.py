@@ -20,11 +20,25 @@ RECORDS: list[Record] = [
 ]
 
 
-@pytest.mark.parametrize("record", RECORDS, ids=["opened", "full", "meta", "closed"])
+TRUNCATED = MessageReceived(
+    "6f1c1d1e-0000-4000-8000-000000000001", 3, time.time(), 2, 9000, b"\x00" * 10, True
+)
+
+
+@pytest.mark.parametrize(
+    "record", [*RECORDS, TRUNCATED], ids=["opened", "full", "meta", "closed", "truncated"]
+)
 def test_records_survive_the_spool_encoding(record: Record) -> None:
     line = encode_record(record)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert decode_record(line) == record
+
+
+def test_a_journal_line_spooled_before_the_truncated_field_still_decodes() -> None:
+    line = b'["m","6f1c1d1e-0000-4000-8000-000000000001",1,1.5,2,3,"AAEC"]\n'
+    record = decode_record(line)
+    assert isinstance(record, MessageReceived)
+    assert (record.payload, record.truncated) == (b"\x00\x01\x02", False)
 
 
 @pytest.mark.parametrize("line", [b"", b"{}", b'["x", 1]', b'["m", "id", 1]', b"\xff"])

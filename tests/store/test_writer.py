@@ -89,11 +89,17 @@ async def test_records_are_written_in_batches_and_drained_on_close(
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_records_arrive_within_the_batch_delay(database_url: str, tmp_path: Path) -> None:
-    store = make(database_url, tmp_path, batch_size=1000, batch_delay=0.01)
+async def test_a_partial_batch_is_written_within_its_batch_delay(
+    database_url: str, tmp_path: Path
+) -> None:
+    store = make(database_url, tmp_path, batch_size=1000, batch_delay=0.25)
     await store.start()
+    submitted = time.monotonic()
     store.submit(opened(sid(1)))
-    await wait_for(lambda: store.status().written == 1)
+    await wait_for(lambda: store.status().written == 1, timeout=5)
+    # Not held until the batch fills (1000 records) or the idle ping (5 s): the batch delay,
+    # plus scheduling slack for a busy machine.
+    assert time.monotonic() - submitted < 0.25 + 1.0
     await store.close()
 
 
@@ -141,6 +147,21 @@ async def test_poison_record_is_isolated_logged_and_skipped(
     assert_sessions_arrived_once(database_url, 40, extra=1)
     [logged] = [r for r in caplog.records if "refused a record" in r.getMessage()]
     assert logged.exc_info is not None and sid(999) in logged.getMessage()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_many_poison_records_cost_one_log_line_per_interval(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make(database_url, tmp_path, batch_size=64, batch_delay=0.01)
+    await store.start()
+    with caplog.at_level(logging.ERROR, logger="tornado_echo.store.writer"):
+        for number in range(20):
+            store.submit(opened(sid(number)))
+            store.submit(dataclasses.replace(closed(sid(number)), messages_in=2**70))
+        await store.close()
+    assert store.status().poisoned == 20
+    assert len([r for r in caplog.records if "refused a record" in r.getMessage()]) == 1
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -244,7 +265,14 @@ async def test_full_disk_loses_only_what_it_counts(
             submitted += 4
             await asyncio.sleep(0)
         await wait_for(lambda: store.status().dropped > 0)
-    assert any("LOST" in r.getMessage() for r in caplog.records)
+        for number in range(1000, 1005):  # five more moves, each failing
+            lost = store.status().dropped
+            for seq in range(1, 21):
+                store.submit(MessageReceived(sid(number), seq, time.time(), 2, 300, b"x" * 300))
+            submitted += 20
+            await wait_for(lambda: store.status().dropped >= lost + 20)  # noqa: B023
+    # Every move to the spool failed, but the log says so once per interval.
+    assert len([r for r in caplog.records if "LOST" in r.getMessage()]) == 1
     # What made it into the spool is intact: every line decodes.
     check = Spool(store.spool.path)
     check.open()
@@ -274,3 +302,85 @@ async def test_records_of_a_store_that_never_started_are_spooled_not_dropped(
     await later.start()
     await later.close()
     assert_sessions_arrived_once(database_url, 1)
+
+
+async def spool_outage(pg_outage: PgOutage, tmp_path: Path, sessions: int) -> Store:
+    """A started store whose database is down, holding ``sessions`` sessions in its spool."""
+    store = make(pg_outage.url, tmp_path, batch_size=50, batch_delay=0.01)
+    await store.start()
+    pg_outage.cut()
+    for number in range(sessions):
+        for record in session(number):
+            store.submit(record)
+    await wait_for(lambda: store.status().spooled == 5 * sessions)
+    return store
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_spool_deleted_while_running_is_counted_once_and_the_writer_goes_on(
+    pg_outage: PgOutage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await spool_outage(pg_outage, tmp_path, 20)
+    with caplog.at_level(logging.CRITICAL, logger="tornado_echo.store.writer"):
+        store.spool.path.unlink()
+        for number in range(100, 110):
+            for record in session(number):
+                store.submit(record)
+        await wait_for(lambda: store.status().dropped == 100)
+        pg_outage.restore()
+        await wait_for(lambda: store.status().pending == 0 and store.status().available)
+    status = store.status()
+    assert status.running and status.loss == "spool file deleted or damaged while running"
+    await store.close()
+    assert store.status().dropped == 100
+    # What came after the deletion arrived; what went with the file is counted, not written.
+    assert_sessions_arrived_once(pg_outage.url, 10)
+    [logged] = [r for r in caplog.records if "deleted, replaced or cut short" in r.getMessage()]
+    assert "100 pending records LOST" in logged.getMessage()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_spool_cut_short_or_overwritten_while_running_is_counted(
+    pg_outage: PgOutage, tmp_path: Path
+) -> None:
+    store = await spool_outage(pg_outage, tmp_path, 20)
+    lines = store.spool.path.read_bytes().splitlines(keepends=True)
+    # Another program scribbles over lines 10-19, then the file loses its last 30 lines.
+    with store.spool.path.open("r+b") as handle:
+        handle.seek(sum(map(len, lines[:10])))
+        handle.write(b"".join(b"#" * (len(line) - 1) + b"\n" for line in lines[10:20]))
+        handle.truncate(sum(map(len, lines[:70])))
+    store.submit(opened(sid(500)))  # the next move to the spool notices
+    await wait_for(lambda: store.status().dropped == 30)
+    pg_outage.restore()
+    await wait_for(lambda: store.status().pending == 0 and store.status().available)
+    await store.close()
+    assert store.status().dropped == 40  # 30 cut off, 10 unreadable
+    # Lines 0-69 were sessions 0-13 (five records each); 10-19 were sessions 2 and 3.
+    kept = {sid(number) for number in (0, 1, *range(4, 14), 500)}
+    rows = fetch_rows(pg_outage.url, "SELECT id FROM ws_sessions")
+    assert {str(row["id"]) for row in rows} == kept
+    messages = fetch_rows(pg_outage.url, "SELECT count(*) AS n FROM ws_messages")
+    assert messages == [{"n": 3 * 12}]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_spool_path_unusable_for_a_while_costs_only_what_it_counts(
+    pg_outage: PgOutage, tmp_path: Path
+) -> None:
+    store = await spool_outage(pg_outage, tmp_path, 20)
+    store.spool.path.unlink()
+    store.spool.path.mkdir()  # nothing can be spooled at that path now
+    for record in session(100):
+        store.submit(record)
+    await wait_for(lambda: store.status().dropped == 100 + 5)
+    assert store.status().running
+    store.spool.path.rmdir()  # usable again: the store reopens it
+    for record in session(101):
+        store.submit(record)
+    await wait_for(lambda: store.status().spooled == 5)
+    pg_outage.restore()
+    await wait_for(lambda: store.status().pending == 0 and store.status().available)
+    await store.close()
+    assert store.status().dropped == 105
+    assert_sessions_arrived_once(pg_outage.url, 1)

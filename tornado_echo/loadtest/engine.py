@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tornado_echo import eventloop
 from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.errors import HandshakeError, LoadtestError
 from tornado_echo.loadtest.framing import HandshakeRequest
@@ -559,15 +560,8 @@ def make_ssl_context(insecure: bool) -> ssl.SSLContext:
 
 def run_in_loop(coro_factory: Callable[[], Any], loop_name: str) -> Any:
     """Run a coroutine on uvloop when asked (or 'auto' and installed), else asyncio."""
-    if loop_name in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if loop_name == "uvloop":
-                raise LoadtestError("--loop uvloop: uvloop is not installed") from None
-        else:
-            return uvloop.run(coro_factory())
-    return asyncio.run(coro_factory())
+    missing = LoadtestError("--loop uvloop: uvloop is not installed")
+    return eventloop.run(coro_factory(), loop_name, missing)
 
 
 def _worker_process(

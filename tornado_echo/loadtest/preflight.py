@@ -9,19 +9,16 @@ addresses covers the connections (picking 127.0.0.x sources itself for loopback)
 from __future__ import annotations
 
 import ipaddress
-import logging
 import math
-import resource
 import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from tornado_echo.fdlimit import raise_soft_limit
 from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.engine import WorkerPlan
 from tornado_echo.loadtest.errors import LoadtestConfigError
-
-log = logging.getLogger(__name__)
 
 FD_MARGIN = 64  # descriptors a worker needs besides its sockets
 PORT_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
@@ -61,17 +58,7 @@ def resolve(host: str, port: int, allow_remote: bool) -> tuple[int, tuple[Any, .
 
 def raise_fd_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= hard:
-        return soft if soft != resource.RLIM_INFINITY else hard
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("could not raise the fd limit from %d to %d: %s", soft, hard, exc)
-        return soft
-    return hard
+    return raise_soft_limit(1 << 20)  # with no hard limit: enough for any one worker
 
 
 def port_range(path: str = PORT_RANGE_FILE) -> tuple[int, int]:

@@ -45,4 +45,6 @@ def make_store(config: Config, server_id: str) -> Store:
         batch_size=config.batch_size,
         batch_delay=config.batch_delay,
         queue_limit=config.queue_limit,
+        queue_bytes_limit=config.queue_bytes_limit,
+        journal_max_payload=config.journal_max_payload,
     )

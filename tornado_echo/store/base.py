@@ -15,12 +15,15 @@ from __future__ import annotations
 import abc
 import datetime
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from .records import Record
+from .records import COLUMN_KINDS, Record
 
+# Payload bytes per journal page: a session's journal can be far larger than any answer.
+JOURNAL_BYTES = 4 * 1024 * 1024
 SCHEMA_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
@@ -71,8 +74,17 @@ class Backend(abc.ABC):
         """The ``limit`` most recently opened sessions (opened at or after ``since``)."""
 
     @abc.abstractmethod
-    def get_session(self, session_id: str, journal_limit: int) -> dict[str, Any] | None:
-        """One session with up to ``journal_limit`` journal entries (key ``journal``)."""
+    def get_session(
+        self,
+        session_id: str,
+        journal_limit: int,
+        journal_after: int = 0,
+        journal_bytes: int = JOURNAL_BYTES,
+    ) -> dict[str, Any] | None:
+        """One session with a page of its journal: up to ``journal_limit`` entries after
+        sequence number ``journal_after`` holding at most ``journal_bytes`` of payload (at
+        least one entry), under ``journal``; ``journal_next`` is the ``journal_after`` of the
+        next page, None after the last."""
 
     @abc.abstractmethod
     def mark_crashed(self, server_id: str, now: float) -> int:
@@ -87,27 +99,23 @@ class Backend(abc.ABC):
         """Drop the connection; idempotent."""
 
 
-SESSION_COLUMNS = (
-    "id",
-    "server_id",
-    "opened_at",
-    "closed_at",
-    "peer",
-    "path",
-    "origin",
-    "user_agent",
-    "subprotocol",
-    "compression",
-    "close_code",
-    "close_reason",
-    "messages_in",
-    "messages_out",
-    "bytes_in",
-    "bytes_out",
-    "end_state",
-)
-MESSAGE_COLUMNS = ("seq", "received_at", "opcode", "size", "payload")
-TIME_COLUMNS = frozenset({"opened_at", "closed_at", "received_at"})
+def journal_page(
+    sizes: Sequence[tuple[int, int | None]], limit: int, max_bytes: int
+) -> tuple[int | None, int | None]:
+    """Where a journal page ends: (last seq in it, next page's cursor or None).
+
+    ``sizes`` are (seq, payload bytes) of up to ``limit + 1`` entries after the cursor, in
+    order. The page keeps ``limit`` entries at most, and stops before the entry whose payload
+    would take it over ``max_bytes``, except that it always holds one entry.
+    """
+    last = None
+    total = 0
+    for count, (seq, size) in enumerate(sizes):
+        total += size or 0
+        if count == limit or (count and total > max_bytes):
+            return last, last
+        last = seq
+    return last, None
 
 
 def iso_utc(value: float | datetime.datetime | None) -> str | None:
@@ -123,13 +131,16 @@ def row_dict(columns: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
     """A result row as JSON-ready values: ISO times, text ids, bool flags, bytes kept."""
     out: dict[str, Any] = {}
     for name, value in zip(columns, row, strict=True):
-        if name in TIME_COLUMNS:
+        kind = COLUMN_KINDS[name]
+        if value is None:
+            pass
+        elif kind is float:  # every float column is a time
             value = iso_utc(value)
-        elif name == "id":
+        elif kind is str:  # also PostgreSQL's UUID ids
             value = str(value)
-        elif name == "compression":
+        elif kind is bool:  # SQLite's 0/1
             value = bool(value)
-        elif isinstance(value, memoryview):
+        elif kind is bytes:  # PostgreSQL's memoryview
             value = bytes(value)
         out[name] = value
     return out

@@ -47,9 +47,15 @@ class SessionReader:
         return await self._run(lambda backend: backend.list_sessions(limit, since))
 
     async def get_session(
-        self, session_id: str, journal_limit: int = JOURNAL_LIMIT
+        self, session_id: str, journal_limit: int = JOURNAL_LIMIT, journal_after: int = 0
     ) -> dict[str, Any] | None:
-        return await self._run(lambda backend: backend.get_session(session_id, journal_limit))
+        return await self._run(
+            lambda backend: backend.get_session(session_id, journal_limit, journal_after)
+        )
+
+    async def offload(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (say, serialising a large answer) on the reader's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     def close(self) -> None:
         """Idempotent; queries in flight finish on their own."""

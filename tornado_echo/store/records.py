@@ -1,9 +1,18 @@
-"""The records the server hands to the store: plain, immutable, serialisable values."""
+"""The records the server hands to the store: plain, immutable, serialisable values.
+
+The records are the one place where the stored columns are named: each field is a column
+of its table, under the same name, except ``session_id``, which is ``id`` in ``ws_sessions``.
+Backends, the spool and the read side derive their column lists and value kinds from here.
+Every ``float`` field is a Unix time.
+"""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import re
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +59,11 @@ class SessionClosed:
 
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
-    """One journalled message; ``payload`` is None unless the journal is "full"."""
+    """One journalled message; ``payload`` is None unless the journal is "full".
+
+    ``size`` is always the message's real size; ``truncated`` says ``payload`` holds only
+    its first bytes (``journal_max_payload``, or none when the store had to shed memory).
+    """
 
     session_id: str
     seq: int
@@ -58,6 +71,13 @@ class MessageReceived:
     opcode: int
     size: int
     payload: bytes | None
+    truncated: bool = False
+
+    def cut(self, limit: int) -> MessageReceived:
+        """This message with at most ``limit`` payload bytes kept."""
+        if self.payload is None or len(self.payload) <= limit:
+            return self
+        return dataclasses.replace(self, payload=self.payload[:limit], truncated=True)
 
     @property
     def at(self) -> float:
@@ -88,14 +108,73 @@ def split_batch(
     return opened, closed, messages
 
 
+RecordKind = type[SessionOpened] | type[SessionClosed] | type[MessageReceived]
+KEY = "session_id"
+
+
+def columns(kind: RecordKind) -> tuple[str, ...]:
+    """The columns ``kind`` writes, in field order, its key (the session id) first."""
+    names = tuple(field.name for field in dataclasses.fields(kind))
+    assert names[0] == KEY, f"{kind.__name__}: the session id must be the first field"
+    if kind is MessageReceived:
+        return names
+    return ("id", *names[1:])
+
+
+def field_kinds(kind: RecordKind) -> dict[str, type]:
+    """Column name -> the Python type of its values (``None`` aside)."""
+    hints = typing.get_type_hints(kind)
+    found: dict[str, type] = {}
+    for column, field in zip(columns(kind), dataclasses.fields(kind), strict=True):
+        hint = hints[field.name]
+        found[column] = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+    return found
+
+
+SESSION_COLUMNS = ("id", *dict.fromkeys(columns(SessionOpened)[1:] + columns(SessionClosed)[1:]))
+MESSAGE_COLUMNS = columns(MessageReceived)[1:]
+COLUMN_KINDS = {
+    **field_kinds(SessionOpened),
+    **field_kinds(SessionClosed),
+    **field_kinds(MessageReceived),
+}
+
+
 def as_row(record: Record) -> tuple[Any, ...]:
-    """The record's fields in declaration order (the column order of its table)."""
+    """The record's values in :func:`columns` order (the key first)."""
     return tuple(getattr(record, name) for name in record.__slots__)
+
+
+# Text PostgreSQL refuses (NUL; lone surrogates, which are not UTF-8 at all), and SQLite
+# would store but most readers cut at. Clients choose close reasons, user agents, origins
+# and paths, so each such character is stored as U+FFFD REPLACEMENT CHARACTER.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_row(record: Record) -> tuple[Any, ...]:
+    """:func:`as_row` with every text value made acceptable to every backend."""
+    return tuple(
+        _UNSTORABLE.sub("\ufffd", value) if type(value) is str else value
+        for value in as_row(record)
+    )
+
+
+# What one queued record costs besides its variable-length values: the object, its float
+# and int objects, the id string, a deque slot (tracemalloc over 10,000 in a deque: 269
+# bytes per journal record, 348 per session close).
+RECORD_OVERHEAD = 320
+
+
+def footprint(record: Record) -> int:
+    """Approximate bytes ``record`` holds in memory, for the store's byte bound."""
+    if type(record) is MessageReceived:  # the hot path: one per journalled message
+        return RECORD_OVERHEAD + (len(record.payload) if record.payload else 0)
+    return RECORD_OVERHEAD + sum(len(value) for value in as_row(record) if type(value) is str)
 
 
 # -- spool encoding: one JSON array per line, kind tag first, bytes as base64 ----------------
 
-_KINDS: dict[str, type[SessionOpened] | type[SessionClosed] | type[MessageReceived]] = {
+_KINDS: dict[str, RecordKind] = {
     "o": SessionOpened,
     "c": SessionClosed,
     "m": MessageReceived,
@@ -103,21 +182,33 @@ _KINDS: dict[str, type[SessionOpened] | type[SessionClosed] | type[MessageReceiv
 _TAGS = {kind: tag for tag, kind in _KINDS.items()}
 
 
+# Positions of the bytes values in each kind's row (base64 in the spool).
+_BYTES_AT = {
+    kind: [i for i, t in enumerate(field_kinds(kind).values()) if t is bytes]
+    for kind in _KINDS.values()
+}
+
+
 def encode_record(record: Record) -> bytes:
     """One spool line (with its newline) for ``record``."""
-    fields: list[Any] = [_TAGS[type(record)], *as_row(record)]
-    if isinstance(record, MessageReceived) and record.payload is not None:
-        fields[-1] = base64.b64encode(record.payload).decode("ascii")
-    return json.dumps(fields, separators=(",", ":")).encode("ascii") + b"\n"
+    values: list[Any] = list(as_row(record))
+    for i in _BYTES_AT[type(record)]:
+        if values[i] is not None:
+            values[i] = base64.b64encode(values[i]).decode("ascii")
+    return json.dumps([_TAGS[type(record)], *values], separators=(",", ":")).encode("ascii") + b"\n"
 
 
 def decode_record(line: bytes) -> Record:
-    """The record of one spool line; raises :class:`StoreError` if it is not one."""
+    """The record of one spool line; raises :class:`StoreError` if it is not one.
+
+    Lines written before a field with a default was added decode with that default.
+    """
     try:
         tag, *values = json.loads(line)
         kind = _KINDS[tag]
-        if kind is MessageReceived and values[-1] is not None:
-            values[-1] = base64.b64decode(values[-1], validate=True)
+        for i in _BYTES_AT[kind]:
+            if values[i] is not None:
+                values[i] = base64.b64decode(values[i], validate=True)
         return kind(*values)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise StoreError(f"not a spool record: {line[:80]!r}: {exc}") from None

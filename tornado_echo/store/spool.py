@@ -6,13 +6,21 @@ has taken the lines; when everything is committed the file is truncated to zero.
 leave a torn last line (no newline): :meth:`Spool.open` cuts it off and says so. Re-reading
 lines that were already written is harmless because every database write is idempotent.
 
-Not thread-safe: the store serialises every call with its own lock.
+The file may be deleted, replaced or cut short behind our back (an operator freeing disk, a
+bad restore): :meth:`Spool.check` notices, says how many pending records went with it, and
+carries on with the file now at the path (created if none).
+
+Not thread-safe: the store serialises every call with its own lock. Only the read-only
+properties (:attr:`pending`, :attr:`pending_bytes`, :attr:`oldest`) are read without it, for
+status snapshots: a moment old at worst, never negative.
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -21,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import StoreError
+from ..throttle import LogThrottle
 from .records import Record, decode_record, encode_record
 
 logger = logging.getLogger(__name__)
@@ -44,6 +53,7 @@ class Spool:
         self._pending = 0  # records after the committed offset
         # (end offset, time of the first record) per appended chunk: the oldest pending time.
         self._chunks: collections.deque[tuple[int, float]] = collections.deque()
+        self._throttle = LogThrottle(logger)
 
     @property
     def pending(self) -> int:
@@ -56,12 +66,15 @@ class Spool:
 
     @property
     def pending_bytes(self) -> int:
-        return self._size - self._committed
+        return max(0, self._size - self._committed)  # two reads: see the module doc
 
     @property
     def oldest(self) -> float | None:
         """Wall time of the oldest pending record (chunk resolution), None when empty."""
-        return self._chunks[0][1] if self._chunks else None
+        try:  # read without the lock (see the module doc): the deque may empty meanwhile
+            return self._chunks[0][1]
+        except IndexError:
+            return None
 
     def open(self) -> None:
         """Open (creating) the file and count what a previous run left; idempotent.
@@ -78,11 +91,39 @@ class Spool:
             self.close()
             raise StoreError(f"cannot use spool file {self.path}: {exc.strerror}") from None
 
-    def _scan(self) -> None:
+    def check(self) -> int | None:
+        """None while the file at the path is ours and whole; else the pending records lost
+        with it (deleted, replaced or cut short), after taking the file as it now is (left
+        closed if the path cannot be opened: see :attr:`is_open`)."""
+        if self._fd < 0:
+            return None
+        ours = os.fstat(self._fd)
+        try:
+            there: os.stat_result | None = os.stat(self.path)
+        except OSError:  # gone, or its directory no longer ours to read: use a new file
+            there = None
+        same = there is not None and (there.st_ino, there.st_dev) == (ours.st_ino, ours.st_dev)
+        if same and ours.st_size >= self._size:
+            return None
+        before = self._pending
+        if same:  # cut short in place: what is left after the committed offset survives
+            self._scan(start=min(self._committed, ours.st_size))
+            return max(0, before - self._pending)
+        os.close(self._fd)
+        self._fd = -1
+        self._size = self._committed = self._pending = 0
+        self._chunks.clear()
+        with contextlib.suppress(StoreError):  # still closed: the store retries open()
+            self.open()  # whatever now is at the path counts as a leftover to replay
+        return before
+
+    def _scan(self, start: int = 0) -> None:
+        """Count the whole lines from ``start`` on as pending; cut off a torn tail."""
         count = 0
         first: float | None = None
-        good = 0
+        good = start
         with open(self.path, "rb") as handle:
+            handle.seek(start)
             for line in handle:
                 if not line.endswith(b"\n"):
                     break
@@ -101,7 +142,7 @@ class Spool:
                 size - good,
             )
             os.ftruncate(self._fd, good)
-        self._size, self._committed, self._pending = good, 0, count
+        self._size, self._committed, self._pending = good, start, count
         self._chunks.clear()
         if count:
             self._chunks.append((good, first or 0.0))
@@ -115,6 +156,8 @@ class Spool:
         """
         if not records:
             return None
+        if self._fd < 0:
+            return OSError(errno.EBADF, "spool file not open")
         lines = [encode_record(record) for record in records]
         ends = list(itertools.accumulate(map(len, lines)))
         view = memoryview(b"".join(lines))
@@ -131,7 +174,12 @@ class Spool:
             try:
                 os.ftruncate(self._fd, self._size + kept_bytes)
             except OSError:
-                logger.critical("spool %s: cannot cut back a failed append", self.path)
+                self._throttle.log(
+                    "cut-back",
+                    logging.CRITICAL,
+                    "spool %s: cannot cut back a failed append",
+                    self.path,
+                )
         if kept:
             self._chunks.append((self._size + kept_bytes, records[0].at))
             self._size += kept_bytes
@@ -143,8 +191,10 @@ class Spool:
         if self._fd >= 0:
             os.fsync(self._fd)
 
-    def read(self, limit: int) -> tuple[list[Record], int, int]:
+    def read(self, limit: int, max_bytes: int = 1 << 62) -> tuple[list[Record], int, int]:
         """Up to ``limit`` records from the committed offset: (records, end offset, lines).
+
+        Stops after the line that reaches ``max_bytes`` (at least one line is read).
 
         ``lines`` counts undecodable lines too; those are logged and skipped.
         """
@@ -153,7 +203,8 @@ class Spool:
         offset = self._committed
         with open(self.path, "rb") as handle:
             handle.seek(offset)
-            while lines < limit and offset < self._size:
+            start = offset
+            while lines < limit and offset < self._size and offset - start < max_bytes:
                 line = handle.readline()
                 if not line.endswith(b"\n"):
                     break
@@ -162,7 +213,13 @@ class Spool:
                 try:
                     records.append(decode_record(line))
                 except StoreError as exc:
-                    logger.error("spool %s: skipping a corrupt line: %s", self.path, exc)
+                    self._throttle.log(
+                        "corrupt",
+                        logging.ERROR,
+                        "spool %s: skipping a corrupt line: %s",
+                        self.path,
+                        exc,
+                    )
         return records, offset, lines
 
     def commit(self, offset: int, lines: int) -> None:

@@ -8,23 +8,43 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from .base import MESSAGE_COLUMNS, SESSION_COLUMNS, Backend, load_migrations, row_dict
-from .records import Record, as_row, split_batch
+from .base import JOURNAL_BYTES, Backend, journal_page, load_migrations, row_dict
+from .records import (
+    MESSAGE_COLUMNS,
+    SESSION_COLUMNS,
+    MessageReceived,
+    Record,
+    RecordKind,
+    SessionClosed,
+    SessionOpened,
+    columns,
+    split_batch,
+    storable_row,
+)
 
 LOCK_TIMEOUT = 10.0
 
-INSERT_SESSION = (
-    "INSERT OR IGNORE INTO ws_sessions (id, server_id, opened_at, peer, path, origin, user_agent,"
-    " subprotocol, compression) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+
+def _insert(table: str, kind: RecordKind) -> str:
+    names = columns(kind)
+    return (
+        f"INSERT OR IGNORE INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    )
+
+
+INSERT_SESSION = _insert("ws_sessions", SessionOpened)
+INSERT_MESSAGE = _insert("ws_messages", MessageReceived)
+# The key goes last, after the values it sets (see close_params).
 CLOSE_SESSION = (
-    "UPDATE ws_sessions SET closed_at = ?, close_code = ?, close_reason = ?, messages_in = ?,"
-    " messages_out = ?, bytes_in = ?, bytes_out = ?, end_state = ? WHERE id = ?"
+    "UPDATE ws_sessions SET "
+    + ", ".join(f"{name} = ?" for name in columns(SessionClosed)[1:])
+    + " WHERE id = ?"
 )
-INSERT_MESSAGE = (
-    "INSERT OR IGNORE INTO ws_messages (session_id, seq, received_at, opcode, size, payload)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
+
+
+def close_params(record: SessionClosed) -> tuple[Any, ...]:
+    key, *values = storable_row(record)
+    return (*values, key)
 
 
 # Errors about the records, not the database: constraint violations, values SQLite cannot bind.
@@ -114,11 +134,11 @@ class SQLiteBackend(Backend):
         conn.execute("BEGIN IMMEDIATE")
         try:
             if opened:
-                conn.executemany(INSERT_SESSION, map(as_row, opened))
+                conn.executemany(INSERT_SESSION, map(storable_row, opened))
             if closed:
-                conn.executemany(CLOSE_SESSION, ((*as_row(c)[1:], c.session_id) for c in closed))
+                conn.executemany(CLOSE_SESSION, map(close_params, closed))
             if messages:
-                conn.executemany(INSERT_MESSAGE, map(as_row, messages))
+                conn.executemany(INSERT_MESSAGE, map(storable_row, messages))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -139,16 +159,29 @@ class SQLiteBackend(Backend):
             )
         return [row_dict(SESSION_COLUMNS, row) for row in rows]
 
-    def get_session(self, session_id: str, journal_limit: int) -> dict[str, Any] | None:
+    def get_session(
+        self,
+        session_id: str,
+        journal_limit: int,
+        journal_after: int = 0,
+        journal_bytes: int = JOURNAL_BYTES,
+    ) -> dict[str, Any] | None:
         conn = self._connection()
         row = conn.execute(SELECT_SESSIONS + " WHERE id = ?", (session_id,)).fetchone()
         if row is None:
             return None
         session = row_dict(SESSION_COLUMNS, row)
-        messages = conn.execute(
-            "SELECT " + ", ".join(MESSAGE_COLUMNS) + " FROM ws_messages WHERE session_id = ?"
+        # Sizes first (length() of a blob reads no payload), then the payloads that fit.
+        sizes = conn.execute(
+            "SELECT seq, length(payload) FROM ws_messages WHERE session_id = ? AND seq > ?"
             " ORDER BY seq LIMIT ?",
-            (session_id, journal_limit),
+            (session_id, journal_after, journal_limit + 1),
+        ).fetchall()
+        last, session["journal_next"] = journal_page(sizes, journal_limit, journal_bytes)
+        messages = conn.execute(
+            "SELECT " + ", ".join(MESSAGE_COLUMNS) + " FROM ws_messages"
+            " WHERE session_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
+            (session_id, journal_after, -1 if last is None else last),
         )
         session["journal"] = [row_dict(MESSAGE_COLUMNS, message) for message in messages]
         return session

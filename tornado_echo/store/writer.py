@@ -1,7 +1,8 @@
 """The store the server talks to: the IOLoop only enqueues, two threads do the rest.
 
-``submit`` is the only call made per record on the IOLoop thread: a deque append and, when a
-threshold is crossed, an event. Everything else runs on two threads:
+``submit`` is the only call made per record on the IOLoop thread: a journal payload cut to
+``journal_max_payload``, a deque append under a short lock and, when a threshold is crossed,
+an event. Everything else runs on two threads:
 
 * the *writer* owns the backend connection. At start it connects, migrates, replays a spool a
   previous run left behind, and marks that run's still-open sessions crashed (in that order,
@@ -9,9 +10,20 @@ threshold is crossed, an event. Everything else runs on two threads:
   ``batch_delay``), spool first, then memory, retrying connection failures with capped
   exponential backoff and bisecting a batch that fails on bad data until the poison record is
   isolated, logged and skipped.
-* the *spooler* keeps memory bounded: records beyond ``queue_limit`` move, oldest first, to
-  an append-only spool file in ``state_dir`` (fsync off the IOLoop). On close, whatever the
+* the *spooler* keeps memory bounded: every batch window (``batch_delay``) records beyond
+  ``queue_limit`` or ``queue_bytes_limit`` move, oldest first, to an append-only spool file in
+  ``state_dir``, fsynced (off the IOLoop). While the database is unavailable *every* record
+  moves there, so a crash (kill -9) during an outage loses at most one batch window.
+  Should records come faster than the spool takes them, past twice the byte limit journal
+  payloads are shed (the metadata kept, marked truncated, counted). On close, whatever the
   writer could not write before the deadline goes there too, for the next start.
+
+A batch is bounded in bytes too (``queue_bytes_limit / 16``), so neither the COPY text nor the
+spool lines of one batch hold the GIL (and so the IOLoop) for long.
+
+Threads: the memory queue, its byte count and the counters are guarded by ``_state_lock``,
+held only for O(1) steps or one C-level copy of at most a batch, never for I/O; the spool by
+``_lock`` (taken before ``_state_lock`` when both are needed). Nothing relies on the GIL.
 
 Order: spool + memory always form one FIFO, the spool being its head. The writer reads memory
 batches without removing them (a peek); if the spooler moves them meanwhile, the writer
@@ -34,9 +46,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import StoreError, one_line
+from ..throttle import LogThrottle
 from .base import Backend
-from .records import Record
+from .records import RECORD_OVERHEAD, MessageReceived, Record, footprint
 from .spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -44,12 +57,13 @@ logger = logging.getLogger(__name__)
 IDLE_PING_INTERVAL = 5.0
 MAX_BACKOFF = 5.0
 FIRST_BACKOFF = 0.1
-SPOOL_CHECK_INTERVAL = 0.05
+SPILL_STEP = 1000  # records moved per hold of the state lock
 DEGRADED_LOG_INTERVAL = 30.0
 # How long start may wait for the database while replaying a leftover spool before failing.
 START_REPLAY_PATIENCE = 5.0
 # Grace for the batch in flight when the drain deadline passes.
 JOIN_GRACE = 1.0
+RESTART_PAUSE = 1.0  # after an unexpected writer failure
 
 
 @dataclass(frozen=True)
@@ -60,11 +74,14 @@ class StoreStatus:
     error: str | None
     pending: int  # queued + spooled
     queued: int  # records in memory
+    queued_bytes: int  # their approximate size
     spooled: int  # records in the spool file
     spool_bytes: int
     written: int
     poisoned: int  # records the database refused (bad data), logged and skipped
-    dropped: int  # records lost: the spool could not be written (disk full)
+    dropped: int  # records lost: the spool was full, deleted or damaged
+    loss: str | None  # why records were last lost
+    shed: int  # journal payloads not kept because memory was full (metadata kept)
     errors: int  # failed database operations (each retried)
     oldest_pending_age: float
     running: bool  # the writer thread is alive
@@ -96,16 +113,24 @@ class Store:
         batch_size: int = 1000,
         batch_delay: float = 0.05,
         queue_limit: int = 100_000,
+        queue_bytes_limit: int = 64 * 1024 * 1024,
+        journal_max_payload: int = 65536,
     ) -> None:
         self.backend = backend
         self.server_id = server_id
         self.batch_size = batch_size
         self.batch_delay = batch_delay
         self.queue_limit = queue_limit
+        self.queue_bytes_limit = queue_bytes_limit
+        self.journal_max_payload = journal_max_payload
+        self.batch_bytes = max(RECORD_OVERHEAD, queue_bytes_limit // 16)
         self.spool = Spool(spool_path)
-        self._queue: collections.deque[Record] = collections.deque()
-        # Guards the spool and removals from the queue (submit's append needs no lock).
+        # Guards the spool (file and counters); taken before _state_lock.
         self._lock = threading.Lock()
+        # Guards _queue, _queued_bytes, _removed and the counters below.
+        self._state_lock = threading.Lock()
+        self._queue: collections.deque[Record] = collections.deque()
+        self._queued_bytes = 0
         self._removed = 0  # records ever removed from the head of the queue
         self._wakeup = threading.Event()
         self._overflow = threading.Event()
@@ -123,7 +148,10 @@ class Store:
         self._written = 0
         self._poisoned = 0
         self._dropped = 0
+        self._loss: str | None = None
+        self._shed = 0
         self._errors = 0
+        self._throttle = LogThrottle(logger)
         # Called on the writer thread with each written batch's duration (metrics).
         self.on_batch: Callable[[float], None] | None = None
 
@@ -141,31 +169,59 @@ class Store:
         await asyncio.wrap_future(self._started)
 
     def submit(self, record: Record) -> None:
-        """Queue ``record`` for writing; never blocks, safe from any thread."""
+        """Queue ``record`` for writing; never blocks for long, safe from any thread."""
         if self._sealed:
             self._late(record)
             return
-        queue = self._queue
-        queue.append(record)
-        depth = len(queue)
+        if type(record) is MessageReceived:
+            record = record.cut(self.journal_max_payload)
+        size = footprint(record)
+        shed = False
+        with self._state_lock:
+            if self._queued_bytes + size > 2 * self.queue_bytes_limit:
+                if type(record) is MessageReceived and record.payload:
+                    # The spooler is not keeping up: keep the facts, not the bytes.
+                    record = record.cut(0)
+                    size = footprint(record)
+                    self._shed += 1
+                    shed = True
+            self._queue.append(record)
+            self._queued_bytes += size
+            depth, queued_bytes = len(self._queue), self._queued_bytes
+        if shed:
+            self._throttle.log(
+                "shed",
+                logging.WARNING,
+                "store memory over twice queue_bytes_limit (%d bytes): journal payloads are"
+                " not kept, only their metadata (%d so far)",
+                self.queue_bytes_limit,
+                self._shed,
+            )
         if depth >= self.batch_size and not self._wakeup.is_set():
             self._wakeup.set()
-        if depth > self.queue_limit and not self._overflow.is_set():
+        overflow = depth > self.queue_limit or queued_bytes > self.queue_bytes_limit
+        if overflow and not self._overflow.is_set():
             self._overflow.set()
 
     def _late(self, record: Record) -> None:
-        self._dropped += 1
-        logger.error(
-            "store already closed: record lost (%d lost so far): %r", self._dropped, record
-        )
+        dropped = self._lose(1, "submitted after the store closed")
+        logger.error("store already closed: record lost (%d lost so far): %r", dropped, record)
+
+    def _lose(self, count: int, reason: str) -> int:
+        """Count ``count`` records lost for ``reason``; returns the total lost so far."""
+        with self._state_lock:
+            self._dropped += count
+            self._loss = reason
+            return self._dropped
 
     def status(self) -> StoreStatus:
-        queue = self._queue
         now = time.time()
-        try:
-            oldest = [queue[0].at]
-        except IndexError:  # empty, or emptied by the writer since we looked
-            oldest = []
+        with self._state_lock:
+            queued, queued_bytes = len(self._queue), self._queued_bytes
+            oldest = [self._queue[0].at] if queued else []
+            written, poisoned, dropped = self._written, self._poisoned, self._dropped
+            loss = self._loss
+            shed, errors = self._shed, self._errors
         spool_oldest = self.spool.oldest
         if spool_oldest is not None:
             oldest.append(spool_oldest)
@@ -173,14 +229,17 @@ class Store:
         return StoreStatus(
             available=self._available,
             error=self._error,
-            pending=len(queue) + self.spool.pending,
-            queued=len(queue),
+            pending=queued + self.spool.pending,
+            queued=queued,
+            queued_bytes=queued_bytes,
             spooled=self.spool.pending,
             spool_bytes=self.spool.pending_bytes,
-            written=self._written,
-            poisoned=self._poisoned,
-            dropped=self._dropped,
-            errors=self._errors,
+            written=written,
+            poisoned=poisoned,
+            dropped=dropped,
+            loss=loss,
+            shed=shed,
+            errors=errors,
             oldest_pending_age=max(0.0, now - min(oldest)) if oldest else 0.0,
             running=thread is not None and thread.is_alive() and self._started.done(),
         )
@@ -222,7 +281,7 @@ class Store:
     def _seal(self) -> int:
         """Spool what was submitted during close, then close the spool; returns its size."""
         self._sealed = True  # from now on submit() counts records as lost
-        if self._queue and self.spool.is_open:
+        if self.spool.is_open:
             self._spill(everything=True)
         with self._lock:
             left = self.spool.pending
@@ -230,8 +289,9 @@ class Store:
         return left
 
     def _spill_unstarted(self) -> None:
-        if not self._queue:
-            return
+        with self._state_lock:
+            if not self._queue:
+                return
         try:
             with self._lock:
                 self.spool.open()
@@ -250,7 +310,7 @@ class Store:
             replayed = self._replay_leftover_spool()
             crashed = self.backend.mark_crashed(self.server_id, time.time())
         except Exception as exc:  # noqa: BLE001 - task boundary: report to start() and stop
-            message = f"cannot open store {self.backend.describe()}: {_one_line(exc)}"
+            message = f"cannot open store {self.backend.describe()}: {one_line(exc)}"
             self._started.set_exception(StoreError(message))
             self.backend.close()
             return
@@ -265,9 +325,20 @@ class Store:
         self._spooler.start()
         self._started.set_result(None)
         try:
-            self._loop()
-        except Exception:  # task boundary: the writer must never die silently
-            logger.critical("store writer stopped unexpectedly", exc_info=True)
+            while True:
+                try:
+                    self._loop()
+                    return
+                except Exception:  # noqa: BLE001 - task boundary: logged, and the writer goes on
+                    self._throttle.log(
+                        "writer", logging.CRITICAL, "store writer failed; restarting", exc_info=True
+                    )
+                if not self._stopping.is_set():
+                    self._stopping.wait(RESTART_PAUSE)
+                elif time.monotonic() < self._drain_until:
+                    time.sleep(FIRST_BACKOFF)  # close() waits for us: retry, but not in a spin
+                else:
+                    return
         finally:
             self.backend.close()
 
@@ -299,7 +370,9 @@ class Store:
         last_activity = time.monotonic()
         while True:
             # A full batch (or a spool to replay) goes at once; a partial one waits its delay.
-            behind = len(self._queue) >= self.batch_size or self.spool.pending
+            with self._state_lock:
+                full = len(self._queue) >= self.batch_size
+            behind = full or self.spool.pending
             if not self._stopping.is_set() and not behind:
                 self._wakeup.wait(self.batch_delay)
                 self._wakeup.clear()
@@ -324,16 +397,56 @@ class Store:
 
     def _next_batch(self) -> _Batch | None:
         """The oldest pending records: the spool's head, else memory's (peeked). Under lock."""
+        self._check_spool()
         if self.spool.pending:
-            records, end, lines = self.spool.read(self.batch_size)
+            records, end, lines = self.spool.read(self.batch_size, self.batch_bytes)
+            if len(records) < lines:
+                dropped = self._lose(lines - len(records), "corrupt lines in the spool file")
+                self._throttle.log(
+                    "spool-corrupt",
+                    logging.ERROR,
+                    "spool %s: corrupt lines skipped, %d records lost so far",
+                    self.spool.path,
+                    dropped,
+                )
             return _Batch(records, from_spool=True, end=end, lines=lines)
-        queue = self._queue
-        count = min(len(queue), self.batch_size)
-        if not count:
+        with self._state_lock:
+            head = self._removed
+            records = list(itertools.islice(self._queue, self.batch_size))
+        if not records:
             return None
-        # islice over a deque runs in C without releasing the GIL, so the IOLoop's appends
-        # cannot interleave with this copy.
-        return _Batch(list(itertools.islice(queue, count)), from_spool=False, head=self._removed)
+        # Cut to the byte bound outside the lock; the rest stays queued for the next batch.
+        total = 0
+        for count, record in enumerate(records):
+            total += footprint(record)
+            if total > self.batch_bytes and count:
+                del records[count:]
+                break
+        return _Batch(records, from_spool=False, head=head)
+
+    def _check_spool(self) -> None:
+        """Notice a spool file deleted or damaged under us: count, say so, go on. Under lock."""
+        if self._sealed:
+            return
+        try:
+            if not self.spool.is_open:  # a previous check could not recreate it
+                self.spool.open()
+            lost = self.spool.check()
+        except StoreError as exc:
+            self._throttle.log("spool", logging.CRITICAL, "%s", exc)
+            return
+        if not lost:  # intact, or nothing pending went with it
+            return
+        dropped = self._lose(lost, "spool file deleted or damaged while running")
+        self._throttle.log(
+            "spool",
+            logging.CRITICAL,
+            "spool %s was deleted, replaced or cut short while running: %d pending records"
+            " LOST (%d lost so far); going on with the file now at that path",
+            self.spool.path,
+            lost,
+            dropped,
+        )
 
     def _finish(self, batch: _Batch) -> None:
         """Remove a written batch from where it was pending. Under lock."""
@@ -341,12 +454,14 @@ class Store:
             self.spool.commit(batch.end, batch.lines)
             return
         # The spooler may have moved some of these records meanwhile; remove only the rest.
-        for _ in range(batch.head + len(batch.records) - self._removed):
-            self._queue.popleft()
-            self._removed += 1
+        with self._state_lock:
+            for _ in range(batch.head + len(batch.records) - self._removed):
+                self._queued_bytes -= footprint(self._queue.popleft())
+                self._removed += 1
 
     def _moved(self, batch: _Batch) -> bool:
-        return not batch.from_spool and self._removed > batch.head
+        with self._state_lock:
+            return not batch.from_spool and self._removed > batch.head
 
     def _write(self, records: list[Record], batch: _Batch) -> _Outcome:
         """Write ``records`` (part of ``batch``): retry outages, bisect around bad data."""
@@ -374,7 +489,8 @@ class Store:
                 if self._moved(batch):
                     return _Outcome.MOVED
                 continue
-            self._written += len(records)
+            with self._state_lock:
+                self._written += len(records)
             if self.on_batch is not None:
                 self.on_batch(time.monotonic() - started)
             self._mark_available()
@@ -382,11 +498,15 @@ class Store:
 
     def _isolate(self, records: list[Record], batch: _Batch, exc: Exception) -> _Outcome:
         if len(records) == 1:
-            self._poisoned += 1
-            logger.error(
+            with self._state_lock:
+                self._poisoned += 1
+                poisoned = self._poisoned
+            self._throttle.log(
+                "poison",
+                logging.ERROR,
                 "store %s refused a record, skipping it (%d so far): %r",
                 self.backend.describe(),
-                self._poisoned,
+                poisoned,
                 records[0],
                 exc_info=exc,
             )
@@ -408,8 +528,9 @@ class Store:
             self._mark_available()
 
     def _mark_unavailable(self, exc: Exception) -> None:
-        message = _one_line(exc)
-        self._errors += 1
+        message = one_line(exc)
+        with self._state_lock:
+            self._errors += 1
         now = time.monotonic()
         if self._available or message != self._error:
             logger.error("store %s unavailable: %s", self.backend.describe(), message)
@@ -446,55 +567,89 @@ class Store:
 
     def _spool_run(self) -> None:
         while True:
-            self._overflow.wait(SPOOL_CHECK_INTERVAL)
+            self._overflow.wait(self.batch_delay)
             self._overflow.clear()
             stopping = self._spooler_stop.is_set()
             try:
-                self._spill(stopping)
+                self._spill(everything=stopping or not self._available)
             except Exception:  # task boundary: memory must stay bounded, so keep going
                 logger.critical("store spooler failed; retrying", exc_info=True)
             if stopping:
                 return
 
     def _spill(self, everything: bool) -> None:
-        """Move memory beyond ``queue_limit`` (or all of it) to the spool, oldest first."""
+        """Move memory beyond its limits (or all of it) to the spool, oldest first."""
         with self._lock:
-            queue = self._queue
-            count = len(queue) - (0 if everything else self.queue_limit)
-            if count <= 0:
+            records = self._take_overflow(everything)
+            count = len(records)
+            if not count:
                 return
+            self._check_spool()
             was_empty = self.spool.pending == 0
-            records = [queue.popleft() for _ in range(count)]
-            self._removed += count
             before = self.spool.pending
             try:
                 error: OSError | None = self.spool.append(records)
-            except Exception as exc:  # an unencodable record: count the loss, keep spooling
-                logger.critical("cannot encode records for the spool", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - an unencodable record: count, keep spooling
+                self._throttle.log(
+                    "spool-encode",
+                    logging.CRITICAL,
+                    "cannot encode records for the spool",
+                    exc_info=True,
+                )
                 error = OSError(0, f"{type(exc).__name__}: {exc}")
             if error is not None:
                 lost = count - (self.spool.pending - before)
-                self._dropped += lost
-                logger.critical(
+                dropped = self._lose(lost, f"spool not writable: {error.strerror}")
+                # A full disk fails every move: once per interval, with the running count.
+                self._throttle.log(
+                    "spool-write",
+                    logging.CRITICAL,
                     "cannot write the spool %s (%s): %d records LOST, %d lost so far",
                     self.spool.path,
                     error.strerror,
                     lost,
-                    self._dropped,
+                    dropped,
                 )
         if was_empty:
-            logger.warning(
-                "store behind: %s records beyond the memory limit (%d) go to the spool %s",
-                "all" if everything else count,
-                self.queue_limit,
+            self._throttle.log(
+                "behind",
+                logging.WARNING,
+                "store behind: %s go to the spool %s",
+                "records" if everything else "records beyond the memory limits",
                 self.spool.path,
             )
         try:
             self.spool.sync()
         except OSError as exc:
-            logger.critical("cannot fsync the spool %s: %s", self.spool.path, exc.strerror)
+            self._throttle.log(
+                "spool-sync",
+                logging.CRITICAL,
+                "cannot fsync the spool %s: %s",
+                self.spool.path,
+                exc.strerror,
+            )
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    def _take_overflow(self, everything: bool) -> list[Record]:
+        """Remove from the head of memory what is over its limits (or everything)."""
+        taken: list[Record] = []
+        while True:
+            step = 0
+            # In steps, so that submit() never waits long for the lock.
+            with self._state_lock:
+                queue = self._queue
+                while (
+                    queue
+                    and step < SPILL_STEP
+                    and (
+                        everything
+                        or len(queue) > self.queue_limit
+                        or self._queued_bytes > self.queue_bytes_limit
+                    )
+                ):
+                    record = queue.popleft()
+                    self._queued_bytes -= footprint(record)
+                    taken.append(record)
+                    step += 1
+                self._removed += step
+            if step < SPILL_STEP:
+                return taken

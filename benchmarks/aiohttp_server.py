@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""An aiohttp WebSocket echo server, a peer for benchmarks/engine_vs_peers.py.
+
+Prints its port on the first line of stdout, then serves /ws until killed. aiohttp is a
+benchmark dependency only (``pip install -e '.[bench]'``). Runs on uvloop when installed,
+as the other servers here do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import sys
+
+from aiohttp import WSMsgType, web
+
+
+async def echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(compress=True, max_msg_size=1 << 20)
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
+async def serve() -> None:
+    app = web.Application()
+    app.router.add_get("/ws", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await site.start()
+    assert site._server is not None and site._server.sockets
+    sys.stdout.write(f"{site._server.sockets[0].getsockname()[1]}\n")
+    sys.stdout.flush()
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
+
+
+if __name__ == "__main__":
+    main()

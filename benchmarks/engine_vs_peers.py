@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""tornado-echo's engines against stock Tornado and aiohttp, measured in one run.
+
+Run by hand (not a test), after ``pip install -e '.[bench]'``:
+
+    .venv/bin/python benchmarks/engine_vs_peers.py [--rounds 3] [--only echo32,handshakes,...]
+
+Every server runs pinned to CPU 0 and every client to CPU 1. The servers take turns within
+each round, so machine noise hits all of them; per-scenario medians over the rounds and
+ratios against stock Tornado and aiohttp are printed, with the machine's description.
+
+Scenarios (issue 9's targets):
+  echo32, echo4k, echo64k   100 connections, closed loop, 32 B / 4 KiB / 64 KiB text
+                            (bundled load tester): msgs/s, p50, p99, max
+  echo32x1000               1000 connections x 32 B: msgs/s, p50, p99 (fairness)
+  handshakes                connect, upgrade, close cycles per second (64 at a time)
+  idle                      RSS per idle connection (5000 connections), compression off/on
+  fragments                 1000 messages of 128 KiB text sent as 256-byte compressed
+                            fragments: seconds to echo them all
+tornado-echo runs with its SQLite session records, as shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _common import HERE, Server, run_loadtest, say
+
+SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "stock Tornado": ("tornado", ()),
+    "aiohttp": ("aiohttp", ()),
+    "tornado-echo (engine tornado)": ("tornado-echo", ("--engine", "tornado")),
+    "tornado-echo (engine fast)": ("tornado-echo", ("--engine", "fast")),
+}
+SERVER_CPU, CLIENT_CPU = 0, 1
+IDLE_CONNECTIONS = 5000
+
+
+def raw_client(*args: str, timeout: float = 600) -> dict[str, Any]:
+    cmd = ["taskset", "-c", str(CLIENT_CPU), sys.executable, str(HERE / "_rawclient.py"), *args]
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def port_of(server: Server) -> str:
+    return server.url.split(":")[2].split("/")[0]
+
+
+def echo(connections: int, size: int, seconds: float) -> Callable[[Server], dict[str, float]]:
+    def measure(server: Server) -> dict[str, float]:
+        summary = run_loadtest(
+            CLIENT_CPU,
+            [server.url, "-c", str(connections), "-d", str(seconds), "-s", str(size), "-w", "1"],
+        )["summary"]
+        latency = summary["latency_ms"]
+        return {
+            "msgs/s": summary["throughput"]["msgs_per_s"],
+            "p50 ms": latency.get("p50", float("nan")),
+            "p99 ms": latency.get("p99", float("nan")),
+            "max ms": latency.get("max", float("nan")),
+            "errors": summary["connections"]["failed"] + summary["messages"]["lost"],
+        }
+
+    return measure
+
+
+def handshakes(server: Server) -> dict[str, float]:
+    result = raw_client("handshakes", port_of(server), "5", "64")
+    return {"handshakes/s": result["handshakes_per_s"], "errors": result["failed"]}
+
+
+def idle(server: Server) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for deflate in ("0", "1"):
+        time.sleep(0.5)
+        before = server.rss_bytes()
+        cmd = [
+            "taskset", "-c", str(CLIENT_CPU), sys.executable, str(HERE / "_rawclient.py"),
+            "idle", port_of(server), str(IDLE_CONNECTIONS), deflate,
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+        client = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert client.stdout is not None and client.stdin is not None
+        if client.stdout.readline().strip() != "ready":
+            raise RuntimeError("idle client failed")
+        time.sleep(1.0)  # let the server settle (open() callbacks, records)
+        key = "KB/conn deflate" if deflate == "1" else "KB/conn"
+        out[key] = (server.rss_bytes() - before) / IDLE_CONNECTIONS / 1024
+        client.stdin.close()
+        client.wait(60)
+    return out
+
+
+def fragments(server: Server) -> dict[str, float]:
+    return {"seconds": raw_client("fragments", port_of(server), "1000")["seconds"]}
+
+
+SCENARIOS: dict[str, tuple[str, Callable[[Server], dict[str, float]]]] = {
+    "echo32": ("100 connections x 32 B, closed loop", echo(100, 32, 10)),
+    "echo4k": ("100 connections x 4 KiB, closed loop", echo(100, 4096, 10)),
+    "echo64k": ("100 connections x 64 KiB, closed loop", echo(100, 65536, 10)),
+    "echo32x1000": ("1000 connections x 32 B, closed loop", echo(1000, 32, 15)),
+    "handshakes": ("connect, upgrade, close; 64 at a time, 5 s", handshakes),
+    "idle": (f"RSS per idle connection ({IDLE_CONNECTIONS} connections)", idle),
+    "fragments": ("1000 x 128 KiB text in 256-byte deflate fragments", fragments),
+}
+
+
+def machine() -> str:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()},"
+        f" Python {platform.python_version()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated names")
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",")]
+    servers = [name.strip() for name in args.servers.split(",")]
+    say(f"machine: {machine()}")
+    say(f"servers pinned to CPU {SERVER_CPU}, clients to CPU {CLIENT_CPU}; {args.rounds} rounds")
+    for scenario in chosen:
+        title, measure = SCENARIOS[scenario]
+        say(f"\n== {scenario}: {title}")
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(args.rounds):
+                for name in servers:
+                    kind, extra = SERVERS[name]
+                    server = Server(kind, SERVER_CPU, Path(tmp), extra=extra)
+                    try:
+                        results[name].append(measure(server))
+                    finally:
+                        server.close()
+        report(results)
+
+
+def report(results: dict[str, list[dict[str, float]]]) -> None:
+    medians = {
+        name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+        for name, rounds in results.items()
+        if rounds
+    }
+    keys = list(next(iter(medians.values())))
+    say(f"{'server (median of rounds)':<32}" + "".join(f"{key:>16}" for key in keys))
+    for name, values in medians.items():
+        say(f"{name:<32}" + "".join(f"{values[key]:>16.2f}" for key in keys))
+    headline = keys[0]
+    for base in ("stock Tornado", "aiohttp"):
+        if base not in medians or not medians[base][headline]:
+            continue
+        ratios = ", ".join(
+            f"{name} {values[headline] / medians[base][headline]:.2f}x"
+            for name, values in medians.items()
+            if name != base
+        )
+        say(f"{headline} relative to {base}: {ratios}")
+    for name, rounds in results.items():
+        if len(rounds) > 1:
+            spread = ", ".join(f"{r[headline]:.1f}" for r in rounds)
+            say(f"  rounds of {name}: {spread}")
+
+
+if __name__ == "__main__":
+    main()

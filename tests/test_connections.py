@@ -1,0 +1,58 @@
+"""Connections per client address: the pure counter, and the limit over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import json_body, make_server, open_raw_websocket, raw_http, upgrade_request
+from tornado_echo.connections import AddressCounts
+
+
+def test_address_counts_admit_up_to_the_limit_and_forget_released_addresses() -> None:
+    counts = AddressCounts()
+    assert counts.admit("192.0.2.1", 2) and counts.admit("192.0.2.1", 2)
+    assert not counts.admit("192.0.2.1", 2)
+    assert counts.admit("192.0.2.2", 2)  # another address has its own count
+    counts.release("192.0.2.1")
+    assert counts.admit("192.0.2.1", 2)
+    for address in ("192.0.2.1", "192.0.2.1", "192.0.2.2"):
+        counts.release(address)
+    assert len(counts) == 0
+    assert all(counts.admit("192.0.2.9", 0) for _ in range(100))  # 0: no limit
+
+
+def test_ipv6_clients_are_counted_per_64() -> None:
+    counts = AddressCounts()
+    assert counts.admit("2001:db8:1:2::1", 1)
+    assert not counts.admit("2001:db8:1:2:ffff::7", 1)
+    assert counts.admit("2001:db8:1:3::1", 1)
+    assert AddressCounts.key("::ffff:192.0.2.1") == "192.0.2.1"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_upgrades_beyond_the_per_address_limit_get_503(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = make_server(tmp_path, sqlite_url, max_connections_per_ip=2)
+    await server.start()
+    try:
+        first, second = [await open_raw_websocket(server.port) for _ in range(2)]
+        status, _, body = await raw_http(server.port, upgrade_request())
+        assert (status, json_body(body)["error"]) == (503, "too many connections from your address")
+        first[1].close()
+        while len(server.connections) > 1:
+            await asyncio.sleep(0.01)
+        third = await open_raw_websocket(server.port)
+        for _, writer in (second, third):
+            writer.close()
+        scrape = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        metrics = (await raw_http(server.port, scrape))[2]
+        assert b'tornado_echo_rejections_total{reason="address_limit"} 1.0' in metrics
+    finally:
+        await server.shutdown()
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert len(server.connections.per_address) == 0

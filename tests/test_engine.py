@@ -1,0 +1,186 @@
+"""The engines under EchoWebSocket, over real sockets: flow control, keepalive, strictness,
+and the Tornado handler surface on the fast engine."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import zlib
+from typing import Any
+
+import pytest
+from tornado.websocket import websocket_connect
+
+from tests.helpers import client_frame, open_raw_websocket, read_server_frame, upgrade_request
+from tornado_echo.connections import Connections
+from tornado_echo.engine import WRITE_HIGH_WATER, FastProtocol
+from tornado_echo.protocol import EchoProtocol
+from tornado_echo.tornado_compat import unsent_bytes
+
+
+async def read_close(reader: asyncio.StreamReader) -> tuple[int | None, bytes]:
+    """Skip frames up to the server's close frame: (code, reason)."""
+    while True:
+        opcode, payload = await asyncio.wait_for(read_server_frame(reader), 10)
+        if opcode == 0x8:
+            code = struct.unpack("!H", payload[:2])[0] if payload else None
+            return code, payload[2:]
+
+
+def server_backlog(connections: Connections) -> int:
+    """Bytes the server holds for its (only) peer, whichever engine carries it."""
+    [session] = list(connections._open)
+    protocol = session._protocol  # type: ignore[attr-defined]
+    if isinstance(protocol, FastProtocol):
+        assert protocol.transport is not None
+        return int(protocol.transport.get_write_buffer_size())
+    assert isinstance(protocol, EchoProtocol)
+    return unsent_bytes(protocol.stream)
+
+
+@pytest.mark.usefixtures("engine")
+class TestBothEngines:
+    @pytest.mark.gen_test(timeout=30)
+    @pytest.mark.app_config(max_message_size=1 << 20)
+    async def test_a_slow_reader_gets_backpressure_not_server_memory(
+        self, http_server: Any, http_port: int, connections: Connections
+    ) -> None:
+        reader, writer = await open_raw_websocket(http_port)
+        writer.write(client_frame(0x1, b"open?"))
+        assert await read_server_frame(reader) == (0x1, b"open?")  # the session is open
+        frame = client_frame(0x2, b"\xab" * 65536)
+        sent = 0
+        highest = 0
+        # Send without reading until the server stops reading us: our drain stalls.
+        while True:
+            writer.write(frame)
+            try:
+                await asyncio.wait_for(writer.drain(), 0.5)
+            except asyncio.TimeoutError:
+                break
+            sent += 1
+            highest = max(highest, server_backlog(connections))
+            assert sent < 2000, "the server never pushed back"
+        highest = max(highest, server_backlog(connections))
+        # Its buffer stays near the high-water mark (one read's echoes may go past it).
+        assert highest <= WRITE_HIGH_WATER + 512 * 1024
+        writer.transport.abort()
+
+    @pytest.mark.gen_test(timeout=15)
+    @pytest.mark.app_config(ping_interval=0.2, ping_timeout=0.2)
+    async def test_a_peer_that_stops_answering_pings_is_closed(
+        self, http_server: Any, http_port: int, engine: str
+    ) -> None:
+        reader, writer = await open_raw_websocket(http_port)
+        opcode, _ = await asyncio.wait_for(read_server_frame(reader), 5)
+        assert opcode == 0x9  # a ping, which this peer never answers
+        code, reason = await read_close(reader)
+        # Tornado's stock engine closes with a bare reason, which means 1000.
+        assert (code, reason) == (1011 if engine == "fast" else 1000, b"ping timed out")
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # and the server hangs up
+        writer.close()
+
+    @pytest.mark.gen_test(timeout=15)
+    @pytest.mark.app_config(ping_interval=0.1, ping_timeout=0.1)
+    async def test_a_peer_that_answers_pings_stays(self, http_server: Any, http_port: int) -> None:
+        reader, writer = await open_raw_websocket(http_port)
+        for _ in range(5):
+            opcode, payload = await asyncio.wait_for(read_server_frame(reader), 5)
+            assert opcode == 0x9
+            writer.write(client_frame(0xA, payload))
+        writer.write(client_frame(0x1, b"still here"))
+        while True:
+            opcode, payload = await asyncio.wait_for(read_server_frame(reader), 5)
+            if opcode != 0x9:
+                break
+            writer.write(client_frame(0xA, payload))  # more pings may come first
+        assert (opcode, payload) == (0x1, b"still here")
+        writer.close()
+
+    @pytest.mark.gen_test
+    @pytest.mark.app_config(compression=False)
+    async def test_compression_off_declines_the_offer(self, ws_url: str) -> None:
+        client = await websocket_connect(ws_url, compression_options={})
+        assert "Sec-WebSocket-Extensions" not in client.headers
+        await client.write_message("plain " * 100)
+        assert await client.read_message() == "plain " * 100
+        client.close()
+
+    @pytest.mark.gen_test
+    async def test_frames_sent_with_the_upgrade_request_are_echoed(
+        self, http_port: int, http_server: Any
+    ) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+        writer.write(upgrade_request() + client_frame(0x1, b"early") + client_frame(0x2, b"bird"))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        assert await read_server_frame(reader) == (0x1, b"early")
+        assert await read_server_frame(reader) == (0x2, b"bird")
+        writer.close()
+
+
+# -- strictness of the fast engine (Tornado's stock protocol drops these without a close frame)
+
+
+def rsv_frame(frame: bytes, bits: int) -> bytes:
+    return bytes([frame[0] | bits]) + frame[1:]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (rsv_frame(client_frame(0x1, b"x"), 0x40), 1002),
+        (rsv_frame(client_frame(0x1, b"x"), 0x10), 1002),
+        (client_frame(0x3, b"x"), 1002),
+        (b"\x81\x01x", 1002),  # not masked
+        (client_frame(0x1, b"abc", fin=False) + client_frame(0x1, b"def"), 1002),
+        (client_frame(0x1, b"ok \xff", fin=False), 1007),  # fails before the last fragment
+    ],
+    ids=["rsv1-without-deflate", "rsv3", "unknown-opcode", "unmasked", "interleaved", "utf8-early"],
+)
+async def test_protocol_violations_get_a_close_frame_with_their_code(
+    http_server: Any, http_port: int, frame: bytes, code: int
+) -> None:
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(client_frame(0x1, b"first") + frame)
+    assert await read_server_frame(reader) == (0x1, b"first")
+    assert (await read_close(reader))[0] == code
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_invalid_deflate_data_closes_with_1007(http_server: Any, http_port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(upgrade_request(Sec_WebSocket_Extensions="permessage-deflate"))
+    assert b"permessage-deflate" in await reader.readuntil(b"\r\n\r\n")
+    writer.write(rsv_frame(client_frame(0x2, b"\xff\xff\xff\xff"), 0x40))
+    assert (await read_close(reader))[0] == 1007
+    writer.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_compressed_message_in_small_fragments_with_pings_between(
+    http_server: Any, http_port: int
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(upgrade_request(Sec_WebSocket_Extensions="permessage-deflate"))
+    assert b"permessage-deflate" in await reader.readuntil(b"\r\n\r\n")
+    text = ("fragment " * 4000).encode()
+    compressor = zlib.compressobj(wbits=-15)
+    body = (compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    chunks = [body[i : i + 256] for i in range(0, len(body), 256)]
+    for index, chunk in enumerate(chunks):
+        frame = client_frame(0x1 if index == 0 else 0x0, chunk, fin=index == len(chunks) - 1)
+        if index == 0:
+            frame = rsv_frame(frame, 0x40)
+        writer.write(frame + client_frame(0x9, b"between"))
+    inflater = zlib.decompressobj(wbits=-15)
+    while True:
+        opcode, payload = await asyncio.wait_for(read_server_frame(reader), 10)
+        if opcode == 0x1:
+            break
+        assert (opcode, payload) == (0xA, b"between")
+    assert inflater.decompress(payload + b"\x00\x00\xff\xff") == text
+    writer.close()

@@ -1,0 +1,183 @@
+"""The HTTP listener's limits over real sockets: bodies, slow headers, connection counts,
+and an exhausted descriptor table."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httputil import HTTPHeaders
+
+from tests.helpers import (
+    BASE_CONF,
+    Service,
+    json_body,
+    make_server,
+    open_raw_websocket,
+    raw_http,
+    start_service,
+    upgrade_request,
+)
+from tornado_echo.http_server import has_body
+from tornado_echo.server import Server
+
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+async def started(tmp_path: Path, sqlite_url: str, **overrides: Any) -> Server:
+    server = make_server(tmp_path, sqlite_url, **overrides)
+    await server.start()
+    return server
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, False),
+        ({"Content-Length": "0"}, False),
+        ({"Content-Length": "1"}, True),
+        ({"Content-Length": "x"}, True),
+        ({"Transfer-Encoding": "chunked"}, True),
+    ],
+)
+def test_has_body(headers: dict[str, str], expected: bool) -> None:
+    assert has_body(HTTPHeaders(headers)) is expected
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_request_body_is_refused_with_413_before_it_is_read(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await started(tmp_path, sqlite_url)
+    try:
+        announced = [
+            b"POST /api/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000\r\n\r\nx",
+            b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n",
+            upgrade_request()[:-2] + b"Content-Length: 10\r\n\r\n",
+        ]
+        for raw in announced:
+            # Answered at once, though the body announced never comes.
+            status, headers, body = await raw_http(server.port, raw, timeout=2)
+            assert (status, headers["connection"]) == (413, "close")
+            assert "request bodies are not accepted" in json_body(body)["error"]
+        assert (await raw_http(server.port, HEALTH[:-2] + b"Content-Length: 0\r\n\r\n"))[0] == 200
+        assert len(server.connections) == 0
+    finally:
+        await server.shutdown()
+    assert_no_traceback(caplog)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_refused_body_still_being_sent_does_not_reset_the_answer(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    server = await started(tmp_path, sqlite_url)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000000\r\n\r\n")
+        writer.write(os.urandom(1_000_000))  # more than the socket buffers hold
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 413 ")
+        writer.transport.abort()
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_slow_or_oversized_headers_are_cut_off(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await started(tmp_path, sqlite_url, http_timeout=0.3)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and stall
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        # Over MAX_HEADER_SIZE: Tornado closes at once (a reset, as the rest is unread).
+        writer.write(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionResetError:
+            pass
+        writer.close()
+        assert (await raw_http(server.port, HEALTH))[0] == 200
+    finally:
+        await server.shutdown()
+    assert_no_traceback(caplog)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_http_connections_beyond_the_limit_get_503(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await started(tmp_path, sqlite_url, max_http_connections=2)
+    try:
+        # Upgraded WebSockets leave the HTTP count.
+        sockets = [await open_raw_websocket(server.port) for _ in range(3)]
+        assert (await raw_http(server.port, HEALTH))[0] == 200
+        assert server.http is not None
+        while server.http.open_http:  # until the server has seen that request's close
+            await asyncio.sleep(0.01)
+        idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        while server.http.open_http < 2:  # the kernel connected them; wait for accept()
+            await asyncio.sleep(0.01)
+        status, _, body = await raw_http(server.port, HEALTH)
+        assert (status, json_body(body)["error"]) == (503, "too many open HTTP connections")
+        idle[0][1].close()
+        scrape = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        while (answer := await raw_http(server.port, scrape))[0] != 200:
+            await asyncio.sleep(0.01)
+        metrics = answer[2]
+        for _, writer in [*sockets, *idle]:
+            writer.close()
+        assert b'tornado_echo_rejections_total{reason="connection_limit_http"}' in metrics
+    finally:
+        await server.shutdown()
+    assert_no_traceback(caplog)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_exhausted_descriptors_pause_accept_without_a_busy_loop(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    service = start_service(tmp_path, BASE_CONF + "http_timeout = 30.0\n", nofile=48)
+    services.append(service)
+    clients = []
+    try:
+        for _ in range(80):  # more than the server has descriptors for
+            clients.append(socket.create_connection(("127.0.0.1", service.port)))
+        while "accept() failed" not in service.log.read_text():
+            await asyncio.sleep(0.05)
+        before = cpu_seconds(service.process.pid)
+        # Measured over a fixed window: a busy accept loop burns all of it.
+        await asyncio.sleep(2.0)
+        spent = cpu_seconds(service.process.pid) - before
+        assert spent < 0.5, f"{spent:.2f} CPU-s in 2 s"
+    finally:
+        for client in clients:
+            client.close()
+    log = service.log.read_text()
+    assert log.count("accept() failed") <= 2 and "Traceback" not in log, log
+    assert "Too many open files; not accepting for" in log
+    while True:  # served again once the clients have gone
+        try:
+            if (await raw_http(service.port, HEALTH, timeout=1))[0] == 200:
+                break
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            await asyncio.sleep(0.1)
+    assert len(log.splitlines()) < 20, log

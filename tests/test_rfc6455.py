@@ -1,0 +1,259 @@
+"""The shared RFC 6455 / RFC 7692 module, without sockets."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import pytest
+
+from tornado_echo.rfc6455 import (
+    CloseCode,
+    FrameReader,
+    Opcode,
+    PerMessageDeflate,
+    ProtocolError,
+    accept_value,
+    close_payload,
+    encode_frame,
+    is_sendable_close_code,
+    negotiate_deflate,
+    parse_close_payload,
+)
+
+
+def masked(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True
+) -> bytes:
+    """A client frame; ``rsv`` is OR-ed into the first byte (0x40 RSV1, 0x20, 0x10)."""
+    key = os.urandom(4)
+    length = len(payload)
+    b0 = (0x80 if fin else 0) | rsv | opcode
+    bit = 0x80 if mask else 0
+    if length < 126:
+        head = bytes((b0, bit | length))
+    elif length < 65536:
+        head = struct.pack("!BBH", b0, bit | 126, length)
+    else:
+        head = struct.pack("!BBQ", b0, bit | 127, length)
+    if not mask:
+        return head + payload
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def deflated(payload: bytes, compressor: zlib._Compress | None = None) -> bytes:
+    compressor = compressor or zlib.compressobj(wbits=-15)
+    out = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+# -- close codes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999]
+)
+def test_sendable_close_codes(code: int) -> None:
+    assert is_sendable_close_code(code)
+    assert parse_close_payload(struct.pack("!H", code) + "raison ✓".encode()) == (code, "raison ✓")
+
+
+@pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535])
+def test_close_codes_that_may_not_be_sent(code: int) -> None:
+    assert not is_sendable_close_code(code)
+    with pytest.raises(ProtocolError) as caught:
+        parse_close_payload(struct.pack("!H", code))
+    assert (caught.value.code, caught.value.reason) == (1002, f"invalid close code {code}")
+
+
+def test_close_payload_edge_cases() -> None:
+    assert parse_close_payload(b"") == (None, "")
+    with pytest.raises(ProtocolError) as one_byte:
+        parse_close_payload(b"\x03")
+    assert one_byte.value.code == CloseCode.PROTOCOL_ERROR
+    with pytest.raises(ProtocolError) as bad_reason:
+        parse_close_payload(struct.pack("!H", 1000) + b"\xc3\x28")
+    assert bad_reason.value.code == CloseCode.INVALID_PAYLOAD
+
+
+def test_close_payload_building_cuts_long_reasons_at_a_character() -> None:
+    assert close_payload(None, None) == b""
+    assert close_payload(None, "bye") == struct.pack("!H", 1000) + b"bye"
+    body = close_payload(1001, "é" * 100)  # 200 bytes of UTF-8: too long for a control frame
+    assert len(body) <= 125
+    assert parse_close_payload(body) == (1001, "é" * 61)
+
+
+def test_accept_value_matches_the_rfc_example() -> None:
+    assert accept_value("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+# -- the frame reader -----------------------------------------------------------------------
+
+
+def test_whole_messages_and_control_frames_in_order() -> None:
+    reader = FrameReader(1000)
+    data = (
+        masked(Opcode.TEXT, "héllo".encode())
+        + masked(Opcode.PING, b"p")
+        + masked(Opcode.BINARY, b"\x00\xff")
+    )
+    assert reader.feed(data) == [
+        (Opcode.TEXT, "héllo"),
+        (Opcode.PING, b"p"),
+        (Opcode.BINARY, b"\x00\xff"),
+    ]
+
+
+def test_frames_split_anywhere_are_reassembled() -> None:
+    data = masked(Opcode.TEXT, b"a" * 300) + masked(Opcode.BINARY, b"b" * 70000)
+    reader = FrameReader(100_000)
+    events = []
+    for i in range(0, len(data), 7):
+        events += reader.feed(data[i : i + 7])
+    assert events == [(Opcode.TEXT, "a" * 300), (Opcode.BINARY, b"b" * 70000)]
+    assert reader.buffered == 0
+
+
+def test_fragments_with_a_ping_between_them() -> None:
+    reader = FrameReader(1000)
+    data = (
+        masked(Opcode.TEXT, b"frag", fin=False)
+        + masked(Opcode.PING, b"!")
+        + masked(Opcode.CONTINUATION, b"ment", fin=False)
+        + masked(Opcode.CONTINUATION, b"ed")
+    )
+    assert reader.feed(data) == [(Opcode.PING, b"!"), (Opcode.TEXT, "fragmented")]
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([masked(Opcode.TEXT, b"x", mask=False)], 1002),
+        ([masked(Opcode.TEXT, b"x", rsv=0x40)], 1002),  # RSV1 without deflate
+        ([masked(Opcode.TEXT, b"x", rsv=0x20)], 1002),
+        ([masked(0x3, b"x")], 1002),
+        ([masked(0xB, b"x")], 1002),
+        ([masked(Opcode.PING, b"x" * 126)], 1002),
+        ([masked(Opcode.PING, b"x", fin=False)], 1002),
+        ([masked(Opcode.CONTINUATION, b"x")], 1002),
+        ([masked(Opcode.TEXT, b"a", fin=False), masked(Opcode.TEXT, b"b")], 1002),
+        ([masked(Opcode.TEXT, b"\xff")], 1007),
+        ([masked(Opcode.BINARY, b"x" * 101)], 1009),
+        ([masked(Opcode.TEXT, b"x" * 60, fin=False), masked(Opcode.CONTINUATION, b"x" * 60)], 1009),
+    ],
+    ids=[
+        "unmasked",
+        "rsv1-no-extension",
+        "rsv2",
+        "data-opcode-3",
+        "control-opcode-b",
+        "long-ping",
+        "fragmented-ping",
+        "orphan-continuation",
+        "interleaved-messages",
+        "bad-utf8",
+        "frame-too-big",
+        "message-too-big",
+    ],
+)
+def test_violations_end_the_stream_with_their_close_code(frames: list[bytes], code: int) -> None:
+    reader = FrameReader(100)
+    events = reader.feed(masked(Opcode.TEXT, b"before") + b"".join(frames))
+    assert events[0] == (Opcode.TEXT, "before")
+    opcode, error = events[-1]
+    assert opcode is None and isinstance(error, ProtocolError)
+    assert error.code == code
+    assert reader.feed(masked(Opcode.TEXT, b"after")) == []  # nothing more is accepted
+
+
+def test_invalid_utf8_fails_at_its_fragment_not_at_the_end() -> None:
+    reader = FrameReader(1000)
+    assert reader.feed(masked(Opcode.TEXT, b"caf", fin=False)) == []
+    # A sequence split across fragments is fine...
+    assert reader.feed(masked(Opcode.CONTINUATION, b"\xc3", fin=False)) == []
+    assert reader.feed(masked(Opcode.CONTINUATION, b"\xa9", fin=False)) == []
+    # ...an impossible byte fails at once, before the message's last fragment.
+    [(opcode, error)] = reader.feed(masked(Opcode.CONTINUATION, b"\xff", fin=False))
+    assert opcode is None and error.code == 1007
+
+
+def test_oversized_frame_is_refused_from_its_header_alone() -> None:
+    reader = FrameReader(1000)
+    header = struct.pack("!BBQ", 0x82, 0x80 | 127, 1 << 40)
+    [(opcode, error)] = reader.feed(header)
+    assert opcode is None and error.code == 1009
+
+
+# -- permessage-deflate ---------------------------------------------------------------------
+
+
+def test_compressed_fragmented_message_with_a_ping_between() -> None:
+    params, _ = negotiate_deflate("permessage-deflate") or ({}, "")
+    reader = FrameReader(100_000, PerMessageDeflate(params))
+    body = deflated(b"squeeze me " * 1000)
+    data = (
+        masked(Opcode.TEXT, body[:10], fin=False, rsv=0x40)
+        + masked(Opcode.PING, b"")
+        + masked(Opcode.CONTINUATION, body[10:])
+    )
+    assert reader.feed(data) == [(Opcode.PING, b""), (Opcode.TEXT, "squeeze me " * 1000)]
+
+
+def test_context_takeover_across_messages_and_round_trip() -> None:
+    compressor = zlib.compressobj(wbits=-15)
+    reader = FrameReader(1000, PerMessageDeflate({}))
+    for _ in range(3):
+        frame = masked(Opcode.BINARY, deflated(b"same again", compressor), rsv=0x40)
+        assert reader.feed(frame) == [(Opcode.BINARY, b"same again")]
+    server = PerMessageDeflate({})
+    inflater = zlib.decompressobj(wbits=-15)
+    for _ in range(3):
+        assert inflater.decompress(server.compress(b"reply") + b"\x00\x00\xff\xff") == b"reply"
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [(b"\xff\xff\xff\xff", 1007), (deflated(b"\x00" * 100_000), 1009)],
+    ids=["not-deflate", "bomb"],
+)
+def test_bad_or_huge_deflate_data(payload: bytes, code: int) -> None:
+    reader = FrameReader(1000, PerMessageDeflate({}))
+    [(opcode, error)] = reader.feed(masked(Opcode.BINARY, payload, rsv=0x40))
+    assert opcode is None and error.code == code
+
+
+@pytest.mark.parametrize(
+    ("offer", "answer"),
+    [
+        ("permessage-deflate", "permessage-deflate"),
+        ("permessage-deflate; client_max_window_bits", "permessage-deflate"),
+        (
+            "permessage-deflate; server_no_context_takeover; client_max_window_bits=10",
+            "permessage-deflate; server_no_context_takeover; client_max_window_bits=10",
+        ),
+        ("permessage-deflate; client_max_window_bits=7", None),
+        ("permessage-deflate; client_max_window_bits=abc", None),
+        ("permessage-deflate; server_max_window_bits=8", None),
+        ("permessage-deflate; server_max_window_bits", None),
+        ("permessage-deflate; unknown=1", None),
+        ("permessage-deflate; server_no_context_takeover=1", None),
+        ("permessage-deflate; server_no_context_takeover; server_no_context_takeover", None),
+        (
+            "permessage-deflate; client_max_window_bits=99, permessage-deflate",
+            "permessage-deflate",
+        ),
+        ("x-webkit-deflate-frame", None),
+    ],
+)
+def test_deflate_negotiation(offer: str, answer: str | None) -> None:
+    negotiated = negotiate_deflate(offer)
+    assert (negotiated[1] if negotiated else None) == answer
+
+
+def test_server_frames_are_unmasked_with_the_right_length_encoding() -> None:
+    assert encode_frame(Opcode.TEXT, b"hi") == b"\x81\x02hi"
+    assert encode_frame(Opcode.BINARY, b"x" * 200)[:4] == b"\x82\x7e\x00\xc8"
+    assert encode_frame(Opcode.BINARY, b"x" * 70000)[:2] == b"\x82\x7f"

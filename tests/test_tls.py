@@ -1,0 +1,163 @@
+"""wss:// served directly: certificates made by the test, a real TLS client, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from tests.helpers import make_server
+from tornado_echo.config import Config, build_config
+from tornado_echo.errors import ConfigError
+from tornado_echo.server import Server
+from tornado_echo.tls import server_context
+
+
+def make_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    """A fresh self-signed certificate for 127.0.0.1 and its key (openssl command line)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    command = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2"
+    subprocess.run(
+        [
+            *command.split(),
+            *("-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def client_context(cert: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cert))
+
+
+async def echo_over_tls(port: int, trusted: Path) -> tuple[str, bytes | None]:
+    """One echo over wss://; returns the TLS version and the server's certificate (DER)."""
+    request = HTTPRequest(f"wss://127.0.0.1:{port}/ws", ssl_options=client_context(trusted))
+    client = await websocket_connect(request)
+    try:
+        await client.write_message("over tls")
+        assert await client.read_message() == "over tls"
+        tls_socket = client.protocol.stream.socket  # type: ignore[union-attr]
+        assert isinstance(tls_socket, ssl.SSLSocket)
+        return str(tls_socket.version()), tls_socket.getpeercert(binary_form=True)
+    finally:
+        client.close()
+
+
+def der(cert: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(cert.read_text())
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_wss_echo_and_certificate_reload_on_sighup(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first_cert, first_key = make_pair(tmp_path / "first", "first")
+    live_cert, live_key = tmp_path / "live.pem", tmp_path / "live.key"
+    live_cert.write_bytes(first_cert.read_bytes())
+    live_key.write_bytes(first_key.read_bytes())
+    conf = tmp_path / "echo.toml"
+    conf.write_text(
+        f'database_url = "{sqlite_url}"\nstate_dir = "{tmp_path}"\nport = 0\n'
+        f'tls_cert = "{live_cert}"\ntls_key = "{live_key}"\n'
+    )
+    server = Server(
+        build_config(str(conf), {})[0], reload_config=lambda: build_config(str(conf), {})[0]
+    )
+    await server.start()
+    try:
+        version, served = await echo_over_tls(server.port, first_cert)
+        assert version in ("TLSv1.2", "TLSv1.3") and served == der(first_cert)
+        # Plain HTTP on the TLS port is no request.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        try:
+            assert b"200" not in await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:
+            pass
+        writer.close()
+
+        second_cert, second_key = make_pair(tmp_path / "second", "second")
+        live_cert.write_bytes(second_cert.read_bytes())
+        live_key.write_bytes(second_key.read_bytes())
+        assert await server.reload() is True
+        assert (await echo_over_tls(server.port, second_cert))[1] == der(second_cert)
+
+        # A mismatched pair is refused and the running certificate kept.
+        live_key.write_bytes(first_key.read_bytes())
+        assert await server.reload() is False
+        assert (
+            "key 'tls_key':" in caplog.text and "is not the key of the certificate" in caplog.text
+        )
+        assert (await echo_over_tls(server.port, second_cert))[1] == der(second_cert)
+    finally:
+        await server.shutdown()
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_the_context_requires_tls_1_2(tmp_path: Path) -> None:
+    cert, key = make_pair(tmp_path, "a")
+    context = server_context(Config(tls_cert=str(cert), tls_key=str(key)))
+    assert context is not None and context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_bad_files_are_config_errors_naming_the_key(tmp_path: Path) -> None:
+    cert, key = make_pair(tmp_path / "a", "a")
+    other_cert, other_key = make_pair(tmp_path / "b", "b")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    cases = [
+        ({"tls_cert": str(cert)}, "key 'tls_key': must be set too"),
+        (
+            {"tls_cert": str(tmp_path / "none.pem"), "tls_key": str(key)},
+            "key 'tls_cert': cannot read",
+        ),
+        ({"tls_cert": str(cert), "tls_key": str(tmp_path)}, "key 'tls_key': cannot read"),
+        ({"tls_cert": str(cert), "tls_key": str(other_key)}, "key 'tls_key': "),
+        ({"tls_cert": str(garbage), "tls_key": str(key)}, "key 'tls_cert': "),
+        ({"tls_cert": str(cert), "tls_key": str(garbage)}, "key 'tls_key': "),
+    ]
+    for settings, expected in cases:
+        with pytest.raises(ConfigError) as raised:
+            server_context(Config(**settings))
+        assert str(raised.value).startswith(expected), (settings, str(raised.value))
+        assert "\n" not in str(raised.value)
+    assert server_context(Config(tls_cert=str(other_cert), tls_key=str(other_key))) is not None
+
+
+def test_unreadable_tls_files_exit_2_at_start(tmp_path: Path) -> None:
+    conf = tmp_path / "echo.toml"
+    conf.write_text(f'tls_cert = "{tmp_path}/none.pem"\ntls_key = "{tmp_path}/none.key"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "tornado_echo", "--config", str(conf), "--check-config"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"tornado-echo: config error: key 'tls_cert': cannot read '{tmp_path}/none.pem':"
+        " No such file or directory\n"
+    )
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_plain_server_has_no_tls(tmp_path: Path, sqlite_url: str) -> None:
+    server = make_server(tmp_path, sqlite_url)
+    await server.start()
+    try:
+        assert server.http is not None and server.http.ssl_options is None
+    finally:
+        await server.shutdown()

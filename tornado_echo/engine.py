@@ -1,0 +1,485 @@
+"""The fast engine: a WebSocket connection carried by an asyncio Protocol after the upgrade.
+
+Tornado answers the HTTP request and the upgrade; then :class:`FastProtocol` takes the
+socket out of Tornado's IOStream (with any bytes already read past the request) and runs it
+as an asyncio Protocol on the running loop (uvloop's transports when it is the loop). Each
+read is parsed whole by :class:`~tornado_echo.rfc6455.FrameReader`, every complete message
+is dispatched, and everything written while dispatching goes out as one transport write.
+The loop serves each connection once per readiness event, so a busy connection cannot
+starve the others.
+
+To the handler it is a ``tornado.websocket.WebSocketProtocol``: ``open``, ``on_message``
+(which may return an awaitable: the next message waits for it), ``on_ping``, ``on_pong``,
+``on_close`` with ``close_code``/``close_reason``, and ``write_message``, ``ping``,
+``close``, ``set_nodelay``, ``selected_subprotocol`` keep their Tornado meaning.
+
+A connection over TLS that this process terminates (``tls_cert``) stays on Tornado's own
+protocol: its TLS session lives in Tornado's SSLIOStream. Terminating TLS in a proxy keeps
+the fast path.
+
+Backpressure uses the transport's own flow control: while the peer reads slower than it is
+sent to and the transport's buffer is above its high-water mark, this connection is not
+read (:class:`FlowControl`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+from collections.abc import Awaitable
+from typing import Any, cast
+
+import tornado.escape
+from tornado.iostream import SSLIOStream
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
+
+from .rfc6455 import (
+    CloseCode,
+    FrameReader,
+    Opcode,
+    PerMessageDeflate,
+    ProtocolError,
+    accept_value,
+    close_payload,
+    frame_header,
+    negotiate_deflate,
+    parse_close_payload,
+)
+from .tornado_compat import detach_stream, release_response_headers, unread_bytes
+
+logger = logging.getLogger(__name__)
+
+# Transport buffer above which the peer is not read until it drains to the low mark.
+WRITE_HIGH_WATER = 1024 * 1024
+WRITE_LOW_WATER = WRITE_HIGH_WATER // 4
+# How long a closing handshake may take before the connection is dropped.
+CLOSE_TIMEOUT = 5.0
+
+
+class FlowControl:
+    """Whether a transport may be read: paused while any reason to pause holds.
+
+    Reasons: the peer is not reading what we send ("writing"), or the handler is still busy
+    with the previous message ("handler").
+    """
+
+    __slots__ = ("_reasons", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._reasons: set[str] = set()
+
+    def paused_for(self, reason: str) -> bool:
+        return reason in self._reasons
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons:
+            self._transport.pause_reading()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._reasons:
+            self._reasons.discard(reason)
+            if not self._reasons and not self._transport.is_closing():
+                self._transport.resume_reading()
+
+
+class FastProtocol(WebSocketProtocol, asyncio.Protocol):
+    """One upgraded connection. Built by the handler; :meth:`accept_connection` starts it."""
+
+    def __init__(
+        self,
+        handler: WebSocketHandler,
+        max_message_size: int,
+        ping_interval: float,
+        ping_timeout: float,
+        compression_options: dict[str, Any] | None,
+    ) -> None:
+        WebSocketProtocol.__init__(self, handler)
+        self.max_message_size = max_message_size
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self._compression_options = compression_options
+        self.deflate: PerMessageDeflate | None = None
+        self._selected_subprotocol: str | None = None
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
+        self.reader: FrameReader | None = None
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.close_frame_received = False
+        self.connection_error: BaseException | None = None
+        self._out: list[bytes] | None = None  # frames written while dispatching a read
+        # Events waiting while the handler is busy (opening, or awaiting on_message).
+        self._busy = True
+        self._pending: list[tuple[Any, Any]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._awaiting_pong = False
+        self._lost = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+
+    # -- the upgrade -----------------------------------------------------------------------
+
+    @property
+    def selected_subprotocol(self) -> str | None:
+        return self._selected_subprotocol
+
+    @property
+    def compression_negotiated(self) -> bool:
+        return self.deflate is not None
+
+    async def accept_connection(self, handler: WebSocketHandler) -> None:
+        """Answer 101, move the socket onto an asyncio transport, run ``open``; returns then.
+
+        The connection lives on in the transport; ``on_close`` tells when it ends.
+        """
+        headers = handler.request.headers
+        key = headers.get("Sec-WebSocket-Key")
+        if not key or not headers.get("Host"):
+            handler.set_status(400)
+            handler.finish("Missing/Invalid WebSocket headers")
+            return
+        offered = headers.get("Sec-WebSocket-Protocol")
+        subprotocols = [s.strip() for s in offered.split(",")] if offered else []
+        self._selected_subprotocol = handler.select_subprotocol(subprotocols)
+        if self._selected_subprotocol:
+            assert self._selected_subprotocol in subprotocols
+            handler.set_header("Sec-WebSocket-Protocol", self._selected_subprotocol)
+        extensions = headers.get("Sec-WebSocket-Extensions")
+        if extensions and self._compression_options is not None:
+            negotiated = negotiate_deflate(extensions)
+            if negotiated is not None:
+                params, answer = negotiated
+                options = self._compression_options
+                self.deflate = PerMessageDeflate(
+                    params,
+                    level=options.get("compression_level", 6),
+                    mem_level=options.get("mem_level", 8),
+                )
+                handler.set_header("Sec-WebSocket-Extensions", answer)
+        handler.clear_header("Content-Type")
+        handler.set_status(101)
+        handler.set_header("Upgrade", "websocket")
+        handler.set_header("Connection", "Upgrade")
+        handler.set_header("Sec-WebSocket-Accept", accept_value(key))
+        handler.finish()
+        stream = detach_stream(handler)
+        if stream.writing():
+            await stream.write(b"")  # the 101 answer is out before the socket moves
+        leftover = unread_bytes(stream)
+        # The same socket moves to the transport: Tornado forgets its descriptor (and the
+        # stream, never closed, is dropped). A dup()ed descriptor would leave epoll
+        # watching the old number, which the next accepted connection then reuses.
+        sock = stream.socket
+        assert sock is not None
+        stream.io_loop.remove_handler(sock)
+        _release_http_state(handler)
+        self.reader = FrameReader(self.max_message_size, self.deflate)
+        if leftover:
+            self._pending = self.reader.feed(leftover)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: self, sock)
+        except OSError as exc:
+            self.connection_error = exc
+            self._lost = True
+            self.handler.on_ws_connection_close(None, None)
+            return
+        try:
+            opened = handler.open(*handler.open_args, **handler.open_kwargs)
+            if opened is not None:
+                await opened
+        except Exception:  # noqa: BLE001 - the application's open(): Tornado logs and aborts
+            handler.log_exception(*sys.exc_info())
+            self._abort()
+            return
+        if self._lost:
+            return
+        self._schedule_ping()
+        self._handler_ready()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports have the Transport methods without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        self.stream = None  # Tornado's stream is closed; the transport carries the connection
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        self.flow = FlowControl(transport)
+        self.flow.pause("handler")  # until open() has returned
+
+    def data_received(self, data: bytes) -> None:
+        assert self.reader is not None
+        events = self.reader.feed(data)
+        if self._busy:
+            self._pending.extend(events)
+        else:
+            self._dispatch(events)
+
+    def eof_received(self) -> bool:
+        return False  # half-closed by the peer: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self.connection_error = exc
+        self.client_terminated = self.server_terminated = True
+        self._cancel_timer()
+        self._pending = []
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters = []
+        self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+
+    def pause_writing(self) -> None:
+        assert self.flow is not None
+        self.flow.pause("writing")
+
+    def resume_writing(self) -> None:
+        assert self.flow is not None
+        self.flow.resume("writing")
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self, events: list[tuple[Any, Any]]) -> None:
+        """Hand ``events`` to the handler in order; all frames written meanwhile go as one."""
+        out: list[bytes] = []
+        self._out = out
+        try:
+            for index, (opcode, payload) in enumerate(events):
+                if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                    if self.client_terminated or self.server_terminated:
+                        continue
+                    waiting = self._run_callback(self.handler.on_message, payload)
+                    if waiting is not None:
+                        self._wait_for_handler(waiting, events[index + 1 :])
+                        return
+                elif opcode is None:
+                    self._fail(payload.code, payload.reason)
+                    return
+                else:
+                    self._control(opcode, payload)
+        finally:
+            self._out = None
+            if out and self.transport is not None and not self._lost:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _wait_for_handler(self, waiting: Awaitable[Any], rest: list[tuple[Any, Any]]) -> None:
+        assert self.flow is not None
+        self._busy = True
+        self._pending = rest
+        self.flow.pause("handler")
+        asyncio.ensure_future(waiting).add_done_callback(lambda _: self._handler_ready())
+
+    def _handler_ready(self) -> None:
+        """The handler can take messages again: hand it what queued up, then read on."""
+        if self._lost:
+            return
+        self._busy = False
+        pending, self._pending = self._pending, []
+        if pending:
+            self._dispatch(pending)
+        if not self._busy and self.flow is not None:
+            self.flow.resume("handler")
+
+    def _control(self, opcode: Opcode, payload: bytes) -> None:
+        if opcode is Opcode.PING:
+            if not self.server_terminated:
+                self._send(Opcode.PONG, payload)
+            self._run_callback(self.handler.on_ping, payload)
+        elif opcode is Opcode.PONG:
+            self._awaiting_pong = False
+            self._run_callback(self.handler.on_pong, payload)
+        else:  # CLOSE
+            try:
+                code, reason = parse_close_payload(payload)
+            except ProtocolError as exc:
+                self._fail(exc.code, exc.reason)
+                return
+            self.client_terminated = True
+            self.close_frame_received = True
+            self.close_code, self.close_reason = code, reason or None
+            # Answer with the peer's code (section 5.5.1); then the server hangs up first.
+            self.close(code)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _send(self, opcode: int, payload: bytes, rsv1: bool = False) -> None:
+        frame = frame_header(opcode, len(payload), rsv1=rsv1) + payload
+        out = self._out
+        if out is not None:
+            out.append(frame)
+        elif self.transport is not None:
+            self.transport.write(frame)
+
+    def send_message(self, opcode: int, data: bytes) -> None:
+        """Send one whole message (the echo path); raises WebSocketClosedError when closing."""
+        if self.server_terminated or self._lost:
+            raise WebSocketClosedError()
+        if self.deflate is not None:
+            self._send(opcode, self.deflate.compress(data), rsv1=True)
+        else:
+            self._send(opcode, data)
+
+    def write_message(
+        self, message: str | bytes | dict[str, Any], binary: bool = False
+    ) -> asyncio.Future[None]:
+        """Tornado's ``write_message``: the Future resolves once the peer is not lagging."""
+        if isinstance(message, dict):
+            message = tornado.escape.json_encode(message)
+        data = message.encode("utf-8") if isinstance(message, str) else message
+        self.send_message(Opcode.BINARY if binary else Opcode.TEXT, data)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.flow is not None and self.flow.paused_for("writing"):
+            self._drain_waiters.append(future)
+        else:
+            future.set_result(None)
+        return future
+
+    def write_ping(self, data: bytes) -> None:
+        if self.server_terminated or self._lost:
+            raise WebSocketClosedError()
+        self._send(Opcode.PING, data[:125])
+
+    def set_nodelay(self, x: bool) -> None:
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if x else 0)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._lost or self.client_terminated or self.server_terminated
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Start (or finish) the closing handshake; hang up once both sides have closed."""
+        if self._lost:
+            return
+        if not self.server_terminated:
+            self.server_terminated = True
+            self._send(Opcode.CLOSE, close_payload(code, reason))
+        transport = self.transport
+        if transport is None:
+            return
+        if self.client_terminated:
+            self._cancel_timer()
+            if self._out is not None:
+                # Still dispatching: hang up right after this read's frames are written.
+                asyncio.get_running_loop().call_soon(transport.close)
+            else:
+                transport.close()
+        else:
+            self._cancel_timer()
+            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (section 7.1.7): a close frame with ``code``, then hang up."""
+        self.client_terminated = True
+        self.close_code, self.close_reason = code, reason
+        self.close(code, reason)
+
+    def _abort(self) -> None:
+        self.client_terminated = self.server_terminated = True
+        if self.transport is not None:
+            self.transport.abort()
+        elif not self._lost:
+            self.connection_lost(None)
+
+    def on_connection_close(self) -> None:
+        self._abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- keepalive -------------------------------------------------------------------------
+
+    def _schedule_ping(self) -> None:
+        if self.ping_interval > 0:
+            self._timer = asyncio.get_running_loop().call_later(self.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        if self.is_closing():
+            return
+        self._awaiting_pong = True
+        self._send(Opcode.PING, b"")
+        self._timer = asyncio.get_running_loop().call_later(self.ping_timeout, self._check_pong)
+
+    def _check_pong(self) -> None:
+        if self.is_closing():
+            return
+        if self._awaiting_pong:
+            # The peer does not answer: no point waiting for its close frame either. The
+            # frame still goes out (close flushes), and the timer drops a peer that
+            # does not even take that.
+            self._send(Opcode.CLOSE, close_payload(CloseCode.INTERNAL_ERROR, "ping timed out"))
+            self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "ping timed out"
+            self.client_terminated = self.server_terminated = True
+            assert self.transport is not None
+            self.transport.close()
+            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
+            return
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, self.ping_interval - self.ping_timeout), self._ping
+        )
+
+    # -- unused entry points of the abstract base (client side) ------------------------------
+
+    def _process_server_headers(self, key: str | bytes, headers: Any) -> None:
+        raise NotImplementedError("FastProtocol serves; it is not a client")
+
+    def start_pinging(self) -> None:
+        self._schedule_ping()
+
+    async def _receive_frame_loop(self) -> None:
+        raise NotImplementedError("FastProtocol reads through its transport")
+
+
+def _release_http_state(handler: WebSocketHandler) -> None:
+    """Drop what only the HTTP exchange needed, so an idle connection holds little.
+
+    The request keeps its method, URI, path, arguments, headers and remote_ip; its links to
+    Tornado's connection objects (which hold the old stream and its buffers) and its body
+    go, as does the response's header set, which is sent.
+    """
+    request = handler.request
+    request.connection = None
+    request.server_connection = None
+    request.body = b""
+    release_response_headers(handler)
+
+
+def carried_by_tls(handler: WebSocketHandler) -> bool:
+    """Whether the request came over TLS that this process terminates."""
+    return isinstance(getattr(handler.request.connection, "stream", None), SSLIOStream)
+
+
+class FastWebSocketHandler(WebSocketHandler):
+    """A ``WebSocketHandler`` whose connections run on :class:`FastProtocol`.
+
+    Subclass it exactly as Tornado's handler; the application settings
+    (``websocket_ping_interval``, ``websocket_ping_timeout``,
+    ``websocket_max_message_size``) and ``get_compression_options`` apply as documented.
+    """
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        if carried_by_tls(self):
+            # The TLS session lives in Tornado's SSLIOStream and cannot move to a
+            # transport: Tornado's own protocol carries it.
+            return super().get_websocket_protocol()
+        return FastProtocol(
+            self,
+            max_message_size=self.max_message_size,
+            ping_interval=self.ping_interval or 0.0,
+            ping_timeout=self.ping_timeout or 0.0,
+            compression_options=self.get_compression_options(),
+        )

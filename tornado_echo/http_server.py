@@ -1,0 +1,331 @@
+"""The HTTP listener: Tornado's HTTPServer with the limits a public port needs.
+
+* **Client address.** ``request.remote_ip`` is the socket peer, or, when that peer is one of
+  ``trusted_proxies`` and ``behind_proxy`` is on, the client it forwards for. The socket
+  peer stays available through :func:`socket_peer`, whatever the headers say. (Tornado's
+  own ``xheaders`` believes the headers from every peer, so it is not used.)
+* **No bodies.** No route takes a request body: a request announcing one gets 413 before
+  any of it is read.
+* **Bounded time.** Headers must arrive within ``http_timeout`` (Tornado closes the
+  connection otherwise; it also bounds a TLS handshake and the WebSocket handshake).
+* **Bounded count.** At most ``max_http_connections`` connections in the HTTP phase
+  (keep-alive, requests, handshakes in flight); more get 503 at once. Upgraded WebSockets
+  leave this count for ``max_connections``.
+* **Descriptors exhausted.** accept() failing with EMFILE/ENFILE pauses accepting for
+  ``ACCEPT_BACKOFF`` seconds, logged once per interval, instead of a busy loop.
+
+Only Tornado's public interfaces are overridden; the one thing read beyond them is the
+per-connection request context (``connection.context``: its address and ``remote_ip``),
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from http.client import responses
+from typing import TYPE_CHECKING, Any
+
+import tornado.httpserver
+from tornado import gen
+from tornado.http1connection import HTTP1Connection
+from tornado.httputil import (
+    HTTPConnection,
+    HTTPHeaders,
+    HTTPMessageDelegate,
+    HTTPServerConnectionDelegate,
+    HTTPServerRequest,
+    RequestStartLine,
+    ResponseStartLine,
+)
+from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+from tornado.netutil import ssl_wrap_socket
+
+from .throttle import LogThrottle
+
+if TYPE_CHECKING:
+    from .access import TrustedProxies
+
+logger = logging.getLogger(__name__)
+
+ACCEPT_BACKOFF = 0.5  # seconds without accept() after EMFILE/ENFILE
+ACCEPT_BATCH = 128  # connections accepted per readiness event, as Tornado does
+LINGER = 1.0  # seconds a refused client may go on sending before we close
+MAX_HEADER_SIZE = 16 * 1024
+# accept() failing with these means "no descriptor or memory right now", not a bad client.
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def socket_peer(request: HTTPServerRequest) -> str:
+    """The IP address at the other end of the request's socket ("" if none, e.g. a unix
+    socket or a request built without a connection)."""
+    context = getattr(request.connection, "context", None)
+    return _context_peer(context) if context is not None else ""
+
+
+def _context_peer(context: Any) -> str:
+    address = getattr(context, "address", None)
+    family = getattr(context, "address_family", None)
+    if family in (socket.AF_INET, socket.AF_INET6) and address:
+        return str(address[0])
+    return ""
+
+
+def has_body(headers: HTTPHeaders) -> bool:
+    """True when the request announces a body (any length but 0, or a transfer coding)."""
+    length = headers.get("Content-Length")
+    return "Transfer-Encoding" in headers or (length is not None and length.strip() != "0")
+
+
+def answer(status: int, reason: str) -> bytes:
+    """A complete HTTP/1.1 response with a JSON error body, closing the connection."""
+    body = json.dumps({"status": status, "error": reason}).encode()
+    head = (
+        f"HTTP/1.1 {status} {responses[status]}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class EchoHTTPServer(tornado.httpserver.HTTPServer):
+    """HTTPServer with the policies above; build it with :func:`make_http_server`.
+
+    It accepts connections itself (Tornado's accept loop spins on EMFILE) and counts the
+    connections it serves through the public delegate interface.
+    """
+
+    proxies: TrustedProxies | None = None
+    max_http_connections = 1000
+    open_http = 0  # connections handed to Tornado's HTTP/1 code and not yet closed/upgraded
+    on_refusal: Callable[[str], None] | None = None
+    throttle: LogThrottle
+    listeners: dict[int, tuple[socket.socket, Callable[[], None]]]
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        for sock in sockets:
+            remove = _accept_handler(sock, self._accepted, self.throttle)
+            self.listeners[sock.fileno()] = (sock, remove)
+
+    def stop(self) -> None:
+        for sock, remove in self.listeners.values():
+            remove()
+            sock.close()
+        self.listeners.clear()
+        super().stop()
+
+    def set_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Use ``context`` for connections accepted from now on (certificate reload)."""
+        self.ssl_options = context
+
+    def _accepted(self, connection: socket.socket, address: Any) -> None:
+        if self.ssl_options is None:
+            stream = IOStream(
+                connection,
+                max_buffer_size=self.max_buffer_size,
+                read_chunk_size=self.read_chunk_size,
+            )
+        else:
+            try:
+                connection = ssl_wrap_socket(
+                    connection, self.ssl_options, server_side=True, do_handshake_on_connect=False
+                )
+            except OSError as exc:  # ssl.SSLError too: a client gone before the handshake
+                logger.debug("TLS wrap failed for %s: %s", address, exc)
+                connection.close()
+                return
+            stream = SSLIOStream(
+                connection,
+                max_buffer_size=self.max_buffer_size,
+                read_chunk_size=self.read_chunk_size,
+            )
+        self.handle_stream(stream, address)
+
+    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
+        if self.open_http >= self.max_http_connections:
+            peer = str(address[0]) if address else "?"
+            self.refuse(stream, 503, "connection_limit_http", "too many open HTTP connections")
+            self.throttle.log(
+                "http_connection_limit",
+                logging.WARNING,
+                "refused a connection from %s: %d HTTP connections open (max_http_connections)",
+                peer,
+                self.open_http,
+            )
+            return
+        self.open_http += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: object) -> None:
+        # Called once per connection served, when it closes or is upgraded (detached).
+        self.open_http -= 1
+        super().on_close(server_conn)
+
+    def start_request(
+        self, server_conn: object, request_conn: HTTPConnection
+    ) -> HTTPMessageDelegate:
+        return _Guard(self, super().start_request(server_conn, request_conn), request_conn)
+
+    def refuse(self, stream: IOStream, status: int, label: str, reason: str) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(label)
+        _spawn(_answer_and_close(stream, answer(status, reason)))
+
+
+class _Guard(HTTPMessageDelegate):
+    """Sets the client address and refuses bodies before the application sees a request."""
+
+    def __init__(
+        self, server: EchoHTTPServer, delegate: HTTPMessageDelegate, connection: HTTPConnection
+    ) -> None:
+        self.server = server
+        self.delegate = delegate
+        self.connection = connection
+
+    def headers_received(
+        self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
+    ) -> Awaitable[None] | None:
+        assert isinstance(self.connection, HTTP1Connection)
+        context: Any = self.connection.context
+        peer = _context_peer(context)
+        proxies = self.server.proxies
+        if peer:
+            # Set per request: a keep-alive connection from a proxy carries many clients.
+            context.remote_ip = peer if proxies is None else proxies.client_address(peer, headers)
+        if has_body(headers):
+            self.server.throttle.log(
+                "request_body",
+                logging.INFO,
+                "refused a request with a body from %s: %s",
+                context.remote_ip,
+                getattr(start_line, "path", "?"),
+            )
+            self.server.refuse(
+                self.connection.detach(),
+                413,
+                "request_body",
+                "request bodies are not accepted (no route takes one)",
+            )
+            return None
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self.delegate.on_connection_close()
+
+
+_tasks: set[asyncio.Future[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def _answer_and_close(stream: IOStream, response: bytes) -> None:
+    """Send ``response``, then close without a reset losing it.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    response before the client reads it; so half-close and discard what the client still
+    sends, for at most LINGER seconds.
+    """
+    try:
+        await stream.write(response)
+        if stream.socket is not None:
+            stream.socket.shutdown(socket.SHUT_WR)
+        deadline = IOLoop.current().time() + LINGER
+        while True:
+            await gen.with_timeout(
+                deadline,
+                stream.read_bytes(65536, partial=True),
+                quiet_exceptions=StreamClosedError,
+            )
+    except (StreamClosedError, OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        stream.close()
+
+
+def _accept_handler(
+    sock: socket.socket, callback: Callable[[socket.socket, Any], None], throttle: LogThrottle
+) -> Callable[[], None]:
+    """Like tornado.netutil.add_accept_handler, but pauses on resource errors instead of
+    spinning; returns the function that removes it."""
+    io_loop = IOLoop.current()
+    state: dict[str, Any] = {"removed": False, "resume": None}
+
+    def accept(_fd: Any, _events: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if state["removed"]:
+                return
+            try:
+                connection, address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                pause = exc.errno in RESOURCE_ERRORS
+                throttle.log(
+                    f"accept_{exc.errno}",
+                    logging.ERROR,
+                    "accept() failed: %s%s",
+                    exc.strerror or exc,
+                    f"; not accepting for {ACCEPT_BACKOFF} s" if pause else "",
+                )
+                if pause:
+                    io_loop.remove_handler(sock)
+                    state["resume"] = io_loop.call_later(ACCEPT_BACKOFF, resume)
+                return
+            callback(connection, address)
+
+    def resume() -> None:
+        state["resume"] = None
+        if not state["removed"]:
+            io_loop.add_handler(sock, accept, IOLoop.READ)
+
+    def remove() -> None:
+        if state["resume"] is not None:
+            io_loop.remove_timeout(state["resume"])
+        else:
+            io_loop.remove_handler(sock)
+        state["removed"] = True
+
+    io_loop.add_handler(sock, accept, IOLoop.READ)
+    return remove
+
+
+def make_http_server(
+    app: HTTPServerConnectionDelegate,
+    *,
+    timeout: float,
+    max_http_connections: int,
+    proxies: TrustedProxies | None,
+    ssl_context: ssl.SSLContext | None = None,
+    on_refusal: Callable[[str], None] | None = None,
+) -> EchoHTTPServer:
+    server = EchoHTTPServer(
+        app,
+        ssl_options=ssl_context,
+        idle_connection_timeout=timeout,
+        body_timeout=timeout,
+        max_body_size=0,
+        max_header_size=MAX_HEADER_SIZE,
+    )
+    server.proxies = proxies
+    server.max_http_connections = max_http_connections
+    server.on_refusal = on_refusal
+    server.throttle = LogThrottle(logger)
+    server.listeners = {}
+    return server

@@ -1,0 +1,444 @@
+"""RFC 6455 (WebSocket) and RFC 7692 (permessage-deflate) facts and pure logic, no I/O.
+
+The one place for opcodes, close codes and the rules about them, shared by the server's
+engines and the load tester. :class:`FrameReader` turns the bytes a client sends into
+complete messages and control frames; :func:`encode_frame` builds the frames a server
+sends; :class:`PerMessageDeflate` compresses and inflates messages; :func:`negotiate_deflate`
+answers a client's extension offer. Everything here is testable without sockets.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import enum
+import hashlib
+import importlib
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any, cast
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_CONTROL_PAYLOAD = 125
+# A close reason must fit in a control frame after the two-byte code.
+MAX_CLOSE_REASON = MAX_CONTROL_PAYLOAD - 2
+DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+
+class Opcode(enum.IntEnum):
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+DATA_OPCODES = frozenset({Opcode.CONTINUATION, Opcode.TEXT, Opcode.BINARY})
+CONTROL_OPCODES = frozenset({Opcode.CLOSE, Opcode.PING, Opcode.PONG})
+
+
+class CloseCode(enum.IntEnum):
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS_RECEIVED = 1005  # reported locally, never sent
+    ABNORMAL_CLOSURE = 1006  # reported locally, never sent
+    INVALID_PAYLOAD = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+    TLS_HANDSHAKE = 1015  # reported locally, never sent
+
+
+# Codes that may appear in a close frame on the wire (section 7.4): 1004 is reserved and
+# 1005, 1006, 1015 only report what happened locally.
+SENDABLE_CLOSE_CODES = frozenset(
+    CloseCode(code) for code in CloseCode if code not in (1005, 1006, 1015)
+)
+
+
+def is_sendable_close_code(code: int) -> bool:
+    """Whether ``code`` may appear in a close frame on the wire (RFC 6455 section 7.4)."""
+    return 3000 <= code <= 4999 or code in SENDABLE_CLOSE_CODES
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; ``code`` is the close code to fail the connection with."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def parse_close_payload(payload: bytes) -> tuple[int | None, str]:
+    """(code, reason) of a received close frame; (None, "") when it carries no code.
+
+    Raises :class:`ProtocolError` for a one-byte body, a code that may not be sent (1002)
+    or a reason that is not UTF-8 (1007).
+    """
+    if not payload:
+        return None, ""
+    if len(payload) == 1:
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "close frame payload of one byte")
+    (code,) = struct.unpack("!H", payload[:2])
+    if not is_sendable_close_code(code):
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(CloseCode.INVALID_PAYLOAD, "close reason is not valid UTF-8") from None
+    return code, reason
+
+
+def close_payload(code: int | None, reason: str | None) -> bytes:
+    """The body of a close frame; a reason alone means 1000, a long one is cut at a character."""
+    if code is None:
+        if reason is None:
+            return b""
+        code = CloseCode.NORMAL_CLOSURE
+    data = (reason or "").encode("utf-8")
+    if len(data) > MAX_CLOSE_REASON:
+        data = data[:MAX_CLOSE_REASON].decode("utf-8", "ignore").encode("utf-8")
+    return struct.pack("!H", code) + data
+
+
+def accept_value(key: str) -> str:
+    """The Sec-WebSocket-Accept that answers ``key`` (section 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode("latin-1") + GUID).digest()).decode()
+
+
+# -- masking --------------------------------------------------------------------------------
+
+
+def _load_c_mask() -> Callable[[bytes, bytes], bytes] | None:
+    # websockets ships a C helper; the pure fallback keeps this module importable without it.
+    try:
+        module = importlib.import_module("websockets.speedups")
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    return cast(Callable[[bytes, bytes], bytes], module.apply_mask)
+
+
+def _py_apply_mask(data: bytes, mask: bytes) -> bytes:
+    n = len(data)
+    if n == 0:
+        return b""
+    key = int.from_bytes(mask * (n // 4 + 1), "little") & ((1 << (8 * n)) - 1)
+    return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
+
+
+apply_mask: Callable[[bytes, bytes], bytes] = _load_c_mask() or _py_apply_mask
+"""XOR ``data`` with the 4-byte ``mask`` repeated (masking is its own inverse)."""
+
+
+# -- frames a server sends ------------------------------------------------------------------
+
+_pack_16 = struct.Struct("!BBH").pack
+_pack_64 = struct.Struct("!BBQ").pack
+
+
+def frame_header(opcode: int, length: int, *, fin: bool = True, rsv1: bool = False) -> bytes:
+    """The header of an unmasked (server-to-client) frame carrying ``length`` bytes."""
+    b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
+    if length < 126:
+        return bytes((b0, length))
+    if length < 65536:
+        return _pack_16(b0, 126, length)
+    return _pack_64(b0, 127, length)
+
+
+def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
+    """One unmasked frame (what a server sends)."""
+    return frame_header(opcode, len(payload), fin=fin, rsv1=rsv1) + payload
+
+
+# -- permessage-deflate (RFC 7692) ----------------------------------------------------------
+
+_WINDOW_PARAMS = ("server_max_window_bits", "client_max_window_bits")
+_FLAG_PARAMS = ("server_no_context_takeover", "client_no_context_takeover")
+
+
+def parse_extensions(header: str) -> list[tuple[str, dict[str, str | None]]]:
+    """``Sec-WebSocket-Extensions`` as [(name, {param: value or None})]; lenient on spaces."""
+    offers = []
+    for item in header.split(","):
+        name, *raw_params = (part.strip() for part in item.split(";"))
+        if not name:
+            continue
+        params: dict[str, str | None] = {}
+        for raw in raw_params:
+            key, sep, value = raw.partition("=")
+            key = key.strip()
+            if key in params:
+                params["\0duplicate"] = key  # makes the offer unacceptable, see below
+            params[key] = value.strip().strip('"') if sep else None
+        offers.append((name.lower(), params))
+    return offers
+
+
+def negotiate_deflate(header: str) -> tuple[dict[str, str | None], str] | None:
+    """Accept the first valid permessage-deflate offer: (agreed params, response header).
+
+    An offer with an unknown or repeated parameter, or a window size outside 9..15, is
+    declined (RFC 7692 section 5): the next offer is tried, and with none left the
+    connection simply goes on uncompressed. A server window of 8 bits is declined too:
+    zlib cannot produce raw deflate in a 256-byte window.
+    """
+    for name, params in parse_extensions(header):
+        if name != "permessage-deflate":
+            continue
+        agreed = _deflate_params(params)
+        if agreed is None:
+            continue
+        parts = ["permessage-deflate"]
+        for key, value in agreed.items():
+            parts.append(key if value is None else f"{key}={value}")
+        return agreed, "; ".join(parts)
+    return None
+
+
+def _deflate_params(params: dict[str, str | None]) -> dict[str, str | None] | None:
+    agreed: dict[str, str | None] = {}
+    for key, value in params.items():
+        if key in _FLAG_PARAMS:
+            if value is not None:
+                return None
+            agreed[key] = None
+        elif key in _WINDOW_PARAMS:
+            if value is None:
+                if key == "server_max_window_bits":
+                    return None
+                continue  # client_max_window_bits alone: the client may use up to 15
+            if not (value.isdigit() and 9 <= int(value) <= 15):
+                return None
+            agreed[key] = str(int(value))
+        else:
+            return None
+    return agreed
+
+
+class PerMessageDeflate:
+    """A server's deflate state for one connection, from the agreed parameters.
+
+    ``inflate`` is fed one frame at a time, so a fragmented message is checked (size, and
+    UTF-8 by the caller) as its fragments arrive, not only when it is complete.
+    """
+
+    def __init__(self, params: dict[str, str | None], level: int = 6, mem_level: int = 8) -> None:
+        self._send_bits = int(params.get("server_max_window_bits") or 15)
+        self._send_reset = "server_no_context_takeover" in params
+        self._recv_bits = int(params.get("client_max_window_bits") or 15)
+        self._recv_reset = "client_no_context_takeover" in params
+        self._level = level
+        self._mem_level = mem_level
+        self._compressor: Any = None
+        self._decompressor: Any = None
+
+    def compress(self, data: bytes) -> bytes:
+        """The payload of one whole compressed message (RSV1 set on its first frame)."""
+        compressor = self._compressor
+        if compressor is None or self._send_reset:
+            compressor = self._compressor = zlib.compressobj(
+                self._level, zlib.DEFLATED, -self._send_bits, self._mem_level
+            )
+        out: bytes = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        return out[:-4] if out.endswith(DEFLATE_TAIL) else out
+
+    def inflate(self, data: bytes, limit: int, final: bool) -> bytes:
+        """Inflate one frame's payload of a compressed message, producing at most ``limit``.
+
+        Raises :class:`ProtocolError` 1009 past ``limit`` and 1007 on data that is not
+        deflate.
+        """
+        if self._decompressor is None:
+            self._decompressor = zlib.decompressobj(-self._recv_bits)
+        decompressor = self._decompressor
+        if final:
+            data += DEFLATE_TAIL
+        try:
+            out: bytes = decompressor.decompress(data, limit + 1)
+        except zlib.error as exc:
+            raise ProtocolError(CloseCode.INVALID_PAYLOAD, f"invalid deflate data: {exc}") from None
+        if len(out) > limit or decompressor.unconsumed_tail:
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big after decompression")
+        if final and self._recv_reset:
+            self._decompressor = None
+        return out
+
+
+# -- frames a client sends ------------------------------------------------------------------
+
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+_MESSAGE_OPCODES = (Opcode.TEXT, Opcode.BINARY)
+
+
+class FrameReader:
+    """Incremental parser of client-to-server frames (masked, as section 5.1 requires).
+
+    :meth:`feed` returns, in order, every complete event in the bytes so far:
+    ``(Opcode.TEXT, str)``, ``(Opcode.BINARY, bytes)`` for whole messages (reassembled,
+    inflated), ``(Opcode.PING | PONG | CLOSE, payload)`` for control frames. A violation
+    ends the list with ``(None, ProtocolError)``; after that the reader accepts nothing
+    more. Text is validated per fragment, so invalid UTF-8 fails as soon as it arrives;
+    ``max_size`` bounds a message's inflated size and no frame larger than it is buffered.
+    """
+
+    def __init__(self, max_size: int, deflate: PerMessageDeflate | None = None) -> None:
+        self.max_size = max_size
+        self.deflate = deflate
+        self._buf = bytearray()
+        self._need = 2  # bytes the buffer must hold before parsing is worth trying
+        self._failed = False
+        # The fragmented message in progress, if any.
+        self._msg_opcode = -1
+        self._msg_compressed = False
+        self._msg_parts: list[Any] = []  # bytes, or str pieces of a text
+        self._msg_size = 0
+        self._msg_text: Any = None  # incremental UTF-8 decoder of a fragmented text
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: a partial frame plus the fragments of an unfinished message."""
+        return len(self._buf) + self._msg_size
+
+    def feed(self, data: bytes) -> list[tuple[Any, Any]]:
+        if self._failed:
+            return []
+        buf = self._buf
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []
+            data = bytes(buf)
+            buf.clear()
+        events: list[tuple[Any, Any]] = []
+        try:
+            self._parse(data, events)
+        except ProtocolError as exc:
+            self._failed = True
+            self._buf.clear()
+            self._msg_parts = []
+            events.append((None, exc))
+        return events
+
+    def _parse(self, data: bytes, events: list[tuple[Any, Any]]) -> None:
+        pos = 0
+        end = len(data)
+        max_size = self.max_size
+        while True:
+            left = end - pos
+            if left < 2:
+                self._need = 2
+                break
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            start = pos + 2
+            if length == 126:
+                if left < 4:
+                    self._need = 4
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 4
+            elif length == 127:
+                if left < 10:
+                    self._need = 10
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                start = pos + 10
+            if not b1 & 0x80:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "client frame is not masked")
+            if length > max_size:
+                if b0 & 0x08:
+                    raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame too long")
+                raise ProtocolError(
+                    CloseCode.MESSAGE_TOO_BIG, f"frame of {length} bytes exceeds {max_size}"
+                )
+            stop = start + 4 + length
+            if stop > end:
+                self._need = stop - pos
+                break
+            payload = apply_mask(data[start + 4 : stop], data[start : start + 4])
+            pos = stop
+            if (b0 == 0x81 or b0 == 0x82) and self._msg_opcode < 0:
+                # The common case: a whole, unfragmented, uncompressed message.
+                if b0 == 0x81:
+                    try:
+                        events.append((Opcode.TEXT, payload.decode("utf-8")))
+                    except UnicodeDecodeError:
+                        raise ProtocolError(
+                            CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8"
+                        ) from None
+                else:
+                    events.append((Opcode.BINARY, payload))
+            else:
+                self._frame(b0, payload, events)
+        if pos < end:
+            self._buf += data[pos:] if pos else data
+
+    def _frame(self, b0: int, payload: bytes, events: list[tuple[Any, Any]]) -> None:
+        opcode = b0 & 0x0F
+        fin = bool(b0 & 0x80)
+        rsv1 = bool(b0 & 0x40)
+        if b0 & 0x30:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits RSV2/RSV3 set")
+        if opcode >= 8:
+            if opcode not in CONTROL_OPCODES:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            if rsv1 or not fin or len(payload) > MAX_CONTROL_PAYLOAD:
+                raise ProtocolError(
+                    CloseCode.PROTOCOL_ERROR, "control frame fragmented, compressed or too long"
+                )
+            events.append((Opcode(opcode), payload))
+            return
+        if opcode == Opcode.CONTINUATION:
+            if self._msg_opcode < 0:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation without a message")
+            if rsv1:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation frame")
+        elif opcode in _MESSAGE_OPCODES:
+            if self._msg_opcode >= 0:
+                raise ProtocolError(
+                    CloseCode.PROTOCOL_ERROR, "new message before the previous one finished"
+                )
+            if rsv1 and self.deflate is None:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 set without permessage-deflate")
+            self._msg_opcode = opcode
+            self._msg_compressed = rsv1
+            self._msg_text = _utf8_decoder() if opcode == Opcode.TEXT else None
+        else:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
+        if self._msg_compressed:
+            assert self.deflate is not None
+            payload = self.deflate.inflate(payload, self.max_size - self._msg_size, fin)
+        self._msg_size += len(payload)
+        if self._msg_size > self.max_size:
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message exceeds {self.max_size} bytes")
+        if self._msg_text is not None:
+            try:
+                self._msg_parts.append(self._msg_text.decode(payload, fin))
+            except UnicodeDecodeError:
+                raise ProtocolError(
+                    CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8"
+                ) from None
+        else:
+            self._msg_parts.append(payload)
+        if not fin:
+            return
+        parts = self._msg_parts
+        if self._msg_opcode == Opcode.TEXT:
+            events.append((Opcode.TEXT, parts[0] if len(parts) == 1 else "".join(parts)))
+        else:
+            events.append((Opcode.BINARY, parts[0] if len(parts) == 1 else b"".join(parts)))
+        self._msg_opcode = -1
+        self._msg_parts = []
+        self._msg_size = 0
+        self._msg_text = None

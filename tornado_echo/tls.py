@@ -1,0 +1,49 @@
+"""TLS for serving wss:// directly: the server context built from ``tls_cert`` / ``tls_key``.
+
+Built at start and again on every SIGHUP, so a renewed certificate is picked up by new
+connections without a restart; a pair that cannot be loaded is a :class:`ConfigError` naming
+the key, and on reload the running context is kept.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from .config import Config
+from .errors import ConfigError
+
+
+def server_context(config: Config) -> ssl.SSLContext | None:
+    """A TLS >= 1.2 server context for the configured pair, or None when TLS is off.
+
+    Reads files: call it off the IOLoop thread.
+    """
+    if not config.tls_cert and not config.tls_key:
+        return None
+    if not config.tls_cert or not config.tls_key:
+        missing = "tls_cert" if not config.tls_cert else "tls_key"
+        raise ConfigError(f"key '{missing}': must be set too: tls_cert and tls_key go together")
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(config, key)
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise ConfigError(f"key '{key}': cannot read {path!r}: {exc.strerror}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except ssl.SSLError as exc:
+        raise ConfigError(_load_error(config, exc)) from None
+    return context
+
+
+def _load_error(config: Config, exc: ssl.SSLError) -> str:
+    if exc.reason == "KEY_VALUES_MISMATCH":
+        return f"key 'tls_key': {config.tls_key!r} is not the key of the certificate in tls_cert"
+    try:
+        ssl.create_default_context(cafile=config.tls_cert)
+    except ssl.SSLError:
+        return f"key 'tls_cert': {config.tls_cert!r} holds no PEM certificate"
+    return f"key 'tls_key': {config.tls_key!r} holds no usable PEM private key ({exc.reason})"

@@ -1,0 +1,53 @@
+"""Every private Tornado name tornado-echo touches, in one place.
+
+A Tornado upgrade that renames one of these fails here, and ``tests/test_tornado_compat.py``
+names each of them, so it fails in CI rather than as a 500 on every upgrade in production.
+The supported range is ``setup.py``'s; CI runs the suite at its lowest versions too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tornado.httputil import HTTPHeaders
+from tornado.iostream import IOStream
+from tornado.web import RequestHandler
+from tornado.websocket import WebSocketHandler, _DecompressTooLargeError
+
+# The names below, for the test that checks they still exist.
+PRIVATE_NAMES = {
+    "tornado.web.RequestHandler._check_cross_origin": (RequestHandler, "_check_cross_origin"),
+    "tornado.websocket.WebSocketHandler._detach_stream": (WebSocketHandler, "_detach_stream"),
+    "tornado.iostream.IOStream._read_buffer": (IOStream, "_read_buffer"),
+    "tornado.iostream.IOStream._read_buffer_size": (IOStream, "_read_buffer_size"),
+    "tornado.iostream.IOStream._write_buffer": (IOStream, "_write_buffer"),
+    "tornado.web.RequestHandler._headers": (RequestHandler, "_headers"),
+}
+
+DecompressTooLargeError = _DecompressTooLargeError
+
+
+def cross_origin_problem(handler: RequestHandler, check: Callable[[str], bool]) -> str | None:
+    """Tornado's own cross-origin verdict (Sec-Fetch-Site, Origin vs Host, ``check``)."""
+    problem: str | None = handler._check_cross_origin(check)
+    return problem
+
+
+def detach_stream(handler: WebSocketHandler) -> IOStream:
+    """Take the connection's stream from Tornado's HTTP machinery after the 101 answer."""
+    return handler._detach_stream()
+
+
+def unread_bytes(stream: IOStream) -> bytes:
+    """Bytes the stream read past the HTTP request (frames a client sent right away)."""
+    return bytes(stream._read_buffer[: stream._read_buffer_size])
+
+
+def unsent_bytes(stream: IOStream) -> int:
+    """Bytes written to the stream that the kernel has not accepted yet."""
+    return len(stream._write_buffer)
+
+
+def release_response_headers(handler: RequestHandler) -> None:
+    """Forget the response headers of a handler whose response has been sent."""
+    handler._headers = HTTPHeaders()
