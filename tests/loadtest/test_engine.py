@@ -167,6 +167,16 @@ def test_server_close_codes(servers: Servers, code: int) -> None:
     assert summary["connections"]["dropped"] == 2
 
 
+@pytest.mark.parametrize("code", [1005, 1015, 999, 2999])
+def test_a_server_that_closes_with_a_code_that_may_not_be_sent_is_flagged(
+    servers: Servers, code: int
+) -> None:
+    stats, summary = run_load(servers.url(f"/close/{code}"), connections=2, messages=5)
+    assert stats.errors[f"close_invalid_{code}"] == 2
+    assert f"close_{code}" not in stats.errors
+    assert summary["connections"]["dropped"] == 2
+
+
 def test_abrupt_close_is_1006(servers: Servers) -> None:
     stats, summary = run_load(servers.url("/close/1006"), connections=2, messages=5)
     assert stats.errors["close_1006"] == 2

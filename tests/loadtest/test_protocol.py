@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from websockets.utils import accept_key
 
+from tornado_echo import rfc6455
 from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Target
 from tornado_echo.loadtest.errors import HandshakeError
 from tornado_echo.loadtest.framing import (
@@ -24,7 +25,6 @@ from tornado_echo.loadtest.framing import (
     OP_PONG,
     OP_TEXT,
     HandshakeRequest,
-    apply_mask,
 )
 from tornado_echo.loadtest.histogram import Histogram
 from tornado_echo.loadtest.protocol import EchoConnection
@@ -90,7 +90,7 @@ class Peer:
         elif length == 127:
             length = int.from_bytes(await self.reader.readexactly(8), "big")
         mask = await self.reader.readexactly(4)
-        return b0 & 0x0F, apply_mask(await self.reader.readexactly(length), mask)
+        return b0 & 0x0F, rfc6455.apply_mask(await self.reader.readexactly(length), mask)
 
     def send(self, opcode: int, payload: bytes) -> None:
         assert len(payload) < 126
@@ -159,6 +159,30 @@ def test_a_server_close_is_a_drop_counted_by_code_and_answered(code: int) -> Non
         await owner.closed.wait()
         assert owner.errors == {f"close_{code}": 1} and owner.dropped == 1
         assert live.lost == 1  # the message in flight never came back
+
+    run(script)
+
+
+@pytest.mark.parametrize(
+    ("body", "category", "answer"),
+    [
+        ((1005).to_bytes(2, "big"), "close_invalid_1005", 1002),  # may not be sent
+        ((1006).to_bytes(2, "big"), "close_invalid_1006", 1002),
+        ((999).to_bytes(2, "big"), "close_invalid_999", 1002),
+        (b"\x03", "close_invalid", 1002),  # a one-byte body
+        ((1000).to_bytes(2, "big") + b"\xff", "close_invalid", 1007),  # reason not UTF-8
+        (b"", "close_1005", 1000),  # no code at all is allowed: reported as 1005
+    ],
+)
+def test_a_close_frame_against_the_rules_is_flagged(
+    body: bytes, category: str, answer: int
+) -> None:
+    async def script(conn: EchoConnection, peer: Peer, owner: Owner, live: LiveCounters) -> None:
+        await opened(conn, peer)
+        peer.send(OP_CLOSE, body)
+        assert await peer.frame() == (OP_CLOSE, answer.to_bytes(2, "big"))
+        await owner.closed.wait()
+        assert owner.errors == {category: 1} and owner.dropped == 1
 
     run(script)
 

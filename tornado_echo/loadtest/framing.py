@@ -11,12 +11,10 @@ per-message frame path is this module's own, for speed. The socket-facing
 
 from __future__ import annotations
 
-import importlib
 import random
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
@@ -26,53 +24,29 @@ from websockets.extensions.permessage_deflate import (
     ClientPerMessageDeflateFactory,
     PerMessageDeflate,
 )
-from websockets.frames import Frame, Opcode
+from websockets.frames import Frame
+from websockets.frames import Opcode as WebSocketsOpcode
 from websockets.headers import build_extension
 from websockets.http11 import Response
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 from websockets.utils import generate_key
 
+from tornado_echo import rfc6455
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
+# The opcodes as plain ints (compared on every echo), from the shared RFC 6455 module.
+OP_CONT = int(rfc6455.Opcode.CONTINUATION)
+OP_TEXT = int(rfc6455.Opcode.TEXT)
+OP_BINARY = int(rfc6455.Opcode.BINARY)
+OP_CLOSE = int(rfc6455.Opcode.CLOSE)
+OP_PING = int(rfc6455.Opcode.PING)
+OP_PONG = int(rfc6455.Opcode.PONG)
 
 _pack_16 = struct.Struct("!BBH").pack
 _pack_64 = struct.Struct("!BBQ").pack
 _getrandbits = random.getrandbits
-
-
-def _load_c_mask() -> Callable[[bytes, bytes], bytes] | None:
-    # The C helper of `websockets` beats the big-int XOR on large payloads; optional.
-    try:
-        module = importlib.import_module("websockets.speedups")
-    except ImportError:  # pragma: no cover - depends on the environment
-        return None
-    return cast(Callable[[bytes, bytes], bytes], module.apply_mask)
-
-
-_c_apply_mask = _load_c_mask()
-
-
-def _py_apply_mask(data: bytes, mask: bytes) -> bytes:
-    # One big-int XOR instead of a per-byte loop: linear time in C.
-    n = len(data)
-    if n == 0:
-        return b""
-    key = int.from_bytes(mask * (n // 4 + 1), "little") & ((1 << (8 * n)) - 1)
-    return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
-
-
-def apply_mask(data: bytes, mask: bytes) -> bytes:
-    """XOR ``data`` with the 4-byte ``mask`` repeated (masking is its own inverse)."""
-    if _c_apply_mask is not None:
-        return _c_apply_mask(data, mask)
-    return _py_apply_mask(data, mask)
+_apply_mask = rfc6455.apply_mask  # the C helper of `websockets` when installed
 
 
 def frame_header(opcode: int, length: int, *, rsv1: bool = False, fin: bool = True) -> bytes:
@@ -91,9 +65,7 @@ def mask_frame(header: bytes, payload: bytes) -> bytes:
     A sender of many equal-length frames builds the header once and calls only this.
     """
     mask = _getrandbits(32).to_bytes(4, "big")
-    if _c_apply_mask is not None:
-        return header + mask + _c_apply_mask(payload, mask)
-    return header + mask + _py_apply_mask(payload, mask)
+    return header + mask + _apply_mask(payload, mask)
 
 
 def encode_frame(opcode: int, payload: bytes, *, rsv1: bool = False, fin: bool = True) -> bytes:
@@ -102,22 +74,8 @@ def encode_frame(opcode: int, payload: bytes, *, rsv1: bool = False, fin: bool =
 
 
 def encode_close(code: int, reason: str = "") -> bytes:
-    """A masked close frame with ``code`` and a UTF-8 ``reason``."""
-    return encode_frame(OP_CLOSE, code.to_bytes(2, "big") + reason.encode()[:123])
-
-
-def parse_close_payload(payload: bytes) -> tuple[int, str]:
-    """Close code and reason of a close frame; 1005 (no status) when the body is empty."""
-    if not payload:
-        return 1005, ""
-    if len(payload) == 1:
-        raise ProtocolError("close frame with a 1-byte body")
-    code = int.from_bytes(payload[:2], "big")
-    try:
-        reason = payload[2:].decode()
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("close reason is not UTF-8", 1007) from exc
-    return code, reason
+    """A masked close frame with ``code`` and a UTF-8 ``reason`` (cut to fit)."""
+    return encode_frame(OP_CLOSE, rfc6455.close_payload(code, reason))
 
 
 class Deflate:
@@ -144,11 +102,13 @@ class Deflate:
         return bool(self._extension.remote_no_context_takeover)
 
     def compress(self, data: bytes) -> bytes:
-        return bytes(self._extension.encode(Frame(Opcode.BINARY, data)).data)
+        return bytes(self._extension.encode(Frame(WebSocketsOpcode.BINARY, data)).data)
 
     def decompress(self, data: bytes, max_size: int) -> bytes:
         try:
-            frame = self._extension.decode(Frame(Opcode.BINARY, data, rsv1=True), max_size=max_size)
+            frame = self._extension.decode(
+                Frame(WebSocketsOpcode.BINARY, data, rsv1=True), max_size=max_size
+            )
         except PayloadTooBig:
             raise ProtocolError("decompressed message too big", 1009) from None
         except WebSocketsProtocolError as exc:

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Protocol, cast
 
+from tornado_echo import rfc6455
 from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
 from tornado_echo.loadtest.framing import (
@@ -29,7 +30,6 @@ from tornado_echo.loadtest.framing import (
     encode_frame,
     frame_header,
     mask_frame,
-    parse_close_payload,
 )
 from tornado_echo.loadtest.histogram import Histogram
 from tornado_echo.loadtest.tracker import EchoTracker, LiveCounters
@@ -307,15 +307,28 @@ class EchoConnection(asyncio.Protocol):
     def _on_close_frame(self, payload: bytes) -> None:
         self._close_received = True
         try:
-            code, _reason = parse_close_payload(payload)
-        except ProtocolError:
-            code = 1002
-            self._owner.on_error("protocol_error")
+            code, _reason = rfc6455.parse_close_payload(payload)
+        except rfc6455.ProtocolError as exc:
+            # A close frame against the rules (the shared RFC 6455 module's): a code that
+            # may not be sent, such as 1005, 1006, 1015 or 0-999, is named; a one-byte
+            # body or a reason that is not UTF-8 is just invalid. Answered as it says.
+            raw = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            named = raw is not None and not rfc6455.is_sendable_close_code(raw)
+            category = f"close_invalid_{raw}" if named else "close_invalid"
+            answer = exc.code
+            self._owner.on_error(category)  # the server's fault, even when we closed first
+        else:
+            if code is None:  # no code in the frame: reported as 1005, answered with 1000
+                category = f"close_{int(rfc6455.CloseCode.NO_STATUS_RECEIVED)}"
+                answer = int(rfc6455.CloseCode.NORMAL_CLOSURE)
+            else:
+                category, answer = f"close_{code}", code
+            if self.state == OPEN:
+                self._owner.on_error(category)
         if self.state == OPEN:
-            # The server closed on us: count the code, then answer as RFC 6455 asks.
-            self._owner.on_error(f"close_{code}")
+            # The server closed on us: a drop; answer as RFC 6455 asks.
             self._owner.on_dropped()
-            self._send_close(code if code not in (1005, 1006, 1015) else 1000)
+            self._send_close(answer)
         self.state = CLOSING
         self.running = False
         self._cancel_timer()
