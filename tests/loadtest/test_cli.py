@@ -299,7 +299,13 @@ def test_merge_thresholds_and_bad_files(
     code, _, err = run_cli(capsys, "merge", str(other))
     assert code == 2 and "not a tornado-echo-loadtest result" in err
     doc = json.loads(result.read_text())
-    for runs, windows in (([{"label": "x"}], None), ("nonsense", None), (None, [[1, "a"]])):
+    run = {"run_id": "a", "label": "x"}
+    for runs, windows in (
+        ([{"label": "x"}], None),
+        ([run, {"run_id": "b"}], None),  # a second run without a label
+        ("nonsense", None),
+        (None, [[1, "a"]]),
+    ):
         damaged = tmp_path / "d.json"
         stats = dict(doc["stats"], windows=windows) if windows else doc["stats"]
         damaged.write_text(json.dumps(dict(doc, runs=runs, stats=stats)))

@@ -322,7 +322,10 @@ def load(path: str) -> Result:
         if runs is None:  # written before runs were recorded: the file is the run
             runs = [run_record(stats, config, path)]
         if not isinstance(runs, list) or not all(
-            isinstance(run, dict) and isinstance(run.get("run_id"), str) for run in runs
+            isinstance(run, dict)
+            and isinstance(run.get("run_id"), str)
+            and isinstance(run.get("label"), str)
+            for run in runs
         ):
             raise ResultFormatError("malformed runs")
     except ResultFormatError as exc:
