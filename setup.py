@@ -10,6 +10,7 @@ setup(
     packages=find_packages(include=["tornado_echo", "tornado_echo.*"]),
     package_data={
         "tornado_echo.store": ["schema/*/*.sql"],
+        "tornado_echo.console": ["static/*"],
         # uPlot (MIT, npm "uplot" 1.6.32), inlined into --html reports; licence alongside.
         "tornado_echo.loadtest": ["assets/*"],
     },
@@ -38,6 +39,8 @@ setup(
             "setuptools<81",
             "mypy>=1.10",
             "ruff>=0.5",
+            # Browser tests drive Debian's chromium through its chromedriver (.ci/run).
+            "selenium>=4.10",
         ],
     },
     entry_points={

@@ -14,7 +14,7 @@ Scenarios (issue 9's targets):
                             (bundled load tester): msgs/s, p50, p99, max
   echo32x1000               1000 connections x 32 B: msgs/s, p50, p99 (fairness)
   handshakes                connect, upgrade, close cycles per second (64 at a time)
-  idle                      RSS per idle connection (5000 connections), compression off/on
+  idle, idle-deflate        RSS per idle connection (5000 connections), compression off/on
   fragments                 1000 messages of 128 KiB text sent as 256-byte compressed
                             fragments: seconds to echo them all
 tornado-echo runs with its SQLite session records, as shipped.
@@ -86,28 +86,33 @@ def handshakes(server: Server) -> dict[str, float]:
     return {"handshakes/s": result["handshakes_per_s"], "errors": result["failed"]}
 
 
-def idle(server: Server) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for deflate in ("0", "1"):
-        time.sleep(0.5)
-        before = server.rss_bytes()
-        cmd = [
-            "taskset", "-c", str(CLIENT_CPU), sys.executable, str(HERE / "_rawclient.py"),
-            "idle", port_of(server), str(IDLE_CONNECTIONS), deflate,
-        ]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(HERE.parent))
-        client = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-        )
-        assert client.stdout is not None and client.stdin is not None
-        if client.stdout.readline().strip() != "ready":
-            raise RuntimeError("idle client failed")
-        time.sleep(1.0)  # let the server settle (open() callbacks, records)
-        key = "KB/conn deflate" if deflate == "1" else "KB/conn"
-        out[key] = (server.rss_bytes() - before) / IDLE_CONNECTIONS / 1024
-        client.stdin.close()
-        client.wait(60)
-    return out
+def idle(deflate: bool) -> Callable[[Server], dict[str, float]]:
+    def measure(server: Server) -> dict[str, float]:
+        return {"KB/conn": idle_rss(server, deflate) / 1024}
+
+    return measure
+
+
+def idle_rss(server: Server, deflate: bool) -> float:
+    """Server RSS per idle connection, in bytes, over IDLE_CONNECTIONS connections."""
+    time.sleep(0.5)
+    before = server.rss_bytes()
+    cmd = [
+        "taskset", "-c", str(CLIENT_CPU), sys.executable, str(HERE / "_rawclient.py"),
+        "idle", port_of(server), str(IDLE_CONNECTIONS), "1" if deflate else "0",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    client = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert client.stdout is not None and client.stdin is not None
+    if client.stdout.readline().strip() != "ready":
+        raise RuntimeError("idle client failed")
+    time.sleep(1.0)  # let the server settle (open() callbacks, records)
+    per_connection = (server.rss_bytes() - before) / IDLE_CONNECTIONS
+    client.stdin.close()
+    client.wait(60)
+    return per_connection
 
 
 def fragments(server: Server) -> dict[str, float]:
@@ -120,7 +125,11 @@ SCENARIOS: dict[str, tuple[str, Callable[[Server], dict[str, float]]]] = {
     "echo64k": ("100 connections x 64 KiB, closed loop", echo(100, 65536, 10)),
     "echo32x1000": ("1000 connections x 32 B, closed loop", echo(1000, 32, 15)),
     "handshakes": ("connect, upgrade, close; 64 at a time, 5 s", handshakes),
-    "idle": (f"RSS per idle connection ({IDLE_CONNECTIONS} connections)", idle),
+    "idle": (f"RSS per idle connection ({IDLE_CONNECTIONS} connections)", idle(False)),
+    "idle-deflate": (
+        f"RSS per idle connection, permessage-deflate ({IDLE_CONNECTIONS} connections)",
+        idle(True),
+    ),
     "fragments": ("1000 x 128 KiB text in 256-byte deflate fragments", fragments),
 }
 
@@ -147,7 +156,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated names")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="also run tornado-echo (engine fast) with journal = full on this database",
+    )
     args = parser.parse_args()
+    if args.postgres:
+        name = "tornado-echo (fast; journal full on PostgreSQL)"
+        SERVERS[name] = (
+            "tornado-echo",
+            ("--engine", "fast", "--journal", "full", "--database-url", args.postgres),
+        )
+        args.servers += "," + name
     chosen = [name.strip() for name in args.only.split(",")]
     servers = [name.strip() for name in args.servers.split(",")]
     say(f"machine: {machine()}")
@@ -163,6 +184,8 @@ def main() -> None:
                     server = Server(kind, SERVER_CPU, Path(tmp), extra=extra)
                     try:
                         results[name].append(measure(server))
+                    except RuntimeError as exc:  # a server that fails a scenario
+                        say(f"  {name}: failed: {exc}")
                     finally:
                         server.close()
         report(results)
@@ -174,6 +197,8 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
         for name, rounds in results.items()
         if rounds
     }
+    if not medians:
+        return
     keys = list(next(iter(medians.values())))
     say(f"{'server (median of rounds)':<32}" + "".join(f"{key:>16}" for key in keys))
     for name, values in medians.items():

@@ -18,28 +18,34 @@ Install tornado-echo from SOURCE_DIR (default: the tree this script belongs to):
   - /etc/$NAME/$NAME.toml from conf/production.toml, unless it exists
     (mode 0640, group $SERVICE_USER; the shipped one also goes to $NAME.toml.example),
   - the units $NAME.service and $NAME@.service in /etc/systemd/system,
-  - systemctl daemon-reload, when systemd is running.
+  - systemctl daemon-reload, when systemd is running,
+  - a smoke test: the installed binary, run as $SERVICE_USER on a free loopback port
+    with a throw-away state directory, must echo one message (and, under systemd, the
+    interpreter must start inside the unit's ProtectHome=/ProtectSystem= sandbox).
 Nothing is enabled or started: see the message at the end.
 
 Options:
   --root DIR       Stage into DIR instead of /: every path is prefixed with DIR, and
                    useradd, chown and systemctl are printed, not run. For inspection
                    and tests (a venv is not relocatable).
-  --python PATH    Interpreter that creates the venv (default: python3).
+  --python PATH    Interpreter that creates the venv (default: python3). It must be
+                   usable by $SERVICE_USER and outside /root, /home and /run/user
+                   (hidden by ProtectHome=). The venv is recreated when it changes.
   --offline        Install without a package index: the venv sees the system
                    site-packages and pip installs only SOURCE_DIR (--no-deps
                    --no-build-isolation --no-index); dependencies must be there already.
   --no-venv        Skip the venv and pip entirely (units and config only).
   --uninstall      Stop and disable the units, remove them and the venv. The config,
-                   state, logs and user are kept.
-  --purge          With --uninstall: also remove /etc/$NAME, /var/lib/$NAME,
-                   /var/log/$NAME and the user and group.
+                   state, drop-ins (systemctl edit) and user are kept.
+  --purge          With --uninstall: also remove /etc/$NAME, /var/lib/$NAME, the
+                   drop-in directories of the units, and the user and group.
   -h, --help       Show this help.
 EOF
 }
 
 say() { printf 'install-systemd: %s\n' "$*"; }
 die() { printf 'install-systemd: error: %s\n' "$*" >&2; exit 2; }
+fail() { printf 'install-systemd: failed: %s\n' "$*" >&2; exit 1; }
 
 # Run a command that changes the live system; under --root, print it instead.
 live() {
@@ -105,7 +111,13 @@ readonly etc_dir="$root/etc/$NAME"
 readonly conf_file="$etc_dir/$NAME.toml"
 readonly unit_dir="$root/etc/systemd/system"
 readonly state_dir="$root/var/lib/$NAME"
-readonly logs_dir="$root/var/log/$NAME"
+readonly logs_dir="$root/var/log/$NAME"  # made by LogsDirectory= of earlier units
+readonly python_mark="$venv_dir/.installed-with"  # the interpreter that made the venv
+# Prefix that runs a command as the service user (staged: as ourselves, no such user).
+as_service_user=()
+[[ -n $root ]] \
+    || as_service_user=(setpriv --reuid="$SERVICE_USER" --regid="$SERVICE_USER" --clear-groups --)
+readonly as_service_user
 
 do_uninstall() {
     if systemd_running; then
@@ -138,7 +150,8 @@ do_uninstall() {
     fi
     if ((purge)); then
         local dir
-        for dir in "$etc_dir" "$state_dir" "$logs_dir"; do
+        for dir in "$etc_dir" "$state_dir" "$logs_dir" \
+            "$unit_dir/$NAME.service.d" "$unit_dir/$NAME@"*.service.d; do
             if [[ -e $dir ]]; then
                 say "removing $dir"
                 rm -rf -- "$dir"
@@ -152,7 +165,8 @@ do_uninstall() {
         fi
         say "purged"
     else
-        say "uninstalled; kept $conf_file, $state_dir and $logs_dir (--purge removes them)"
+        say "uninstalled; kept $conf_file, $state_dir and any drop-ins in $unit_dir/$NAME*.d" \
+            "(--purge removes them)"
     fi
 }
 
@@ -168,6 +182,28 @@ create_user() {
         --shell /usr/sbin/nologin --comment "tornado-echo WebSocket server" "$SERVICE_USER"
 }
 
+# The service runs as $SERVICE_USER with ProtectHome=yes: an interpreter under /root or
+# /home (pyenv, conda) is invisible to it, and the unit fails with 203/EXEC and no log.
+check_python() {
+    local found base place
+    found=$(command -v -- "$python") || die "no Python interpreter $python (see --python)"
+    found=$(readlink -f -- "$found")
+    base=$("$found" -c 'import sys; print(sys.base_prefix)' 2>/dev/null) \
+        || die "$python ($found) does not run"
+    for place in "$found" "$base"; do
+        case $place/ in
+            /root/* | /home/* | /run/user/*)
+                die "$python lives in $place, hidden from the service by ProtectHome=yes;" \
+                    "use a system interpreter (--python /usr/bin/python3)" ;;
+        esac
+    done
+    if [[ -z $root ]] && getent passwd "$SERVICE_USER" >/dev/null \
+        && ! "${as_service_user[@]}" "$found" -c '' 2>/dev/null; then
+        die "$SERVICE_USER cannot run $found (permissions of its directories?); see --python"
+    fi
+    python=$found
+}
+
 install_venv() {
     if ((venv == 0)); then
         say "skipping the venv (--no-venv)"
@@ -178,10 +214,23 @@ install_venv() {
         venv_args+=(--system-site-packages)
         pip_args+=(--no-deps --no-build-isolation --no-index)
     fi
-    if [[ ! -x $venv_dir/bin/python ]] || ! "$venv_dir/bin/python" -c '' 2>/dev/null; then
-        say "creating the venv $venv_dir"
+    if [[ -d $venv_dir ]]; then
+        local before=""
+        [[ ! -f $python_mark ]] || before=$(<"$python_mark")
+        if [[ $before != "$python" ]]; then
+            say "the venv was made with ${before:-an unrecorded interpreter}, not $python:" \
+                "recreating it"
+            rm -rf -- "$venv_dir"
+        elif ! "$venv_dir/bin/python" -c '' 2>/dev/null; then
+            say "the venv $venv_dir is broken: recreating it"
+            rm -rf -- "$venv_dir"
+        fi
+    fi
+    if [[ ! -d $venv_dir ]]; then
+        say "creating the venv $venv_dir with $python"
         mkdir -p -- "$prefix"
         "$python" -m venv "${venv_args[@]}" -- "$venv_dir"
+        printf '%s\n' "$python" >"$python_mark"
     fi
     say "installing $source_dir into $venv_dir"
     # --force-reinstall --no-deps first so a changed tree with an unchanged version
@@ -221,6 +270,69 @@ install_units() {
     fi
 }
 
+# One echo through the installed code, as the service will run it; exit 1 if it fails.
+smoke_test() {
+    if ((venv == 0)); then
+        say "no smoke test without the venv (--no-venv)"
+        return
+    fi
+    if systemd_running; then
+        # The unit's sandbox, where a hidden interpreter is a 203/EXEC with no log line.
+        systemd-run --quiet --wait --collect --pipe --uid="$SERVICE_USER" \
+            -p ProtectHome=yes -p ProtectSystem=strict -p PrivateTmp=yes \
+            -- "$venv_dir/bin/tornado-echo" --version >/dev/null \
+            || fail "$venv_dir/bin/tornado-echo does not start in the unit's sandbox"
+    fi
+    local tmp server port="" waited=0
+    tmp=$(mktemp -d)
+    # shellcheck disable=SC2064 # expand now: the directory to remove
+    trap "rm -rf -- '$tmp'" EXIT
+    printf '%s\n' 'host = "127.0.0.1"' 'port = 0' "state_dir = \"$tmp\"" \
+        'database_url = "sqlite:///smoke.db"' 'workers = 1' 'log_format = "text"' \
+        >"$tmp/smoke.toml"
+    [[ -n $root ]] || chown -R -- "$SERVICE_USER:$SERVICE_USER" "$tmp"
+    : >"$tmp/log"  # before the server's shell opens it, for the sed below
+    # setpriv execs: $! is the server itself, which the SIGTERM below must reach.
+    "${as_service_user[@]}" "$venv_dir/bin/tornado-echo" --config "$tmp/smoke.toml" \
+        2>"$tmp/log" &
+    server=$!
+    while ((waited < 200)); do
+        port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/log")
+        [[ -z $port ]] || break
+        kill -0 "$server" 2>/dev/null || break
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    if [[ -z $port ]]; then
+        kill "$server" 2>/dev/null || true
+        wait "$server" 2>/dev/null || true
+        fail "the installed server did not start: $(tail -n 3 "$tmp/log")"
+    fi
+    local echoed=0
+    "$venv_dir/bin/python" - "ws://127.0.0.1:$port/ws" <<'EOF' || echoed=$?
+import asyncio
+import sys
+
+from tornado.websocket import websocket_connect
+
+
+async def main() -> None:
+    client = await asyncio.wait_for(websocket_connect(sys.argv[1]), 10)
+    await client.write_message("install smoke test")
+    answer = await asyncio.wait_for(client.read_message(), 10)
+    client.close()
+    sys.exit(0 if answer == "install smoke test" else 1)
+
+
+asyncio.run(main())
+EOF
+    kill -TERM "$server"
+    wait "$server" || true
+    ((echoed == 0)) || fail "the installed server on 127.0.0.1:$port did not echo"
+    say "smoke test: the installed server echoed a message on 127.0.0.1:$port" \
+        "as $("${as_service_user[@]}" id -un)"
+}
+
 do_install() {
     if [[ -z $source_dir ]]; then
         source_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -238,9 +350,13 @@ do_install() {
     fi
 
     create_user
+    if ((venv)); then
+        check_python
+    fi
     install_venv
     install_conf
     install_units
+    smoke_test
     say "done. Edit $conf_file, then one of:"
     say "  systemctl enable --now $NAME.service"
     say "  systemctl enable --now $NAME@8081.service $NAME@8082.service   # one per port"

@@ -152,10 +152,10 @@ def app_config(request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Any) -
 
 @pytest.fixture
 def store(io_loop: IOLoop, app_config: Config) -> Iterator[Store]:
-    db = make_store(app_config, SERVER_ID)
-    io_loop.run_sync(db.start)
-    yield db
-    io_loop.run_sync(db.close)
+    store = make_store(app_config, SERVER_ID)
+    io_loop.run_sync(store.start)
+    yield store
+    io_loop.run_sync(store.close)
 
 
 @pytest.fixture

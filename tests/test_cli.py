@@ -295,3 +295,29 @@ async def test_killed_during_an_outage_the_next_start_replays_the_spool_then_mar
         e["msg"] == "marked 2 sessions left open by a previous run as crashed" for e in entries
     )
     assert not list((tmp_path / "var").glob("spool-*.jsonl"))
+
+
+def test_a_relative_sqlite_path_is_relative_to_state_dir_from_anywhere(tmp_path: Path) -> None:
+    state, elsewhere = tmp_path / "state", tmp_path / "elsewhere"
+    state.mkdir()
+    elsewhere.mkdir()
+    conf = tmp_path / "echo.toml"
+    conf.write_text(f'database_url = "sqlite:///echo.db"\nstate_dir = "{state}"\n')
+    shown = run_cli("--config", str(conf), "--check-config", cwd=elsewhere)
+    assert f'database_url = "sqlite:///{state}/echo.db"' in shown.stdout
+
+    missing = run_cli("sessions", "--config", str(conf), cwd=elsewhere)
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr == (
+        f"tornado-echo: no database at {state}/echo.db (a relative sqlite:/// path is relative"
+        f" to state_dir, here '{state}')\n"
+    )
+    assert list(elsewhere.iterdir()) == list(state.iterdir()) == []  # nothing stray created
+
+    backend = make_backend(f"sqlite:///{state}/echo.db")
+    backend.connect()
+    backend.migrate()
+    backend.close()
+    found = run_cli("sessions", "--config", str(conf), cwd=elsewhere)
+    assert (found.returncode, found.stdout.splitlines()[-1]) == (0, "(0 sessions)")
+    assert list(elsewhere.iterdir()) == []

@@ -84,6 +84,8 @@ FILE_ERRORS = [
     ("compression = 1\n", "key 'compression': expected a boolean, got 1"),
     ('log_level = "loud"\n', "key 'log_level': must be one of debug, info, warning, error"),
     ('ws_path = "ws"\n', "key 'ws_path': must be a path starting with /, got 'ws'"),
+    ('console_path = "/c"\n', "key 'console_path': must be a path starting and ending with /"),
+    ('console_path = "/a b/"\n', "key 'console_path': must be a path starting and ending with /"),
     ('database_url = "mysql://x"\n', "key 'database_url': must be sqlite:///PATH or postgresql"),
     ("allowed_origins = [1]\n", "key 'allowed_origins': expected a list of strings"),
     ('allowed_origins = ["evil"]\n', "entry 'evil' must be '*' or an origin"),
@@ -175,3 +177,15 @@ def test_mask_url_without_password_is_unchanged() -> None:
 
 def test_every_key_is_documented() -> None:
     assert all(spec.metadata["doc"] for spec in FIELDS.values())
+
+
+def test_relative_sqlite_paths_are_resolved_against_state_dir() -> None:
+    assert Config(database_url="sqlite:///x.db", state_dir="/srv/echo").database_url == (
+        "sqlite:////srv/echo/x.db"
+    )
+    assert Config(database_url="sqlite:////abs/x.db", state_dir="/srv").database_url == (
+        "sqlite:////abs/x.db"
+    )
+    assert Config(state_dir="var").database_url == "sqlite:///var/tornado-echo.db"
+    url = "postgresql://u@h/d"
+    assert Config(database_url=url, state_dir="/srv").database_url == url

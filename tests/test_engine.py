@@ -4,6 +4,7 @@ and the Tornado handler surface on the fast engine."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 import zlib
 from typing import Any
@@ -183,4 +184,18 @@ async def test_compressed_message_in_small_fragments_with_pings_between(
             break
         assert (opcode, payload) == (0xA, b"between")
     assert inflater.decompress(payload + b"\x00\x00\xff\xff") == text
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_fast_engine_sockets_do_not_delay_small_writes(
+    http_server: Any, http_port: int, connections: Connections
+) -> None:
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(client_frame(0x1, b"hi"))
+    assert await read_server_frame(reader) == (0x1, b"hi")
+    [session] = list(connections._open)
+    transport = session._protocol.transport  # type: ignore[attr-defined]
+    sock = transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     writer.close()

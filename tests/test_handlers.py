@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import struct
 import zlib
 from typing import Any
@@ -254,6 +256,7 @@ BAD_UPGRADES = {
     "non-base64-key": (upgrade_request(Sec_WebSocket_Key="!!not base64!!!!!!!!!!=="), "Key"),
     "old-version": (upgrade_request(Sec_WebSocket_Version="8"), "Sec-WebSocket-Version"),
     "no-version": (upgrade_request(Sec_WebSocket_Version=None), "Sec-WebSocket-Version"),
+    "http-1.0": (upgrade_request().replace(b"HTTP/1.1\r\n", b"HTTP/1.0\r\n", 1), "HTTP/1.0"),
 }
 
 
@@ -388,3 +391,74 @@ async def test_unknown_path_gets_404_json(http_client: Any, base_url: str) -> No
     )
     assert response.code == 404
     assert json_body(response.body) == {"status": 404, "error": "no such path: /nope"}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("offer", "answer"),
+    [
+        ("permessage-deflate; client_max_window_bits=99", None),
+        ("permessage-deflate; client_max_window_bits=99, permessage-deflate", "permessage-deflate"),
+        (
+            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; server_max_window_bits=10",
+        ),
+    ],
+    ids=["bad-only", "bad-then-good", "smaller-window"],
+)
+async def test_deflate_offers_are_negotiated_strictly_without_error_logs(
+    http_server: Any,
+    http_port: int,
+    offer: str,
+    answer: str | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(upgrade_request(Sec_WebSocket_Extensions=offer))
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    assert head.startswith("HTTP/1.1 101")
+    extensions = [
+        line.split(":", 1)[1].strip()
+        for line in head.split("\r\n")
+        if line.lower().startswith("sec-websocket-extensions:")
+    ]
+    assert extensions == ([answer] if answer else [])
+    writer.write(client_frame(0x1, b"still echoes"))
+    opcode, payload = await read_server_frame(reader)
+    if extensions:
+        payload = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
+    assert (opcode, payload) == (0x1, b"still echoes")
+    writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("limit", "messages", "echoed"),
+    [
+        ({"max_messages_per_second": 5}, [b"m"] * 10, 5),
+        ({"max_bytes_per_second": 1000}, [b"x" * 300] * 5, 3),
+    ],
+    ids=["messages", "bytes"],
+)
+async def test_a_connection_over_its_rate_limit_is_closed_with_1008(
+    http_server: Any,
+    http_port: int,
+    app: tornado.web.Application,
+    app_config: Config,
+    limit: dict[str, float],
+    messages: list[bytes],
+    echoed: int,
+) -> None:
+    app.reconfigure(dataclasses.replace(app_config, **limit))  # type: ignore[attr-defined]
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(b"".join(client_frame(0x2, message) for message in messages))
+    frames = [await read_server_frame(reader) for _ in range(echoed + 1)]
+    assert frames[:echoed] == [(0x2, message) for message in messages[:echoed]]
+    opcode, payload = frames[echoed]
+    assert (opcode, struct.unpack("!H", payload[:2])[0], payload[2:]) == (
+        0x8,
+        1008,
+        b"rate limit exceeded",
+    )
+    writer.close()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,13 +18,16 @@ CONF = REPO / "conf"
 UNITS = ("tornado-echo.service", "tornado-echo@.service")
 
 
-def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str | Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         ["bash", str(SCRIPT), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+        env=env,
     )
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
@@ -48,6 +53,10 @@ def test_help() -> None:
         (["--root", "/"], "--root / is the live system"),
         (["--root", "{tmp}/stage", "--no-venv", "{tmp}/nowhere"], "is not a directory"),
         (["--root", "{tmp}/stage", "--no-venv", "{tmp}"], "is not a Python project"),
+        (
+            ["--root", "{tmp}/stage", "--python", "/bin/false"],
+            "/bin/false (/usr/bin/false) does not run",
+        ),
     ],
 )
 def test_bad_usage_is_a_clear_error(args: list[str], message: str, tmp_path: Path) -> None:
@@ -116,8 +125,15 @@ def test_staged_install_is_idempotent_and_uninstalls(tmp_path: Path) -> None:
     assert conf.read_bytes() == edited
 
     run("--root", root, "--uninstall")  # again: nothing left to do, still fine
+    drop_ins = [unit_dir / "tornado-echo.service.d", unit_dir / "tornado-echo@8081.service.d"]
+    for drop_in in drop_ins:  # as systemctl edit leaves them
+        drop_in.mkdir()
+        (drop_in / "override.conf").write_text("[Service]\nEnvironment=X=1\n")
+    (unit_dir / "other.service.d").mkdir()
     purge = run("--root", root, "--uninstall", "--purge")
     assert not etc.exists()
+    assert not [d for d in drop_ins if d.exists()]
+    assert (unit_dir / "other.service.d").is_dir()
     assert "would run: userdel tornado-echo" in purge.stdout
 
 
@@ -164,7 +180,23 @@ def test_staged_install_with_offline_venv(tmp_path: Path) -> None:
     root = tmp_path / "stage"
     venv = root / "opt" / "tornado-echo" / "venv"
     src = source_copy(tmp_path)
-    run("--root", root, "--offline", "--python", python, src)
+    # The smoke test runs the installed server: without its dependencies it fails...
+    broken = run("--root", root, "--offline", "--python", python, src, check=False)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "install-systemd: failed: the installed server did not start:" in broken.stderr
+    assert "No module named" in broken.stderr
+    # ...and echoes once they are there (offline: found on the path, as this run's).
+    site = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    with_deps = {**os.environ, "PYTHONPATH": site}
+    done = run("--root", root, "--offline", "--python", python, src, env=with_deps)
+    assert re.search(
+        r"smoke test: the installed server echoed a message on 127\.0\.0\.1:\d+", done.stdout
+    ), done.stdout
 
     entry_point = venv / "bin" / "tornado-echo"
     assert os.access(entry_point, os.X_OK)
@@ -172,7 +204,7 @@ def test_staged_install_with_offline_venv(tmp_path: Path) -> None:
     for unit in UNITS:
         text = (root / "etc" / "systemd" / "system" / unit).read_text()
         assert f"ExecStart={str(entry_point).removeprefix(str(root))} " in text
-    assert entry_point.read_text().splitlines()[0] == f"#!{venv}/bin/python3"
+    assert entry_point.read_text().splitlines()[0].startswith(f"#!{venv}/bin/python3")
     located = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import tornado_echo; print(tornado_echo.__file__)"],
         capture_output=True,
@@ -185,9 +217,21 @@ def test_staged_install_with_offline_venv(tmp_path: Path) -> None:
 
     # A second run reuses the venv and reinstalls the (changed) tree.
     (src / "tornado_echo" / "__init__.py").write_text('"""changed"""\n__version__ = "0.1.0"\n')
-    run("--root", root, "--offline", "--python", python, src)
+    again = run("--root", root, "--offline", "--python", python, src, env=with_deps)
+    assert "creating the venv" not in again.stdout
     installed = Path(located).read_text()
     assert '"""changed"""' in installed
+
+    # A venv made by another interpreter is made again with the one asked for.
+    mark = venv / ".installed-with"
+    assert mark.read_text() == os.path.realpath(python) + "\n"
+    mark.write_text("/opt/pyenv/versions/3.12.0/bin/python3\n")
+    switched = run("--root", root, "--offline", "--python", python, src, env=with_deps)
+    assert (
+        "the venv was made with /opt/pyenv/versions/3.12.0/bin/python3, not"
+        f" {os.path.realpath(python)}: recreating it"
+    ) in switched.stdout
+    assert mark.read_text() == os.path.realpath(python) + "\n"
 
     run("--root", root, "--uninstall")
     assert not venv.exists()

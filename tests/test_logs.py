@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
+from pathlib import Path
 
-from tornado_echo.logs import JsonFormatter, TextFormatter
+import pytest
+
+from tests.helpers import BASE_CONF, Service, raw_http, start_service, upgrade_request
+from tornado_echo.logs import JsonFormatter, TextFormatter, stderr_is_journal, syslog_priority
 
 
 def make_record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -22,7 +28,9 @@ def test_text_line_redacts_secrets_in_arguments() -> None:
     line = TextFormatter(["hunter2"]).format(
         make_record("connect %s", "postgresql://u:hunter2@h/d")
     )
-    assert line.endswith("INFO tornado_echo.test: connect postgresql://u:***@h/d")
+    assert line.endswith(
+        f"INFO [{os.getpid()}] tornado_echo.test: connect postgresql://u:***@h/d"
+    ), line
 
 
 def test_json_line_has_fields_extras_and_redacted_traceback() -> None:
@@ -38,3 +46,64 @@ def test_json_line_has_fields_extras_and_redacted_traceback() -> None:
     assert entry["close_code"] == 1000
     assert "RuntimeError: password *** rejected" in entry["exc"]
     assert "hunter2" not in json.dumps(entry)
+
+
+def test_levels_map_to_syslog_priorities() -> None:
+    levels = [logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL]
+    assert [syslog_priority(level) for level in levels] == [7, 6, 4, 3, 2]
+
+
+def test_journal_lines_carry_the_priority_on_every_line() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = make_record("it failed")
+        record.levelno, record.levelname = logging.ERROR, "ERROR"
+        record.exc_info = sys.exc_info()
+    lines = TextFormatter(journal=True).format(record).split("\n")
+    assert len(lines) > 3
+    assert all(line.startswith("<3>") for line in lines), lines
+    entry = JsonFormatter(journal=True).format(make_record("hello"))
+    assert entry.startswith("<6>{")
+    assert json.loads(entry[3:])["pid"] == os.getpid()
+
+
+def test_stderr_is_the_journal_only_when_device_and_inode_match(tmp_path: Path) -> None:
+    with (tmp_path / "a").open("w") as stream, (tmp_path / "b").open("w") as other:
+        stat = os.fstat(stream.fileno())
+        same = f"{stat.st_dev}:{stat.st_ino}"
+        assert stderr_is_journal({"JOURNAL_STREAM": same}, stream.fileno())
+        assert not stderr_is_journal({"JOURNAL_STREAM": same}, other.fileno())
+        assert not stderr_is_journal({}, stream.fileno())
+        assert not stderr_is_journal({"JOURNAL_STREAM": "nonsense"}, stream.fileno())
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_service_under_journald_writes_priorities_workers_and_rejection_fields(
+    tmp_path: Path, services: list[Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "server.log"  # start_service truncates it: same inode
+    log.touch()
+    stat = log.stat()
+    monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino}")
+    service = start_service(tmp_path, BASE_CONF + 'workers = 2\nlog_format = "json"\n')
+    services.append(service)
+    for _ in range(3):  # the same refusal again and again: one line, three counts
+        status, _, _ = await raw_http(service.port, upgrade_request(Sec_WebSocket_Version="8"))
+        assert status == 500
+    lines = log.read_text().splitlines()
+    assert all(re.match(r"<[2-7]>\{", line) for line in lines), lines
+    entries = [(int(line[1]), json.loads(line[3:])) for line in lines]
+    started = [e for _, e in entries if e["msg"].startswith("listening on")]
+    assert sorted(e["worker"] for e in started) == [0, 1]
+    assert len({e["pid"] for e in started}) == 2
+    rejected = [(p, e) for p, e in entries if e["msg"].startswith("rejected WebSocket upgrade")]
+    # Each worker logs the first and withholds the rest (connections land on either).
+    assert len(rejected) == len({e["pid"] for _, e in rejected}), rejected
+    priority, entry = rejected[0]
+    assert priority == 4
+    assert entry["peer"] == "127.0.0.1"
+    assert entry["status"] == 500
+    assert entry["reason"] == "unsupported Sec-WebSocket-Version '8' (supported: 13)"
+    service.process.terminate()
+    assert service.wait_exit() == 0

@@ -1,13 +1,117 @@
-"""Metrics.refresh folds running totals into the Prometheus counters exactly once."""
+"""What /metrics exports: build info, process figures, histograms, bounded close codes; and
+Metrics.refresh folds running totals into the Prometheus counters exactly once."""
 
 from __future__ import annotations
 
+import asyncio
+import platform
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from tests.helpers import metric
+import pytest
+import tornado
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from tornado.httpclient import AsyncHTTPClient
+from tornado.websocket import websocket_connect
+
+from tests.helpers import BASE_CONF, Service, make_server, metric, start_service
+from tornado_echo import __version__
+from tornado_echo.config import Config
 from tornado_echo.connections import Connections
-from tornado_echo.metrics import Metrics
+from tornado_echo.metrics import KNOWN_CLOSE_CODES, Metrics, close_code_label
 from tornado_echo.store import Store
+
+
+def samples(text: str) -> list[Sample]:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    found = [s.value for s in samples(text) if s.name == name and s.labels == labels]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+def test_close_code_labels_are_bounded() -> None:
+    assert close_code_label(1000) == "1000"
+    assert close_code_label(1015) == "1015"
+    assert {close_code_label(code) for code in range(0, 70000)} == {
+        str(code) for code in KNOWN_CLOSE_CODES
+    } | {"other"}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_metrics_of_one_process(tmp_path: Path, sqlite_url: str) -> None:
+    server = make_server(tmp_path, sqlite_url, max_connections=123)
+    await server.start()
+    try:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        for code in (4321, 3999, 1000):  # two application codes share "other"
+            client = await websocket_connect(url)
+            for payload in ("x" * 10, "y" * 5000):
+                await client.write_message(payload)
+                await client.read_message()
+            client.close(code)
+            assert await client.read_message() is None
+        http = AsyncHTTPClient()
+        base = f"http://127.0.0.1:{server.port}/metrics"
+        deadline = time.monotonic() + 10
+        while True:  # the server notes a close when the client's TCP close arrives
+            text = (await http.fetch(base)).body.decode()
+            if "tornado_echo_connection_duration_seconds_count 3.0" in text:
+                break
+            assert time.monotonic() < deadline, text
+            await asyncio.sleep(0.05)
+        build = {"version": __version__, "python": platform.python_version()}
+        build |= {"tornado": tornado.version, "engine": Config().engine}
+        assert value(text, "tornado_echo_build_info", **build) == 1
+        assert value(text, "tornado_echo_max_connections") == 123
+        assert value(text, "process_open_fds") > 5
+        assert value(text, "process_max_fds") > value(text, "process_open_fds")
+        assert value(text, "process_resident_memory_bytes") > 1_000_000
+        name = "tornado_echo_message_size_bytes_bucket"
+        assert value(text, name, le="16.0") == 3
+        assert value(text, name, le="4096.0") == 3
+        assert value(text, name, le="16384.0") == 6
+        assert value(text, "tornado_echo_message_size_bytes_sum") == 3 * 5010
+        closes = "tornado_echo_close_codes_total"
+        assert value(text, closes, code="other", end_state="closed") == 2
+        assert value(text, closes, code="1000", end_state="closed") == 1
+        assert value(text, "tornado_echo_connection_duration_seconds_count") == 3
+
+        accept = "application/openmetrics-text; version=1.0.0,text/plain;q=0.5"
+        openmetrics = await http.fetch(base, headers={"Accept": accept})
+        assert openmetrics.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert openmetrics.body.endswith(b"# EOF\n")
+        plain = await http.fetch(base)
+        assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_metrics_of_workers_have_process_figures_per_pid(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    service = start_service(tmp_path, BASE_CONF + "workers = 2\nmax_connections = 100\n")
+    services.append(service)
+    deadline = time.monotonic() + 10
+    while True:  # each worker copies its figures every 0.5 s
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{service.port}/metrics")
+        text = response.body.decode()
+        fds = [s for s in samples(text) if s.name == "process_open_fds"]
+        if all(s.value > 5 for s in fds):
+            break
+        assert time.monotonic() < deadline, fds
+        await asyncio.sleep(0.1)
+    assert len({s.labels["pid"] for s in fds}) == 2, fds
+    assert value(text, "tornado_echo_max_connections") == 200  # the service's capacity
+    assert value(text, "process_cpu_seconds_total") > 0
+    assert [s.labels["engine"] for s in samples(text) if s.name == "tornado_echo_build_info"]
+    service.process.terminate()
+    assert service.wait_exit() == 0
 
 
 @dataclass(eq=False)
@@ -31,7 +135,7 @@ def test_each_refresh_adds_only_what_is_new(store: Store, connections: Connectio
     running.messages_in, running.bytes_in = 4, 20
     metrics.refresh(connections, store)
     metrics.refresh(connections, store)
-    text = metrics.exposition().decode()
+    text = metrics.exposition()[0].decode()
     assert metric(text, 'tornado_echo_messages_total{direction="in"}') == 6
     assert metric(text, 'tornado_echo_messages_total{direction="out"}') == 3
     assert metric(text, 'tornado_echo_bytes_total{direction="in"}') == 30

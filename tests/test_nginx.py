@@ -36,11 +36,12 @@ def free_port() -> int:
         return port
 
 
-def nginx_test(fragment: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    assert NGINX is not None
+def write_nginx_conf(fragment: str, tmp_path: Path, port: int) -> Path:
+    """A minimal main config in ``tmp_path`` holding ``fragment``, listening on loopback
+    ``port`` instead of 80; returns its path."""
     listens = re.findall(r"^\s*listen\s+[^;]*;", fragment, flags=re.MULTILINE)
     assert listens == ["    listen 80;", "    listen [::]:80;"]
-    fragment = fragment.replace("listen 80;", f"listen 127.0.0.1:{free_port()};")
+    fragment = fragment.replace("listen 80;", f"listen 127.0.0.1:{port};")
     fragment = fragment.replace("listen [::]:80;", "")
     (tmp_path / "tornado-echo.conf").write_text(fragment)
     # Debian's nginx has absolute compile-time temp paths; keep everything in tmp_path.
@@ -58,6 +59,12 @@ def nginx_test(fragment: str, tmp_path: Path) -> subprocess.CompletedProcess[str
         f"    include {tmp_path / 'tornado-echo.conf'};\n"
         "}\n"
     )
+    return tmp_path / "nginx.conf"
+
+
+def nginx_test(fragment: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    assert NGINX is not None
+    write_nginx_conf(fragment, tmp_path, free_port())
     return subprocess.run(
         [NGINX, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", "stderr"],
         capture_output=True,
@@ -107,3 +114,16 @@ def test_websocket_proxy_settings() -> None:
     assert timeout is not None
     # Must outlast the default ping_interval so idle healthy sockets stay open.
     assert int(timeout.group(1)) > Config().ping_interval
+
+
+def test_console_upstream_has_the_same_servers() -> None:
+    text = NGINX_CONF.read_text()
+    upstreams = dict(
+        re.findall(r"^upstream (\w+) \{(.*?)^\}", text, flags=re.MULTILINE | re.DOTALL)
+    )
+    servers = {
+        name: re.findall(r"^\s*server (.+);", body, flags=re.MULTILINE)
+        for name, body in upstreams.items()
+    }
+    assert servers["tornado_echo"]
+    assert servers["tornado_echo_console"] == servers["tornado_echo"]

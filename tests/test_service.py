@@ -100,9 +100,9 @@ async def test_metrics_count_connections_messages_and_rejections(
     # Through a proxy (X-Real-Ip trusted), a remote peer needs the token.
     remote = {"X-Real-Ip": "203.0.113.9"}
     refused = await http.fetch(base + "/metrics", headers=remote, raise_error=False)
-    assert refused.code == 403
+    assert refused.code == 401
     wrong = {**remote, "Authorization": "Bearer nope"}
-    assert (await http.fetch(base + "/metrics", headers=wrong, raise_error=False)).code == 403
+    assert (await http.fetch(base + "/metrics", headers=wrong, raise_error=False)).code == 401
     allowed = await http.fetch(
         base + "/metrics", headers={**remote, "Authorization": "Bearer s3cret"}
     )

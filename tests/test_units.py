@@ -122,9 +122,10 @@ def test_unit_agrees_with_production_config(name: str) -> None:
     assert int(setting(unit, "Service", "LimitNOFILE")) > config["max_connections"]
     state_dir = "/var/lib/" + setting(unit, "Service", "StateDirectory")
     assert state_dir == config["state_dir"]
-    assert f"TORNADO_ECHO_STATE_DIR={state_dir}" in [
-        v for s, k, v in unit_settings(unit) if k == "Environment"
-    ]
+    # Nothing in the unit overrides the conf file behind the operator's back.
+    environment = [v for s, k, v in unit_settings(unit) if k == "Environment"]
+    assert not [v for v in environment if v.startswith("TORNADO_ECHO_")], environment
+    assert not [k for s, k, v in unit_settings(unit) if k.startswith("LogsDirectory")]
     exec_start = setting(unit, "Service", "ExecStart").split()
     assert exec_start[:3] == [EXEC_PATH, "--config", "/etc/tornado-echo/tornado-echo.toml"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tests.helpers import (
     metric,
     start_service,
 )
+from tornado_echo.workers import RESTART_BURST, RestartWindow
 
 
 def worker_pids(service: Service) -> list[int]:
@@ -109,30 +111,76 @@ async def test_workers_share_the_port_metrics_reload_restart_and_stop(
     assert "crashed" in states
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose; its parent reaps it.
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_the_restart_window_allows_a_burst_then_refuses_until_it_slides() -> None:
+    window = RestartWindow(burst=3, interval=10.0)
+    assert [window.allow(t) for t in (0.0, 1.0, 2.0)] == [True, True, True]
+    assert not window.allow(9.9)  # a fourth within 10 s of the first
+    assert window.recent(9.9) == 3
+    assert window.allow(10.5)  # the first has left the window
+    assert window.recent(10.5) == 3
+    assert not RestartWindow(burst=0, interval=1.0).allow(0.0)
+
+
 @pytest.mark.slow
-def test_a_stuck_worker_withholds_the_watchdog(tmp_path: Path, services: list[Service]) -> None:
+def test_a_stuck_worker_is_killed_and_replaced_alone(
+    tmp_path: Path, services: list[Service]
+) -> None:
     service = start_service(tmp_path, BASE_CONF + "workers = 2\n", watchdog_usec=1_000_000)
     services.append(service)
     assert service.messages("WATCHDOG=1")[-1] == "WATCHDOG=1"
-    stuck = worker_pids(service)[1]
+    healthy, stuck = worker_pids(service)
     os.kill(stuck, signal.SIGSTOP)  # its event loop can no longer check in
-    try:
-        eventually_blocking(
-            lambda: "stopped checking in" in service.log.read_text(),
-            "the supervisor to notice the stuck worker",
-            timeout=15,
-            detail=service.log.read_text,
-        )
-        service.notify.settimeout(0.1)
-        while True:  # empty what was queued before the supervisor noticed
-            try:
-                service.notify.recv(4096)
-            except TimeoutError:
-                break
-        with pytest.raises(AssertionError, match="no 'WATCHDOG=1'"):
-            service.messages("WATCHDOG=1", timeout=1.5)
-    finally:
-        os.kill(stuck, signal.SIGCONT)
-    assert service.messages("WATCHDOG=1")[-1] == "WATCHDOG=1"  # checked in again
+    eventually_blocking(lambda: len(worker_pids(service)) == 3, "a replacement worker", timeout=20)
+    log = service.log.read_text()
+    assert re.search(rf"worker 1 \(pid {stuck}\) has not checked in for [\d.]+ s; killing it", log)
+    assert f"worker 1 (pid {stuck}) exited unexpectedly with -9" in log
+    assert not alive(stuck)
+    assert alive(healthy)  # the other worker and its connections were left alone
+    # The supervisor never stopped vouching for the service.
+    assert "withholding the watchdog" not in log
+    assert service.messages("WATCHDOG=1")[-1] == "WATCHDOG=1"
     service.process.send_signal(signal.SIGTERM)
     assert service.wait_exit() == 0
+
+
+def test_workers_dying_too_often_stop_the_service_with_a_failure(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    service = start_service(tmp_path, BASE_CONF + "workers = 2\n")
+    services.append(service)
+    killed: set[int] = set()
+
+    def fresh() -> list[int]:
+        return [pid for pid in worker_pids(service) if pid not in killed]
+
+    for _ in range(RESTART_BURST + 1):  # the first two are the original workers
+        eventually_blocking(fresh, "a worker not yet killed", timeout=20)
+        victim = fresh()[0]
+        os.kill(victim, signal.SIGKILL)
+        killed.add(victim)
+    assert service.wait_exit() == 1
+    assert f"{RESTART_BURST} worker restarts within 60 s; giving up" in service.log.read_text()
+
+
+def test_workers_exit_when_the_supervisor_is_killed(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    service = start_service(tmp_path, BASE_CONF + "workers = 2\n")
+    services.append(service)
+    pids = worker_pids(service)
+    service.process.kill()
+    service.process.wait()
+    eventually_blocking(
+        lambda: not any(alive(pid) for pid in pids), "the orphaned workers to exit", timeout=20
+    )
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", service.port), timeout=2).close()

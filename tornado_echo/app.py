@@ -11,10 +11,12 @@ from tornado.log import access_log
 from .api import SessionHandler, SessionsHandler
 from .config import Config
 from .connections import Connections
+from .console import LiveFeed, console_routes
 from .handlers import EchoWebSocket, HealthHandler, MetricsHandler, NotFoundHandler, ReadyHandler
 from .metrics import Metrics
 from .store import Store
 from .store.reader import SessionReader
+from .tornado_compat import request_summary
 
 
 class EchoApplication(tornado.web.Application):
@@ -28,14 +30,14 @@ class EchoApplication(tornado.web.Application):
     def __init__(
         self,
         config: Config,
-        db: Store,
+        store: Store,
         connections: Connections,
         server_id: str,
         metrics: Metrics,
         reader: SessionReader,
     ) -> None:
         self._ws_kwargs: dict[str, Any] = {
-            "db": db,
+            "db": store,  # EchoWebSocket's users know it as the db
             "config": config,
             "connections": connections,
             "server_id": server_id,
@@ -44,16 +46,19 @@ class EchoApplication(tornado.web.Application):
         self._metrics_kwargs: dict[str, Any] = {
             "metrics": metrics,
             "connections": connections,
-            "db": db,
+            "store": store,
             "token": config.metrics_token,
             "server_names": config.server_names,
         }
         self._api_kwargs: dict[str, Any] = {"config": config, "reader": reader}
         self._ready_kwargs: dict[str, Any] = {
-            "db": db,
+            "store": store,
             "connections": connections,
             "config": config,
         }
+        # Sampling starts with the server (Server.start), and only when the console is on.
+        self.live = LiveFeed(connections, store, metrics)
+        self._live_kwargs: dict[str, Any] = {"live": self.live, "reader": reader, "config": config}
         super().__init__(
             [
                 # A literal path: Tornado would read it as a regular expression.
@@ -63,7 +68,8 @@ class EchoApplication(tornado.web.Application):
                 ("/metrics", MetricsHandler, self._metrics_kwargs),
                 ("/api/sessions", SessionsHandler, self._api_kwargs),
                 (r"/api/sessions/([^/]+)", SessionHandler, self._api_kwargs),
-            ],
+            ]
+            + (console_routes(config, self._live_kwargs) if config.console else []),
             default_handler_class=NotFoundHandler,
             compress_response=False,
             log_function=_log_request,
@@ -75,6 +81,7 @@ class EchoApplication(tornado.web.Application):
         self._ws_kwargs["config"] = config
         self._api_kwargs["config"] = config
         self._ready_kwargs["config"] = config
+        self._live_kwargs["config"] = config
         self._metrics_kwargs["token"] = config.metrics_token
         self._metrics_kwargs["server_names"] = config.server_names
         self.settings.update(_live_settings(config))
@@ -90,21 +97,22 @@ def _live_settings(config: Config) -> dict[str, Any]:
 
 def make_app(
     config: Config,
-    db: Store,
+    store: Store,
     connections: Connections | None = None,
     server_id: str = "local",
     metrics: Metrics | None = None,
     reader: SessionReader | None = None,
 ) -> EchoApplication:
-    """The application serving ``config.ws_path``, /healthz, /readyz, /metrics and /api.
+    """The application serving ``config.ws_path``, /healthz, /readyz, /metrics, /api and the
+    console (``config.console_path``).
 
-    ``db`` must be started before the first connection; ``connections`` is shared with the
+    ``store`` must be started before the first connection; ``connections`` is shared with the
     server so that shutdown can reach every open session; ``reader`` (made from
     ``config.database_url`` when not given) answers the /api queries.
     """
     return EchoApplication(
         config,
-        db,
+        store,
         Connections() if connections is None else connections,
         server_id,
         Metrics() if metrics is None else metrics,
@@ -118,6 +126,6 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     access_log.debug(
         "%d %s %.2fms",
         handler.get_status(),
-        handler._request_summary(),
+        request_summary(handler),
         1000.0 * handler.request.request_time(),
     )

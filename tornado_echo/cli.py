@@ -6,18 +6,22 @@ config value, unreachable database at start) is one line on stderr and a non-zer
 
 ``tornado-echo sessions [--limit N] [--since TIME] [--json] [SESSION_ID]`` lists recent
 sessions (or shows one with its journal) from the database the same configuration names.
+``tornado-echo prune --older-than DAYS`` deletes ended sessions and their journal opened
+before then, in the same small batches as ``retention_days``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import logging
 import os
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tornado-echo",
         description="WebSocket echo server. Settings: defaults < conf file < environment"
         " TORNADO_ECHO_<KEY> < these flags.",
-        epilog="Other command: tornado-echo sessions --help (recent sessions from the database).",
+        epilog="Other commands: tornado-echo sessions --help (recent sessions from the database),"
+        " tornado-echo prune --help (delete old sessions).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -64,6 +69,19 @@ def build_sessions_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", default=None, help="sessions to list, 1 to 1000 (default 50)")
     parser.add_argument("--since", default=None, help="only sessions opened at or after (ISO-8601)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_settings(parser)
+    return parser
+
+
+def build_prune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tornado-echo prune",
+        description="Delete ended sessions opened more than DAYS days ago, with their journal,"
+        " from the database the configuration names; in small batches, safe while serving.",
+    )
+    parser.add_argument(
+        "--older-than", required=True, metavar="DAYS", help="age in days (e.g. 30 or 0.5)"
+    )
     add_settings(parser)
     return parser
 
@@ -94,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sessions"]:
         return sessions(argv[1:])
+    if argv[:1] == ["prune"]:
+        return prune(argv[1:])
     args = build_parser().parse_args(argv)  # argparse reports bad flags itself, exit 2
     flags = {key: getattr(args, key) for key in FIELDS}
     built = _config_or_report(args.config, flags, serving=True)
@@ -232,12 +252,16 @@ def sessions(argv: Sequence[str]) -> int:
     except QueryError as exc:
         sys.stderr.write(f"tornado-echo: {exc}\n")
         return 2
+    if _no_database(config):
+        return 1
     try:
         if session_id is None:
-            rows = run_query(config.database_url, lambda db: db.list_sessions(limit, since))
+            rows = run_query(
+                config.database_url, lambda backend: backend.list_sessions(limit, since)
+            )
         else:
             found = run_query(
-                config.database_url, lambda db: db.get_session(session_id, JOURNAL_LIMIT)
+                config.database_url, lambda backend: backend.get_session(session_id, JOURNAL_LIMIT)
             )
     except Exception as exc:  # noqa: BLE001 - command boundary: one line, no traceback
         reason = one_line(exc)
@@ -255,6 +279,61 @@ def sessions(argv: Sequence[str]) -> int:
         return 0
     sys.stdout.write(_table(rows))
     return 0
+
+
+def prune(argv: Sequence[str]) -> int:
+    """``tornado-echo prune --older-than DAYS``: blocking, batch after batch, then one line."""
+    from .store import make_backend
+    from .store.retention import DAY
+    from .store.retention import prune as prune_before
+
+    args = build_prune_parser().parse_args(argv)
+    try:
+        days = float(args.older_than)
+    except ValueError:
+        days = -1.0
+    if not 0 <= days <= 36500:  # NaN fails too
+        sys.stderr.write(
+            f"tornado-echo: --older-than must be a number of days, got {args.older_than!r}\n"
+        )
+        return 2
+    built = _config_or_report(args.config, {key: getattr(args, key) for key in FIELDS})
+    if built is None:
+        return 2
+    config, _ = built
+    if _no_database(config):
+        return 1
+    cutoff = time.time() - days * DAY
+    backend = make_backend(config.database_url)
+    try:
+        backend.connect()
+        pruned = prune_before(backend, cutoff)
+    except Exception as exc:  # noqa: BLE001 - command boundary: one line, no traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        sys.stderr.write(f"tornado-echo: cannot prune {mask_url(config.database_url)}: {first}\n")
+        return 1
+    finally:
+        backend.close()
+    before = datetime.datetime.fromtimestamp(cutoff, datetime.timezone.utc)
+    sys.stdout.write(
+        f"deleted {pruned.sessions} sessions and {pruned.messages} journal rows"
+        f" opened before {before:%Y-%m-%dT%H:%M:%SZ}\n"
+    )
+    return 0
+
+
+def _no_database(config: Config) -> bool:
+    """For commands that read: a missing SQLite file is reported, not created empty."""
+    if not config.database_url.startswith("sqlite:///"):
+        return False
+    path = Path(config.database_url[len("sqlite:///") :])
+    if path.is_file():
+        return False
+    sys.stderr.write(
+        f"tornado-echo: no database at {path} (a relative sqlite:/// path is relative to"
+        f" state_dir, here {config.state_dir!r})\n"
+    )
+    return True
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

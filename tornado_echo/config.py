@@ -71,6 +71,15 @@ def _ws_path(value: Any) -> str | None:
     return None
 
 
+def _console_path(value: Any) -> str | None:
+    # A directory-like path: the page's relative links (assets, figures, the WebSocket)
+    # resolve against it. Plain characters only, as it becomes a route and a proxy rule.
+    plain = re.fullmatch(r"/([A-Za-z0-9._~-]+/)*", value) is not None
+    if plain and not {".", ".."} & set(value.split("/")):
+        return None
+    return "must be a path starting and ending with / (letters, digits, . _ ~ -)"
+
+
 def _database_url(value: Any) -> str | None:
     scheme = value.split(":", 1)[0]
     usage = "must be sqlite:///PATH or postgresql://USER@HOST[:PORT]/DBNAME"
@@ -102,6 +111,15 @@ def _host(value: Any) -> str | None:
 
 def _directory(value: Any) -> str | None:
     return None if value and "\0" not in value else "must be a directory path"
+
+
+def resolve_sqlite_url(url: str, state_dir: str) -> str:
+    """A relative ``sqlite:///PATH`` made relative to ``state_dir``, not to the working
+    directory, so that the server and ``tornado-echo sessions`` run from anywhere agree."""
+    if not url.startswith("sqlite:///"):
+        return url
+    path = url[len("sqlite:///") :]
+    return url if os.path.isabs(path) else "sqlite:///" + os.path.join(state_dir, path)
 
 
 def _origins(value: Any) -> str | None:
@@ -207,6 +225,8 @@ class Config:
         INTEGER, 8080, "TCP port to listen on (0 lets the OS pick)", _between(0, 65535)
     )
     ws_path: str = _opt(STRING, "/ws", "URL path of the WebSocket echo endpoint", _ws_path)
+    console: bool = _opt(BOOLEAN, True, "serve the web console (echo console and live server view)")
+    console_path: str = _opt(STRING, "/", "URL path of the web console page", _console_path)
     allowed_origins: tuple[str, ...] = _opt(
         STRINGS, (), "browser Origins allowed besides same-host ones ('*' allows all)", _origins
     )
@@ -239,6 +259,19 @@ class Config:
         "fast",
         "what carries upgraded connections: fast (asyncio transport) or tornado (IOStream)",
         _one_of(ENGINES),
+    )
+    max_messages_per_second: float = _opt(
+        NUMBER,
+        0.0,
+        "messages a connection may send per second (one second's worth at once); more close"
+        " it with 1008; 0: no limit",
+        _between(0, 1e9),
+    )
+    max_bytes_per_second: float = _opt(
+        NUMBER,
+        0.0,
+        "message bytes a connection may send per second, likewise; 0: no limit",
+        _between(0, 1e12),
     )
     max_connections_per_ip: int = _opt(
         INTEGER,
@@ -279,7 +312,10 @@ class Config:
     )
     tls_key: str = _opt(STRING, "", "PEM private key of tls_cert (re-read with it on SIGHUP)")
     database_url: str = _opt(
-        STRING, "sqlite:///var/tornado-echo.db", "sqlite:///PATH or postgresql://...", _database_url
+        STRING,
+        "sqlite:///tornado-echo.db",
+        "sqlite:///PATH (relative to state_dir) or sqlite:////ABSOLUTE/PATH or postgresql://...",
+        _database_url,
     )
     state_dir: str = _opt(STRING, "var", "directory for local state (spool files)", _directory)
     journal: str = _opt(STRING, "off", "message journal: off, meta or full", _one_of(JOURNAL_MODES))
@@ -288,6 +324,12 @@ class Config:
         65536,
         "payload bytes journalled per message (full); the rest is marked truncated",
         _between(0, 1 << 30),
+    )
+    retention_days: float = _opt(
+        NUMBER,
+        0.0,
+        "delete ended sessions and their journal opened more than this many days ago (0: keep)",
+        _between(0, 36500),
     )
     batch_size: int = _opt(INTEGER, 1000, "records per database batch", _between(1, 100_000))
     batch_delay: float = _opt(
@@ -321,6 +363,11 @@ class Config:
     )
     admin_token: str = _opt(STRING, "", "bearer token for /api (empty: loopback only)")
     metrics_token: str = _opt(STRING, "", "bearer token for /metrics (empty: loopback only)")
+
+    def __post_init__(self) -> None:
+        # Resolved once here: every consumer of database_url sees the same file.
+        resolved = resolve_sqlite_url(self.database_url, self.state_dir)
+        object.__setattr__(self, "database_url", resolved)
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secrets replaced by ``***``, for display and logs."""

@@ -47,7 +47,13 @@ from .rfc6455 import (
     negotiate_deflate,
     parse_close_payload,
 )
-from .tornado_compat import detach_stream, release_response_headers, unread_bytes
+from .timerwheel import loop_wheel
+from .tornado_compat import (
+    detach_stream,
+    release_response_headers,
+    switching_protocols,
+    unread_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,38 +62,73 @@ WRITE_HIGH_WATER = 1024 * 1024
 WRITE_LOW_WATER = WRITE_HIGH_WATER // 4
 # How long a closing handshake may take before the connection is dropped.
 CLOSE_TIMEOUT = 5.0
+# What a connection's pending deadline is for.
+_NONE, _PING, _PONG, _ABORT = range(4)
 
 
 class FlowControl:
     """Whether a transport may be read: paused while any reason to pause holds.
 
-    Reasons: the peer is not reading what we send ("writing"), or the handler is still busy
-    with the previous message ("handler").
+    Reasons (bits): the peer is not reading what we send (``WRITING``), or the handler is
+    still busy with an earlier message (``HANDLER``).
     """
+
+    WRITING = 1
+    HANDLER = 2
 
     __slots__ = ("_reasons", "_transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._reasons: set[str] = set()
+        self._reasons = 0
 
-    def paused_for(self, reason: str) -> bool:
-        return reason in self._reasons
+    def paused_for(self, reason: int) -> bool:
+        return bool(self._reasons & reason)
 
-    def pause(self, reason: str) -> None:
+    def pause(self, reason: int) -> None:
         if not self._reasons:
             self._transport.pause_reading()
-        self._reasons.add(reason)
+        self._reasons |= reason
 
-    def resume(self, reason: str) -> None:
-        if reason in self._reasons:
-            self._reasons.discard(reason)
+    def resume(self, reason: int) -> None:
+        if self._reasons & reason:
+            self._reasons &= ~reason
             if not self._reasons and not self._transport.is_closing():
                 self._transport.resume_reading()
 
 
 class FastProtocol(WebSocketProtocol, asyncio.Protocol):
     """One upgraded connection. Built by the handler; :meth:`accept_connection` starts it."""
+
+    # Slots, the base class's attributes included, so that no instance dict is made: an
+    # idle connection is mostly its objects' overhead.
+    __slots__ = (
+        "_awaiting_pong",
+        "_busy",
+        "_compression_options",
+        "_deadline",
+        "_drain_waiters",
+        "_lost",
+        "_out",
+        "_pending",
+        "_selected_subprotocol",
+        "client_terminated",
+        "close_code",
+        "close_frame_received",
+        "close_reason",
+        "connection_error",
+        "deflate",
+        "flow",
+        "handler",
+        "max_message_size",
+        "ping_interval",
+        "ping_timeout",
+        "reader",
+        "server_terminated",
+        "stream",
+        "transport",
+        "wheel_slot",
+    )
 
     def __init__(
         self,
@@ -115,7 +156,9 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         # Events waiting while the handler is busy (opening, or awaiting on_message).
         self._busy = True
         self._pending: list[tuple[Any, Any]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        # The one pending deadline (see on_deadline) lives in the loop's timer wheel.
+        self.wheel_slot: int | None = None
+        self._deadline = _NONE
         self._awaiting_pong = False
         self._lost = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -164,10 +207,12 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         handler.set_header("Upgrade", "websocket")
         handler.set_header("Connection", "Upgrade")
         handler.set_header("Sec-WebSocket-Accept", accept_value(key))
-        handler.finish()
+        # The 101 answer (with every header the handler set) is the transport's first
+        # write: Tornado's response machinery costs more than the rest of the upgrade.
+        self._out = [switching_protocols(handler)]
         stream = detach_stream(handler)
-        if stream.writing():
-            await stream.write(b"")  # the 101 answer is out before the socket moves
+        handler.on_finish()
+        handler.application.log_request(handler)
         leftover = unread_bytes(stream)
         # The same socket moves to the transport: Tornado forgets its descriptor (and the
         # stream, never closed, is dropped). A dup()ed descriptor would leave epoll
@@ -181,6 +226,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
             self._pending = self.reader.feed(leftover)
         try:
             await asyncio.get_running_loop().connect_accepted_socket(lambda: self, sock)
+            self._flush()
         except OSError as exc:
             self.connection_error = exc
             self._lost = True
@@ -205,10 +251,10 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         # uvloop's transports have the Transport methods without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        self.stream = None  # Tornado's stream is closed; the transport carries the connection
+        self.stream = None  # the transport carries the connection; Tornado's stream is dropped
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         self.flow = FlowControl(transport)
-        self.flow.pause("handler")  # until open() has returned
+        self.flow.pause(FlowControl.HANDLER)  # until open() has returned
 
     def data_received(self, data: bytes) -> None:
         assert self.reader is not None
@@ -227,7 +273,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         self._lost = True
         self.connection_error = exc
         self.client_terminated = self.server_terminated = True
-        self._cancel_timer()
+        self._clear_deadline()
         self._pending = []
         for waiter in self._drain_waiters:
             if not waiter.done():
@@ -237,11 +283,11 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
 
     def pause_writing(self) -> None:
         assert self.flow is not None
-        self.flow.pause("writing")
+        self.flow.pause(FlowControl.WRITING)
 
     def resume_writing(self) -> None:
         assert self.flow is not None
-        self.flow.resume("writing")
+        self.flow.resume(FlowControl.WRITING)
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -251,8 +297,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
 
     def _dispatch(self, events: list[tuple[Any, Any]]) -> None:
         """Hand ``events`` to the handler in order; all frames written meanwhile go as one."""
-        out: list[bytes] = []
-        self._out = out
+        self._out = []
         try:
             for index, (opcode, payload) in enumerate(events):
                 if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
@@ -268,15 +313,19 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
                 else:
                     self._control(opcode, payload)
         finally:
-            self._out = None
-            if out and self.transport is not None and not self._lost:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write what was collected while dispatching, as one write; stop collecting."""
+        out, self._out = self._out, None
+        if out and self.transport is not None and not self._lost:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _wait_for_handler(self, waiting: Awaitable[Any], rest: list[tuple[Any, Any]]) -> None:
         assert self.flow is not None
         self._busy = True
         self._pending = rest
-        self.flow.pause("handler")
+        self.flow.pause(FlowControl.HANDLER)
         asyncio.ensure_future(waiting).add_done_callback(lambda _: self._handler_ready())
 
     def _handler_ready(self) -> None:
@@ -288,7 +337,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         if pending:
             self._dispatch(pending)
         if not self._busy and self.flow is not None:
-            self.flow.resume("handler")
+            self.flow.resume(FlowControl.HANDLER)
 
     def _control(self, opcode: Opcode, payload: bytes) -> None:
         if opcode is Opcode.PING:
@@ -338,7 +387,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         data = message.encode("utf-8") if isinstance(message, str) else message
         self.send_message(Opcode.BINARY if binary else Opcode.TEXT, data)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.flow is not None and self.flow.paused_for("writing"):
+        if self.flow is not None and self.flow.paused_for(FlowControl.WRITING):
             self._drain_waiters.append(future)
         else:
             future.set_result(None)
@@ -350,9 +399,12 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         self._send(Opcode.PING, data[:125])
 
     def set_nodelay(self, x: bool) -> None:
-        sock = self.transport.get_extra_info("socket") if self.transport else None
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if x else 0)
+        # asyncio's and uvloop's TCP transports already set TCP_NODELAY; only turning it
+        # off costs a system call.
+        if not x and self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -370,15 +422,14 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         if transport is None:
             return
         if self.client_terminated:
-            self._cancel_timer()
+            self._clear_deadline()
             if self._out is not None:
                 # Still dispatching: hang up right after this read's frames are written.
                 asyncio.get_running_loop().call_soon(transport.close)
             else:
                 transport.close()
         else:
-            self._cancel_timer()
-            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
+            self._set_deadline(_ABORT, CLOSE_TIMEOUT)
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (section 7.1.7): a close frame with ``code``, then hang up."""
@@ -396,23 +447,37 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
     def on_connection_close(self) -> None:
         self._abort()
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    # -- deadlines: keepalive and the closing handshake ------------------------------------
 
-    # -- keepalive -------------------------------------------------------------------------
+    def _set_deadline(self, action: int, delay: float) -> None:
+        self._deadline = action
+        loop_wheel().call_later(self, delay)
+
+    def _clear_deadline(self) -> None:
+        if self.wheel_slot is not None:
+            loop_wheel().clear(self)
+        self._deadline = _NONE
+
+    def on_deadline(self) -> None:
+        """The loop's timer wheel calls this when the pending deadline has come."""
+        action, self._deadline = self._deadline, _NONE
+        if action == _ABORT:
+            self._abort()
+        elif action == _PING:
+            self._ping()
+        elif action == _PONG:
+            self._check_pong()
 
     def _schedule_ping(self) -> None:
         if self.ping_interval > 0:
-            self._timer = asyncio.get_running_loop().call_later(self.ping_interval, self._ping)
+            self._set_deadline(_PING, self.ping_interval)
 
     def _ping(self) -> None:
         if self.is_closing():
             return
         self._awaiting_pong = True
         self._send(Opcode.PING, b"")
-        self._timer = asyncio.get_running_loop().call_later(self.ping_timeout, self._check_pong)
+        self._set_deadline(_PONG, self.ping_timeout)
 
     def _check_pong(self) -> None:
         if self.is_closing():
@@ -426,11 +491,9 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
             self.client_terminated = self.server_terminated = True
             assert self.transport is not None
             self.transport.close()
-            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
+            self._set_deadline(_ABORT, CLOSE_TIMEOUT)
             return
-        self._timer = asyncio.get_running_loop().call_later(
-            max(0.0, self.ping_interval - self.ping_timeout), self._ping
-        )
+        self._set_deadline(_PING, max(0.0, self.ping_interval - self.ping_timeout))
 
     # -- unused entry points of the abstract base (client side) ------------------------------
 
@@ -442,6 +505,10 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
 
     async def _receive_frame_loop(self) -> None:
         raise NotImplementedError("FastProtocol reads through its transport")
+
+
+# RequestHandler attributes that only serve writing an HTTP response body.
+_RESPONSE_ONLY = frozenset({"ui", "_transforms", "_write_buffer"})
 
 
 def _release_http_state(handler: WebSocketHandler) -> None:
@@ -456,6 +523,11 @@ def _release_http_state(handler: WebSocketHandler) -> None:
     request.server_connection = None
     request.body = b""
     release_response_headers(handler)
+    # The handler's attribute dict has outgrown CPython's compact shared-key form by now
+    # (about 1.6 KB); a fresh copy without the response-only attributes takes half that.
+    handler.__dict__ = {
+        name: value for name, value in vars(handler).items() if name not in _RESPONSE_ONLY
+    }
 
 
 def carried_by_tls(handler: WebSocketHandler) -> bool:

@@ -26,9 +26,10 @@ from .access import NOT_LOOPBACK, request_refusal
 from .config import Config
 from .connections import Connections
 from .engine import FastProtocol, FastWebSocketHandler, carried_by_tls
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import Metrics
 from .protocol import EchoProtocol
-from .rfc6455 import CloseCode, Opcode
+from .ratelimit import TokenBucket
+from .rfc6455 import CloseCode, Opcode, negotiate_deflate
 from .store import MessageReceived, SessionClosed, SessionOpened, Store
 from .tornado_compat import cross_origin_problem
 
@@ -38,13 +39,17 @@ POLICY_STATUSES = (403, 503)
 
 
 class JsonErrorMixin:
-    """Errors as ``{"status": N, "error": reason}``; set ``error_reason`` before send_error."""
+    """Errors as ``{"status": N, "error": text}``: ``send_error(status, error=text)``.
 
-    error_reason: str | None = None
+    Tornado hands ``send_error``'s keyword arguments to ``write_error``; without ``error``
+    the text comes from the exception (an HTTPError's log message) or the status.
+    """
 
-    def error_message(self, status: int, exc_info: Any) -> str:
-        if self.error_reason is not None:
-            return self.error_reason
+    def error_message(self, status: int, details: dict[str, Any]) -> str:
+        text = details.get("error")
+        if text is not None:
+            return str(text)
+        exc_info = details.get("exc_info")
         error = exc_info[1] if exc_info else None
         if isinstance(error, tornado.web.HTTPError):
             return error.log_message or error.reason or responses.get(error.status_code, "error")
@@ -58,9 +63,6 @@ class JsonErrorMixin:
 
 class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
     """Echoes every message back with the same type, in order; records each session."""
-
-    # Metric label of a refused upgrade; "error" covers exceptions raised while opening.
-    rejection_label = "error"
 
     def initialize(
         self,
@@ -83,6 +85,12 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         self._opened_at = 0.0
         self._shutdown_close = False
         self._journal = config.journal
+        self._message_budget = (
+            TokenBucket(config.max_messages_per_second) if config.max_messages_per_second else None
+        )
+        self._byte_budget = (
+            TokenBucket(config.max_bytes_per_second) if config.max_bytes_per_second else None
+        )
 
     # -- upgrade ---------------------------------------------------------------------------
 
@@ -133,6 +141,9 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
     def _upgrade_problem(self) -> tuple[str, str] | None:
         """(metric label, message) of what makes this request impossible to upgrade."""
         headers = self.request.headers
+        if self.request.version != "HTTP/1.1":
+            # RFC 6455 section 4.1: the upgrade is an HTTP/1.1 (or later) request.
+            return "http_version", f"{self.request.version} cannot be upgraded (use HTTP/1.1)"
         if headers.get("Upgrade", "").lower() != "websocket":
             return "upgrade_header", "missing or invalid Upgrade header (expected 'websocket')"
         tokens = {part.strip().lower() for part in headers.get("Connection", "").split(",")}
@@ -155,27 +166,25 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         return None
 
     def _reject(self, status: int, label: str, reason: str) -> None:
-        self.error_reason = reason
-        self.rejection_label = label
-        self.send_error(status)
+        self.send_error(status, error=reason, label=label)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         status = status_code if status_code in POLICY_STATUSES else 500
-        self.metrics.handshakes.labels(str(status)).inc()
-        self.metrics.rejections.labels(self.rejection_label).inc()
-        reason = self.error_message(status, kwargs.get("exc_info"))
+        reason = self.error_message(status, kwargs)
+        # The metric label of the refusal; "error" is an exception raised while opening.
+        label = kwargs.get("label", "error")
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        if self.rejection_label == "version":
+        if label == "version":
             # RFC 6455 section 4.4: tell the client which version we speak.
             self.set_header("Sec-WebSocket-Version", "13")
-        logger.warning(
-            "rejected WebSocket upgrade from %s %s %s: %d %s",
+        self.metrics.reject(
             self.request.remote_ip,
-            self.request.method,
+            self.request.method or "",
             self.request.path,
             status,
             reason,
+            label,
         )
         self.finish(self.json_error(status, reason))
 
@@ -191,6 +200,16 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         return {"compression_level": self.config.compression_level}
 
     def get_websocket_protocol(self) -> EchoProtocol | FastProtocol | None:
+        offer = self.request.headers.get("Sec-WebSocket-Extensions")
+        if offer is not None:
+            # Both engines negotiate the same way: the first valid permessage-deflate offer
+            # (rfc6455.negotiate_deflate), or none. Tornado's own negotiation fails the
+            # whole handshake, with a traceback, on a bad window size.
+            agreed = negotiate_deflate(offer)
+            if agreed is None:
+                del self.request.headers["Sec-WebSocket-Extensions"]
+            else:
+                self.request.headers["Sec-WebSocket-Extensions"] = agreed[1]
         if self.config.engine == "fast" and not carried_by_tls(self):
             fast = super().get_websocket_protocol()
             assert isinstance(fast, FastProtocol)
@@ -235,6 +254,12 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             data, opcode = message, Opcode.BINARY
         self.messages_in += 1
         self.bytes_in += len(data)
+        self.metrics.observe_message(len(data))
+        if (self._message_budget is not None and not self._message_budget.take()) or (
+            self._byte_budget is not None and not self._byte_budget.take(len(data))
+        ):
+            self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+            return None
         if self._journal != "off":
             self.db.submit(
                 MessageReceived(
@@ -280,7 +305,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
                 else CloseCode.ABNORMAL_CLOSURE
             )
         duration = time.monotonic() - self._opened_at
-        self.metrics.close_codes.labels(str(code), end_state).inc()
+        self.metrics.observe_close(code, end_state, duration)
         self.db.submit(
             SessionClosed(
                 session_id=self.session_id,
@@ -335,7 +360,7 @@ class JsonHandler(JsonErrorMixin, tornado.web.RequestHandler):
         self.finish(body if isinstance(body, bytes) else json.dumps(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        reason = self.error_message(status_code, kwargs.get("exc_info"))
+        reason = self.error_message(status_code, kwargs)
         self.set_header("Content-Type", "application/json")
         self.finish(self.json_error(status_code, reason))
 
@@ -346,6 +371,8 @@ class HealthHandler(JsonHandler):
     def get(self) -> None:
         self.write_json(200, {"status": "ok"})
 
+    head = get  # Tornado sends the headers of GET, without the body
+
 
 class ReadyHandler(JsonHandler):
     """Readiness: 503 while draining, while the store writer is not running, and (unless
@@ -355,83 +382,102 @@ class ReadyHandler(JsonHandler):
     the body says so either way. With ``readiness_needs_store = false`` the answer stays
     200 with ``"status": "degraded"``, so that a shared database blinking does not take
     every instance out of a load balancer at once.
+
+    The database's error text names hosts, users and databases: only peers allowed to read
+    /metrics see it (and the store details); others get the status and a generic reason.
     """
 
-    def initialize(self, db: Store, connections: Connections, config: Config) -> None:
-        self.db = db
+    def initialize(self, store: Store, connections: Connections, config: Config) -> None:
+        self.store = store
         self.connections = connections
         self.config = config
 
     def get(self) -> None:
-        store = self.db.status()
-        body: dict[str, Any] = {
-            "connections": len(self.connections),
-            "store": {
-                "available": store.available,
-                "error": store.error,
-                "pending": store.pending,
-                "queued": store.queued,
-                "queued_bytes": store.queued_bytes,
-                "spooled": store.spooled,
-                "spool_bytes": store.spool_bytes,
-                "oldest_pending_age_s": round(store.oldest_pending_age, 3),
-                "written": store.written,
-                "poisoned": store.poisoned,
-                "dropped": store.dropped,
-                "shed": store.shed,
-            },
-        }
+        status = self.store.status()
+        problems: list[tuple[str, str]] = []  # (what anybody may read, detail for the trusted)
+        code = 200
         if self.connections.draining:
-            self.write_json(503, {"status": "unavailable", "reason": "draining", **body})
-        elif not store.running:
-            reason = f"store writer not running: {store.error or 'not started'}"
-            self.write_json(503, {"status": "unavailable", "reason": reason, **body})
-        elif not store.available and self.config.readiness_needs_store:
-            reason = f"store unavailable: {store.error}"
-            self.write_json(503, {"status": "unavailable", "reason": reason, **body})
-        elif not store.available or store.dropped:
-            problems = []
-            if not store.available:
-                problems.append(f"store unavailable: {store.error}")
-            if store.dropped:
-                problems.append(f"{store.dropped} records lost ({store.loss})")
-            self.write_json(200, {"status": "degraded", "reason": "; ".join(problems), **body})
+            code, problems = 503, [("draining", "")]
+        elif not status.running:
+            code, problems = 503, [("store writer not running", status.error or "not started")]
         else:
-            self.write_json(200, {"status": "ok", **body})
+            if not status.available:
+                problems.append(("store unavailable", status.error or ""))
+                if self.config.readiness_needs_store:
+                    code = 503
+            if status.dropped:
+                problems.append(("records lost", f"{status.dropped} ({status.loss})"))
+        config = self.config
+        trusted = request_refusal(self.request, config.metrics_token, config.server_names) is None
+        body: dict[str, Any] = {"status": "ok"}
+        if problems:
+            body["status"] = "unavailable" if code == 503 else "degraded"
+            body["reason"] = "; ".join(
+                f"{what}: {detail}" if trusted and detail else what for what, detail in problems
+            )
+        if trusted:
+            body["connections"] = len(self.connections)
+            body["store"] = {
+                "available": status.available,
+                "error": status.error,
+                "pending": status.pending,
+                "queued": status.queued,
+                "queued_bytes": status.queued_bytes,
+                "spooled": status.spooled,
+                "spool_bytes": status.spool_bytes,
+                "oldest_pending_age_s": round(status.oldest_pending_age, 3),
+                "written": status.written,
+                "poisoned": status.poisoned,
+                "dropped": status.dropped,
+                "shed": status.shed,
+            }
+        self.write_json(code, body)
+
+    head = get
 
 
 class MetricsHandler(JsonHandler):
-    """Prometheus scrape endpoint; loopback peers or ``Authorization: Bearer <metrics_token>``."""
+    """Prometheus scrape endpoint; loopback peers or ``Authorization: Bearer <metrics_token>``.
+
+    Refused: 401 (with ``WWW-Authenticate``) when a token is set and was not given or is
+    wrong; 403 when no token is set, since no credentials could help, or when the Host does
+    not name this server.
+    """
 
     def initialize(
         self,
         metrics: Metrics,
         connections: Connections,
-        db: Store,
+        store: Store,
         token: str,
         server_names: tuple[str, ...] = (),
     ) -> None:
         self.metrics = metrics
         self.connections = connections
-        self.db = db
+        self.store = store
         self.token = token
         self.server_names = server_names
 
     def get(self) -> None:
         refused = request_refusal(self.request, self.token, self.server_names)
         if refused is not None:
-            self.error_reason = (
-                "metrics are served to loopback or with the metrics token"
-                if refused == NOT_LOOPBACK
-                else refused
-            )
-            raise tornado.web.HTTPError(403)
-        self.metrics.refresh(self.connections, self.db)
-        self.set_header("Content-Type", CONTENT_TYPE)
-        self.finish(self.metrics.exposition())
+            if refused == NOT_LOOPBACK and self.token:
+                self.set_header("WWW-Authenticate", 'Bearer realm="tornado-echo"')
+                error = 401, "missing or wrong bearer token"
+            elif refused == NOT_LOOPBACK:
+                error = 403, "metrics are served to loopback only unless metrics_token is set"
+            else:
+                error = 403, refused
+            self.write_json(error[0], {"status": error[0], "error": error[1]})
+            return
+        self.metrics.refresh(self.connections, self.store)
+        body, content_type = self.metrics.exposition(self.request.headers.get("Accept"))
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+    head = get
 
 
 class NotFoundHandler(JsonHandler):
     def prepare(self) -> None:
-        self.error_reason = f"no such path: {self.request.path}"
-        raise tornado.web.HTTPError(404)
+        self.send_error(404, error=f"no such path: {self.request.path}")

@@ -2,19 +2,60 @@
 
 Redaction happens on the fully formatted line (message, arguments and traceback alike), so
 a database password cannot leak through an exception text either.
+
+Every line names the process: its pid, and with ``workers > 1`` the worker index. When
+stderr is the journal (systemd sets ``JOURNAL_STREAM`` to its ``device:inode``), every
+line starts with the syslog priority, ``<3>`` for an error, which journald strips and
+stores as ``PRIORITY=`` (``journalctl -p warning`` then finds warnings); ``-o cat`` shows
+the line without it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and goes into JSON.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+_worker: int | None = None  # this process's worker index; None for a single process
+
+
+def set_worker(index: int | None) -> None:
+    """Name the worker this process is in every line it logs from now on."""
+    global _worker
+    _worker = index
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog(3) priority of a logging level: 2 crit, 3 err, 4 warning, 6 info, 7 debug."""
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    return 6 if levelno >= logging.INFO else 7
+
+
+def stderr_is_journal(environ: Mapping[str, str] | None = None, fd: int = 2) -> bool:
+    """True when ``fd`` is the stream systemd connected to the journal (``JOURNAL_STREAM``).
+
+    Comparing device and inode, as sd_journal_stream_fd(3) advises, tells the journal from
+    a pipe or file that the variable was merely inherited past (``tornado-echo ... | less``).
+    """
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    try:
+        stat = os.fstat(fd)
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError):
+        return False
 
 
 class _Redactor:
@@ -27,23 +68,37 @@ class _Redactor:
         return text
 
 
-class TextFormatter(logging.Formatter):
-    """``2026-11-26 01:02:03,456 INFO tornado_echo.server: message``, redacted."""
+def _journal_prefix(text: str, levelno: int) -> str:
+    # Each line of a traceback is an entry of its own in the journal: all get the priority.
+    prefix = f"<{syslog_priority(levelno)}>"
+    return "\n".join(prefix + line for line in text.split("\n"))
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+class TextFormatter(logging.Formatter):
+    """``2026-11-26 01:02:03,456 INFO [w1 1234] tornado_echo.server: message``, redacted.
+
+    ``[w1 1234]`` is worker 1, pid 1234; a single process (or the supervisor) shows
+    ``[1234]``.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), journal: bool = False) -> None:
+        super().__init__("%(asctime)s %(levelname)s [%(_proc)s] %(name)s: %(message)s")
         self._redact = _Redactor(secrets)
+        self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        return self._redact(super().format(record))
+        record._proc = f"{record.process}" if _worker is None else f"w{_worker} {record.process}"
+        text = self._redact(super().format(record))
+        return _journal_prefix(text, record.levelno) if self.journal else text
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, any ``extra`` fields, exc."""
+    """One JSON object per line: ts, level, logger, worker, pid, msg, ``extra`` fields, exc."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), journal: bool = False) -> None:
         super().__init__()
         self._redact = _Redactor(secrets)
+        self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -51,6 +106,8 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "worker": _worker,
+            "pid": record.process,
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
@@ -58,14 +115,16 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return self._redact(json.dumps(entry, default=str, ensure_ascii=False))
+        text = self._redact(json.dumps(entry, default=str, ensure_ascii=False))
+        return _journal_prefix(text, record.levelno) if self.journal else text
 
 
 def setup_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     """Route all logging to stderr in the chosen format; safe to call again on reload."""
     secrets = list(secrets)
+    journal = stderr_is_journal()
     formatter: logging.Formatter = (
-        JsonFormatter(secrets) if fmt == "json" else TextFormatter(secrets)
+        JsonFormatter(secrets, journal) if fmt == "json" else TextFormatter(secrets, journal)
     )
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -3,7 +3,8 @@
 Per-message counts live in plain integers on each session (see :class:`Connections`); they
 are folded into the Prometheus counters by :meth:`Metrics.refresh`, which the server calls
 on each housekeeping tick (``tornado_echo.server.TICK``) and before each scrape. The echo
-path therefore pays nothing for metrics.
+path pays one list increment per message (:meth:`Metrics.observe_message`), folded into the
+message-size histogram the same way.
 
 With several worker processes (``workers > 1``) the values go through prometheus_client's
 multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before prometheus_client is
@@ -13,27 +14,106 @@ scrape with the sum over all of them.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
+import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import tornado
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from . import __version__
+from .config import Config
 from .connections import Connections, Traffic
+from .rfc6455 import CloseCode
 from .store import Store
+from .throttle import LogThrottle
 
 logger = logging.getLogger(__name__)
+# Refused upgrades are logged under the handler's name, where operators look for them.
+rejection_logger = logging.getLogger("tornado_echo.handlers")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The ``code`` label takes these (RFC 6455 section 7.4 and the IANA registry); any other
+# code a client sends is "other", so a stranger cannot mint series.
+KNOWN_CLOSE_CODES = frozenset(int(code) for code in CloseCode)
+MESSAGE_SIZE_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
+DURATION_BUCKETS = (0.1, 1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
+
+
+def close_code_label(code: int) -> str:
+    return str(code) if code in KNOWN_CLOSE_CODES else "other"
 
 
 class Metrics:
-    """The metrics of one process, registered in their own registry."""
+    """The metrics of one process, registered in their own registry.
+
+    :meth:`configure` sets what comes from the configuration (build info, max_connections);
+    call it again after a reload.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.build_info = Gauge(
+            "tornado_echo_build_info",
+            "Always 1; the labels say what runs",
+            ["version", "python", "tornado", "engine"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.max_connections = Gauge(
+            "tornado_echo_max_connections",
+            "Configured connection limit (summed over workers)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.connection_seconds = Histogram(
+            "tornado_echo_connection_duration_seconds",
+            "How long ended WebSocket sessions lasted",
+            registry=registry,
+            buckets=DURATION_BUCKETS,
+        )
+        self.message_bytes = Histogram(
+            "tornado_echo_message_size_bytes",
+            "Payload sizes of received messages",
+            registry=registry,
+            buckets=MESSAGE_SIZE_BUCKETS,
+        )
+        # Per bucket (the last is +Inf) since the last refresh; plain ints on the echo path.
+        self._sizes = [0] * (len(MESSAGE_SIZE_BUCKETS) + 1)
+        self._sizes_sum = 0
+        self._process = ProcessCollector(registry=None)
+        if self.multiprocess:
+            # Collectors are not shared between processes: each worker copies its own
+            # figures into multiprocess values, one series per worker pid (liveall).
+            self._process_gauges = {
+                name: Gauge(name, doc, registry=registry, multiprocess_mode="liveall")
+                for name, doc in (
+                    ("process_open_fds", "Open file descriptors"),
+                    ("process_max_fds", "Maximum open file descriptors"),
+                    ("process_resident_memory_bytes", "Resident memory size in bytes"),
+                    ("process_virtual_memory_bytes", "Virtual memory size in bytes"),
+                    ("process_start_time_seconds", "Start time since the epoch in seconds"),
+                )
+            }
+            self.cpu_seconds = Counter(
+                "process_cpu_seconds",
+                "User and system CPU time of every worker, in seconds",
+                registry=registry,
+            )
+            self._folded_cpu = 0.0  # what the counter holds of this process's CPU time
+        else:
+            registry.register(self._process)
         self.connections_open = Gauge(
             "tornado_echo_connections_open",
             "Open WebSocket sessions",
@@ -63,7 +143,7 @@ class Metrics:
         )
         self.close_codes = Counter(
             "tornado_echo_close_codes",
-            "Ended sessions by close code and end state",
+            "Ended sessions by close code (known codes, else other) and end state",
             ["code", "end_state"],
             registry=registry,
         )
@@ -118,9 +198,55 @@ class Metrics:
         # What refresh() has added to the counters so far: each call adds the difference.
         self._folded_traffic = Traffic()
         self._folded_store = (0, 0, 0, 0)  # records written, errors, lost, shed
+        self._rejection_log = LogThrottle(rejection_logger)
+
+    def reject(
+        self, peer: str | None, method: str, path: str, status: int, reason: str, label: str
+    ) -> None:
+        """Count a refused upgrade, and log it with fields: each ``label`` once per 10 s.
+
+        A stranger can send refused upgrades as fast as the network allows: the counters
+        take every one, the log a sample (with how many were withheld).
+        """
+        self.handshakes.labels(str(status)).inc()
+        self.rejections.labels(label).inc()
+        self._rejection_log.log(
+            label,
+            logging.WARNING,
+            "rejected WebSocket upgrade from %s %s %s: %d %s",
+            peer,
+            method,
+            path,
+            status,
+            reason,
+            extra={"peer": peer, "status": status, "reason": reason, "rejection": label},
+        )
+
+    def configure(self, config: Config) -> None:
+        """Export what the configuration says; again after a reload."""
+        self.build_info.labels(
+            __version__,
+            platform.python_version(),
+            tornado.version,
+            config.engine,
+        ).set(1)
+        self.max_connections.set(config.max_connections)
+
+    def observe_message(self, size: int) -> None:
+        """A received message of ``size`` bytes; cheap, for the echo path."""
+        self._sizes[bisect.bisect_left(MESSAGE_SIZE_BUCKETS, size)] += 1
+        self._sizes_sum += size
+
+    def observe_close(self, code: int, end_state: str, duration: float) -> None:
+        """A session ended: its close code (bounded label), end state and duration."""
+        self.close_codes.labels(close_code_label(code), end_state).inc()
+        self.connection_seconds.observe(duration)
 
     def refresh(self, connections: Connections, store: Store) -> None:
-        """Fold the plain counters of sessions and store into the Prometheus metrics."""
+        """Fold the plain counters of sessions, store and process into the Prometheus metrics."""
+        self._fold_message_sizes()
+        if self.multiprocess:
+            self._copy_process_figures()
         traffic = connections.traffic()
         folded = self._folded_traffic
         self.connections_open.set(len(connections))
@@ -141,10 +267,34 @@ class Metrics:
         self.store_shed.inc(status.shed - shed)
         self._folded_store = (status.written, status.errors, status.dropped, status.shed)
 
-    def exposition(self) -> bytes:
-        """The text format for a scrape: this process, or every worker in multiprocess mode."""
-        if os.environ.get(MULTIPROC_ENV):
+    def _fold_message_sizes(self) -> None:
+        # prometheus_client has no way to add n observations to a bucket at once: its
+        # per-bucket values are reached here, and only here.
+        histogram = self.message_bytes
+        sizes, self._sizes = self._sizes, [0] * len(self._sizes)
+        for bucket, count in zip(histogram._buckets, sizes, strict=True):
+            if count:
+                bucket.inc(count)
+        if self._sizes_sum:
+            histogram._sum.inc(self._sizes_sum)
+            self._sizes_sum = 0
+
+    def _copy_process_figures(self) -> None:
+        for family in self._process.collect():
+            for sample in family.samples:
+                gauge = self._process_gauges.get(sample.name)
+                if gauge is not None:
+                    gauge.set(sample.value)
+                elif sample.name == "process_cpu_seconds_total":
+                    self.cpu_seconds.inc(max(0.0, sample.value - self._folded_cpu))
+                    self._folded_cpu = sample.value
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """(body, content type) of a scrape in the format ``accept`` prefers (Prometheus
+        text, or OpenMetrics): this process, or every worker in multiprocess mode."""
+        encoder, content_type = choose_encoder(accept or "")
+        if self.multiprocess:
             combined = CollectorRegistry()
             MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
-            return bytes(generate_latest(combined))
-        return bytes(generate_latest(self.registry))
+            return bytes(encoder(combined)), content_type
+        return bytes(encoder(self.registry)), content_type

@@ -34,8 +34,9 @@ from .errors import ConfigError
 from .http_server import EchoHTTPServer, make_http_server
 from .logs import setup_logging
 from .metrics import Metrics
-from .store import Store, make_store
+from .store import Store, make_backend, make_store
 from .store.reader import SessionReader
+from .store.retention import Retention
 from .systemd import Notifier
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ LIVE_KEYS = frozenset(
     {
         "allowed_origins",
         "max_message_size",
+        "max_messages_per_second",
+        "max_bytes_per_second",
         "max_connections",
         "max_connections_per_ip",
         "ping_interval",
@@ -97,8 +100,10 @@ class Server:
         self.notifier = notifier or Notifier(None)
         self.connections = Connections()
         self.metrics = Metrics()
+        self.metrics.configure(config)
         self.store: Store = make_store(config, self.server_id)
         self.reader = SessionReader(config.database_url)
+        self.retention = Retention(lambda: make_backend(config.database_url), config.retention_days)
         self.app: EchoApplication | None = None
         self.http: EchoHTTPServer | None = None
         self.sockets: list[socket.socket] = []
@@ -121,6 +126,7 @@ class Server:
         self._wakeup = asyncio.Event()
         self.store.on_batch = self.metrics.batch_seconds.observe
         await self.store.start()
+        self.retention.start()
         self.app = make_app(
             self.config, self.store, self.connections, self.server_id, self.metrics, self.reader
         )
@@ -151,6 +157,8 @@ class Server:
             )
         self.sockets = sockets
         self.http.add_sockets(self.sockets)
+        if self.config.console:
+            self.app.live.start()
         self._housekeeping = asyncio.ensure_future(self._housekeep())
         logger.info(
             "listening on %s:%d%s%s, store %s",
@@ -241,6 +249,7 @@ class Server:
         if new.log_level != old.log_level or new.log_format != old.log_format:
             setup_logging(new.log_level, new.log_format, new.secrets())
         self.app.reconfigure(new)
+        self.metrics.configure(new)
         if self.http is not None:
             self.http.proxies = _proxies(new)
             self.http.max_http_connections = new.max_http_connections
@@ -281,12 +290,12 @@ class Server:
                 last_status = now
 
     def _status_line(self) -> str:
-        store = self.store.status()
-        state = "ok" if store.available else f"unavailable ({store.error})"
+        status = self.store.status()
+        state = "ok" if status.available else f"unavailable ({status.error})"
         draining = ", draining" if self.connections.draining else ""
         return (
             f"{len(self.connections)} connections ({self.connections.total} total){draining};"
-            f" store {state}, {store.pending} pending"
+            f" store {state}, {status.pending} pending"
         )
 
     # -- shutdown --------------------------------------------------------------------------
@@ -316,8 +325,11 @@ class Server:
             await self._wait_or_forced(self._close_http_connections())
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        if self.app is not None:
+            self.app.live.close()
         store_time = max(MIN_STORE_DRAIN, deadline - time.monotonic())
         self.reader.close()
+        self.retention.close()
         await self.store.close(0.0 if self.force_exit else store_time)
         status = self.store.status()
         if status.pending or status.dropped:

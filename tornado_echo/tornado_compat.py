@@ -22,6 +22,8 @@ PRIVATE_NAMES = {
     "tornado.iostream.IOStream._read_buffer_size": (IOStream, "_read_buffer_size"),
     "tornado.iostream.IOStream._write_buffer": (IOStream, "_write_buffer"),
     "tornado.web.RequestHandler._headers": (RequestHandler, "_headers"),
+    "tornado.web.RequestHandler._request_summary": (RequestHandler, "_request_summary"),
+    "tornado.web.RequestHandler._reason": (RequestHandler, "_reason"),
 }
 
 DecompressTooLargeError = _DecompressTooLargeError
@@ -51,3 +53,16 @@ def unsent_bytes(stream: IOStream) -> int:
 def release_response_headers(handler: RequestHandler) -> None:
     """Forget the response headers of a handler whose response has been sent."""
     handler._headers = HTTPHeaders()
+
+
+def request_summary(handler: RequestHandler) -> str:
+    """Tornado's ``METHOD URI (remote_ip)`` line of a request, as its access log has it."""
+    summary: str = handler._request_summary()
+    return summary
+
+
+def switching_protocols(handler: RequestHandler) -> bytes:
+    """The ``101 Switching Protocols`` answer with every header ``handler`` has set."""
+    lines = [f"HTTP/1.1 101 {handler._reason}"]
+    lines.extend(f"{name}: {value}" for name, value in handler._headers.get_all())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -7,10 +7,16 @@ same messages it would send systemd (``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``
 
 * ``READY=1`` once every worker is listening (and again once every worker has re-read its
   configuration after a SIGHUP);
-* ``WATCHDOG=1`` only while every worker's event loop has checked in recently, so one stuck
-  worker gets the whole service restarted by systemd;
+* ``WATCHDOG=1`` while the supervisor's own loop runs; a worker whose event loop has not
+  checked in for ``HEARTBEAT_STALE`` seconds is killed and replaced on its own, so one
+  stuck worker costs its own connections, not every worker's. Only a stuck worker that
+  even SIGKILL does not remove makes the supervisor withhold the watchdog;
 * SIGTERM, SIGINT and SIGHUP are passed on to every worker; a worker that dies unexpectedly
-  is restarted (at most ``MAX_RESTARTS`` times).
+  is restarted, at most ``RESTART_BURST`` times within ``RESTART_INTERVAL`` seconds (like
+  systemd's StartLimitBurst=/StartLimitIntervalSec=). Beyond that the supervisor stops the
+  others and exits 1, so that systemd's ``Restart=on-failure`` sees the failure;
+* workers get SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``), so a supervisor
+  killed with SIGKILL leaves no orphan serving the port.
 
 The supervisor loop is plain ``select`` (no asyncio) so that forking from it is safe; its
 signal handlers only set flags and wake the loop through ``signal.set_wakeup_fd``.
@@ -18,6 +24,8 @@ signal handlers only set flags and wake the loop through ``signal.set_wakeup_fd`
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import logging
 import os
 import select
@@ -26,14 +34,60 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .logs import set_worker
 from .systemd import Notifier
+from .throttle import LogThrottle
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 1.0  # how often a worker's loop checks in
-HEARTBEAT_STALE = 5.0  # a worker silent this long is considered stuck
-MAX_RESTARTS = 20
+HEARTBEAT_STALE = 5.0  # a serving worker silent this long is stuck: it is killed
+STARTUP_STALE = 60.0  # the same for a worker still starting (opening the store, binding)
+RESTART_BURST = 5  # unexpected worker exits tolerated within RESTART_INTERVAL
+RESTART_INTERVAL = 60.0
 KILL_GRACE = 10.0  # beyond the shutdown deadline, before SIGKILL
+KILL_WAIT = 5.0  # a worker SIGKILLed this long ago and still there stops the watchdog
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class RestartWindow:
+    """At most ``burst`` restarts within any ``interval`` seconds (pure logic, no clock)."""
+
+    def __init__(self, burst: int, interval: float) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._times: collections.deque[float] = collections.deque(maxlen=burst)
+
+    def allow(self, now: float) -> bool:
+        """Record a restart at ``now`` if the window has room; False when it has not."""
+        if self.burst <= 0:
+            return False
+        if len(self._times) == self.burst and now - self._times[0] < self.interval:
+            return False
+        self._times.append(now)
+        return True
+
+    def recent(self, now: float) -> int:
+        """Restarts within the last ``interval`` seconds."""
+        return sum(1 for t in self._times if now - t < self.interval)
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies; exit now if it already has.
+
+    Linux only: elsewhere (or when prctl is refused) a warning says so, and workers would
+    outlive a supervisor killed with SIGKILL.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        failed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0
+    except (OSError, AttributeError):
+        failed = True
+    if failed:
+        logger.warning("cannot arrange for workers to die with the supervisor (prctl)")
+    # The parent may have died between fork() and prctl(): then nobody sends the signal.
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class WorkerLink(Notifier):
@@ -73,6 +127,8 @@ class _Worker:
     read_fd: int
     ready: bool = False
     last_heartbeat: float = field(default_factory=time.monotonic)
+    heard: bool = False  # its event loop is serving: HEARTBEAT_STALE applies
+    killed_at: float | None = None  # when the supervisor SIGKILLed it as stuck
     status: str = ""
     buffer: bytes = b""
 
@@ -87,6 +143,7 @@ class Supervisor:
         notifier: Notifier,
         shutdown_deadline: float,
         on_worker_exit: Callable[[int], None] | None = None,
+        restarts: RestartWindow | None = None,
     ) -> None:
         self.count = count
         self.run_worker = run_worker
@@ -94,7 +151,9 @@ class Supervisor:
         self.shutdown_deadline = shutdown_deadline
         self.on_worker_exit = on_worker_exit
         self.workers: dict[int, _Worker] = {}  # by pid
-        self.restarts = 0
+        self.restarts = restarts or RestartWindow(RESTART_BURST, RESTART_INTERVAL)
+        self.gave_up = False
+        self._throttle = LogThrottle(logger)
         self._signals: list[int] = []
         self._reloading = False
         self._announced_ready = False
@@ -127,6 +186,7 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(write_fd, False)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
@@ -134,6 +194,8 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
+                die_with_parent(parent)
+                set_worker(index)
                 os.close(read_fd)
                 for other in self.workers.values():
                     os.close(other.read_fd)
@@ -187,18 +249,47 @@ class Supervisor:
                     self._forward(signal.SIGKILL)
                 continue
             self._announce_ready()
+            unkillable = self._kill_stuck(now)
             if watchdog_every is not None and now - last_watchdog >= watchdog_every:
-                stuck = [
-                    w.index
-                    for w in self.workers.values()
-                    if now - w.last_heartbeat > HEARTBEAT_STALE
-                ]
-                if stuck:
-                    logger.error("workers %s stopped checking in; withholding the watchdog", stuck)
+                if unkillable:
+                    self._throttle.log(
+                        "withhold",
+                        logging.ERROR,
+                        "workers %s stay stuck after SIGKILL; withholding the watchdog",
+                        unkillable,
+                    )
                 else:
                     self.notifier.watchdog()
                     last_watchdog = now
-        return exit_code
+        return exit_code | self.gave_up
+
+    def _kill_stuck(self, now: float) -> list[int]:
+        """SIGKILL workers that stopped checking in (_reap replaces them).
+
+        Returns the indexes of those killed more than KILL_WAIT ago and still not gone.
+        """
+        unkillable = []
+        for worker in self.workers.values():
+            if worker.killed_at is not None:
+                if now - worker.killed_at > KILL_WAIT:
+                    unkillable.append(worker.index)
+                continue
+            silent = now - worker.last_heartbeat
+            if silent <= (HEARTBEAT_STALE if worker.heard else STARTUP_STALE):
+                continue
+            logger.error(
+                "worker %d (pid %d) has not checked in for %.1f s; killing it",
+                worker.index,
+                worker.pid,
+                silent,
+                extra={"worker_index": worker.index, "worker_pid": worker.pid},
+            )
+            worker.killed_at = now
+            try:
+                os.kill(worker.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # already gone: _reap collects it
+        return unkillable
 
     def _read_fds(self) -> list[int]:
         return [worker.read_fd for worker in self.workers.values()]
@@ -219,10 +310,11 @@ class Supervisor:
         *messages, worker.buffer = worker.buffer.split(b"\0")
         for message in messages:
             for line in message.decode("utf-8", "replace").split("\n"):
-                if line == "READY=1":
-                    worker.ready = True
+                if line == "READY=1":  # sent from its event loop, which is now serving
+                    worker.ready = worker.heard = True
                 elif line == "WATCHDOG=1":
                     worker.last_heartbeat = time.monotonic()
+                    worker.heard = True
                 elif line.startswith("STATUS="):
                     worker.status = line[len("STATUS=") :]
 
@@ -257,12 +349,20 @@ class Supervisor:
                 failed |= code not in (0, -signal.SIGTERM)
                 continue
             logger.error("worker %d (pid %d) exited unexpectedly with %d", worker.index, pid, code)
-            if self.restarts >= MAX_RESTARTS:
-                logger.critical("worker restart limit (%d) reached; stopping", MAX_RESTARTS)
+            now = time.monotonic()
+            if not self.restarts.allow(now):
+                logger.critical(
+                    "%d worker restarts within %.0f s; giving up: stopping the others and"
+                    " exiting with a failure",
+                    self.restarts.burst,
+                    self.restarts.interval,
+                )
+                self.gave_up = True
                 self._signals.append(signal.SIGTERM)
+                restart = False
                 continue
-            self.restarts += 1
-            time.sleep(min(1.0, 0.1 * self.restarts))
+            # A worker that dies at once would otherwise be respawned in a tight loop.
+            time.sleep(min(1.0, 0.1 * self.restarts.recent(now)))
             self._spawn(worker.index)
         return failed
 

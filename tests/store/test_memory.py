@@ -11,7 +11,7 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from tests.helpers import PgOutage, fetch_rows, make_server, metric
-from tests.store.test_writer import make, sid
+from tests.store.test_store import make, sid
 from tornado_echo.connections import Connections
 from tornado_echo.metrics import Metrics
 from tornado_echo.store import MessageReceived
@@ -45,7 +45,7 @@ def test_past_twice_the_byte_limit_payloads_are_shed_and_counted(tmp_path: Path)
     assert status.dropped == 0  # their metadata is kept
     metrics = Metrics()
     metrics.refresh(Connections(), store)
-    assert metric(metrics.exposition().decode(), "tornado_echo_store_payloads_shed_total") == 7
+    assert metric(metrics.exposition()[0].decode(), "tornado_echo_store_payloads_shed_total") == 7
 
 
 class LoopLag:

@@ -234,7 +234,7 @@ async def test_spool_deleted_while_running_shows_in_readyz_and_metrics(
     await until(lambda: server.store.status().available and server.store.status().pending == 0)
     code, body = await readyz(server)
     assert (code, body["status"]) == (200, "degraded")
-    assert body["reason"] == f"{lost} records lost (spool file deleted or damaged while running)"
+    assert body["reason"] == f"records lost: {lost} (spool file deleted or damaged while running)"
     response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/metrics")
     assert metric(response.body.decode(), "tornado_echo_store_records_lost_total") == lost
     client.close(1000)

@@ -8,7 +8,7 @@ from ..config import Config
 from .base import Backend
 from .records import MessageReceived, Record, SessionClosed, SessionOpened
 from .spool import Spool, spool_path
-from .writer import Store, StoreStatus
+from .store import Store, StoreStatus
 
 __all__ = [
     "Backend",

@@ -91,6 +91,14 @@ class Backend(abc.ABC):
         """Mark sessions that ``server_id`` left open (a crash) as crashed; returns how many."""
 
     @abc.abstractmethod
+    def delete_sessions_before(
+        self, cutoff: float, sessions: int, messages: int
+    ) -> tuple[int, int]:
+        """One short transaction of retention: among the ``sessions`` oldest ended sessions
+        opened before ``cutoff``, delete up to ``messages`` journal rows, then those sessions
+        if none of their rows is left. Returns (sessions, journal rows) deleted."""
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Raise if the database does not answer."""
 

@@ -235,6 +235,28 @@ class PostgresBackend(Backend):
             )
             return int(cur.rowcount)
 
+    def delete_sessions_before(
+        self, cutoff: float, sessions: int, messages: int
+    ) -> tuple[int, int]:
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT id FROM ws_sessions WHERE opened_at < to_timestamp(%s)"
+                " AND end_state <> 'open' ORDER BY opened_at LIMIT %s",
+                (cutoff, sessions),
+            )
+            ids = [str(row[0]) for row in cur.fetchall()]
+            cur.execute(
+                "DELETE FROM ws_messages WHERE ctid = ANY(ARRAY(SELECT ctid FROM ws_messages"
+                " WHERE session_id = ANY(%s::uuid[]) LIMIT %s))",
+                (ids, messages),
+            )
+            deleted_messages = int(cur.rowcount)
+            deleted_sessions = 0
+            if deleted_messages < messages:  # no journal row of these sessions is left
+                cur.execute("DELETE FROM ws_sessions WHERE id = ANY(%s::uuid[])", (ids,))
+                deleted_sessions = int(cur.rowcount)
+        return deleted_sessions, deleted_messages
+
     def ping(self) -> None:
         with self._transaction() as cur:
             cur.execute("SELECT 1")

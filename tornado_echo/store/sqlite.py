@@ -195,6 +195,38 @@ class SQLiteBackend(Backend):
         )
         return cursor.rowcount
 
+    def delete_sessions_before(
+        self, cutoff: float, sessions: int, messages: int
+    ) -> tuple[int, int]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM ws_sessions WHERE opened_at < ? AND end_state <> 'open'"
+                    " ORDER BY opened_at LIMIT ?",
+                    (cutoff, sessions),
+                )
+            ]
+            marks = ", ".join("?" * len(ids))
+            deleted_messages = conn.execute(
+                "DELETE FROM ws_messages WHERE rowid IN (SELECT rowid FROM ws_messages"
+                f" WHERE session_id IN ({marks}) LIMIT ?)",
+                (*ids, messages),
+            ).rowcount
+            deleted_sessions = 0
+            if deleted_messages < messages:  # no journal row of these sessions is left
+                deleted_sessions = conn.execute(
+                    f"DELETE FROM ws_sessions WHERE id IN ({marks})", ids
+                ).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return deleted_sessions, deleted_messages
+
     def ping(self) -> None:
         self._connection().execute("SELECT 1").fetchone()
 

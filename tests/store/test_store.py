@@ -134,7 +134,7 @@ async def test_poison_record_is_isolated_logged_and_skipped(
     # A counter beyond 64 bits: both databases refuse this close, whatever the batch around it.
     poison = dataclasses.replace(closed(sid(999)), messages_in=2**70)
     records[77:77] = [opened(sid(999)), poison]
-    with caplog.at_level(logging.ERROR, logger="tornado_echo.store.writer"):
+    with caplog.at_level(logging.ERROR, logger="tornado_echo.store.store"):
         for record in records:
             store.submit(record)
         await store.close()
@@ -155,7 +155,7 @@ async def test_many_poison_records_cost_one_log_line_per_interval(
 ) -> None:
     store = make(database_url, tmp_path, batch_size=64, batch_delay=0.01)
     await store.start()
-    with caplog.at_level(logging.ERROR, logger="tornado_echo.store.writer"):
+    with caplog.at_level(logging.ERROR, logger="tornado_echo.store.store"):
         for number in range(20):
             store.submit(opened(sid(number)))
             store.submit(dataclasses.replace(closed(sid(number)), messages_in=2**70))
@@ -257,7 +257,7 @@ async def test_full_disk_loses_only_what_it_counts(
     await store.start()
     pg_outage.cut()
     submitted = 0
-    with caplog.at_level(logging.CRITICAL, logger="tornado_echo.store.writer"):
+    with caplog.at_level(logging.CRITICAL, logger="tornado_echo.store.store"):
         for number in range(400):
             store.submit(opened(sid(number)))
             for seq in range(1, 4):
@@ -321,7 +321,7 @@ async def test_spool_deleted_while_running_is_counted_once_and_the_writer_goes_o
     pg_outage: PgOutage, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = await spool_outage(pg_outage, tmp_path, 20)
-    with caplog.at_level(logging.CRITICAL, logger="tornado_echo.store.writer"):
+    with caplog.at_level(logging.CRITICAL, logger="tornado_echo.store.store"):
         store.spool.path.unlink()
         for number in range(100, 110):
             for record in session(number):
