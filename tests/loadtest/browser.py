@@ -11,7 +11,9 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -48,13 +50,15 @@ class Browser:
 
     def __init__(self) -> None:
         assert CHROMIUM is not None, "chromium is not installed"
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        # Chromium's helper processes may still be writing there for a moment after it exits.
+        self._profile = tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True)
         profile = Path(self._profile.name)
         self._active_port = profile / "DevToolsActivePort"
         self._process = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its helpers in one process group, ended with it
         )
         self._ids = itertools.count(1)
         self._ws: ClientConnection | None = None
@@ -83,9 +87,17 @@ class Browser:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._ws is not None:
+            with contextlib.suppress(Exception):  # it may be gone already
+                self._send("Browser.close", {}, session=False)
         self._stack.close()
-        self._process.kill()
-        self._process.wait(10)
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait(10)
+        with contextlib.suppress(ProcessLookupError):  # helpers left behind, if any
+            os.killpg(self._process.pid, signal.SIGKILL)
         self._profile.cleanup()
 
     def _send(self, method: str, params: dict[str, Any], session: bool) -> int:
