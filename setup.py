@@ -11,6 +11,8 @@ setup(
     package_data={
         "tornado_echo.store": ["schema/*/*.sql"],
         "tornado_echo.console": ["static/*"],
+        # uPlot (MIT, npm "uplot" 1.6.32), inlined into --html reports; licence alongside.
+        "tornado_echo.loadtest": ["assets/*"],
     },
     install_requires=[
         # 6.6 is the first with the private names tornado_echo/tornado_compat.py uses;
@@ -20,8 +22,9 @@ setup(
         "prometheus_client>=0.20,<1",
         'tomli>=2; python_version < "3.11"',
         # Load tester: uvloop's event loop makes the Python client keep up with a compiled
-        # one (measured in benchmarks/loadtest_vs_compiled.py); websockets only for its C
-        # masking helper (websockets.speedups.apply_mask), the hot spot of every send.
+        # one (measured in benchmarks/loadtest_vs_compiled.py); websockets for its C
+        # masking helper (websockets.speedups.apply_mask), the hot spot of every send, and
+        # its sans-I/O upgrade-response checks and permessage-deflate.
         'uvloop>=0.19; sys_platform != "win32"',
         "websockets>=12",
     ],

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import tornado.httpserver
+import tornado.ioloop
 import tornado.netutil
 import tornado.web
 import tornado.websocket
@@ -94,6 +95,50 @@ class ReorderHandler(EchoHandler):
         self.held = None
 
 
+class StallHandler(EchoHandler):
+    """Stalls for a second at the 50th message of each connection, then catches up."""
+
+    held: list[str | bytes] | None = None
+
+    def reply(self, message: str | bytes) -> None:
+        if self.seen == 50:
+            self.held = []
+            tornado.ioloop.IOLoop.current().call_later(1.0, self.resume)
+        if self.held is not None:
+            self.held.append(message)
+        else:
+            super().reply(message)
+
+    def resume(self) -> None:
+        held, self.held = self.held or [], None
+        for message in held:
+            super().reply(message)
+
+
+class CorruptSequenceHandler(EchoHandler):
+    """Changes the last digit of the sequence number (the 16th byte) of every third echo."""
+
+    def reply(self, message: str | bytes) -> None:
+        if self.seen % 3 == 0:
+            text = message.decode() if isinstance(message, bytes) else message
+            digit = "%x" % (int(text[15], 16) ^ 1)
+            garbled = text[:15] + digit + text[16:]
+            message = garbled.encode() if isinstance(message, bytes) else garbled
+        super().reply(message)
+
+
+class RetypeHandler(EchoHandler):
+    """Echoes every fifth message as the other frame type (text as binary and back)."""
+
+    def reply(self, message: str | bytes) -> None:
+        if self.seen % 5 == 0:
+            swapped = message.encode() if isinstance(message, str) else message.decode()
+            with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+                self.write_message(swapped, binary=isinstance(swapped, bytes))
+        else:
+            super().reply(message)
+
+
 class CloseHandler(EchoHandler):
     """Closes with the code in the path after the first echo (1006: drops TCP)."""
 
@@ -107,6 +152,20 @@ class CloseHandler(EchoHandler):
             stream.close()
         else:
             self.close(code, "test close")
+
+
+class FlakyUpgradeHandler(EchoHandler):
+    """Refuses every second upgrade with 503 (counted over the server's life)."""
+
+    upgrades = 0
+
+    async def get(self, *args: str, **kwargs: str) -> None:
+        FlakyUpgradeHandler.upgrades += 1
+        if FlakyUpgradeHandler.upgrades % 2 == 0:
+            self.set_status(503)
+            self.finish("try again")
+            return
+        await super().get(*args, **kwargs)
 
 
 class StatusHandler(tornado.web.RequestHandler):
@@ -139,8 +198,12 @@ def _app(**settings: Any) -> tornado.web.Application:
             (r"/drop", DropHandler),
             (r"/dup", DuplicateHandler),
             (r"/reorder", ReorderHandler),
+            (r"/retype", RetypeHandler),
+            (r"/corrupt-seq", CorruptSequenceHandler),
             (r"/close/(\d+)", CloseHandler),
             (r"/status/(\d+)", StatusHandler),
+            (r"/flaky", FlakyUpgradeHandler),
+            (r"/stall", StallHandler),
         ],
         **settings,
     )

@@ -30,6 +30,7 @@ def test_every_echo_checked_and_every_session_recorded(
         "mismatches": 0,
         "lost": 0,
         "duplicates": 0,
+        "retyped": 0,
         "reordered": 0,
     }
     service.process.send_signal(signal.SIGTERM)

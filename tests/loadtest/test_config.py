@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Target
+from tornado_echo.loadtest.config import LoadConfig, Profile, SizeSpec, Stage, Target
 from tornado_echo.loadtest.errors import LoadtestConfigError
 
 
@@ -43,3 +43,29 @@ def test_target_parsing() -> None:
 def test_invalid_combinations(options: dict[str, object]) -> None:
     with pytest.raises(LoadtestConfigError):
         LoadConfig.validated(target=Target.parse("ws://127.0.0.1:1/"), **options)
+
+
+def test_profile_ramps_connections_from_zero_and_rate_from_the_start() -> None:
+    stages = (Stage(10, 100), Stage(10, 100, 50.0), Stage(5, 0))
+    profile = Profile(stages, start_rate=10.0)
+    assert profile.duration == 25
+    assert profile.at(0) == (0, 10.0)
+    assert profile.at(5) == (50, 10.0)
+    assert profile.at(15) == (100, 30.0)
+    assert profile.at(22.5) == (50, 50.0)
+    assert profile.at(99) == (0, 50.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "stage"),
+    [("10:100", Stage(10, 100)), ("0.5:0:20", Stage(0.5, 0, 20.0))],
+)
+def test_stage_parse(text: str, stage: Stage) -> None:
+    assert Stage.parse(text) == stage
+
+
+@pytest.mark.parametrize("text", ["10", "x:1", "0:5", "5:-1", "5:5:0", "1:2:3:4"])
+def test_bad_stage_names_the_option(text: str) -> None:
+    with pytest.raises(LoadtestConfigError) as info:
+        Stage.parse(text)
+    assert "--stage" in str(info.value)

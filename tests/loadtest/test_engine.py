@@ -13,7 +13,7 @@ import pytest
 from tests.loadtest.conftest import Servers
 from tests.loadtest.helpers import run_load
 from tornado_echo.loadtest import preflight, report
-from tornado_echo.loadtest.config import LoadConfig, Target
+from tornado_echo.loadtest.config import LoadConfig, Stage, Target
 from tornado_echo.loadtest.engine import Progress, Worker
 from tornado_echo.loadtest.stats import Stats
 
@@ -107,6 +107,31 @@ def test_wrong_echo_counts_mismatches(servers: Servers) -> None:
     assert summary["error_rate"] > 0
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_echo_in_the_other_frame_type_is_its_own_error(servers: Servers, binary: bool) -> None:
+    stats, summary = run_load(servers.url("/retype"), connections=2, messages=10, binary=binary)
+    assert stats.counters["retyped"] == 4  # the 5th and 10th of each connection
+    assert stats.errors == {"retyped": 4}
+    assert stats.counters["messages_received"] == 16
+    assert stats.counters["lost"] == stats.counters["mismatches"] == 0
+    assert summary["messages"]["retyped"] == 4
+    assert summary["error_rate"] > 0
+
+
+@pytest.mark.parametrize(("size", "inflight"), [("64", 1), ("17-40", 2)])
+def test_a_garbled_sequence_number_is_one_mismatch(
+    servers: Servers, size: str, inflight: int
+) -> None:
+    stats, _ = run_load(
+        servers.url("/corrupt-seq"), connections=2, messages=12, size=size, inflight=inflight
+    )
+    c = stats.counters
+    assert c["mismatches"] == 8  # the 3rd, 6th, 9th, 12th of each connection
+    assert c["lost"] == c["duplicates"] == 0
+    assert c["messages_received"] == 16
+    assert stats.errors == {"mismatch": 8}
+
+
 def test_dropped_messages_count_as_lost(servers: Servers) -> None:
     stats, _ = run_load(servers.url("/drop"), connections=2, messages=6, timeout=0.3)
     assert stats.counters["lost"] == 4  # the 3rd and 6th of each connection
@@ -139,6 +164,16 @@ def test_refused_upgrade_status(servers: Servers, status: int) -> None:
 def test_server_close_codes(servers: Servers, code: int) -> None:
     stats, summary = run_load(servers.url(f"/close/{code}"), connections=2, messages=5)
     assert stats.errors[f"close_{code}"] == 2
+    assert summary["connections"]["dropped"] == 2
+
+
+@pytest.mark.parametrize("code", [1005, 1015, 999, 2999])
+def test_a_server_that_closes_with_a_code_that_may_not_be_sent_is_flagged(
+    servers: Servers, code: int
+) -> None:
+    stats, summary = run_load(servers.url(f"/close/{code}"), connections=2, messages=5)
+    assert stats.errors[f"close_invalid_{code}"] == 2
+    assert f"close_{code}" not in stats.errors
     assert summary["connections"]["dropped"] == 2
 
 
@@ -198,6 +233,9 @@ def test_two_workers_merge_exactly(servers: Servers) -> None:
     assert len(stats.workers) == 2
     assert {w["connections"] for w in stats.workers} == {3}
     assert summary["saturation"]["workers"] == stats.workers
+    # Per-second latency (for the HTML report) merges exactly too: every sample once.
+    assert sum(sum(second.values()) for second in stats.latency_seconds) == 60
+    assert sum(stats.series["closed"]) == sum(stats.series["established"]) == 6
 
 
 def test_wss_with_insecure(servers: Servers) -> None:
@@ -307,3 +345,51 @@ def test_stop_request_gives_a_partial_result_marked_interrupted(servers: Servers
     assert stats.elapsed < 30  # stopped long before the 60 s duration
     assert stats.counters["messages_received"] > 0
     assert stats.counters["lost"] == 0
+
+
+def test_progress_snapshots_carry_interval_latency_and_error_classes(servers: Servers) -> None:
+    cfg = LoadConfig.validated(
+        target=Target.parse(servers.url("/drop")),
+        connections=2,
+        duration=1.6,
+        timeout=0.3,
+        progress_interval=0.25,
+    )
+    plan = preflight.make_plans(cfg, preflight.check(cfg))[0]
+    snapshots: list[Progress] = []
+    asyncio.run(Worker(cfg, plan, snapshots.append).run())
+    # The drop server answers 2 of 3: lost ones show by class while the run goes on.
+    assert any(dict(s.error_classes).get("lost", 0) > 0 for s in snapshots)
+    # Each snapshot holds only its own interval's samples: together, every sample once.
+    assert sum(count for s in snapshots for _, count in s.latency_buckets) == (
+        snapshots[-1].received
+    )
+    assert sum(1 for s in snapshots if s.latency_buckets) >= 2
+
+
+def test_stages_ramp_connections_up_and_down(servers: Servers) -> None:
+    stages = (Stage(0.5, 4), Stage(0.5, 4), Stage(0.5, 0))
+    stats, summary = run_load(
+        servers.url("/echo"), connections=4, stages=stages, duration=1.5, workers=1
+    )
+    assert stats.counters["connections_established"] == 4  # none replaced: none closed early
+    assert summary["connections"]["peak_open"] == 4
+    # Closed by us on the way down: no drops, no errors, all closed again.
+    assert stats.errors == {} and stats.counters["messages_received"] > 0
+    assert sum(stats.series["closed"]) == 4
+
+
+def test_churn_replaces_each_connection_after_its_messages(servers: Servers) -> None:
+    stats, summary = run_load(servers.url("/echo"), connections=2, churn=3, duration=1.0)
+    c = stats.counters
+    assert c["connections_established"] >= 6  # each of the 2 slots reopened at least twice
+    assert stats.histograms["handshake"].total == c["connections_established"]
+    assert stats.errors == {} and c["connections_dropped"] == 0
+    assert summary["connections"]["opened_per_s"] > 0
+
+
+def test_reconnect_opens_a_new_connection_for_each_dropped_one(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/close/1011"), connections=2, reconnect=True, duration=1.0)
+    c = stats.counters
+    assert c["connections_established"] >= 4
+    assert stats.errors["close_1011"] == c["connections_dropped"] >= 3

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,34 @@ def test_large_loopback_runs_spread_sources_early() -> None:
     assert pre.sources == ("127.0.0.1", "127.0.0.2")
     small = preflight.check(cfg(connections=100), ports=(1024, 65535))
     assert small.sources == ()
+
+
+@pytest.mark.parametrize(
+    ("connections", "limit"), [(100, 60), (100, 64), (100, 65), (300, 200), (5000, 1024)]
+)
+def test_fd_advice_passes_its_own_check_or_says_none_exists(connections: int, limit: int) -> None:
+    problem = preflight.fd_problem(connections, 1, limit)
+    assert problem is not None
+    if limit <= preflight.FD_MARGIN:
+        assert "no --workers value helps" in problem
+        assert all(preflight.fd_problem(connections, w, limit) for w in (1, 2, connections))
+        return
+    workers = int(problem.split("--workers ")[1].split()[0])
+    assert preflight.fd_problem(connections, workers, limit) is None
+    assert preflight.fd_problem(connections, workers - 1, limit) is not None
+
+
+@pytest.mark.parametrize(
+    ("hard", "advice"), [(60, "no --workers value helps"), (200, "--workers 3")]
+)
+def test_cli_under_a_low_hard_fd_limit(hard: int, advice: str) -> None:
+    # A real hard limit, set in a child process (it cannot be raised back in this one).
+    code = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({hard}, {hard}))\n"
+        "from tornado_echo.loadtest.cli import main\n"
+        "sys.exit(main(['ws://127.0.0.1:9/', '-c', '300', '-w', '1', '-q']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert advice in proc.stderr and "Traceback" not in proc.stderr

@@ -168,3 +168,35 @@ def test_render_shows_the_timeline_only_when_there_is_one() -> None:
         ["0-1", "1", "0", "0", "0.0"],
         ["1-2", "0", "0", "0", "9.0"],
     ]
+
+
+def test_merged_elapsed_is_the_union_of_the_run_windows() -> None:
+    def run(start: float, end: float) -> Stats:
+        stats = Stats()
+        stats.windows = [[start, end]]
+        stats.elapsed = end - start
+        return stats
+
+    side_by_side = Stats()
+    for start, end in ((100.0, 110.0), (105.0, 112.0), (100.0, 110.0)):
+        side_by_side.merge(run(start, end))
+    assert side_by_side.elapsed == 12.0
+    apart = Stats()
+    apart.merge(run(100.0, 110.0))
+    apart.merge(run(400.0, 405.0))
+    assert apart.elapsed == 15.0
+    assert Stats.from_dict(apart.to_dict()).windows == [[100.0, 110.0], [400.0, 405.0]]
+
+
+def test_saturation_guard_counts_time_waiting_for_a_cpu() -> None:
+    # 60% on a CPU is not busy by itself; 60% + 35% in the run queue is a client that
+    # wanted a whole core, and 35% of its timings are scheduler delay.
+    stats = stats_with([1.0], cpu=0.6)
+    stats.workers[0]["run_queue_fraction"] = 0.35
+    sat = summarize(stats, {"mode": "closed"})["saturation"]
+    assert sat["client_bound"]
+    assert [r.split(" ")[2:4] for r in sat["reasons"]] == [["was", "ready"], ["waited", "for"]]
+    stats.workers[0]["run_queue_fraction"] = 0.05
+    assert not summarize(stats, {"mode": "closed"})["saturation"]["client_bound"]
+    stats.workers[0]["run_queue_fraction"] = None  # no schedstat on this kernel
+    assert not summarize(stats, {"mode": "closed"})["saturation"]["client_bound"]

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from tornado_echo.loadtest.config import SizeSpec
 from tornado_echo.loadtest.histogram import Histogram
 from tornado_echo.loadtest.tracker import EchoTracker, Filler, LiveCounters
@@ -61,10 +63,9 @@ def test_reordering_and_expiry() -> None:
     assert tracker.on_echo(payloads[1], 40)
     assert tracker.on_echo(payloads[0], 41)
     assert live.reordered == 1
-    assert tracker.oldest_sent_ns() == 30
     assert tracker.expire(deadline_ns=25) == 0
     assert tracker.expire(deadline_ns=31) == 1
-    assert live.lost == 1 and tracker.oldest_sent_ns() is None
+    assert live.lost == 1 and not tracker.pending
     # A late echo of an expired message is neither duplicate nor mismatch.
     assert not tracker.on_echo(payloads[2], 50)
     assert live.duplicates == 0 and live.mismatches == 0
@@ -75,3 +76,40 @@ def test_abandon_counts_all_in_flight_as_lost() -> None:
     for _ in range(4):
         tracker.next_payload(0, 0)
     assert tracker.abandon() == 4 and live.lost == 4
+
+
+def test_retyped_echo_answers_its_message_without_counting_it_good() -> None:
+    tracker, live, corrected, _ = make()
+    payload = tracker.next_payload(0, 0)
+    assert tracker.on_retyped(payload)
+    assert live.retyped == 1 and live.received == 0 and not tracker.pending
+    assert corrected.total == 0
+    assert not tracker.on_retyped(payload)  # again: a duplicate, not a second retype
+    assert live.retyped == 1 and live.duplicates == 1
+
+
+def garble(payload: bytes, index: int) -> bytes:
+    return (
+        payload[:index]
+        + (b"0" if payload[index : index + 1] != b"0" else b"1")
+        + payload[index + 1 :]
+    )
+
+
+@pytest.mark.parametrize(("sizes", "digit"), [("64", 0), ("64", 15), ("17", 15), ("20-40", 15)])
+def test_garbled_sequence_number_answers_its_message(sizes: str, digit: int) -> None:
+    tracker, live, _, _ = make(sizes)
+    first, second = tracker.next_payload(0, 0), tracker.next_payload(0, 0)
+    assert tracker.on_echo(garble(first, digit), 1)
+    assert tracker.on_echo(second, 1)
+    assert live.mismatches == 1 and live.received == 1
+    assert live.duplicates == 0 and not tracker.pending
+
+
+def test_prefix_garbled_into_another_message_in_flight_answers_the_right_one() -> None:
+    tracker, live, _, _ = make()
+    first, second = tracker.next_payload(0, 0), tracker.next_payload(0, 0)
+    assert tracker.on_echo(first[:16] + second[16:], 1)  # second's echo, prefix of first
+    assert live.mismatches == 1
+    assert tracker.on_echo(first, 2)  # first is still in flight and now answered
+    assert live.received == 1 and not tracker.pending

@@ -1,26 +1,38 @@
 """Command line: ``tornado-echo-loadtest URL [options]`` and ``... merge FILE...``.
 
-Exit codes: 0 all good, 1 a CI threshold failed (each failure is named), 2 bad
-input (one line on stderr, no traceback), 3 the run itself could not be carried out,
-130 stopped early by Ctrl-C/SIGTERM (the partial result is still printed and saved).
+Exit codes (:data:`EXIT_CODES`, also in ``--help``): 0 all good, 1 a check or CI threshold
+failed (each failure is named), 2 bad input (one line on stderr, no traceback), 3 the run
+itself could not be carried out, 130 stopped early by Ctrl-C/SIGTERM (the partial result
+is still printed and saved).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
-from tornado_echo.loadtest import engine, preflight, report
-from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Target, default_workers
+from tornado_echo.loadtest import engine, htmlreport, preflight, report
+from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Stage, Target, default_workers
 from tornado_echo.loadtest.errors import LoadtestConfigError, LoadtestError, ResultFormatError
+from tornado_echo.loadtest.histogram import Histogram
 
 log = logging.getLogger(__name__)
 PROG = "tornado-echo-loadtest"
 EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    every echo right, every connection opened and kept, every threshold met
+  {EXIT_THRESHOLD}    a check failed: a wrong, lost, duplicated or retyped echo, a failed or
+       dropped connection (unless --allow-errors), or a threshold (each on a FAILED line)
+  {EXIT_USAGE}    bad input (one line on stderr)
+  {EXIT_FAILED}    the run could not be carried out, e.g. not one connection opened
+  {EXIT_INTERRUPTED}  stopped by Ctrl-C or SIGTERM (the partial result is still printed and saved)
+"""
 
 
 class UsageError(Exception):
@@ -50,11 +62,42 @@ def _header(text: str) -> tuple[str, str]:
 
 
 def _add_thresholds(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("CI thresholds (exit 1 when failed)")
+    group = parser.add_argument_group("checks and CI thresholds (exit 1 when failed)")
+    group.add_argument(
+        "--allow-errors",
+        action="store_true",
+        help="do not fail on wrong/lost/duplicated/retyped echoes or failed/dropped "
+        "connections (they still count in --max-error-rate)",
+    )
+    group.add_argument("--max-p50-ms", type=_positive_float, help="highest allowed p50 latency")
     group.add_argument("--max-p99-ms", type=_positive_float, help="highest allowed p99 latency")
-    group.add_argument("--max-error-rate", type=_positive_float, help="e.g. 0.001")
+    group.add_argument("--max-p999-ms", type=_positive_float, help="highest allowed p99.9 latency")
+    group.add_argument(
+        "--max-latency-ms", type=_positive_float, help="highest allowed maximum latency"
+    )
+    group.add_argument(
+        "--max-error-rate",
+        type=_positive_float,
+        help="highest allowed share of errors among connections and messages, e.g. 0.001",
+    )
+    group.add_argument(
+        "--max-conn-failure-rate",
+        type=_positive_float,
+        help="highest allowed share of connections that failed to open, e.g. 0.01",
+    )
     group.add_argument("--min-throughput", type=_positive_float, help="lowest echoed msgs/s")
     parser.add_argument("--json", metavar="FILE", help="write the whole result as JSON")
+    parser.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write a self-contained HTML report (charts, figures, verdicts; no network needed)",
+    )
+
+
+def _thresholds(args: argparse.Namespace) -> report.Thresholds:
+    return report.Thresholds(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(report.Thresholds)}
+    )
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -62,9 +105,13 @@ def run_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Load-test a WebSocket echo server. Subcommand: merge FILE... "
         "(combine --json results from several hosts).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("url", help="ws:// or wss:// URL of an echo endpoint")
-    p.add_argument("-c", "--connections", type=int, default=1)
+    p.add_argument(
+        "-c", "--connections", type=int, help="connections (default 1; with --stage, its peak)"
+    )
     p.add_argument(
         "--connect-rate",
         type=_positive_float,
@@ -84,10 +131,41 @@ def run_parser() -> argparse.ArgumentParser:
         help="seconds (default 10 unless --messages is given)",
     )
     p.add_argument("-n", "--messages", type=int, help="messages per connection")
-    p.add_argument("--mode", choices=("closed", "open"), default="closed")
+    p.add_argument(
+        "--mode",
+        choices=("closed", "open"),
+        help="closed: send, await the echo, send again (the default); open: send on a fixed "
+        "schedule, latency corrected for coordinated omission (the default with --rate)",
+    )
     p.add_argument("--inflight", type=int, default=1, help="closed loop: outstanding per conn")
-    p.add_argument("--rate", type=_positive_float, help="open loop: msgs/s per connection")
-    p.add_argument("--total-rate", type=_positive_float, help="open loop: msgs/s in total")
+    shapes = p.add_argument_group("load shapes")
+    shapes.add_argument(
+        "--stage",
+        type=Stage.parse,
+        action="append",
+        default=[],
+        metavar="SECONDS:CONNECTIONS[:RATE]",
+        help="ramp linearly to CONNECTIONS open (from 0) and RATE msgs/s per connection "
+        "over SECONDS (repeatable, in order; -d defaults to their sum)",
+    )
+    shapes.add_argument(
+        "--churn",
+        type=int,
+        metavar="N",
+        help="each connection sends N messages, closes, and a new one takes its place "
+        "(measures handshakes per second and their latency)",
+    )
+    shapes.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="open a new connection in place of each one the server drops",
+    )
+    p.add_argument(
+        "--rate", type=_positive_float, help="open loop: msgs/s per connection (implies open)"
+    )
+    p.add_argument(
+        "--total-rate", type=_positive_float, help="open loop: msgs/s in total (implies open)"
+    )
     p.add_argument("-s", "--size", default="64", help="payload bytes: N, A-B or A,B,C")
     p.add_argument("--binary", action="store_true", help="binary frames (default text)")
     p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
@@ -99,8 +177,13 @@ def run_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra upgrade header 'Name: value' (repeatable)",
     )
-    p.add_argument("--origin")
-    p.add_argument("--subprotocol", action="append", default=[])
+    p.add_argument("--origin", help="Origin header of the upgrade request")
+    p.add_argument(
+        "--subprotocol",
+        action="append",
+        default=[],
+        help="offer this Sec-WebSocket-Protocol (repeatable)",
+    )
     p.add_argument("--insecure", action="store_true", help="wss: skip certificate checks")
     p.add_argument(
         "--timeout",
@@ -108,7 +191,12 @@ def run_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds before an unanswered echo counts as lost",
     )
-    p.add_argument("--connect-timeout", type=_positive_float, default=10.0)
+    p.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=10.0,
+        help="seconds for TCP connect, TLS and upgrade together (default 10)",
+    )
     p.add_argument("-w", "--workers", type=int, help="processes (default: one per core)")
     p.add_argument(
         "--source-ip",
@@ -116,7 +204,12 @@ def run_parser() -> argparse.ArgumentParser:
         default=[],
         help="local source address(es), comma-separated or repeated",
     )
-    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    p.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop (auto: uvloop when installed)",
+    )
     p.add_argument(
         "--allow-remote",
         action="store_true",
@@ -134,8 +227,19 @@ def run_parser() -> argparse.ArgumentParser:
 
 
 def merge_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"{PROG} merge", description="Merge --json results from several hosts.")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p = _Parser(
+        prog=f"{PROG} merge",
+        description="Merge --json results from several hosts.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="--json results to merge")
+    p.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="merge runs with different URL, mode, size, binary or deflate (with a warning) "
+        "instead of refusing",
+    )
     _add_thresholds(p)
     return p
 
@@ -143,30 +247,46 @@ def merge_parser() -> argparse.ArgumentParser:
 def build_config(args: argparse.Namespace) -> LoadConfig:
     """The one LoadConfig from parsed arguments (LoadtestConfigError on bad input)."""
     target = Target.parse(args.url)
+    stages = tuple(args.stage)
+    connections = args.connections
+    if stages:
+        peak = max(stage.connections for stage in stages)
+        if connections is not None and connections != peak:
+            raise LoadtestConfigError(
+                f"--connections {connections} differs from the stages' peak {peak}: give one"
+            )
+        connections = peak
+    if connections is None:
+        connections = 1
     workers = (
-        args.workers
-        if args.workers is not None
-        else min(default_workers(), max(1, args.connections))
+        args.workers if args.workers is not None else min(default_workers(), max(1, connections))
     )
     if args.rate is not None and args.total_rate is not None:
         raise LoadtestConfigError("give --rate or --total-rate, not both")
     rate = args.rate or 0.0
     if args.total_rate is not None:
-        rate = args.total_rate / max(1, args.connections)
-    if (args.rate or args.total_rate) and args.mode == "closed":
-        raise LoadtestConfigError("--rate/--total-rate need --mode open")
+        rate = args.total_rate / max(1, connections)
+    staged_rates = [stage.rate for stage in stages if stage.rate is not None]
+    if staged_rates and not rate:
+        rate = staged_rates[0]  # a ramp of rates starts at the first one given
+    paced = args.rate is not None or args.total_rate is not None or bool(staged_rates)
+    if paced and args.mode == "closed":
+        raise LoadtestConfigError("--rate/--total-rate send on a schedule: not with --mode closed")
+    mode = args.mode or ("open" if paced else "closed")
     duration = args.duration
+    if duration is None and stages:
+        duration = sum(stage.seconds for stage in stages)
     if duration is None and args.messages is None:
         duration = 10.0
     sources = tuple(s.strip() for item in args.source_ip for s in item.split(",") if s.strip())
     return LoadConfig.validated(
         target=target,
-        connections=args.connections,
+        connections=connections,
         connect_rate=args.connect_rate,
         connect_concurrency=args.connect_concurrency,
         duration=duration,
         messages=args.messages,
-        mode=args.mode,
+        mode=mode,
         inflight=args.inflight,
         rate=rate,
         sizes=SizeSpec.parse(args.size),
@@ -183,6 +303,9 @@ def build_config(args: argparse.Namespace) -> LoadConfig:
         progress_interval=args.progress_interval or (1.0 if sys.stderr.isatty() else 5.0),
         allow_remote=args.allow_remote,
         seed=args.seed,
+        stages=stages,
+        churn=args.churn,
+        reconnect=args.reconnect,
     )
 
 
@@ -211,13 +334,31 @@ class ProgressLine:
             f"established {sum(s.established for s in snapshots)}  "
             f"failed {sum(s.failed for s in snapshots)}  "
             f"dropped {sum(s.dropped for s in snapshots)}  "
-            f"echoed {received} ({rate:.0f}/s)  errors {sum(s.errors for s in snapshots)}"
+            f"echoed {received} ({rate:.0f}/s)  {self._latency(snapshots)}  "
+            f"errors {sum(s.errors for s in snapshots)}{self._classes(snapshots)}"
         )
         if self.tty:
             self.out.write("\r\x1b[K" + line)
         else:
             self.out.write(line + "\n")
         self.out.flush()
+
+    @staticmethod
+    def _latency(snapshots: list[engine.Progress]) -> str:
+        # The workers' last intervals together: their buckets add up exactly.
+        hist = Histogram.of_buckets(pair for s in snapshots for pair in s.latency_buckets)
+        if not hist.total:
+            return "p50 - p99 -"
+        return f"p50 {hist.percentile(50) / 1e6:.2f} ms p99 {hist.percentile(99) / 1e6:.2f} ms"
+
+    @staticmethod
+    def _classes(snapshots: list[engine.Progress]) -> str:
+        classes: Counter[str] = Counter()
+        for snapshot in snapshots:
+            classes.update(dict(snapshot.error_classes))
+        if not classes:
+            return ""
+        return " (" + ", ".join(f"{name} {count}" for name, count in sorted(classes.items())) + ")"
 
     def finish(self) -> None:
         if self.tty and self._last_print > 0:
@@ -228,44 +369,51 @@ class ProgressLine:
 def _finish(doc: dict[str, Any], args: argparse.Namespace) -> int:
     summary = doc["summary"]
     report.render(summary, sys.stdout)
-    if args.json:
-        try:
-            report.write_json(args.json, doc)
-        except OSError as exc:
-            sys.stderr.write(f"{PROG}: error: cannot write {args.json}: {exc.strerror}\n")
-            return EXIT_FAILED
-    limits = report.Thresholds(args.max_p99_ms, args.max_error_rate, args.min_throughput)
-    failed = report.check_thresholds(summary, limits)
-    for message in failed:
-        sys.stdout.write(f"THRESHOLD FAILED {message}\n")
+    failed = [f"THRESHOLD FAILED {m}" for m in report.check_thresholds(summary, _thresholds(args))]
+    if not args.allow_errors:
+        failed += [f"CHECK FAILED {m}" for m in report.check_errors(summary)]
+    for line in failed:
+        sys.stdout.write(line + "\n")
     sys.stdout.flush()
+    path = None
+    try:
+        if args.json:
+            path = args.json
+            report.write_json(path, doc)
+        if args.html:
+            path = args.html
+            htmlreport.write(path, doc, failed)
+    except OSError as exc:
+        sys.stderr.write(f"{PROG}: error: cannot write {path}: {exc.strerror}\n")
+        return EXIT_FAILED
     if summary.get("interrupted"):
         return EXIT_INTERRUPTED
-    if failed:
-        return EXIT_THRESHOLD
     connections = summary["connections"]
     if connections["attempted"] and not connections["established"]:
-        # Not a load test at all: without thresholds this must not pass in CI either.
+        # Not a load test at all: the run could not be carried out.
         errors = ", ".join(f"{name} {count}" for name, count in summary["errors"].items())
         sys.stderr.write(
             f"{PROG}: error: none of {connections['attempted']} connections opened ({errors})\n"
         )
         return EXIT_FAILED
-    return EXIT_OK
+    return EXIT_THRESHOLD if failed else EXIT_OK
 
 
-def _check_output(path: str | None) -> None:
+def _check_output(args: argparse.Namespace) -> None:
     # Fail before a long run rather than lose its result at the end.
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise LoadtestConfigError(f"--json {path!r}: folder {folder!r} is missing or not writable")
+    for option, path in (("--json", args.json), ("--html", args.html)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise LoadtestConfigError(
+                f"{option} {path!r}: folder {folder!r} is missing or not writable"
+            )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
-    _check_output(args.json)
+    _check_output(args)
     pre = preflight.check(cfg)
     for note in pre.notes:
         sys.stderr.write(f"{PROG}: {note}\n")
@@ -274,21 +422,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     stats = engine.run(cfg, plans, progress, args.loop)
     if progress is not None:
         progress.finish()
-    doc = report.document(stats, cfg.summary(), [cfg.target.url])
+    config = cfg.summary()
+    doc = report.document(stats, config, [report.run_record(stats, config, cfg.target.url)])
     return _finish(doc, args)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from tornado_echo.loadtest.stats import Stats
-
-    _check_output(args.json)
-    merged = Stats()
-    config: dict[str, Any] = {}
-    for path in args.files:
-        stats, cfg = report.load(path)
-        merged.merge(stats)
-        config = config or cfg
-    doc = report.document(merged, config, list(args.files))
+    _check_output(args)
+    results = [(path, report.load(path)) for path in args.files]
+    stats, config, runs, warnings = report.merge(results, args.allow_mixed)
+    for warning in warnings:
+        sys.stderr.write(f"{PROG}: warning: {warning}\n")
+    doc = report.document(stats, config, runs, warnings)
     return _finish(doc, args)
 
 

@@ -57,6 +57,62 @@ class SizeSpec:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One load stage (k6 / Artillery style): over ``seconds`` move linearly to ``connections``
+    open connections and, when given, ``rate`` messages/s per connection (open loop)."""
+
+    seconds: float
+    connections: int
+    rate: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Stage:
+        parts = text.split(":")
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError
+            seconds, connections = float(parts[0]), int(parts[1])
+            rate = float(parts[2]) if len(parts) == 3 else None
+        except ValueError:
+            raise LoadtestConfigError(
+                f"--stage {text!r}: expected SECONDS:CONNECTIONS or SECONDS:CONNECTIONS:RATE"
+            ) from None
+        if not seconds > 0 or connections < 0 or (rate is not None and not rate > 0):
+            raise LoadtestConfigError(
+                f"--stage {text!r}: seconds and rate must be positive, connections not negative"
+            )
+        return cls(seconds, connections, rate)
+
+
+class Profile:
+    """Where the stages are at a time since the start: pure, so tested without a clock."""
+
+    def __init__(self, stages: tuple[Stage, ...], start_rate: float) -> None:
+        self.stages = stages
+        self.start_rate = start_rate
+        self.duration = sum(stage.seconds for stage in stages)
+
+    def at(self, elapsed: float) -> tuple[float, float]:
+        """(connections, rate per connection) wanted ``elapsed`` seconds into the run.
+
+        Connections ramp from 0, the rate from ``start_rate``; a stage without a rate
+        keeps the one before. After the last stage its targets hold.
+        """
+        connections, rate = 0.0, self.start_rate
+        for stage in self.stages:
+            goal = stage.rate if stage.rate is not None else rate
+            if elapsed < stage.seconds:
+                share = elapsed / stage.seconds
+                return (
+                    connections + (stage.connections - connections) * share,
+                    rate + (goal - rate) * share,
+                )
+            elapsed -= stage.seconds
+            connections, rate = float(stage.connections), goal
+        return connections, rate
+
+
+@dataclass(frozen=True)
 class Target:
     """Where to connect, split out of the ws:// or wss:// URL."""
 
@@ -120,6 +176,18 @@ class LoadConfig:
     progress_interval: float = 1.0
     allow_remote: bool = False
     seed: int | None = None
+    stages: tuple[Stage, ...] = ()  # ramp connections and rate over time
+    churn: int | None = None  # messages per connection, then close and open another
+    reconnect: bool = False  # open a new connection in place of each that ends early
+
+    @property
+    def replaces_connections(self) -> bool:
+        """Whether connections come and go during the run (stages, churn, reconnect)."""
+        return bool(self.stages) or self.churn is not None or self.reconnect
+
+    @property
+    def profile(self) -> Profile | None:
+        return Profile(self.stages, self.rate) if self.stages else None
 
     @classmethod
     def validated(cls, **kwargs: object) -> LoadConfig:
@@ -160,6 +228,16 @@ class LoadConfig:
             raise bad("timeouts must be positive")
         if self.sizes.high > self.max_message:
             raise bad("--size exceeds the maximum message size")
+        if self.churn is not None and self.churn < 1:
+            raise bad("--churn must be at least 1 message per connection")
+        if self.churn is not None and self.messages is not None:
+            raise bad("give --churn or --messages, not both")
+        if self.replaces_connections and self.duration is None:
+            raise bad("--stage, --churn and --reconnect need --duration")
+        if self.stages and self.connections != max(stage.connections for stage in self.stages):
+            raise bad("with --stage, the connections are the stages' peak")
+        if any(stage.rate is not None for stage in self.stages) and self.mode != "open":
+            raise bad("a --stage rate needs open loop (--rate or --mode open)")
         if self.progress_interval <= 0:
             raise bad("--progress-interval must be positive")
         for name, value in self.headers:
@@ -183,6 +261,9 @@ class LoadConfig:
             "timeout": self.timeout,
             "workers": self.workers,
             "source_ips": list(self.source_ips),
+            "stages": [[st.seconds, st.connections, st.rate] for st in self.stages],
+            "churn": self.churn,
+            "reconnect": self.reconnect,
         }
 
 

@@ -22,6 +22,7 @@ import signal
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,14 +32,18 @@ from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.errors import HandshakeError, LoadtestError
 from tornado_echo.loadtest.framing import HandshakeRequest
 from tornado_echo.loadtest.protocol import EchoConnection
-from tornado_echo.loadtest.stats import SERIES, Stats
-from tornado_echo.loadtest.tracker import Filler, LiveCounters
+from tornado_echo.loadtest.stats import ECHO_ERRORS, SERIES, Stats
+from tornado_echo.loadtest.tracker import EchoTracker, Filler, LiveCounters
 
 log = logging.getLogger(__name__)
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+# The calling thread's CPU time, time waiting in the run queue, and time slices, in ns.
+SCHEDSTAT = "/proc/thread-self/schedstat"
 _LAG_INTERVAL = 0.05  # seconds between event-loop lag probes
 _SWEEP_INTERVAL = 0.1  # seconds between checks for overdue echoes
+_CONTROL_INTERVAL = 0.05  # seconds between checks of the connections wanted (load shapes)
+_RATE_STEP = 0.005  # a ramped rate is passed on to the connections when it moved this much
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class Progress:
     sent: int
     received: int
     errors: int
+    # Echo latency samples of the last interval, as (bucket index, count), mergeable.
+    latency_buckets: tuple[tuple[int, int], ...] = ()
+    # Every error so far by class (connection and echo errors alike).
+    error_classes: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,11 +95,11 @@ class Worker:
         self.live = LiveCounters()
         self.filler = Filler(cfg.sizes.high)
         self.rng = random.Random(None if cfg.seed is None else cfg.seed + plan.index)
-        self.intended = 0
         self.connections: set[EchoConnection] = set()
         self.established = 0
         self.failed = 0
         self.dropped = 0
+        self.closed = 0
         self._stop = False
         self._stopping: asyncio.Event | None = None
         self._all_closed: asyncio.Event | None = None
@@ -103,6 +112,8 @@ class Worker:
         self._frozen_at = 0
         self._deferred: list[EchoConnection] = []
         self._flush_scheduled = False
+        self._latency_seen: list[int] = []  # latency bucket counts at the last snapshot
+        self._rate = cfg.rate  # open loop: per connection now (stages ramp it)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -134,11 +145,16 @@ class Worker:
             if conn.running:
                 conn.send_next(0)
 
+    def on_error(self, category: str) -> None:
+        self.stats.error(category)
+
     def on_dropped(self) -> None:
         self.dropped += 1
 
     def on_closed(self, conn: EchoConnection) -> None:
         self.connections.discard(conn)
+        if conn.opened.done() and conn.opened.exception() is None:
+            self.closed += 1  # one that had opened: the open count over time drops
         self._check_done()
 
     def _check_done(self) -> None:
@@ -169,17 +185,22 @@ class Worker:
         gc.set_threshold(50_000, 20, 100)
         self._started = time.monotonic()
         cpu0 = time.process_time()
+        wait0 = run_queue_wait_ns()
         helpers = [
             asyncio.ensure_future(self._lag_probe()),
             asyncio.ensure_future(self._sweeper()),
         ]
-        launcher = asyncio.ensure_future(self._launch())
+        launch = self._control if self.cfg.replaces_connections else self._launch
+        launcher = asyncio.ensure_future(launch())
         last: dict[str, int] = dict.fromkeys(SERIES, 0)
         helpers.append(asyncio.ensure_future(self._ticker(last)))
         try:
             await self._wait_for_end()
             active = time.monotonic() - self._started
             active_cpu = time.process_time() - cpu0
+            wait1 = run_queue_wait_ns()
+            # Time the loop was ready to run but another process had the CPU.
+            waited = (wait1 - wait0) / 1e9 if wait0 is not None and wait1 is not None else None
             await self._shutdown(launcher)
         finally:
             for task in helpers:
@@ -195,7 +216,7 @@ class Worker:
         # The series then add up to the totals; these counts belong to the current second.
         self._sample(last, int(time.time() - self.plan.start_wall), report=False)
         # Throughput counts the active phase only, not the drain and close at the end.
-        self._finalize(active, active_cpu)
+        self._finalize(active, active_cpu, waited)
         return self.stats
 
     async def _wait_for_end(self) -> None:
@@ -227,9 +248,7 @@ class Worker:
         except asyncio.TimeoutError:
             log.warning("%d connections did not close in time; aborting", len(self.connections))
             for conn in list(self.connections):
-                conn.tracker.abandon()
-                if conn.transport is not None:
-                    conn.transport.abort()
+                conn.abort()
             await asyncio.sleep(0)
 
     async def _launch(self) -> None:
@@ -259,6 +278,48 @@ class Worker:
             self._launched = plan.connections  # nothing more will come
             if pending and not self._stop:
                 await asyncio.gather(*pending, return_exceptions=True)
+            self._check_done()
+
+    async def _control(self) -> None:
+        """Keep the connections wanted open: stages ramp them, churn and drops replace them."""
+        cfg, plan = self.cfg, self.plan
+        profile = cfg.profile
+        share = plan.connections / cfg.connections  # this worker's part of every target
+        semaphore = asyncio.Semaphore(cfg.connect_concurrency)
+        start = self.loop.time()
+        launched = 0
+        pending: set[asyncio.Future[None]] = set()
+        try:
+            while not self._stop:
+                elapsed = self.loop.time() - start
+                wanted = plan.connections
+                if profile is not None:
+                    connections, rate = profile.at(elapsed)
+                    wanted = round(connections * share)
+                    if self._rate and abs(rate - self._rate) > _RATE_STEP * self._rate:
+                        self._rate = rate
+                        for conn in self.connections:
+                            conn.set_rate(rate)
+                running = [conn for conn in self.connections if conn.running]
+                excess = len(running) + self._connecting - wanted
+                for conn in running[: max(0, excess)]:
+                    conn.finish()
+                allowed = -excess
+                if plan.connect_rate > 0:
+                    allowed = min(allowed, int(plan.connect_rate * elapsed) + 1 - launched)
+                while allowed > 0 and not semaphore.locked():
+                    await semaphore.acquire()
+                    self._connecting += 1
+                    task = asyncio.ensure_future(
+                        self._connect(plan.first_connection + launched, semaphore)
+                    )
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    launched += 1
+                    allowed -= 1
+                await asyncio.sleep(_CONTROL_INTERVAL)
+        finally:
+            self._launched = plan.connections  # nothing more will come
             self._check_done()
 
     async def _connect(self, number: int, semaphore: asyncio.Semaphore) -> None:
@@ -295,6 +356,7 @@ class Worker:
             if self._stop:
                 conn.close()
             else:
+                conn.set_rate(self._rate)
                 conn.start()
         finally:
             self._connecting -= 1
@@ -326,7 +388,16 @@ class Worker:
             subprotocols=cfg.subprotocols,
             deflate=cfg.deflate,
         )
-        conn = EchoConnection(self, request)
+        histograms = self.stats.histograms
+        tracker = EchoTracker(
+            self.live,
+            histograms["latency"],
+            histograms["latency_uncorrected"],
+            cfg.sizes,
+            self.filler,
+            self.rng,
+        )
+        conn = EchoConnection(self, cfg, request, tracker, self.live, histograms["schedule_lag"])
         holder.append(conn)
         await self.loop.create_connection(
             lambda: conn,
@@ -344,8 +415,7 @@ class Worker:
         if holder:
             conn = holder[0]
             self.connections.discard(conn)
-            if conn.transport is not None:
-                conn.transport.abort()
+            conn.abort()
 
     # -- periodic helpers -----------------------------------------------------------
 
@@ -364,9 +434,7 @@ class Worker:
             await asyncio.sleep(_SWEEP_INTERVAL)
             deadline = time.monotonic_ns() - timeout_ns
             for conn in list(self.connections):
-                oldest = conn.tracker.oldest_sent_ns()
-                if oldest is not None and oldest < deadline:
-                    conn.expire(deadline)
+                conn.expire(deadline)
 
     async def _ticker(self, last: dict[str, int]) -> None:
         # Samples fall on whole fractions of the seconds since the run's common wall-clock
@@ -384,23 +452,34 @@ class Worker:
 
     def _sample(self, last: dict[str, int], second: int, report: bool = True) -> None:
         """Add what happened since the previous sample to the series at ``second``."""
+        live = self.live
         current = {
             "established": self.established,
             "failed": self.failed,
             "dropped": self.dropped,
-            "received": self.live.received,
-            "sent": self.live.sent,
+            "closed": self.closed,
+            "received": live.received,
+            "sent": live.sent,
+            "echo_errors": sum(getattr(live, name) for name in ECHO_ERRORS),
         }
         for name, value in current.items():
             self.stats.tick(name, second, value - last[name])
             last[name] = value
+        latency = self.stats.histograms["latency"]
+        interval = latency.new_since(self._latency_seen)
+        self._latency_seen = list(latency.counts)
+        self.stats.tick_latency(second, interval)
         self.stats.peak_open = max(self.stats.peak_open, len(self.connections))
         if report and self.progress is not None:
-            self.progress(self.snapshot())
+            self.progress(self.snapshot(interval))
 
-    def snapshot(self) -> Progress:
+    def snapshot(self, latency_buckets: list[tuple[int, int]] | None = None) -> Progress:
+        """Running totals; ``latency_buckets``: the latency samples since the last one."""
         live = self.live
-        errors = sum(self.stats.errors.values()) + live.mismatches + live.lost + live.duplicates
+        classes = Counter(self.stats.errors)
+        for name, category in ECHO_ERRORS.items():
+            classes[category] += getattr(live, name)
+        classes = +classes  # drop the zeros
         return Progress(
             worker=self.plan.index,
             elapsed=time.monotonic() - self._started,
@@ -410,10 +489,12 @@ class Worker:
             dropped=self.dropped,
             sent=live.sent,
             received=live.received,
-            errors=errors,
+            errors=sum(classes.values()),
+            latency_buckets=tuple(latency_buckets or ()),
+            error_classes=tuple(sorted(classes.items())),
         )
 
-    def _finalize(self, elapsed: float, cpu: float) -> None:
+    def _finalize(self, elapsed: float, cpu: float, waited: float | None) -> None:
         stats = self.stats
         live = self.live
         counters = stats.counters
@@ -424,18 +505,13 @@ class Worker:
         counters["messages_received"] += live.received
         counters["bytes_sent"] += live.bytes_sent
         counters["bytes_received"] += live.bytes_received
-        counters["messages_intended"] += self.intended
-        counters["mismatches"] += live.mismatches
-        counters["lost"] += live.lost
-        counters["duplicates"] += live.duplicates
+        counters["messages_intended"] += live.intended
         counters["reordered"] += live.reordered
-        for name, count in (
-            ("mismatch", live.mismatches),
-            ("lost", live.lost),
-            ("duplicate", live.duplicates),
-        ):
+        for name, category in ECHO_ERRORS.items():
+            count = getattr(live, name)
+            counters[name] += count
             if count:
-                stats.error(name, count)
+                stats.error(category, count)
         if self.cfg.mode == "closed":
             # Sent when intended: the uncorrected figure is the corrected one.
             stats.histograms["latency_uncorrected"].merge(stats.histograms["latency"])
@@ -444,6 +520,7 @@ class Worker:
             stats.ramp_seconds = self._last_open - self._started
         stats.cpu_seconds = cpu
         stats.start_time = self.plan.start_wall
+        stats.windows = [[self.plan.start_wall, self.plan.start_wall + elapsed]]
         lag = stats.histograms["loop_lag"]
         sched = stats.histograms["schedule_lag"]
         stats.workers.append(
@@ -452,11 +529,24 @@ class Worker:
                 "connections": self.plan.connections,
                 "elapsed": elapsed,
                 "cpu_fraction": cpu / elapsed if elapsed > 0 else 0.0,
+                # None where the kernel does not tell (no schedstat).
+                "run_queue_fraction": (
+                    waited / elapsed if waited is not None and elapsed > 0 else None
+                ),
                 "loop_lag_p99_ms": lag.percentile(99) / 1e6,
                 "loop_lag_max_ms": lag.maximum / 1e6,
                 "schedule_lag_p99_ms": sched.percentile(99) / 1e6,
             }
         )
+
+
+def run_queue_wait_ns(path: str = SCHEDSTAT) -> int | None:
+    """Nanoseconds this thread has spent runnable but waiting for a CPU (None: unknown)."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def make_ssl_context(insecure: bool) -> ssl.SSLContext:

@@ -92,6 +92,33 @@ class Histogram:
         if index >= len(counts):
             counts.extend([0] * (index + 1 - len(counts)))
 
+    @classmethod
+    def of_buckets(cls, pairs: Iterable[tuple[int, int]]) -> Histogram:
+        """A histogram of (bucket index, count) pairs, e.g. one interval's new samples.
+
+        Without the samples themselves, minimum and maximum are the bounds of the lowest
+        and highest bucket and the mean is unknown (0).
+        """
+        hist = cls()
+        for index, count in pairs:
+            if count > 0:
+                hist._grow(index)
+                hist.counts[index] += count
+                hist.total += count
+        filled = hist.buckets()
+        if filled:
+            hist.minimum = bucket_bounds(filled[0][0])[0]
+            hist.maximum = bucket_bounds(filled[-1][0])[1]
+        return hist
+
+    def new_since(self, earlier: list[int]) -> list[tuple[int, int]]:
+        """(bucket index, count) of the samples added since ``earlier`` (a copy of counts)."""
+        return [
+            (index, count - (earlier[index] if index < len(earlier) else 0))
+            for index, count in enumerate(self.counts)
+            if count and (index >= len(earlier) or count != earlier[index])
+        ]
+
     def buckets(self) -> list[tuple[int, int]]:
         """(bucket index, count) of every non-empty bucket, in ascending order."""
         return [(index, count) for index, count in enumerate(self.counts) if count]

@@ -76,19 +76,37 @@ def split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+def fd_problem(connections: int, workers: int, fd_limit: int) -> str | None:
+    """What to change when a worker's share of ``connections`` exceeds ``fd_limit``.
+
+    The advice is one that passes this same check: a --workers value, when one exists.
+    """
+    per_worker = max(split(connections, workers))
+    if per_worker + FD_MARGIN <= fd_limit:
+        return None
+    need = f"{per_worker} connections per worker need about {per_worker + FD_MARGIN} file "
+    raise_it = "raise the hard limit (ulimit -Hn, systemd LimitNOFILE=)"
+    room = fd_limit - FD_MARGIN  # sockets one worker can hold
+    if room < 1:
+        return (
+            f"{need}descriptors but the limit is {fd_limit}, less than the {FD_MARGIN} a "
+            f"worker needs besides its sockets: no --workers value helps; {raise_it}"
+        )
+    workers_needed = math.ceil(connections / room)
+    return (
+        f"{need}descriptors but the limit is {fd_limit}: use --workers {workers_needed} "
+        f"or more, or {raise_it}"
+    )
+
+
 def check(cfg: LoadConfig, *, ports: tuple[int, int] | None = None) -> Preflight:
     """Run every check; LoadtestConfigError says what to change."""
     family, sockaddr = resolve(cfg.target.host, cfg.target.port, cfg.allow_remote)
     notes: list[str] = []
     fd_limit = raise_fd_limit()
-    per_worker = max(split(cfg.connections, cfg.workers))
-    if per_worker + FD_MARGIN > fd_limit:
-        need_workers = math.ceil(cfg.connections / max(1, fd_limit - FD_MARGIN))
-        raise LoadtestConfigError(
-            f"{per_worker} connections per worker need about {per_worker + FD_MARGIN} file "
-            f"descriptors but the limit is {fd_limit}: use --workers {need_workers} or more, "
-            "or raise the hard limit (ulimit -Hn, systemd LimitNOFILE=)"
-        )
+    problem = fd_problem(cfg.connections, cfg.workers, fd_limit)
+    if problem is not None:
+        raise LoadtestConfigError(problem)
     low, high = ports or port_range()
     per_source = int((high - low + 1) * PORT_USE)
     sources = cfg.source_ips

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
+from tornado_echo import rfc6455
+from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
 from tornado_echo.loadtest.framing import (
     OP_BINARY,
@@ -28,12 +30,9 @@ from tornado_echo.loadtest.framing import (
     encode_frame,
     frame_header,
     mask_frame,
-    parse_close_payload,
 )
-from tornado_echo.loadtest.tracker import EchoTracker
-
-if TYPE_CHECKING:
-    from tornado_echo.loadtest.engine import Worker
+from tornado_echo.loadtest.histogram import Histogram
+from tornado_echo.loadtest.tracker import EchoTracker, LiveCounters
 
 log = logging.getLogger(__name__)
 
@@ -43,36 +42,63 @@ _MAX_CATCH_UP = 1000  # open loop: most overdue messages sent in one go
 _now = time.monotonic_ns
 
 
-class EchoConnection(asyncio.Protocol):
-    """Client side of one connection; reports to its :class:`Worker`."""
+class ConnectionOwner(Protocol):
+    """All a connection knows of whoever runs it (the engine's Worker, or a test)."""
 
-    def __init__(self, worker: Worker, request: HandshakeRequest) -> None:
-        self.worker = worker
-        self._defer_send = worker.defer_send
-        cfg = worker.cfg
+    def defer_send(self, conn: EchoConnection) -> None:
+        """Call ``conn.send_next(0)`` soon, after the loop has read every ready socket."""
+
+    def on_error(self, category: str) -> None:
+        """Count one error of ``category`` (e.g. ``close_1011``, ``protocol_error``)."""
+
+    def on_dropped(self) -> None:
+        """The server ended the open connection (counted once per connection)."""
+
+    def on_closed(self, conn: EchoConnection) -> None:
+        """``conn`` is gone, whichever way it ended."""
+
+
+class EchoConnection(asyncio.Protocol):
+    """Client side of one connection; reports to its :class:`ConnectionOwner`.
+
+    Public surface for the owner: ``opened`` (resolves when the upgrade is done, or fails
+    with HandshakeError), ``running``, :meth:`start`, :meth:`send_next`, :meth:`finish`,
+    :meth:`expire`, :meth:`close` and :meth:`abort`.
+    """
+
+    def __init__(
+        self,
+        owner: ConnectionOwner,
+        cfg: LoadConfig,
+        request: HandshakeRequest,
+        tracker: EchoTracker,
+        live: LiveCounters,
+        schedule_lag: Histogram,
+    ) -> None:
+        self._owner = owner
+        self._defer_send = owner.defer_send
+        self._loop = asyncio.get_running_loop()
+        self._max_message = cfg.max_message
+        self._live = live
+        self._schedule_lag = schedule_lag
         self.state = HANDSHAKE
         self.request = request
-        self.opened: asyncio.Future[None] = worker.loop.create_future()
+        self.opened: asyncio.Future[None] = self._loop.create_future()
         self.transport: asyncio.Transport | None = None
         self._hs = HandshakeParser(request)
         self._parser: FrameParser | None = None
         self._deflate: Deflate | None = None
         self._deflate_on = False
         self._opcode = OP_BINARY if cfg.binary else OP_TEXT
+        self._fast_b0 = 0x80 | self._opcode  # first byte of a whole uncompressed echo
         # Equal-size messages share one frame header: built once, not per send.
         self._header = (
             frame_header(self._opcode, cfg.sizes.low) if cfg.sizes.low == cfg.sizes.high else None
         )
-        self.tracker = EchoTracker(
-            worker.live,
-            worker.stats.histograms["latency"],
-            worker.stats.histograms["latency_uncorrected"],
-            cfg.sizes,
-            worker.filler,
-            worker.rng,
-        )
+        self.tracker = tracker
         self.running = False
-        self._budget = cfg.messages if cfg.messages is not None else -1
+        budget = cfg.churn if cfg.churn is not None else cfg.messages
+        self._budget = budget if budget is not None else -1
         self._inflight = cfg.inflight
         self._timer: asyncio.TimerHandle | None = None
         self._interval_ns = int(1e9 / cfg.rate) if cfg.mode == "open" else 0
@@ -96,7 +122,7 @@ class EchoConnection(asyncio.Protocol):
                 return
             if result is None:
                 return
-            self._parser = FrameParser(self.worker.cfg.max_message, result.deflate)
+            self._parser = FrameParser(self._max_message, result.deflate)
             self._deflate = result.deflate
             self._deflate_on = result.deflate is not None
             self.state = OPEN
@@ -116,7 +142,7 @@ class EchoConnection(asyncio.Protocol):
             length >= 0
             and data[1] == length  # a 7-bit length, so also no mask bit
             and length < 126
-            and (data[0] == 0x81 or data[0] == 0x82)
+            and data[0] == self._fast_b0
             and length <= parser.max_size
             and parser.between_frames
         ):
@@ -125,15 +151,18 @@ class EchoConnection(asyncio.Protocol):
         try:
             events = parser.feed(data)
         except ProtocolError as exc:
-            self.worker.stats.error("protocol_error")
+            self._owner.on_error("protocol_error")
             log.debug("protocol error: %s", exc)
             self._send_close(exc.close_code)
             self._abort()
             return
         now = _now()  # one read: one arrival time for all it carried
         for opcode, payload in events:
-            if opcode == OP_TEXT or opcode == OP_BINARY:
+            if opcode == self._opcode:
                 self._on_data(payload, now)
+            elif opcode == OP_TEXT or opcode == OP_BINARY:
+                # Echoed as the other frame type: its own error class, however right the bytes.
+                self._on_answer(self.tracker.on_retyped(payload))
             elif opcode == OP_PING:
                 self._write(encode_frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
@@ -141,7 +170,15 @@ class EchoConnection(asyncio.Protocol):
                 return
 
     def _on_data(self, payload: bytes, now: int) -> None:
+        # _on_answer(), inlined: this runs once per echo.
         if self.tracker.on_echo(payload, now) and self.running and not self._interval_ns:
+            self._defer_send(self)
+        elif not self.running and not self.tracker.pending:
+            self.close()
+
+    def _on_answer(self, answered: bool) -> None:
+        # An echo came in (``answered``: for a message in flight): keep the loop going.
+        if answered and self.running and not self._interval_ns:
             self._defer_send(self)
         elif not self.running and not self.tracker.pending:
             self.close()
@@ -158,10 +195,10 @@ class EchoConnection(asyncio.Protocol):
         else:
             if previous == OPEN and not self._close_received:
                 # Closed without a close frame while we still wanted it: RFC 6455's 1006.
-                self.worker.stats.error("close_1006")
-                self.worker.on_dropped()
+                self._owner.on_error("close_1006")
+                self._owner.on_dropped()
             self.tracker.abandon()
-        self.worker.on_closed(self)
+        self._owner.on_closed(self)
 
     # -- workload -----------------------------------------------------------------
 
@@ -178,6 +215,11 @@ class EchoConnection(asyncio.Protocol):
                 if not self.running:
                     break
                 self.send_next(0)
+
+    def set_rate(self, rate: float) -> None:
+        """Open loop: send ``rate`` messages/s from the next one on (a stage's ramp)."""
+        if self._interval_ns and rate > 0:
+            self._interval_ns = int(1e9 / rate)
 
     def send_next(self, intended: int) -> None:
         """Send the next message; ``intended`` is its scheduled time (0: now)."""
@@ -206,7 +248,8 @@ class EchoConnection(asyncio.Protocol):
             return
         now = _now()
         interval = self._interval_ns
-        lag = self.worker.stats.histograms["schedule_lag"]
+        lag = self._schedule_lag
+        live = self._live
         sent = 0
         while self._next_intended <= now and self.running and sent < _MAX_CATCH_UP:
             if self._budget == 0:
@@ -214,13 +257,13 @@ class EchoConnection(asyncio.Protocol):
                 return
             intended = self._next_intended
             lag.record(now - intended)
-            self.worker.intended += 1
+            live.intended += 1
             self.send_next(intended)
             self._next_intended = intended + interval
             sent += 1
         if self.running:
             delay = (self._next_intended - _now()) / 1e9
-            self._timer = self.worker.loop.call_later(max(0.0, delay), self._on_tick)
+            self._timer = self._loop.call_later(max(0.0, delay), self._on_tick)
 
     def finish(self) -> None:
         """Stop sending; close once every message in flight is answered or expired."""
@@ -229,14 +272,14 @@ class EchoConnection(asyncio.Protocol):
             # compares the sends made with those due.
             behind = _now() - self._next_intended
             if behind >= 0:
-                self.worker.intended += behind // self._interval_ns + 1
+                self._live.intended += behind // self._interval_ns + 1
         self.running = False
         self._cancel_timer()
         if self.state == OPEN and not self.tracker.pending:
             self.close()
 
     def expire(self, deadline_ns: int) -> None:
-        """Count echoes overdue since ``deadline_ns`` as lost; keep the loop going."""
+        """Count echoes sent before ``deadline_ns`` as lost; keep the loop going."""
         lost = self.tracker.expire(deadline_ns)
         if not lost or self.state != OPEN:
             return
@@ -259,20 +302,33 @@ class EchoConnection(asyncio.Protocol):
         self.state = CLOSING
         self._cancel_timer()
         self._send_close(code)
-        self._timer = self.worker.loop.call_later(_CLOSE_WAIT, self._abort)
+        self._timer = self._loop.call_later(_CLOSE_WAIT, self._abort)
 
     def _on_close_frame(self, payload: bytes) -> None:
         self._close_received = True
         try:
-            code, _reason = parse_close_payload(payload)
-        except ProtocolError:
-            code = 1002
-            self.worker.stats.error("protocol_error")
+            code, _reason = rfc6455.parse_close_payload(payload)
+        except rfc6455.ProtocolError as exc:
+            # A close frame against the rules (the shared RFC 6455 module's): a code that
+            # may not be sent, such as 1005, 1006, 1015 or 0-999, is named; a one-byte
+            # body or a reason that is not UTF-8 is just invalid. Answered as it says.
+            raw = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            named = raw is not None and not rfc6455.is_sendable_close_code(raw)
+            category = f"close_invalid_{raw}" if named else "close_invalid"
+            answer = exc.code
+            self._owner.on_error(category)  # the server's fault, even when we closed first
+        else:
+            if code is None:  # no code in the frame: reported as 1005, answered with 1000
+                category = f"close_{int(rfc6455.CloseCode.NO_STATUS_RECEIVED)}"
+                answer = int(rfc6455.CloseCode.NORMAL_CLOSURE)
+            else:
+                category, answer = f"close_{code}", code
+            if self.state == OPEN:
+                self._owner.on_error(category)
         if self.state == OPEN:
-            # The server closed on us: count the code, then answer as RFC 6455 asks.
-            self.worker.stats.error(f"close_{code}")
-            self.worker.on_dropped()
-            self._send_close(code if code not in (1005, 1006, 1015) else 1000)
+            # The server closed on us: a drop; answer as RFC 6455 asks.
+            self._owner.on_dropped()
+            self._send_close(answer)
         self.state = CLOSING
         self.running = False
         self._cancel_timer()
@@ -283,6 +339,11 @@ class EchoConnection(asyncio.Protocol):
         if not self._close_sent:
             self._close_sent = True
             self._write(encode_close(code))
+
+    def abort(self) -> None:
+        """Drop the connection now; every echo still in flight counts as lost."""
+        self.tracker.abandon()
+        self._abort()
 
     def _fail_handshake(self, exc: HandshakeError) -> None:
         if not self.opened.done():

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from tornado_echo.loadtest.errors import ResultFormatError
 from tornado_echo.loadtest.histogram import Histogram
-from tornado_echo.loadtest.stats import Stats
+from tornado_echo.loadtest.stats import ECHO_ERRORS, Stats
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 # The client is deemed the bottleneck past any of these (see the saturation guard).
@@ -23,9 +25,21 @@ CPU_BOUND = 0.90
 # A shorter run's CPU share is its start-up work (e.g. every connection refused at once),
 # not the load, so it is not judged on CPU.
 CPU_MIN_ELAPSED_S = 1.0
+# A worker that waited this share of its time for a CPU that other processes held measured
+# its own scheduling delay along with the server's answers.
+RUN_QUEUE_BOUND = 0.20
 LOOP_LAG_BOUND_MS = 50.0
 SCHEDULE_LAG_BOUND_MS = 50.0
 RATE_SHORTFALL = 0.95
+# Closed loop: a maximum this many times the p99 (and this much above it) means stalls
+# that the closed-loop percentiles hide.
+STALL_FACTOR = 10.0
+STALL_MIN_GAP_MS = 50.0
+CLOSED_LOOP_NOTE = (
+    "closed loop: latency is NOT corrected for coordinated omission (a stalled server also "
+    "holds back the sends, so the percentiles miss the stall); measure tail latency in open "
+    "loop (--rate)"
+)
 # A long run's per-second series fold into at most this many rows of equal width.
 TIMELINE_ROWS = 20
 TIMELINE_SERIES = ("established", "failed", "dropped", "received")
@@ -38,6 +52,19 @@ class Thresholds:
     max_p99_ms: float | None = None
     max_error_rate: float | None = None
     min_throughput: float | None = None
+    max_p50_ms: float | None = None
+    max_p999_ms: float | None = None
+    max_latency_ms: float | None = None
+    max_conn_failure_rate: float | None = None
+
+
+# Latency limits: the Thresholds field, its option and the summary figure it bounds.
+LATENCY_LIMITS = (
+    ("max_p50_ms", "p50"),
+    ("max_p99_ms", "p99"),
+    ("max_p999_ms", "p99.9"),
+    ("max_latency_ms", "max"),
+)
 
 
 def hist_summary(hist: Histogram, scale: float = 1e6) -> dict[str, float]:
@@ -58,7 +85,7 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     elapsed = stats.elapsed or 0.0
     attempts = c["connections_attempted"] + c["messages_sent"]
     conn_errors = c["connections_failed"] + c["connections_dropped"]
-    msg_errors = c["mismatches"] + c["lost"] + c["duplicates"]
+    msg_errors = sum(c[name] for name in ECHO_ERRORS)
     summary: dict[str, Any] = {
         "elapsed_s": elapsed,
         "interrupted": stats.interrupted,
@@ -69,6 +96,7 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
             "dropped": c["connections_dropped"],
             "peak_open": stats.peak_open,
             "last_opened_after_s": stats.ramp_seconds,
+            "opened_per_s": c["connections_established"] / elapsed if elapsed else 0.0,
         },
         "messages": {
             "sent": c["messages_sent"],
@@ -76,6 +104,7 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
             "mismatches": c["mismatches"],
             "lost": c["lost"],
             "duplicates": c["duplicates"],
+            "retyped": c["retyped"],
             "reordered": c["reordered"],
         },
         "throughput": {
@@ -91,7 +120,24 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     }
     summary["timeline"] = timeline(stats.series)
     summary["saturation"] = saturation(stats, config)
+    summary["latency_corrected"] = config.get("mode") == "open"
+    summary["warnings"] = latency_warnings(summary)
     return summary
+
+
+def latency_warnings(summary: dict[str, Any]) -> list[str]:
+    """Closed loop only: a maximum far above the p99 is a stall the percentiles hide."""
+    latency = summary["latency_ms"]
+    if summary["latency_corrected"] or not latency.get("count"):
+        return []
+    p99, peak = latency["p99"], latency["max"]
+    if peak < STALL_FACTOR * p99 or peak - p99 < STALL_MIN_GAP_MS:
+        return []
+    return [
+        f"max latency {peak:.1f} ms is {peak / p99:.0f}x the p99 ({p99:.3f} ms): the server "
+        "stalled, and closed-loop percentiles do not show for how long; run open loop "
+        "(--rate) for tail latency"
+    ]
 
 
 def timeline(
@@ -124,9 +170,22 @@ def saturation(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     reasons: list[str] = []
     for worker in stats.workers:
         index = worker.get("index")
-        busy = worker.get("cpu_fraction", 0.0) >= CPU_BOUND
-        if busy and worker.get("elapsed", 0.0) >= CPU_MIN_ELAPSED_S:
-            reasons.append(f"worker {index} used {worker['cpu_fraction']:.0%} of a core")
+        cpu = worker.get("cpu_fraction", 0.0)
+        waited = worker.get("run_queue_fraction") or 0.0
+        if worker.get("elapsed", 0.0) >= CPU_MIN_ELAPSED_S:
+            if cpu >= CPU_BOUND:
+                reasons.append(f"worker {index} used {cpu:.0%} of a core")
+            elif cpu + waited >= CPU_BOUND:
+                # Busy by CPU it got plus CPU it waited for: it wanted a whole core.
+                reasons.append(
+                    f"worker {index} was ready to run {cpu + waited:.0%} of the time "
+                    f"(on a CPU {cpu:.0%}, waiting for one {waited:.0%})"
+                )
+            if waited >= RUN_QUEUE_BOUND:
+                reasons.append(
+                    f"worker {index} waited for a CPU {waited:.0%} of the time (other "
+                    "processes had it): its latencies include that delay"
+                )
         if worker.get("loop_lag_p99_ms", 0.0) > LOOP_LAG_BOUND_MS:
             reasons.append(f"worker {index} event-loop lag p99 {worker['loop_lag_p99_ms']:.1f} ms")
         if worker.get("schedule_lag_p99_ms", 0.0) > SCHEDULE_LAG_BOUND_MS:
@@ -152,17 +211,33 @@ def saturation(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
 def check_thresholds(summary: dict[str, Any], limits: Thresholds) -> list[str]:
     """Messages naming each CI threshold the run failed (empty: all passed)."""
     failed: list[str] = []
-    if limits.max_p99_ms is not None:
-        p99 = summary["latency_ms"].get("p99", math.inf)
-        if p99 > limits.max_p99_ms:
-            failed.append(f"--max-p99-ms: p99 latency {p99:.3f} ms > {limits.max_p99_ms:g} ms")
+    latency = summary["latency_ms"]
+    for field, figure in LATENCY_LIMITS:
+        limit = getattr(limits, field)
+        if limit is None:
+            continue
+        value = latency.get(figure, math.inf)  # no echo at all fails every latency limit
+        if value > limit:
+            failed.append(f"{_option(field)}: {figure} latency {value:.3f} ms > {limit:g} ms")
     if limits.max_error_rate is not None and summary["error_rate"] > limits.max_error_rate:
         failed.append(
             f"--max-error-rate: error rate {summary['error_rate']:.6f} > {limits.max_error_rate:g}"
         )
+    if limits.max_conn_failure_rate is not None:
+        c = summary["connections"]
+        rate = c["failed"] / c["attempted"] if c["attempted"] else 0.0
+        if rate > limits.max_conn_failure_rate:
+            failed.append(
+                f"--max-conn-failure-rate: {c['failed']} of {c['attempted']} connections "
+                f"failed ({rate:.6f} > {limits.max_conn_failure_rate:g})"
+            )
     if limits.min_throughput is not None:
         rate = summary["throughput"]["msgs_per_s"]
         if rate < limits.min_throughput:
@@ -170,19 +245,65 @@ def check_thresholds(summary: dict[str, Any], limits: Thresholds) -> list[str]:
     return failed
 
 
-def document(stats: Stats, config: dict[str, Any], sources: list[str]) -> dict[str, Any]:
+def check_errors(summary: dict[str, Any]) -> list[str]:
+    """The default check: any wrong echo or failed/dropped connection fails the run."""
+    errors = summary["errors"]
+    if not errors:
+        return []
+    listed = ", ".join(f"{name} {count}" for name, count in errors.items())
+    return [f"errors: {listed} (--allow-errors accepts them)"]
+
+
+# Settings that must agree for runs to be merged into one result.
+MERGE_KEYS = ("url", "mode", "size", "binary", "deflate")
+
+
+def run_record(stats: Stats, config: dict[str, Any], label: str) -> dict[str, Any]:
+    """One run as a source of a (merged) result: identity, settings and headline figures."""
+    c = stats.counters
+    return {
+        "run_id": uuid.uuid4().hex,
+        "label": label,
+        **{key: config.get(key) for key in MERGE_KEYS},
+        "start_time": stats.start_time,
+        "elapsed_s": stats.elapsed,
+        "received": c["messages_received"],
+        "msgs_per_s": c["messages_received"] / stats.elapsed if stats.elapsed else 0.0,
+        "errors": sum(stats.errors.values()),
+    }
+
+
+def document(
+    stats: Stats,
+    config: dict[str, Any],
+    runs: list[dict[str, Any]],
+    warnings: Sequence[str] = (),
+) -> dict[str, Any]:
     """The whole result as JSON-ready data (``merge`` reads it back)."""
+    summary = summarize(stats, config)
+    summary["warnings"] = [*warnings, *summary["warnings"]]
+    summary["runs"] = runs
     return {
         "tool": "tornado-echo-loadtest",
         "config": config,
-        "sources": sources,
-        "summary": summarize(stats, config),
+        "sources": [run["label"] for run in runs],
+        "runs": runs,
+        "summary": summary,
         "stats": stats.to_dict(),
     }
 
 
-def load(path: str) -> tuple[Stats, dict[str, Any]]:
-    """Stats and config from a ``--json`` file; ResultFormatError if not one."""
+@dataclass
+class Result:
+    """A ``--json`` file read back: its Stats, settings and the runs it holds."""
+
+    stats: Stats
+    config: dict[str, Any]
+    runs: list[dict[str, Any]]
+
+
+def load(path: str) -> Result:
+    """A ``--json`` file; ResultFormatError if it is not one."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -190,14 +311,69 @@ def load(path: str) -> tuple[Stats, dict[str, Any]]:
         raise ResultFormatError(f"{path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise ResultFormatError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise ResultFormatError(f"{path}: not UTF-8 text") from None
     if not isinstance(data, dict) or data.get("tool") != "tornado-echo-loadtest":
         raise ResultFormatError(f"{path}: not a tornado-echo-loadtest result")
     try:
-        return Stats.from_dict(data["stats"]), dict(data.get("config") or {})
+        stats = Stats.from_dict(data["stats"])
+        config = dict(data.get("config") or {})
+        runs = data.get("runs")
+        if runs is None:  # written before runs were recorded: the file is the run
+            runs = [run_record(stats, config, path)]
+        if not isinstance(runs, list) or not all(
+            isinstance(run, dict)
+            and isinstance(run.get("run_id"), str)
+            and isinstance(run.get("label"), str)
+            for run in runs
+        ):
+            raise ResultFormatError("malformed runs")
     except ResultFormatError as exc:
         raise ResultFormatError(f"{path}: {exc}") from None
     except KeyError:
         raise ResultFormatError(f"{path}: no stats") from None
+    if len(runs) == 1 and "runs" in data:
+        runs = [{**runs[0], "label": path}]  # one run: named by the file it is in
+    return Result(stats, config, runs)
+
+
+def merge(
+    results: Sequence[tuple[str, Result]], allow_mixed: bool = False
+) -> tuple[Stats, dict[str, Any], list[dict[str, Any]], list[str]]:
+    """Merged Stats, settings, source runs and warnings of ``results`` (path, Result).
+
+    Refuses (ResultFormatError) a run given twice, directly or inside a merged file, and
+    runs with different settings (:data:`MERGE_KEYS`) unless ``allow_mixed``, which
+    turns that into a warning.
+    """
+    merged = Stats()
+    runs: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for path, result in results:
+        for run in result.runs:
+            earlier = seen.get(run["run_id"])
+            if earlier is not None:
+                raise ResultFormatError(
+                    f"{path}: run {run['label']!r} is already in {earlier}; "
+                    "merging it twice would count it twice"
+                )
+            seen[run["run_id"]] = path
+        merged.merge(result.stats)
+        runs.extend(result.runs)
+    config = dict(results[0][1].config)
+    warnings: list[str] = []
+    for key in MERGE_KEYS:
+        values = {json.dumps(run.get(key)) for run in runs}
+        if len(values) > 1:
+            listed = ", ".join(sorted(values))
+            if not allow_mixed:
+                raise ResultFormatError(
+                    f"runs differ in {key} ({listed}); merging them would report one figure "
+                    "for different loads (--allow-mixed merges them anyway)"
+                )
+            warnings.append(f"merged runs with different {key}: {listed}")
+            config[key] = "mixed"
+    return merged, config, runs, warnings
 
 
 def write_json(path: str, doc: dict[str, Any]) -> None:
@@ -235,6 +411,24 @@ def timeline_lines(rows: Sequence[Mapping[str, int]]) -> list[str]:
     return lines
 
 
+def source_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The "merged runs" section: one line per source run (nothing for a single run)."""
+    if len(runs) < 2:
+        return []
+    lines = [
+        "",
+        "merged runs",
+        f"  {'started (UTC)':<19} {'seconds':>8} {'echoed/s':>10} {'errors':>7}  source",
+    ]
+    for run in runs:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run.get("start_time") or 0))
+        lines.append(
+            f"  {started:<19} {run.get('elapsed_s', 0.0):>8.2f} "
+            f"{run.get('msgs_per_s', 0.0):>10.1f} {run.get('errors', 0):>7}  {run['label']}"
+        )
+    return lines
+
+
 def render(summary: dict[str, Any], out: TextIO) -> None:
     """The final human-readable table."""
     c = summary["connections"]
@@ -245,22 +439,32 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
         + ("  (INTERRUPTED: partial result)" if summary.get("interrupted") else ""),
         f"connections  attempted {c['attempted']}  established {c['established']}  "
         f"failed {c['failed']}  dropped {c['dropped']}  peak open {c['peak_open']}  "
-        f"last opened after {c['last_opened_after_s']:.2f} s",
+        f"last opened after {c['last_opened_after_s']:.2f} s  opened {c['opened_per_s']:.1f}/s",
         f"messages     sent {m['sent']}  echoed ok {m['received']}  mismatched {m['mismatches']}"
-        f"  lost {m['lost']}  duplicated {m['duplicates']}  reordered {m['reordered']}",
+        f"  lost {m['lost']}  duplicated {m['duplicates']}  retyped {m['retyped']}"
+        f"  reordered {m['reordered']}",
         f"throughput   {t['msgs_per_s']:.1f} msgs/s  {t['mb_per_s']:.3f} MB/s",
         f"error rate   {summary['error_rate']:.6f}",
         "",
         "  latency (ms)           "
         + " ".join(f"{'p' + format(p, 'g'):>9}" for p in PERCENTILES)
         + f" {'max':>9} {'count':>10}",
-        _fmt_hist("round trip (corrected)", summary["latency_ms"]),
-        _fmt_hist("round trip (as sent)", summary["latency_uncorrected_ms"]),
+    ]
+    if summary.get("latency_corrected"):
+        lines.append(_fmt_hist("round trip (corrected)", summary["latency_ms"]))
+        lines.append(_fmt_hist("round trip (as sent)", summary["latency_uncorrected_ms"]))
+    else:
+        lines.append(_fmt_hist("round trip", summary["latency_ms"]))
+    lines += [
         _fmt_hist("handshake", summary["handshake_ms"]),
         _fmt_hist("event-loop lag", summary["saturation"]["loop_lag_ms"]),
         _fmt_hist("send-schedule lag", summary["saturation"]["schedule_lag_ms"]),
     ]
+    if not summary.get("latency_corrected"):
+        lines.append(CLOSED_LOOP_NOTE)
+    lines += [f"WARNING: {warning}" for warning in summary.get("warnings", ())]
     lines.extend(timeline_lines(summary["timeline"]))
+    lines.extend(source_lines(summary.get("runs", ())))
     if summary["errors"]:
         lines.append("")
         lines.append("errors       " + "  ".join(f"{k} {v}" for k, v in summary["errors"].items()))

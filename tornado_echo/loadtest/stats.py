@@ -33,9 +33,20 @@ COUNTERS = (
     "mismatches",
     "lost",
     "duplicates",
+    "retyped",
     "reordered",
 )
-SERIES = ("established", "failed", "dropped", "received", "sent")
+# Wrong echoes: the counter of each class and the error category it is reported under.
+ECHO_ERRORS = {
+    "mismatches": "mismatch",
+    "lost": "lost",
+    "duplicates": "duplicate",
+    "retyped": "retyped",
+}
+SERIES = ("established", "failed", "dropped", "closed", "received", "sent", "echo_errors")
+# Per-second latency histograms group this many adjacent buckets (2**5: about 3% wide),
+# enough for a plot of percentiles over time at a fraction of the size.
+SECOND_BUCKET_SHIFT = 5
 FORMAT_VERSION = 1
 
 
@@ -54,6 +65,13 @@ class Stats:
         self.workers: list[dict[str, Any]] = []  # per-worker saturation figures
         self.start_time = 0.0  # wall clock (time.time()) at the run's start
         self.interrupted = False  # stopped early by a signal: a partial result
+        # Wall-clock [start, end] spans of the active phases measured, disjoint and sorted:
+        # the elapsed time of merged runs is the length of their union, so runs side by
+        # side count once and runs minutes apart count each.
+        self.windows: list[list[float]] = []
+        # Echo latency per second since the start: {coarse bucket: count} (see
+        # SECOND_BUCKET_SHIFT), merged second by second like the series.
+        self.latency_seconds: list[dict[int, int]] = []
 
     def error(self, category: str, count: int = 1) -> None:
         self.errors[category] += count
@@ -67,6 +85,19 @@ class Stats:
             series.extend([0] * (second + 1 - len(series)))
         series[second] += count
 
+    def tick_latency(self, second: int, buckets: list[tuple[int, int]]) -> None:
+        """Add latency samples, as (fine bucket index, count), to ``second``."""
+        if not buckets:
+            return
+        second = max(0, second)
+        seconds = self.latency_seconds
+        if len(seconds) <= second:
+            seconds.extend({} for _ in range(second + 1 - len(seconds)))
+        target = seconds[second]
+        for index, count in buckets:
+            coarse = index >> SECOND_BUCKET_SHIFT
+            target[coarse] = target.get(coarse, 0) + count
+
     def merge(self, other: Stats) -> None:
         for name, hist in other.histograms.items():
             self.histograms.setdefault(name, Histogram()).merge(hist)
@@ -78,9 +109,19 @@ class Stats:
                 mine.extend([0] * (len(values) - len(mine)))
             for i, value in enumerate(values):
                 mine[i] += value
-        self.elapsed = max(self.elapsed, other.elapsed)
+        if not self.windows:
+            # Taken as is: a merge of one result reads exactly like that result.
+            self.windows = [list(window) for window in other.windows]
+            self.elapsed = max(self.elapsed, other.elapsed)
+        elif other.windows:
+            self.windows = union(self.windows + other.windows)
+            self.elapsed = sum(end - start for start, end in self.windows)
+        else:
+            self.elapsed = max(self.elapsed, other.elapsed)
         self.ramp_seconds = max(self.ramp_seconds, other.ramp_seconds)
         self.interrupted = self.interrupted or other.interrupted
+        for second, buckets in enumerate(other.latency_seconds):
+            self.tick_latency(second, [(c << SECOND_BUCKET_SHIFT, n) for c, n in buckets.items()])
         self.cpu_seconds += other.cpu_seconds
         self.peak_open += other.peak_open
         self.workers.extend(other.workers)
@@ -101,6 +142,8 @@ class Stats:
             "interrupted": self.interrupted,
             "workers": list(self.workers),
             "start_time": self.start_time,
+            "windows": [list(window) for window in self.windows],
+            "latency_seconds": [sorted(second.items()) for second in self.latency_seconds],
         }
 
     @classmethod
@@ -122,6 +165,25 @@ class Stats:
             stats.interrupted = bool(data.get("interrupted", False))
             stats.workers = list(data["workers"])
             stats.start_time = float(data["start_time"])
+            windows = data.get("windows")
+            if windows is None and stats.start_time:  # written before windows existed
+                windows = [[stats.start_time, stats.start_time + stats.elapsed]]
+            stats.latency_seconds = [
+                {int(index): int(count) for index, count in second}
+                for second in data.get("latency_seconds", ())
+            ]
+            stats.windows = union([[float(start), float(end)] for start, end in windows or ()])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ResultFormatError(f"malformed result: {exc!r}") from exc
         return stats
+
+
+def union(spans: list[list[float]]) -> list[list[float]]:
+    """The union of [start, end] spans as disjoint spans in ascending order."""
+    merged: list[list[float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged

@@ -1,9 +1,11 @@
 """Per-connection bookkeeping of sent messages and their echoes, without I/O.
 
-Every payload is ``%016x`` of its sequence number followed by a fixed filler, so an
-echo can be checked byte for byte without storing what was sent. The tracker
-classifies each echo as good (latency recorded), mismatched, duplicate or reordered,
-and each message never echoed within the timeout as lost.
+Every payload is ``%016x`` of its sequence number, a fixed filler, and the sequence
+number's last (up to 16) hex digits again, so an echo can be checked byte for byte
+without storing what was sent, and an echo with a garbled sequence number still names
+the message it answers by its other end: one mismatch, not a duplicate plus a loss.
+The tracker classifies each echo as good (latency recorded), mismatched, duplicate,
+retyped or reordered, and each message never echoed within the timeout as lost.
 """
 
 from __future__ import annotations
@@ -16,21 +18,27 @@ from tornado_echo.loadtest.histogram import Histogram
 _FILLER_UNIT = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 
 
+def suffix_width(size: int) -> int:
+    """How many of the sequence number's hex digits end a payload of ``size`` bytes."""
+    return max(0, min(SEQ_WIDTH, size - SEQ_WIDTH))
+
+
 class Filler:
-    """Cached payload tails by size (shared by all connections of a worker)."""
+    """Cached payload middles by size (shared by all connections of a worker)."""
 
     def __init__(self, max_size: int) -> None:
         body = max(0, max_size - SEQ_WIDTH)
         self._data = (_FILLER_UNIT * (body // len(_FILLER_UNIT) + 1))[:body]
         self._cache: dict[int, bytes] = {}
 
-    def tail(self, size: int) -> bytes:
-        tail = self._cache.get(size)
-        if tail is None:
-            tail = self._data[: size - SEQ_WIDTH]
+    def middle(self, size: int) -> bytes:
+        """The bytes between the sequence number and its repeat in a ``size``-byte payload."""
+        middle = self._cache.get(size)
+        if middle is None:
+            middle = self._data[: size - SEQ_WIDTH - suffix_width(size)]
             if len(self._cache) < 4096:
-                self._cache[size] = tail
-        return tail
+                self._cache[size] = middle
+        return middle
 
 
 class LiveCounters:
@@ -40,10 +48,12 @@ class LiveCounters:
         "bytes_received",
         "bytes_sent",
         "duplicates",
+        "intended",
         "lost",
         "mismatches",
         "received",
         "reordered",
+        "retyped",
         "sent",
     )
 
@@ -56,15 +66,18 @@ class LiveCounters:
         self.lost = 0
         self.duplicates = 0
         self.reordered = 0
+        self.retyped = 0
+        self.intended = 0  # open loop: sends the schedule made due
 
 
 class EchoTracker:
     """Sequence numbers in flight on one connection and the checks on their echoes."""
 
     __slots__ = (
+        "_cut",
         "_expired",
         "_filler",
-        "_fixed_tail",
+        "_fixed_middle",
         "_latency",
         "_live",
         "_rng",
@@ -90,12 +103,15 @@ class EchoTracker:
         self._sizes = sizes
         self._filler = filler
         self._rng = rng
-        self._fixed_tail = filler.tail(sizes.low) if sizes.low == sizes.high else None
+        fixed = sizes.low == sizes.high
+        self._fixed_middle = filler.middle(sizes.low) if fixed else None
+        self._cut = SEQ_WIDTH - suffix_width(sizes.low) if fixed else 0
         self._expired: set[int] = set()
         # Keyed by the payload's 16-digit prefix, so that one dict lookup of an echo's
         # first 16 bytes both finds the message and checks those bytes exactly.
-        # prefix -> (intended send ns, actual send ns, seq, tail); dict order = send order
-        self.pending: dict[bytes, tuple[int, int, int, bytes]] = {}
+        # prefix -> (intended send ns, actual send ns, seq, middle, suffix);
+        # dict order = send order
+        self.pending: dict[bytes, tuple[int, int, int, bytes, bytes]] = {}
         self.next_seq = 0
         self.max_received = -1
 
@@ -103,43 +119,86 @@ class EchoTracker:
         """The payload of the next message; records it as in flight."""
         seq = self.next_seq
         self.next_seq = seq + 1
-        tail = self._fixed_tail
-        if tail is None:
-            tail = self._filler.tail(self._sizes.sample(self._rng))
         prefix = b"%016x" % seq
-        self.pending[prefix] = (intended_ns, now_ns, seq, tail)
+        middle = self._fixed_middle
+        if middle is None:
+            size = self._sizes.sample(self._rng)
+            middle = self._filler.middle(size)
+            suffix = prefix[SEQ_WIDTH - suffix_width(size) :]
+        else:
+            suffix = prefix[self._cut :]  # the usual 16 digits: prefix itself, no copy
+        self.pending[prefix] = (intended_ns, now_ns, seq, middle, suffix)
+        payload = prefix + middle + suffix
         live = self._live
         live.sent += 1
-        live.bytes_sent += SEQ_WIDTH + len(tail)
-        return prefix + tail
+        live.bytes_sent += len(payload)
+        return payload
 
     def on_echo(self, payload: bytes, now_ns: int) -> bool:
         """Check one echoed message; True if it answered a message in flight."""
-        entry = self.pending.pop(payload[:SEQ_WIDTH], None)
+        prefix = payload[:SEQ_WIDTH]
+        entry = self.pending.pop(prefix, None)
         if entry is None:
             return self._unexpected(payload)
-        intended, sent, seq, tail = entry
-        live = self._live
-        # The prefix matched as the dict key; length and tail make the check byte-exact.
-        size = SEQ_WIDTH + len(tail)
-        if len(payload) != size or not payload.endswith(tail):
-            live.mismatches += 1
+        intended, sent, seq, middle, suffix = entry
+        # Rebuilt and compared whole: faster than checking its parts in place.
+        if payload != prefix + middle + suffix:
+            self._mismatched(payload, prefix, entry)
             return True
+        live = self._live
         if seq < self.max_received:
             live.reordered += 1
         else:
             self.max_received = seq
         live.received += 1
-        live.bytes_received += size
+        live.bytes_received += len(payload)
         self._latency.record(now_ns - intended)
         if sent != intended:
             # Closed loop sends when intended, so there the two are one histogram.
             self._uncorrected.record(now_ns - sent)
         return True
 
+    def on_retyped(self, payload: bytes) -> bool:
+        """An echo in the other frame type (text for binary or back): never a good echo.
+
+        True if it answered a message in flight, which then counts as retyped only (not
+        also lost); otherwise it is classified like any unexpected echo.
+        """
+        if self.pending.pop(payload[:SEQ_WIDTH], None) is None:
+            return self._unexpected(payload)
+        self._live.retyped += 1
+        return True
+
+    def _named_by_suffix(self, payload: bytes) -> bytes | None:
+        # The prefix that the payload's last digits (and, for a short suffix, its first
+        # ones) spell, if that message is in flight.
+        width = suffix_width(len(payload))
+        if not width:
+            return None
+        prefix = payload[: SEQ_WIDTH - width] + payload[-width:]
+        return prefix if prefix in self.pending else None
+
+    def _mismatched(
+        self, payload: bytes, prefix: bytes, entry: tuple[int, int, int, bytes, bytes]
+    ) -> None:
+        # The prefix named a message in flight but the rest differs. If the suffix names
+        # another one in flight, the prefix was the garbled part: that one is answered.
+        self._live.mismatches += 1
+        other = self._named_by_suffix(payload)
+        if other is not None and other != prefix:
+            del self.pending[other]
+            # Back in flight (at the end of the send order: it may expire a little late).
+            self.pending[prefix] = entry
+
     def _unexpected(self, payload: bytes) -> bool:
         # An echo whose prefix is not in flight as sent: classify it (the rare path).
         live = self._live
+        named = self._named_by_suffix(payload)
+        if named is not None:
+            # A garbled sequence number of a message in flight: it answered that message.
+            del self.pending[named]
+            live.mismatches += 1
+            return True
         try:
             seq = int(payload[:SEQ_WIDTH], 16)
         except ValueError:
@@ -159,12 +218,6 @@ class EchoTracker:
         else:
             live.mismatches += 1
         return False
-
-    def oldest_sent_ns(self) -> int | None:
-        """Actual send time of the oldest message in flight, or None."""
-        for entry in self.pending.values():
-            return entry[1]
-        return None
 
     def expire(self, deadline_ns: int) -> int:
         """Count messages sent before ``deadline_ns`` as lost; returns how many."""
