@@ -43,6 +43,8 @@ setup(
             "selenium>=4.10",
             # Runs the Autobahn TestSuite's cases (tests/test_autobahn.py, benchmarks/autobahn.py).
             "kosoku>=0.1.0",
+            # Property-based fuzzing of handshakes and frames (tests/test_fuzz.py).
+            "hypothesis>=6.100",
         ],
     },
     entry_points={

@@ -12,6 +12,8 @@ ratios against stock Tornado and aiohttp are printed, with the machine's descrip
 Scenarios (issue 9's targets):
   echo32, echo4k, echo64k   100 connections, closed loop, 32 B / 4 KiB / 64 KiB text
                             (bundled load tester): msgs/s, p50, p99, max
+  echo32-go                 echo32's throughput driven by the compiled Go client instead
+                            (needs golang-go and golang-github-gorilla-websocket-dev)
   echo32x1000               1000 connections x 32 B: msgs/s, p50, p99 (fairness)
   handshakes                connect, upgrade, close cycles per second (64 at a time)
   idle, idle-deflate        RSS per idle connection (5000 connections), compression off/on
@@ -35,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import HERE, Server, run_loadtest, say
+from _common import HERE, Server, build_go, run_loadtest, say
 
 SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "stock Tornado": ("tornado", ()),
@@ -81,6 +83,32 @@ def echo(connections: int, size: int, seconds: float) -> Callable[[Server], dict
     return measure
 
 
+_GO_CLIENT: list[Path] = []
+
+
+def go_echo(connections: int, size: int, seconds: float) -> Callable[[Server], dict[str, float]]:
+    """Throughput only, driven by the compiled Go/gorilla client (benchmarks/goclient), for
+    when the Python load tester itself would be the ceiling."""
+
+    def measure(server: Server) -> dict[str, float]:
+        if not _GO_CLIENT:
+            _GO_CLIENT.append(build_go("goclient", Path(tempfile.mkdtemp())))
+        done = subprocess.run(
+            [
+                "taskset", "-c", str(CLIENT_CPU), str(_GO_CLIENT[0]),
+                "-url", server.url, "-c", str(connections), "-d", f"{seconds}s",
+                "-size", str(size),
+            ],
+            capture_output=True, text=True, timeout=seconds + 60, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip() or "goclient failed")
+        result = json.loads(done.stdout.splitlines()[-1])
+        return {"msgs/s": result["msgs_per_s"], "errors": result["failed"] + result["mismatched"]}
+
+    return measure
+
+
 def handshakes(server: Server) -> dict[str, float]:
     result = raw_client("handshakes", port_of(server), "5", "64")
     return {"handshakes/s": result["handshakes_per_s"], "errors": result["failed"]}
@@ -121,6 +149,7 @@ def fragments(server: Server) -> dict[str, float]:
 
 SCENARIOS: dict[str, tuple[str, Callable[[Server], dict[str, float]]]] = {
     "echo32": ("100 connections x 32 B, closed loop", echo(100, 32, 10)),
+    "echo32-go": ("100 connections x 32 B, closed loop, compiled Go client", go_echo(100, 32, 10)),
     "echo4k": ("100 connections x 4 KiB, closed loop", echo(100, 4096, 10)),
     "echo64k": ("100 connections x 64 KiB, closed loop", echo(100, 65536, 10)),
     "echo32x1000": ("1000 connections x 32 B, closed loop", echo(1000, 32, 15)),

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import fcntl
 import json
+import logging
 import os
 import re
 import resource
@@ -344,3 +345,17 @@ def make_server(
     }
     settings.update(overrides)
     return Server(Config(**settings), server_id=server_id)
+
+
+async def started_server(
+    tmp_path: Path, database_url: str, server_id: str = "test:0:0", **overrides: Any
+) -> Server:
+    """:func:`make_server`, started."""
+    server = make_server(tmp_path, database_url, server_id, **overrides)
+    await server.start()
+    return server
+
+
+def assert_no_traceback(records: list[logging.LogRecord]) -> None:
+    """No ERROR line and no traceback among ``records`` (caplog.records)."""
+    assert not [r for r in records if r.exc_info or r.levelno >= logging.ERROR]

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tornado.httputil import HTTPHeaders
 
 from tests.helpers import (
+    assert_no_traceback,
     fetch_rows,
     json_body,
-    make_server,
     own_ipv4_address,
     raw_http,
+    started_server,
     upgrade_request,
 )
 from tornado_echo.access import NOT_LOOPBACK, TrustedProxies, host_name, is_loopback, refusal
-from tornado_echo.server import Server
 
 OWN_ADDRESS = own_ipv4_address()
 needs_own_address = pytest.mark.skipif(
@@ -121,23 +119,13 @@ def request(path: str, **headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def started(tmp_path: Path, sqlite_url: str, **overrides: Any) -> Server:
-    server = make_server(tmp_path, sqlite_url, **overrides)
-    await server.start()
-    return server
-
-
-def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
-    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
-
-
 @needs_own_address
 @pytest.mark.parametrize("behind_proxy", [True, False])
 @pytest.mark.gen_test(timeout=30)
 async def test_forged_loopback_header_from_a_remote_peer_is_refused(
     tmp_path: Path, sqlite_url: str, behind_proxy: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await started(tmp_path, sqlite_url, behind_proxy=behind_proxy)
+    server = await started_server(tmp_path, sqlite_url, behind_proxy=behind_proxy)
     forged = {"X_Real_Ip": "127.0.0.1", "X_Forwarded_For": "127.0.0.1"}
     try:
         for path in ("/api/sessions", "/metrics"):
@@ -150,7 +138,7 @@ async def test_forged_loopback_header_from_a_remote_peer_is_refused(
             assert (await raw_http(server.port, request(path, **forged)))[0] == 200
     finally:
         await server.shutdown()
-    assert_no_traceback(caplog)
+    assert_no_traceback(caplog.records)
 
 
 @needs_own_address
@@ -158,7 +146,7 @@ async def test_forged_loopback_header_from_a_remote_peer_is_refused(
 async def test_forwarded_address_of_a_trusted_proxy_is_the_session_peer(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    server = await started(tmp_path, sqlite_url, behind_proxy=True)
+    server = await started_server(tmp_path, sqlite_url, behind_proxy=True)
     try:
         # From the trusted (loopback) proxy: the right-most address not a proxy's own.
         trusted = upgrade_request(X_Forwarded_For="198.51.100.1, 203.0.113.9, 127.0.0.1")
@@ -183,7 +171,7 @@ async def test_forwarded_address_of_a_trusted_proxy_is_the_session_peer(
 async def test_loopback_trust_is_refused_for_a_foreign_host(
     tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await started(
+    server = await started_server(
         tmp_path, sqlite_url, server_names=("echo.example.com",), admin_token="s3cret"
     )
     port = server.port
@@ -201,4 +189,4 @@ async def test_loopback_trust_is_refused_for_a_foreign_host(
         assert (await raw_http(port, authorized))[0] == 200
     finally:
         await server.shutdown()
-    assert_no_traceback(caplog)
+    assert_no_traceback(caplog.records)

@@ -11,16 +11,14 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from tests.helpers import PgOutage, json_body, make_server
+from tests.helpers import PgOutage, json_body, started_server
 from tornado_echo.server import Server
 
 REMOTE = {"X-Real-Ip": "203.0.113.9"}  # trusted because behind_proxy is on
 
 
 async def started(tmp_path: Path, database_url: str, **overrides: Any) -> Server:
-    server = make_server(tmp_path, database_url, behind_proxy=True, **overrides)
-    await server.start()
-    return server
+    return await started_server(tmp_path, database_url, behind_proxy=True, **overrides)
 
 
 async def fetch(server: Server, path: str, **headers: str) -> HTTPResponse:

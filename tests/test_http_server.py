@@ -4,11 +4,9 @@ and an exhausted descriptor table."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tornado.httputil import HTTPHeaders
@@ -16,27 +14,17 @@ from tornado.httputil import HTTPHeaders
 from tests.helpers import (
     BASE_CONF,
     Service,
+    assert_no_traceback,
     json_body,
-    make_server,
     open_raw_websocket,
     raw_http,
     start_service,
+    started_server,
     upgrade_request,
 )
 from tornado_echo.http_server import has_body
-from tornado_echo.server import Server
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-
-
-async def started(tmp_path: Path, sqlite_url: str, **overrides: Any) -> Server:
-    server = make_server(tmp_path, sqlite_url, **overrides)
-    await server.start()
-    return server
-
-
-def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
-    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize(
@@ -57,7 +45,7 @@ def test_has_body(headers: dict[str, str], expected: bool) -> None:
 async def test_a_request_body_is_refused_with_413_before_it_is_read(
     tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await started(tmp_path, sqlite_url)
+    server = await started_server(tmp_path, sqlite_url)
     try:
         announced = [
             b"POST /api/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000\r\n\r\nx",
@@ -73,14 +61,14 @@ async def test_a_request_body_is_refused_with_413_before_it_is_read(
         assert len(server.connections) == 0
     finally:
         await server.shutdown()
-    assert_no_traceback(caplog)
+    assert_no_traceback(caplog.records)
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_refused_body_still_being_sent_does_not_reset_the_answer(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    server = await started(tmp_path, sqlite_url)
+    server = await started_server(tmp_path, sqlite_url)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000000\r\n\r\n")
@@ -96,7 +84,7 @@ async def test_a_refused_body_still_being_sent_does_not_reset_the_answer(
 async def test_slow_or_oversized_headers_are_cut_off(
     tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await started(tmp_path, sqlite_url, http_timeout=0.3)
+    server = await started_server(tmp_path, sqlite_url, http_timeout=0.3)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and stall
@@ -113,14 +101,14 @@ async def test_slow_or_oversized_headers_are_cut_off(
         assert (await raw_http(server.port, HEALTH))[0] == 200
     finally:
         await server.shutdown()
-    assert_no_traceback(caplog)
+    assert_no_traceback(caplog.records)
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_http_connections_beyond_the_limit_get_503(
     tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await started(tmp_path, sqlite_url, max_http_connections=2)
+    server = await started_server(tmp_path, sqlite_url, max_http_connections=2)
     try:
         # Upgraded WebSockets leave the HTTP count.
         sockets = [await open_raw_websocket(server.port) for _ in range(3)]
@@ -143,7 +131,7 @@ async def test_http_connections_beyond_the_limit_get_503(
         assert b'tornado_echo_rejections_total{reason="connection_limit_http"}' in metrics
     finally:
         await server.shutdown()
-    assert_no_traceback(caplog)
+    assert_no_traceback(caplog.records)
 
 
 def cpu_seconds(pid: int) -> float:

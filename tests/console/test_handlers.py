@@ -11,7 +11,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.websocket import websocket_connect
 
-from tests.helpers import eventually, make_server
+from tests.helpers import eventually, started_server
 from tornado_echo.config import Config
 from tornado_echo.console.handlers import relative_ws_path
 from tornado_echo.server import Server
@@ -35,12 +35,6 @@ async def live(
     return (answer, figures) if wanted(figures) else None
 
 
-async def started(tmp_path: Path, sqlite_url: str, **overrides: Any) -> Server:
-    server = make_server(tmp_path, sqlite_url, **overrides)
-    await server.start()
-    return server
-
-
 @pytest.mark.parametrize(
     ("ws_path", "console_path", "expected"),
     [
@@ -56,7 +50,7 @@ def test_ws_path_is_relative_to_the_page(ws_path: str, console_path: str, expect
 
 @pytest.mark.gen_test(timeout=30)
 async def test_page_and_assets_are_served_from_the_package(tmp_path: Path, sqlite_url: str) -> None:
-    server = await started(tmp_path, sqlite_url)
+    server = await started_server(tmp_path, sqlite_url)
     try:
         page = await get(server, "/")
         assert page.code == 200
@@ -80,7 +74,7 @@ async def test_page_and_assets_are_served_from_the_package(tmp_path: Path, sqlit
 
 @pytest.mark.gen_test(timeout=30)
 async def test_console_path_moves_everything(tmp_path: Path, sqlite_url: str) -> None:
-    server = await started(tmp_path, sqlite_url, console_path="/echo/")
+    server = await started_server(tmp_path, sqlite_url, console_path="/echo/")
     try:
         assert (await get(server, "/")).code == 404
         redirect = await get(server, "/echo")
@@ -94,7 +88,7 @@ async def test_console_path_moves_everything(tmp_path: Path, sqlite_url: str) ->
 
 @pytest.mark.gen_test(timeout=30)
 async def test_console_off_serves_nothing(tmp_path: Path, sqlite_url: str) -> None:
-    server = await started(tmp_path, sqlite_url, console=False)
+    server = await started_server(tmp_path, sqlite_url, console=False)
     try:
         for path in ("/", "/console/app.js", "/console/live"):
             assert (await get(server, path)).code == 404
@@ -106,7 +100,7 @@ async def test_console_off_serves_nothing(tmp_path: Path, sqlite_url: str) -> No
 async def test_figures_count_traffic_and_show_no_peer_or_payload(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    server = await started(tmp_path, sqlite_url)
+    server = await started_server(tmp_path, sqlite_url)
     try:
         client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
         for _ in range(3):
@@ -135,7 +129,7 @@ async def test_figures_count_traffic_and_show_no_peer_or_payload(
 @pytest.mark.gen_test(timeout=30)
 async def test_sessions_only_with_the_admin_token(tmp_path: Path, sqlite_url: str) -> None:
     # Behind a proxy: the forwarded address is the peer, so the loopback exception is gone.
-    server = await started(tmp_path, sqlite_url, behind_proxy=True, admin_token="s3cret")
+    server = await started_server(tmp_path, sqlite_url, behind_proxy=True, admin_token="s3cret")
     remote = {"X-Real-Ip": "203.0.113.7"}
     try:
         client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")

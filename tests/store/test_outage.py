@@ -19,10 +19,10 @@ from tests.helpers import (
     PgOutage,
     client_frame,
     fetch_rows,
-    make_server,
     metric,
     open_raw_websocket,
     read_server_frame,
+    started_server,
 )
 from tests.test_cli import start_server
 from tornado_echo.server import Server
@@ -32,11 +32,9 @@ OPCODE_CLOSE = 8
 
 
 async def started(tmp_path: Path, database_url: str, **overrides: Any) -> Server:
-    server = make_server(
+    return await started_server(
         tmp_path, database_url, "outage-test:0:0", shutdown_deadline=5.0, **overrides
     )
-    await server.start()
-    return server
 
 
 async def readyz(server: Server) -> tuple[int, dict[str, Any]]:
