@@ -29,6 +29,8 @@ from tornado_echo.rfc6455 import is_sendable_close_code
 pytestmark = pytest.mark.slow
 EXAMPLES = 150
 ANSWERS = {101, 400, 403, 404, 405, 413, 426, 431, 500, 503}
+# A masked close frame with code 1000 (all-zero mask key).
+CLOSE = b"\x88\x82\x00\x00\x00\x00" + struct.pack("!H", 1000)
 # The module-scoped live server is meant to be shared by every example.
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -242,9 +244,7 @@ def test_any_frame_sequence_gets_echoes_or_a_lawful_close(
         head = read_head(sock)
         assert head.startswith(b"HTTP/1.1 101"), head
         rest = head.split(b"\r\n\r\n", 1)[1]
-        # Then a clean close of our own, so that every connection ends.
-        close = b"\x88\x82" + b"\x00\x00\x00\x00" + struct.pack("!H", 1000)
-        sock.sendall(b"".join(sequence) + close)
+        sock.sendall(b"".join(sequence) + CLOSE)  # a close of our own: every connection ends
         answer = server_frames(rest + read_all(sock))
     for opcode, payload in answer:
         assert opcode in (0x1, 0x2, 0x8, 0x9, 0xA), opcode
@@ -257,7 +257,7 @@ def test_descriptors_and_memory_come_back_after_the_fuzzing(live: LiveServer) ->
     """Runs after the fuzz tests of its engine (module order): nothing left open."""
     for _ in range(200):
         with connect(live.port) as sock:
-            sock.sendall(upgrade() + b"\x81\x05" + b"hello")  # unmasked: 1002, then closed
+            sock.sendall(upgrade() + b"\x81\x85\x00\x00\x00\x00hello" + CLOSE)
             read_all(sock)
     eventually_blocking(
         lambda: live.descriptors() <= live.start_descriptors + 2,

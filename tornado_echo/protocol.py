@@ -18,6 +18,7 @@ Selected with ``engine = "tornado"``; the default is :mod:`tornado_echo.engine`.
 
 from __future__ import annotations
 
+import zlib
 from asyncio import Future
 
 from tornado.iostream import StreamClosedError
@@ -64,7 +65,7 @@ class EchoProtocol(WebSocketProtocol13):
     def _handle_message(self, opcode: int, data: bytes) -> Future[None] | None:
         if self.client_terminated:
             return None
-        if opcode == Opcode.TEXT:
+        if opcode in (Opcode.TEXT, Opcode.BINARY):
             if self._frame_compressed:
                 assert self._decompressor is not None
                 try:
@@ -73,13 +74,23 @@ class EchoProtocol(WebSocketProtocol13):
                     self.close(CloseCode.MESSAGE_TOO_BIG, "message too big after decompression")
                     self._abort()
                     return None
+                except zlib.error:
+                    # Tornado lets this escape as a traceback and no close frame.
+                    self._fail(CloseCode.INVALID_PAYLOAD, "invalid deflate data")
+                    return None
+            self._message_bytes_in += len(data)
+            if opcode == Opcode.BINARY:
+                return self._run_callback(self.handler.on_message, data)
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
                 self._fail(CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8")
                 return None
-            self._message_bytes_in += len(data)
             return self._run_callback(self.handler.on_message, text)
+        if self._frame_compressed:
+            # RSV1 on a control frame (RFC 7692 section 6.1); Tornado would inflate it.
+            self._fail(CloseCode.PROTOCOL_ERROR, "compressed control frame")
+            return None
         if opcode == Opcode.CLOSE:
             try:
                 parse_close_payload(data)
