@@ -3,7 +3,9 @@
 
 Both clients run pinned to CPU 0, one after the other, in a closed loop against the same
 echo server pinned to CPU 1, and the script prints both echo rates and their ratio
-(target: ours >= 0.9 x the compiled client's). Run by hand, not a test:
+(target: ours >= 0.9 x the compiled client's), and each client's CPU time per echo: the
+Go client's rate is often capped by the server, so its CPU per echo is the steadier measure
+of what one core of it drives. Run by hand, not a test:
 
     python benchmarks/loadtest_vs_compiled.py [--server tornado-echo|tornado|go] [-c 50] [-d 10]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -28,7 +31,7 @@ def main() -> None:
     parser.add_argument("-c", "--connections", type=int, default=50)
     parser.add_argument("-d", "--duration", type=float, default=10.0)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     parser.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,11 +42,15 @@ def main() -> None:
         theirs: list[float] = []
         verdicts: list[str] = []
         server_busy: dict[str, list[float]] = {"go": [], "py": []}
+        # Client CPU (user + system) per echo: what one core's message rate comes down to,
+        # and steadier between rounds than the rates, which other work on the host moves.
+        cpu_per_echo: dict[str, list[float]] = {"go": [], "py": []}
         try:
             for round_no in range(args.rounds):
                 order = ("go", "py") if round_no % 2 == 0 else ("py", "go")
                 for who in order:
                     cpu_before = server.cpu_seconds()
+                    client_before = _children_cpu_seconds()
                     if who == "go":
                         proc = subprocess.run(
                             [
@@ -67,6 +74,9 @@ def main() -> None:
                         )
                         go_result = json.loads(proc.stdout)
                         theirs.append(go_result["msgs_per_s"])
+                        cpu_per_echo["go"].append(
+                            (_children_cpu_seconds() - client_before) / go_result["echoed"]
+                        )
                         busy = (server.cpu_seconds() - cpu_before) / go_result["elapsed_s"]
                         server_busy["go"].append(busy)
                     else:
@@ -90,6 +100,11 @@ def main() -> None:
                         busy = (server.cpu_seconds() - cpu_before) / summary["elapsed_s"]
                         server_busy["py"].append(busy)
                         ours.append(summary["throughput"]["msgs_per_s"])
+                        # Includes the interpreter's start and the imports (about 0.3 s).
+                        cpu_per_echo["py"].append(
+                            (_children_cpu_seconds() - client_before)
+                            / summary["messages"]["received"]
+                        )
                         sat = summary["saturation"]
                         verdicts.append(
                             "client-bound: " + "; ".join(sat["reasons"])
@@ -121,6 +136,17 @@ def main() -> None:
         f"per-round ratios: {', '.join(f'{r:.3f}' for r in paired)} "
         f"(median {statistics.median(paired):.3f})"
     )
+    go_cpu = statistics.median(cpu_per_echo["go"])
+    py_cpu = statistics.median(cpu_per_echo["py"])
+    say(
+        f"client CPU per echo (median): Go {go_cpu * 1e6:.2f} us, ours {py_cpu * 1e6:.2f} us; "
+        f"echoes per client CPU-second, ours / Go: {go_cpu / py_cpu:.3f}"
+    )
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from typing import Protocol, cast
 
@@ -29,7 +30,6 @@ from tornado_echo.loadtest.framing import (
     encode_close,
     encode_frame,
     frame_header,
-    mask_frame,
 )
 from tornado_echo.loadtest.histogram import Histogram
 from tornado_echo.loadtest.tracker import EchoTracker, LiveCounters
@@ -40,6 +40,8 @@ HANDSHAKE, OPEN, CLOSING, CLOSED = range(4)
 _CLOSE_WAIT = 2.0  # seconds to wait for the server's close frame before aborting
 _MAX_CATCH_UP = 1000  # open loop: most overdue messages sent in one go
 _now = time.monotonic_ns
+_getrandbits = random.getrandbits
+_apply_mask = rfc6455.apply_mask
 
 
 class ConnectionOwner(Protocol):
@@ -88,10 +90,9 @@ class EchoConnection(asyncio.Protocol):
         self._hs = HandshakeParser(request)
         self._parser: FrameParser | None = None
         self._deflate: Deflate | None = None
-        self._deflate_on = False
         self._opcode = OP_BINARY if cfg.binary else OP_TEXT
         self._fast_b0 = 0x80 | self._opcode  # first byte of a whole uncompressed echo
-        # Equal-size messages share one frame header: built once, not per send.
+        # Equal-size uncompressed messages share one frame header: built once, not per send.
         self._header = (
             frame_header(self._opcode, cfg.sizes.low) if cfg.sizes.low == cfg.sizes.high else None
         )
@@ -124,7 +125,8 @@ class EchoConnection(asyncio.Protocol):
                 return
             self._parser = FrameParser(self._max_message, result.deflate)
             self._deflate = result.deflate
-            self._deflate_on = result.deflate is not None
+            if result.deflate is not None:
+                self._header = None
             self.state = OPEN
             if not self.opened.done():
                 self.opened.set_result(None)
@@ -146,7 +148,11 @@ class EchoConnection(asyncio.Protocol):
             and length <= parser.max_size
             and parser.between_frames
         ):
-            self._on_data(data[2:], _now())
+            # _on_data(), inlined.
+            if self.tracker.on_echo(data[2:], _now()) and self.running and not self._interval_ns:
+                self._defer_send(self)
+            elif not self.running and not self.tracker.pending:
+                self.close()
             return
         try:
             events = parser.feed(data)
@@ -224,18 +230,19 @@ class EchoConnection(asyncio.Protocol):
     def send_next(self, intended: int) -> None:
         """Send the next message; ``intended`` is its scheduled time (0: now)."""
         budget = self._budget
-        if budget == 0:
-            self.finish()
-            return
-        if budget > 0:
+        if budget >= 0:  # -1: no budget
+            if budget == 0:
+                self.finish()
+                return
             self._budget = budget - 1
         now = _now()
         payload = self.tracker.next_payload(intended or now, now)
-        if self._deflate_on:
-            assert self._deflate is not None
+        header = self._header
+        if header is not None:
+            mask = _getrandbits(32).to_bytes(4, "big")  # mask_frame(), inlined
+            frame = header + mask + _apply_mask(payload, mask)
+        elif self._deflate is not None:
             frame = encode_frame(self._opcode, self._deflate.compress(payload), rsv1=True)
-        elif self._header is not None:
-            frame = mask_frame(self._header, payload)
         else:
             frame = encode_frame(self._opcode, payload)
         transport = self.transport  # _write(), inlined on the hot path

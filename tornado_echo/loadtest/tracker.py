@@ -1,9 +1,9 @@
 """Per-connection bookkeeping of sent messages and their echoes, without I/O.
 
 Every payload is ``%016x`` of its sequence number, a fixed filler, and the sequence
-number's last (up to 16) hex digits again, so an echo can be checked byte for byte
-without storing what was sent, and an echo with a garbled sequence number still names
-the message it answers by its other end: one mismatch, not a duplicate plus a loss.
+number's last (up to 16) hex digits again, so an echo with a garbled sequence number
+still names the message it answers by its other end: one mismatch, not a duplicate plus
+a loss. Each payload in flight is kept, and its echo is compared with it byte for byte.
 The tracker classifies each echo as good (latency recorded), mismatched, duplicate,
 retyped or reordered, and each message never echoed within the timeout as lost.
 """
@@ -109,9 +109,9 @@ class EchoTracker:
         self._expired: set[int] = set()
         # Keyed by the payload's 16-digit prefix, so that one dict lookup of an echo's
         # first 16 bytes both finds the message and checks those bytes exactly.
-        # prefix -> (intended send ns, actual send ns, seq, middle, suffix);
+        # prefix -> (intended send ns, actual send ns, seq, payload sent);
         # dict order = send order
-        self.pending: dict[bytes, tuple[int, int, int, bytes, bytes]] = {}
+        self.pending: dict[bytes, tuple[int, int, int, bytes]] = {}
         self.next_seq = 0
         self.max_received = -1
 
@@ -127,8 +127,8 @@ class EchoTracker:
             suffix = prefix[SEQ_WIDTH - suffix_width(size) :]
         else:
             suffix = prefix[self._cut :]  # the usual 16 digits: prefix itself, no copy
-        self.pending[prefix] = (intended_ns, now_ns, seq, middle, suffix)
         payload = prefix + middle + suffix
+        self.pending[prefix] = (intended_ns, now_ns, seq, payload)
         live = self._live
         live.sent += 1
         live.bytes_sent += len(payload)
@@ -140,9 +140,8 @@ class EchoTracker:
         entry = self.pending.pop(prefix, None)
         if entry is None:
             return self._unexpected(payload)
-        intended, sent, seq, middle, suffix = entry
-        # Rebuilt and compared whole: faster than checking its parts in place.
-        if payload != prefix + middle + suffix:
+        intended, sent, seq, expected = entry
+        if payload != expected:
             self._mismatched(payload, prefix, entry)
             return True
         live = self._live
@@ -179,7 +178,7 @@ class EchoTracker:
         return prefix if prefix in self.pending else None
 
     def _mismatched(
-        self, payload: bytes, prefix: bytes, entry: tuple[int, int, int, bytes, bytes]
+        self, payload: bytes, prefix: bytes, entry: tuple[int, int, int, bytes]
     ) -> None:
         # The prefix named a message in flight but the rest differs. If the suffix names
         # another one in flight, the prefix was the garbled part: that one is answered.
