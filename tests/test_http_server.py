@@ -4,6 +4,7 @@ and an exhausted descriptor table."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from pathlib import Path
@@ -22,7 +23,7 @@ from tests.helpers import (
     started_server,
     upgrade_request,
 )
-from tornado_echo.http_server import has_body
+from tornado_echo.http_server import MAX_HEADER_SIZE, has_body
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -81,7 +82,7 @@ async def test_a_refused_body_still_being_sent_does_not_reset_the_answer(
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_slow_or_oversized_headers_are_cut_off(
+async def test_slow_headers_are_cut_off(
     tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await started_server(tmp_path, sqlite_url, http_timeout=0.3)
@@ -90,17 +91,42 @@ async def test_slow_or_oversized_headers_are_cut_off(
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and stall
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
         writer.close()
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        # Over MAX_HEADER_SIZE: Tornado closes at once (a reset, as the rest is unread).
-        writer.write(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
-        try:
-            assert await asyncio.wait_for(reader.read(), 5) == b""
-        except ConnectionResetError:
-            pass
-        writer.close()
         assert (await raw_http(server.port, HEALTH))[0] == 200
     finally:
         await server.shutdown()
+    assert_no_traceback(caplog.records)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_oversized_headers_get_431_then_the_connection_closes(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    server = await started_server(tmp_path, sqlite_url)
+    try:
+        # Just over the limit, and far over it (more than Tornado reads before it stops).
+        for size in (20 * 1024, 20 * 1024, 300 * 1024, 20 * 1024):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+            writer.write(b"a" * size + b"\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), head
+            assert b"\r\nConnection: close\r\n" in head
+            body = await asyncio.wait_for(reader.read(), 5)  # the rest, then EOF
+            assert json_body(body)["error"] == f"request headers over {MAX_HEADER_SIZE} bytes"
+            writer.close()
+        assert (await raw_http(server.port, HEALTH))[0] == 200  # a new connection is served
+        status, _, metrics = await raw_http(
+            server.port, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+        assert status == 200
+        assert b'tornado_echo_rejections_total{reason="request_headers"} 4.0' in metrics
+    finally:
+        await server.shutdown()
+    # One line for the four, and nothing from Tornado itself.
+    said = [r.getMessage() for r in caplog.records if r.name == "tornado_echo.http_server"]
+    assert said == [f"refused a request from 127.0.0.1: headers over {MAX_HEADER_SIZE} bytes"]
+    assert not [r for r in caplog.records if r.name.startswith("tornado.")]
     assert_no_traceback(caplog.records)
 
 

@@ -15,9 +15,11 @@ from tornado_echo.rfc6455 import (
     PerMessageDeflate,
     ProtocolError,
     accept_value,
+    check_client_header,
     close_payload,
     encode_frame,
     is_sendable_close_code,
+    length_and_mask,
     negotiate_deflate,
     parse_close_payload,
 )
@@ -167,6 +169,38 @@ def test_violations_end_the_stream_with_their_close_code(frames: list[bytes], co
     assert opcode is None and isinstance(error, ProtocolError)
     assert error.code == code
     assert reader.feed(masked(Opcode.TEXT, b"after")) == []  # nothing more is accepted
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 1 << 40])
+def test_a_header_read_in_two_steps_gives_length_and_mask(length: int) -> None:
+    # As the stock engine reads it: two bytes, then the number check_client_header names.
+    head = masked(Opcode.BINARY, b"")[:2]
+    b1 = 0x80 | (length if length < 126 else 126 if length < 65536 else 127)
+    rest = (
+        b"" if length < 126 else struct.pack("!H" if length < 65536 else "!Q", length)
+    ) + b"mask"
+    assert check_client_header(head[0], b1, deflate=False, in_message=False) == len(rest)
+    assert length_and_mask(b1, rest) == (length, b"mask")
+
+
+@pytest.mark.parametrize(
+    ("b0", "b1", "deflate", "in_message", "reason"),
+    [
+        (0x81, 0x05, False, False, "client frame is not masked"),
+        (0xC1, 0x85, False, False, "RSV1 set without permessage-deflate"),
+        (0x40, 0x85, True, True, "RSV1 set on a continuation frame"),
+        (0xC9, 0x85, True, False, "control frame fragmented, compressed or too long"),
+        (0x89, 0xFE, False, False, "control frame fragmented, compressed or too long"),
+        (0x81, 0x85, False, True, "new message before the previous one finished"),
+        (0x8F, 0x85, False, False, "unknown opcode 15"),
+    ],
+)
+def test_client_header_checks_say_what_is_wrong(
+    b0: int, b1: int, deflate: bool, in_message: bool, reason: str
+) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        check_client_header(b0, b1, deflate=deflate, in_message=in_message)
+    assert (caught.value.code, caught.value.reason) == (1002, reason)
 
 
 def test_invalid_utf8_fails_at_its_fragment_not_at_the_end() -> None:

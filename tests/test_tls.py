@@ -12,9 +12,10 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.helpers import make_server
+from tests.helpers import eventually, make_server
 from tornado_echo.config import Config, build_config
 from tornado_echo.errors import ConfigError
+from tornado_echo.http_server import MAX_HEADER_SIZE
 from tornado_echo.server import Server
 from tornado_echo.tls import server_context
 
@@ -102,6 +103,46 @@ async def test_wss_echo_and_certificate_reload_on_sighup(
         assert (await echo_over_tls(server.port, second_cert))[1] == der(second_cert)
     finally:
         await server.shutdown()
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_plain_http_on_the_tls_port_is_logged_once_per_interval(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = make_pair(tmp_path, "tls")
+    server = make_server(tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key))
+    await server.start()
+    try:
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            try:
+                assert b"200" not in await asyncio.wait_for(reader.read(), 5)
+            except ConnectionResetError:
+                pass
+            writer.close()
+        assert server.http is not None
+        counts = server.http.throttle.counts
+        await eventually(lambda: counts.get("tls_handshake") == 20, timeout=10)
+        # Headers over the limit get their 431 over TLS as well.
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=client_context(cert)
+        )
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        writer.write(b"a" * (MAX_HEADER_SIZE + 4096) + b"\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 431 "), head
+        writer.transport.abort()
+        # And wss is served as before.
+        assert (await echo_over_tls(server.port, cert))[1] == der(cert)
+    finally:
+        await server.shutdown()
+    said = [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert 1 <= len(said) <= 2, said  # a second one only if the test outlasts the interval
+    assert said[0].startswith("TLS handshake failed with 127.0.0.1: "), said
+    assert not [r for r in caplog.records if r.name == "tornado.general"]
     assert "Traceback" not in caplog.text
     assert not [r for r in caplog.records if r.exc_info]
 

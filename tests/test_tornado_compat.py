@@ -1,19 +1,23 @@
-"""Each private Tornado name the project uses still exists in the installed Tornado."""
+"""Each private Tornado name the project uses, and each Tornado log line it takes over, still
+exists in the installed Tornado."""
 
 from __future__ import annotations
 
+import inspect
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import tornado.iostream
 import tornado.web
 from tornado.http1connection import HTTP1Connection
-from tornado.httputil import HTTPServerRequest
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from tornado.iostream import IOStream
+from tornado.websocket import WebSocketHandler, WebSocketProtocol13
 
-from tornado_echo.tornado_compat import PRIVATE_NAMES
+from tornado_echo.tornado_compat import PRIVATE_NAMES, SSL_ERROR_LOG, UNSATISFIABLE_READ_LOG
 
 
 @contextmanager
@@ -24,11 +28,17 @@ def instance_of(owner: type) -> Iterator[Any]:
         stream = IOStream(left)
         if owner is IOStream:
             yield stream
+            return
+        request = HTTPServerRequest(
+            start_line=RequestStartLine("GET", "/", "HTTP/1.1"),
+            headers=HTTPHeaders({"Host": "127.0.0.1", "Sec-WebSocket-Version": "13"}),
+            connection=HTTP1Connection(stream, is_client=False),
+        )
+        if owner is WebSocketProtocol13:
+            # Made the way Tornado makes it, as tornado_echo.handlers does for EchoProtocol.
+            yield WebSocketHandler(tornado.web.Application(), request).get_websocket_protocol()
         else:
             assert issubclass(owner, tornado.web.RequestHandler)
-            request = HTTPServerRequest(
-                method="GET", uri="/", connection=HTTP1Connection(stream, is_client=False)
-            )
             yield owner(tornado.web.Application(), request)
     finally:
         left.close()
@@ -42,3 +52,10 @@ def test_private_tornado_name_exists(dotted: str) -> None:
         return
     with instance_of(owner) as instance:
         assert hasattr(instance, name), f"{dotted} is gone: update tornado_echo/tornado_compat.py"
+
+
+@pytest.mark.parametrize("line", [SSL_ERROR_LOG, UNSATISFIABLE_READ_LOG])
+def test_tornado_still_logs_the_lines_the_http_server_takes_over(line: str) -> None:
+    assert line in inspect.getsource(tornado.iostream), (
+        f"{line!r} is gone from tornado.iostream: update tornado_echo/tornado_compat.py"
+    )

@@ -8,21 +8,28 @@
   any of it is read.
 * **Bounded time.** Headers must arrive within ``http_timeout`` (Tornado closes the
   connection otherwise; it also bounds a TLS handshake and the WebSocket handshake).
+* **Bounded headers.** Headers over ``MAX_HEADER_SIZE`` get 431 and the connection is
+  closed; no more than the limit plus one read is ever buffered (Tornado stops reading
+  there, and would close the connection without an answer).
 * **Bounded count.** At most ``max_http_connections`` connections in the HTTP phase
   (keep-alive, requests, handshakes in flight); more get 503 at once. Upgraded WebSockets
   leave this count for ``max_connections``.
 * **Descriptors exhausted.** accept() failing with EMFILE/ENFILE pauses accepting for
   ``ACCEPT_BACKOFF`` seconds, logged once per interval, instead of a busy loop.
+* **Quiet about client mistakes.** Tornado's line for each failed TLS handshake (a plain
+  HTTP client on the TLS port, say) goes through the server's :class:`LogThrottle`.
 
-Only Tornado's public interfaces are overridden; the one thing read beyond them is the
-per-connection request context (``connection.context``: its address and ``remote_ip``),
-here and nowhere else.
+Only Tornado's public interfaces are overridden (``close_fd`` is the one Tornado leaves to
+stream subclasses); the one thing read beyond them is the per-connection request context
+(``connection.context``: its address and ``remote_ip``), here and nowhere else. The Tornado
+log lines taken over are named in :mod:`tornado_echo.tornado_compat`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import logging
 import socket
@@ -44,10 +51,12 @@ from tornado.httputil import (
     ResponseStartLine,
 )
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError, UnsatisfiableReadError
+from tornado.log import gen_log
 from tornado.netutil import ssl_wrap_socket
 
 from .throttle import LogThrottle
+from .tornado_compat import is_unsatisfiable_read, tls_handshake_failure
 
 if TYPE_CHECKING:
     from .access import TrustedProxies
@@ -93,6 +102,55 @@ def answer(status: int, reason: str) -> bytes:
     return head.encode() + body
 
 
+class _HTTPStream(IOStream):
+    """A connection's stream: headers over the limit leave it open for a 431 answer.
+
+    Tornado reports headers over ``max_header_size`` by closing the stream with an
+    :class:`UnsatisfiableReadError` (no other read of the HTTP phase has a limit: bodies are
+    refused). Its descriptor then goes to ``on_oversized`` instead of being closed.
+    """
+
+    on_oversized: Callable[[socket.socket], None] | None = None
+    _oversized = False
+
+    def close(self, exc_info: Any = False) -> None:
+        if isinstance(exc_info, UnsatisfiableReadError) and not self.closed():
+            self._oversized = self.on_oversized is not None
+        super().close(exc_info)
+
+    def close_fd(self) -> None:
+        # Called by close() once the descriptor has left the IOLoop, so it can move on.
+        if not self._oversized or self.on_oversized is None:
+            super().close_fd()
+            return
+        sock = self.socket
+        self.socket = None  # type: ignore[assignment]
+        self.on_oversized(sock)
+
+
+class _HTTPSStream(_HTTPStream, SSLIOStream):
+    pass
+
+
+class _TornadoLines(logging.Filter):
+    """Takes over Tornado's per-connection lines about a client's mistake (tornado.general):
+    a failed TLS handshake goes through the server's throttle; headers over the limit are
+    answered and logged by the server itself."""
+
+    def __init__(self, throttle: LogThrottle) -> None:
+        super().__init__()
+        self.throttle = throttle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure = tls_handshake_failure(record)
+        if failure is not None:
+            self.throttle.log(
+                "tls_handshake", logging.WARNING, "TLS handshake failed with %s: %s", *failure
+            )
+            return False
+        return not is_unsatisfiable_read(record)
+
+
 class EchoHTTPServer(tornado.httpserver.HTTPServer):
     """HTTPServer with the policies above; build it with :func:`make_http_server`.
 
@@ -105,6 +163,7 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
     open_http = 0  # connections handed to Tornado's HTTP/1 code and not yet closed/upgraded
     on_refusal: Callable[[str], None] | None = None
     throttle: LogThrottle
+    tornado_lines: logging.Filter
     listeners: dict[int, tuple[socket.socket, Callable[[], None]]]
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
@@ -117,6 +176,7 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
             remove()
             sock.close()
         self.listeners.clear()
+        gen_log.removeFilter(self.tornado_lines)
         super().stop()
 
     def set_ssl_context(self, context: ssl.SSLContext) -> None:
@@ -124,8 +184,9 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
         self.ssl_options = context
 
     def _accepted(self, connection: socket.socket, address: Any) -> None:
+        stream: _HTTPStream
         if self.ssl_options is None:
-            stream = IOStream(
+            stream = _HTTPStream(
                 connection,
                 max_buffer_size=self.max_buffer_size,
                 read_chunk_size=self.read_chunk_size,
@@ -139,12 +200,29 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
                 logger.debug("TLS wrap failed for %s: %s", address, exc)
                 connection.close()
                 return
-            stream = SSLIOStream(
+            stream = _HTTPSStream(
                 connection,
                 max_buffer_size=self.max_buffer_size,
                 read_chunk_size=self.read_chunk_size,
             )
+        stream.on_oversized = functools.partial(self._headers_too_large, address)
         self.handle_stream(stream, address)
+
+    def _headers_too_large(self, address: Any, connection: socket.socket) -> None:
+        # A fresh stream: the one that read the headers is closed, with a read pending.
+        stream = (
+            SSLIOStream(connection)
+            if isinstance(connection, ssl.SSLSocket)
+            else IOStream(connection)
+        )
+        self.throttle.log(
+            "request_headers",
+            logging.INFO,
+            "refused a request from %s: headers over %d bytes",
+            str(address[0]) if address else "?",
+            MAX_HEADER_SIZE,
+        )
+        self.refuse(stream, 431, "request_headers", f"request headers over {MAX_HEADER_SIZE} bytes")
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         if self.open_http >= self.max_http_connections:
@@ -327,5 +405,7 @@ def make_http_server(
     server.max_http_connections = max_http_connections
     server.on_refusal = on_refusal
     server.throttle = LogThrottle(logger)
+    server.tornado_lines = _TornadoLines(server.throttle)
+    gen_log.addFilter(server.tornado_lines)
     server.listeners = {}
     return server

@@ -1,23 +1,30 @@
 """The stock engine: Tornado's own RFC 6455 implementation behind ``EchoWebSocket``.
 
 Selected with ``engine = "tornado"``; the default is :mod:`tornado_echo.engine`.
-:class:`EchoProtocol` is Tornado's ``WebSocketProtocol13`` with three changes:
+:class:`EchoProtocol` is Tornado's ``WebSocketProtocol13`` with these changes:
 
 * ``send_message`` writes a frame without the per-message task that Tornado's
   ``write_message`` creates, and returns a Future only when the peer reads slower than it
   sends (write buffer above ``WRITE_HIGH_WATER``). Returned from ``on_message``, that Future
   pauses reading: a slow reader gets backpressure instead of unbounded server memory.
+* Frames are read by its own ``_receive_frame``: each header is checked by
+  :func:`tornado_echo.rfc6455.check_client_header`, so an unmasked frame, reserved bits, an
+  unknown opcode or a misplaced fragment is answered with a close frame with 1002 (Tornado
+  takes unmasked frames, and hangs up on the rest without a close frame). Whether a message
+  is compressed is decided by its first frame alone: in Tornado a ping between the fragments
+  of a compressed message clears the flag, and the raw deflate bytes are echoed.
 * Close frames are checked by :func:`tornado_echo.rfc6455.parse_close_payload`: a
   one-byte payload, a code that may not be sent on the wire, or a reason that is not
   UTF-8 is answered with 1002 or 1007 instead of being echoed back. A text message that
   is not UTF-8, compressed or not, is answered with 1007 (Tornado drops the connection
-  without a close frame).
+  without a close frame); an uncompressed one as soon as a fragment shows it.
 * It remembers whether the peer sent a close frame, so a session can tell a clean close
   from a dropped connection.
 """
 
 from __future__ import annotations
 
+import codecs
 import zlib
 from asyncio import Future
 
@@ -25,14 +32,29 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from .engine import WRITE_HIGH_WATER
-from .rfc6455 import CloseCode, Opcode, ProtocolError, parse_close_payload
+from .rfc6455 import (
+    CONTROL_OPCODES,
+    CloseCode,
+    Opcode,
+    ProtocolError,
+    apply_mask,
+    check_client_header,
+    length_and_mask,
+    parse_close_payload,
+)
 from .tornado_compat import DecompressTooLargeError, unsent_bytes
 
 
 class EchoProtocol(WebSocketProtocol13):
-    """Tornado's protocol with a lean echo write, backpressure and strict close frames."""
+    """Tornado's protocol with a lean echo write, backpressure and strict frames."""
 
     close_frame_received = False
+    # The fragmented message being received: its opcode, payload so far, whether it is
+    # compressed, and an incremental UTF-8 check while it is uncompressed text.
+    _message_opcode = 0
+    _fragments: bytearray | None = None
+    _message_compressed = False
+    _utf8: codecs.IncrementalDecoder | None = None
 
     @property
     def compression_negotiated(self) -> bool:
@@ -62,11 +84,62 @@ class EchoProtocol(WebSocketProtocol13):
             return written
         return None
 
+    async def _receive_frame(self) -> None:
+        # Replaces Tornado's (same reads, same limits); see the module docstring for why.
+        b0, b1 = await self._read_bytes(2)
+        fragments = self._fragments
+        try:
+            more = check_client_header(
+                b0, b1, deflate=self._decompressor is not None, in_message=fragments is not None
+            )
+        except ProtocolError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        length, mask = length_and_mask(b1, await self._read_bytes(more))
+        opcode = b0 & self.OPCODE_MASK
+        final = bool(b0 & self.FIN)
+        if opcode not in CONTROL_OPCODES:
+            buffered = len(fragments) if fragments is not None else 0
+            if buffered + length > self.params.max_message_size:
+                self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                return
+        data = apply_mask(await self._read_bytes(length), mask)
+        if opcode == Opcode.CONTINUATION:
+            assert fragments is not None
+            fragments += data
+            if not final:
+                self._check_utf8(data)
+                return
+            opcode, data = self._message_opcode, bytes(fragments)
+            self._fragments = self._utf8 = None
+        elif opcode not in CONTROL_OPCODES:
+            self._message_compressed = bool(b0 & self.RSV1)
+            if not final:
+                self._message_opcode = opcode
+                self._fragments = bytearray(data)
+                if opcode == Opcode.TEXT and not self._message_compressed:
+                    self._utf8 = codecs.getincrementaldecoder("utf-8")()
+                    self._check_utf8(data)
+                return
+        handled = self._handle_message(opcode, data)
+        if handled is not None:
+            await handled
+
+    def _check_utf8(self, fragment: bytes) -> None:
+        """Fail at once on a fragment of uncompressed text that cannot be UTF-8 (RFC 6455
+        section 8.1); the whole message is decoded again when complete."""
+        if self._utf8 is None:
+            return
+        try:
+            self._utf8.decode(fragment)
+        except UnicodeDecodeError:
+            self._fail(CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8")
+
     def _handle_message(self, opcode: int, data: bytes) -> Future[None] | None:
         if self.client_terminated:
             return None
         if opcode in (Opcode.TEXT, Opcode.BINARY):
-            if self._frame_compressed:
+            if self._message_compressed:
                 assert self._decompressor is not None
                 try:
                     data = self._decompressor.decompress(data)
@@ -87,10 +160,6 @@ class EchoProtocol(WebSocketProtocol13):
                 self._fail(CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8")
                 return None
             return self._run_callback(self.handler.on_message, text)
-        if self._frame_compressed:
-            # RSV1 on a control frame (RFC 7692 section 6.1); Tornado would inflate it.
-            self._fail(CloseCode.PROTOCOL_ERROR, "compressed control frame")
-            return None
         if opcode == Opcode.CLOSE:
             try:
                 parse_close_payload(data)

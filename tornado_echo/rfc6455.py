@@ -2,7 +2,8 @@
 
 The one place for opcodes, close codes and the rules about them, shared by the server's
 engines and the load tester. :class:`FrameReader` turns the bytes a client sends into
-complete messages and control frames; :func:`encode_frame` builds the frames a server
+complete messages and control frames (:func:`check_client_header` checks one frame's header,
+for an engine that reads frames itself); :func:`encode_frame` builds the frames a server
 sends; :class:`PerMessageDeflate` compresses and inflates messages; :func:`negotiate_deflate`
 answers a client's extension offer. Everything here is testable without sockets.
 """
@@ -278,6 +279,66 @@ class PerMessageDeflate:
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _MESSAGE_OPCODES = (Opcode.TEXT, Opcode.BINARY)
+# Bytes of extended payload length announced by the 7-bit length field (section 5.2).
+_EXTENDED_LENGTH = {126: 2, 127: 8}
+
+
+def check_frame(b0: int, length: int, *, deflate: bool, in_message: bool) -> None:
+    """Raise :class:`ProtocolError` (1002) for a frame that its first byte and its length
+    already condemn (RFC 6455 section 5, RFC 7692 section 6).
+
+    That is: RSV2 or RSV3 set; an unknown opcode; a control frame fragmented, compressed or
+    longer than 125 bytes; a continuation with no message to continue; a new message before
+    the previous one finished; RSV1 other than on a message's first frame with
+    permessage-deflate agreed (``deflate``). ``in_message``: a fragmented message is under
+    way. ``length`` may be the 7-bit length field: 126 and 127 are too long for control.
+    """
+    opcode = b0 & 0x0F
+    rsv1 = b0 & 0x40
+    if b0 & 0x30:
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits RSV2/RSV3 set")
+    if opcode >= 8:
+        if opcode not in CONTROL_OPCODES:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
+        if rsv1 or not b0 & 0x80 or length > MAX_CONTROL_PAYLOAD:
+            raise ProtocolError(
+                CloseCode.PROTOCOL_ERROR, "control frame fragmented, compressed or too long"
+            )
+    elif opcode == Opcode.CONTINUATION:
+        if not in_message:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation without a message")
+        if rsv1:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation frame")
+    elif opcode in _MESSAGE_OPCODES:
+        if in_message:
+            raise ProtocolError(
+                CloseCode.PROTOCOL_ERROR, "new message before the previous one finished"
+            )
+        if rsv1 and not deflate:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 set without permessage-deflate")
+    else:
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
+
+
+def check_client_header(b0: int, b1: int, *, deflate: bool, in_message: bool) -> int:
+    """Check the first two bytes of a client frame: masked (section 5.1), then
+    :func:`check_frame`. Returns how many header bytes follow them (extended payload
+    length and mask key), for :func:`length_and_mask`.
+    """
+    if not b1 & 0x80:
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "client frame is not masked")
+    length = b1 & 0x7F
+    check_frame(b0, length, deflate=deflate, in_message=in_message)
+    return _EXTENDED_LENGTH.get(length, 0) + 4
+
+
+def length_and_mask(b1: int, rest: bytes) -> tuple[int, bytes]:
+    """(payload length, mask key) of a client frame from its second byte and ``rest``, the
+    header bytes :func:`check_client_header` said follow it."""
+    length = b1 & 0x7F
+    if length in _EXTENDED_LENGTH:
+        length = int.from_bytes(rest[:-4], "big")
+    return length, rest[-4:]
 
 
 class FrameReader:
@@ -440,37 +501,18 @@ class FrameReader:
             ) from None
 
     def _frame(self, b0: int, payload: bytes, events: list[tuple[Any, Any]]) -> None:
+        check_frame(
+            b0, len(payload), deflate=self.deflate is not None, in_message=self._msg_opcode >= 0
+        )
         opcode = b0 & 0x0F
         fin = bool(b0 & 0x80)
-        rsv1 = bool(b0 & 0x40)
-        if b0 & 0x30:
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits RSV2/RSV3 set")
         if opcode >= 8:
-            if opcode not in CONTROL_OPCODES:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
-            if rsv1 or not fin or len(payload) > MAX_CONTROL_PAYLOAD:
-                raise ProtocolError(
-                    CloseCode.PROTOCOL_ERROR, "control frame fragmented, compressed or too long"
-                )
             events.append((Opcode(opcode), payload))
             return
-        if opcode == Opcode.CONTINUATION:
-            if self._msg_opcode < 0:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation without a message")
-            if rsv1:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation frame")
-        elif opcode in _MESSAGE_OPCODES:
-            if self._msg_opcode >= 0:
-                raise ProtocolError(
-                    CloseCode.PROTOCOL_ERROR, "new message before the previous one finished"
-                )
-            if rsv1 and self.deflate is None:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 set without permessage-deflate")
+        if opcode != Opcode.CONTINUATION:
             self._msg_opcode = opcode
-            self._msg_compressed = rsv1
+            self._msg_compressed = bool(b0 & 0x40)
             self._msg_text = _utf8_decoder() if opcode == Opcode.TEXT else None
-        else:
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
         if self._msg_compressed:
             assert self.deflate is not None
             payload = self.deflate.inflate(payload, self.max_size - self._msg_size, fin)

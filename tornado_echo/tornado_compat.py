@@ -7,12 +7,13 @@ The supported range is ``setup.py``'s; CI runs the suite at its lowest versions 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.web import RequestHandler
-from tornado.websocket import WebSocketHandler, _DecompressTooLargeError
+from tornado.websocket import WebSocketHandler, WebSocketProtocol13, _DecompressTooLargeError
 
 # The names below, for the test that checks they still exist.
 PRIVATE_NAMES = {
@@ -24,7 +25,29 @@ PRIVATE_NAMES = {
     "tornado.web.RequestHandler._headers": (RequestHandler, "_headers"),
     "tornado.web.RequestHandler._request_summary": (RequestHandler, "_request_summary"),
     "tornado.web.RequestHandler._reason": (RequestHandler, "_reason"),
+    # What tornado_echo.protocol.EchoProtocol overrides or uses of its base class.
+    "tornado.websocket.WebSocketProtocol13._receive_frame": (WebSocketProtocol13, "_receive_frame"),
+    "tornado.websocket.WebSocketProtocol13._read_bytes": (WebSocketProtocol13, "_read_bytes"),
+    "tornado.websocket.WebSocketProtocol13._handle_message": (
+        WebSocketProtocol13,
+        "_handle_message",
+    ),
+    "tornado.websocket.WebSocketProtocol13._write_frame": (WebSocketProtocol13, "_write_frame"),
+    "tornado.websocket.WebSocketProtocol13._run_callback": (WebSocketProtocol13, "_run_callback"),
+    "tornado.websocket.WebSocketProtocol13._abort": (WebSocketProtocol13, "_abort"),
+    "tornado.websocket.WebSocketProtocol13._compressor": (WebSocketProtocol13, "_compressor"),
+    "tornado.websocket.WebSocketProtocol13._decompressor": (WebSocketProtocol13, "_decompressor"),
+    "tornado.websocket.WebSocketProtocol13._message_bytes_in": (
+        WebSocketProtocol13,
+        "_message_bytes_in",
+    ),
 }
+
+# Tornado's own log lines (on tornado.general, from tornado/iostream.py) for one client's
+# mistake on one connection, which the HTTP server takes over: a failed TLS handshake, and
+# headers over max_header_size (the server answers 431 and logs that itself).
+SSL_ERROR_LOG = "SSL Error on %s %s: %s"
+UNSATISFIABLE_READ_LOG = "Unsatisfiable read, closing connection: "
 
 DecompressTooLargeError = _DecompressTooLargeError
 
@@ -66,3 +89,16 @@ def switching_protocols(handler: RequestHandler) -> bytes:
     lines = [f"HTTP/1.1 101 {handler._reason}"]
     lines.extend(f"{name}: {value}" for name, value in handler._headers.get_all())
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def tls_handshake_failure(record: logging.LogRecord) -> tuple[str, str] | None:
+    """(peer address, error) when ``record`` is Tornado's line for a failed TLS handshake."""
+    if record.msg != SSL_ERROR_LOG or not isinstance(record.args, tuple):
+        return None
+    _fd, peer, error = record.args
+    return str(peer[0] if isinstance(peer, tuple) else peer), str(error)
+
+
+def is_unsatisfiable_read(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is Tornado's line for a read over its ``max_bytes``."""
+    return isinstance(record.msg, str) and record.msg.startswith(UNSATISFIABLE_READ_LOG)
