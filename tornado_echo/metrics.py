@@ -130,7 +130,10 @@ class Metrics:
             registry=registry,
         )
         self.rejections = Counter(
-            "tornado_echo_rejections", "Refused upgrades by reason", ["reason"], registry=registry
+            "tornado_echo_rejections",
+            "Refused requests and upgrades by reason",
+            ["reason"],
+            registry=registry,
         )
         self.messages = Counter(
             "tornado_echo_messages", "Messages by direction", ["direction"], registry=registry
