@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from tornado.websocket import websocket_connect
 
-from tests.helpers import client_frame, open_raw_websocket, read_server_frame, upgrade_request
+from tests.helpers import (
+    client_frame,
+    eventually,
+    open_raw_websocket,
+    read_server_frame,
+    upgrade_request,
+)
 from tornado_echo.connections import Connections
 from tornado_echo.engine import WRITE_HIGH_WATER, FastProtocol
 from tornado_echo.protocol import EchoProtocol
@@ -66,6 +72,34 @@ class TestBothEngines:
         # Its buffer stays near the high-water mark (one read's echoes may go past it).
         assert highest <= WRITE_HIGH_WATER + 512 * 1024
         writer.transport.abort()
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_a_pipelining_peer_does_not_hold_the_loop(
+        self, http_server: Any, http_port: int
+    ) -> None:
+        # 150,000 one-byte messages in one write: several full reads of the server's. A
+        # newcomer's whole upgrade and echo (many turns of the loop) must fit between
+        # slices of them, not wait for the lot (before, it waited seconds per read).
+        count = 150_000
+        hog_reader, hog_writer = await open_raw_websocket(http_port)
+        hog_writer.write(client_frame(0x2, b"x") * count)
+        echoed = 0
+
+        async def read_echoes() -> None:
+            nonlocal echoed
+            while echoed < count:
+                await read_server_frame(hog_reader)
+                echoed += 1
+
+        hog = asyncio.ensure_future(read_echoes())
+        await eventually(lambda: echoed > 0)
+        reader, writer = await open_raw_websocket(http_port)
+        writer.write(client_frame(0x1, b"me too"))
+        assert await read_server_frame(reader) == (0x1, b"me too")
+        assert echoed < count // 2
+        await asyncio.wait_for(hog, 50)  # and none of the hog's messages is lost
+        hog_writer.close()
+        writer.close()
 
     @pytest.mark.gen_test(timeout=15)
     @pytest.mark.app_config(ping_interval=0.2, ping_timeout=0.2)

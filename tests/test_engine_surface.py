@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import struct
 from typing import Any
 
 import pytest
 import tornado.web
 from tornado.websocket import WebSocketHandler, websocket_connect
 
+from tests.helpers import assert_no_traceback, eventually, upgrade_request
 from tornado_echo.engine import FastWebSocketHandler
 
 
@@ -57,9 +61,34 @@ def recorder() -> Recorder:
     return Recorder()
 
 
+class SlowToAcceptHandler(FastWebSocketHandler):
+    """Holds the upgrade in an async ``prepare`` until the test opens ``gate``."""
+
+    def initialize(self, recorder: Recorder, gate: asyncio.Event) -> None:
+        self.recorder = recorder
+        self.gate = gate
+
+    async def prepare(self) -> None:
+        self.recorder.events.append(self)
+        await self.gate.wait()
+
+    def on_close(self) -> None:
+        self.recorder.closed.set()
+
+
 @pytest.fixture
-def app(recorder: Recorder) -> tornado.web.Application:
-    return tornado.web.Application([("/ws", SurfaceHandler, {"recorder": recorder})])
+def gate() -> asyncio.Event:
+    return asyncio.Event()
+
+
+@pytest.fixture
+def app(recorder: Recorder, gate: asyncio.Event) -> tornado.web.Application:
+    return tornado.web.Application(
+        [
+            ("/ws", SurfaceHandler, {"recorder": recorder}),
+            ("/slow", SlowToAcceptHandler, {"recorder": recorder, "gate": gate}),
+        ]
+    )
 
 
 @pytest.mark.gen_test(timeout=15)
@@ -93,3 +122,25 @@ async def test_tornado_handler_surface_on_the_fast_engine(
 
 def test_surface_handler_is_a_tornado_handler() -> None:
     assert issubclass(SurfaceHandler, WebSocketHandler)
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_a_peer_gone_before_its_upgrade_is_accepted_just_closes(
+    http_server: Any,
+    http_port: int,
+    recorder: Recorder,
+    gate: asyncio.Event,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    _, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(upgrade_request("/slow"))
+    [handler] = await eventually(lambda: recorder.events)
+    # Reset, not FIN: Tornado notices an error on a stream it is not reading.
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+    await eventually(lambda: handler.request.connection.stream.closed())
+    gate.set()
+    await asyncio.wait_for(recorder.closed.wait(), 5)
+    assert_no_traceback(caplog.records)

@@ -9,6 +9,8 @@ import zlib
 import pytest
 
 from tornado_echo.rfc6455 import (
+    FEED_MAX_EVENTS,
+    FEED_MAX_INFLATED,
     CloseCode,
     FrameReader,
     Opcode,
@@ -294,6 +296,59 @@ def test_bad_or_huge_deflate_data(payload: bytes, code: int) -> None:
     reader = FrameReader(1000, PerMessageDeflate({}))
     [(opcode, error)] = reader.feed(masked(Opcode.BINARY, payload, rsv=0x40))
     assert opcode is None and error.code == code
+
+
+def drain(reader: FrameReader, data: bytes) -> list[list[tuple[object, object]]]:
+    """The slices one read of ``data`` comes out in: feed it, then feed(b"") while backlogged."""
+    slices = [reader.feed(data)]
+    while reader.backlog:
+        slices.append(reader.feed(b""))
+    return slices
+
+
+def test_a_read_of_many_frames_comes_out_in_slices_in_order() -> None:
+    reader = FrameReader(1000)
+    count = 3 * FEED_MAX_EVENTS + 5
+    data = b"".join(masked(Opcode.BINARY, b"%d" % i) for i in range(count))
+    tail = masked(Opcode.BINARY, b"tail")
+    slices = drain(reader, data + tail[:3])
+    assert [len(part) for part in slices] == [FEED_MAX_EVENTS] * 3 + [5]
+    assert [payload for part in slices for _, payload in part] == [b"%d" % i for i in range(count)]
+    # Only the partial frame is left, and it completes with the next read.
+    assert reader.buffered == 3
+    assert reader.feed(tail[3:]) == [(Opcode.BINARY, b"tail")]
+
+
+def test_bytes_that_arrive_while_a_backlog_waits_come_after_it() -> None:
+    reader = FrameReader(1000)
+    first = reader.feed(b"".join(masked(Opcode.TEXT, b"a") for _ in range(FEED_MAX_EVENTS + 1)))
+    assert len(first) == FEED_MAX_EVENTS and reader.backlog
+    assert reader.buffered == len(masked(Opcode.TEXT, b"a"))
+    assert reader.feed(masked(Opcode.TEXT, b"b")) == [(Opcode.TEXT, "a"), (Opcode.TEXT, "b")]
+    assert not reader.backlog and reader.buffered == 0
+
+
+def test_small_compressed_messages_that_inflate_to_much_come_out_one_slice_at_a_time() -> None:
+    # Each 1 KB on the wire inflates to FEED_MAX_INFLATED: one per slice, however many
+    # arrive in one read, so memory and time per turn stay bounded.
+    compressor = zlib.compressobj(level=9, wbits=-15)
+    bomb = b"\x00" * FEED_MAX_INFLATED
+    data = b"".join(masked(Opcode.BINARY, deflated(bomb, compressor), rsv=0x40) for _ in range(4))
+    assert len(data) < 20_000
+    slices = drain(FrameReader(FEED_MAX_INFLATED, PerMessageDeflate({})), data)
+    assert [[(opcode, len(payload)) for opcode, payload in part] for part in slices] == [
+        [(Opcode.BINARY, FEED_MAX_INFLATED)]
+    ] * 4
+
+
+def test_a_violation_in_a_backlog_ends_it() -> None:
+    reader = FrameReader(1000)
+    data = masked(Opcode.BINARY, b"x") * (FEED_MAX_EVENTS + 1) + masked(0x3, b"")
+    slices = drain(reader, data)
+    assert len(slices) == 2
+    [(_, last), (opcode, error)] = slices[1]
+    assert last == b"x" and opcode is None and error.code == CloseCode.PROTOCOL_ERROR
+    assert not reader.backlog and reader.feed(masked(Opcode.BINARY, b"more")) == []
 
 
 @pytest.mark.parametrize(

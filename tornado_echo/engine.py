@@ -3,10 +3,12 @@
 Tornado answers the HTTP request and the upgrade; then :class:`FastProtocol` takes the
 socket out of Tornado's IOStream (with any bytes already read past the request) and runs it
 as an asyncio Protocol on the running loop (uvloop's transports when it is the loop). Each
-read is parsed whole by :class:`~tornado_echo.rfc6455.FrameReader`, every complete message
-is dispatched, and everything written while dispatching goes out as one transport write.
-The loop serves each connection once per readiness event, so a busy connection cannot
-starve the others.
+read is parsed by :class:`~tornado_echo.rfc6455.FrameReader`, every complete message is
+dispatched, and everything written while dispatching goes out as one transport write. A
+read holding more than one slice of the reader's (``FEED_MAX_EVENTS`` messages, or about
+``FEED_MAX_INFLATED`` inflated bytes) is served a slice per turn of the loop, the peer
+unread meanwhile: a connection that pipelines thousands of messages, or compressed ones
+that inflate to much more, cannot hold the loop for the whole read.
 
 To the handler it is a ``tornado.websocket.WebSocketProtocol``: ``open``, ``on_message``
 (which may return an awaitable: the next message waits for it), ``on_ping``, ``on_pong``,
@@ -69,12 +71,14 @@ _NONE, _PING, _PONG, _ABORT = range(4)
 class FlowControl:
     """Whether a transport may be read: paused while any reason to pause holds.
 
-    Reasons (bits): the peer is not reading what we send (``WRITING``), or the handler is
-    still busy with an earlier message (``HANDLER``).
+    Reasons (bits): the peer is not reading what we send (``WRITING``), the handler is
+    still busy with an earlier message (``HANDLER``), or the last read still has frames
+    waiting for their turn (``BACKLOG``).
     """
 
     WRITING = 1
     HANDLER = 2
+    BACKLOG = 4
 
     __slots__ = ("_reasons", "_transport")
 
@@ -104,6 +108,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
     # idle connection is mostly its objects' overhead.
     __slots__ = (
         "_awaiting_pong",
+        "_backlog_due",
         "_busy",
         "_compression_options",
         "_deadline",
@@ -156,6 +161,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         # Events waiting while the handler is busy (opening, or awaiting on_message).
         self._busy = True
         self._pending: list[tuple[Any, Any]] = []
+        self._backlog_due = False  # a turn of the loop is booked for the reader's backlog
         # The one pending deadline (see on_deadline) lives in the loop's timer wheel.
         self.wheel_slot: int | None = None
         self._deadline = _NONE
@@ -218,7 +224,10 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         # stream, never closed, is dropped). A dup()ed descriptor would leave epoll
         # watching the old number, which the next accepted connection then reuses.
         sock = stream.socket
-        assert sock is not None
+        if sock is None:  # the peer hung up while the upgrade waited for its turn
+            _release_http_state(handler)
+            self._never_carried(stream.error)
+            return
         stream.io_loop.remove_handler(sock)
         _release_http_state(handler)
         self.reader = FrameReader(self.max_message_size, self.deflate)
@@ -228,9 +237,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
             await asyncio.get_running_loop().connect_accepted_socket(lambda: self, sock)
             self._flush()
         except OSError as exc:
-            self.connection_error = exc
-            self._lost = True
-            self.handler.on_ws_connection_close(None, None)
+            self._never_carried(exc)
             return
         try:
             opened = handler.open(*handler.open_args, **handler.open_kwargs)
@@ -245,6 +252,12 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         self._schedule_ping()
         self._handler_ready()
 
+    def _never_carried(self, exc: BaseException | None) -> None:
+        # The connection ended before a transport took it: the session ends here.
+        self.connection_error = exc
+        self._lost = True
+        self.handler.on_ws_connection_close(None, None)
+
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -257,12 +270,15 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         self.flow.pause(FlowControl.HANDLER)  # until open() has returned
 
     def data_received(self, data: bytes) -> None:
-        assert self.reader is not None
-        events = self.reader.feed(data)
+        reader = self.reader
+        assert reader is not None
+        events = reader.feed(data)
         if self._busy:
             self._pending.extend(events)
         else:
             self._dispatch(events)
+        if reader.backlog:
+            self._read_backlog_later()
 
     def eof_received(self) -> bool:
         return False  # half-closed by the peer: close our side too
@@ -337,7 +353,26 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         if pending:
             self._dispatch(pending)
         if not self._busy and self.flow is not None:
+            if self.reader is not None and self.reader.backlog:
+                self._read_backlog_later()
             self.flow.resume(FlowControl.HANDLER)
+
+    def _read_backlog_later(self) -> None:
+        # The next slice waits for the loop's next turn, after the other connections'.
+        assert self.flow is not None
+        self.flow.pause(FlowControl.BACKLOG)
+        if not self._backlog_due:
+            self._backlog_due = True
+            asyncio.get_running_loop().call_soon(self._read_backlog)
+
+    def _read_backlog(self) -> None:
+        self._backlog_due = False
+        if self._lost or self._busy:
+            return  # gone; or _handler_ready() goes on with it
+        assert self.flow is not None and self.reader is not None
+        self.data_received(b"")
+        if not self.reader.backlog:
+            self.flow.resume(FlowControl.BACKLOG)
 
     def _control(self, opcode: Opcode, payload: bytes) -> None:
         if opcode is Opcode.PING:

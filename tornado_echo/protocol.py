@@ -24,9 +24,9 @@ Selected with ``engine = "tornado"``; the default is :mod:`tornado_echo.engine`.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import zlib
-from asyncio import Future
 
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
@@ -34,6 +34,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 from .engine import WRITE_HIGH_WATER
 from .rfc6455 import (
     CONTROL_OPCODES,
+    FEED_MAX_INFLATED,
     CloseCode,
     Opcode,
     ProtocolError,
@@ -49,6 +50,7 @@ class EchoProtocol(WebSocketProtocol13):
     """Tornado's protocol with a lean echo write, backpressure and strict frames."""
 
     close_frame_received = False
+    _inflated = 0  # bytes inflated since the loop last had a turn
     # The fragmented message being received: its opcode, payload so far, whether it is
     # compressed, and an incremental UTF-8 check while it is uncompressed text.
     _message_opcode = 0
@@ -64,7 +66,7 @@ class EchoProtocol(WebSocketProtocol13):
     def connection_error(self) -> BaseException | None:
         return self.stream.error if self.stream is not None else None
 
-    def send_message(self, opcode: int, data: bytes) -> Future[None] | None:
+    def send_message(self, opcode: int, data: bytes) -> asyncio.Future[None] | None:
         """Send one complete message; returns a Future to await only when the peer lags.
 
         Raises :class:`WebSocketClosedError` once either side has started closing.
@@ -124,6 +126,11 @@ class EchoProtocol(WebSocketProtocol13):
         handled = self._handle_message(opcode, data)
         if handled is not None:
             await handled
+        if self._inflated >= FEED_MAX_INFLATED:
+            # Tornado's loop yields by wire bytes and frames; small compressed messages
+            # that inflate to much more get the fast engine's turns as well.
+            self._inflated = 0
+            await asyncio.sleep(0)
 
     def _check_utf8(self, fragment: bytes) -> None:
         """Fail at once on a fragment of uncompressed text that cannot be UTF-8 (RFC 6455
@@ -135,7 +142,7 @@ class EchoProtocol(WebSocketProtocol13):
         except UnicodeDecodeError:
             self._fail(CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8")
 
-    def _handle_message(self, opcode: int, data: bytes) -> Future[None] | None:
+    def _handle_message(self, opcode: int, data: bytes) -> asyncio.Future[None] | None:
         if self.client_terminated:
             return None
         if opcode in (Opcode.TEXT, Opcode.BINARY):
@@ -143,6 +150,7 @@ class EchoProtocol(WebSocketProtocol13):
                 assert self._decompressor is not None
                 try:
                     data = self._decompressor.decompress(data)
+                    self._inflated += len(data)
                 except DecompressTooLargeError:
                     self.close(CloseCode.MESSAGE_TOO_BIG, "message too big after decompression")
                     self._abort()

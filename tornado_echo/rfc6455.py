@@ -341,16 +341,28 @@ def length_and_mask(b1: int, rest: bytes) -> tuple[int, bytes]:
     return length, rest[-4:]
 
 
+# The most one FrameReader.feed() call returns: events, and bytes inflated (besides the
+# message that crosses the mark). A peer that pipelines many frames, or many small
+# compressed messages that inflate to a lot, in one read is served in slices like these,
+# with other connections' turns in between, and never has more than one slice in memory.
+FEED_MAX_EVENTS = 256
+FEED_MAX_INFLATED = 1 << 20
+
+
 class FrameReader:
     """Incremental parser of client-to-server frames (masked, as section 5.1 requires).
 
-    :meth:`feed` returns, in order, every complete event in the bytes so far:
+    :meth:`feed` returns, in order, the complete events in the bytes so far:
     ``(Opcode.TEXT, str)``, ``(Opcode.BINARY, bytes)`` for whole messages (reassembled,
     inflated), ``(Opcode.PING | PONG | CLOSE, payload)`` for control frames. A violation
     ends the list with ``(None, ProtocolError)``; after that the reader accepts nothing
     more. Text is validated as it arrives, even inside a frame not yet complete, so invalid
     UTF-8 fails at once; ``max_size`` bounds a message's inflated size and no frame larger
     than it is buffered.
+
+    One call returns at most ``FEED_MAX_EVENTS`` events and about ``FEED_MAX_INFLATED``
+    inflated bytes; :attr:`backlog` is then true, and ``feed(b"")`` returns the next slice
+    of what is already buffered. A caller stops reading the peer while there is a backlog.
     """
 
     def __init__(self, max_size: int, deflate: PerMessageDeflate | None = None) -> None:
@@ -371,40 +383,60 @@ class FrameReader:
         self._partial_mask = b""
         self._partial_start = 0  # offset of the frame's payload in the buffer
         self._partial_checked = 0  # offset in the buffer up to which it is checked
+        # Received bytes left unparsed when a slice was full, and where parsing resumes.
+        self._rest = b""
+        self._rest_pos = 0
+        self._inflated = 0  # bytes inflated by the current feed() call
+        self.backlog = False
 
     @property
     def buffered(self) -> int:
-        """Bytes held: a partial frame plus the fragments of an unfinished message."""
-        return len(self._buf) + self._msg_size
+        """Bytes held: a partial frame, a backlog, and the fragments of an unfinished message."""
+        return len(self._buf) + len(self._rest) - self._rest_pos + self._msg_size
 
     def feed(self, data: bytes) -> list[tuple[Any, Any]]:
         if self._failed:
             return []
         buf = self._buf
         events: list[tuple[Any, Any]] = []
+        self._inflated = 0
         try:
-            if buf:
-                buf += data
-                if len(buf) < self._need:
-                    if self._partial_text is not None:
-                        self._check_partial_text()
-                    return events
-                data = bytes(buf)
-                buf.clear()
-                self._partial_text = None
-            self._parse(data, events)
+            if self.backlog:
+                rest, pos = self._rest, self._rest_pos
+                self.backlog = False
+                self._rest, self._rest_pos = b"", 0
+                if data:  # bytes that arrived while the backlog waited (the peer was paused)
+                    rest, pos = rest[pos:] + data, 0
+                self._parse(rest, events, pos)
+            else:
+                if buf:
+                    buf += data
+                    if len(buf) < self._need:
+                        if self._partial_text is not None:
+                            self._check_partial_text()
+                        return events
+                    data = bytes(buf)
+                    buf.clear()
+                    self._partial_text = None
+                self._parse(data, events)
         except ProtocolError as exc:
             self._failed = True
             self._buf.clear()
+            self._rest, self._rest_pos = b"", 0
+            self.backlog = False
             self._msg_parts = []
             events.append((None, exc))
         return events
 
-    def _parse(self, data: bytes, events: list[tuple[Any, Any]]) -> None:
-        pos = 0
+    def _parse(self, data: bytes, events: list[tuple[Any, Any]], pos: int = 0) -> None:
         end = len(data)
         max_size = self.max_size
         while True:
+            if len(events) >= FEED_MAX_EVENTS or self._inflated >= FEED_MAX_INFLATED:
+                if pos < end:
+                    self._rest, self._rest_pos = data, pos
+                    self.backlog = True
+                return
             left = end - pos
             if left < 2:
                 self._need = 2
@@ -516,6 +548,7 @@ class FrameReader:
         if self._msg_compressed:
             assert self.deflate is not None
             payload = self.deflate.inflate(payload, self.max_size - self._msg_size, fin)
+            self._inflated += len(payload)
         self._msg_size += len(payload)
         if self._msg_size > self.max_size:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message exceeds {self.max_size} bytes")

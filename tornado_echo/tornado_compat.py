@@ -69,8 +69,9 @@ def unread_bytes(stream: IOStream) -> bytes:
 
 
 def unsent_bytes(stream: IOStream) -> int:
-    """Bytes written to the stream that the kernel has not accepted yet."""
-    return len(stream._write_buffer)
+    """Bytes written to the stream that the kernel has not accepted yet (0 once closed)."""
+    buffer = stream._write_buffer  # None once a failed write has closed the stream
+    return len(buffer) if buffer is not None else 0
 
 
 def release_response_headers(handler: RequestHandler) -> None:
