@@ -4,6 +4,7 @@ and the Tornado handler surface on the fast engine."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 import zlib
@@ -222,6 +223,42 @@ async def test_compressed_message_in_small_fragments_with_pings_between(
             break
         assert (opcode, payload) == (0xA, b"between")
     assert inflater.decompress(payload + b"\x00\x00\xff\xff") == text
+    writer.close()
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.gen_test(timeout=30)
+async def test_large_deflated_echoes_keep_their_order_and_the_close_comes_last(
+    http_server: Any, http_port: int
+) -> None:
+    # The fast engine deflates large messages in a worker thread; what follows them (small
+    # echoes deflated at once, a pong, the close frame) must still go out after them, and
+    # the deflate context must run through every message in order.
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(upgrade_request(Sec_WebSocket_Extensions="permessage-deflate"))
+    assert b"permessage-deflate" in await reader.readuntil(b"\r\n\r\n")
+    big_binary = bytes(range(256)) * 800 + os.urandom(64 * 1024)
+    big_text = " ".join(f"word{i % 977}" for i in range(40_000)).encode()
+    messages = [(0x1, b"first"), (0x2, big_binary), (0x1, b"between"), (0x1, big_text)]
+    sent = [client_frame(opcode, payload) for opcode, payload in messages]
+    sent.insert(2, client_frame(0x9, b"ping"))
+    writer.write(b"".join(sent) + client_frame(0x8, struct.pack("!H", 1000)))
+    inflater = zlib.decompressobj(wbits=-15)
+    received = []
+    while True:
+        opcode, payload = await asyncio.wait_for(read_server_frame(reader), 10)
+        if opcode in (0x1, 0x2):
+            payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
+        received.append((opcode, payload))
+        if opcode == 0x8:
+            break
+    assert received == [
+        *messages[:2],
+        (0xA, b"ping"),
+        *messages[2:],
+        (0x8, struct.pack("!H", 1000)),
+    ]
+    assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import struct
 from typing import Any
@@ -76,6 +77,16 @@ class SlowToAcceptHandler(FastWebSocketHandler):
         self.recorder.closed.set()
 
 
+class FireAndForgetHandler(FastWebSocketHandler):
+    """Echoes without waiting for the echo to be written."""
+
+    def get_compression_options(self) -> dict[str, Any]:
+        return {}
+
+    def on_message(self, message: str | bytes) -> None:
+        self.write_message(message, binary=isinstance(message, bytes))
+
+
 @pytest.fixture
 def gate() -> asyncio.Event:
     return asyncio.Event()
@@ -87,6 +98,7 @@ def app(recorder: Recorder, gate: asyncio.Event) -> tornado.web.Application:
         [
             ("/ws", SurfaceHandler, {"recorder": recorder}),
             ("/slow", SlowToAcceptHandler, {"recorder": recorder, "gate": gate}),
+            ("/big", FireAndForgetHandler),
         ]
     )
 
@@ -144,3 +156,19 @@ async def test_a_peer_gone_before_its_upgrade_is_accepted_just_closes(
     gate.set()
     await asyncio.wait_for(recorder.closed.wait(), 5)
     assert_no_traceback(caplog.records)
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_a_close_right_after_a_large_deflated_write_comes_after_it(
+    http_server: Any, http_port: int
+) -> None:
+    # The handler does not wait for its echo of 768 KB of random data, deflated off the loop
+    # (tens of milliseconds); the peer's close frame is handled meanwhile: the echo and then
+    # the close frame must both be sent before the server hangs up.
+    client = await websocket_connect(f"ws://127.0.0.1:{http_port}/big", compression_options={})
+    message = os.urandom(768 * 1024)
+    client.write_message(message, binary=True)
+    client.close(1000)
+    assert await client.read_message() == message
+    assert await client.read_message() is None
+    assert client.close_code == 1000
