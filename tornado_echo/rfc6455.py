@@ -365,6 +365,28 @@ class FrameReader:
     of what is already buffered. A caller stops reading the peer while there is a backlog.
     """
 
+    # One per connection, for its lifetime: slots keep an idle one small.
+    __slots__ = (
+        "_buf",
+        "_failed",
+        "_inflated",
+        "_msg_compressed",
+        "_msg_opcode",
+        "_msg_parts",
+        "_msg_size",
+        "_msg_text",
+        "_need",
+        "_partial_checked",
+        "_partial_mask",
+        "_partial_start",
+        "_partial_text",
+        "_rest",
+        "_rest_pos",
+        "backlog",
+        "deflate",
+        "max_size",
+    )
+
     def __init__(self, max_size: int, deflate: PerMessageDeflate | None = None) -> None:
         self.max_size = max_size
         self.deflate = deflate
