@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import zlib
 
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
-from .engine import WRITE_HIGH_WATER
+from .engine import DEFLATE_OFF_LOOP, WRITE_HIGH_WATER
 from .rfc6455 import (
     CONTROL_OPCODES,
     FEED_MAX_INFLATED,
@@ -67,7 +68,9 @@ class EchoProtocol(WebSocketProtocol13):
         return self.stream.error if self.stream is not None else None
 
     def send_message(self, opcode: int, data: bytes) -> asyncio.Future[None] | None:
-        """Send one complete message; returns a Future to await only when the peer lags.
+        """Send one complete message; returns a Future to await when the peer lags, or while
+        a large message is deflated in a worker thread (``DEFLATE_OFF_LOOP``, as the fast
+        engine does). Returned from ``on_message``, it also keeps the messages in order.
 
         Raises :class:`WebSocketClosedError` once either side has started closing.
         """
@@ -76,6 +79,8 @@ class EchoProtocol(WebSocketProtocol13):
             raise WebSocketClosedError()
         flags = 0
         if self._compressor is not None:
+            if len(data) >= DEFLATE_OFF_LOOP:
+                return asyncio.ensure_future(self._send_deflated_off_loop(opcode, data))
             data = self._compressor.compress(data)
             flags = self.RSV1
         try:
@@ -85,6 +90,18 @@ class EchoProtocol(WebSocketProtocol13):
         if unsent_bytes(stream) > WRITE_HIGH_WATER:
             return written
         return None
+
+    async def _send_deflated_off_loop(self, opcode: int, data: bytes) -> None:
+        compressor = self._compressor
+        assert compressor is not None
+        payload = await asyncio.get_running_loop().run_in_executor(None, compressor.compress, data)
+        stream = self.stream
+        if stream is None or self.server_terminated or stream.closed():
+            return  # closed meanwhile: nothing may follow the close frame
+        with contextlib.suppress(StreamClosedError):
+            written = self._write_frame(True, opcode, payload, flags=self.RSV1)
+            if unsent_bytes(stream) > WRITE_HIGH_WATER:
+                await written
 
     async def _receive_frame(self) -> None:
         # Replaces Tornado's (same reads, same limits); see the module docstring for why.
