@@ -23,6 +23,7 @@ from tests.helpers import (
 from tornado_echo.connections import Connections
 from tornado_echo.engine import WRITE_HIGH_WATER, FastProtocol
 from tornado_echo.protocol import EchoProtocol
+from tornado_echo.rfc6455 import FEED_MAX_INFLATED
 from tornado_echo.tornado_compat import unsent_bytes
 
 
@@ -259,6 +260,48 @@ async def test_large_deflated_echoes_keep_their_order_and_the_close_comes_last(
         (0x8, struct.pack("!H", 1000)),
     ]
     assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.app_config(max_message_size=1 << 20)
+async def test_a_read_that_inflates_to_far_more_waits_for_a_slow_reader(
+    http_server: Any, http_port: int, connections: Connections
+) -> None:
+    # One read of deflated messages that the server's own deflate (a 512-byte window, as
+    # the client may ask) cannot shrink again: each 8 KB on the wire is a 1 MB echo. A peer
+    # that does not read them must be pushed back between slices of that read, not have
+    # every echo of it (13 MB here) buffered for it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    offer = "permessage-deflate; server_max_window_bits=9"
+    writer.write(upgrade_request(Sec_WebSocket_Extensions=offer))
+    assert b"server_max_window_bits=9" in await reader.readuntil(b"\r\n\r\n")
+    block = os.urandom(32_000)  # within the client's 32 KiB window, far beyond the server's
+    messages = [block] + [block * 32] * 30
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    wire = b""
+    for message in messages:
+        body = compressor.compress(message) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        wire += rsv_frame(client_frame(0x2, body[:-4]), 0x40)
+    writer.write(wire)
+    [session] = await eventually(lambda: list(connections._open))
+    protocol = session._protocol
+    assert isinstance(protocol, FastProtocol)
+    await eventually(lambda: server_backlog(connections) > WRITE_HIGH_WATER)
+    # Settled: nothing deflating, no slice booked, the handler idle.
+    await eventually(
+        lambda: protocol._outbox is None and not protocol._backlog_due and not protocol._busy,
+        timeout=20,
+    )
+    # At most one slice (about FEED_MAX_INFLATED, plus the message that crosses it) past
+    # the high-water mark.
+    assert server_backlog(connections) <= WRITE_HIGH_WATER + FEED_MAX_INFLATED + 2 * (1 << 20)
+    # Reading on, the peer gets every echo, in order.
+    inflater = zlib.decompressobj(wbits=-15)
+    for message in messages:
+        opcode, payload = await asyncio.wait_for(read_server_frame(reader), 10)
+        assert opcode == 0x2
+        assert inflater.decompress(payload + b"\x00\x00\xff\xff") == message
     writer.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import tracemalloc
 import zlib
 
 import pytest
@@ -349,6 +350,42 @@ def test_a_violation_in_a_backlog_ends_it() -> None:
     [(_, last), (opcode, error)] = slices[1]
     assert last == b"x" and opcode is None and error.code == CloseCode.PROTOCOL_ERROR
     assert not reader.backlog and reader.feed(masked(Opcode.BINARY, b"more")) == []
+
+
+def test_a_read_of_fragments_comes_out_in_slices_too() -> None:
+    # Frames that complete no message (here, empty fragments) are work all the same: a
+    # read of them is served in slices, not parsed in one turn of the loop.
+    reader = FrameReader(1000)
+    empty = masked(Opcode.CONTINUATION, b"", fin=False)
+    data = masked(Opcode.BINARY, b"a", fin=False) + empty * (3 * FEED_MAX_EVENTS)
+    slices = drain(reader, data + masked(Opcode.CONTINUATION, b"b"))
+    assert len(slices) == 4
+    assert slices[-1] == [(Opcode.BINARY, b"ab")]
+
+
+@pytest.mark.parametrize(
+    ("opcode", "piece"),
+    [(Opcode.BINARY, b""), (Opcode.BINARY, b"x"), (Opcode.TEXT, "\u20ac".encode())],
+)
+def test_fragments_are_held_in_about_their_own_size(opcode: int, piece: bytes) -> None:
+    # A message sent in 1-byte fragments, or a message never finished in endless empty
+    # ones, costs about its own size, not an object per fragment (40 bytes a byte, or 8
+    # bytes an empty fragment with no bound at all).
+    count = 20_000
+    reader = FrameReader(1 << 20)
+    assert reader.feed(masked(opcode, piece, fin=False)) == []
+    data = masked(Opcode.CONTINUATION, piece, fin=False) * count
+    tracemalloc.start()
+    try:
+        assert [event for part in drain(reader, data) for event in part] == []
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * count * len(piece) + 64 * 1024
+    [(kind, message)] = reader.feed(masked(Opcode.CONTINUATION, b"", fin=True))
+    assert kind == opcode
+    whole = piece * (count + 1)
+    assert message == (whole.decode() if opcode == Opcode.TEXT else whole)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ socket out of Tornado's IOStream (with any bytes already read past the request) 
 as an asyncio Protocol on the running loop (uvloop's transports when it is the loop). Each
 read is parsed by :class:`~tornado_echo.rfc6455.FrameReader`, every complete message is
 dispatched, and everything written while dispatching goes out as one transport write. A
-read holding more than one slice of the reader's (``FEED_MAX_EVENTS`` messages, or about
+read holding more than one slice of the reader's (``FEED_MAX_EVENTS`` frames, or about
 ``FEED_MAX_INFLATED`` inflated bytes) is served a slice per turn of the loop, the peer
 unread meanwhile: a connection that pipelines thousands of messages, or compressed ones
 that inflate to much more, cannot hold the loop for the whole read.
@@ -313,6 +313,8 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
     def resume_writing(self) -> None:
         assert self.flow is not None
         self.flow.resume(FlowControl.WRITING)
+        if self.reader is not None and self.reader.backlog and not self._busy:
+            self._read_backlog_later()  # the slice that waited for this drain
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -379,6 +381,11 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         if self._lost or self._busy:
             return  # gone; or _handler_ready() goes on with it
         assert self.flow is not None and self.reader is not None
+        if self.flow.paused_for(FlowControl.WRITING):
+            # The peer is not reading its echoes: resume_writing() goes on with it. A read
+            # that inflates to far more than it is (and deflates no smaller) would otherwise
+            # have every slice's echoes buffered for the peer.
+            return
         self.data_received(b"")
         if not self.reader.backlog:
             self.flow.resume(FlowControl.BACKLOG)

@@ -341,8 +341,8 @@ def length_and_mask(b1: int, rest: bytes) -> tuple[int, bytes]:
     return length, rest[-4:]
 
 
-# The most one FrameReader.feed() call returns: events, and bytes inflated (besides the
-# message that crosses the mark). A peer that pipelines many frames, or many small
+# The most one FrameReader.feed() call takes on: frames (and so events), and bytes inflated
+# (besides the message that crosses the mark). A peer that pipelines many frames, or many small
 # compressed messages that inflate to a lot, in one read is served in slices like these,
 # with other connections' turns in between, and never has more than one slice in memory.
 FEED_MAX_EVENTS = 256
@@ -360,9 +360,10 @@ class FrameReader:
     UTF-8 fails at once; ``max_size`` bounds a message's inflated size and no frame larger
     than it is buffered.
 
-    One call returns at most ``FEED_MAX_EVENTS`` events and about ``FEED_MAX_INFLATED``
-    inflated bytes; :attr:`backlog` is then true, and ``feed(b"")`` returns the next slice
-    of what is already buffered. A caller stops reading the peer while there is a backlog.
+    One call parses at most ``FEED_MAX_EVENTS`` frames (so returns at most as many events)
+    and inflates about ``FEED_MAX_INFLATED`` bytes; :attr:`backlog` is then true, and
+    ``feed(b"")`` returns the next slice of what is already buffered. A caller stops reading
+    the peer while there is a backlog.
     """
 
     # One per connection, for its lifetime: slots keep an idle one small.
@@ -396,7 +397,9 @@ class FrameReader:
         # The fragmented message in progress, if any.
         self._msg_opcode = -1
         self._msg_compressed = False
-        self._msg_parts: list[Any] = []  # bytes, or str pieces of a text
+        # Its bytes so far (inflated), as one buffer: an object per fragment would make a
+        # message in 1-byte fragments cost 40 bytes a byte, and endless empty ones unbounded.
+        self._msg_data = bytearray()
         self._msg_size = 0
         self._msg_text: Any = None  # incremental UTF-8 decoder of a fragmented text
         # A text frame still arriving: its payload so far is checked as it comes (RFC 6455
@@ -446,15 +449,16 @@ class FrameReader:
             self._buf.clear()
             self._rest, self._rest_pos = b"", 0
             self.backlog = False
-            self._msg_parts = []
+            self._msg_data = bytearray()
             events.append((None, exc))
         return events
 
     def _parse(self, data: bytes, events: list[tuple[Any, Any]], pos: int = 0) -> None:
         end = len(data)
         max_size = self.max_size
+        frames = 0  # frames that complete no message (fragments, pongs) are work as well
         while True:
-            if len(events) >= FEED_MAX_EVENTS or self._inflated >= FEED_MAX_INFLATED:
+            if frames >= FEED_MAX_EVENTS or self._inflated >= FEED_MAX_INFLATED:
                 if pos < end:
                     self._rest, self._rest_pos = data, pos
                     self.backlog = True
@@ -501,6 +505,7 @@ class FrameReader:
                 break
             payload = apply_mask(data[start + 4 : stop], data[start : start + 4])
             pos = stop
+            frames += 1
             if (b0 == 0x81 or b0 == 0x82) and self._msg_opcode < 0:
                 # The common case: a whole, unfragmented, uncompressed message.
                 if b0 == 0x81:
@@ -574,23 +579,27 @@ class FrameReader:
         self._msg_size += len(payload)
         if self._msg_size > self.max_size:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message exceeds {self.max_size} bytes")
+        text = None
         if self._msg_text is not None:
             try:
-                self._msg_parts.append(self._msg_text.decode(payload, fin))
+                text = self._msg_text.decode(payload, fin)
             except UnicodeDecodeError:
                 raise ProtocolError(
                     CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8"
                 ) from None
+        if opcode != Opcode.CONTINUATION and fin:  # the whole message in one frame
+            events.append((Opcode.TEXT, text) if text is not None else (Opcode.BINARY, payload))
         else:
-            self._msg_parts.append(payload)
-        if not fin:
-            return
-        parts = self._msg_parts
-        if self._msg_opcode == Opcode.TEXT:
-            events.append((Opcode.TEXT, parts[0] if len(parts) == 1 else "".join(parts)))
-        else:
-            events.append((Opcode.BINARY, parts[0] if len(parts) == 1 else b"".join(parts)))
+            self._msg_data += payload
+            if not fin:
+                return
+            # A text's pieces were checked as they came; decoding it whole cannot fail.
+            whole = self._msg_data
+            if self._msg_opcode == Opcode.TEXT:
+                events.append((Opcode.TEXT, whole.decode("utf-8")))
+            else:
+                events.append((Opcode.BINARY, bytes(whole)))
+            self._msg_data = bytearray()
         self._msg_opcode = -1
-        self._msg_parts = []
         self._msg_size = 0
         self._msg_text = None
