@@ -143,13 +143,16 @@ async def read_server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def open_raw_websocket(
-    port: int, path: str = "/ws"
+    port: int, path: str = "/ws", *, deflate: bool = False
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Complete a handshake over a plain socket, for sending hand-made frames."""
+    """Complete a handshake over a plain socket, for sending hand-made frames; with
+    ``deflate``, permessage-deflate is offered and must be accepted."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(upgrade_request(path))
+    offer = {"Sec_WebSocket_Extensions": "permessage-deflate"} if deflate else {}
+    writer.write(upgrade_request(path, **offer))
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
+    assert not deflate or b"permessage-deflate" in head, head
     return reader, writer
 
 

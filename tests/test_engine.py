@@ -191,9 +191,7 @@ async def test_protocol_violations_get_a_close_frame_with_their_code(
 @pytest.mark.usefixtures("engine")
 @pytest.mark.gen_test
 async def test_invalid_deflate_data_closes_with_1007(http_server: Any, http_port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
-    writer.write(upgrade_request(Sec_WebSocket_Extensions="permessage-deflate"))
-    assert b"permessage-deflate" in await reader.readuntil(b"\r\n\r\n")
+    reader, writer = await open_raw_websocket(http_port, deflate=True)
     writer.write(rsv_frame(client_frame(0x2, b"\xff\xff\xff\xff"), 0x40))
     assert (await read_close(reader))[0] == 1007
     writer.close()
@@ -204,9 +202,7 @@ async def test_invalid_deflate_data_closes_with_1007(http_server: Any, http_port
 async def test_compressed_message_in_small_fragments_with_pings_between(
     http_server: Any, http_port: int
 ) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
-    writer.write(upgrade_request(Sec_WebSocket_Extensions="permessage-deflate"))
-    assert b"permessage-deflate" in await reader.readuntil(b"\r\n\r\n")
+    reader, writer = await open_raw_websocket(http_port, deflate=True)
     text = " ".join(f"fragment {i}" for i in range(1000)).encode()
     compressor = zlib.compressobj(wbits=-15)
     body = (compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
@@ -235,9 +231,7 @@ async def test_large_deflated_echoes_keep_their_order_and_the_close_comes_last(
     # The fast engine deflates large messages in a worker thread; what follows them (small
     # echoes deflated at once, a pong, the close frame) must still go out after them, and
     # the deflate context must run through every message in order.
-    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
-    writer.write(upgrade_request(Sec_WebSocket_Extensions="permessage-deflate"))
-    assert b"permessage-deflate" in await reader.readuntil(b"\r\n\r\n")
+    reader, writer = await open_raw_websocket(http_port, deflate=True)
     big_binary = bytes(range(256)) * 800 + os.urandom(64 * 1024)
     big_text = " ".join(f"word{i % 977}" for i in range(40_000)).encode()
     messages = [(0x1, b"first"), (0x2, big_binary), (0x1, b"between"), (0x1, big_text)]

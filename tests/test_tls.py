@@ -59,6 +59,17 @@ def der(cert: Path) -> bytes:
     return ssl.PEM_cert_to_DER_cert(cert.read_text())
 
 
+async def assert_plain_http_is_no_request(port: int) -> None:
+    """A plain HTTP request on the TLS port gets no answer (a reset at most)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    try:
+        assert b"200" not in await asyncio.wait_for(reader.read(), 5)
+    except ConnectionResetError:
+        pass
+    writer.close()
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_wss_echo_and_certificate_reload_on_sighup(
     tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
@@ -79,14 +90,7 @@ async def test_wss_echo_and_certificate_reload_on_sighup(
     try:
         version, served = await echo_over_tls(server.port, first_cert)
         assert version in ("TLSv1.2", "TLSv1.3") and served == der(first_cert)
-        # Plain HTTP on the TLS port is no request.
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        try:
-            assert b"200" not in await asyncio.wait_for(reader.read(), 5)
-        except ConnectionResetError:
-            pass
-        writer.close()
+        await assert_plain_http_is_no_request(server.port)
 
         second_cert, second_key = make_pair(tmp_path / "second", "second")
         live_cert.write_bytes(second_cert.read_bytes())
@@ -116,13 +120,7 @@ async def test_plain_http_on_the_tls_port_is_logged_once_per_interval(
     await server.start()
     try:
         for _ in range(20):
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            try:
-                assert b"200" not in await asyncio.wait_for(reader.read(), 5)
-            except ConnectionResetError:
-                pass
-            writer.close()
+            await assert_plain_http_is_no_request(server.port)
         assert server.http is not None
         counts = server.http.throttle.counts
         await eventually(lambda: counts.get("tls_handshake") == 20, timeout=10)
