@@ -16,6 +16,7 @@ from tests.helpers import (
     BASE_CONF,
     Service,
     assert_no_traceback,
+    eventually,
     json_body,
     open_raw_websocket,
     raw_http,
@@ -158,6 +159,34 @@ async def test_http_connections_beyond_the_limit_get_503(
     finally:
         await server.shutdown()
     assert_no_traceback(caplog.records)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_refused_clients_linger_no_more_than_max_http_connections(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    # Each refusal that lingers holds a descriptor outside every limit; a flood of refused
+    # clients that never close must not hold more than max_http_connections of them.
+    server = await started_server(tmp_path, sqlite_url, max_http_connections=2)
+    try:
+        assert server.http is not None
+        http = server.http
+        idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        await eventually(lambda: http.open_http == 2)
+        refused = []
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 503")
+            refused.append((reader, writer))
+            assert http.lingering <= 2
+        # Every refused client got its whole answer, lingering or not.
+        for reader, _ in refused:
+            assert json_body(await asyncio.wait_for(reader.read(), 5))["status"] == 503
+        await eventually(lambda: http.lingering == 0)
+        for _, writer in [*idle, *refused]:
+            writer.close()
+    finally:
+        await server.shutdown()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -148,8 +148,9 @@ def _config_or_report(
 
 def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Serve until told to stop: in this process, or in ``config.workers`` processes."""
-    # Each connection is a descriptor; keep headroom for the database, spool and listeners.
-    raise_nofile_limit(config.max_connections + config.max_http_connections + 64)
+    # Each connection is a descriptor (HTTP ones twice over: as many again may be refused
+    # clients still being answered); keep headroom for the database, spool and listeners.
+    raise_nofile_limit(config.max_connections + 2 * config.max_http_connections + 64)
     if config.workers == 1:
         return serve(config, None, Notifier.from_environ(), reload_config)
 

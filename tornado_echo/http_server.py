@@ -161,6 +161,7 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
     proxies: TrustedProxies | None = None
     max_http_connections = 1000
     open_http = 0  # connections handed to Tornado's HTTP/1 code and not yet closed/upgraded
+    lingering = 0  # refused connections still being answered and closed
     on_refusal: Callable[[str], None] | None = None
     throttle: LogThrottle
     tornado_lines: logging.Filter
@@ -252,7 +253,18 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
     def refuse(self, stream: IOStream, status: int, label: str, reason: str) -> None:
         if self.on_refusal is not None:
             self.on_refusal(label)
-        _spawn(_answer_and_close(stream, answer(status, reason)))
+        # Lingering keeps a descriptor for up to LINGER seconds outside every connection
+        # limit: no more of them than max_http_connections, or a flood of refused clients
+        # could use up the descriptors that the limits are there to keep.
+        linger = LINGER if self.lingering < self.max_http_connections else 0.0
+        self.lingering += 1
+        _spawn(self._refusal(stream, answer(status, reason), linger))
+
+    async def _refusal(self, stream: IOStream, response: bytes, linger: float) -> None:
+        try:
+            await _answer_and_close(stream, response, linger)
+        finally:
+            self.lingering -= 1
 
 
 class _Guard(HTTPMessageDelegate):
@@ -311,18 +323,20 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_tasks.discard)
 
 
-async def _answer_and_close(stream: IOStream, response: bytes) -> None:
+async def _answer_and_close(stream: IOStream, response: bytes, linger: float) -> None:
     """Send ``response``, then close without a reset losing it.
 
     Closing a socket with unread input makes the kernel send a reset, which can destroy the
     response before the client reads it; so half-close and discard what the client still
-    sends, for at most LINGER seconds.
+    sends, for at most ``linger`` seconds (0: close at once).
     """
     try:
         await stream.write(response)
+        if not linger:
+            return
         if stream.socket is not None:
             stream.socket.shutdown(socket.SHUT_WR)
-        deadline = IOLoop.current().time() + LINGER
+        deadline = IOLoop.current().time() + linger
         while True:
             await gen.with_timeout(
                 deadline,
