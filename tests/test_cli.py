@@ -143,6 +143,25 @@ def running_server(
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_a_second_instance_with_the_same_server_id_is_refused_at_start(
+    running_server: tuple[subprocess.Popen[str], int, Path], tmp_path: Path, database_url: str
+) -> None:
+    # Both on port 0 in one state directory: the same server id and spool file. The second
+    # would replay and append to the first one's spool and mark its open sessions crashed.
+    process, port, _ = running_server
+    client = await websocket_connect(f"ws://127.0.0.1:{port}/ws")
+    second = run_cli("--database-url", database_url, "--port", "0", cwd=tmp_path)
+    assert second.returncode == 1
+    assert "is in use by another running instance with the same server id" in second.stderr
+    assert "Traceback" not in second.stderr
+    # The first one goes on, its session still open.
+    await client.write_message("still here")
+    assert await client.read_message() == "still here"
+    assert process.poll() is None
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_sigterm_closes_clients_with_1001_records_sessions_and_exits_0(
     running_server: tuple[subprocess.Popen[str], int, Path], database_url: str
 ) -> None:

@@ -104,3 +104,15 @@ def test_unusable_path_is_a_store_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreError, match="cannot use spool file"):
         Spool(tmp_path / "file" / "spool.jsonl").open()
+
+
+def test_one_process_at_a_time_uses_a_spool_file(tmp_path: Path) -> None:
+    path = spool_path(tmp_path, "host:0:0")
+    first, second = Spool(path), Spool(path)
+    first.open()
+    with pytest.raises(StoreError, match="in use by another running instance"):
+        second.open()
+    assert path.exists() and not second.is_open  # the refused one took nothing with it
+    first.close()
+    second.open()
+    second.close()

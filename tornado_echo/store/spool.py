@@ -10,6 +10,11 @@ The file may be deleted, replaced or cut short behind our back (an operator free
 bad restore): :meth:`Spool.check` notices, says how many pending records went with it, and
 carries on with the file now at the path (created if none).
 
+One process at a time: the file is locked while open, so a second instance with the same
+server id (the same host, port and worker; say two started with ``port = 0``) and the same
+state directory is refused at start instead of replaying, marking crashed and appending to
+what the first one still uses.
+
 Not thread-safe: the store serialises every call with its own lock. Only the read-only
 properties (:attr:`pending`, :attr:`pending_bytes`, :attr:`oldest`) are read without it, for
 status snapshots: a moment old at worst, never negative.
@@ -21,6 +26,7 @@ import bisect
 import collections
 import contextlib
 import errno
+import fcntl
 import itertools
 import logging
 import os
@@ -86,7 +92,15 @@ class Spool:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._scan()
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = -1
+            raise StoreError(
+                f"spool file {self.path} is in use by another running instance with the same"
+                " server id: give each instance its own port (not 0) or state_dir"
+            ) from None
         except OSError as exc:
             self.close()
             raise StoreError(f"cannot use spool file {self.path}: {exc.strerror}") from None
