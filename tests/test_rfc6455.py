@@ -10,7 +10,7 @@ import zlib
 import pytest
 
 from tornado_echo.rfc6455 import (
-    FEED_MAX_EVENTS,
+    FEED_MAX_FRAMES,
     FEED_MAX_INFLATED,
     CloseCode,
     FrameReader,
@@ -309,11 +309,11 @@ def drain(reader: FrameReader, data: bytes) -> list[list[tuple[object, object]]]
 
 def test_a_read_of_many_frames_comes_out_in_slices_in_order() -> None:
     reader = FrameReader(1000)
-    count = 3 * FEED_MAX_EVENTS + 5
+    count = 3 * FEED_MAX_FRAMES + 5
     data = b"".join(masked(Opcode.BINARY, b"%d" % i) for i in range(count))
     tail = masked(Opcode.BINARY, b"tail")
     slices = drain(reader, data + tail[:3])
-    assert [len(part) for part in slices] == [FEED_MAX_EVENTS] * 3 + [5]
+    assert [len(part) for part in slices] == [FEED_MAX_FRAMES] * 3 + [5]
     assert [payload for part in slices for _, payload in part] == [b"%d" % i for i in range(count)]
     # Only the partial frame is left, and it completes with the next read.
     assert reader.buffered == 3
@@ -322,8 +322,8 @@ def test_a_read_of_many_frames_comes_out_in_slices_in_order() -> None:
 
 def test_bytes_that_arrive_while_a_backlog_waits_come_after_it() -> None:
     reader = FrameReader(1000)
-    first = reader.feed(b"".join(masked(Opcode.TEXT, b"a") for _ in range(FEED_MAX_EVENTS + 1)))
-    assert len(first) == FEED_MAX_EVENTS and reader.backlog
+    first = reader.feed(b"".join(masked(Opcode.TEXT, b"a") for _ in range(FEED_MAX_FRAMES + 1)))
+    assert len(first) == FEED_MAX_FRAMES and reader.backlog
     assert reader.buffered == len(masked(Opcode.TEXT, b"a"))
     assert reader.feed(masked(Opcode.TEXT, b"b")) == [(Opcode.TEXT, "a"), (Opcode.TEXT, "b")]
     assert not reader.backlog and reader.buffered == 0
@@ -344,7 +344,7 @@ def test_small_compressed_messages_that_inflate_to_much_come_out_one_slice_at_a_
 
 def test_a_violation_in_a_backlog_ends_it() -> None:
     reader = FrameReader(1000)
-    data = masked(Opcode.BINARY, b"x") * (FEED_MAX_EVENTS + 1) + masked(0x3, b"")
+    data = masked(Opcode.BINARY, b"x") * (FEED_MAX_FRAMES + 1) + masked(0x3, b"")
     slices = drain(reader, data)
     assert len(slices) == 2
     [(_, last), (opcode, error)] = slices[1]
@@ -357,7 +357,7 @@ def test_a_read_of_fragments_comes_out_in_slices_too() -> None:
     # read of them is served in slices, not parsed in one turn of the loop.
     reader = FrameReader(1000)
     empty = masked(Opcode.CONTINUATION, b"", fin=False)
-    data = masked(Opcode.BINARY, b"a", fin=False) + empty * (3 * FEED_MAX_EVENTS)
+    data = masked(Opcode.BINARY, b"a", fin=False) + empty * (3 * FEED_MAX_FRAMES)
     slices = drain(reader, data + masked(Opcode.CONTINUATION, b"b"))
     assert len(slices) == 4
     assert slices[-1] == [(Opcode.BINARY, b"ab")]

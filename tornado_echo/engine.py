@@ -5,7 +5,7 @@ socket out of Tornado's IOStream (with any bytes already read past the request) 
 as an asyncio Protocol on the running loop (uvloop's transports when it is the loop). Each
 read is parsed by :class:`~tornado_echo.rfc6455.FrameReader`, every complete message is
 dispatched, and everything written while dispatching goes out as one transport write. A
-read holding more than one slice of the reader's (``FEED_MAX_EVENTS`` frames, or about
+read holding more than one slice of the reader's (``FEED_MAX_FRAMES`` frames, or about
 ``FEED_MAX_INFLATED`` inflated bytes) is served a slice per turn of the loop, the peer
 unread meanwhile: a connection that pipelines thousands of messages, or compressed ones
 that inflate to much more, cannot hold the loop for the whole read.

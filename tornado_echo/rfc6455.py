@@ -345,7 +345,7 @@ def length_and_mask(b1: int, rest: bytes) -> tuple[int, bytes]:
 # (besides the message that crosses the mark). A peer that pipelines many frames, or many small
 # compressed messages that inflate to a lot, in one read is served in slices like these,
 # with other connections' turns in between, and never has more than one slice in memory.
-FEED_MAX_EVENTS = 256
+FEED_MAX_FRAMES = 256
 FEED_MAX_INFLATED = 1 << 20
 
 
@@ -360,7 +360,7 @@ class FrameReader:
     UTF-8 fails at once; ``max_size`` bounds a message's inflated size and no frame larger
     than it is buffered.
 
-    One call parses at most ``FEED_MAX_EVENTS`` frames (so returns at most as many events)
+    One call parses at most ``FEED_MAX_FRAMES`` frames (so returns at most as many events)
     and inflates about ``FEED_MAX_INFLATED`` bytes; :attr:`backlog` is then true, and
     ``feed(b"")`` returns the next slice of what is already buffered. A caller stops reading
     the peer while there is a backlog.
@@ -458,7 +458,7 @@ class FrameReader:
         max_size = self.max_size
         frames = 0  # frames that complete no message (fragments, pongs) are work as well
         while True:
-            if frames >= FEED_MAX_EVENTS or self._inflated >= FEED_MAX_INFLATED:
+            if frames >= FEED_MAX_FRAMES or self._inflated >= FEED_MAX_INFLATED:
                 if pos < end:
                     self._rest, self._rest_pos = data, pos
                     self.backlog = True
