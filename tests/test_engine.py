@@ -14,6 +14,7 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from tests.helpers import (
+    assert_no_traceback,
     client_frame,
     eventually,
     open_raw_websocket,
@@ -297,6 +298,36 @@ async def test_a_read_that_inflates_to_far_more_waits_for_a_slow_reader(
         assert opcode == 0x2
         assert inflater.decompress(payload + b"\x00\x00\xff\xff") == message
     writer.close()
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.gen_test(timeout=30)
+async def test_a_peer_gone_while_its_large_echo_is_deflated_ends_quietly(
+    http_server: Any,
+    http_port: int,
+    connections: Connections,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The echo is deflated in a worker thread; the peer resets meanwhile. The finished
+    # deflate must find the connection gone and end there: no write, no traceback.
+    reader, writer = await open_raw_websocket(http_port, deflate=True)
+    writer.write(client_frame(0x2, os.urandom(768 * 1024)))
+    await eventually(lambda: any(s.messages_in for s in connections._open))
+    writer.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
+    writer.transport.abort()
+    await eventually(lambda: len(connections) == 0)
+    # The server goes on serving.
+    reader, writer = await open_raw_websocket(http_port, deflate=True)
+    writer.write(client_frame(0x1, b"after"))
+    opcode, payload = await read_server_frame(reader)
+    assert (opcode, zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")) == (
+        0x1,
+        b"after",
+    )
+    writer.close()
+    assert_no_traceback(caplog.records)
 
 
 @pytest.mark.gen_test
