@@ -113,3 +113,50 @@ def test_prefix_garbled_into_another_message_in_flight_answers_the_right_one() -
     assert live.mismatches == 1
     assert tracker.on_echo(first, 2)  # first is still in flight and now answered
     assert live.received == 1 and not tracker.pending
+
+
+def snapshot(tracker: EchoTracker, live: LiveCounters, *hists: Histogram) -> object:
+    counters = {name: getattr(live, name) for name in LiveCounters.__slots__}
+    return (
+        counters,
+        list(tracker.pending.items()),
+        tracker.next_seq,
+        tracker.max_received,
+        [(h.buckets(), h.total, h.total_sum, h.minimum, h.maximum) for h in hists],
+    )
+
+
+def test_answer_and_next_is_on_echo_then_next_payload() -> None:
+    # The same echoes, out of order too, through the one-call step and the two calls.
+    one_step, live_a, *hists_a = make("64")
+    two_calls, live_b, *hists_b = make("64")
+    for tracker in (one_step, two_calls):
+        for _ in range(3):
+            tracker.next_payload(5, 7)
+    order = [1, 0, 2, 3, 4, 6, 5]
+    for step, seq in enumerate(order):
+        now = 100 + step
+        echo = next(p for *_, p in one_step.pending.values() if int(p[:16], 16) == seq)
+        following = one_step.answer_and_next(echo, now)
+        assert two_calls.on_echo(echo, now)
+        assert following == two_calls.next_payload(now, now)
+    assert snapshot(one_step, live_a, *hists_a) == snapshot(two_calls, live_b, *hists_b)
+    assert live_a.reordered == 2 and live_a.received == len(order)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "garble_it"),
+    [
+        ("64", True),  # a mismatch is on_echo()'s to classify
+        ("20", False),  # the suffix is shorter than the sequence number
+        ("40-64", False),  # sizes vary
+    ],
+)
+def test_answer_and_next_leaves_everything_else_to_on_echo(sizes: str, garble_it: bool) -> None:
+    tracker, live, corrected, raw = make(sizes)
+    payload = tracker.next_payload(0, 0)
+    echo = garble(payload, len(payload) - 1) if garble_it else payload
+    before = snapshot(tracker, live, corrected, raw)
+    assert tracker.answer_and_next(echo, 1) is None
+    assert tracker.answer_and_next(b"%016x" % 7 + payload[16:], 1) is None  # not in flight
+    assert snapshot(tracker, live, corrected, raw) == before

@@ -110,8 +110,6 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_open = 0.0
         self._frozen_at = 0
-        self._deferred: list[EchoConnection] = []
-        self._flush_scheduled = False
         self._latency_seen: list[int] = []  # latency bucket counts at the last snapshot
         self._rate = cfg.rate  # open loop: per connection now (stages ramp it)
 
@@ -128,22 +126,6 @@ class Worker:
             self._stopping.set()
 
     # -- callbacks from connections ----------------------------------------------
-
-    def defer_send(self, conn: EchoConnection) -> None:
-        # Replies go out together after the loop has read every ready socket, like a
-        # compiled client's scheduler does; the server then sees them in one batch.
-        self._deferred.append(conn)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush_sends)
-
-    def _flush_sends(self) -> None:
-        self._flush_scheduled = False
-        deferred = self._deferred
-        self._deferred = []
-        for conn in deferred:
-            if conn.running:
-                conn.send_next(0)
 
     def on_error(self, category: str) -> None:
         self.stats.error(category)

@@ -47,9 +47,6 @@ _apply_mask = rfc6455.apply_mask
 class ConnectionOwner(Protocol):
     """All a connection knows of whoever runs it (the engine's Worker, or a test)."""
 
-    def defer_send(self, conn: EchoConnection) -> None:
-        """Call ``conn.send_next(0)`` soon, after the loop has read every ready socket."""
-
     def on_error(self, category: str) -> None:
         """Count one error of ``category`` (e.g. ``close_1011``, ``protocol_error``)."""
 
@@ -78,7 +75,6 @@ class EchoConnection(asyncio.Protocol):
         schedule_lag: Histogram,
     ) -> None:
         self._owner = owner
-        self._defer_send = owner.defer_send
         self._loop = asyncio.get_running_loop()
         self._max_message = cfg.max_message
         self._live = live
@@ -103,6 +99,9 @@ class EchoConnection(asyncio.Protocol):
         self._inflight = cfg.inflight
         self._timer: asyncio.TimerHandle | None = None
         self._interval_ns = int(1e9 / cfg.rate) if cfg.mode == "open" else 0
+        # The header of the next message when an echo can be answered with it in one step
+        # (closed loop, equal-size uncompressed messages): set when the upgrade is done.
+        self._answer_header: bytes | None = None
         self._next_intended = 0
         self._close_received = False
         self._close_sent = False
@@ -127,6 +126,7 @@ class EchoConnection(asyncio.Protocol):
             self._deflate = result.deflate
             if result.deflate is not None:
                 self._header = None
+            self._answer_header = None if self._interval_ns else self._header
             self.state = OPEN
             if not self.opened.done():
                 self.opened.set_result(None)
@@ -148,11 +148,24 @@ class EchoConnection(asyncio.Protocol):
             and length <= parser.max_size
             and parser.between_frames
         ):
-            # _on_data(), inlined.
-            if self.tracker.on_echo(data[2:], _now()) and self.running and not self._interval_ns:
-                self._defer_send(self)
-            elif not self.running and not self.tracker.pending:
-                self.close()
+            payload = data[2:]
+            now = _now()
+            budget = self._budget
+            header = self._answer_header
+            transport = self.transport
+            if header is not None and budget and self.running and transport is not None:
+                # The closed loop's step (budget -1: none): the echo checked and the next
+                # message made in one call, then sent as send_next() would.
+                message = self.tracker.answer_and_next(payload, now)
+                if message is not None:
+                    if budget > 0:
+                        self._budget = budget - 1
+                    mask = _getrandbits(32).to_bytes(4, "big")  # mask_frame(), inlined
+                    # The peer's echo came on this transport, so it is not closing (abort()
+                    # stops reads): no need to ask, unlike _write().
+                    transport.write(header + mask + _apply_mask(message, mask))
+                    return
+            self._on_data(payload, now)
             return
         try:
             events = parser.feed(data)
@@ -176,16 +189,12 @@ class EchoConnection(asyncio.Protocol):
                 return
 
     def _on_data(self, payload: bytes, now: int) -> None:
-        # _on_answer(), inlined: this runs once per echo.
-        if self.tracker.on_echo(payload, now) and self.running and not self._interval_ns:
-            self._defer_send(self)
-        elif not self.running and not self.tracker.pending:
-            self.close()
+        self._on_answer(self.tracker.on_echo(payload, now))
 
     def _on_answer(self, answered: bool) -> None:
         # An echo came in (``answered``: for a message in flight): keep the loop going.
         if answered and self.running and not self._interval_ns:
-            self._defer_send(self)
+            self.send_next(0)
         elif not self.running and not self.tracker.pending:
             self.close()
 

@@ -83,6 +83,7 @@ class EchoTracker:
         "_rng",
         "_sizes",
         "_uncorrected",
+        "_whole_middle",
         "max_received",
         "next_seq",
         "pending",
@@ -106,6 +107,8 @@ class EchoTracker:
         fixed = sizes.low == sizes.high
         self._fixed_middle = filler.middle(sizes.low) if fixed else None
         self._cut = SEQ_WIDTH - suffix_width(sizes.low) if fixed else 0
+        # What answer_and_next() needs: one size whose payload ends in all 16 digits.
+        self._whole_middle = self._fixed_middle if fixed and not self._cut else None
         self._expired: set[int] = set()
         # Keyed by the payload's 16-digit prefix, so that one dict lookup of an echo's
         # first 16 bytes both finds the message and checks those bytes exactly.
@@ -156,6 +159,43 @@ class EchoTracker:
             # Closed loop sends when intended, so there the two are one histogram.
             self._uncorrected.record(now_ns - sent)
         return True
+
+    def answer_and_next(self, payload: bytes, now_ns: int) -> bytes | None:
+        """A closed loop's usual step in one call: on_echo(), then next_payload().
+
+        If ``payload`` is the exact echo of a message in flight and every payload has the
+        same size of 32 bytes or more, count it as :meth:`on_echo` does and return the next
+        payload, recorded as :meth:`next_payload` ``(now_ns, now_ns)`` does. Otherwise
+        return None with nothing changed: the caller then takes the general way.
+        """
+        middle = self._whole_middle
+        pending = self.pending
+        prefix = payload[:SEQ_WIDTH]
+        entry = pending.get(prefix)
+        if entry is None or middle is None or payload != entry[3]:
+            return None
+        del pending[prefix]
+        # on_echo()'s good echo and next_payload(), inlined: this runs once per echo.
+        intended, sent, seq, _ = entry
+        live = self._live
+        if seq < self.max_received:
+            live.reordered += 1
+        else:
+            self.max_received = seq
+        size = len(payload)
+        live.received += 1
+        live.bytes_received += size
+        self._latency.record(now_ns - intended)
+        if sent != intended:
+            self._uncorrected.record(now_ns - sent)
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        prefix = b"%016x" % seq
+        payload = prefix + middle + prefix
+        pending[prefix] = (now_ns, now_ns, seq, payload)
+        live.sent += 1
+        live.bytes_sent += size
+        return payload
 
     def on_retyped(self, payload: bytes) -> bool:
         """An echo in the other frame type (text for binary or back): never a good echo.
