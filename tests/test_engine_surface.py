@@ -13,7 +13,14 @@ import pytest
 import tornado.web
 from tornado.websocket import WebSocketHandler, websocket_connect
 
-from tests.helpers import assert_no_traceback, eventually, upgrade_request
+from tests.helpers import (
+    assert_no_traceback,
+    client_frame,
+    eventually,
+    open_raw_websocket,
+    read_server_frame,
+    upgrade_request,
+)
 from tornado_echo.engine import FastWebSocketHandler
 
 
@@ -130,6 +137,26 @@ async def test_tornado_handler_surface_on_the_fast_engine(
     ]
     assert ("pong", b"p") in recorder.events
     assert recorder.events[-1] == ("close", 4001, None)
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_what_the_peer_sends_after_the_server_closes_is_dropped_unread(
+    http_server: Any, http_port: int, recorder: Recorder
+) -> None:
+    reader, writer = await open_raw_websocket(http_port)
+    assert await read_server_frame(reader) == (0x1, b'{"hello": "json"}')
+    writer.write(client_frame(0x1, b"close me"))
+    assert await asyncio.wait_for(read_server_frame(reader), 5) == (
+        0x8,
+        struct.pack("!H", 4001) + b"as you wish",
+    )
+    # Before our close arrives: text that is not UTF-8 (read, it would fail the connection
+    # with 1007), then our close.
+    writer.write(client_frame(0x1, b"\xff" * 100) + client_frame(0x8, struct.pack("!H", 4001)))
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    await asyncio.wait_for(recorder.closed.wait(), 5)
+    assert recorder.events[-1] == ("close", 4001, None)
+    writer.close()
 
 
 def test_surface_handler_is_a_tornado_handler() -> None:

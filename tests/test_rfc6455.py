@@ -342,6 +342,26 @@ def test_small_compressed_messages_that_inflate_to_much_come_out_one_slice_at_a_
     ] * 4
 
 
+def test_once_closing_data_frames_are_skipped_unread_and_control_frames_still_come() -> None:
+    reader = FrameReader(FEED_MAX_INFLATED, PerMessageDeflate({}))
+    reader.discard_data = True
+    bomb = masked(Opcode.BINARY, deflated(b"\x00" * FEED_MAX_INFLATED), rsv=0x40)
+    data = b"".join(
+        (
+            bomb * 8,  # would inflate to 8 MiB, in 8 slices
+            masked(Opcode.BINARY, b"\xff\xff\xff\xff", rsv=0x40),  # not deflate: 1007
+            masked(Opcode.TEXT, b"\xff" * 2000),  # not UTF-8: 1007
+            masked(Opcode.PING, b"p"),
+            masked(Opcode.CLOSE, close_payload(1000, None)),
+        )
+    )
+    arriving = masked(Opcode.TEXT, b"\xff" * 4000)  # not UTF-8 either, and still arriving
+    assert drain(reader, data + arriving[:100]) == [
+        [(Opcode.PING, b"p"), (Opcode.CLOSE, close_payload(1000, None))]
+    ]
+    assert reader.feed(arriving[100:3000]) == []
+
+
 def test_a_violation_in_a_backlog_ends_it() -> None:
     reader = FrameReader(1000)
     data = masked(Opcode.BINARY, b"x") * (FEED_MAX_FRAMES + 1) + masked(0x3, b"")

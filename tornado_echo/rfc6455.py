@@ -364,6 +364,10 @@ class FrameReader:
     and inflates about ``FEED_MAX_INFLATED`` bytes; :attr:`backlog` is then true, and
     ``feed(b"")`` returns the next slice of what is already buffered. A caller stops reading
     the peer while there is a backlog.
+
+    Once :attr:`discard_data` is set (the caller has sent its close frame and drops every
+    message after it), data frames are skipped without being unmasked, inflated or
+    checked; control frames are still parsed, so the peer's close is found.
     """
 
     # One per connection, for its lifetime: slots keep an idle one small.
@@ -385,6 +389,7 @@ class FrameReader:
         "_rest_pos",
         "backlog",
         "deflate",
+        "discard_data",
         "max_size",
     )
 
@@ -413,6 +418,7 @@ class FrameReader:
         self._rest_pos = 0
         self._inflated = 0  # bytes inflated by the current feed() call
         self.backlog = False
+        self.discard_data = False
 
     @property
     def buffered(self) -> int:
@@ -437,7 +443,7 @@ class FrameReader:
                 if buf:
                     buf += data
                     if len(buf) < self._need:
-                        if self._partial_text is not None:
+                        if self._partial_text is not None and not self.discard_data:
                             self._check_partial_text()
                         return events
                     data = bytes(buf)
@@ -503,6 +509,10 @@ class FrameReader:
                     return
                 self._need = stop - pos
                 break
+            if self.discard_data and not b0 & 0x08:
+                pos = stop
+                frames += 1
+                continue
             payload = apply_mask(data[start + 4 : stop], data[start : start + 4])
             pos = stop
             frames += 1
@@ -524,7 +534,7 @@ class FrameReader:
 
     def _is_plain_text_frame(self, b0: int) -> bool:
         """Whether a frame with first byte ``b0`` carries uncompressed text of a valid message."""
-        if b0 & 0x70:
+        if b0 & 0x70 or self.discard_data:
             return False  # compressed (checked once inflated), or an RSV error found later
         opcode = b0 & 0x0F
         if opcode == Opcode.TEXT:
