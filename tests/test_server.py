@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
+from tornado.log import gen_log
 from tornado.websocket import websocket_connect
 
 from tests.helpers import (
@@ -133,3 +135,24 @@ async def test_reload_of_a_conf_file_that_is_not_utf8_is_refused(
     finally:
         await server.shutdown()
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_start_that_cannot_listen_leaves_tornado_logging_as_it_was(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = make_server(tmp_path, sqlite_url, host="127.0.0.1", port=taken.getsockname()[1])
+        filters_before = list(gen_log.filters)
+        with pytest.raises(OSError):
+            await server.start()
+        assert gen_log.filters == filters_before
+        await server.shutdown()
+    # And a server that did listen takes its filter away again when it stops.
+    server = make_server(tmp_path / "second", sqlite_url, server_id="test:0:1")
+    await server.start()
+    assert len(gen_log.filters) == len(filters_before) + 1
+    await server.shutdown()
+    assert gen_log.filters == filters_before

@@ -124,6 +124,8 @@ async def test_plain_http_on_the_tls_port_is_logged_once_per_interval(
         assert server.http is not None
         counts = server.http.throttle.counts
         await eventually(lambda: counts.get("tls_handshake") == 20, timeout=10)
+        failures = server.metrics.registry.get_sample_value("tornado_echo_tls_failures_total")
+        assert failures == 20
         # Headers over the limit get their 431 over TLS as well.
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", server.port, ssl=client_context(cert)
@@ -133,8 +135,9 @@ async def test_plain_http_on_the_tls_port_is_logged_once_per_interval(
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 431 "), head
         writer.transport.abort()
-        # And wss is served as before.
+        # And wss is served as before; neither it nor the 431 was a TLS failure.
         assert (await echo_over_tls(server.port, cert))[1] == der(cert)
+        assert server.metrics.registry.get_sample_value("tornado_echo_tls_failures_total") == 20
     finally:
         await server.shutdown()
     said = [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]

@@ -102,6 +102,15 @@ def answer(status: int, reason: str) -> bytes:
     return head.encode() + body
 
 
+def is_tls_failure(error: object) -> bool:
+    """Whether a stream closed on ``error`` ended on a TLS failure (as Tornado logs them),
+    not on the peer just going away (SSL_ERROR_EOF, SSL_ERROR_ZERO_RETURN)."""
+    return isinstance(error, ssl.SSLError) and error.args[:1] in (
+        (ssl.SSL_ERROR_SSL,),
+        (ssl.SSL_ERROR_SYSCALL,),
+    )
+
+
 class _HTTPStream(IOStream):
     """A connection's stream: headers over the limit leave it open for a 431 answer.
 
@@ -111,11 +120,16 @@ class _HTTPStream(IOStream):
     """
 
     on_oversized: Callable[[socket.socket], None] | None = None
+    on_tls_failure: Callable[[], None] | None = None
     _oversized = False
 
     def close(self, exc_info: Any = False) -> None:
-        if isinstance(exc_info, UnsatisfiableReadError) and not self.closed():
-            self._oversized = self.on_oversized is not None
+        if not self.closed():
+            if isinstance(exc_info, UnsatisfiableReadError):
+                self._oversized = self.on_oversized is not None
+            elif is_tls_failure(exc_info) and self.on_tls_failure is not None:
+                # Counted here, not from Tornado's log line, which a log level can silence.
+                self.on_tls_failure()
         super().close(exc_info)
 
     def close_fd(self) -> None:
@@ -163,11 +177,15 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
     open_http = 0  # connections handed to Tornado's HTTP/1 code and not yet closed/upgraded
     lingering = 0  # refused connections still being answered and closed
     on_refusal: Callable[[str], None] | None = None
+    on_tls_failure: Callable[[], None] | None = None
     throttle: LogThrottle
     tornado_lines: logging.Filter
     listeners: dict[int, tuple[socket.socket, Callable[[], None]]]
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        # Installed when serving starts, not when the server is built: a start that fails
+        # before this leaves Tornado's logging as it was. addFilter() skips one already there.
+        gen_log.addFilter(self.tornado_lines)
         for sock in sockets:
             remove = _accept_handler(sock, self._accepted, self.throttle)
             self.listeners[sock.fileno()] = (sock, remove)
@@ -207,6 +225,7 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
                 read_chunk_size=self.read_chunk_size,
             )
         stream.on_oversized = functools.partial(self._headers_too_large, address)
+        stream.on_tls_failure = self.on_tls_failure
         self.handle_stream(stream, address)
 
     def _headers_too_large(self, address: Any, connection: socket.socket) -> None:
@@ -406,6 +425,7 @@ def make_http_server(
     proxies: TrustedProxies | None,
     ssl_context: ssl.SSLContext | None = None,
     on_refusal: Callable[[str], None] | None = None,
+    on_tls_failure: Callable[[], None] | None = None,
 ) -> EchoHTTPServer:
     server = EchoHTTPServer(
         app,
@@ -418,8 +438,8 @@ def make_http_server(
     server.proxies = proxies
     server.max_http_connections = max_http_connections
     server.on_refusal = on_refusal
+    server.on_tls_failure = on_tls_failure
     server.throttle = LogThrottle(logger)
     server.tornado_lines = _TornadoLines(server.throttle)
-    gen_log.addFilter(server.tornado_lines)
     server.listeners = {}
     return server

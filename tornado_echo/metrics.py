@@ -135,6 +135,12 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.tls_failures = Counter(
+            "tornado_echo_tls_failures",
+            "TLS connections ended by a TLS error, mostly failed handshakes (plain HTTP on"
+            " the TLS port, a client that does not trust the certificate)",
+            registry=registry,
+        )
         self.messages = Counter(
             "tornado_echo_messages", "Messages by direction", ["direction"], registry=registry
         )

@@ -139,6 +139,7 @@ class Server:
             proxies=_proxies(self.config),
             ssl_context=ssl_context,
             on_refusal=self._count_refusal,
+            on_tls_failure=self.metrics.tls_failures.inc,
         )
         if self.config.behind_proxy and not is_loopback(self.config.host):
             logger.warning(
