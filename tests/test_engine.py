@@ -258,6 +258,27 @@ async def test_large_deflated_echoes_keep_their_order_and_the_close_comes_last(
     writer.close()
 
 
+@pytest.mark.usefixtures("engine")
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.app_config(max_message_size=8 << 20)
+async def test_one_frame_that_inflates_to_megabytes_is_echoed_whole_and_in_order(
+    http_server: Any, http_port: int
+) -> None:
+    # The fast engine inflates such a frame a slice at a time, turns of the loop apart.
+    reader, writer = await open_raw_websocket(http_port, deflate=True)
+    text = ("é" * (3 << 20)).encode()  # 6 MiB, in one frame of a few KB
+    compressor = zlib.compressobj(wbits=-15)
+    body = (compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    writer.write(rsv_frame(client_frame(0x1, body), 0x40) + client_frame(0x1, b"after"))
+    inflater = zlib.decompressobj(wbits=-15)
+    echoes = []
+    for _ in range(2):
+        opcode, payload = await asyncio.wait_for(read_server_frame(reader), 20)
+        echoes.append((opcode, inflater.decompress(payload + b"\x00\x00\xff\xff")))
+    assert echoes == [(0x1, text), (0x1, b"after")]
+    writer.close()
+
+
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.app_config(max_message_size=1 << 20)
 async def test_a_read_that_inflates_to_far_more_waits_for_a_slow_reader(

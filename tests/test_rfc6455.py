@@ -362,6 +362,70 @@ def test_once_closing_data_frames_are_skipped_unread_and_control_frames_still_co
     assert reader.feed(arriving[100:3000]) == []
 
 
+def test_one_frame_that_inflates_to_much_comes_out_over_slices() -> None:
+    # 3.5 MiB of two-byte characters in one compressed frame, then a ping and a message in
+    # the same read: the frame is inflated a slice's room at a time, its text checked
+    # across the pieces' edges, and what follows it comes after it, in order.
+    text = ("é" * (7 * FEED_MAX_INFLATED // 4)).encode()
+    data = (
+        masked(Opcode.TEXT, deflated(text), rsv=0x40)
+        + masked(Opcode.PING, b"p")
+        + masked(Opcode.BINARY, b"after")
+    )
+    reader = FrameReader(8 << 20, PerMessageDeflate({}))
+    slices = drain(reader, data)
+    assert [len(part) for part in slices] == [0, 0, 0, 3]
+    assert slices[-1] == [
+        (Opcode.TEXT, text.decode()),
+        (Opcode.PING, b"p"),
+        (Opcode.BINARY, b"after"),
+    ]
+    assert reader.buffered == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "slices"),
+    [
+        (b"\x00" * (5 << 20), 1009, 4),  # over max_size: refused within the slice it passes it
+        # Inflating 3.9 MiB takes four slices; invalid UTF-8 in the third fails there.
+        (b"a" * (3 << 20) + b"\xff" + b"a" * (900 << 10), 1007, 3),
+    ],
+    ids=["bomb", "utf8"],
+)
+def test_a_frame_inflating_over_slices_fails_where_it_goes_wrong(
+    payload: bytes, code: int, slices: int
+) -> None:
+    reader = FrameReader(4 << 20, PerMessageDeflate({}))
+    parts = drain(reader, masked(Opcode.TEXT, deflated(payload), rsv=0x40))
+    assert len(parts) == slices
+    assert all(part == [] for part in parts[:-1])
+    [(opcode, error)] = parts[-1]
+    assert opcode is None and error.code == code
+    assert not reader.backlog and reader.feed(b"more") == []
+
+
+def test_a_frame_inflating_over_slices_then_no_context_takeover() -> None:
+    # The decompressor is reset after each message (client_no_context_takeover), also
+    # when the message's last frame was inflated in pieces.
+    reader = FrameReader(8 << 20, PerMessageDeflate({"client_no_context_takeover": None}))
+    first = os.urandom(FEED_MAX_INFLATED).hex().encode()  # 2 MiB that deflate little
+    second = b"second"
+    data = masked(Opcode.BINARY, deflated(first), rsv=0x40)
+    data += masked(Opcode.BINARY, deflated(second), rsv=0x40)
+    events = [event for part in drain(reader, data) for event in part]
+    assert events == [(Opcode.BINARY, first), (Opcode.BINARY, second)]
+
+
+def test_closing_while_a_frame_inflates_over_slices_drops_the_rest_of_it() -> None:
+    reader = FrameReader(8 << 20, PerMessageDeflate({}))
+    bomb = masked(Opcode.BINARY, deflated(b"\x00" * (6 << 20)), rsv=0x40)
+    assert reader.feed(bomb + masked(Opcode.CLOSE, close_payload(1000, None))) == []
+    assert reader.backlog
+    reader.discard_data = True
+    assert reader.feed(b"") == [(Opcode.CLOSE, close_payload(1000, None))]
+    assert not reader.backlog
+
+
 def test_a_violation_in_a_backlog_ends_it() -> None:
     reader = FrameReader(1000)
     data = masked(Opcode.BINARY, b"x") * (FEED_MAX_FRAMES + 1) + masked(0x3, b"")

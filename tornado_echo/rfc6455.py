@@ -230,7 +230,9 @@ class PerMessageDeflate:
     """A server's deflate state for one connection, from the agreed parameters.
 
     ``inflate`` is fed one frame at a time, so a fragmented message is checked (size, and
-    UTF-8 by the caller) as its fragments arrive, not only when it is complete.
+    UTF-8 by the caller) as its fragments arrive, not only when it is complete; and it
+    gives a frame's output in pieces of a size the caller chooses, so one frame that
+    inflates to a lot is not inflated in one go.
     """
 
     def __init__(self, params: dict[str, str | None], level: int = 6, mem_level: int = 8) -> None:
@@ -242,6 +244,7 @@ class PerMessageDeflate:
         self._mem_level = mem_level
         self._compressor: Any = None
         self._decompressor: Any = None
+        self._final = False  # the frame being inflated ends its message
 
     def compress(self, data: bytes) -> bytes:
         """The payload of one whole compressed message (RSV1 set on its first frame)."""
@@ -253,25 +256,34 @@ class PerMessageDeflate:
         out: bytes = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
         return out[:-4] if out.endswith(DEFLATE_TAIL) else out
 
-    def inflate(self, data: bytes, limit: int, final: bool) -> bytes:
-        """Inflate one frame's payload of a compressed message, producing at most ``limit``.
+    def inflate(self, data: bytes, limit: int, final: bool, piece: int) -> bytes:
+        """Inflate one frame's payload of a compressed message (``final``: its last frame).
 
-        Raises :class:`ProtocolError` 1009 past ``limit`` and 1007 on data that is not
-        deflate.
+        Gives at most ``piece`` bytes. If it gave that many, the frame may hold more:
+        :meth:`inflate_more` gives the next piece, until one comes out shorter. Raises
+        :class:`ProtocolError` 1009 once the frame's output passes ``limit`` (the room
+        the message has left) and 1007 on data that is not deflate.
         """
         if self._decompressor is None:
             self._decompressor = zlib.decompressobj(-self._recv_bits)
+        self._final = final
+        return self._inflate(data + DEFLATE_TAIL if final else data, limit, piece)
+
+    def inflate_more(self, limit: int, piece: int) -> bytes:
+        """The next piece of the frame :meth:`inflate` began (same contract)."""
+        return self._inflate(self._decompressor.unconsumed_tail, limit, piece)
+
+    def _inflate(self, data: bytes, limit: int, piece: int) -> bytes:
         decompressor = self._decompressor
-        if final:
-            data += DEFLATE_TAIL
+        wanted = min(piece, limit + 1)
         try:
-            out: bytes = decompressor.decompress(data, limit + 1)
+            out: bytes = decompressor.decompress(data, wanted)
         except zlib.error as exc:
             raise ProtocolError(CloseCode.INVALID_PAYLOAD, f"invalid deflate data: {exc}") from None
-        if len(out) > limit or decompressor.unconsumed_tail:
+        if len(out) > limit:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big after decompression")
-        if final and self._recv_reset:
-            self._decompressor = None
+        if len(out) < wanted and self._final and self._recv_reset:
+            self._decompressor = None  # the message is complete
         return out
 
 
@@ -361,9 +373,9 @@ class FrameReader:
     than it is buffered.
 
     One call parses at most ``FEED_MAX_FRAMES`` frames (so returns at most as many events)
-    and inflates about ``FEED_MAX_INFLATED`` bytes; :attr:`backlog` is then true, and
-    ``feed(b"")`` returns the next slice of what is already buffered. A caller stops reading
-    the peer while there is a backlog.
+    and inflates at most ``FEED_MAX_INFLATED`` bytes, a frame that inflates to more going on
+    in the next call; :attr:`backlog` is then true, and ``feed(b"")`` returns the next slice
+    of what is already buffered. A caller stops reading the peer while there is a backlog.
 
     Once :attr:`discard_data` is set (the caller has sent its close frame and drops every
     message after it), data frames are skipped without being unmasked, inflated or
@@ -374,7 +386,10 @@ class FrameReader:
     __slots__ = (
         "_buf",
         "_failed",
+        "_inflate_fin",
+        "_inflate_whole",
         "_inflated",
+        "_inflating",
         "_msg_compressed",
         "_msg_data",
         "_msg_opcode",
@@ -417,12 +432,17 @@ class FrameReader:
         self._rest = b""
         self._rest_pos = 0
         self._inflated = 0  # bytes inflated by the current feed() call
+        # A compressed frame whose output did not fit in its slice: it goes on in the next.
+        self._inflating = False
+        self._inflate_fin = False  # that frame ends its message
+        self._inflate_whole = False  # and is the whole message, so far in one piece
         self.backlog = False
         self.discard_data = False
 
     @property
     def buffered(self) -> int:
-        """Bytes held: a partial frame, a backlog, and the fragments of an unfinished message."""
+        """Bytes held: a partial frame, a backlog, and the fragments of an unfinished message
+        (a frame still inflating: what came out of it so far)."""
         return len(self._buf) + len(self._rest) - self._rest_pos + self._msg_size
 
     def feed(self, data: bytes) -> list[tuple[Any, Any]]:
@@ -438,6 +458,8 @@ class FrameReader:
                 self._rest, self._rest_pos = b"", 0
                 if data:  # bytes that arrived while the backlog waited (the peer was paused)
                     rest, pos = rest[pos:] + data, 0
+                if self._inflating:
+                    self._inflate(None, events)
                 self._parse(rest, events, pos)
             else:
                 if buf:
@@ -452,6 +474,7 @@ class FrameReader:
                 self._parse(data, events)
         except ProtocolError as exc:
             self._failed = True
+            self._inflating = False
             self._buf.clear()
             self._rest, self._rest_pos = b"", 0
             self.backlog = False
@@ -465,7 +488,7 @@ class FrameReader:
         frames = 0  # frames that complete no message (fragments, pongs) are work as well
         while True:
             if frames >= FEED_MAX_FRAMES or self._inflated >= FEED_MAX_INFLATED:
-                if pos < end:
+                if pos < end or self._inflating:
                     self._rest, self._rest_pos = data, pos
                     self.backlog = True
                 return
@@ -582,10 +605,39 @@ class FrameReader:
             self._msg_opcode = opcode
             self._msg_compressed = bool(b0 & 0x40)
             self._msg_text = _utf8_decoder() if opcode == Opcode.TEXT else None
+        whole = opcode != Opcode.CONTINUATION and fin  # the message in one frame
         if self._msg_compressed:
-            assert self.deflate is not None
-            payload = self.deflate.inflate(payload, self.max_size - self._msg_size, fin)
-            self._inflated += len(payload)
+            self._inflate_fin, self._inflate_whole = fin, whole
+            self._inflate(payload, events)
+        else:
+            self._take(payload, fin, whole, events)
+
+    def _inflate(self, payload: bytes | None, events: list[tuple[Any, Any]]) -> None:
+        """Inflate a compressed frame's ``payload`` (None: the rest of the one under way),
+        no more than this slice has room for."""
+        deflate = self.deflate
+        assert deflate is not None
+        if self.discard_data:
+            self._inflating = False  # its message is dropped anyway
+            return
+        # One byte past the slice's room: a frame that fills it exactly is done in one piece.
+        room = FEED_MAX_INFLATED - self._inflated + 1
+        limit = self.max_size - self._msg_size
+        if payload is None:
+            piece = deflate.inflate_more(limit, room)
+        else:
+            piece = deflate.inflate(payload, limit, self._inflate_fin, room)
+        self._inflated += len(piece)
+        self._inflating = len(piece) == room
+        if self._inflating:
+            self._inflate_whole = False  # its pieces gather in the message buffer
+            self._take(piece, False, False, events)
+        else:
+            self._take(piece, self._inflate_fin, self._inflate_whole, events)
+
+    def _take(self, payload: bytes, fin: bool, whole: bool, events: list[tuple[Any, Any]]) -> None:
+        """Add a data frame's (inflated) ``payload`` to its message; ``whole``: it is all of
+        it; ``fin``: the message ends with it."""
         self._msg_size += len(payload)
         if self._msg_size > self.max_size:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message exceeds {self.max_size} bytes")
@@ -597,18 +649,18 @@ class FrameReader:
                 raise ProtocolError(
                     CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8"
                 ) from None
-        if opcode != Opcode.CONTINUATION and fin:  # the whole message in one frame
+        if whole:
             events.append((Opcode.TEXT, text) if text is not None else (Opcode.BINARY, payload))
         else:
             self._msg_data += payload
             if not fin:
                 return
             # A text's pieces were checked as they came; decoding it whole cannot fail.
-            whole = self._msg_data
+            message = self._msg_data
             if self._msg_opcode == Opcode.TEXT:
-                events.append((Opcode.TEXT, whole.decode("utf-8")))
+                events.append((Opcode.TEXT, message.decode("utf-8")))
             else:
-                events.append((Opcode.BINARY, bytes(whole)))
+                events.append((Opcode.BINARY, bytes(message)))
             self._msg_data = bytearray()
         self._msg_opcode = -1
         self._msg_size = 0
