@@ -21,7 +21,7 @@ from tests.helpers import (
     read_server_frame,
     upgrade_request,
 )
-from tornado_echo.engine import FastWebSocketHandler
+from tornado_echo.engine import CLOSE_TIMEOUT, FastWebSocketHandler
 
 
 class Recorder:
@@ -94,6 +94,17 @@ class FireAndForgetHandler(FastWebSocketHandler):
         self.write_message(message, binary=isinstance(message, bytes))
 
 
+class CloseAtOpenHandler(FastWebSocketHandler):
+    """Closes from ``open`` with keepalive on: the server's close comes before any ping."""
+
+    @property
+    def ping_interval(self) -> float:
+        return 0.1
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self.close(4002, "not today")
+
+
 @pytest.fixture
 def gate() -> asyncio.Event:
     return asyncio.Event()
@@ -106,6 +117,7 @@ def app(recorder: Recorder, gate: asyncio.Event) -> tornado.web.Application:
             ("/ws", SurfaceHandler, {"recorder": recorder}),
             ("/slow", SlowToAcceptHandler, {"recorder": recorder, "gate": gate}),
             ("/big", FireAndForgetHandler),
+            ("/close-at-open", CloseAtOpenHandler),
         ]
     )
 
@@ -156,6 +168,23 @@ async def test_what_the_peer_sends_after_the_server_closes_is_dropped_unread(
     assert await asyncio.wait_for(reader.read(), 5) == b""
     await asyncio.wait_for(recorder.closed.wait(), 5)
     assert recorder.events[-1] == ("close", 4001, None)
+    writer.close()
+
+
+@pytest.mark.gen_test(timeout=CLOSE_TIMEOUT + 10)
+async def test_a_close_from_open_hangs_up_after_the_close_timeout_with_keepalive_on(
+    http_server: Any, http_port: int
+) -> None:
+    # Keepalive used to be started after open() returned, replacing the close timeout's
+    # deadline with a ping's that found the connection closing and did nothing: a peer
+    # that never answers the close kept its connection for good.
+    reader, writer = await open_raw_websocket(http_port, "/close-at-open")
+    assert await asyncio.wait_for(read_server_frame(reader), 5) == (
+        0x8,
+        struct.pack("!H", 4002) + b"not today",
+    )
+    # No ping either (the connection is closing); then the server hangs up on its own.
+    assert await asyncio.wait_for(reader.read(), CLOSE_TIMEOUT + 5) == b""
     writer.close()
 
 

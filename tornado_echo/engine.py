@@ -596,7 +596,9 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
             self._check_pong()
 
     def _schedule_ping(self) -> None:
-        if self.ping_interval > 0:
+        # Not once closing (open() may have closed): the one deadline is then the close
+        # timeout's, and a ping's in its place would never hang up (_ping() skips).
+        if self.ping_interval > 0 and not self.is_closing():
             self._set_deadline(_PING, self.ping_interval)
 
     def _ping(self) -> None:

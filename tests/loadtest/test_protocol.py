@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from websockets.utils import accept_key
 
+from tests.helpers import eventually
 from tornado_echo import rfc6455
 from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Target
 from tornado_echo.loadtest.errors import HandshakeError
@@ -185,6 +186,33 @@ def test_an_echo_of_the_other_frame_type_is_retyped() -> None:
         assert live.retyped == 1 and live.received == 0 and live.sent == 2
 
     run(script, sizes=SizeSpec(32, 32))
+
+
+def test_a_server_that_repeats_each_echo_gets_one_message_per_echo_within_the_budget() -> None:
+    # Each echo and its repeat in reads of their own, so both take the one-step answer's
+    # way: only the first is answered, and the budget ends the loop all the same.
+    async def script(conn: EchoConnection, peer: Peer, owner: Owner, live: LiveCounters) -> None:
+        await opened(conn, peer)
+        conn.start()
+        opcode, payload = await peer.frame()
+        messages = 0
+        while opcode == OP_TEXT:
+            messages += 1
+            peer.send(OP_TEXT, payload)
+            following = await peer.frame()  # the echo was read: its answer came
+            peer.send(OP_TEXT, payload)
+            await eventually(lambda n=messages: live.duplicates == n)  # and the repeat was read
+            assert live.sent == min(messages + 1, 3)  # one message per echo, none per repeat
+            opcode, payload = following
+        assert (opcode, payload) == (OP_CLOSE, (1000).to_bytes(2, "big"))
+        peer.send(OP_CLOSE, (1000).to_bytes(2, "big"))
+        assert await peer.reader.read() == b""  # and nothing after the close
+        await owner.closed.wait()
+        assert messages == live.sent == live.received == 3
+        assert live.duplicates == 3 and live.lost == live.mismatches == 0
+        assert not owner.errors and owner.dropped == 0
+
+    run(script, messages=3, inflight=1)
 
 
 def test_ping_is_answered_with_pong_of_the_same_body() -> None:
