@@ -44,8 +44,9 @@ class Server:
     """An echo server process pinned to ``cpu``, listening at ``url`` once constructed.
 
     ``kind``: "tornado-echo" (this project, SQLite session records in ``workdir``,
-    ``journal`` mode, ``extra`` flags such as ``--engine tornado``), "tornado" (the stock
-    handler of echo_server.py), "aiohttp" (aiohttp_server.py) or "go" (gorilla).
+    ``journal`` mode), "tornado" (the stock handler of echo_server.py), "aiohttp"
+    (aiohttp_server.py) or "go" (gorilla); ``extra``: flags for the server, such as
+    ``--engine tornado``.
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class Server:
                 [str(build_go("goserver", workdir))]
                 if kind == "go"
                 else [sys.executable, str(HERE / _PEER_SCRIPTS[kind])]
-            )
+            ) + list(extra)
             self.proc = subprocess.Popen(
                 ["taskset", "-c", str(cpu), *cmd], stdout=subprocess.PIPE, text=True, env=env
             )

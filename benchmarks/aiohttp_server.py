@@ -8,15 +8,17 @@ as the other servers here do.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import functools
 import resource
 import sys
 
 from aiohttp import WSMsgType, web
 
 
-async def echo(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(compress=True, max_msg_size=1 << 20)
+async def echo(request: web.Request, max_msg_size: int) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(compress=True, max_msg_size=max_msg_size)
     await ws.prepare(request)
     async for msg in ws:
         if msg.type is WSMsgType.TEXT:
@@ -26,9 +28,9 @@ async def echo(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def serve() -> None:
+async def serve(max_msg_size: int) -> None:
     app = web.Application()
-    app.router.add_get("/ws", echo)
+    app.router.add_get("/ws", functools.partial(echo, max_msg_size=max_msg_size))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
@@ -40,14 +42,17 @@ async def serve() -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--max-msg-size", type=int, default=1 << 20)
+    args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve())
+        asyncio.run(serve(args.max_msg_size))
     else:
-        uvloop.run(serve())
+        uvloop.run(serve(args.max_msg_size))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ probe client (also on CPU 1) then opens a connection and measures its upgrade ti
 
   alone         no hog: the baseline
   pipelined     one-byte messages, 40,000 per write, as fast as the server takes them
-  deflate-bomb  permessage-deflate messages of 1 KB that inflate to just under 1 MiB, 250 per write
+  deflate-bomb  permessage-deflate messages of 1 KB that inflate to just under 1 MiB, 250 per
+                write (--bomb-mib N: N MiB each, each in one frame, 250/N per write, and
+                message limits raised to fit)
   deflate-echo  permessage-deflate negotiated, uncompressed random messages of just under
                 1 MiB, 4 per write: every echo is deflated, and random data deflates slowest
                 (for both: servers that do not negotiate permessage-deflate: n/a)
@@ -15,7 +17,7 @@ probe client (also on CPU 1) then opens a connection and measures its upgrade ti
 The hog reads its echoes (so the server's own backpressure does not stop it). Run by hand,
 not a test:
 
-    python benchmarks/fairness.py [--only alone,pipelined,deflate-bomb]
+    python benchmarks/fairness.py [--only alone,pipelined,deflate-bomb] [--bomb-mib N]
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def _frame(payload: bytes, rsv1: bool = False) -> bytes:
     return head + b"\0\0\0\0" + payload
 
 
-def _hog(port: int, kind: str, ready: Event, stop: Event) -> None:
+def _hog(port: int, kind: str, bomb_mib: int, ready: Event, stop: Event) -> None:
     os.sched_setaffinity(0, {CLIENT_CPU})
 
     async def run() -> None:
@@ -74,8 +76,9 @@ def _hog(port: int, kind: str, ready: Event, stop: Event) -> None:
             chunk = _frame(os.urandom((1 << 20) - 64)) * 4
         elif kind == "deflate-bomb":
             deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
-            body = deflater.compress(b"\0" * ((1 << 20) - 64)) + deflater.flush(zlib.Z_SYNC_FLUSH)
-            chunk = _frame(body[:-4], rsv1=True) * 250
+            bomb = b"\0" * ((bomb_mib << 20) - 64)
+            body = deflater.compress(bomb) + deflater.flush(zlib.Z_SYNC_FLUSH)
+            chunk = _frame(body[:-4], rsv1=True) * max(1, 250 // bomb_mib)
         else:
             chunk = _frame(b"x") * 40_000
 
@@ -120,12 +123,12 @@ async def _probe(url: str) -> dict[str, float]:
     }
 
 
-def measure(server: Server, kind: str) -> dict[str, float] | None:
+def measure(server: Server, kind: str, bomb_mib: int) -> dict[str, float] | None:
     port = int(server.url.split(":")[2].split("/")[0])
     if kind == "alone":
         return asyncio.run(_probe(server.url))
     ready, stop = multiprocessing.Event(), multiprocessing.Event()
-    hog = multiprocessing.Process(target=_hog, args=(port, kind, ready, stop))
+    hog = multiprocessing.Process(target=_hog, args=(port, kind, bomb_mib, ready, stop))
     hog.start()
     try:
         if not ready.wait(5):
@@ -144,19 +147,25 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", default=",".join(HOGS), help="comma-separated hogs")
+    parser.add_argument("--bomb-mib", type=int, default=1, help="deflate-bomb message size")
     args = parser.parse_args()
+    limit = str((args.bomb_mib + 1) << 20)
+    raised = {"tornado-echo": ("--max-message-size", limit), "aiohttp": ("--max-msg-size", limit)}
     os.sched_setaffinity(0, {CLIENT_CPU})
     hogs = [name for name in args.only.split(",") if name]
     say(f"machine: {machine()}")
     say(f"server on CPU {SERVER_CPU}; hog and probe on CPU {CLIENT_CPU}")
+    if args.bomb_mib > 1:
+        say(f"deflate-bomb messages of {args.bomb_mib} MiB; message limits {limit} bytes")
     say(f"{'server':32}{'hog':>14}{'upgrade ms':>12}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
     p99: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (kind, extra) in SERVERS.items():
             for hog in hogs:
-                server = Server(kind, SERVER_CPU, Path(tmp), extra=extra)
+                flags = extra + raised.get(kind, ()) if args.bomb_mib > 1 else extra
+                server = Server(kind, SERVER_CPU, Path(tmp), extra=flags)
                 try:
-                    result = measure(server, hog)
+                    result = measure(server, hog, args.bomb_mib)
                 finally:
                     server.close()
                 if result is None:
