@@ -344,7 +344,10 @@ def test_small_compressed_messages_that_inflate_to_much_come_out_one_slice_at_a_
 
 def test_once_closing_data_frames_are_skipped_unread_and_control_frames_still_come() -> None:
     reader = FrameReader(FEED_MAX_INFLATED, PerMessageDeflate({}))
-    reader.discard_data = True
+    assert reader.feed(masked(Opcode.BINARY, b"x" * 5000, fin=False)) == []
+    assert reader.buffered == 5000  # an unfinished message...
+    reader.discard_data()
+    assert reader.buffered == 0  # ...is let go
     bomb = masked(Opcode.BINARY, deflated(b"\x00" * FEED_MAX_INFLATED), rsv=0x40)
     data = b"".join(
         (
@@ -421,7 +424,7 @@ def test_closing_while_a_frame_inflates_over_slices_drops_the_rest_of_it() -> No
     bomb = masked(Opcode.BINARY, deflated(b"\x00" * (6 << 20)), rsv=0x40)
     assert reader.feed(bomb + masked(Opcode.CLOSE, close_payload(1000, None))) == []
     assert reader.backlog
-    reader.discard_data = True
+    reader.discard_data()
     assert reader.feed(b"") == [(Opcode.CLOSE, close_payload(1000, None))]
     assert not reader.backlog
 

@@ -541,7 +541,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         if not self.server_terminated:
             self.server_terminated = True
             if self.reader is not None:
-                self.reader.discard_data = True  # _dispatch() drops data from now on anyway
+                self.reader.discard_data()  # _dispatch() drops data from now on anyway
             self._send(Opcode.CLOSE, close_payload(code, reason))
         transport = self.transport
         if transport is None:

@@ -377,9 +377,10 @@ class FrameReader:
     in the next call; :attr:`backlog` is then true, and ``feed(b"")`` returns the next slice
     of what is already buffered. A caller stops reading the peer while there is a backlog.
 
-    Once :attr:`discard_data` is set (the caller has sent its close frame and drops every
-    message after it), data frames are skipped without being unmasked, inflated or
-    checked; control frames are still parsed, so the peer's close is found.
+    After :meth:`discard_data` (the caller has sent its close frame and drops every message
+    after it), data frames are skipped without being unmasked, inflated or checked, and an
+    unfinished message is let go; control frames are still parsed, so the peer's close is
+    found.
     """
 
     # One per connection, for its lifetime: slots keep an idle one small.
@@ -404,7 +405,7 @@ class FrameReader:
         "_rest_pos",
         "backlog",
         "deflate",
-        "discard_data",
+        "discarding",
         "max_size",
     )
 
@@ -437,7 +438,13 @@ class FrameReader:
         self._inflate_fin = False  # that frame ends its message
         self._inflate_whole = False  # and is the whole message, so far in one piece
         self.backlog = False
-        self.discard_data = False
+        self.discarding = False
+
+    def discard_data(self) -> None:
+        """Skip data frames from now on (see the class docstring); idempotent."""
+        self.discarding = True
+        self._msg_data = bytearray()
+        self._msg_size = 0
 
     @property
     def buffered(self) -> int:
@@ -465,7 +472,7 @@ class FrameReader:
                 if buf:
                     buf += data
                     if len(buf) < self._need:
-                        if self._partial_text is not None and not self.discard_data:
+                        if self._partial_text is not None and not self.discarding:
                             self._check_partial_text()
                         return events
                     data = bytes(buf)
@@ -532,7 +539,7 @@ class FrameReader:
                     return
                 self._need = stop - pos
                 break
-            if self.discard_data and not b0 & 0x08:
+            if self.discarding and not b0 & 0x08:
                 pos = stop
                 frames += 1
                 continue
@@ -557,7 +564,7 @@ class FrameReader:
 
     def _is_plain_text_frame(self, b0: int) -> bool:
         """Whether a frame with first byte ``b0`` carries uncompressed text of a valid message."""
-        if b0 & 0x70 or self.discard_data:
+        if b0 & 0x70 or self.discarding:
             return False  # compressed (checked once inflated), or an RSV error found later
         opcode = b0 & 0x0F
         if opcode == Opcode.TEXT:
@@ -617,7 +624,7 @@ class FrameReader:
         no more than this slice has room for."""
         deflate = self.deflate
         assert deflate is not None
-        if self.discard_data:
+        if self.discarding:
             self._inflating = False  # its message is dropped anyway
             return
         # One byte past the slice's room: a frame that fills it exactly is done in one piece.
