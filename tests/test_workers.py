@@ -67,7 +67,14 @@ async def test_workers_share_the_port_metrics_reload_restart_and_stop(
     reload_messages = service.messages("READY=1")
     assert any(m.startswith("RELOADING=1") for m in reload_messages)
 
-    # A worker killed outright is replaced; the service keeps serving.
+    # A worker killed outright is replaced; the service keeps serving. Its sessions must be
+    # in the database first: kill -9 loses what a worker has not written yet (at most one
+    # batch window), and without the rows there is nothing for its replacement to mark.
+    database = f"sqlite:///{tmp_path}/echo.db"
+    await eventually(
+        lambda: len(fetch_rows(database, "SELECT id FROM ws_sessions")) == 20,
+        "the 20 sessions in the database",
+    )
     victim = worker_pids(service)[0]
     os.kill(victim, signal.SIGKILL)
     await eventually(
@@ -100,9 +107,7 @@ async def test_workers_share_the_port_metrics_reload_restart_and_stop(
     assert {client.close_code for client in survivors} == {1001}
     assert service.wait_exit() == 0
 
-    rows = fetch_rows(
-        f"sqlite:///{tmp_path}/echo.db", "SELECT server_id, end_state FROM ws_sessions"
-    )
+    rows = fetch_rows(database, "SELECT server_id, end_state FROM ws_sessions")
     assert {row["server_id"].rsplit(":", 1)[1] for row in rows} == {"0", "1"}
     states = [row["end_state"] for row in rows]
     assert len(rows) == 21
