@@ -422,11 +422,15 @@ def test_a_frame_inflating_over_slices_then_no_context_takeover() -> None:
 def test_closing_while_a_frame_inflates_over_slices_drops_the_rest_of_it() -> None:
     reader = FrameReader(8 << 20, PerMessageDeflate({}))
     bomb = masked(Opcode.BINARY, deflated(b"\x00" * (6 << 20)), rsv=0x40)
-    assert reader.feed(bomb + masked(Opcode.CLOSE, close_payload(1000, None))) == []
+    close = masked(Opcode.CLOSE, close_payload(1000, None))
+    assert reader.feed(bomb + close) == []
     assert reader.backlog
+    # What came out so far, what the frame has left to inflate, and the close behind it.
+    assert reader.deflate is not None and reader.deflate.unconsumed > 0
+    assert reader.buffered == FEED_MAX_INFLATED + 1 + reader.deflate.unconsumed + len(close)
     reader.discard_data()
     assert reader.feed(b"") == [(Opcode.CLOSE, close_payload(1000, None))]
-    assert not reader.backlog
+    assert not reader.backlog and reader.buffered == 0
 
 
 def test_a_violation_in_a_backlog_ends_it() -> None:

@@ -269,6 +269,11 @@ class PerMessageDeflate:
         self._final = final
         return self._inflate(data + DEFLATE_TAIL if final else data, limit, piece)
 
+    @property
+    def unconsumed(self) -> int:
+        """Bytes of the frame under way not inflated yet (its input, held for inflate_more)."""
+        return 0 if self._decompressor is None else len(self._decompressor.unconsumed_tail)
+
     def inflate_more(self, limit: int, piece: int) -> bytes:
         """The next piece of the frame :meth:`inflate` began (same contract)."""
         return self._inflate(self._decompressor.unconsumed_tail, limit, piece)
@@ -448,9 +453,12 @@ class FrameReader:
 
     @property
     def buffered(self) -> int:
-        """Bytes held: a partial frame, a backlog, and the fragments of an unfinished message
-        (a frame still inflating: what came out of it so far)."""
-        return len(self._buf) + len(self._rest) - self._rest_pos + self._msg_size
+        """Bytes held: a partial frame, a backlog, the fragments of an unfinished message,
+        and what a frame still inflating has left to inflate."""
+        held = len(self._buf) + len(self._rest) - self._rest_pos + self._msg_size
+        if self._inflating and self.deflate is not None:
+            held += self.deflate.unconsumed
+        return held
 
     def feed(self, data: bytes) -> list[tuple[Any, Any]]:
         if self._failed:
