@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from pathlib import Path
 
@@ -31,6 +32,19 @@ def test_ipv6_clients_are_counted_per_64() -> None:
     assert not counts.admit("2001:db8:1:2:ffff::7", 1)
     assert counts.admit("2001:db8:1:3::1", 1)
     assert AddressCounts.key("::ffff:192.0.2.1") == "192.0.2.1"
+
+
+@pytest.mark.parametrize(
+    "address", ["192.0.2.1", "0.0.0.0", "127.1", "010.0.0.1", "256.1.1.1", "1.2.3.4.5", "x"]
+)
+def test_an_address_without_a_colon_is_its_own_key_as_ipaddress_would_spell_it(
+    address: str,
+) -> None:
+    try:
+        spelled = str(ipaddress.ip_address(address))
+    except ValueError:
+        spelled = address  # not an address: counted as given
+    assert AddressCounts.key(address) == spelled == address
 
 
 @pytest.mark.gen_test(timeout=30)

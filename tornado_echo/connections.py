@@ -53,6 +53,10 @@ class AddressCounts:
 
     @staticmethod
     def key(address: str) -> str:
+        if ":" not in address:
+            # Not IPv6: either an IPv4 address that ipaddress would spell the same way (it
+            # takes only the canonical dotted quad) or not an address at all; as it is.
+            return address
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

@@ -228,7 +228,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         self.session_id = str(uuid.uuid4())
         self._opened_at = time.monotonic()
         self.connections.add(self)
-        self.metrics.handshakes.labels("accepted").inc()
+        self.metrics.accepted.inc()
         self.metrics.connections.inc()
         self.set_nodelay(True)
         headers = self.request.headers

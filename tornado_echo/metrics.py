@@ -129,6 +129,7 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.accepted = self.handshakes.labels("accepted")  # every upgrade: looked up once
         self.rejections = Counter(
             "tornado_echo_rejections",
             "Refused requests and upgrades by reason",
