@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from inspect import getsource, isawaitable
@@ -129,6 +130,15 @@ def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
         head += bytes([0x80 | 127]) + struct.pack("!Q", length)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return head + mask + masked
+
+
+def deflated(payload: bytes, compressor: Any = None) -> bytes:
+    """``payload`` as a permessage-deflate message body (RFC 7692: without 00 00 ff ff);
+    pass one ``compressor`` (raw deflate) for messages that share a context."""
+    compressor = compressor or zlib.compressobj(wbits=-15)
+    out: bytes = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
 
 
 async def read_server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:

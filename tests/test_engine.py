@@ -16,6 +16,7 @@ from tornado.websocket import websocket_connect
 from tests.helpers import (
     assert_no_traceback,
     client_frame,
+    deflated,
     eventually,
     open_raw_websocket,
     read_server_frame,
@@ -205,8 +206,7 @@ async def test_compressed_message_in_small_fragments_with_pings_between(
 ) -> None:
     reader, writer = await open_raw_websocket(http_port, deflate=True)
     text = " ".join(f"fragment {i}" for i in range(1000)).encode()
-    compressor = zlib.compressobj(wbits=-15)
-    body = (compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    body = deflated(text)
     chunks = [body[i : i + 256] for i in range(0, len(body), 256)]
     assert len(chunks) > 2  # a ping after the first fragment and after a middle one
     for index, chunk in enumerate(chunks):
@@ -267,9 +267,7 @@ async def test_one_frame_that_inflates_to_megabytes_is_echoed_whole_and_in_order
     # The fast engine inflates such a frame a slice at a time, turns of the loop apart.
     reader, writer = await open_raw_websocket(http_port, deflate=True)
     text = ("é" * (3 << 20)).encode()  # 6 MiB, in one frame of a few KB
-    compressor = zlib.compressobj(wbits=-15)
-    body = (compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
-    writer.write(rsv_frame(client_frame(0x1, body), 0x40) + client_frame(0x1, b"after"))
+    writer.write(rsv_frame(client_frame(0x1, deflated(text)), 0x40) + client_frame(0x1, b"after"))
     inflater = zlib.decompressobj(wbits=-15)
     echoes = []
     for _ in range(2):
@@ -297,8 +295,7 @@ async def test_a_read_that_inflates_to_far_more_waits_for_a_slow_reader(
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     wire = b""
     for message in messages:
-        body = compressor.compress(message) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        wire += rsv_frame(client_frame(0x2, body[:-4]), 0x40)
+        wire += rsv_frame(client_frame(0x2, deflated(message, compressor)), 0x40)
     writer.write(wire)
     [session] = await eventually(lambda: list(connections._open))
     protocol = session._protocol

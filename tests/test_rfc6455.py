@@ -9,6 +9,7 @@ import zlib
 
 import pytest
 
+from tests.helpers import deflated
 from tornado_echo.rfc6455 import (
     FEED_MAX_FRAMES,
     FEED_MAX_INFLATED,
@@ -45,13 +46,6 @@ def masked(
     if not mask:
         return head + payload
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-def deflated(payload: bytes, compressor: zlib._Compress | None = None) -> bytes:
-    compressor = compressor or zlib.compressobj(wbits=-15)
-    out = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    assert out.endswith(b"\x00\x00\xff\xff")
-    return out[:-4]
 
 
 # -- close codes ----------------------------------------------------------------------------
