@@ -10,12 +10,12 @@ setup(
     packages=find_packages(include=["tornado_echo", "tornado_echo.*"]),
     package_data={
         "tornado_echo.store": ["schema/*/*.sql"],
-        "tornado_echo.console": ["static/*"],
+        "tornado_echo.web.console": ["static/*"],
         # uPlot (MIT, npm "uplot" 1.6.32), inlined into --html reports; licence alongside.
         "tornado_echo.loadtest": ["assets/*"],
     },
     install_requires=[
-        # 6.6 is the first with the private names tornado_echo/tornado_compat.py uses;
+        # 6.6 is the first with the private names tornado_echo/compat.py uses;
         # CI runs the suite at each lower bound here (.ci/lowest_requirements.py).
         "tornado>=6.6,<7",
         "psycopg2-binary>=2.9.5,<3",
@@ -45,6 +45,8 @@ setup(
             "kosoku>=0.1.0",
             # Property-based fuzzing of handshakes and frames (tests/test_fuzz.py).
             "hypothesis>=6.100",
+            # The layering contracts in .importlinter (lint-imports in .ci/run).
+            "import-linter>=2.1",
         ],
     },
     entry_points={

@@ -48,7 +48,7 @@ def serve(settings: dict[str, Any], store_off: bool) -> None:
     from typing import Any as _Any
 
     from tornado_echo.config import Config
-    from tornado_echo.server import Server
+    from tornado_echo.process.server import Server
     from tornado_echo.store import Backend, Store, spool_path
 
     class NullBackend(Backend):

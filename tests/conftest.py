@@ -25,10 +25,10 @@ import tornado.web
 from tornado.ioloop import IOLoop
 
 from tests.helpers import SERVER_ID, PgOutage, Service, admin_sql
-from tornado_echo.app import make_app
 from tornado_echo.config import ENGINES, Config
 from tornado_echo.connections import Connections
 from tornado_echo.store import Store, make_store
+from tornado_echo.web.app import make_app
 
 PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"

@@ -27,7 +27,7 @@ import psycopg2
 import psycopg2.extras
 
 from tornado_echo.config import Config
-from tornado_echo.server import Server
+from tornado_echo.process.server import Server
 
 SERVER_ID = "test-host:0:0"
 SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address

@@ -17,7 +17,8 @@ from tests.helpers import (
     started_server,
     upgrade_request,
 )
-from tornado_echo.access import NOT_LOOPBACK, TrustedProxies, host_name, is_loopback, refusal
+from tornado_echo.addresses import is_loopback
+from tornado_echo.http.access import NOT_LOOPBACK, TrustedProxies, host_name, refusal
 
 OWN_ADDRESS = own_ipv4_address()
 needs_own_address = pytest.mark.skipif(

@@ -13,9 +13,9 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
 from tests.helpers import eventually, make_server
-from tornado_echo.api import QueryError, parse_limit, parse_since
-from tornado_echo.server import Server
+from tornado_echo.process.server import Server
 from tornado_echo.store.base import JOURNAL_BYTES
+from tornado_echo.web.api import QueryError, parse_limit, parse_since
 
 ISO_UTC = "%Y-%m-%dT%H:%M:%S.%fZ"
 SOME_ID = "00000000-0000-4000-8000-000000000000"

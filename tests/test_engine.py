@@ -22,11 +22,11 @@ from tests.helpers import (
     read_server_frame,
     upgrade_request,
 )
+from tornado_echo.compat import unsent_bytes
 from tornado_echo.connections import Connections
-from tornado_echo.engine import WRITE_HIGH_WATER, FastProtocol
-from tornado_echo.protocol import EchoProtocol
-from tornado_echo.rfc6455 import FEED_MAX_INFLATED
-from tornado_echo.tornado_compat import unsent_bytes
+from tornado_echo.engines.fast import WRITE_HIGH_WATER, FastProtocol
+from tornado_echo.engines.stock import EchoProtocol
+from tornado_echo.wire.rfc6455 import FEED_MAX_INFLATED
 
 
 async def read_close(reader: asyncio.StreamReader) -> tuple[int | None, bytes]:

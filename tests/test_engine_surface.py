@@ -21,7 +21,7 @@ from tests.helpers import (
     read_server_frame,
     upgrade_request,
 )
-from tornado_echo.engine import CLOSE_TIMEOUT, FastWebSocketHandler
+from tornado_echo.engines.fast import CLOSE_TIMEOUT, FastWebSocketHandler
 
 
 class Recorder:

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tornado_echo import eventloop
 from tornado_echo.errors import EchoError
+from tornado_echo.process import eventloop
 
 
 async def loop_type() -> str:

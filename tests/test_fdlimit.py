@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 
-from tornado_echo.fdlimit import raise_soft_limit
+from tornado_echo.process.fdlimit import raise_soft_limit
 
 
 def test_soft_limit_is_raised_to_the_hard_one(lowered_nofile: int) -> None:

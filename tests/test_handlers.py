@@ -28,9 +28,9 @@ from tests.helpers import (
 )
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
-from tornado_echo.handlers import EchoWebSocket
-from tornado_echo.metrics import Metrics
+from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import Store
+from tornado_echo.web.echo import EchoWebSocket
 
 # Every test here runs on each engine (tests/conftest.py, fixture "engine").
 pytestmark = pytest.mark.usefixtures("engine")

@@ -12,7 +12,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from tests.helpers import PgOutage, json_body, started_server
-from tornado_echo.server import Server
+from tornado_echo.process.server import Server
 
 REMOTE = {"X-Real-Ip": "203.0.113.9"}  # trusted because behind_proxy is on
 

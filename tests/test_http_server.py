@@ -24,7 +24,7 @@ from tests.helpers import (
     started_server,
     upgrade_request,
 )
-from tornado_echo.http_server import MAX_HEADER_SIZE, has_body
+from tornado_echo.http.listener import MAX_HEADER_SIZE, has_body
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -125,7 +125,7 @@ async def test_oversized_headers_get_431_then_the_connection_closes(
     finally:
         await server.shutdown()
     # One line for the four, and nothing from Tornado itself.
-    said = [r.getMessage() for r in caplog.records if r.name == "tornado_echo.http_server"]
+    said = [r.getMessage() for r in caplog.records if r.name == "tornado_echo.http.listener"]
     assert said == [f"refused a request from 127.0.0.1: headers over {MAX_HEADER_SIZE} bytes"]
     assert not [r for r in caplog.records if r.name.startswith("tornado.")]
     assert_no_traceback(caplog.records)

@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import BASE_CONF, Service, raw_http, start_service, upgrade_request
-from tornado_echo.logs import JsonFormatter, TextFormatter, stderr_is_journal, syslog_priority
+from tornado_echo.observability.logs import (
+    JsonFormatter,
+    TextFormatter,
+    stderr_is_journal,
+    syslog_priority,
+)
 
 
 def make_record(msg: str, *args: object, **extra: object) -> logging.LogRecord:

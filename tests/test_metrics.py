@@ -20,7 +20,7 @@ from tests.helpers import BASE_CONF, Service, make_server, metric, start_service
 from tornado_echo import __version__
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
-from tornado_echo.metrics import KNOWN_CLOSE_CODES, Metrics, close_code_label
+from tornado_echo.observability.metrics import KNOWN_CLOSE_CODES, Metrics, close_code_label
 from tornado_echo.store import Store
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tornado_echo.ratelimit import TokenBucket
+from tornado_echo.engines.ratelimit import TokenBucket
 
 
 class Clock:

@@ -19,7 +19,7 @@ from tests.helpers import (
     upgrade_request,
 )
 from tornado_echo.config import build_config
-from tornado_echo.server import Server
+from tornado_echo.process.server import Server
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tornado_echo.systemd import Notifier, raise_nofile_limit
+from tornado_echo.process.systemd import Notifier, raise_nofile_limit
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_failed_send_is_logged_once_and_not_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = Notifier(str(tmp_path / "nobody-listens"))
-    with caplog.at_level(logging.DEBUG, logger="tornado_echo.systemd"):
+    with caplog.at_level(logging.DEBUG, logger="tornado_echo.process.systemd"):
         assert not notifier.ready()
         assert not notifier.watchdog()
     notifier.close()
@@ -147,7 +147,7 @@ def test_full_receiver_queue_does_not_block(
         for _ in range(5000):
             results.append(notifier.watchdog())
 
-    with caplog.at_level(logging.WARNING, logger="tornado_echo.systemd"):
+    with caplog.at_level(logging.WARNING, logger="tornado_echo.process.systemd"):
         thread = threading.Thread(target=flood, daemon=True)
         thread.start()
         thread.join(timeout=20)
@@ -160,7 +160,7 @@ def test_full_receiver_queue_does_not_block(
 
 def test_unsupported_address_disables_with_warning(caplog: pytest.LogCaptureFixture) -> None:
     notifier = Notifier("vsock:2:1234")
-    with caplog.at_level(logging.WARNING, logger="tornado_echo.systemd"):
+    with caplog.at_level(logging.WARNING, logger="tornado_echo.process.systemd"):
         assert not notifier.ready()
         assert not notifier.ready()
     assert not notifier.enabled
@@ -198,7 +198,7 @@ def test_watchdog_interval(usec: str | None, pid: str | None, expected: float | 
 def test_malformed_watchdog_variables_are_logged_and_ignored(
     environ: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="tornado_echo.systemd"):
+    with caplog.at_level(logging.WARNING, logger="tornado_echo.process.systemd"):
         assert Notifier.from_environ(environ).watchdog_interval() is None
     assert len(caplog.records) == 1
     assert "malformed" in caplog.records[0].getMessage()
@@ -206,7 +206,7 @@ def test_malformed_watchdog_variables_are_logged_and_ignored(
 
 def test_raise_nofile_limit_to_hard(lowered_nofile: int, caplog: pytest.LogCaptureFixture) -> None:
     hard = lowered_nofile
-    with caplog.at_level(logging.WARNING, logger="tornado_echo.systemd"):
+    with caplog.at_level(logging.WARNING, logger="tornado_echo.process.systemd"):
         assert raise_nofile_limit(300) == hard
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     assert caplog.records == []
@@ -216,7 +216,7 @@ def test_raise_nofile_limit_warns_when_hard_is_too_low(
     lowered_nofile: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     hard = lowered_nofile
-    with caplog.at_level(logging.WARNING, logger="tornado_echo.systemd"):
+    with caplog.at_level(logging.WARNING, logger="tornado_echo.process.systemd"):
         assert raise_nofile_limit(hard + 1) == hard
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
     assert len(caplog.records) == 1

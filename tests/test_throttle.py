@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from tornado_echo.throttle import LogThrottle
+from tornado_echo.observability.throttle import LogThrottle
 
 
 class Clock:

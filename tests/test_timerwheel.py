@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tornado_echo.timerwheel import LoopWheel, TimerWheel
+from tornado_echo.engines.timerwheel import LoopWheel, TimerWheel
 
 
 class Item:

@@ -15,9 +15,9 @@ from tornado.websocket import websocket_connect
 from tests.helpers import eventually, make_server
 from tornado_echo.config import Config, build_config
 from tornado_echo.errors import ConfigError
-from tornado_echo.http_server import MAX_HEADER_SIZE
-from tornado_echo.server import Server
-from tornado_echo.tls import server_context
+from tornado_echo.http.listener import MAX_HEADER_SIZE
+from tornado_echo.http.tls import server_context
+from tornado_echo.process.server import Server
 
 
 def make_pair(directory: Path, name: str) -> tuple[Path, Path]:

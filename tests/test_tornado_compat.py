@@ -17,7 +17,7 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from tornado.iostream import IOStream
 from tornado.websocket import WebSocketHandler, WebSocketProtocol13
 
-from tornado_echo.tornado_compat import (
+from tornado_echo.compat import (
     PRIVATE_NAMES,
     SSL_ERROR_LOG,
     UNSATISFIABLE_READ_LOG,
@@ -40,7 +40,7 @@ def instance_of(owner: type) -> Iterator[Any]:
             connection=HTTP1Connection(stream, is_client=False),
         )
         if owner is WebSocketProtocol13:
-            # Made the way Tornado makes it, as tornado_echo.handlers does for EchoProtocol.
+            # Made the way Tornado makes it, as tornado_echo.web.echo does for EchoProtocol.
             yield WebSocketHandler(tornado.web.Application(), request).get_websocket_protocol()
         else:
             assert issubclass(owner, tornado.web.RequestHandler)
@@ -56,13 +56,13 @@ def test_private_tornado_name_exists(dotted: str) -> None:
     if hasattr(owner, name):
         return
     with instance_of(owner) as instance:
-        assert hasattr(instance, name), f"{dotted} is gone: update tornado_echo/tornado_compat.py"
+        assert hasattr(instance, name), f"{dotted} is gone: update tornado_echo/compat.py"
 
 
 @pytest.mark.parametrize("line", [SSL_ERROR_LOG, UNSATISFIABLE_READ_LOG])
 def test_tornado_still_logs_the_lines_the_http_server_takes_over(line: str) -> None:
     assert line in inspect.getsource(tornado.iostream), (
-        f"{line!r} is gone from tornado.iostream: update tornado_echo/tornado_compat.py"
+        f"{line!r} is gone from tornado.iostream: update tornado_echo/compat.py"
     )
 
 

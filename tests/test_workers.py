@@ -21,7 +21,7 @@ from tests.helpers import (
     metric,
     start_service,
 )
-from tornado_echo.workers import RESTART_BURST, RestartWindow
+from tornado_echo.process.supervisor import RESTART_BURST, RestartWindow
 
 
 def worker_pids(service: Service) -> list[int]:

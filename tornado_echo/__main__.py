@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from .cli import main
+from tornado_echo.cli import main
 
 sys.exit(main())

@@ -28,12 +28,14 @@ from typing import Any
 
 import tornado.netutil
 
-from . import __version__, eventloop, tls
-from .config import FIELDS, Config, build_config, env_name, flag_name, mask_url
-from .errors import ConfigError, EchoError, one_line
-from .logs import setup_logging
-from .systemd import Notifier, raise_nofile_limit
-from .workers import Supervisor, WorkerLink
+from tornado_echo import __version__
+from tornado_echo.config import FIELDS, Config, build_config, env_name, flag_name, mask_url
+from tornado_echo.errors import ConfigError, EchoError, one_line
+from tornado_echo.http import tls
+from tornado_echo.observability.logs import setup_logging
+from tornado_echo.process import eventloop
+from tornado_echo.process.supervisor import Supervisor, WorkerLink
+from tornado_echo.process.systemd import Notifier, raise_nofile_limit
 
 # Not imported from .metrics, which must not be imported before the multiprocess set-up.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -195,7 +197,7 @@ def serve(
     worker: int = 0,
 ) -> int:
     """Run one Server until it stops; returns its exit code."""
-    from .server import Server, default_server_id
+    from tornado_echo.process.server import Server, default_server_id
 
     server = Server(
         config, default_server_id(config, worker), reload_config=reload_config, notifier=notifier
@@ -238,8 +240,14 @@ SESSION_TABLE = (
 def sessions(argv: Sequence[str]) -> int:
     """``tornado-echo sessions``: read-only, so it runs the queries right here, blocking."""
     # Imported here: .api imports the metrics module, which must wait for run()'s set-up.
-    from .api import QueryError, journal_entry, parse_limit, parse_session_id, parse_since
-    from .store.reader import JOURNAL_LIMIT, run_query
+    from tornado_echo.store.reader import JOURNAL_LIMIT, run_query
+    from tornado_echo.web.api import (
+        QueryError,
+        journal_entry,
+        parse_limit,
+        parse_session_id,
+        parse_since,
+    )
 
     args = build_sessions_parser().parse_args(argv)
     built = _config_or_report(args.config, {key: getattr(args, key) for key in FIELDS})
@@ -284,9 +292,9 @@ def sessions(argv: Sequence[str]) -> int:
 
 def prune(argv: Sequence[str]) -> int:
     """``tornado-echo prune --older-than DAYS``: blocking, batch after batch, then one line."""
-    from .store import make_backend
-    from .store.retention import DAY
-    from .store.retention import prune as prune_before
+    from tornado_echo.store import make_backend
+    from tornado_echo.store.retention import DAY
+    from tornado_echo.store.retention import prune as prune_before
 
     args = build_prune_parser().parse_args(argv)
     try:

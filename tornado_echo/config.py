@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .access import parse_network
-from .errors import ConfigError
+from tornado_echo.addresses import parse_network
+from tornado_echo.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

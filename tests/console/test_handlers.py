@@ -13,8 +13,8 @@ from tornado.websocket import websocket_connect
 
 from tests.helpers import eventually, started_server
 from tornado_echo.config import Config
-from tornado_echo.console.handlers import relative_ws_path
-from tornado_echo.server import Server
+from tornado_echo.process.server import Server
+from tornado_echo.web.console.handlers import relative_ws_path
 
 
 async def get(server: Server, path: str, **headers: str) -> HTTPResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tornado_echo.console.live import History, Reading
+from tornado_echo.web.console.live import History, Reading
 
 
 def reading(

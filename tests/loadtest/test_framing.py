@@ -6,7 +6,6 @@ import zlib
 import pytest
 from websockets.utils import accept_key
 
-from tornado_echo import rfc6455
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
 from tornado_echo.loadtest.framing import (
     OP_BINARY,
@@ -23,6 +22,7 @@ from tornado_echo.loadtest.framing import (
     frame_header,
     mask_frame,
 )
+from tornado_echo.wire import rfc6455
 
 
 def server_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:

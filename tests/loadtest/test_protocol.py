@@ -16,7 +16,6 @@ import pytest
 from websockets.utils import accept_key
 
 from tests.helpers import eventually
-from tornado_echo import rfc6455
 from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Target
 from tornado_echo.loadtest.errors import HandshakeError
 from tornado_echo.loadtest.framing import (
@@ -30,6 +29,7 @@ from tornado_echo.loadtest.framing import (
 from tornado_echo.loadtest.histogram import Histogram
 from tornado_echo.loadtest.protocol import EchoConnection
 from tornado_echo.loadtest.tracker import EchoTracker, Filler, LiveCounters
+from tornado_echo.wire import rfc6455
 
 
 class Owner:

@@ -13,7 +13,7 @@ from tornado.websocket import websocket_connect
 from tests.helpers import PgOutage, fetch_rows, make_server, metric
 from tests.store.test_store import make, sid
 from tornado_echo.connections import Connections
-from tornado_echo.metrics import Metrics
+from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import MessageReceived
 from tornado_echo.store.records import RECORD_OVERHEAD
 

@@ -25,7 +25,7 @@ from tests.helpers import (
     started_server,
 )
 from tests.test_cli import start_server
-from tornado_echo.server import Server
+from tornado_echo.process.server import Server
 
 CLIENTS = 12
 OPCODE_CLOSE = 8

@@ -27,13 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tornado_echo import eventloop
 from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.errors import HandshakeError, LoadtestError
 from tornado_echo.loadtest.framing import HandshakeRequest
 from tornado_echo.loadtest.protocol import EchoConnection
 from tornado_echo.loadtest.stats import ECHO_ERRORS, SERIES, Stats
 from tornado_echo.loadtest.tracker import EchoTracker, Filler, LiveCounters
+from tornado_echo.process import eventloop
 
 log = logging.getLogger(__name__)
 

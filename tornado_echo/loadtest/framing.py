@@ -33,8 +33,8 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 from websockets.utils import generate_key
 
-from tornado_echo import rfc6455
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
+from tornado_echo.wire import rfc6455
 
 # The opcodes as plain ints (compared on every echo), from the shared RFC 6455 module.
 OP_CONT = int(rfc6455.Opcode.CONTINUATION)

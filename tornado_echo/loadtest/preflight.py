@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tornado_echo.fdlimit import raise_soft_limit
 from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.engine import WorkerPlan
 from tornado_echo.loadtest.errors import LoadtestConfigError
+from tornado_echo.process.fdlimit import raise_soft_limit
 
 FD_MARGIN = 64  # descriptors a worker needs besides its sockets
 PORT_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"

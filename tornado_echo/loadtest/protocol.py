@@ -14,7 +14,6 @@ import random
 import time
 from typing import Protocol, cast
 
-from tornado_echo import rfc6455
 from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
 from tornado_echo.loadtest.framing import (
@@ -33,6 +32,7 @@ from tornado_echo.loadtest.framing import (
 )
 from tornado_echo.loadtest.histogram import Histogram
 from tornado_echo.loadtest.tracker import EchoTracker, LiveCounters
+from tornado_echo.wire import rfc6455
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import Config
-from .base import Backend
-from .records import MessageReceived, Record, SessionClosed, SessionOpened
-from .spool import Spool, spool_path
-from .store import Store, StoreStatus
+from tornado_echo.config import Config
+from tornado_echo.store.base import Backend
+from tornado_echo.store.records import MessageReceived, Record, SessionClosed, SessionOpened
+from tornado_echo.store.spool import Spool, spool_path
+from tornado_echo.store.store import Store, StoreStatus
 
 __all__ = [
     "Backend",
@@ -28,10 +28,10 @@ __all__ = [
 def make_backend(database_url: str) -> Backend:
     """The backend for a ``sqlite:///PATH`` or ``postgresql://`` URL (already validated)."""
     if database_url.startswith("sqlite:///"):
-        from .sqlite import SQLiteBackend
+        from tornado_echo.store.sqlite import SQLiteBackend
 
         return SQLiteBackend(Path(database_url[len("sqlite:///") :]))
-    from .postgres import PostgresBackend
+    from tornado_echo.store.postgres import PostgresBackend
 
     return PostgresBackend(database_url)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from .records import COLUMN_KINDS, Record
+from tornado_echo.store.records import COLUMN_KINDS, Record
 
 # Payload bytes per journal page: a session's journal can be far larger than any answer.
 JOURNAL_BYTES = 4 * 1024 * 1024

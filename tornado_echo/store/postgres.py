@@ -11,9 +11,9 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from ..config import mask_url
-from .base import JOURNAL_BYTES, Backend, journal_page, load_migrations, row_dict
-from .records import (
+from tornado_echo.config import mask_url
+from tornado_echo.store.base import JOURNAL_BYTES, Backend, journal_page, load_migrations, row_dict
+from tornado_echo.store.records import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
     MessageReceived,

@@ -12,8 +12,8 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import make_backend
-from .base import Backend
+from tornado_echo.store import make_backend
+from tornado_echo.store.base import Backend
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import StoreError
+from tornado_echo.errors import StoreError
 
 
 @dataclass(frozen=True, slots=True)

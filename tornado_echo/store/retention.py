@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..throttle import LogThrottle
-from .base import Backend
+from tornado_echo.observability.throttle import LogThrottle
+from tornado_echo.store.base import Backend
 
 logger = logging.getLogger(__name__)
 

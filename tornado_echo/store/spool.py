@@ -34,9 +34,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import StoreError
-from ..throttle import LogThrottle
-from .records import Record, decode_record, encode_record
+from tornado_echo.errors import StoreError
+from tornado_echo.observability.throttle import LogThrottle
+from tornado_echo.store.records import Record, decode_record, encode_record
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
-from .base import JOURNAL_BYTES, Backend, journal_page, load_migrations, row_dict
-from .records import (
+from tornado_echo.errors import StoreError
+from tornado_echo.store.base import JOURNAL_BYTES, Backend, journal_page, load_migrations, row_dict
+from tornado_echo.store.records import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
     MessageReceived,

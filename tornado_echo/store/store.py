@@ -46,11 +46,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StoreError, one_line
-from ..throttle import LogThrottle
-from .base import Backend
-from .records import RECORD_OVERHEAD, MessageReceived, Record, footprint
-from .spool import Spool
+from tornado_echo.errors import StoreError, one_line
+from tornado_echo.observability.throttle import LogThrottle
+from tornado_echo.store.base import Backend
+from tornado_echo.store.records import RECORD_OVERHEAD, MessageReceived, Record, footprint
+from tornado_echo.store.spool import Spool
 
 logger = logging.getLogger(__name__)
 

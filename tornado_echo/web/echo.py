@@ -1,64 +1,39 @@
-"""Request handlers: the WebSocket echo endpoint and the small HTTP endpoints.
+"""The WebSocket echo endpoint: :class:`EchoWebSocket`, the user-facing handler.
 
-:class:`EchoWebSocket` is the user-facing handler; the wire protocol lives in
-:mod:`tornado_echo.protocol`. Every request to the WebSocket route that cannot be upgraded is
-answered through ``send_error`` so that ``write_error`` alone decides the response: HTTP 500
-with ``{"status": 500, "error": "<reason>"}``, except a forbidden Origin (403) and a server
-that is full or draining (503), which are policy decisions rather than broken upgrades.
+The wire protocol lives in the engines (:mod:`tornado_echo.engines.fast`, or
+:mod:`tornado_echo.engines.stock` with ``engine = "tornado"``). Every request to the WebSocket
+route that cannot be upgraded is answered through ``send_error`` so that ``write_error`` alone
+decides the response: HTTP 500 with ``{"status": 500, "error": "<reason>"}``, except a
+forbidden Origin (403) and a server that is full or draining (503), which are policy decisions
+rather than broken upgrades.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import time
 import uuid
 from asyncio import Future
-from http.client import responses
 from typing import Any
 
-import tornado.web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from .access import NOT_LOOPBACK, request_refusal
-from .config import Config
-from .connections import Connections
-from .engine import FastProtocol, FastWebSocketHandler, carried_by_tls
-from .metrics import Metrics
-from .protocol import EchoProtocol
-from .ratelimit import TokenBucket
-from .rfc6455 import CloseCode, Opcode, negotiate_deflate
-from .store import MessageReceived, SessionClosed, SessionOpened, Store
-from .tornado_compat import cross_origin_problem
+from tornado_echo.compat import cross_origin_problem
+from tornado_echo.config import Config
+from tornado_echo.connections import Connections
+from tornado_echo.engines.fast import FastProtocol, FastWebSocketHandler, carried_by_tls
+from tornado_echo.engines.ratelimit import TokenBucket
+from tornado_echo.engines.stock import EchoProtocol
+from tornado_echo.observability.metrics import Metrics
+from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, Store
+from tornado_echo.web.endpoints import JsonErrorMixin
+from tornado_echo.wire.rfc6455 import CloseCode, Opcode, negotiate_deflate
 
 logger = logging.getLogger(__name__)
 
 POLICY_STATUSES = (403, 503)
-
-
-class JsonErrorMixin:
-    """Errors as ``{"status": N, "error": text}``: ``send_error(status, error=text)``.
-
-    Tornado hands ``send_error``'s keyword arguments to ``write_error``; without ``error``
-    the text comes from the exception (an HTTPError's log message) or the status.
-    """
-
-    def error_message(self, status: int, details: dict[str, Any]) -> str:
-        text = details.get("error")
-        if text is not None:
-            return str(text)
-        exc_info = details.get("exc_info")
-        error = exc_info[1] if exc_info else None
-        if isinstance(error, tornado.web.HTTPError):
-            return error.log_message or error.reason or responses.get(error.status_code, "error")
-        # An unexpected exception: Tornado has logged it with its traceback already.
-        return "internal error" if error is not None else responses.get(status, "error")
-
-    @staticmethod
-    def json_error(status: int, reason: str) -> bytes:
-        return json.dumps({"status": status, "error": reason}).encode()
 
 
 class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
@@ -349,135 +324,3 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
                 "end_state": end_state,
             },
         )
-
-
-class JsonHandler(JsonErrorMixin, tornado.web.RequestHandler):
-    def write_json(self, status: int, body: dict[str, Any] | bytes) -> None:
-        """Answer ``body``: a dict, or bytes already serialised (say, off the IOLoop)."""
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(body if isinstance(body, bytes) else json.dumps(body))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        reason = self.error_message(status_code, kwargs)
-        self.set_header("Content-Type", "application/json")
-        self.finish(self.json_error(status_code, reason))
-
-
-class HealthHandler(JsonHandler):
-    """Liveness: answers 200 as long as the IOLoop runs."""
-
-    def get(self) -> None:
-        self.write_json(200, {"status": "ok"})
-
-    head = get  # Tornado sends the headers of GET, without the body
-
-
-class ReadyHandler(JsonHandler):
-    """Readiness: 503 while draining, while the store writer is not running, and (unless
-    ``readiness_needs_store`` is off) while the database is unreachable; else 200.
-
-    During a database outage echo keeps working and records wait in memory and the spool:
-    the body says so either way. With ``readiness_needs_store = false`` the answer stays
-    200 with ``"status": "degraded"``, so that a shared database blinking does not take
-    every instance out of a load balancer at once.
-
-    The database's error text names hosts, users and databases: only peers allowed to read
-    /metrics see it (and the store details); others get the status and a generic reason.
-    """
-
-    def initialize(self, store: Store, connections: Connections, config: Config) -> None:
-        self.store = store
-        self.connections = connections
-        self.config = config
-
-    def get(self) -> None:
-        status = self.store.status()
-        problems: list[tuple[str, str]] = []  # (what anybody may read, detail for the trusted)
-        code = 200
-        if self.connections.draining:
-            code, problems = 503, [("draining", "")]
-        elif not status.running:
-            code, problems = 503, [("store writer not running", status.error or "not started")]
-        else:
-            if not status.available:
-                problems.append(("store unavailable", status.error or ""))
-                if self.config.readiness_needs_store:
-                    code = 503
-            if status.dropped:
-                problems.append(("records lost", f"{status.dropped} ({status.loss})"))
-        config = self.config
-        trusted = request_refusal(self.request, config.metrics_token, config.server_names) is None
-        body: dict[str, Any] = {"status": "ok"}
-        if problems:
-            body["status"] = "unavailable" if code == 503 else "degraded"
-            body["reason"] = "; ".join(
-                f"{what}: {detail}" if trusted and detail else what for what, detail in problems
-            )
-        if trusted:
-            body["connections"] = len(self.connections)
-            body["store"] = {
-                "available": status.available,
-                "error": status.error,
-                "pending": status.pending,
-                "queued": status.queued,
-                "queued_bytes": status.queued_bytes,
-                "spooled": status.spooled,
-                "spool_bytes": status.spool_bytes,
-                "oldest_pending_age_s": round(status.oldest_pending_age, 3),
-                "written": status.written,
-                "poisoned": status.poisoned,
-                "dropped": status.dropped,
-                "shed": status.shed,
-            }
-        self.write_json(code, body)
-
-    head = get
-
-
-class MetricsHandler(JsonHandler):
-    """Prometheus scrape endpoint; loopback peers or ``Authorization: Bearer <metrics_token>``.
-
-    Refused: 401 (with ``WWW-Authenticate``) when a token is set and was not given or is
-    wrong; 403 when no token is set, since no credentials could help, or when the Host does
-    not name this server.
-    """
-
-    def initialize(
-        self,
-        metrics: Metrics,
-        connections: Connections,
-        store: Store,
-        token: str,
-        server_names: tuple[str, ...] = (),
-    ) -> None:
-        self.metrics = metrics
-        self.connections = connections
-        self.store = store
-        self.token = token
-        self.server_names = server_names
-
-    def get(self) -> None:
-        refused = request_refusal(self.request, self.token, self.server_names)
-        if refused is not None:
-            if refused == NOT_LOOPBACK and self.token:
-                self.set_header("WWW-Authenticate", 'Bearer realm="tornado-echo"')
-                error = 401, "missing or wrong bearer token"
-            elif refused == NOT_LOOPBACK:
-                error = 403, "metrics are served to loopback only unless metrics_token is set"
-            else:
-                error = 403, refused
-            self.write_json(error[0], {"status": error[0], "error": error[1]})
-            return
-        self.metrics.refresh(self.connections, self.store)
-        body, content_type = self.metrics.exposition(self.request.headers.get("Accept"))
-        self.set_header("Content-Type", content_type)
-        self.finish(body)
-
-    head = get
-
-
-class NotFoundHandler(JsonHandler):
-    def prepare(self) -> None:
-        self.send_error(404, error=f"no such path: {self.request.path}")

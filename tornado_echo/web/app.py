@@ -8,15 +8,21 @@ from typing import Any
 import tornado.web
 from tornado.log import access_log
 
-from .api import SessionHandler, SessionsHandler
-from .config import Config
-from .connections import Connections
-from .console import LiveFeed, console_routes
-from .handlers import EchoWebSocket, HealthHandler, MetricsHandler, NotFoundHandler, ReadyHandler
-from .metrics import Metrics
-from .store import Store
-from .store.reader import SessionReader
-from .tornado_compat import request_summary
+from tornado_echo.compat import request_summary
+from tornado_echo.config import Config
+from tornado_echo.connections import Connections
+from tornado_echo.observability.metrics import Metrics
+from tornado_echo.store import Store
+from tornado_echo.store.reader import SessionReader
+from tornado_echo.web.api import SessionHandler, SessionsHandler
+from tornado_echo.web.console import LiveFeed, console_routes
+from tornado_echo.web.echo import EchoWebSocket
+from tornado_echo.web.endpoints import (
+    HealthHandler,
+    MetricsHandler,
+    NotFoundHandler,
+    ReadyHandler,
+)
 
 
 class EchoApplication(tornado.web.Application):

@@ -75,7 +75,7 @@ def _journal_prefix(text: str, levelno: int) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-26 01:02:03,456 INFO [w1 1234] tornado_echo.server: message``, redacted.
+    """``2026-11-26 01:02:03,456 INFO [w1 1234] tornado_echo.process.server: message``, redacted.
 
     ``[w1 1234]`` is worker 1, pid 1234; a single process (or the supervisor) shows
     ``[1234]``.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ssl
 
-from .config import Config
-from .errors import ConfigError
+from tornado_echo.config import Config
+from tornado_echo.errors import ConfigError
 
 
 def server_context(config: Config) -> ssl.SSLContext | None:

@@ -19,9 +19,9 @@ from typing import Any
 from prometheus_client.metrics import MetricWrapperBase
 from tornado.ioloop import PeriodicCallback
 
-from ..connections import Connections
-from ..metrics import Metrics
-from ..store import Store
+from tornado_echo.connections import Connections
+from tornado_echo.observability.metrics import Metrics
+from tornado_echo.store import Store
 
 logger = logging.getLogger(__name__)
 

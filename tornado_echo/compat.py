@@ -25,7 +25,7 @@ PRIVATE_NAMES = {
     "tornado.web.RequestHandler._headers": (RequestHandler, "_headers"),
     "tornado.web.RequestHandler._request_summary": (RequestHandler, "_request_summary"),
     "tornado.web.RequestHandler._reason": (RequestHandler, "_reason"),
-    # What tornado_echo.protocol.EchoProtocol overrides or uses of its base class.
+    # What tornado_echo.engines.stock.EchoProtocol overrides or uses of its base class.
     "tornado.websocket.WebSocketProtocol13._receive_frame": (WebSocketProtocol13, "_receive_frame"),
     "tornado.websocket.WebSocketProtocol13._read_bytes": (WebSocketProtocol13, "_read_bytes"),
     "tornado.websocket.WebSocketProtocol13._handle_message": (

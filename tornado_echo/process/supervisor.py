@@ -34,9 +34,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .logs import set_worker
-from .systemd import Notifier
-from .throttle import LogThrottle
+from tornado_echo.observability.logs import set_worker
+from tornado_echo.observability.throttle import LogThrottle
+from tornado_echo.process.systemd import Notifier
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .handlers import console_routes
-from .live import LiveFeed
+from tornado_echo.web.console.handlers import console_routes
+from tornado_echo.web.console.live import LiveFeed
 
 __all__ = ["LiveFeed", "console_routes"]

@@ -12,12 +12,12 @@ from typing import Any
 import tornado.template
 import tornado.web
 
-from ..access import NOT_LOOPBACK, request_refusal
-from ..config import Config
-from ..handlers import JsonHandler
-from ..store.reader import SessionReader
-from ..throttle import LogThrottle
-from .live import LiveFeed
+from tornado_echo.config import Config
+from tornado_echo.http.access import NOT_LOOPBACK, request_refusal
+from tornado_echo.observability.throttle import LogThrottle
+from tornado_echo.store.reader import SessionReader
+from tornado_echo.web.console.live import LiveFeed
+from tornado_echo.web.endpoints import JsonHandler
 
 logger = logging.getLogger(__name__)
 throttle = LogThrottle(logger)

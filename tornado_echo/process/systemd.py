@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Mapping
 
-from .fdlimit import raise_soft_limit
+from tornado_echo.process.fdlimit import raise_soft_limit
 
 __all__ = ["Notifier", "raise_nofile_limit"]
 

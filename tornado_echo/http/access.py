@@ -10,40 +10,17 @@ DNS name was rebound to 127.0.0.1 cannot read the endpoints through a local brow
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Iterable
 
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 
-from .http_server import socket_peer
+from tornado_echo.addresses import ip, is_loopback, parse_network
+from tornado_echo.http.listener import socket_peer
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NAMES = frozenset({"localhost"})
 # The refusal of a client that is neither loopback nor holds the token (callers word it for
 # their endpoint); any other refusal is a loopback client with a foreign Host.
 NOT_LOOPBACK = "needs a loopback client or the bearer token"
-
-
-def ip(address: str | None) -> IPAddress | None:
-    """The address as an IP (IPv4-mapped IPv6 unwrapped), or None when it is not one."""
-    try:
-        parsed = ipaddress.ip_address((address or "").strip())
-    except ValueError:
-        return None
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-        return parsed.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack socket
-    return parsed
-
-
-def is_loopback(address: str | None) -> bool:
-    parsed = ip(address)
-    return parsed is not None and parsed.is_loopback
-
-
-def parse_network(text: str) -> Network:
-    """An address or CIDR (``10.0.0.0/8``, ``::1``); raises ValueError."""
-    return ipaddress.ip_network(text.strip(), strict=False)
 
 
 class TrustedProxies:
@@ -130,7 +107,7 @@ def refusal(
 def request_refusal(
     request: HTTPServerRequest, token: str, server_names: Iterable[str] = ()
 ) -> str | None:
-    """:func:`refusal` for a request served by :mod:`tornado_echo.http_server`."""
+    """:func:`refusal` for a request served by :mod:`tornado_echo.http.listener`."""
     headers = request.headers
     return refusal(
         socket_peer(request),

@@ -3,7 +3,7 @@
 Tornado answers the HTTP request and the upgrade; then :class:`FastProtocol` takes the
 socket out of Tornado's IOStream (with any bytes already read past the request) and runs it
 as an asyncio Protocol on the running loop (uvloop's transports when it is the loop). Each
-read is parsed by :class:`~tornado_echo.rfc6455.FrameReader`, every complete message is
+read is parsed by :class:`~tornado_echo.wire.rfc6455.FrameReader`, every complete message is
 dispatched, and everything written while dispatching goes out as one transport write. A
 read holding more than one slice of the reader's (``FEED_MAX_FRAMES`` frames, or about
 ``FEED_MAX_INFLATED`` inflated bytes) is served a slice per turn of the loop, the peer
@@ -38,7 +38,14 @@ import tornado.escape
 from tornado.iostream import SSLIOStream
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
-from .rfc6455 import (
+from tornado_echo.compat import (
+    detach_stream,
+    release_response_headers,
+    switching_protocols,
+    unread_bytes,
+)
+from tornado_echo.engines.timerwheel import loop_wheel
+from tornado_echo.wire.rfc6455 import (
     CloseCode,
     FrameReader,
     Opcode,
@@ -49,13 +56,6 @@ from .rfc6455 import (
     frame_header,
     negotiate_deflate,
     parse_close_payload,
-)
-from .timerwheel import loop_wheel
-from .tornado_compat import (
-    detach_stream,
-    release_response_headers,
-    switching_protocols,
-    unread_bytes,
 )
 
 logger = logging.getLogger(__name__)

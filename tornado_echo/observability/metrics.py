@@ -2,7 +2,7 @@
 
 Per-message counts live in plain integers on each session (see :class:`Connections`); they
 are folded into the Prometheus counters by :meth:`Metrics.refresh`, which the server calls
-on each housekeeping tick (``tornado_echo.server.TICK``) and before each scrape. The echo
+on each housekeeping tick (``tornado_echo.process.server.TICK``) and before each scrape. The echo
 path pays one list increment per message (:meth:`Metrics.observe_message`), folded into the
 message-size histogram the same way.
 
@@ -30,16 +30,16 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from . import __version__
-from .config import Config
-from .connections import Connections, Traffic
-from .rfc6455 import CloseCode
-from .store import Store
-from .throttle import LogThrottle
+from tornado_echo import __version__
+from tornado_echo.config import Config
+from tornado_echo.connections import Connections, Traffic
+from tornado_echo.observability.throttle import LogThrottle
+from tornado_echo.store import Store
+from tornado_echo.wire.rfc6455 import CloseCode
 
 logger = logging.getLogger(__name__)
 # Refused upgrades are logged under the handler's name, where operators look for them.
-rejection_logger = logging.getLogger("tornado_echo.handlers")
+rejection_logger = logging.getLogger("tornado_echo.web.echo")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The ``code`` label takes these (RFC 6455 section 7.4 and the IANA registry); any other

@@ -25,19 +25,20 @@ from collections.abc import Awaitable, Callable
 
 import tornado.netutil
 
-from . import tls
-from .access import TrustedProxies, is_loopback
-from .app import EchoApplication, make_app
-from .config import Config
-from .connections import Connections
-from .errors import ConfigError
-from .http_server import EchoHTTPServer, make_http_server
-from .logs import setup_logging
-from .metrics import Metrics
-from .store import Store, make_backend, make_store
-from .store.reader import SessionReader
-from .store.retention import Retention
-from .systemd import Notifier
+from tornado_echo.addresses import is_loopback
+from tornado_echo.config import Config
+from tornado_echo.connections import Connections
+from tornado_echo.errors import ConfigError
+from tornado_echo.http import tls
+from tornado_echo.http.access import TrustedProxies
+from tornado_echo.http.listener import EchoHTTPServer, make_http_server
+from tornado_echo.observability.logs import setup_logging
+from tornado_echo.observability.metrics import Metrics
+from tornado_echo.process.systemd import Notifier
+from tornado_echo.store import Store, make_backend, make_store
+from tornado_echo.store.reader import SessionReader
+from tornado_echo.store.retention import Retention
+from tornado_echo.web.app import EchoApplication, make_app
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import logging
 import uuid
 from typing import Any
 
-from .access import NOT_LOOPBACK, request_refusal
-from .config import Config
-from .errors import EchoError
-from .handlers import JsonHandler
-from .store.reader import SessionReader
+from tornado_echo.config import Config
+from tornado_echo.errors import EchoError
+from tornado_echo.http.access import NOT_LOOPBACK, request_refusal
+from tornado_echo.store.reader import SessionReader
+from tornado_echo.web.endpoints import JsonHandler
 
 logger = logging.getLogger(__name__)
 

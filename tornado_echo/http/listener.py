@@ -22,7 +22,7 @@
 Only Tornado's public interfaces are overridden (``close_fd`` is the one Tornado leaves to
 stream subclasses); the one thing read beyond them is the per-connection request context
 (``connection.context``: its address and ``remote_ip``), here and nowhere else. The Tornado
-log lines taken over are named in :mod:`tornado_echo.tornado_compat`.
+log lines taken over are named in :mod:`tornado_echo.compat`.
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ from tornado.iostream import IOStream, SSLIOStream, StreamClosedError, Unsatisfi
 from tornado.log import gen_log
 from tornado.netutil import ssl_wrap_socket
 
-from .throttle import LogThrottle
-from .tornado_compat import is_unsatisfiable_read, tls_handshake_failure
+from tornado_echo.compat import is_unsatisfiable_read, tls_handshake_failure
+from tornado_echo.observability.throttle import LogThrottle
 
 if TYPE_CHECKING:
-    from .access import TrustedProxies
+    from tornado_echo.http.access import TrustedProxies
 
 logger = logging.getLogger(__name__)
 

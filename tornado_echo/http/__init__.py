@@ -1,0 +1,2 @@
+"""The HTTP side of a connection before the upgrade: the listener, peers and trusted proxies,
+who may read operator endpoints, and TLS."""

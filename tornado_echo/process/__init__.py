@@ -1,0 +1,1 @@
+"""A serving process: lifecycle, the worker supervisor, systemd, fd limits, the event loop."""

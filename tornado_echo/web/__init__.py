@@ -1,0 +1,1 @@
+"""The Tornado Application: the echo handler, JSON endpoints, the operator API and console."""
