@@ -24,7 +24,7 @@ import sys
 import time
 import zlib
 
-from tornado_echo.wire.rfc6455 import apply_mask
+from tornado_echo.wire import apply_mask
 
 UPGRADE = (
     "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import eventually_blocking
 from tornado_echo.config import ENGINES
-from tornado_echo.wire.rfc6455 import is_sendable_close_code
+from tornado_echo.wire import is_sendable_close_code
 
 pytestmark = pytest.mark.slow
 EXAMPLES = 150

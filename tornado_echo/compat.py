@@ -1,6 +1,6 @@
 """Every private Tornado name tornado-echo touches, in one place.
 
-A Tornado upgrade that renames one of these fails here, and ``tests/test_tornado_compat.py``
+A Tornado upgrade that renames one of these fails here, and ``tests/test_compat.py``
 names each of them, so it fails in CI rather than as a 500 on every upgrade in production.
 The supported range is ``setup.py``'s; CI runs the suite at its lowest versions too.
 """

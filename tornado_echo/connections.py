@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from tornado_echo.wire.rfc6455 import CloseCode
+from tornado_echo.wire import CloseCode
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ import zlib
 import pytest
 from websockets.utils import accept_key
 
+from tornado_echo import wire
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
 from tornado_echo.loadtest.framing import (
     OP_BINARY,
@@ -22,7 +23,6 @@ from tornado_echo.loadtest.framing import (
     frame_header,
     mask_frame,
 )
-from tornado_echo.wire import rfc6455
 
 
 def server_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
@@ -126,7 +126,7 @@ def test_a_whole_frame_after_a_buffered_tail_is_joined_to_it() -> None:
 def test_close_frames_carry_code_and_reason() -> None:
     opcode, _, body = unmask_client_frame(encode_close(1001, "bye"))
     assert opcode == OP_CLOSE
-    assert rfc6455.parse_close_payload(body) == (1001, "bye")
+    assert wire.parse_close_payload(body) == (1001, "bye")
 
 
 @pytest.mark.parametrize(

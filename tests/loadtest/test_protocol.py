@@ -16,6 +16,7 @@ import pytest
 from websockets.utils import accept_key
 
 from tests.helpers import eventually
+from tornado_echo import wire
 from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Target
 from tornado_echo.loadtest.errors import HandshakeError
 from tornado_echo.loadtest.framing import (
@@ -29,7 +30,6 @@ from tornado_echo.loadtest.framing import (
 from tornado_echo.loadtest.histogram import Histogram
 from tornado_echo.loadtest.protocol import EchoConnection
 from tornado_echo.loadtest.tracker import EchoTracker, Filler, LiveCounters
-from tornado_echo.wire import rfc6455
 
 
 class Owner:
@@ -79,7 +79,7 @@ class Peer:
         elif length == 127:
             length = int.from_bytes(await self.reader.readexactly(8), "big")
         mask = await self.reader.readexactly(4)
-        return b0 & 0x0F, rfc6455.apply_mask(await self.reader.readexactly(length), mask)
+        return b0 & 0x0F, wire.apply_mask(await self.reader.readexactly(length), mask)
 
     def send(self, opcode: int, payload: bytes) -> None:
         assert len(payload) < 126

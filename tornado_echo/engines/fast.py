@@ -3,7 +3,7 @@
 Tornado answers the HTTP request and the upgrade; then :class:`FastProtocol` takes the
 socket out of Tornado's IOStream (with any bytes already read past the request) and runs it
 as an asyncio Protocol on the running loop (uvloop's transports when it is the loop). Each
-read is parsed by :class:`~tornado_echo.wire.rfc6455.FrameReader`, every complete message is
+read is parsed by :class:`~tornado_echo.wire.FrameReader`, every complete message is
 dispatched, and everything written while dispatching goes out as one transport write. A
 read holding more than one slice of the reader's (``FEED_MAX_FRAMES`` frames, or about
 ``FEED_MAX_INFLATED`` inflated bytes) is served a slice per turn of the loop, the peer
@@ -45,7 +45,7 @@ from tornado_echo.compat import (
     unread_bytes,
 )
 from tornado_echo.engines.timerwheel import loop_wheel
-from tornado_echo.wire.rfc6455 import (
+from tornado_echo.wire import (
     CloseCode,
     FrameReader,
     Opcode,

@@ -8,12 +8,12 @@ Selected with ``engine = "tornado"``; the default is :mod:`tornado_echo.engines.
   sends (write buffer above ``WRITE_HIGH_WATER``). Returned from ``on_message``, that Future
   pauses reading: a slow reader gets backpressure instead of unbounded server memory.
 * Frames are read by its own ``_receive_frame``: each header is checked by
-  :func:`tornado_echo.wire.rfc6455.check_client_header`, so an unmasked frame, reserved bits, an
+  :func:`tornado_echo.wire.check_client_header`, so an unmasked frame, reserved bits, an
   unknown opcode or a misplaced fragment is answered with a close frame with 1002 (Tornado
   takes unmasked frames, and hangs up on the rest without a close frame). Whether a message
   is compressed is decided by its first frame alone: in Tornado a ping between the fragments
   of a compressed message clears the flag, and the raw deflate bytes are echoed.
-* Close frames are checked by :func:`tornado_echo.wire.rfc6455.parse_close_payload`: a
+* Close frames are checked by :func:`tornado_echo.wire.parse_close_payload`: a
   one-byte payload, a code that may not be sent on the wire, or a reason that is not
   UTF-8 is answered with 1002 or 1007 instead of being echoed back. A text message that
   is not UTF-8, compressed or not, is answered with 1007 (Tornado drops the connection
@@ -34,7 +34,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from tornado_echo.compat import DecompressTooLargeError, unsent_bytes
 from tornado_echo.engines.fast import DEFLATE_OFF_LOOP, WRITE_HIGH_WATER
-from tornado_echo.wire.rfc6455 import (
+from tornado_echo.wire import (
     CONTROL_OPCODES,
     FEED_MAX_INFLATED,
     CloseCode,

@@ -33,21 +33,21 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 from websockets.utils import generate_key
 
+from tornado_echo import wire
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
-from tornado_echo.wire import rfc6455
 
 # The opcodes as plain ints (compared on every echo), from the shared RFC 6455 module.
-OP_CONT = int(rfc6455.Opcode.CONTINUATION)
-OP_TEXT = int(rfc6455.Opcode.TEXT)
-OP_BINARY = int(rfc6455.Opcode.BINARY)
-OP_CLOSE = int(rfc6455.Opcode.CLOSE)
-OP_PING = int(rfc6455.Opcode.PING)
-OP_PONG = int(rfc6455.Opcode.PONG)
+OP_CONT = int(wire.Opcode.CONTINUATION)
+OP_TEXT = int(wire.Opcode.TEXT)
+OP_BINARY = int(wire.Opcode.BINARY)
+OP_CLOSE = int(wire.Opcode.CLOSE)
+OP_PING = int(wire.Opcode.PING)
+OP_PONG = int(wire.Opcode.PONG)
 
 _pack_16 = struct.Struct("!BBH").pack
 _pack_64 = struct.Struct("!BBQ").pack
 _getrandbits = random.getrandbits
-_apply_mask = rfc6455.apply_mask  # the C helper of `websockets` when installed
+_apply_mask = wire.apply_mask  # the C helper of `websockets` when installed
 
 
 def frame_header(opcode: int, length: int, *, rsv1: bool = False, fin: bool = True) -> bytes:
@@ -76,7 +76,7 @@ def encode_frame(opcode: int, payload: bytes, *, rsv1: bool = False, fin: bool =
 
 def encode_close(code: int, reason: str = "") -> bytes:
     """A masked close frame with ``code`` and a UTF-8 ``reason`` (cut to fit)."""
-    return encode_frame(OP_CLOSE, rfc6455.close_payload(code, reason))
+    return encode_frame(OP_CLOSE, wire.close_payload(code, reason))
 
 
 class Deflate:

@@ -14,6 +14,7 @@ import random
 import time
 from typing import Protocol, cast
 
+from tornado_echo import wire
 from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
 from tornado_echo.loadtest.framing import (
@@ -32,7 +33,6 @@ from tornado_echo.loadtest.framing import (
 )
 from tornado_echo.loadtest.histogram import Histogram
 from tornado_echo.loadtest.tracker import EchoTracker, LiveCounters
-from tornado_echo.wire import rfc6455
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ _CLOSE_WAIT = 2.0  # seconds to wait for the server's close frame before abortin
 _MAX_CATCH_UP = 1000  # open loop: most overdue messages sent in one go
 _now = time.monotonic_ns
 _getrandbits = random.getrandbits
-_apply_mask = rfc6455.apply_mask
+_apply_mask = wire.apply_mask
 
 
 class ConnectionOwner(Protocol):
@@ -323,20 +323,20 @@ class EchoConnection(asyncio.Protocol):
     def _on_close_frame(self, payload: bytes) -> None:
         self._close_received = True
         try:
-            code, _reason = rfc6455.parse_close_payload(payload)
-        except rfc6455.ProtocolError as exc:
+            code, _reason = wire.parse_close_payload(payload)
+        except wire.ProtocolError as exc:
             # A close frame against the rules (the shared RFC 6455 module's): a code that
             # may not be sent, such as 1005, 1006, 1015 or 0-999, is named; a one-byte
             # body or a reason that is not UTF-8 is just invalid. Answered as it says.
             raw = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-            named = raw is not None and not rfc6455.is_sendable_close_code(raw)
+            named = raw is not None and not wire.is_sendable_close_code(raw)
             category = f"close_invalid_{raw}" if named else "close_invalid"
             answer = exc.code
             self._owner.on_error(category)  # the server's fault, even when we closed first
         else:
             if code is None:  # no code in the frame: reported as 1005, answered with 1000
-                category = f"close_{int(rfc6455.CloseCode.NO_STATUS_RECEIVED)}"
-                answer = int(rfc6455.CloseCode.NORMAL_CLOSURE)
+                category = f"close_{int(wire.CloseCode.NO_STATUS_RECEIVED)}"
+                answer = int(wire.CloseCode.NORMAL_CLOSURE)
             else:
                 category, answer = f"close_{code}", code
             if self.state == OPEN:

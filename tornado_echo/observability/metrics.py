@@ -35,7 +35,7 @@ from tornado_echo.config import Config
 from tornado_echo.connections import Connections, Traffic
 from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store import Store
-from tornado_echo.wire.rfc6455 import CloseCode
+from tornado_echo.wire import CloseCode
 
 logger = logging.getLogger(__name__)
 # Refused upgrades are logged under the handler's name, where operators look for them.

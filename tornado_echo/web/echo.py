@@ -29,7 +29,7 @@ from tornado_echo.engines.stock import EchoProtocol
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, Store
 from tornado_echo.web.endpoints import JsonErrorMixin
-from tornado_echo.wire.rfc6455 import CloseCode, Opcode, negotiate_deflate
+from tornado_echo.wire import CloseCode, Opcode, negotiate_deflate
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         offer = self.request.headers.get("Sec-WebSocket-Extensions")
         if offer is not None:
             # Both engines negotiate the same way: the first valid permessage-deflate offer
-            # (rfc6455.negotiate_deflate), or none. Tornado's own negotiation fails the
+            # (wire.negotiate_deflate), or none. Tornado's own negotiation fails the
             # whole handshake, with a traceback, on a bad window size.
             agreed = negotiate_deflate(offer)
             if agreed is None:

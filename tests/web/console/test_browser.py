@@ -18,8 +18,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 from websockets.sync.client import connect
 
-from tests.console.conftest import webdriver
 from tests.helpers import Service
+from tests.web.console.conftest import webdriver
 
 # Real processes (server, browser, nginx): seconds each.
 pytestmark = pytest.mark.slow

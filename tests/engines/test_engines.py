@@ -26,7 +26,7 @@ from tornado_echo.compat import unsent_bytes
 from tornado_echo.connections import Connections
 from tornado_echo.engines.fast import WRITE_HIGH_WATER, FastProtocol
 from tornado_echo.engines.stock import EchoProtocol
-from tornado_echo.wire.rfc6455 import FEED_MAX_INFLATED
+from tornado_echo.wire import FEED_MAX_INFLATED
 
 
 async def read_close(reader: asyncio.StreamReader) -> tuple[int | None, bytes]:

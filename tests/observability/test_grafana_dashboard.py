@@ -16,7 +16,7 @@ from tornado.websocket import websocket_connect
 
 from tests.helpers import make_server, raw_http, upgrade_request
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "conf" / "grafana-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "conf" / "grafana-dashboard.json"
 METRIC = re.compile(r"\b(?:tornado_echo|process)_[a-z_]+\b")
 BY = re.compile(r"\bby \(([^)]*)\)")
 ADDED_BY_PROMETHEUS = {"instance", "job"}

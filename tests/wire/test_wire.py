@@ -10,7 +10,7 @@ import zlib
 import pytest
 
 from tests.helpers import deflated
-from tornado_echo.wire.rfc6455 import (
+from tornado_echo.wire import (
     FEED_MAX_FRAMES,
     FEED_MAX_INFLATED,
     CloseCode,
