@@ -1,17 +1,24 @@
-"""Each private Tornado name the project uses, and each Tornado log line it takes over, still
-exists in the installed Tornado."""
+"""Each private name of Tornado and prometheus_client the project uses, and each Tornado log
+line it takes over, still exists in the installed versions."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import tornado.httpclient
+import tornado.httpserver
 import tornado.iostream
+import tornado.testing
 import tornado.web
+from prometheus_client import CollectorRegistry, Histogram
 from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from tornado.iostream import IOStream
@@ -19,10 +26,38 @@ from tornado.websocket import WebSocketHandler, WebSocketProtocol13
 
 from tornado_echo.compat import (
     PRIVATE_NAMES,
+    PROMETHEUS_PRIVATE_NAMES,
     SSL_ERROR_LOG,
     UNSATISFIABLE_READ_LOG,
+    add_to_histogram,
+    release_response_state,
     unsent_bytes,
 )
+
+
+def served_handler() -> tornado.web.RequestHandler:
+    """A handler that has answered a real request over a socket: some of the names (such as
+    ``_transforms``) exist only once a handler serves."""
+    served: list[tornado.web.RequestHandler] = []
+
+    class Capture(tornado.web.RequestHandler):
+        def get(self) -> None:
+            served.append(self)
+            self.write("ok")
+
+    async def fetch() -> None:
+        sock, port = tornado.testing.bind_unused_port()
+        server = tornado.httpserver.HTTPServer(tornado.web.Application([("/", Capture)]))
+        server.add_sockets([sock])
+        client = tornado.httpclient.AsyncHTTPClient()
+        try:
+            await client.fetch(f"http://127.0.0.1:{port}/")
+        finally:
+            client.close()
+            server.stop()
+
+    asyncio.run(fetch())
+    return served[0]
 
 
 @contextmanager
@@ -43,8 +78,8 @@ def instance_of(owner: type) -> Iterator[Any]:
             # Made the way Tornado makes it, as tornado_echo.web.echo does for EchoProtocol.
             yield WebSocketHandler(tornado.web.Application(), request).get_websocket_protocol()
         else:
-            assert issubclass(owner, tornado.web.RequestHandler)
-            yield owner(tornado.web.Application(), request)
+            assert owner is tornado.web.RequestHandler
+            yield served_handler()
     finally:
         left.close()
         right.close()
@@ -72,3 +107,39 @@ def test_unsent_bytes_of_a_stream_that_a_failed_write_closed_is_zero() -> None:
     with instance_of(IOStream) as stream:
         stream.close()
         assert unsent_bytes(stream) == 0
+
+
+@pytest.mark.parametrize("dotted", sorted(PROMETHEUS_PRIVATE_NAMES))
+def test_private_prometheus_client_name_exists(dotted: str) -> None:
+    histogram = Histogram("h", "doc", registry=None)
+    assert hasattr(histogram, PROMETHEUS_PRIVATE_NAMES[dotted]), (
+        f"{dotted} is gone: update tornado_echo/compat.py"
+    )
+
+
+def test_observations_added_by_bucket_are_what_a_scrape_reads() -> None:
+    registry = CollectorRegistry()
+    histogram = Histogram("h", "doc", registry=registry, buckets=(10, 100))
+    add_to_histogram(histogram, [2, 0, 3], 2 * 5 + 3 * 1000)
+    assert registry.get_sample_value("h_bucket", {"le": "10.0"}) == 2
+    assert registry.get_sample_value("h_bucket", {"le": "100.0"}) == 2  # cumulative
+    assert registry.get_sample_value("h_bucket", {"le": "+Inf"}) == 5
+    assert registry.get_sample_value("h_count") == 5
+    assert registry.get_sample_value("h_sum") == 3010
+
+
+def test_a_sent_response_s_state_is_released() -> None:
+    handler = served_handler()
+    handler.set_header("X-Sent", "yes")
+    release_response_state(handler)
+    for name in ("ui", "_transforms", "_write_buffer"):
+        assert name not in vars(handler), name
+    assert "X-Sent" not in handler._headers
+    assert handler.request.path == "/"  # the request stays
+
+
+def test_importing_compat_leaves_prometheus_client_unimported() -> None:
+    # prometheus_client picks its multiprocess mode when first imported; the CLI sets that
+    # up before importing the metrics, and compat sits below the CLI's imports.
+    code = "import sys, tornado_echo.compat; sys.exit('prometheus_client' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -1,19 +1,26 @@
-"""Every private Tornado name tornado-echo touches, in one place.
+"""Every private name of a dependency (Tornado, prometheus_client) tornado-echo touches.
 
-A Tornado upgrade that renames one of these fails here, and ``tests/test_compat.py``
-names each of them, so it fails in CI rather than as a 500 on every upgrade in production.
-The supported range is ``setup.py``'s; CI runs the suite at its lowest versions too.
+A Tornado or prometheus_client upgrade that renames one of these fails here, and
+``tests/test_compat.py`` names each of them, so it fails in CI rather than as a 500 on every
+upgrade in production. The supported ranges are ``setup.py``'s; CI runs the suite at their
+lowest versions too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketHandler, WebSocketProtocol13, _DecompressTooLargeError
+
+if TYPE_CHECKING:
+    # Not imported at run time: prometheus_client chooses its multiprocess mode when first
+    # imported, which the CLI sets up first; this module sits below everything.
+    from prometheus_client import Histogram
 
 # The names below, for the test that checks they still exist.
 PRIVATE_NAMES = {
@@ -25,6 +32,8 @@ PRIVATE_NAMES = {
     "tornado.web.RequestHandler._headers": (RequestHandler, "_headers"),
     "tornado.web.RequestHandler._request_summary": (RequestHandler, "_request_summary"),
     "tornado.web.RequestHandler._reason": (RequestHandler, "_reason"),
+    "tornado.web.RequestHandler._transforms": (RequestHandler, "_transforms"),
+    "tornado.web.RequestHandler._write_buffer": (RequestHandler, "_write_buffer"),
     # What tornado_echo.engines.stock.EchoProtocol overrides or uses of its base class.
     "tornado.websocket.WebSocketProtocol13._receive_frame": (WebSocketProtocol13, "_receive_frame"),
     "tornado.websocket.WebSocketProtocol13._read_bytes": (WebSocketProtocol13, "_read_bytes"),
@@ -41,6 +50,11 @@ PRIVATE_NAMES = {
         WebSocketProtocol13,
         "_message_bytes_in",
     ),
+}
+# prometheus_client's, by owner (a Histogram without labels) and name: see add_to_histogram.
+PROMETHEUS_PRIVATE_NAMES = {
+    "prometheus_client.Histogram._buckets": "_buckets",
+    "prometheus_client.Histogram._sum": "_sum",
 }
 
 # Tornado's own log lines (on tornado.general, from tornado/iostream.py) for one client's
@@ -74,9 +88,19 @@ def unsent_bytes(stream: IOStream) -> int:
     return len(buffer) if buffer is not None else 0
 
 
-def release_response_headers(handler: RequestHandler) -> None:
-    """Forget the response headers of a handler whose response has been sent."""
+# RequestHandler attributes that only serve writing an HTTP response body.
+_RESPONSE_ONLY = frozenset({"ui", "_transforms", "_write_buffer"})
+
+
+def release_response_state(handler: RequestHandler) -> None:
+    """Forget what only writing the response of ``handler`` needed, once it is sent: its
+    header set, and the attributes that serve writing a body."""
     handler._headers = HTTPHeaders()
+    # The handler's attribute dict has outgrown CPython's compact shared-key form by now
+    # (about 1.6 KB); a fresh copy without the response-only attributes takes half that.
+    handler.__dict__ = {
+        name: value for name, value in vars(handler).items() if name not in _RESPONSE_ONLY
+    }
 
 
 def request_summary(handler: RequestHandler) -> str:
@@ -103,3 +127,13 @@ def tls_handshake_failure(record: logging.LogRecord) -> tuple[str, str] | None:
 def is_unsatisfiable_read(record: logging.LogRecord) -> bool:
     """Whether ``record`` is Tornado's line for a read over its ``max_bytes``."""
     return isinstance(record.msg, str) and record.msg.startswith(UNSATISFIABLE_READ_LOG)
+
+
+def add_to_histogram(histogram: Histogram, counts: Sequence[int], total: float) -> None:
+    """Add ``counts[i]`` observations to bucket ``i`` of ``histogram`` (the last is +Inf),
+    and ``total`` to its sum: prometheus_client observes one value at a time only."""
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    if total:
+        histogram._sum.inc(total)

@@ -40,7 +40,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 
 from tornado_echo.compat import (
     detach_stream,
-    release_response_headers,
+    release_response_state,
     switching_protocols,
     unread_bytes,
 )
@@ -636,10 +636,6 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         raise NotImplementedError("FastProtocol reads through its transport")
 
 
-# RequestHandler attributes that only serve writing an HTTP response body.
-_RESPONSE_ONLY = frozenset({"ui", "_transforms", "_write_buffer"})
-
-
 def _release_http_state(handler: WebSocketHandler) -> None:
     """Drop what only the HTTP exchange needed, so an idle connection holds little.
 
@@ -651,12 +647,7 @@ def _release_http_state(handler: WebSocketHandler) -> None:
     request.connection = None
     request.server_connection = None
     request.body = b""
-    release_response_headers(handler)
-    # The handler's attribute dict has outgrown CPython's compact shared-key form by now
-    # (about 1.6 KB); a fresh copy without the response-only attributes takes half that.
-    handler.__dict__ = {
-        name: value for name, value in vars(handler).items() if name not in _RESPONSE_ONLY
-    }
+    release_response_state(handler)
 
 
 def carried_by_tls(handler: WebSocketHandler) -> bool:

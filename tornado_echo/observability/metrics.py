@@ -31,6 +31,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tornado_echo import __version__
+from tornado_echo.compat import add_to_histogram
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections, Traffic
 from tornado_echo.observability.throttle import LogThrottle
@@ -278,16 +279,9 @@ class Metrics:
         self._folded_store = (status.written, status.errors, status.dropped, status.shed)
 
     def _fold_message_sizes(self) -> None:
-        # prometheus_client has no way to add n observations to a bucket at once: its
-        # per-bucket values are reached here, and only here.
-        histogram = self.message_bytes
         sizes, self._sizes = self._sizes, [0] * len(self._sizes)
-        for bucket, count in zip(histogram._buckets, sizes, strict=True):
-            if count:
-                bucket.inc(count)
-        if self._sizes_sum:
-            histogram._sum.inc(self._sizes_sum)
-            self._sizes_sum = 0
+        total, self._sizes_sum = self._sizes_sum, 0
+        add_to_histogram(self.message_bytes, sizes, total)
 
     def _copy_process_figures(self) -> None:
         for family in self._process.collect():
