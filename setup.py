@@ -1,10 +1,22 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# tornado_echo.__version__ is the one home of the version: read, not imported (installing
+# must not need the dependencies installed).
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"$',
+    (Path(__file__).parent / "tornado_echo" / "__init__.py").read_text(encoding="utf-8"),
+    re.MULTILINE,
+)
+assert VERSION is not None, "tornado_echo/__init__.py must set __version__"
 
 setup(
     name="tornado-echo",
-    version="0.1.0",
+    version=VERSION.group(1),
     description="A production WebSocket echo server on Tornado, with a bundled load tester",
     python_requires=">=3.10",
     packages=find_packages(include=["tornado_echo", "tornado_echo.*"]),

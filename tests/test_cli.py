@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from tornado.ioloop import IOLoop
 from tornado.websocket import websocket_connect
 
 from tests.helpers import PgOutage, eventually, fetch_rows
+from tornado_echo import __version__
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, make_backend
 
 COMMAND = [sys.executable, "-m", "tornado_echo"]
@@ -27,6 +29,18 @@ def run_cli(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedP
     return subprocess.run(
         [*COMMAND, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def test_one_version_for_the_package_the_distribution_and_the_command() -> None:
+    # setup.py reads tornado_echo.__version__; --version prints it.
+    assert importlib.metadata.version("tornado-echo") == __version__
+    shown = subprocess.run(
+        [sys.executable, "-m", "tornado_echo", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.split() == ["tornado-echo", __version__]
 
 
 def test_check_config_prints_effective_values_with_secrets_masked(tmp_path: Path) -> None:

@@ -32,13 +32,11 @@ from tornado_echo import __version__
 from tornado_echo.config import FIELDS, Config, build_config, env_name, flag_name, mask_url
 from tornado_echo.errors import ConfigError, EchoError, one_line
 from tornado_echo.http import tls
+from tornado_echo.observability import MULTIPROC_ENV
 from tornado_echo.observability.logs import setup_logging
 from tornado_echo.process import eventloop
 from tornado_echo.process.supervisor import Supervisor, WorkerLink
 from tornado_echo.process.systemd import Notifier, raise_nofile_limit
-
-# Not imported from .metrics, which must not be imported before the multiprocess set-up.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from tests.helpers import (
 )
 from tornado_echo.compat import unsent_bytes
 from tornado_echo.connections import Connections
-from tornado_echo.engines.fast import WRITE_HIGH_WATER, FastProtocol
+from tornado_echo.engines.fast import FastProtocol
+from tornado_echo.engines.flow_control import WRITE_HIGH_WATER
 from tornado_echo.engines.stock import EchoProtocol
 from tornado_echo.wire import FEED_MAX_INFLATED
 

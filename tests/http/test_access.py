@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from tornado.httputil import HTTPHeaders
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
 from tests.helpers import (
     assert_no_traceback,
@@ -18,7 +20,14 @@ from tests.helpers import (
     upgrade_request,
 )
 from tornado_echo.addresses import is_loopback
-from tornado_echo.http.access import NOT_LOOPBACK, TrustedProxies, host_name, refusal
+from tornado_echo.http.access import (
+    NOT_LOOPBACK,
+    WRONG_TOKEN,
+    TrustedProxies,
+    deny,
+    host_name,
+    refusal,
+)
 
 OWN_ADDRESS = own_ipv4_address()
 needs_own_address = pytest.mark.skipif(
@@ -81,6 +90,41 @@ def test_loopback_clients_need_a_host_naming_this_server(
         assert refused is not None and refused.startswith(f"Host {host!r}")
     # A token holder is not asked which name it used.
     assert refusal("127.0.0.1", "127.0.0.1", host, "Bearer t", "t", names) is None
+
+
+def request_from(peer: str, **headers: str) -> HTTPServerRequest:
+    """A request as the listener hands it over: its socket peer in the connection context."""
+    context = SimpleNamespace(address=(peer, 40000), address_family=socket.AF_INET, remote_ip=peer)
+    return HTTPServerRequest(
+        start_line=RequestStartLine("GET", "/metrics", "HTTP/1.1"),
+        headers=HTTPHeaders(headers),
+        connection=SimpleNamespace(context=context),
+    )
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "token", "status", "reason"),
+    [
+        ("127.0.0.1", {"Host": "localhost"}, "", None, None),
+        ("203.0.113.7", {"Host": "x", "Authorization": "Bearer tok"}, "tok", None, None),
+        ("203.0.113.7", {"Host": "x"}, "", 403, "loopback only"),  # no credential could help
+        ("203.0.113.7", {"Host": "x"}, "tok", 401, WRONG_TOKEN),
+        ("203.0.113.7", {"Host": "x", "Authorization": "Bearer no"}, "tok", 401, WRONG_TOKEN),
+        ("127.0.0.1", {"Host": "attacker.example"}, "", 403, "Host 'attacker.example' does"),
+        ("127.0.0.1", {"Host": "attacker.example"}, "tok", 403, "Host 'attacker.example' does"),
+    ],
+)
+def test_deny_is_the_one_access_decision(
+    peer: str, headers: dict[str, str], token: str, status: int | None, reason: str | None
+) -> None:
+    denial = deny(request_from(peer, **headers), token, (), loopback_only="loopback only")
+    if status is None:
+        assert denial is None
+        return
+    assert denial is not None
+    assert (denial.status, denial.reason[: len(reason or "")]) == (status, reason)
+    challenge = {"WWW-Authenticate": 'Bearer realm="tornado-echo"'}
+    assert denial.headers == (challenge if status == 401 else {})
 
 
 def test_host_name() -> None:

@@ -21,7 +21,7 @@ the fast path.
 
 Backpressure uses the transport's own flow control: while the peer reads slower than it is
 sent to and the transport's buffer is above its high-water mark, this connection is not
-read (:class:`FlowControl`).
+read (:class:`~tornado_echo.engines.flow_control.FlowControl`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ from tornado_echo.compat import (
     switching_protocols,
     unread_bytes,
 )
+from tornado_echo.engines.flow_control import (
+    DEFLATE_OFF_LOOP,
+    WRITE_HIGH_WATER,
+    WRITE_LOW_WATER,
+    FlowControl,
+)
 from tornado_echo.engines.timerwheel import loop_wheel
 from tornado_echo.wire import (
     CloseCode,
@@ -60,50 +66,10 @@ from tornado_echo.wire import (
 
 logger = logging.getLogger(__name__)
 
-# Transport buffer above which the peer is not read until it drains to the low mark.
-WRITE_HIGH_WATER = 1024 * 1024
-WRITE_LOW_WATER = WRITE_HIGH_WATER // 4
 # How long a closing handshake may take before the connection is dropped.
 CLOSE_TIMEOUT = 5.0
-# Messages at least this big are deflated in a worker thread (zlib releases the GIL): 1 MiB
-# takes 10-25 ms to deflate, which the loop would otherwise take from every other
-# connection. Smaller ones cost less than the hand-off.
-DEFLATE_OFF_LOOP = 16 * 1024
 # What a connection's pending deadline is for.
 _NONE, _PING, _PONG, _ABORT = range(4)
-
-
-class FlowControl:
-    """Whether a transport may be read: paused while any reason to pause holds.
-
-    Reasons (bits): the peer is not reading what we send (``WRITING``), the handler is
-    still busy with an earlier message (``HANDLER``), or the last read still has frames
-    waiting for their turn (``BACKLOG``).
-    """
-
-    WRITING = 1
-    HANDLER = 2
-    BACKLOG = 4
-
-    __slots__ = ("_reasons", "_transport")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._reasons = 0
-
-    def paused_for(self, reason: int) -> bool:
-        return bool(self._reasons & reason)
-
-    def pause(self, reason: int) -> None:
-        if not self._reasons:
-            self._transport.pause_reading()
-        self._reasons |= reason
-
-    def resume(self, reason: int) -> None:
-        if self._reasons & reason:
-            self._reasons &= ~reason
-            if not self._reasons and not self._transport.is_closing():
-                self._transport.resume_reading()
 
 
 class FastProtocol(WebSocketProtocol, asyncio.Protocol):

@@ -33,7 +33,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from tornado_echo.compat import DecompressTooLargeError, unsent_bytes
-from tornado_echo.engines.fast import DEFLATE_OFF_LOOP, WRITE_HIGH_WATER
+from tornado_echo.engines.flow_control import DEFLATE_OFF_LOOP, WRITE_HIGH_WATER
 from tornado_echo.wire import (
     CONTROL_OPCODES,
     FEED_MAX_INFLATED,

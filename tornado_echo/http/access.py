@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 
@@ -18,9 +19,11 @@ from tornado_echo.addresses import ip, is_loopback, parse_network
 from tornado_echo.http.listener import socket_peer
 
 LOOPBACK_NAMES = frozenset({"localhost"})
-# The refusal of a client that is neither loopback nor holds the token (callers word it for
-# their endpoint); any other refusal is a loopback client with a foreign Host.
+# The refusal of a client that is neither loopback nor holds the token (deny() words it for
+# the endpoint); any other refusal is a loopback client with a foreign Host.
 NOT_LOOPBACK = "needs a loopback client or the bearer token"
+WRONG_TOKEN = "missing or wrong bearer token"
+BEARER_CHALLENGE = 'Bearer realm="tornado-echo"'
 
 
 class TrustedProxies:
@@ -117,3 +120,40 @@ def request_refusal(
         token,
         server_names,
     )
+
+
+@dataclass(frozen=True)
+class Denial:
+    """Why an operator endpoint refuses a request, as an HTTP status and a reason."""
+
+    status: int
+    reason: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers of the refusal: a 401 says which credentials would help."""
+        return {"WWW-Authenticate": BEARER_CHALLENGE} if self.status == 401 else {}
+
+
+def deny(
+    request: HTTPServerRequest,
+    token: str,
+    server_names: Iterable[str],
+    *,
+    loopback_only: str,
+    wrong_token: str = WRONG_TOKEN,
+) -> Denial | None:
+    """The access decision of every operator endpoint; None when ``request`` may read it.
+
+    401 (``wrong_token``) when a token is set and the request did not give it; 403 when no
+    token is set, since no credentials could help (``loopback_only`` words that for the
+    endpoint), or when a loopback client's Host does not name this server.
+    """
+    refused = request_refusal(request, token, server_names)
+    if refused is None:
+        return None
+    if refused != NOT_LOOPBACK:
+        return Denial(403, refused)
+    if token:
+        return Denial(401, wrong_token)
+    return Denial(403, loopback_only)

@@ -92,9 +92,14 @@ def has_body(headers: HTTPHeaders) -> bool:
     return "Transfer-Encoding" in headers or (length is not None and length.strip() != "0")
 
 
+def error_body(status: int, reason: str) -> bytes:
+    """The JSON body of every error the server answers: ``{"status": N, "error": text}``."""
+    return json.dumps({"status": status, "error": reason}).encode()
+
+
 def answer(status: int, reason: str) -> bytes:
     """A complete HTTP/1.1 response with a JSON error body, closing the connection."""
-    body = json.dumps({"status": status, "error": reason}).encode()
+    body = error_body(status, reason)
     head = (
         f"HTTP/1.1 {status} {responses[status]}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

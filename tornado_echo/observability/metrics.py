@@ -34,6 +34,7 @@ from tornado_echo import __version__
 from tornado_echo.compat import add_to_histogram
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections, Traffic
+from tornado_echo.observability import MULTIPROC_ENV
 from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store import Store
 from tornado_echo.wire import CloseCode
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 # Refused upgrades are logged under the handler's name, where operators look for them.
 rejection_logger = logging.getLogger("tornado_echo.web.echo")
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The ``code`` label takes these (RFC 6455 section 7.4 and the IANA registry); any other
 # code a client sends is "other", so a stranger cannot mint series.
 KNOWN_CLOSE_CODES = frozenset(int(code) for code in CloseCode)

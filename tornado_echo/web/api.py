@@ -19,7 +19,7 @@ from typing import Any
 
 from tornado_echo.config import Config
 from tornado_echo.errors import EchoError
-from tornado_echo.http.access import NOT_LOOPBACK, request_refusal
+from tornado_echo.http.access import deny
 from tornado_echo.store.reader import SessionReader
 from tornado_echo.web.endpoints import JsonHandler
 
@@ -96,25 +96,21 @@ class ApiHandler(JsonHandler):
         self.reader = reader
 
     def prepare(self) -> None:
-        refused = request_refusal(self.request, self.config.admin_token, self.config.server_names)
-        if refused is None:
-            return
-        if refused != NOT_LOOPBACK:
-            self._deny(403, refused)
-        elif self.config.admin_token:
-            self.set_header("WWW-Authenticate", 'Bearer realm="tornado-echo"')
-            self._deny(401, "missing or wrong bearer token")
-        else:
-            self._deny(403, "the API answers loopback clients only unless admin_token is set")
-
-    def _deny(self, status: int, reason: str) -> None:
-        logger.warning(
-            "API request from %s refused (%d): %s", self.request.remote_ip, status, reason
+        denial = deny(
+            self.request,
+            self.config.admin_token,
+            self.config.server_names,
+            loopback_only="the API answers loopback clients only unless admin_token is set",
         )
-        self.fail(status, reason)
-
-    def fail(self, status: int, reason: str) -> None:
-        self.write_json(status, self.json_error(status, reason))
+        if denial is None:
+            return
+        logger.warning(
+            "API request from %s refused (%d): %s",
+            self.request.remote_ip,
+            denial.status,
+            denial.reason,
+        )
+        self.refuse(denial)
 
     def check_parameters(self, known: frozenset[str]) -> None:
         unknown = set(self.request.arguments) - known

@@ -26,6 +26,7 @@ from tornado_echo.connections import Connections
 from tornado_echo.engines.fast import FastProtocol, FastWebSocketHandler, carried_by_tls
 from tornado_echo.engines.ratelimit import TokenBucket
 from tornado_echo.engines.stock import EchoProtocol
+from tornado_echo.http.listener import error_body
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, Store
 from tornado_echo.web.endpoints import JsonErrorMixin
@@ -161,7 +162,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             reason,
             label,
         )
-        self.finish(self.json_error(status, reason))
+        self.finish(error_body(status, reason))
 
     def check_origin(self, origin: str) -> bool:
         allowed = self.config.allowed_origins

@@ -1,8 +1,9 @@
 """The small HTTP endpoints (health, readiness, metrics, 404) and the JSON error body.
 
-Every error any handler of the application answers is ``{"status": N, "error": text}``,
-written by :class:`JsonErrorMixin`; the operator API and the console build on
-:class:`JsonHandler`. Nothing here imports an engine, so they stay light.
+Every error any handler of the application answers is ``{"status": N, "error": text}``
+(:func:`~tornado_echo.http.listener.error_body`), written by :class:`JsonErrorMixin`; the
+operator API and the console build on :class:`JsonHandler`. Nothing here imports an
+engine, so they stay light.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import tornado.web
 
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
-from tornado_echo.http.access import NOT_LOOPBACK, request_refusal
+from tornado_echo.http.access import Denial, deny, request_refusal
+from tornado_echo.http.listener import error_body
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import Store
 
@@ -41,10 +43,6 @@ class JsonErrorMixin:
         # An unexpected exception: Tornado has logged it with its traceback already.
         return "internal error" if error is not None else responses.get(status, "error")
 
-    @staticmethod
-    def json_error(status: int, reason: str) -> bytes:
-        return json.dumps({"status": status, "error": reason}).encode()
-
 
 class JsonHandler(JsonErrorMixin, tornado.web.RequestHandler):
     def write_json(self, status: int, body: dict[str, Any] | bytes) -> None:
@@ -54,10 +52,19 @@ class JsonHandler(JsonErrorMixin, tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.finish(body if isinstance(body, bytes) else json.dumps(body))
 
+    def fail(self, status: int, reason: str) -> None:
+        """Answer the JSON error body (without going through ``send_error``)."""
+        self.write_json(status, error_body(status, reason))
+
+    def refuse(self, denial: Denial) -> None:
+        for name, value in denial.headers.items():
+            self.set_header(name, value)
+        self.fail(denial.status, denial.reason)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self.error_message(status_code, kwargs)
         self.set_header("Content-Type", "application/json")
-        self.finish(self.json_error(status_code, reason))
+        self.finish(error_body(status_code, reason))
 
 
 class HealthHandler(JsonHandler):
@@ -154,16 +161,14 @@ class MetricsHandler(JsonHandler):
         self.server_names = server_names
 
     def get(self) -> None:
-        refused = request_refusal(self.request, self.token, self.server_names)
-        if refused is not None:
-            if refused == NOT_LOOPBACK and self.token:
-                self.set_header("WWW-Authenticate", 'Bearer realm="tornado-echo"')
-                error = 401, "missing or wrong bearer token"
-            elif refused == NOT_LOOPBACK:
-                error = 403, "metrics are served to loopback only unless metrics_token is set"
-            else:
-                error = 403, refused
-            self.write_json(error[0], {"status": error[0], "error": error[1]})
+        denial = deny(
+            self.request,
+            self.token,
+            self.server_names,
+            loopback_only="metrics are served to loopback only unless metrics_token is set",
+        )
+        if denial is not None:
+            self.refuse(denial)
             return
         self.metrics.refresh(self.connections, self.store)
         body, content_type = self.metrics.exposition(self.request.headers.get("Accept"))

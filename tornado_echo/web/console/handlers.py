@@ -13,7 +13,7 @@ import tornado.template
 import tornado.web
 
 from tornado_echo.config import Config
-from tornado_echo.http.access import NOT_LOOPBACK, request_refusal
+from tornado_echo.http.access import deny
 from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store.reader import SessionReader
 from tornado_echo.web.console.live import LiveFeed
@@ -116,22 +116,22 @@ class LiveHandler(JsonHandler):
 
     async def _sessions(self) -> dict[str, Any]:
         config = self.config
-        refused = request_refusal(self.request, config.admin_token, config.server_names)
-        if refused is not None:
+        denial = deny(
+            self.request,
+            config.admin_token,
+            config.server_names,
+            loopback_only="sessions are shown to loopback clients only while admin_token is unset",
+            wrong_token="wrong admin token",
+        )
+        if denial is not None:
             throttle.log(
                 "refused",
                 logging.WARNING,
                 "console sessions refused to %s: %s",
                 self.request.remote_ip,
-                refused,
+                denial.reason,
             )
-            if refused != NOT_LOOPBACK:
-                return {"error": refused}
-            if config.admin_token:
-                return {"error": "wrong admin token"}
-            return {
-                "error": "sessions are shown to loopback clients only while admin_token is unset"
-            }
+            return {"error": denial.reason}
         try:
             rows = await self.reader.list_sessions(RECENT_SESSIONS, None)
         except Exception as exc:  # noqa: BLE001 - any driver failure: the figures still go out
