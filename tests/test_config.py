@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tornado_echo.config import FIELDS, Config, build_config, mask_url
+from tornado_echo.config import FIELDS, LIVE_KEYS, Config, LiveConfig, build_config, mask_url
 from tornado_echo.errors import ConfigError
 
 
@@ -189,3 +189,39 @@ def test_relative_sqlite_paths_are_resolved_against_state_dir() -> None:
     assert Config(state_dir="var").database_url == "sqlite:///var/tornado-echo.db"
     url = "postgresql://u@h/d"
     assert Config(database_url=url, state_dir="/srv").database_url == url
+
+
+def test_a_reload_applies_live_keys_and_keeps_the_rest() -> None:
+    running = Config(max_connections=5, port=8080)
+    live = LiveConfig(running)
+    reload = live.reload(Config(max_connections=1, port=9090, metrics_token="t"))
+    assert "port" not in LIVE_KEYS
+    assert (reload.applied, reload.kept) == (["max_connections", "metrics_token"], ["port"])
+    assert live.current is reload.config
+    assert (live.current.max_connections, live.current.port) == (1, 8080)
+    assert live.current.metrics_token == "t"
+
+
+def test_a_reload_switching_tls_on_or_off_keeps_the_tls_files() -> None:
+    # Live while TLS stays on; turning it on or off needs a restart.
+    live = LiveConfig(Config(tls_cert="a.pem", tls_key="a.key"))
+    renewed = live.reload(Config(tls_cert="b.pem", tls_key="b.key"))
+    assert renewed.applied == ["tls_cert", "tls_key"] and renewed.kept == []
+    switched_off = live.reload(Config())
+    assert switched_off.applied == [] and switched_off.kept == ["tls_cert", "tls_key"]
+    assert live.current.tls_cert == "b.pem"
+
+
+def test_a_reload_of_the_same_values_changes_nothing() -> None:
+    live = LiveConfig(Config())
+    reload = live.reload(Config())
+    assert (reload.applied, reload.kept) == ([], [])
+
+
+def test_reloads_leave_a_relative_sqlite_path_resolved_once() -> None:
+    # Resolved against state_dir when built; a reload must not resolve it again.
+    live = LiveConfig(Config(state_dir="var"))
+    for _ in range(2):
+        reload = live.reload(Config(state_dir="var", port=1))
+        assert reload.kept == ["port"]
+    assert live.current.database_url == "sqlite:///var/tornado-echo.db"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import json_body, make_server, open_raw_websocket, raw_http, upgrade_request
-from tornado_echo.connections import AddressCounts
+from tornado_echo.connections import AddressCounts, Connections
 
 
 def test_address_counts_admit_up_to_the_limit_and_forget_released_addresses() -> None:
@@ -24,6 +24,25 @@ def test_address_counts_admit_up_to_the_limit_and_forget_released_addresses() ->
         counts.release(address)
     assert len(counts) == 0
     assert all(counts.admit("192.0.2.9", 0) for _ in range(100))  # 0: no limit
+
+
+def test_admit_refuses_while_draining_at_the_limit_and_per_address() -> None:
+    connections = Connections()
+    assert connections.admit("10.0.0.1", 2, 1) is None
+    assert connections.admit("10.0.0.1", 2, 1) == (
+        "address_limit",
+        "too many connections from your address",
+    )
+    assert connections.admit("10.0.0.2", 2, 1) is None
+    assert connections.admit("10.0.0.3", 2, 0) == ("connection_limit", "connection limit reached")
+    connections.release("10.0.0.1")
+    assert (connections.admitted, len(connections.per_address)) == (1, 1)
+    assert connections.admit("10.0.0.1", 2, 1) is None  # released: admitted again
+    connections.release("10.0.0.1")
+    connections.start_draining()
+    assert connections.admit("10.0.0.4", 2, 0) == ("draining", "server is shutting down")
+    connections.release("10.0.0.2")
+    assert (connections.admitted, len(connections.per_address)) == (0, 0)
 
 
 def test_ipv6_clients_are_counted_per_64() -> None:

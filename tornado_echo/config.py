@@ -9,6 +9,7 @@ from, the key and the value, so the CLI can print one line and exit 2.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
 import os
@@ -32,6 +33,37 @@ ENV_PREFIX = "TORNADO_ECHO_"
 # Read when no --config is given, first existing wins.
 DEFAULT_CONFIG_PATHS = (Path("conf/tornado-echo.toml"), Path("/etc/tornado-echo/tornado-echo.toml"))
 SECRET_KEYS = frozenset({"admin_token", "metrics_token"})
+# What a reload (SIGHUP) applies to connections opened from then on (LiveConfig.reload);
+# any other changed key needs a restart.
+LIVE_KEYS = frozenset(
+    {
+        "allowed_origins",
+        "max_message_size",
+        "max_messages_per_second",
+        "max_bytes_per_second",
+        "max_connections",
+        "max_connections_per_ip",
+        "ping_interval",
+        "ping_timeout",
+        "compression",
+        "compression_level",
+        "journal",
+        "log_level",
+        "log_format",
+        "shutdown_deadline",
+        "readiness_needs_store",
+        "admin_token",
+        "metrics_token",
+        "server_names",
+        "behind_proxy",
+        "trusted_proxies",
+        "max_http_connections",
+        # Live while TLS stays on (or off): switching it needs a restart.
+        "tls_cert",
+        "tls_key",
+    }
+)
+TLS_KEYS = ("tls_cert", "tls_key")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -509,3 +541,41 @@ def build_config(
     values.update(read_environment(environ))
     values.update(read_flags(flags or {}))
     return Config(**values), path
+
+
+@dataclass(frozen=True)
+class Reload:
+    """What :meth:`LiveConfig.reload` did: the configuration now running, the changed keys
+    it applied, and the changed keys that need a restart (their running values kept)."""
+
+    config: Config
+    applied: list[str]
+    kept: list[str]
+
+
+class LiveConfig:
+    """The running configuration: one holder, shared by all that serves.
+
+    Handlers read :attr:`current` when a request or connection starts, the HTTP listener
+    when it accepts; a reload replaces it whole, so everything begun afterwards sees the new
+    values while open connections keep what they read.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.current = config
+
+    def reload(self, loaded: Config) -> Reload:
+        """Run ``loaded``, but with the running values of changed keys not in LIVE_KEYS."""
+        old = self.current
+        changed = [key for key in FIELDS if getattr(loaded, key) != getattr(old, key)]
+        tls_switched = bool(loaded.tls_cert) != bool(old.tls_cert)
+        kept = [
+            key for key in changed if key not in LIVE_KEYS or (tls_switched and key in TLS_KEYS)
+        ]
+        # A copy, not dataclasses.replace(): that would run __post_init__ again and resolve a
+        # relative sqlite database_url against state_dir a second time (var/var/...).
+        merged = copy.copy(loaded)
+        for key in kept:
+            object.__setattr__(merged, key, getattr(old, key))
+        self.current = merged
+        return Reload(self.current, [key for key in changed if key not in kept], kept)

@@ -104,6 +104,26 @@ class Connections:
     def __len__(self) -> int:
         return len(self._open)
 
+    def admit(self, address: str, limit: int, per_address_limit: int) -> tuple[str, str] | None:
+        """Count one more upgrade from ``address``, or say why not: (metric label, reason).
+
+        Refused while draining, at ``limit`` admitted, or at ``per_address_limit`` from the
+        address (0: none). Every admission is ended by one :meth:`release`.
+        """
+        if self.draining:
+            return "draining", "server is shutting down"
+        if self.admitted >= limit:
+            return "connection_limit", "connection limit reached"
+        if not self.per_address.admit(address, per_address_limit):
+            return "address_limit", "too many connections from your address"
+        self.admitted += 1
+        return None
+
+    def release(self, address: str) -> None:
+        """End an admission of :meth:`admit`."""
+        self.admitted -= 1
+        self.per_address.release(address)
+
     def add(self, session: Session) -> None:
         self._open.add(session)
         self.total += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -14,11 +15,12 @@ from tests.helpers import (
     eventually,
     fetch_rows,
     make_server,
+    open_raw_websocket,
     raw_http,
     read_server_frame,
     upgrade_request,
 )
-from tornado_echo.config import build_config
+from tornado_echo.config import Config, build_config
 from tornado_echo.process.server import Server
 
 
@@ -156,3 +158,36 @@ async def test_a_start_that_cannot_listen_leaves_tornado_logging_as_it_was(
     assert len(gen_log.filters) == len(filters_before) + 1
     await server.shutdown()
     assert gen_log.filters == filters_before
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_reload_reaches_the_listener_handlers_and_new_connections(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    config = Config(port=0, database_url=sqlite_url, state_dir=str(tmp_path), max_connections=1)
+    reloaded = dataclasses.replace(
+        config, behind_proxy=True, max_http_connections=7, max_connections=2
+    )
+    server = Server(config, reload_config=lambda: reloaded)
+    await server.start()
+    try:
+        first = await open_raw_websocket(server.port)
+        assert await server.reload() is True
+        assert server.config is server.live_config.current
+        assert server.http is not None and server.http.max_http_connections == 7
+        # behind_proxy applies to the next request; max_connections to the next upgrade.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(upgrade_request(X_Real_Ip="203.0.113.7"))
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        peers = await eventually(
+            lambda: (
+                sorted(s.request.remote_ip for s in server.connections._open)  # type: ignore[attr-defined]
+                if len(server.connections) == 2
+                else None
+            )
+        )
+        assert peers == ["127.0.0.1", "203.0.113.7"]
+        for _, open_writer in (first, (reader, writer)):
+            open_writer.close()
+    finally:
+        await server.shutdown()

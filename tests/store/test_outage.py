@@ -83,7 +83,7 @@ async def test_echo_keeps_serving_through_an_outage_and_every_row_arrives_once(
     assert (code, body["status"]) == (503, "unavailable")
     assert body["reason"].startswith("store unavailable: OperationalError")
     assert server.app is not None  # readiness_needs_store = false, applied live:
-    server.app.reconfigure(dataclasses.replace(server.config, readiness_needs_store=False))
+    server.live_config.current = dataclasses.replace(server.config, readiness_needs_store=False)
     code, body = await readyz(server)
     assert (code, body["status"]) == (200, "degraded")
     assert body["reason"].startswith("store unavailable: OperationalError")

@@ -26,7 +26,7 @@ from tests.helpers import (
     read_server_frame,
     upgrade_request,
 )
-from tornado_echo.config import Config
+from tornado_echo.config import Config, LiveConfig
 from tornado_echo.connections import Connections
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import Store
@@ -301,7 +301,7 @@ async def test_exception_while_opening_gets_500_json(
 
     kwargs = {
         "db": store,
-        "config": app_config,
+        "config": LiveConfig(app_config),
         "connections": connections,
         "server_id": "t",
         "metrics": Metrics(),
@@ -449,7 +449,7 @@ async def test_a_connection_over_its_rate_limit_is_closed_with_1008(
     messages: list[bytes],
     echoed: int,
 ) -> None:
-    app.reconfigure(dataclasses.replace(app_config, **limit))  # type: ignore[attr-defined]
+    app.live_config.current = dataclasses.replace(app_config, **limit)  # type: ignore[attr-defined]
     reader, writer = await open_raw_websocket(http_port)
     writer.write(b"".join(client_frame(0x2, message) for message in messages))
     frames = [await read_server_frame(reader) for _ in range(echoed + 1)]

@@ -65,7 +65,7 @@ async def test_metrics_refused_403_without_a_token_401_with_one(
         assert refused.code == 403  # no token is set: no credentials can help
         assert "WWW-Authenticate" not in refused.headers
         assert server.app is not None
-        server.app.reconfigure(dataclasses.replace(server.config, metrics_token="s3cret"))
+        server.live_config.current = dataclasses.replace(server.config, metrics_token="s3cret")
         for auth in ({}, {"Authorization": "Bearer guess"}, {"Authorization": "Basic s3cret"}):
             denied = await fetch(server, "/metrics", **REMOTE, **auth)
             assert denied.code == 401, auth

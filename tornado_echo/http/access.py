@@ -10,13 +10,15 @@ DNS name was rebound to 127.0.0.1 cannot read the endpoints through a local brow
 from __future__ import annotations
 
 import hmac
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 
 from tornado_echo.addresses import ip, is_loopback, parse_network
-from tornado_echo.http.listener import socket_peer
+from tornado_echo.config import Config
 
 LOOPBACK_NAMES = frozenset({"localhost"})
 # The refusal of a client that is neither loopback nor holds the token (deny() words it for
@@ -62,6 +64,27 @@ class TrustedProxies:
             return client
         real = ip(headers.get("X-Real-Ip"))
         return peer if real is None else str(real)
+
+
+def trusted_proxies(config: Config) -> TrustedProxies | None:
+    """The proxies ``config`` believes; None unless ``behind_proxy`` is on."""
+    return TrustedProxies(config.trusted_proxies) if config.behind_proxy else None
+
+
+def socket_peer(request: HTTPServerRequest) -> str:
+    """The IP address at the other end of the request's socket ("" if none, e.g. a unix
+    socket or a request built without a connection)."""
+    context = getattr(request.connection, "context", None)
+    return context_peer(context) if context is not None else ""
+
+
+def context_peer(context: Any) -> str:
+    """The socket peer's IP address in Tornado's per-connection request context."""
+    address = getattr(context, "address", None)
+    family = getattr(context, "address_family", None)
+    if family in (socket.AF_INET, socket.AF_INET6) and address:
+        return str(address[0])
+    return ""
 
 
 def host_name(host: str) -> str:

@@ -2,8 +2,9 @@
 
 * **Client address.** ``request.remote_ip`` is the socket peer, or, when that peer is one of
   ``trusted_proxies`` and ``behind_proxy`` is on, the client it forwards for. The socket
-  peer stays available through :func:`socket_peer`, whatever the headers say. (Tornado's
-  own ``xheaders`` believes the headers from every peer, so it is not used.)
+  peer stays available through :func:`~tornado_echo.http.access.socket_peer`, whatever the
+  headers say. (Tornado's own ``xheaders`` believes the headers from every peer, so it is
+  not used.)
 * **No bodies.** No route takes a request body: a request announcing one gets 413 before
   any of it is read.
 * **Bounded time.** Headers must arrive within ``http_timeout`` (Tornado closes the
@@ -11,6 +12,8 @@
 * **Bounded headers.** Headers over ``MAX_HEADER_SIZE`` get 431 and the connection is
   closed; no more than the limit plus one read is ever buffered (Tornado stops reading
   there, and would close the connection without an answer).
+* **Live settings.** ``max_http_connections``, ``behind_proxy`` and ``trusted_proxies`` are
+  read from the running configuration (:class:`LiveConfig`), so a reload applies them.
 * **Bounded count.** At most ``max_http_connections`` connections in the HTTP phase
   (keep-alive, requests, handshakes in flight); more get 503 at once. Upgraded WebSockets
   leave this count for ``max_connections``.
@@ -36,7 +39,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from http.client import responses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tornado.httpserver
 from tornado import gen
@@ -46,7 +49,6 @@ from tornado.httputil import (
     HTTPHeaders,
     HTTPMessageDelegate,
     HTTPServerConnectionDelegate,
-    HTTPServerRequest,
     RequestStartLine,
     ResponseStartLine,
 )
@@ -56,10 +58,9 @@ from tornado.log import gen_log
 from tornado.netutil import ssl_wrap_socket
 
 from tornado_echo.compat import is_unsatisfiable_read, tls_handshake_failure
+from tornado_echo.config import Config, LiveConfig
+from tornado_echo.http.access import TrustedProxies, context_peer, trusted_proxies
 from tornado_echo.observability.throttle import LogThrottle
-
-if TYPE_CHECKING:
-    from tornado_echo.http.access import TrustedProxies
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +70,6 @@ LINGER = 1.0  # seconds a refused client may go on sending before we close
 MAX_HEADER_SIZE = 16 * 1024
 # accept() failing with these means "no descriptor or memory right now", not a bad client.
 RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-def socket_peer(request: HTTPServerRequest) -> str:
-    """The IP address at the other end of the request's socket ("" if none, e.g. a unix
-    socket or a request built without a connection)."""
-    context = getattr(request.connection, "context", None)
-    return _context_peer(context) if context is not None else ""
-
-
-def _context_peer(context: Any) -> str:
-    address = getattr(context, "address", None)
-    family = getattr(context, "address_family", None)
-    if family in (socket.AF_INET, socket.AF_INET6) and address:
-        return str(address[0])
-    return ""
 
 
 def has_body(headers: HTTPHeaders) -> bool:
@@ -177,8 +163,7 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
     connections it serves through the public delegate interface.
     """
 
-    proxies: TrustedProxies | None = None
-    max_http_connections = 1000
+    config: LiveConfig
     open_http = 0  # connections handed to Tornado's HTTP/1 code and not yet closed/upgraded
     lingering = 0  # refused connections still being answered and closed
     on_refusal: Callable[[str], None] | None = None
@@ -186,6 +171,20 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
     throttle: LogThrottle
     tornado_lines: logging.Filter
     listeners: dict[int, tuple[socket.socket, Callable[[], None]]]
+    _proxies: TrustedProxies | None = None
+    _proxies_of: Config | None = None
+
+    @property
+    def max_http_connections(self) -> int:
+        return self.config.current.max_http_connections
+
+    @property
+    def proxies(self) -> TrustedProxies | None:
+        """The running configuration's trusted proxies (None unless behind_proxy)."""
+        config = self.config.current
+        if config is not self._proxies_of:  # made again after a reload only
+            self._proxies, self._proxies_of = trusted_proxies(config), config
+        return self._proxies
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         # Installed when serving starts, not when the server is built: a start that fails
@@ -306,7 +305,7 @@ class _Guard(HTTPMessageDelegate):
     ) -> Awaitable[None] | None:
         assert isinstance(self.connection, HTTP1Connection)
         context: Any = self.connection.context
-        peer = _context_peer(context)
+        peer = context_peer(context)
         proxies = self.server.proxies
         if peer:
             # Set per request: a keep-alive connection from a proxy carries many clients.
@@ -424,14 +423,13 @@ def _accept_handler(
 
 def make_http_server(
     app: HTTPServerConnectionDelegate,
+    config: LiveConfig,
     *,
-    timeout: float,
-    max_http_connections: int,
-    proxies: TrustedProxies | None,
     ssl_context: ssl.SSLContext | None = None,
     on_refusal: Callable[[str], None] | None = None,
     on_tls_failure: Callable[[], None] | None = None,
 ) -> EchoHTTPServer:
+    timeout = config.current.http_timeout
     server = EchoHTTPServer(
         app,
         ssl_options=ssl_context,
@@ -440,8 +438,7 @@ def make_http_server(
         max_body_size=0,
         max_header_size=MAX_HEADER_SIZE,
     )
-    server.proxies = proxies
-    server.max_http_connections = max_http_connections
+    server.config = config
     server.on_refusal = on_refusal
     server.on_tls_failure = on_tls_failure
     server.throttle = LogThrottle(logger)

@@ -7,14 +7,14 @@ queued in the time left (at least ``MIN_STORE_DRAIN`` seconds). Signal handlers 
 flags. A second SIGINT skips the waiting.
 
 SIGHUP re-reads the configuration (off the IOLoop thread) and applies the keys in
-``LIVE_KEYS`` to connections opened from then on; other changed keys are logged as needing
-a restart; a configuration that fails validation is refused and the running one kept.
+``LIVE_KEYS`` to connections opened from then on (the one :class:`LiveConfig` that handlers
+and the listener read); other changed keys are logged as needing a restart; a configuration
+that fails validation is refused and the running one kept.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import signal
@@ -26,11 +26,10 @@ from collections.abc import Awaitable, Callable
 import tornado.netutil
 
 from tornado_echo.addresses import is_loopback
-from tornado_echo.config import Config
+from tornado_echo.config import Config, LiveConfig
 from tornado_echo.connections import Connections
 from tornado_echo.errors import ConfigError
 from tornado_echo.http import tls
-from tornado_echo.http.access import TrustedProxies
 from tornado_echo.http.listener import EchoHTTPServer, make_http_server
 from tornado_echo.observability.logs import setup_logging
 from tornado_echo.observability.metrics import Metrics
@@ -45,39 +44,6 @@ logger = logging.getLogger(__name__)
 MIN_STORE_DRAIN = 2.0
 TICK = 0.5  # housekeeping period: loop lag, metrics, watchdog, status
 STATUS_EVERY = 5.0
-LIVE_KEYS = frozenset(
-    {
-        "allowed_origins",
-        "max_message_size",
-        "max_messages_per_second",
-        "max_bytes_per_second",
-        "max_connections",
-        "max_connections_per_ip",
-        "ping_interval",
-        "ping_timeout",
-        "compression",
-        "compression_level",
-        "journal",
-        "log_level",
-        "log_format",
-        "shutdown_deadline",
-        "readiness_needs_store",
-        "admin_token",
-        "metrics_token",
-        "server_names",
-        "behind_proxy",
-        "trusted_proxies",
-        "max_http_connections",
-        # Live while TLS stays on (or off): switching it needs a restart.
-        "tls_cert",
-        "tls_key",
-    }
-)
-TLS_KEYS = ("tls_cert", "tls_key")
-
-
-def _proxies(config: Config) -> TrustedProxies | None:
-    return TrustedProxies(config.trusted_proxies) if config.behind_proxy else None
 
 
 def default_server_id(config: Config, worker: int = 0) -> str:
@@ -95,7 +61,7 @@ class Server:
         reload_config: Callable[[], Config] | None = None,
         notifier: Notifier | None = None,
     ) -> None:
-        self.config = config
+        self.live_config = LiveConfig(config)
         self.server_id = server_id or default_server_id(config)
         self.reload_config = reload_config
         self.notifier = notifier or Notifier(None)
@@ -116,6 +82,11 @@ class Server:
         self._stopped = False
 
     @property
+    def config(self) -> Config:
+        """The running configuration."""
+        return self.live_config.current
+
+    @property
     def port(self) -> int:
         """The bound port (useful when configured as 0)."""
         return int(self.sockets[0].getsockname()[1])
@@ -129,15 +100,18 @@ class Server:
         await self.store.start()
         self.retention.start()
         self.app = make_app(
-            self.config, self.store, self.connections, self.server_id, self.metrics, self.reader
+            self.live_config,
+            self.store,
+            self.connections,
+            self.server_id,
+            self.metrics,
+            self.reader,
         )
         loop = asyncio.get_running_loop()
         ssl_context = await loop.run_in_executor(None, tls.server_context, self.config)
         self.http = make_http_server(
             self.app,
-            timeout=self.config.http_timeout,
-            max_http_connections=self.config.max_http_connections,
-            proxies=_proxies(self.config),
+            self.live_config,
             ssl_context=ssl_context,
             on_refusal=self._count_refusal,
             on_tls_failure=self.metrics.tls_failures.inc,
@@ -233,35 +207,24 @@ class Server:
             self.notifier.ready(self._status_line())
             return False
         old = self.config
-        changed = [
-            f.name
-            for f in dataclasses.fields(Config)
-            if getattr(loaded, f.name) != getattr(old, f.name)
-        ]
-        tls_switched = bool(loaded.tls_cert) != bool(old.tls_cert)
-        needs_restart = [
-            key for key in changed if key not in LIVE_KEYS or (tls_switched and key in TLS_KEYS)
-        ]
-        if needs_restart:
+        reload = self.live_config.reload(loaded)
+        if reload.kept:
             logger.warning(
                 "reload: changing %s needs a restart; keeping the running values",
-                ", ".join(needs_restart),
+                ", ".join(reload.kept),
             )
-        new = dataclasses.replace(loaded, **{key: getattr(old, key) for key in needs_restart})
+        new = reload.config
         if new.log_level != old.log_level or new.log_format != old.log_format:
             setup_logging(new.log_level, new.log_format, new.secrets())
-        self.app.reconfigure(new)
         self.metrics.configure(new)
-        if self.http is not None:
-            self.http.proxies = _proxies(new)
-            self.http.max_http_connections = new.max_http_connections
-            if ssl_context is not None and not tls_switched:
-                # Read again even when the paths are the same: a renewed certificate.
-                self.http.set_ssl_context(ssl_context)
-                logger.info("TLS certificate %s loaded for new connections", new.tls_cert)
-        self.config = new
-        applied = [key for key in changed if key in LIVE_KEYS]
-        logger.info("configuration reloaded; applied: %s", ", ".join(applied) or "nothing changed")
+        if self.http is not None and ssl_context is not None and new.tls_cert:
+            # Read again even when the paths are the same: a renewed certificate. (Not when
+            # TLS was switched on: that needs a restart, and new.tls_cert is still empty.)
+            self.http.set_ssl_context(ssl_context)
+            logger.info("TLS certificate %s loaded for new connections", new.tls_cert)
+        logger.info(
+            "configuration reloaded; applied: %s", ", ".join(reload.applied) or "nothing changed"
+        )
         self.notifier.ready(self._status_line())
         return True
 

@@ -17,7 +17,7 @@ import logging
 import uuid
 from typing import Any
 
-from tornado_echo.config import Config
+from tornado_echo.config import Config, LiveConfig
 from tornado_echo.errors import EchoError
 from tornado_echo.http.access import deny
 from tornado_echo.store.reader import SessionReader
@@ -91,8 +91,8 @@ def journal_entry(row: dict[str, Any]) -> dict[str, Any]:
 class ApiHandler(JsonHandler):
     """Access control and parameter errors shared by the API handlers."""
 
-    def initialize(self, config: Config, reader: SessionReader) -> None:
-        self.config = config
+    def initialize(self, config: LiveConfig, reader: SessionReader) -> None:
+        self.config: Config = config.current
         self.reader = reader
 
     def prepare(self) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import tornado.web
 from tornado.log import access_log
 
 from tornado_echo.compat import request_summary
-from tornado_echo.config import Config
+from tornado_echo.config import Config, LiveConfig
 from tornado_echo.connections import Connections
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import Store
@@ -26,83 +25,61 @@ from tornado_echo.web.endpoints import (
 
 
 class EchoApplication(tornado.web.Application):
-    """The application, plus :meth:`reconfigure` for a live reload.
+    """The application; its handlers read the running configuration from ``live_config``.
 
-    Handlers receive the config through their route's kwargs; reconfiguring replaces it in
-    those kwargs, so every connection opened afterwards sees the new values while open ones
-    keep theirs.
+    One :class:`LiveConfig`, shared with the server: a reload replaces its config there, so
+    every request and connection begun afterwards sees the new values while open
+    connections keep theirs.
     """
 
     def __init__(
         self,
-        config: Config,
+        config: LiveConfig,
         store: Store,
         connections: Connections,
         server_id: str,
         metrics: Metrics,
         reader: SessionReader,
     ) -> None:
-        self._ws_kwargs: dict[str, Any] = {
+        self.live_config = config
+        current = config.current
+        ws_kwargs = {
             "db": store,  # EchoWebSocket's users know it as the db
             "config": config,
             "connections": connections,
             "server_id": server_id,
             "metrics": metrics,
         }
-        self._metrics_kwargs: dict[str, Any] = {
+        metrics_kwargs = {
             "metrics": metrics,
             "connections": connections,
             "store": store,
-            "token": config.metrics_token,
-            "server_names": config.server_names,
-        }
-        self._api_kwargs: dict[str, Any] = {"config": config, "reader": reader}
-        self._ready_kwargs: dict[str, Any] = {
-            "store": store,
-            "connections": connections,
             "config": config,
         }
+        api_kwargs = {"config": config, "reader": reader}
+        ready_kwargs = {"store": store, "connections": connections, "config": config}
         # Sampling starts with the server (Server.start), and only when the console is on.
         self.live = LiveFeed(connections, store, metrics)
-        self._live_kwargs: dict[str, Any] = {"live": self.live, "reader": reader, "config": config}
+        live_kwargs = {"live": self.live, "reader": reader, "config": config}
         super().__init__(
             [
                 # A literal path: Tornado would read it as a regular expression.
-                (re.escape(config.ws_path), EchoWebSocket, self._ws_kwargs),
+                (re.escape(current.ws_path), EchoWebSocket, ws_kwargs),
                 ("/healthz", HealthHandler),
-                ("/readyz", ReadyHandler, self._ready_kwargs),
-                ("/metrics", MetricsHandler, self._metrics_kwargs),
-                ("/api/sessions", SessionsHandler, self._api_kwargs),
-                (r"/api/sessions/([^/]+)", SessionHandler, self._api_kwargs),
+                ("/readyz", ReadyHandler, ready_kwargs),
+                ("/metrics", MetricsHandler, metrics_kwargs),
+                ("/api/sessions", SessionsHandler, api_kwargs),
+                (r"/api/sessions/([^/]+)", SessionHandler, api_kwargs),
             ]
-            + (console_routes(config, self._live_kwargs) if config.console else []),
+            + (console_routes(current, live_kwargs) if current.console else []),
             default_handler_class=NotFoundHandler,
             compress_response=False,
             log_function=_log_request,
-            **_live_settings(config),
         )
-
-    def reconfigure(self, config: Config) -> None:
-        """Apply what can change without a restart to connections opened from now on."""
-        self._ws_kwargs["config"] = config
-        self._api_kwargs["config"] = config
-        self._ready_kwargs["config"] = config
-        self._live_kwargs["config"] = config
-        self._metrics_kwargs["token"] = config.metrics_token
-        self._metrics_kwargs["server_names"] = config.server_names
-        self.settings.update(_live_settings(config))
-
-
-def _live_settings(config: Config) -> dict[str, Any]:
-    return {
-        "websocket_max_message_size": config.max_message_size,
-        "websocket_ping_interval": config.ping_interval or None,
-        "websocket_ping_timeout": config.ping_timeout,
-    }
 
 
 def make_app(
-    config: Config,
+    config: Config | LiveConfig,
     store: Store,
     connections: Connections | None = None,
     server_id: str = "local",
@@ -112,17 +89,19 @@ def make_app(
     """The application serving ``config.ws_path``, /healthz, /readyz, /metrics, /api and the
     console (``config.console_path``).
 
+    ``config``: the server's :class:`LiveConfig` (a Config is held in one of its own);
     ``store`` must be started before the first connection; ``connections`` is shared with the
     server so that shutdown can reach every open session; ``reader`` (made from
     ``config.database_url`` when not given) answers the /api queries.
     """
+    live = config if isinstance(config, LiveConfig) else LiveConfig(config)
     return EchoApplication(
-        config,
+        live,
         store,
         Connections() if connections is None else connections,
         server_id,
         Metrics() if metrics is None else metrics,
-        SessionReader(config.database_url) if reader is None else reader,
+        SessionReader(live.current.database_url) if reader is None else reader,
     )
 
 

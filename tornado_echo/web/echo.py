@@ -21,7 +21,7 @@ from typing import Any
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from tornado_echo.compat import cross_origin_problem
-from tornado_echo.config import Config
+from tornado_echo.config import Config, LiveConfig
 from tornado_echo.connections import Connections
 from tornado_echo.engines.fast import FastProtocol, FastWebSocketHandler, carried_by_tls
 from tornado_echo.engines.ratelimit import TokenBucket
@@ -43,13 +43,15 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
     def initialize(
         self,
         db: Store,
-        config: Config,
+        config: LiveConfig,
         connections: Connections,
         server_id: str,
         metrics: Metrics,
     ) -> None:
         self.db = db
-        self.config = config
+        # The connection keeps the configuration it started with, through reloads.
+        self.config: Config = config.current
+        limits = self.config
         self.metrics = metrics
         self.connections = connections
         self.server_id = server_id
@@ -60,12 +62,12 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         self._admitted = False
         self._opened_at = 0.0
         self._shutdown_close = False
-        self._journal = config.journal
+        self._journal = limits.journal
         self._message_budget = (
-            TokenBucket(config.max_messages_per_second) if config.max_messages_per_second else None
+            TokenBucket(limits.max_messages_per_second) if limits.max_messages_per_second else None
         )
         self._byte_budget = (
-            TokenBucket(config.max_bytes_per_second) if config.max_bytes_per_second else None
+            TokenBucket(limits.max_bytes_per_second) if limits.max_bytes_per_second else None
         )
 
     # -- upgrade ---------------------------------------------------------------------------
@@ -86,19 +88,13 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         if forbidden is not None:
             self._reject(403, "origin", forbidden)
             return
-        if self.connections.draining:
-            self._reject(503, "draining", "server is shutting down")
-            return
-        if self.connections.admitted >= self.config.max_connections:
-            self._reject(503, "connection_limit", "connection limit reached")
-            return
         self._address = self.request.remote_ip or ""
-        if not self.connections.per_address.admit(
-            self._address, self.config.max_connections_per_ip
-        ):
-            self._reject(503, "address_limit", "too many connections from your address")
+        refused = self.connections.admit(
+            self._address, self.config.max_connections, self.config.max_connections_per_ip
+        )
+        if refused is not None:
+            self._reject(503, *refused)
             return
-        self.connections.admitted += 1
         self._admitted = True
         try:
             # With the tornado engine this returns when the connection ends (its read loop
@@ -111,8 +107,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
     def _release_admission(self) -> None:
         if self._admitted:
             self._admitted = False
-            self.connections.admitted -= 1
-            self.connections.per_address.release(self._address)
+            self.connections.release(self._address)
 
     def _upgrade_problem(self) -> tuple[str, str] | None:
         """(metric label, message) of what makes this request impossible to upgrade."""
@@ -163,6 +158,19 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             label,
         )
         self.finish(error_body(status, reason))
+
+    # Tornado reads these from the application settings; here, from this connection's config.
+    @property
+    def max_message_size(self) -> int:
+        return self.config.max_message_size
+
+    @property
+    def ping_interval(self) -> float | None:
+        return self.config.ping_interval or None
+
+    @property
+    def ping_timeout(self) -> float | None:
+        return self.config.ping_timeout
 
     def check_origin(self, origin: str) -> bool:
         allowed = self.config.allowed_origins

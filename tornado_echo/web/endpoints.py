@@ -15,7 +15,7 @@ from typing import Any
 
 import tornado.web
 
-from tornado_echo.config import Config
+from tornado_echo.config import Config, LiveConfig
 from tornado_echo.connections import Connections
 from tornado_echo.http.access import Denial, deny, request_refusal
 from tornado_echo.http.listener import error_body
@@ -89,10 +89,10 @@ class ReadyHandler(JsonHandler):
     /metrics see it (and the store details); others get the status and a generic reason.
     """
 
-    def initialize(self, store: Store, connections: Connections, config: Config) -> None:
+    def initialize(self, store: Store, connections: Connections, config: LiveConfig) -> None:
         self.store = store
         self.connections = connections
-        self.config = config
+        self.config: Config = config.current
 
     def get(self) -> None:
         status = self.store.status()
@@ -147,24 +147,18 @@ class MetricsHandler(JsonHandler):
     """
 
     def initialize(
-        self,
-        metrics: Metrics,
-        connections: Connections,
-        store: Store,
-        token: str,
-        server_names: tuple[str, ...] = (),
+        self, metrics: Metrics, connections: Connections, store: Store, config: LiveConfig
     ) -> None:
         self.metrics = metrics
         self.connections = connections
         self.store = store
-        self.token = token
-        self.server_names = server_names
+        self.config: Config = config.current
 
     def get(self) -> None:
         denial = deny(
             self.request,
-            self.token,
-            self.server_names,
+            self.config.metrics_token,
+            self.config.server_names,
             loopback_only="metrics are served to loopback only unless metrics_token is set",
         )
         if denial is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import tornado.template
 import tornado.web
 
-from tornado_echo.config import Config
+from tornado_echo.config import Config, LiveConfig
 from tornado_echo.http.access import deny
 from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store.reader import SessionReader
@@ -52,8 +52,8 @@ def render_page(ws_path: str) -> bytes:
 def console_routes(config: Config, live_kwargs: dict[str, Any]) -> list[Any]:
     """The console's routes under ``config.console_path``.
 
-    ``live_kwargs`` (live, reader, config) is the LiveHandler's: the application replaces
-    its config on a reload, so a new admin_token applies at once.
+    ``live_kwargs`` (live, reader, and the running config's holder) is the LiveHandler's:
+    it reads the config per request, so a reloaded admin_token applies at once.
     """
     base = re.escape(config.console_path)
     sub = base + re.escape(SUBPATH)
@@ -100,10 +100,10 @@ class LiveHandler(JsonHandler):
     also holds the most recent sessions; a wrong token costs the sessions, not the figures.
     """
 
-    def initialize(self, live: LiveFeed, reader: SessionReader, config: Config) -> None:
+    def initialize(self, live: LiveFeed, reader: SessionReader, config: LiveConfig) -> None:
         self.live = live
         self.reader = reader
-        self.config = config
+        self.config: Config = config.current
 
     async def get(self) -> None:
         figures, body = self.live.current()
