@@ -22,6 +22,7 @@ from tornado_echo.wire import (
     check_client_header,
     close_payload,
     encode_frame,
+    frame_header,
     is_sendable_close_code,
     length_and_mask,
     negotiate_deflate,
@@ -499,6 +500,34 @@ def test_fragments_are_held_in_about_their_own_size(opcode: int, piece: bytes) -
 def test_deflate_negotiation(offer: str, answer: str | None) -> None:
     negotiated = negotiate_deflate(offer)
     assert (negotiated[1] if negotiated else None) == answer
+
+
+# RFC 6455 section 5.2: a 7-bit length up to 125; 126 and a 16-bit length up to 65535;
+# 127 and a 64-bit length beyond.
+LENGTH_BOUNDARIES = [
+    (125, b"\x7d"),
+    (126, b"\x7e\x00\x7e"),
+    (65535, b"\x7e\xff\xff"),
+    (65536, b"\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+]
+
+
+@pytest.mark.parametrize(("length", "encoded"), LENGTH_BOUNDARIES)
+def test_server_frame_lengths_at_the_encoding_boundaries(length: int, encoded: bytes) -> None:
+    assert frame_header(Opcode.BINARY, length) == b"\x82" + encoded
+    payload = os.urandom(length)
+    assert encode_frame(Opcode.BINARY, payload) == b"\x82" + encoded + payload
+
+
+@pytest.mark.parametrize(("length", "encoded"), LENGTH_BOUNDARIES)
+def test_client_frames_at_the_length_boundaries_are_read_whole(length: int, encoded: bytes) -> None:
+    payload = os.urandom(length)
+    frame = masked(Opcode.BINARY, payload)
+    assert frame[1:2] + frame[2 : 1 + len(encoded)] == bytes([0x80 | encoded[0]]) + encoded[1:]
+    reader = FrameReader(1 << 20, None)
+    # In two reads, split inside the extended length when there is one.
+    assert reader.feed(frame[:3]) == []
+    assert reader.feed(frame[3:]) == [(Opcode.BINARY, payload)]
 
 
 def test_server_frames_are_unmasked_with_the_right_length_encoding() -> None:
