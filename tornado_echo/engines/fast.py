@@ -53,15 +53,15 @@ from tornado_echo.engines.flow_control import (
 from tornado_echo.engines.timerwheel import loop_wheel
 from tornado_echo.wire import (
     CloseCode,
+    CloseHandshake,
+    CloseState,
     FrameReader,
     Opcode,
     PerMessageDeflate,
     ProtocolError,
     accept_value,
-    close_payload,
     frame_header,
     negotiate_deflate,
-    parse_close_payload,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ CLOSE_TIMEOUT = 5.0
 _NONE, _PING, _PONG, _ABORT = range(4)
 
 
-class FastProtocol(WebSocketProtocol, asyncio.Protocol):
+class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
     """One upgraded connection. Built by the handler; :meth:`accept_connection` starts it."""
 
     # Slots, the base class's attributes included, so that no instance dict is made: an
@@ -89,10 +89,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         "_outbox",
         "_pending",
         "_selected_subprotocol",
-        "client_terminated",
-        "close_code",
-        "close_frame_received",
-        "close_reason",
+        "closing",
         "connection_error",
         "deflate",
         "flow",
@@ -101,7 +98,6 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         "ping_interval",
         "ping_timeout",
         "reader",
-        "server_terminated",
         "stream",
         "transport",
         "wheel_slot",
@@ -115,6 +111,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         ping_timeout: float,
         compression_options: dict[str, Any] | None,
     ) -> None:
+        self.closing = CloseHandshake()  # before the base class sets who has terminated
         WebSocketProtocol.__init__(self, handler)
         self.max_message_size = max_message_size
         self.ping_interval = ping_interval
@@ -125,9 +122,6 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
         self.reader: FrameReader | None = None
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
-        self.close_frame_received = False
         self.connection_error: BaseException | None = None
         self._out: list[bytes] | None = None  # frames written while dispatching a read
         # While a message is deflated off the loop, what is sent after it waits here, in
@@ -291,10 +285,11 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
     def _dispatch(self, events: list[tuple[Any, Any]]) -> None:
         """Hand ``events`` to the handler in order; all frames written meanwhile go as one."""
         self._out = []
+        closing = self.closing
         try:
             for index, (opcode, payload) in enumerate(events):
                 if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                    if self.client_terminated or self.server_terminated:
+                    if closing.client_terminated or closing.server_terminated:
                         continue
                     waiting = self._run_callback(self.handler.on_message, payload)
                     if waiting is not None:
@@ -366,13 +361,10 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
             self._run_callback(self.handler.on_pong, payload)
         else:  # CLOSE
             try:
-                code, reason = parse_close_payload(payload)
+                code = self.closing.receive(payload)
             except ProtocolError as exc:
                 self._fail(exc.code, exc.reason)
                 return
-            self.client_terminated = True
-            self.close_frame_received = True
-            self.close_code, self.close_reason = code, reason or None
             # Answer with the peer's code (section 5.5.1); then the server hangs up first.
             self.close(code)
 
@@ -399,7 +391,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         that is): it resolves once the message is written, and a handler that returns it
         from ``on_message`` gets the next message after that.
         """
-        if self.server_terminated or self._lost:
+        if self.closing.server_terminated or self._lost:
             raise WebSocketClosedError()
         deflate = self.deflate
         if deflate is None:
@@ -504,15 +496,15 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         """Start (or finish) the closing handshake; hang up once both sides have closed."""
         if self._lost:
             return
-        if not self.server_terminated:
-            self.server_terminated = True
+        payload = self.closing.send(code, reason)
+        if payload is not None:
             if self.reader is not None:
                 self.reader.discard_data()  # _dispatch() drops data from now on anyway
-            self._send(Opcode.CLOSE, close_payload(code, reason))
+            self._send(Opcode.CLOSE, payload)
         transport = self.transport
         if transport is None:
             return
-        if self.client_terminated:
+        if self.closing.client_terminated:
             self._clear_deadline()
             if self._outbox is not None:
                 return  # _next_out() hangs up once the close frame behind them is written
@@ -526,8 +518,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (section 7.1.7): a close frame with ``code``, then hang up."""
-        self.client_terminated = True
-        self.close_code, self.close_reason = code, reason
+        self.closing.fail(code, reason)
         self.close(code, reason)
 
     def _abort(self) -> None:
@@ -581,9 +572,9 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
             # The peer does not answer: no point waiting for its close frame either. The
             # frame still goes out (close flushes), and the timer drops a peer that
             # does not even take that.
-            self._send(Opcode.CLOSE, close_payload(CloseCode.INTERNAL_ERROR, "ping timed out"))
-            self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "ping timed out"
-            self.client_terminated = self.server_terminated = True
+            payload = self.closing.give_up(CloseCode.INTERNAL_ERROR, "ping timed out")
+            if payload is not None:
+                self._send(Opcode.CLOSE, payload)
             assert self.transport is not None
             self.transport.close()
             self._set_deadline(_ABORT, CLOSE_TIMEOUT)

@@ -18,8 +18,9 @@ Selected with ``engine = "tornado"``; the default is :mod:`tornado_echo.engines.
   UTF-8 is answered with 1002 or 1007 instead of being echoed back. A text message that
   is not UTF-8, compressed or not, is answered with 1007 (Tornado drops the connection
   without a close frame); an uncompressed one as soon as a fragment shows it.
-* It remembers whether the peer sent a close frame, so a session can tell a clean close
-  from a dropped connection.
+* Its close state is a :class:`~tornado_echo.wire.closing.CloseHandshake`, as the fast
+  engine's: it remembers whether the peer sent a close frame, so a session can tell a clean
+  close from a dropped connection.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import asyncio
 import codecs
 import contextlib
 import zlib
+from typing import Any
 
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
@@ -38,19 +40,19 @@ from tornado_echo.wire import (
     CONTROL_OPCODES,
     FEED_MAX_INFLATED,
     CloseCode,
+    CloseHandshake,
+    CloseState,
     Opcode,
     ProtocolError,
     apply_mask,
     check_client_header,
     length_and_mask,
-    parse_close_payload,
 )
 
 
-class EchoProtocol(WebSocketProtocol13):
+class EchoProtocol(CloseState, WebSocketProtocol13):
     """Tornado's protocol with a lean echo write, backpressure and strict frames."""
 
-    close_frame_received = False
     _inflated = 0  # bytes inflated since the loop last had a turn
     # The fragmented message being received: its opcode, payload so far, whether it is
     # compressed, and an incremental UTF-8 check while it is uncompressed text.
@@ -58,6 +60,10 @@ class EchoProtocol(WebSocketProtocol13):
     _fragments: bytearray | None = None
     _message_compressed = False
     _utf8: codecs.IncrementalDecoder | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.closing = CloseHandshake()  # before the base class sets who has terminated
+        super().__init__(*args, **kwargs)
 
     @property
     def compression_negotiated(self) -> bool:
@@ -187,15 +193,15 @@ class EchoProtocol(WebSocketProtocol13):
             return self._run_callback(self.handler.on_message, text)
         if opcode == Opcode.CLOSE:
             try:
-                parse_close_payload(data)
+                code = self.closing.receive(data)
             except ProtocolError as exc:
                 self._fail(exc.code, exc.reason)
                 return None
-            self.close_frame_received = True
+            self.close(code)  # answered with the peer's code (section 5.5.1), as Tornado does
+            return None
         return super()._handle_message(opcode, data)
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 section 7.1.7): send a close frame, then hang up."""
-        self.client_terminated = True
-        self.close_code, self.close_reason = code, reason
+        self.closing.fail(code, reason)
         self.close(code, reason)

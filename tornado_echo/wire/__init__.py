@@ -4,12 +4,14 @@ The one home of every protocol fact, shared by the server's engines and the load
 :mod:`~tornado_echo.wire.frames` (opcodes, close codes, masking, frame headers and the rules a
 client's frame must keep), :mod:`~tornado_echo.wire.handshake` (the accept value, the deflate
 offer's answer), :mod:`~tornado_echo.wire.deflate` (compress and inflate a connection's
-messages) and :mod:`~tornado_echo.wire.reader` (bytes in, checked messages out). Everything
+messages), :mod:`~tornado_echo.wire.reader` (bytes in, checked messages out) and
+:mod:`~tornado_echo.wire.closing` (the closing handshake's state). Everything
 here is testable without sockets; this package re-exports their public names.
 """
 
 from __future__ import annotations
 
+from tornado_echo.wire.closing import CloseHandshake, CloseState
 from tornado_echo.wire.deflate import DEFLATE_TAIL, PerMessageDeflate
 from tornado_echo.wire.frames import (
     CONTROL_OPCODES,
@@ -44,6 +46,8 @@ __all__ = [
     "MAX_CONTROL_PAYLOAD",
     "SENDABLE_CLOSE_CODES",
     "CloseCode",
+    "CloseHandshake",
+    "CloseState",
     "FrameReader",
     "Opcode",
     "PerMessageDeflate",
