@@ -1,9 +1,11 @@
 """The HTTP listener: Tornado's HTTPServer with the limits a public port needs.
 
 * **Client address.** ``request.remote_ip`` is the socket peer, or, when that peer is one of
-  ``trusted_proxies`` and ``behind_proxy`` is on, the client it forwards for. The socket
-  peer stays available through :func:`socket_peer`, whatever the headers say. (Tornado's
-  own ``xheaders`` believes the headers from every peer, so it is not used.)
+  ``trusted_proxies`` and ``behind_proxy`` is on, the client it forwards for
+  (:meth:`TrustedProxies.client_address` has the rule). The socket peer stays available
+  through :func:`socket_peer`, whatever the headers say, and :func:`forwarded_by_proxy`
+  tells an address a header gave. (Tornado's own ``xheaders`` believes the headers from
+  every peer, so it is not used.)
 * **No bodies.** No route takes a request body: a request announcing one gets 413 before
   any of it is read.
 * **Bounded time.** Headers must arrive within ``http_timeout`` (Tornado closes the
@@ -76,6 +78,12 @@ def socket_peer(request: HTTPServerRequest) -> str:
     socket or a request built without a connection)."""
     context = getattr(request.connection, "context", None)
     return _context_peer(context) if context is not None else ""
+
+
+def forwarded_by_proxy(request: HTTPServerRequest) -> bool:
+    """Whether ``request.remote_ip`` came from a trusted proxy's forwarding header."""
+    context = getattr(request.connection, "context", None)
+    return bool(getattr(context, "forwarded", False))
 
 
 def _context_peer(context: Any) -> str:
@@ -305,7 +313,10 @@ class _Guard(HTTPMessageDelegate):
         proxies = self.server.proxies
         if peer:
             # Set per request: a keep-alive connection from a proxy carries many clients.
-            context.remote_ip = peer if proxies is None else proxies.client_address(peer, headers)
+            if proxies is None:
+                context.remote_ip, context.forwarded = peer, False
+            else:
+                context.remote_ip, context.forwarded = proxies.client_address(peer, headers)
         if has_body(headers):
             self.server.throttle.log(
                 "request_body",
