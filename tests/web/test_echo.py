@@ -24,6 +24,7 @@ from tests.helpers import (
     open_raw_websocket,
     raw_http,
     read_server_frame,
+    started_server,
     upgrade_request,
 )
 from tornado_echo.config import Config
@@ -461,3 +462,20 @@ async def test_a_connection_over_its_rate_limit_is_closed_with_1008(
         b"rate limit exceeded",
     )
     writer.close()
+
+
+@pytest.mark.parametrize("ws_path", ["/ws$", "/a.b", "/ws"])
+@pytest.mark.gen_test(timeout=30)
+async def test_ws_path_is_matched_whole_and_literally(
+    tmp_path: Any, sqlite_url: str, ws_path: str
+) -> None:
+    server = await started_server(tmp_path, sqlite_url, ws_path=ws_path)
+    try:
+        status, _, _ = await raw_http(server.port, upgrade_request(ws_path))
+        assert status == 101
+        for other in (ws_path + "x", ws_path + "$", ws_path.replace(".", "x")):
+            if other != ws_path:
+                status, _, _ = await raw_http(server.port, upgrade_request(other))
+                assert status == 404, other
+    finally:
+        await server.shutdown()

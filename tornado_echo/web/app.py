@@ -67,8 +67,10 @@ class EchoApplication(tornado.web.Application):
         self._live_kwargs: dict[str, Any] = {"live": self.live, "reader": reader, "config": config}
         super().__init__(
             [
-                # A literal path: Tornado would read it as a regular expression.
-                (re.escape(config.ws_path), EchoWebSocket, self._ws_kwargs),
+                # A literal path: Tornado would read it as a regular expression. Anchored
+                # here: Tornado adds the "$" only to a pattern not ending in one, and the
+                # escaped "\$" of a path ending in "$" does.
+                (re.escape(config.ws_path) + "$", EchoWebSocket, self._ws_kwargs),
                 ("/healthz", HealthHandler),
                 ("/readyz", ReadyHandler, self._ready_kwargs),
                 ("/metrics", MetricsHandler, self._metrics_kwargs),
