@@ -360,3 +360,17 @@ async def test_fast_engine_sockets_do_not_delay_small_writes(
     sock = transport.get_extra_info("socket")
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     writer.close()
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.gen_test
+@pytest.mark.app_config(max_message_size=1 << 20)
+@pytest.mark.parametrize("b0", [0x89, 0xA2], ids=["64k-ping", "rsv2"])
+async def test_a_frame_condemned_by_its_header_closes_before_its_payload(
+    http_server: Any, http_port: int, b0: int
+) -> None:
+    # Only the header of a 64 KiB frame is sent: the close must come without the rest.
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(bytes((b0, 0x80 | 126)) + struct.pack("!H", 65535) + os.urandom(4) + b"x")
+    assert (await read_close(reader))[0] == 1002
+    writer.close()

@@ -258,6 +258,21 @@ def test_oversized_frame_is_refused_from_its_header_alone() -> None:
 # -- permessage-deflate ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("b0", "code"),
+    [(0x89, 1002), (0x8A, 1002), (0x88, 1002), (0x09, 1002), (0xC9, 1002), (0xA2, 1002)],
+    ids=["ping", "pong", "close", "ping-unfinished", "ping-rsv1", "binary-rsv2"],
+)
+def test_a_frame_its_header_condemns_fails_before_its_payload_arrives(b0: int, code: int) -> None:
+    # A 64 KiB control frame (or one with bad RSV bits) under a max_size of 1 MiB: only its
+    # header and a few bytes have come, and the reader fails at once, holding nothing.
+    reader = FrameReader(1 << 20)
+    header = bytes((b0, 0x80 | 126)) + struct.pack("!H", 65535) + os.urandom(4)
+    events = reader.feed(header + b"\x00" * 100)
+    assert [(op, exc.code) for op, exc in events] == [(None, code)]
+    assert reader.buffered == 0
+
+
 def test_compressed_fragmented_message_with_a_ping_between() -> None:
     params, _ = negotiate_deflate("permessage-deflate") or ({}, "")
     reader = FrameReader(100_000, PerMessageDeflate(params))
