@@ -13,7 +13,7 @@ from collections.abc import Callable
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.web import RequestHandler
-from tornado.websocket import WebSocketHandler, WebSocketProtocol13, _DecompressTooLargeError
+from tornado.websocket import WebSocketHandler, WebSocketProtocol13
 
 # The names below, for the test that checks they still exist.
 PRIVATE_NAMES = {
@@ -37,6 +37,10 @@ PRIVATE_NAMES = {
     "tornado.websocket.WebSocketProtocol13._abort": (WebSocketProtocol13, "_abort"),
     "tornado.websocket.WebSocketProtocol13._compressor": (WebSocketProtocol13, "_compressor"),
     "tornado.websocket.WebSocketProtocol13._decompressor": (WebSocketProtocol13, "_decompressor"),
+    "tornado.websocket.WebSocketProtocol13._create_compressors": (
+        WebSocketProtocol13,
+        "_create_compressors",
+    ),
     "tornado.websocket.WebSocketProtocol13._message_bytes_in": (
         WebSocketProtocol13,
         "_message_bytes_in",
@@ -48,8 +52,6 @@ PRIVATE_NAMES = {
 # headers over max_header_size (the server answers 431 and logs that itself).
 SSL_ERROR_LOG = "SSL Error on %s %s: %s"
 UNSATISFIABLE_READ_LOG = "Unsatisfiable read, closing connection: "
-
-DecompressTooLargeError = _DecompressTooLargeError
 
 
 def cross_origin_problem(handler: RequestHandler, check: Callable[[str], bool]) -> str | None:

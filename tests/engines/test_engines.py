@@ -374,3 +374,24 @@ async def test_a_frame_condemned_by_its_header_closes_before_its_payload(
     writer.write(bytes((b0, 0x80 | 126)) + struct.pack("!H", 65535) + os.urandom(4) + b"x")
     assert (await read_close(reader))[0] == 1002
     writer.close()
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.gen_test
+async def test_a_message_ending_in_a_final_deflate_block_does_not_empty_later_echoes(
+    http_server: Any, http_port: int
+) -> None:
+    # RFC 7692 section 7.2.3.4: "Hello" in a block with BFINAL set; then a new stream.
+    reader, writer = await open_raw_websocket(http_port, deflate=True)
+    compressor = zlib.compressobj(wbits=-15)
+    bodies = [bytes.fromhex("f348cdc9c9070000"), deflated(b"world", compressor)]
+    bodies.append(deflated(b"world again", compressor))
+    writer.write(b"".join(rsv_frame(client_frame(0x2, body), 0x40) for body in bodies))
+    inflate = zlib.decompressobj(wbits=-15)
+    for expected in (b"Hello", b"world", b"world again"):
+        opcode, payload = await read_server_frame(reader)
+        assert (opcode, inflate.decompress(payload + b"\x00\x00\xff\xff")) == (0x2, expected)
+    # Bytes after a final block are not deflate data.
+    writer.write(rsv_frame(client_frame(0x2, bytes.fromhex("f348cdc9c90700") + b"junk"), 0x40))
+    assert (await read_close(reader))[0] == 1007
+    writer.close()

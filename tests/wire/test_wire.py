@@ -308,6 +308,39 @@ def test_bad_or_huge_deflate_data(payload: bytes, code: int) -> None:
     assert opcode is None and error.code == code
 
 
+# RFC 7692 section 7.2.3.4: "Hello" in a block with BFINAL set, and the byte after it.
+HELLO_FINAL = bytes.fromhex("f348cdc9c9070000")
+
+
+@pytest.mark.parametrize("first", [HELLO_FINAL, HELLO_FINAL[:-1]], ids=["rfc", "no-byte-after"])
+@pytest.mark.parametrize("params", [{}, {"client_no_context_takeover": None}])
+def test_a_message_ending_in_a_final_block_leaves_later_ones_readable(
+    first: bytes, params: dict[str, str | None]
+) -> None:
+    reader = FrameReader(1 << 20, PerMessageDeflate(params))
+    # The sender's new stream, kept across messages when the context is taken over.
+    compressor = None if params else zlib.compressobj(wbits=-15)
+    rest = [deflated(b"world", compressor), deflated(b"world again", compressor)]
+    events = reader.feed(b"".join(masked(0x2, body, rsv=0x40) for body in [first, *rest]))
+    assert events == [
+        (Opcode.BINARY, b"Hello"),
+        (Opcode.BINARY, b"world"),
+        (Opcode.BINARY, b"world again"),
+    ]
+
+
+@pytest.mark.parametrize("after", [b"\x01", b"\x00\x00", b"\x00garbage", b"\x00" * 9])
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_bytes_after_a_final_block_fail_with_1007(after: bytes, fragmented: bool) -> None:
+    reader = FrameReader(1 << 20, PerMessageDeflate({}))
+    if fragmented:  # the extra bytes in a continuation frame of their own
+        data = masked(0x2, HELLO_FINAL[:-1], fin=False, rsv=0x40) + masked(0x0, after)
+    else:
+        data = masked(0x2, HELLO_FINAL[:-1] + after, rsv=0x40)
+    [(opcode, error)] = reader.feed(data)
+    assert opcode is None and error.code == CloseCode.INVALID_PAYLOAD
+
+
 def drain(reader: FrameReader, data: bytes) -> list[list[tuple[object, object]]]:
     """The slices one read of ``data`` comes out in: feed it, then feed(b"") while backlogged."""
     slices = [reader.feed(data)]
