@@ -395,3 +395,24 @@ async def test_a_message_ending_in_a_final_deflate_block_does_not_empty_later_ec
     writer.write(rsv_frame(client_frame(0x2, bytes.fromhex("f348cdc9c90700") + b"junk"), 0x40))
     assert (await read_close(reader))[0] == 1007
     writer.close()
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.app_config(max_message_size=1 << 20)
+async def test_a_backpressured_peer_that_hangs_up_ends_quietly(
+    http_server: Any, http_port: int, connections: Connections, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(client_frame(0x1, b"open?"))
+    assert await read_server_frame(reader) == (0x1, b"open?")
+    frame = client_frame(0x2, b"\xab" * 65536)
+    while server_backlog(connections) <= WRITE_HIGH_WATER:  # the echo now waits on us
+        writer.write(frame)
+        try:
+            await asyncio.wait_for(writer.drain(), 0.5)
+        except asyncio.TimeoutError:
+            break
+    writer.transport.abort()
+    await eventually(lambda: len(connections) == 0)
+    assert_no_traceback(caplog.records)

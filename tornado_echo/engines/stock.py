@@ -108,7 +108,7 @@ class EchoProtocol(WebSocketProtocol13):
         except StreamClosedError:
             raise WebSocketClosedError() from None
         if unsent_bytes(stream) > WRITE_HIGH_WATER:
-            return written
+            return _drained(written)
         return None
 
     async def _send_deflated_off_loop(self, opcode: int, data: bytes) -> None:
@@ -219,3 +219,20 @@ class EchoProtocol(WebSocketProtocol13):
         self.client_terminated = True
         self.close_code, self.close_reason = code, reason
         self.close(code, reason)
+
+
+def _drained(written: asyncio.Future[None]) -> asyncio.Future[None]:
+    """A Future that resolves when ``written`` does, even by failing: a peer that hangs up
+    while its echoes wait fails the write with StreamClosedError, and the session ends
+    through the read loop. (Handed back from ``on_message``, the failure would be logged
+    by Tornado as an uncaught exception with its traceback.)"""
+    done = asyncio.get_running_loop().create_future()
+
+    def settle(future: asyncio.Future[None]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved: the loop does not log it either
+        if not done.done():
+            done.set_result(None)
+
+    written.add_done_callback(settle)
+    return done
