@@ -247,6 +247,7 @@ async def test_invalid_utf8_in_compressed_text_closes_with_1007(
 
 BAD_UPGRADES = {
     "post": (upgrade_request(method="POST"), "POST"),
+    "unknown-method": (upgrade_request(method="BREW"), "method BREW cannot be upgraded"),
     "no-upgrade-header": (upgrade_request(Upgrade=None), "Upgrade"),
     "wrong-upgrade-header": (upgrade_request(Upgrade="h2c"), "Upgrade"),
     "no-connection-header": (upgrade_request(Connection=None), "Connection"),
@@ -274,8 +275,9 @@ async def test_bad_upgrade_gets_500_json(
     assert mentioned in error["error"]
     if "version" in case:
         assert headers["sec-websocket-version"] == "13"
-    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
-    assert any("127.0.0.1" in r.getMessage() and "500" in r.getMessage() for r in warnings)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("127.0.0.1" in line and f"500 {error['error']}" in line for line in warnings)
+    assert not any("Method Not Allowed" in line for line in warnings)
 
 
 @pytest.mark.gen_test

@@ -71,9 +71,10 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
 
     def prepare(self) -> None:
         if self.request.method != "GET":
-            self._reject(
-                500, "method", f"method {self.request.method} cannot be upgraded (use GET)"
-            )
+            self._reject(500, "method", self._method_refusal())
+
+    def _method_refusal(self) -> str:
+        return f"method {self.request.method} cannot be upgraded (use GET)"
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         problem = self._upgrade_problem()
@@ -144,6 +145,10 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         self.send_error(status, error=reason, label=label)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405 and "error" not in kwargs:
+            # A method Tornado does not know (BREW) is refused before prepare() runs: the
+            # same answer as any other method, not a 500 that says "Method Not Allowed".
+            kwargs.update(error=self._method_refusal(), label="method")
         status = status_code if status_code in POLICY_STATUSES else 500
         reason = self.error_message(status, kwargs)
         # The metric label of the refusal; "error" is an exception raised while opening.
