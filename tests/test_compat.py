@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import tornado.http1connection
 import tornado.iostream
 import tornado.web
 from tornado.http1connection import HTTP1Connection
@@ -18,6 +19,7 @@ from tornado.iostream import IOStream
 from tornado.websocket import WebSocketHandler, WebSocketProtocol13
 
 from tornado_echo.compat import (
+    MALFORMED_HTTP_LOG,
     PRIVATE_NAMES,
     SSL_ERROR_LOG,
     UNSATISFIABLE_READ_LOG,
@@ -63,6 +65,12 @@ def test_private_tornado_name_exists(dotted: str) -> None:
 def test_tornado_still_logs_the_lines_the_http_server_takes_over(line: str) -> None:
     assert line in inspect.getsource(tornado.iostream), (
         f"{line!r} is gone from tornado.iostream: update tornado_echo/compat.py"
+    )
+
+
+def test_tornado_still_logs_malformed_requests_with_the_line_the_server_takes_over() -> None:
+    assert MALFORMED_HTTP_LOG in inspect.getsource(tornado.http1connection), (
+        f"{MALFORMED_HTTP_LOG!r} is gone from tornado.http1connection: update compat.py"
     )
 
 

@@ -51,6 +51,8 @@ PRIVATE_NAMES = {
 # mistake on one connection, which the HTTP server takes over: a failed TLS handshake, and
 # headers over max_header_size (the server answers 431 and logs that itself).
 SSL_ERROR_LOG = "SSL Error on %s %s: %s"
+# And a request its parser refuses (answered 400 by Tornado), on tornado.general too.
+MALFORMED_HTTP_LOG = "Malformed HTTP message from %s: %s"
 UNSATISFIABLE_READ_LOG = "Unsatisfiable read, closing connection: "
 
 
@@ -100,6 +102,14 @@ def tls_handshake_failure(record: logging.LogRecord) -> tuple[str, str] | None:
         return None
     _fd, peer, error = record.args
     return str(peer[0] if isinstance(peer, tuple) else peer), str(error)
+
+
+def malformed_request(record: logging.LogRecord) -> tuple[str, str] | None:
+    """(peer, error) when ``record`` is Tornado's line for a request it could not parse."""
+    if record.msg != MALFORMED_HTTP_LOG or not isinstance(record.args, tuple):
+        return None
+    context, error = record.args
+    return str(context), str(error)
 
 
 def is_unsatisfiable_read(record: logging.LogRecord) -> bool:

@@ -285,6 +285,13 @@ class Config:
         "connections not (yet) WebSockets at most (requests, handshakes); more get HTTP 503",
         _between(1, 10_000_000),
     )
+    max_http_connections_per_ip: int = _opt(
+        INTEGER,
+        0,
+        "connections not (yet) WebSockets per client address (IPv6: per /64; trusted_proxies"
+        " exempt); more get HTTP 503; 0: no limit",
+        _between(0, 10_000_000),
+    )
     http_timeout: float = _opt(
         NUMBER,
         10.0,

@@ -13,13 +13,16 @@
 * **Bounded headers.** Headers over ``MAX_HEADER_SIZE`` get 431 and the connection is
   closed; no more than the limit plus one read is ever buffered (Tornado stops reading
   there, and would close the connection without an answer).
-* **Bounded count.** At most ``max_http_connections`` connections in the HTTP phase
-  (keep-alive, requests, handshakes in flight); more get 503 at once. Upgraded WebSockets
-  leave this count for ``max_connections``.
+* **Bounded count, fairly shared.** At most ``max_http_connections`` connections in the
+  HTTP phase (keep-alive, requests, handshakes in flight), and ``max_http_connections_per_ip``
+  per client address; when full, a newcomer takes the slot of an idle connection of the
+  address holding the most (:class:`~tornado_echo.http.admission.HTTPAdmission`), else gets
+  503 at once. Upgraded WebSockets leave this count for ``max_connections``.
 * **Descriptors exhausted.** accept() failing with EMFILE/ENFILE pauses accepting for
   ``ACCEPT_BACKOFF`` seconds, logged once per interval, instead of a busy loop.
-* **Quiet about client mistakes.** Tornado's line for each failed TLS handshake (a plain
-  HTTP client on the TLS port, say) goes through the server's :class:`LogThrottle`.
+* **Quiet about client mistakes.** Tornado's lines for each failed TLS handshake (a plain
+  HTTP client on the TLS port, say) and each malformed request go through the server's
+  :class:`LogThrottle`.
 
 Only Tornado's public interfaces are overridden (``close_fd`` is the one Tornado leaves to
 stream subclasses); the one thing read beyond them is the per-connection request context
@@ -57,7 +60,8 @@ from tornado.iostream import IOStream, SSLIOStream, StreamClosedError, Unsatisfi
 from tornado.log import gen_log
 from tornado.netutil import ssl_wrap_socket
 
-from tornado_echo.compat import is_unsatisfiable_read, tls_handshake_failure
+from tornado_echo.compat import is_unsatisfiable_read, malformed_request, tls_handshake_failure
+from tornado_echo.http.admission import ADDRESS_FULL, FULL, HTTPAdmission
 from tornado_echo.observability.throttle import LogThrottle
 
 if TYPE_CHECKING:
@@ -170,6 +174,12 @@ class _TornadoLines(logging.Filter):
                 "tls_handshake", logging.WARNING, "TLS handshake failed with %s: %s", *failure
             )
             return False
+        malformed = malformed_request(record)
+        if malformed is not None:
+            self.throttle.log(
+                "malformed_request", logging.INFO, "malformed HTTP request from %s: %s", *malformed
+            )
+            return False
         return not is_unsatisfiable_read(record)
 
 
@@ -181,7 +191,7 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
     """
 
     proxies: TrustedProxies | None = None
-    max_http_connections = 1000
+    admission: HTTPAdmission[IOStream]  # who holds the HTTP phase's slots
     open_http = 0  # connections handed to Tornado's HTTP/1 code and not yet closed/upgraded
     lingering = 0  # refused connections still being answered and closed
     on_refusal: Callable[[str], None] | None = None
@@ -205,6 +215,15 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
         self.listeners.clear()
         gen_log.removeFilter(self.tornado_lines)
         super().stop()
+
+    @property
+    def max_http_connections(self) -> int:
+        return self.admission.limit
+
+    def set_limits(self, max_http_connections: int, per_address: int) -> None:
+        """The HTTP phase's limits for connections accepted from now on (reload)."""
+        self.admission.limit = max_http_connections
+        self.admission.per_address = per_address
 
     def set_ssl_context(self, context: ssl.SSLContext) -> None:
         """Use ``context`` for connections accepted from now on (certificate reload)."""
@@ -253,28 +272,51 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
         self.refuse(stream, 431, "request_headers", f"request headers over {MAX_HEADER_SIZE} bytes")
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
-        if self.open_http >= self.max_http_connections:
-            peer = str(address[0]) if address else "?"
-            self.refuse(stream, 503, "connection_limit_http", "too many open HTTP connections")
+        # An IP address (a unix socket's peer has none: one shared bucket, "?").
+        peer = str(address[0]) if isinstance(address, tuple) and address else "?"
+        exempt = self.proxies is not None and peer in self.proxies
+        verdict = self.admission.admit(stream, peer, exempt=exempt)
+        if not verdict.admitted:
+            full = verdict.refusal == FULL
+            label = FULL if full else ADDRESS_FULL
+            self.refuse(
+                stream,
+                503,
+                label,
+                "too many open HTTP connections"
+                if full
+                else "too many HTTP connections from your address",
+            )
             self.throttle.log(
-                "http_connection_limit",
+                label,
                 logging.WARNING,
-                "refused a connection from %s: %d HTTP connections open (max_http_connections)",
+                "refused a connection from %s: %d HTTP connections open, %d from it (%s)",
                 peer,
-                self.open_http,
+                len(self.admission),
+                self.admission.held_by(peer),
+                "max_http_connections" if full else "max_http_connections_per_ip",
             )
             return
+        if verdict.evict is not None:
+            # Its slot goes to the newcomer; Tornado's loop on it ends and calls on_close.
+            if self.on_refusal is not None:
+                self.on_refusal("idle_http_evicted")
+            verdict.evict.close()
         self.open_http += 1
         super().handle_stream(stream, address)
 
     def on_close(self, server_conn: object) -> None:
         # Called once per connection served, when it closes or is upgraded (detached).
         self.open_http -= 1
+        self.admission.release(_stream_of(server_conn))
         super().on_close(server_conn)
 
     def start_request(
         self, server_conn: object, request_conn: HTTPConnection
     ) -> HTTPMessageDelegate:
+        # Called when the connection waits for a request (its first, or the next one on
+        # keep-alive): idle, so its slot may go to a newcomer, until headers come.
+        self.admission.idle(_stream_of(server_conn))
         return _Guard(self, super().start_request(server_conn, request_conn), request_conn)
 
     def refuse(self, stream: IOStream, status: int, label: str, reason: str) -> None:
@@ -308,6 +350,7 @@ class _Guard(HTTPMessageDelegate):
         self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
     ) -> Awaitable[None] | None:
         assert isinstance(self.connection, HTTP1Connection)
+        self.server.admission.busy(self.connection.stream)
         context: Any = self.connection.context
         peer = _context_peer(context)
         proxies = self.server.proxies
@@ -342,6 +385,11 @@ class _Guard(HTTPMessageDelegate):
 
     def on_connection_close(self) -> None:
         self.delegate.on_connection_close()
+
+
+def _stream_of(server_conn: object) -> IOStream:
+    stream: IOStream = server_conn.stream  # type: ignore[attr-defined]
+    return stream
 
 
 _tasks: set[asyncio.Future[None]] = set()
@@ -434,6 +482,7 @@ def make_http_server(
     timeout: float,
     max_http_connections: int,
     proxies: TrustedProxies | None,
+    max_http_connections_per_ip: int = 0,
     ssl_context: ssl.SSLContext | None = None,
     on_refusal: Callable[[str], None] | None = None,
     on_tls_failure: Callable[[], None] | None = None,
@@ -447,7 +496,7 @@ def make_http_server(
         max_header_size=MAX_HEADER_SIZE,
     )
     server.proxies = proxies
-    server.max_http_connections = max_http_connections
+    server.admission = HTTPAdmission(max_http_connections, max_http_connections_per_ip)
     server.on_refusal = on_refusal
     server.on_tls_failure = on_tls_failure
     server.throttle = LogThrottle(logger)

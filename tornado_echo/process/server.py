@@ -74,6 +74,7 @@ LIVE_KEYS = frozenset(
         "behind_proxy",
         "trusted_proxies",
         "max_http_connections",
+        "max_http_connections_per_ip",
         # Live while TLS stays on (or off): switching it needs a restart.
         "tls_cert",
         "tls_key",
@@ -143,6 +144,7 @@ class Server:
             self.app,
             timeout=self.config.http_timeout,
             max_http_connections=self.config.max_http_connections,
+            max_http_connections_per_ip=self.config.max_http_connections_per_ip,
             proxies=_proxies(self.config),
             ssl_context=ssl_context,
             on_refusal=self._count_refusal,
@@ -267,7 +269,7 @@ class Server:
         self.metrics.configure(new)
         if self.http is not None:
             self.http.proxies = _proxies(new)
-            self.http.max_http_connections = new.max_http_connections
+            self.http.set_limits(new.max_http_connections, new.max_http_connections_per_ip)
             if ssl_context is not None and not tls_switched:
                 # Read again even when the paths are the same: a renewed certificate.
                 self.http.set_ssl_context(ssl_context)
