@@ -332,6 +332,13 @@ class Config:
         "payload bytes journalled per message (full); the rest is marked truncated",
         _between(0, 1 << 30),
     )
+    journal_max_bytes_per_second: int = _opt(
+        INTEGER,
+        1024 * 1024,
+        "payload bytes the full journal keeps per second per process (one second's worth at"
+        " once); beyond, messages are journalled without payload, marked truncated; 0: no limit",
+        _between(0, 1 << 40),
+    )
     retention_days: float = _opt(
         NUMBER,
         0.0,

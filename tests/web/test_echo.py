@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -176,6 +177,43 @@ async def test_full_journal_records_every_message(
         (1, 1, 3, b"one"),
         (2, 2, 4, b"\x02two"),
     ]
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.app_config(journal="full", max_message_size=1 << 20)
+async def test_the_full_journal_keeps_at_most_its_byte_budget_of_inflated_payloads(
+    http_server: Any,
+    http_port: int,
+    store: Store,
+    connections: Connections,
+    app_config: Config,
+) -> None:
+    # Issue 22: 13.4 MB of compressed messages on the wire became 852 MB of SQLite in 15 s.
+    # Each message here is about 1 KiB on the wire and 1 MiB inflated.
+    started = time.monotonic()
+    reader, writer = await open_raw_websocket(http_port, deflate=True)
+    bomb = deflated(bytes(1 << 20))
+    count = 40
+    for _ in range(count):
+        frame = bytearray(client_frame(0x2, bomb))
+        frame[0] |= 0x40  # RSV1: compressed
+        writer.write(bytes(frame))
+    for _ in range(count):
+        await read_server_frame(reader)
+    elapsed = time.monotonic() - started
+    writer.close()
+    await eventually(lambda: len(connections) == 0)
+    await store.close()
+    rows = fetch_rows(
+        app_config.database_url,
+        "SELECT size, truncated, length(payload) AS kept FROM ws_messages ORDER BY seq",
+    )
+    assert len(rows) == count and all(row["size"] == 1 << 20 for row in rows)
+    kept = sum(row["kept"] or 0 for row in rows)
+    budget = app_config.journal_max_bytes_per_second
+    assert kept <= budget * (1 + elapsed), (kept, elapsed)
+    assert kept >= app_config.journal_max_payload  # the first one, at least, whole
+    assert all(row["truncated"] for row in rows)
 
 
 # -- protocol strictness ------------------------------------------------------------------

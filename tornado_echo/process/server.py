@@ -64,6 +64,7 @@ LIVE_KEYS = frozenset(
         "compression",
         "compression_level",
         "journal",
+        "journal_max_bytes_per_second",
         "log_level",
         "log_format",
         "shutdown_deadline",

@@ -11,6 +11,7 @@ from tornado.log import access_log
 from tornado_echo.compat import request_summary
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
+from tornado_echo.engines.ratelimit import TokenBucket
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import Store
 from tornado_echo.store.reader import SessionReader
@@ -42,12 +43,16 @@ class EchoApplication(tornado.web.Application):
         metrics: Metrics,
         reader: SessionReader,
     ) -> None:
+        # Shared by every connection of this process: what a stranger sends must not grow
+        # the database faster than this, whatever permessage-deflate inflates it to.
+        self.journal_budget = TokenBucket(config.journal_max_bytes_per_second)
         self._ws_kwargs: dict[str, Any] = {
             "db": store,  # EchoWebSocket's users know it as the db
             "config": config,
             "connections": connections,
             "server_id": server_id,
             "metrics": metrics,
+            "journal_budget": self.journal_budget,
         }
         self._metrics_kwargs: dict[str, Any] = {
             "metrics": metrics,
@@ -87,6 +92,7 @@ class EchoApplication(tornado.web.Application):
     def reconfigure(self, config: Config) -> None:
         """Apply what can change without a restart to connections opened from now on."""
         self._ws_kwargs["config"] = config
+        self.journal_budget.rate = config.journal_max_bytes_per_second
         self._api_kwargs["config"] = config
         self._ready_kwargs["config"] = config
         self._live_kwargs["config"] = config

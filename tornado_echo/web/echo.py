@@ -46,6 +46,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         connections: Connections,
         server_id: str,
         metrics: Metrics,
+        journal_budget: TokenBucket | None = None,
     ) -> None:
         self.db = db
         self.config = config
@@ -60,6 +61,8 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         self._opened_at = 0.0
         self._shutdown_close = False
         self._journal = config.journal
+        # Payload bytes the full journal may keep (shared by the process's connections).
+        self._journal_budget = journal_budget if config.journal_max_bytes_per_second else None
         self._message_budget = (
             TokenBucket(config.max_messages_per_second) if config.max_messages_per_second else None
         )
@@ -241,6 +244,14 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
             return None
         if self._journal != "off":
+            payload = data if self._journal == "full" else None
+            budget = self._journal_budget
+            truncated = False
+            if payload is not None and budget is not None:
+                # What the store keeps of it; more than a second's worth takes a second's.
+                kept = min(len(payload), self.config.journal_max_payload, budget.rate)
+                if not budget.take(kept):
+                    payload, truncated = None, True  # the row without its payload
             self.db.submit(
                 MessageReceived(
                     session_id=self.session_id,
@@ -248,7 +259,8 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
                     received_at=time.time(),
                     opcode=int(opcode),
                     size=len(data),
-                    payload=data if self._journal == "full" else None,
+                    payload=payload,
+                    truncated=truncated,
                 )
             )
         assert self._protocol is not None
