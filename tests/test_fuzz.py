@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import eventually_blocking
+from tests.helpers import client_frame, eventually_blocking
 from tornado_echo.config import ENGINES
 from tornado_echo.wire import is_sendable_close_code
 
@@ -262,15 +262,6 @@ DEFLATE_KINDS = ["sync", "final", "final-rfc", "final-trailer"]
 TAIL = b"\x00\x00\xff\xff"
 
 
-def masked_frame(b0: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    length = len(payload)
-    head = bytes([b0]) + (
-        bytes([0x80 | length]) if length < 126 else bytes([0x80 | 126]) + struct.pack("!H", length)
-    )
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 @st.composite
 def deflate_messages(draw: st.DrawFn) -> tuple[bytes, list[bytes], bool]:
     """(the frames, the payloads the server must echo, whether it must then fail 1007)."""
@@ -295,7 +286,9 @@ def deflate_messages(draw: st.DrawFn) -> tuple[bytes, list[bytes], bool]:
         pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
         for index, piece in enumerate(pieces):
             first, last = index == 0, index == len(pieces) - 1
-            wire.append(masked_frame((0x80 if last else 0) | (0x42 if first else 0), piece))
+            frame = bytearray(client_frame(0x2 if first else 0x0, piece, fin=last))
+            frame[0] |= 0x40 if first else 0  # RSV1: compressed
+            wire.append(bytes(frame))
         if kind == "final-trailer":
             return b"".join(wire), echoes, True
         echoes.append(payload)
