@@ -219,22 +219,28 @@ class Server:
             self.install_signal_handlers()
             await self.start(sockets)
             assert self._wakeup is not None
-            if self.reload_requested or self.exit_requested:
-                self._wake()  # a signal came during start()
+            if self.reload_requested:
+                self._wake()  # a SIGHUP came during start()
             reloading: asyncio.Task[bool] | None = None
             while not self.exit_requested:
                 await self._wakeup.wait()
                 self._wakeup.clear()
+                if self.exit_requested:
+                    break
                 if self.reload_requested and (reloading is None or reloading.done()):
                     self.reload_requested = False
                     reloading = asyncio.ensure_future(self.reload())
-                    # A SIGHUP that came meanwhile is served once this one is done.
-                    reloading.add_done_callback(lambda _: self._wake())
+                    reloading.add_done_callback(self._reloaded)
             if reloading is not None:
                 reloading.cancel()  # applies nothing unless it was done
             return await self.shutdown()
         finally:
             self.notifier.close()
+
+    def _reloaded(self, task: asyncio.Task[bool]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("reload failed", exc_info=task.exception())
+        self._wake()  # a SIGHUP that came meanwhile is served now
 
     async def reload(self) -> bool:
         """Re-read the configuration and apply what can change live; False if refused."""
