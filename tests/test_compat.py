@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import tornado.http1connection
 import tornado.httpclient
 import tornado.httpserver
 import tornado.iostream
@@ -25,6 +26,7 @@ from tornado.iostream import IOStream
 from tornado.websocket import WebSocketHandler, WebSocketProtocol13
 
 from tornado_echo.compat import (
+    MALFORMED_HTTP_LOG,
     PRIVATE_NAMES,
     PROMETHEUS_PRIVATE_NAMES,
     SSL_ERROR_LOG,
@@ -98,6 +100,12 @@ def test_private_tornado_name_exists(dotted: str) -> None:
 def test_tornado_still_logs_the_lines_the_http_server_takes_over(line: str) -> None:
     assert line in inspect.getsource(tornado.iostream), (
         f"{line!r} is gone from tornado.iostream: update tornado_echo/compat.py"
+    )
+
+
+def test_tornado_still_logs_malformed_requests_with_the_line_the_server_takes_over() -> None:
+    assert MALFORMED_HTTP_LOG in inspect.getsource(tornado.http1connection), (
+        f"{MALFORMED_HTTP_LOG!r} is gone from tornado.http1connection: update compat.py"
     )
 
 

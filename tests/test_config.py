@@ -90,6 +90,14 @@ FILE_ERRORS = [
     ("allowed_origins = [1]\n", "key 'allowed_origins': expected a list of strings"),
     ('allowed_origins = ["evil"]\n', "entry 'evil' must be '*' or an origin"),
     ("ping_timeout = 0\n", "key 'ping_timeout': must be between 0.1 and 3600, got 0.0"),
+    (
+        "journal_max_bytes_per_second = 1.5\n",
+        "key 'journal_max_bytes_per_second': expected an integer, got 1.5",
+    ),
+    (
+        "max_http_connections_per_ip = -1\n",
+        "key 'max_http_connections_per_ip': must be between 0 and 10000000, got -1",
+    ),
     ("port = \n", "not valid TOML"),
     ('ws_path = "/ws?x"\n', "key 'ws_path': must be printable ASCII without spaces, '?' or '#'"),
     ('database_url = "postgresql://[::1"\n', "key 'database_url': must be sqlite:///PATH or"),

@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import eventually_blocking
+from tests.helpers import client_frame, eventually_blocking
 from tornado_echo.config import ENGINES
 from tornado_echo.wire import is_sendable_close_code
 
@@ -250,6 +251,73 @@ def test_any_frame_sequence_gets_echoes_or_a_lawful_close(
         assert opcode in (0x1, 0x2, 0x8, 0x9, 0xA), opcode
         if opcode == 0x8 and len(payload) >= 2:
             assert is_sendable_close_code(struct.unpack("!H", payload[:2])[0]), payload
+    assert live.complaints() == []
+
+
+# -- permessage-deflate message sequences ---------------------------------------------------
+# Each message as one kind of deflate stream: a sync flush keeping the context, or a block
+# with BFINAL set (RFC 7692 section 7.2.3.4) after which the sender starts a new stream,
+# with the byte the RFC adds after it, without it, or with bytes no decoder may accept.
+DEFLATE_KINDS = ["sync", "final", "final-rfc", "final-trailer"]
+TAIL = b"\x00\x00\xff\xff"
+
+
+@st.composite
+def deflate_messages(draw: st.DrawFn) -> tuple[bytes, list[bytes], bool]:
+    """(the frames, the payloads the server must echo, whether it must then fail 1007)."""
+    compressor = zlib.compressobj(wbits=-15)
+    wire: list[bytes] = []
+    echoes: list[bytes] = []
+    for _ in range(draw(st.integers(1, 6))):
+        payload = draw(st.binary(max_size=3000) | st.just(b"abc" * draw(st.integers(0, 900))))
+        kind = draw(st.sampled_from(DEFLATE_KINDS))
+        if kind == "sync":
+            body = (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        else:
+            body = compressor.compress(payload) + compressor.flush(zlib.Z_FINISH)
+            compressor = zlib.compressobj(wbits=-15)  # that stream is finished
+            if kind == "final-rfc":
+                body += b"\x00"
+            elif kind == "final-trailer":
+                body += draw(
+                    st.binary(min_size=1, max_size=12).filter(lambda extra: extra != b"\x00")
+                )
+        cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=3)))
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        for index, piece in enumerate(pieces):
+            first, last = index == 0, index == len(pieces) - 1
+            frame = bytearray(client_frame(0x2 if first else 0x0, piece, fin=last))
+            frame[0] |= 0x40 if first else 0  # RSV1: compressed
+            wire.append(bytes(frame))
+        if kind == "final-trailer":
+            return b"".join(wire), echoes, True
+        echoes.append(payload)
+    return b"".join(wire), echoes, False
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(messages=deflate_messages())
+def test_any_deflate_stream_is_echoed_or_fails_with_1007(
+    live: LiveServer, messages: tuple[bytes, list[bytes], bool]
+) -> None:
+    wire, echoes, fails = messages
+    extra = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+    with connect(live.port) as sock:
+        sock.sendall(upgrade(extra))
+        head = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        sock.sendall(wire + CLOSE)
+        answer = server_frames(rest + read_all(sock))
+    inflate = zlib.decompressobj(wbits=-15)  # the server's echoes share one context
+    received = [inflate.decompress(payload + TAIL) for op, payload in answer if op == 0x2]
+    assert received == echoes
+    closes = [payload for op, payload in answer if op == 0x8]
+    assert [struct.unpack("!H", close[:2])[0] for close in closes] == [1007 if fails else 1000]
     assert live.complaints() == []
 
 

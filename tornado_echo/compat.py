@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.web import RequestHandler
-from tornado.websocket import WebSocketHandler, WebSocketProtocol13, _DecompressTooLargeError
+from tornado.websocket import WebSocketHandler, WebSocketProtocol13
 
 if TYPE_CHECKING:
     # Not imported at run time: prometheus_client chooses its multiprocess mode when first
@@ -46,6 +46,10 @@ PRIVATE_NAMES = {
     "tornado.websocket.WebSocketProtocol13._abort": (WebSocketProtocol13, "_abort"),
     "tornado.websocket.WebSocketProtocol13._compressor": (WebSocketProtocol13, "_compressor"),
     "tornado.websocket.WebSocketProtocol13._decompressor": (WebSocketProtocol13, "_decompressor"),
+    "tornado.websocket.WebSocketProtocol13._create_compressors": (
+        WebSocketProtocol13,
+        "_create_compressors",
+    ),
     "tornado.websocket.WebSocketProtocol13._message_bytes_in": (
         WebSocketProtocol13,
         "_message_bytes_in",
@@ -61,9 +65,9 @@ PROMETHEUS_PRIVATE_NAMES = {
 # mistake on one connection, which the HTTP server takes over: a failed TLS handshake, and
 # headers over max_header_size (the server answers 431 and logs that itself).
 SSL_ERROR_LOG = "SSL Error on %s %s: %s"
+# And a request its parser refuses (answered 400 by Tornado), on tornado.general too.
+MALFORMED_HTTP_LOG = "Malformed HTTP message from %s: %s"
 UNSATISFIABLE_READ_LOG = "Unsatisfiable read, closing connection: "
-
-DecompressTooLargeError = _DecompressTooLargeError
 
 
 def cross_origin_problem(handler: RequestHandler, check: Callable[[str], bool]) -> str | None:
@@ -122,6 +126,14 @@ def tls_handshake_failure(record: logging.LogRecord) -> tuple[str, str] | None:
         return None
     _fd, peer, error = record.args
     return str(peer[0] if isinstance(peer, tuple) else peer), str(error)
+
+
+def malformed_request(record: logging.LogRecord) -> tuple[str, str] | None:
+    """(peer, error) when ``record`` is Tornado's line for a request it could not parse."""
+    if record.msg != MALFORMED_HTTP_LOG or not isinstance(record.args, tuple):
+        return None
+    context, error = record.args
+    return str(context), str(error)
 
 
 def is_unsatisfiable_read(record: logging.LogRecord) -> bool:

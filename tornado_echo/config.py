@@ -48,6 +48,7 @@ LIVE_KEYS = frozenset(
         "compression",
         "compression_level",
         "journal",
+        "journal_max_bytes_per_second",
         "log_level",
         "log_format",
         "shutdown_deadline",
@@ -58,6 +59,7 @@ LIVE_KEYS = frozenset(
         "behind_proxy",
         "trusted_proxies",
         "max_http_connections",
+        "max_http_connections_per_ip",
         # Live while TLS stays on (or off): switching it needs a restart.
         "tls_cert",
         "tls_key",
@@ -317,6 +319,13 @@ class Config:
         "connections not (yet) WebSockets at most (requests, handshakes); more get HTTP 503",
         _between(1, 10_000_000),
     )
+    max_http_connections_per_ip: int = _opt(
+        INTEGER,
+        0,
+        "connections not (yet) WebSockets per client address (IPv6: per /64; trusted_proxies"
+        " exempt); more get HTTP 503; 0: no limit",
+        _between(0, 10_000_000),
+    )
     http_timeout: float = _opt(
         NUMBER,
         10.0,
@@ -356,6 +365,13 @@ class Config:
         65536,
         "payload bytes journalled per message (full); the rest is marked truncated",
         _between(0, 1 << 30),
+    )
+    journal_max_bytes_per_second: int = _opt(
+        INTEGER,
+        1024 * 1024,
+        "payload bytes the full journal keeps per second per process (one second's worth at"
+        " once); beyond, messages are journalled without payload, marked truncated; 0: no limit",
+        _between(0, 1 << 40),
     )
     retention_days: float = _opt(
         NUMBER,

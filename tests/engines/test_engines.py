@@ -413,3 +413,59 @@ async def test_sockets_do_not_delay_small_writes(
     sock = socket_of(session._protocol)  # type: ignore[attr-defined]
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     writer.close()
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.gen_test
+@pytest.mark.app_config(max_message_size=1 << 20)
+@pytest.mark.parametrize("b0", [0x89, 0xA2], ids=["64k-ping", "rsv2"])
+async def test_a_frame_condemned_by_its_header_closes_before_its_payload(
+    http_server: Any, http_port: int, b0: int
+) -> None:
+    # Only the header of a 64 KiB frame is sent: the close must come without the rest.
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(bytes((b0, 0x80 | 126)) + struct.pack("!H", 65535) + os.urandom(4) + b"x")
+    assert (await read_close(reader))[0] == 1002
+    writer.close()
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.gen_test
+async def test_a_message_ending_in_a_final_deflate_block_does_not_empty_later_echoes(
+    http_server: Any, http_port: int
+) -> None:
+    # RFC 7692 section 7.2.3.4: "Hello" in a block with BFINAL set; then a new stream.
+    reader, writer = await open_raw_websocket(http_port, deflate=True)
+    compressor = zlib.compressobj(wbits=-15)
+    bodies = [bytes.fromhex("f348cdc9c9070000"), deflated(b"world", compressor)]
+    bodies.append(deflated(b"world again", compressor))
+    writer.write(b"".join(rsv_frame(client_frame(0x2, body), 0x40) for body in bodies))
+    inflate = zlib.decompressobj(wbits=-15)
+    for expected in (b"Hello", b"world", b"world again"):
+        opcode, payload = await read_server_frame(reader)
+        assert (opcode, inflate.decompress(payload + b"\x00\x00\xff\xff")) == (0x2, expected)
+    # Bytes after a final block are not deflate data.
+    writer.write(rsv_frame(client_frame(0x2, bytes.fromhex("f348cdc9c90700") + b"junk"), 0x40))
+    assert (await read_close(reader))[0] == 1007
+    writer.close()
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.app_config(max_message_size=1 << 20)
+async def test_a_backpressured_peer_that_hangs_up_ends_quietly(
+    http_server: Any, http_port: int, connections: Connections, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(client_frame(0x1, b"open?"))
+    assert await read_server_frame(reader) == (0x1, b"open?")
+    frame = client_frame(0x2, b"\xab" * 65536)
+    while server_backlog(connections) <= WRITE_HIGH_WATER:  # the echo now waits on us
+        writer.write(frame)
+        try:
+            await asyncio.wait_for(writer.drain(), 0.5)
+        except asyncio.TimeoutError:
+            break
+    writer.transport.abort()
+    await eventually(lambda: len(connections) == 0)
+    assert_no_traceback(caplog.records)

@@ -47,7 +47,7 @@ def test_loopback_addresses() -> None:
         ("127.0.0.1", "127.0.0.1", "127.0.0.1:8080", "", "", True),
         ("127.0.0.1", "127.0.0.1", "localhost", "", "tok", True),
         ("::1", "::1", "[::1]:8080", "", "", True),
-        ("127.0.0.1", "127.0.0.2", "localhost", "", "", True),  # via a loopback proxy
+        ("127.0.0.1", "127.0.0.2", "localhost", "", "", True),  # a loopback peer's own
         ("127.0.0.1", "203.0.113.7", "localhost", "", "", False),  # forwarded for a stranger
         ("203.0.113.7", "127.0.0.1", "localhost", "", "", False),  # a forged header
         ("203.0.113.7", "203.0.113.7", "localhost", "", "", False),
@@ -65,6 +65,14 @@ def test_refusal(
     assert (refused is None) is allowed
     if not allowed:
         assert refused == NOT_LOOPBACK
+
+
+def test_an_address_from_a_header_never_earns_loopback_trust() -> None:
+    assert refusal("127.0.0.1", "127.0.0.1", "localhost", "", "", ()) is None
+    assert refusal("127.0.0.1", "127.0.0.1", "localhost", "", "", (), True) == NOT_LOOPBACK
+    assert refusal("::1", "::1", "localhost", "", "", (), forwarded=True) == NOT_LOOPBACK
+    # The token still opens the door to a forwarded client.
+    assert refusal("127.0.0.1", "203.0.113.7", "x", "Bearer tok", "tok", (), True) is None
 
 
 @pytest.mark.parametrize(
@@ -139,11 +147,27 @@ def test_host_name() -> None:
         ("127.0.0.1", "127.0.0.1, 203.0.113.9", None, "203.0.113.9"),  # client wrote the left
         ("127.0.0.1", "198.51.100.1, 203.0.113.9, 10.0.0.5", None, "203.0.113.9"),  # 2 proxies
         ("127.0.0.1", "10.0.0.5, 127.0.0.1", None, "10.0.0.5"),  # every hop trusted
-        ("127.0.0.1", "203.0.113.9, garbage", None, "127.0.0.1"),  # stop at the last voucher
+        ("127.0.0.1", "203.0.113.9, garbage", None, "unknown"),  # a proxy's hop malformed
+        ("127.0.0.1", "garbage, 203.0.113.9", None, "203.0.113.9"),  # the client's: unread
+        ("127.0.0.1", "198.51.100.7:51000", None, "198.51.100.7"),  # a port is dropped
+        ("127.0.0.1", "[2001:db8::7]:51000", None, "2001:db8::7"),
+        ("127.0.0.1", "::ffff:203.0.113.9", None, "203.0.113.9"),
+        ("127.0.0.1", "1.2.3.4:x", None, "unknown"),
+        ("127.0.0.1", "[2001:db8::7", None, "unknown"),
+        ("127.0.0.1", "", None, "unknown"),
         ("127.0.0.1", None, "203.0.113.4", "203.0.113.4"),
-        ("127.0.0.1", None, "not an address", "127.0.0.1"),
+        ("127.0.0.1", None, "not an address", "unknown"),
         ("127.0.0.1", None, None, "127.0.0.1"),
         ("203.0.113.7", "127.0.0.1", "127.0.0.1", "203.0.113.7"),  # not a proxy: ignored
+        # A proxy that sets X-Real-Ip and passes the client's own X-Forwarded-For on (the
+        # issue 22 attack strings): they disagree, so nobody is believed.
+        ("127.0.0.1", "127.0.0.1", "203.0.113.4", "unknown"),
+        ("127.0.0.1", "garbage", "203.0.113.4", "unknown"),
+        ("127.0.0.1", "198.51.100.7:51000", "203.0.113.4", "unknown"),
+        # nginx as conf/nginx.conf has it: the appended X-Forwarded-For agrees.
+        ("127.0.0.1", "127.0.0.1, 203.0.113.4", "203.0.113.4", "203.0.113.4"),
+        # X-Real-Ip names a proxy further out: X-Forwarded-For goes on from there.
+        ("127.0.0.1", "203.0.113.4, 10.0.0.5", "10.0.0.5", "203.0.113.4"),
     ],
 )
 def test_client_address_behind_trusted_proxies(
@@ -155,7 +179,18 @@ def test_client_address_behind_trusted_proxies(
     if real_ip is not None:
         headers["X-Real-Ip"] = real_ip
     proxies = TrustedProxies(["127.0.0.1", "10.0.0.0/8", "::1"])
-    assert proxies.client_address(peer, headers) == client
+    forwarded = forwarded_for is not None or real_ip is not None
+    assert proxies.client_address(peer, headers) == (client, forwarded and peer in proxies)
+
+
+def test_two_real_ip_headers_are_not_believed() -> None:
+    headers = HTTPHeaders()
+    headers.add("X-Real-Ip", "127.0.0.1")
+    headers.add("X-Real-Ip", "203.0.113.4")
+    assert TrustedProxies(["127.0.0.1"]).client_address("127.0.0.1", headers) == (
+        "unknown",
+        True,
+    )
 
 
 def request(path: str, **headers: str) -> bytes:
@@ -179,8 +214,11 @@ async def test_forged_loopback_header_from_a_remote_peer_is_refused(
             )
             assert status == 403, (path, body)
             assert "loopback" in json_body(body)["error"]
-            # The same request from loopback itself is served: the peer made the difference.
-            assert (await raw_http(server.port, request(path, **forged)))[0] == 200
+            # The same request from loopback itself: with behind_proxy the loopback peer is
+            # a proxy, and an address from its headers earns no loopback trust; without,
+            # the headers are not read and the loopback peer is served.
+            status = (await raw_http(server.port, request(path, **forged)))[0]
+            assert status == (403 if behind_proxy else 200)
     finally:
         await server.shutdown()
     assert_no_traceback(caplog.records)
@@ -232,6 +270,32 @@ async def test_loopback_trust_is_refused_for_a_foreign_host(
             "/api/sessions", Host="attacker.example", Authorization="Bearer s3cret"
         )
         assert (await raw_http(port, authorized))[0] == 200
+    finally:
+        await server.shutdown()
+    assert_no_traceback(caplog.records)
+
+
+@pytest.mark.parametrize("forwarded_for", ["127.0.0.1", "garbage", "198.51.100.7:51000", None])
+@pytest.mark.gen_test(timeout=30)
+async def test_a_proxied_client_gets_no_loopback_trust(
+    tmp_path: Path, sqlite_url: str, forwarded_for: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The trusted loopback proxy sets X-Real-Ip (a loopback client of its own, even) and
+    # passes on whatever X-Forwarded-For its client wrote (issue 22).
+    server = await started_server(tmp_path, sqlite_url, behind_proxy=True)
+    headers = {"X_Real_Ip": "127.0.0.1"}
+    if forwarded_for is not None:
+        headers["X_Forwarded_For"] = forwarded_for
+    try:
+        for path in ("/api/sessions", "/metrics", "/console/live"):
+            raw = request(path, Authorization="Bearer x", **headers)
+            status, _, body = await raw_http(server.port, raw)
+            if path == "/console/live":  # the public figures, without the sessions
+                assert status == 200 and "rows" not in json_body(body)["sessions"], body
+            else:
+                assert status == 403, (path, body)
+            # Straight from loopback, no proxy in between: served.
+            assert (await raw_http(server.port, request(path)))[0] == 200
     finally:
         await server.shutdown()
     assert_no_traceback(caplog.records)

@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import tornado.web
 from tornado.httputil import HTTPHeaders
 
 from tests.helpers import (
@@ -25,6 +26,7 @@ from tests.helpers import (
     upgrade_request,
 )
 from tornado_echo.http.listener import MAX_HEADER_SIZE, has_body
+from tornado_echo.process.server import Server
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -131,29 +133,59 @@ async def test_oversized_headers_get_431_then_the_connection_closes(
     assert_no_traceback(caplog.records)
 
 
+class _Slow(tornado.web.RequestHandler):
+    """Answers once the test lets it: a connection with a request under way (busy)."""
+
+    release: asyncio.Event
+
+    async def get(self) -> None:
+        await self.release.wait()
+        self.finish("done")
+
+
+async def with_slow_route(server: Server) -> asyncio.Event:
+    """Add ``/slow`` to a started server; returns the event that lets its requests finish."""
+    assert server.app is not None
+    _Slow.release = asyncio.Event()
+    server.app.add_handlers(r".*", [("/slow", _Slow)])
+    return _Slow.release
+
+
+async def busy_connections(server: Server, count: int) -> list[asyncio.StreamWriter]:
+    assert server.http is not None
+    http = server.http
+    writers = []
+    for _ in range(count):
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        writers.append(writer)
+    await eventually(lambda: http.open_http == count and not http.admission._idle)
+    return writers
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_http_connections_beyond_the_limit_get_503(
     tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await started_server(tmp_path, sqlite_url, max_http_connections=2)
+    release = await with_slow_route(server)
     try:
         # Upgraded WebSockets leave the HTTP count.
         sockets = [await open_raw_websocket(server.port) for _ in range(3)]
         assert (await raw_http(server.port, HEALTH))[0] == 200
         assert server.http is not None
-        while server.http.open_http:  # until the server has seen that request's close
-            await asyncio.sleep(0.01)
-        idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
-        while server.http.open_http < 2:  # the kernel connected them; wait for accept()
-            await asyncio.sleep(0.01)
+        http = server.http
+        await eventually(lambda: http.open_http == 0)  # that request's close is seen
+        busy = await busy_connections(server, 2)  # requests under way: never evicted
         status, _, body = await raw_http(server.port, HEALTH)
         assert (status, json_body(body)["error"]) == (503, "too many open HTTP connections")
-        idle[0][1].close()
+        release.set()
         scrape = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
-        while (answer := await raw_http(server.port, scrape))[0] != 200:
-            await asyncio.sleep(0.01)
-        metrics = answer[2]
-        for _, writer in [*sockets, *idle]:
+        for writer in busy:
+            writer.close()
+        await eventually(lambda: http.open_http == 0)
+        metrics = (await raw_http(server.port, scrape))[2]
+        for _, writer in sockets:
             writer.close()
         assert b'tornado_echo_rejections_total{reason="connection_limit_http"}' in metrics
     finally:
@@ -168,11 +200,11 @@ async def test_refused_clients_linger_no_more_than_max_http_connections(
     # Each refusal that lingers holds a descriptor outside every limit; a flood of refused
     # clients that never close must not hold more than max_http_connections of them.
     server = await started_server(tmp_path, sqlite_url, max_http_connections=2)
+    release = await with_slow_route(server)
     try:
         assert server.http is not None
         http = server.http
-        idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
-        await eventually(lambda: http.open_http == 2)
+        busy = await busy_connections(server, 2)
         refused = []
         for _ in range(10):
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -183,10 +215,108 @@ async def test_refused_clients_linger_no_more_than_max_http_connections(
         for reader, _ in refused:
             assert json_body(await asyncio.wait_for(reader.read(), 5))["status"] == 503
         await eventually(lambda: http.lingering == 0)
-        for _, writer in [*idle, *refused]:
+        for writer in [*busy, *(writer for _, writer in refused)]:
+            writer.close()
+    finally:
+        release.set()
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_one_address_holding_every_slot_idle_cannot_keep_others_out(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 22: one address kept all max_http_connections slots with connections that
+    # sent nothing (or idled on keep-alive), and others' upgrades got 503.
+    server = await started_server(tmp_path, sqlite_url, max_http_connections=4)
+    assert server.http is not None
+    http = server.http
+    try:
+        hog = []
+        for _ in range(4):
+            hog.append(
+                await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.2", 0))
+            )
+        hog[3][1].write(HEALTH)  # one on keep-alive after its answer
+        assert (await hog[3][0].readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await eventually(lambda: http.open_http == 4)
+        # Another address: an idle connection, then an upgrade; each takes a hog's slot.
+        _, idle = await asyncio.open_connection("127.0.0.1", server.port)
+        await eventually(lambda: http.admission.held_by("127.0.0.1") == 1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(upgrade_request())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        # The hog's longest idle connections were closed, oldest first (the one on
+        # keep-alive became idle last).
+        for reader, _ in hog[:2]:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert http.admission.held_by("127.0.0.2") == 2
+        writer.close()
+        idle.close()
+        for _, writer in hog:
+            writer.close()
+        scrape = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        metrics = (await raw_http(server.port, scrape))[2]
+        assert b'tornado_echo_rejections_total{reason="idle_http_evicted"} 2.0' in metrics
+    finally:
+        await server.shutdown()
+    assert_no_traceback(caplog.records)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_http_connections_per_address_are_capped(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await started_server(tmp_path, sqlite_url, max_http_connections_per_ip=2)
+    assert server.http is not None
+    http = server.http
+    try:
+        held = [
+            await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.2", 0))
+            for _ in range(2)
+        ]
+        await eventually(lambda: http.open_http == 2)
+        for _ in range(20):  # a flood from that address: refused, and logged once
+            status, _, body = await raw_http(server.port, HEALTH, source="127.0.0.2")
+            assert status == 503
+            assert json_body(body)["error"] == "too many HTTP connections from your address"
+        assert (await raw_http(server.port, HEALTH))[0] == 200  # another address
+        for _, writer in held:
             writer.close()
     finally:
         await server.shutdown()
+    said = [r.getMessage() for r in caplog.records if "refused a connection" in r.getMessage()]
+    assert len(said) == 1 and "max_http_connections_per_ip" in said[0], said
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_floods_of_refused_api_requests_and_malformed_requests_are_logged_once(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    server = await started_server(tmp_path, sqlite_url, behind_proxy=True)
+    refused = b"GET /api/sessions HTTP/1.1\r\nHost: localhost\r\nX-Real-Ip: 203.0.113.9\r\n\r\n"
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        for _ in range(200):  # one keep-alive client
+            writer.write(refused)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 403")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        writer.close()
+        for _ in range(50):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 400")
+            writer.close()
+    finally:
+        await server.shutdown()
+    lines = [r.getMessage() for r in caplog.records]
+    # At most one (the API's throttle is per process: an earlier test's line may be recent).
+    assert len([line for line in lines if line.startswith("API request from")]) <= 1, lines
+    assert len([line for line in lines if "alformed HTTP" in line]) == 1, lines
+    assert not [r for r in caplog.records if r.name.startswith("tornado.")]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.helpers import eventually, make_server
+from tests.helpers import BASE_CONF, Service, eventually, make_server, start_service
 from tornado_echo.config import Config, build_config
 from tornado_echo.errors import ConfigError
 from tornado_echo.http.listener import MAX_HEADER_SIZE
@@ -159,6 +161,8 @@ def test_bad_files_are_config_errors_naming_the_key(tmp_path: Path) -> None:
     other_cert, other_key = make_pair(tmp_path / "b", "b")
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
+    fifo = tmp_path / "fifo.pem"  # nobody writes to it: a read would wait for ever
+    os.mkfifo(fifo)
     cases = [
         ({"tls_cert": str(cert)}, "key 'tls_key': must be set too"),
         (
@@ -169,6 +173,7 @@ def test_bad_files_are_config_errors_naming_the_key(tmp_path: Path) -> None:
         ({"tls_cert": str(cert), "tls_key": str(other_key)}, "key 'tls_key': "),
         ({"tls_cert": str(garbage), "tls_key": str(key)}, "key 'tls_cert': "),
         ({"tls_cert": str(cert), "tls_key": str(garbage)}, "key 'tls_key': "),
+        ({"tls_cert": str(fifo), "tls_key": str(key)}, "key 'tls_cert': cannot read"),
     ]
     for settings, expected in cases:
         with pytest.raises(ConfigError) as raised:
@@ -203,3 +208,22 @@ async def test_plain_server_has_no_tls(tmp_path: Path, sqlite_url: str) -> None:
         assert server.http is not None and server.http.ssl_options is None
     finally:
         await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_fifo_as_certificate_neither_hangs_a_reload_nor_the_shutdown(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    cert, key = make_pair(tmp_path / "pair", "pair")
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    conf = BASE_CONF + f'tls_key = "{key}"\n'
+    service = start_service(tmp_path, conf + f'tls_cert = "{cert}"\n')
+    services.append(service)
+    service.conf.write_text(conf + f'tls_cert = "{fifo}"\n')
+    service.process.send_signal(signal.SIGHUP)
+    await eventually(lambda: "reload refused" in service.log.read_text(), timeout=15)
+    assert "not a regular file" in service.log.read_text()
+    assert (await echo_over_tls(service.port, cert))[1] == der(cert)  # the pair in use
+    service.process.terminate()
+    assert service.wait_exit(15) == 0

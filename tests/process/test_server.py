@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from tests.helpers import (
     upgrade_request,
 )
 from tornado_echo.config import Config, build_config
+from tornado_echo.process import server as server_module
 from tornado_echo.process.server import Server
 
 
@@ -191,3 +193,41 @@ async def test_a_reload_reaches_the_listener_handlers_and_new_connections(
             open_writer.close()
     finally:
         await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_reload_whose_files_never_come_is_refused_and_never_holds_up_shutdown(
+    tmp_path: Path,
+    sqlite_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A read that blocks for good (a certificate on a hung mount, say).
+    monkeypatch.setattr(server_module, "LOAD_TIMEOUT", 0.3)
+    released = threading.Event()
+    config = make_server(tmp_path, sqlite_url).config
+
+    def stuck() -> Config:
+        released.wait()
+        return config
+
+    server = Server(config, reload_config=stuck)
+    await server.start()
+    try:
+        assert await server.reload() is False
+        assert "reload refused" in caplog.text and "files took over" in caplog.text
+    finally:
+        await server.shutdown()
+    # And a reload under way when SIGTERM comes: serve() goes on to the shutdown at once.
+    monkeypatch.setattr(server_module, "LOAD_TIMEOUT", 3600.0)
+    serving = Server(config, reload_config=stuck)
+    task = asyncio.ensure_future(serving.serve())
+    await eventually(lambda: serving.http is not None)
+    serving.request_reload()
+    await eventually(
+        lambda: any(thread.name == "read-files" for thread in threading.enumerate()),
+        "the reload to be under way",
+    )
+    serving.request_exit()
+    assert await asyncio.wait_for(task, 10) == 0
+    released.set()

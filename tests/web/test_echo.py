@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.helpers import (
     open_raw_websocket,
     raw_http,
     read_server_frame,
+    started_server,
     upgrade_request,
 )
 from tornado_echo.config import Config, LiveConfig
@@ -177,6 +179,43 @@ async def test_full_journal_records_every_message(
     ]
 
 
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.app_config(journal="full", max_message_size=1 << 20)
+async def test_the_full_journal_keeps_at_most_its_byte_budget_of_inflated_payloads(
+    http_server: Any,
+    http_port: int,
+    store: Store,
+    connections: Connections,
+    app_config: Config,
+) -> None:
+    # Issue 22: 13.4 MB of compressed messages on the wire became 852 MB of SQLite in 15 s.
+    # Each message here is about 1 KiB on the wire and 1 MiB inflated.
+    started = time.monotonic()
+    reader, writer = await open_raw_websocket(http_port, deflate=True)
+    bomb = deflated(bytes(1 << 20))
+    count = 40
+    for _ in range(count):
+        frame = bytearray(client_frame(0x2, bomb))
+        frame[0] |= 0x40  # RSV1: compressed
+        writer.write(bytes(frame))
+    for _ in range(count):
+        await read_server_frame(reader)
+    elapsed = time.monotonic() - started
+    writer.close()
+    await eventually(lambda: len(connections) == 0)
+    await store.close()
+    rows = fetch_rows(
+        app_config.database_url,
+        "SELECT size, truncated, length(payload) AS kept FROM ws_messages ORDER BY seq",
+    )
+    assert len(rows) == count and all(row["size"] == 1 << 20 for row in rows)
+    kept = sum(row["kept"] or 0 for row in rows)
+    budget = app_config.journal_max_bytes_per_second
+    assert kept <= budget * (1 + elapsed), (kept, elapsed)
+    assert kept >= app_config.journal_max_payload  # the first one, at least, whole
+    assert all(row["truncated"] for row in rows)
+
+
 # -- protocol strictness ------------------------------------------------------------------
 
 
@@ -246,6 +285,7 @@ async def test_invalid_utf8_in_compressed_text_closes_with_1007(
 
 BAD_UPGRADES = {
     "post": (upgrade_request(method="POST"), "POST"),
+    "unknown-method": (upgrade_request(method="BREW"), "method BREW cannot be upgraded"),
     "no-upgrade-header": (upgrade_request(Upgrade=None), "Upgrade"),
     "wrong-upgrade-header": (upgrade_request(Upgrade="h2c"), "Upgrade"),
     "no-connection-header": (upgrade_request(Connection=None), "Connection"),
@@ -273,8 +313,9 @@ async def test_bad_upgrade_gets_500_json(
     assert mentioned in error["error"]
     if "version" in case:
         assert headers["sec-websocket-version"] == "13"
-    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
-    assert any("127.0.0.1" in r.getMessage() and "500" in r.getMessage() for r in warnings)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("127.0.0.1" in line and f"500 {error['error']}" in line for line in warnings)
+    assert not any("Method Not Allowed" in line for line in warnings)
 
 
 @pytest.mark.gen_test
@@ -461,3 +502,20 @@ async def test_a_connection_over_its_rate_limit_is_closed_with_1008(
         b"rate limit exceeded",
     )
     writer.close()
+
+
+@pytest.mark.parametrize("ws_path", ["/ws$", "/a.b", "/ws"])
+@pytest.mark.gen_test(timeout=30)
+async def test_ws_path_is_matched_whole_and_literally(
+    tmp_path: Any, sqlite_url: str, ws_path: str
+) -> None:
+    server = await started_server(tmp_path, sqlite_url, ws_path=ws_path)
+    try:
+        status, _, _ = await raw_http(server.port, upgrade_request(ws_path))
+        assert status == 101
+        for other in (ws_path + "x", ws_path + "$", ws_path.replace(".", "x")):
+            if other != ws_path:
+                status, _, _ = await raw_http(server.port, upgrade_request(other))
+                assert status == 404, other
+    finally:
+        await server.shutdown()

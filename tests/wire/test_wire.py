@@ -259,6 +259,21 @@ def test_oversized_frame_is_refused_from_its_header_alone() -> None:
 # -- permessage-deflate ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("b0", "code"),
+    [(0x89, 1002), (0x8A, 1002), (0x88, 1002), (0x09, 1002), (0xC9, 1002), (0xA2, 1002)],
+    ids=["ping", "pong", "close", "ping-unfinished", "ping-rsv1", "binary-rsv2"],
+)
+def test_a_frame_its_header_condemns_fails_before_its_payload_arrives(b0: int, code: int) -> None:
+    # A 64 KiB control frame (or one with bad RSV bits) under a max_size of 1 MiB: only its
+    # header and a few bytes have come, and the reader fails at once, holding nothing.
+    reader = FrameReader(1 << 20)
+    header = bytes((b0, 0x80 | 126)) + struct.pack("!H", 65535) + os.urandom(4)
+    events = reader.feed(header + b"\x00" * 100)
+    assert [(op, exc.code) for op, exc in events] == [(None, code)]
+    assert reader.buffered == 0
+
+
 def test_compressed_fragmented_message_with_a_ping_between() -> None:
     params, _ = negotiate_deflate("permessage-deflate") or ({}, "")
     reader = FrameReader(100_000, PerMessageDeflate(params))
@@ -292,6 +307,39 @@ def test_bad_or_huge_deflate_data(payload: bytes, code: int) -> None:
     reader = FrameReader(1000, PerMessageDeflate({}))
     [(opcode, error)] = reader.feed(masked(Opcode.BINARY, payload, rsv=0x40))
     assert opcode is None and error.code == code
+
+
+# RFC 7692 section 7.2.3.4: "Hello" in a block with BFINAL set, and the byte after it.
+HELLO_FINAL = bytes.fromhex("f348cdc9c9070000")
+
+
+@pytest.mark.parametrize("first", [HELLO_FINAL, HELLO_FINAL[:-1]], ids=["rfc", "no-byte-after"])
+@pytest.mark.parametrize("params", [{}, {"client_no_context_takeover": None}])
+def test_a_message_ending_in_a_final_block_leaves_later_ones_readable(
+    first: bytes, params: dict[str, str | None]
+) -> None:
+    reader = FrameReader(1 << 20, PerMessageDeflate(params))
+    # The sender's new stream, kept across messages when the context is taken over.
+    compressor = None if params else zlib.compressobj(wbits=-15)
+    rest = [deflated(b"world", compressor), deflated(b"world again", compressor)]
+    events = reader.feed(b"".join(masked(0x2, body, rsv=0x40) for body in [first, *rest]))
+    assert events == [
+        (Opcode.BINARY, b"Hello"),
+        (Opcode.BINARY, b"world"),
+        (Opcode.BINARY, b"world again"),
+    ]
+
+
+@pytest.mark.parametrize("after", [b"\x01", b"\x00\x00", b"\x00garbage", b"\x00" * 9])
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_bytes_after_a_final_block_fail_with_1007(after: bytes, fragmented: bool) -> None:
+    reader = FrameReader(1 << 20, PerMessageDeflate({}))
+    if fragmented:  # the extra bytes in a continuation frame of their own
+        data = masked(0x2, HELLO_FINAL[:-1], fin=False, rsv=0x40) + masked(0x0, after)
+    else:
+        data = masked(0x2, HELLO_FINAL[:-1] + after, rsv=0x40)
+    [(opcode, error)] = reader.feed(data)
+    assert opcode is None and error.code == CloseCode.INVALID_PAYLOAD
 
 
 def drain(reader: FrameReader, data: bytes) -> list[list[tuple[object, object]]]:

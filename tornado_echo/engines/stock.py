@@ -18,6 +18,11 @@ Selected with ``engine = "tornado"``; the default is :mod:`tornado_echo.engines.
   UTF-8 is answered with 1002 or 1007 instead of being echoed back. A text message that
   is not UTF-8, compressed or not, is answered with 1007 (Tornado drops the connection
   without a close frame); an uncompressed one as soon as a fragment shows it.
+* The client's compressed messages are inflated by the wire layer's
+  :class:`~tornado_echo.wire.PerMessageDeflate`, as on the fast engine: a message that ends
+  with a block with BFINAL set (RFC 7692 section 7.2.3.4) leaves later messages readable,
+  and bytes after such a block fail with 1007 (Tornado ignores them, then inflates every
+  later message of a context-takeover connection to nothing).
 * Its close state is a :class:`~tornado_echo.wire.closing.CloseHandshake`, as the fast
   engine's: it remembers whether the peer sent a close frame, so a session can tell a clean
   close from a dropped connection.
@@ -28,13 +33,12 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import zlib
 from typing import Any
 
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
-from tornado_echo.compat import DecompressTooLargeError, unsent_bytes
+from tornado_echo.compat import unsent_bytes
 from tornado_echo.engines.flow_control import DEFLATE_OFF_LOOP, WRITE_HIGH_WATER
 from tornado_echo.wire import (
     CONTROL_OPCODES,
@@ -43,6 +47,7 @@ from tornado_echo.wire import (
     CloseHandshake,
     CloseState,
     Opcode,
+    PerMessageDeflate,
     ProtocolError,
     apply_mask,
     check_client_header,
@@ -61,6 +66,8 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
     _message_compressed = False
     _utf8: codecs.IncrementalDecoder | None = None
 
+    _inflater: PerMessageDeflate | None = None  # the client's messages, when negotiated
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.closing = CloseHandshake()  # before the base class sets who has terminated
         super().__init__(*args, **kwargs)
@@ -68,6 +75,18 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
     @property
     def compression_negotiated(self) -> bool:
         return self._compressor is not None
+
+    def _create_compressors(
+        self,
+        side: str,
+        agreed_parameters: dict[str, Any],
+        compression_options: dict[str, Any] | None = None,
+    ) -> None:
+        # Tornado's compressor for what this server sends; the wire layer's inflater for
+        # what the client sends (see the module docstring) in place of Tornado's.
+        super()._create_compressors(side, agreed_parameters, compression_options)
+        self._decompressor = None
+        self._inflater = PerMessageDeflate(agreed_parameters)
 
     @property
     def connection_error(self) -> BaseException | None:
@@ -94,7 +113,7 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
         except StreamClosedError:
             raise WebSocketClosedError() from None
         if unsent_bytes(stream) > WRITE_HIGH_WATER:
-            return written
+            return _drained(written)
         return None
 
     async def _send_deflated_off_loop(self, opcode: int, data: bytes) -> None:
@@ -115,7 +134,7 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
         fragments = self._fragments
         try:
             more = check_client_header(
-                b0, b1, deflate=self._decompressor is not None, in_message=fragments is not None
+                b0, b1, deflate=self._inflater is not None, in_message=fragments is not None
             )
         except ProtocolError as exc:
             self._fail(exc.code, exc.reason)
@@ -170,17 +189,17 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
             return None
         if opcode in (Opcode.TEXT, Opcode.BINARY):
             if self._message_compressed:
-                assert self._decompressor is not None
+                assert self._inflater is not None
+                limit = self.params.max_message_size
                 try:
-                    data = self._decompressor.decompress(data)
+                    data = self._inflater.inflate(data, limit, True, limit + 1)
                     self._inflated += len(data)
-                except DecompressTooLargeError:
-                    self.close(CloseCode.MESSAGE_TOO_BIG, "message too big after decompression")
-                    self._abort()
-                    return None
-                except zlib.error:
-                    # Tornado lets this escape as a traceback and no close frame.
-                    self._fail(CloseCode.INVALID_PAYLOAD, "invalid deflate data")
+                except ProtocolError as exc:
+                    if exc.code == CloseCode.MESSAGE_TOO_BIG:
+                        self.close(exc.code, exc.reason)
+                        self._abort()
+                    else:  # Tornado lets bad deflate data escape as a traceback
+                        self._fail(exc.code, exc.reason)
                     return None
             self._message_bytes_in += len(data)
             if opcode == Opcode.BINARY:
@@ -205,3 +224,20 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
         """Fail the connection (RFC 6455 section 7.1.7): send a close frame, then hang up."""
         self.closing.fail(code, reason)
         self.close(code, reason)
+
+
+def _drained(written: asyncio.Future[None]) -> asyncio.Future[None]:
+    """A Future that resolves when ``written`` does, even by failing: a peer that hangs up
+    while its echoes wait fails the write with StreamClosedError, and the session ends
+    through the read loop. (Handed back from ``on_message``, the failure would be logged
+    by Tornado as an uncaught exception with its traceback.)"""
+    done = asyncio.get_running_loop().create_future()
+
+    def settle(future: asyncio.Future[None]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved: the loop does not log it either
+        if not done.done():
+            done.set_result(None)
+
+    written.add_done_callback(settle)
+    return done

@@ -2,9 +2,11 @@
 
 Trust rests on three things only: the socket peer (loopback), a bearer token, and the
 reverse proxies the operator listed in ``trusted_proxies``. A forwarded header never grants
-anything by itself: loopback trust needs the socket peer *and* the client it forwards for
-(if any) to be loopback, and a Host header naming this server, so that a web page whose
-DNS name was rebound to 127.0.0.1 cannot read the endpoints through a local browser.
+anything: loopback trust needs a loopback socket peer, a client address that no header
+supplied, and a Host header naming this server, so that a web page whose DNS name was
+rebound to 127.0.0.1 cannot read the endpoints through a local browser. (A request a
+trusted proxy forwards for 127.0.0.1 is refused without the token: the proxy may pass on
+what its client wrote.)
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ WRONG_TOKEN = "missing or wrong bearer token"
 BEARER_CHALLENGE = 'Bearer realm="tornado-echo"'
 
 
+# The client address of a request whose forwarding headers are malformed or contradict each
+# other: no IP address, so it matches no trusted network and is never loopback.
+UNKNOWN_CLIENT = "unknown"
+
+
 class TrustedProxies:
     """The reverse proxies whose X-Forwarded-For / X-Real-Ip headers are believed."""
 
@@ -40,30 +47,68 @@ class TrustedProxies:
             parsed.version == net.version and parsed in net for net in self.networks
         )
 
-    def client_address(self, peer: str, headers: HTTPHeaders) -> str:
-        """The client's address: ``peer`` itself unless ``peer`` is a trusted proxy.
+    def client_address(self, peer: str, headers: HTTPHeaders) -> tuple[str, bool]:
+        """(the client's address, whether a header gave it) for a request from ``peer``.
 
-        From a trusted proxy: the right-most X-Forwarded-For entry that is not itself a
-        trusted proxy (entries left of it were written by the client and prove nothing),
-        else X-Real-Ip. A malformed entry stops the walk at the last hop that vouched.
+        ``peer`` itself unless it is a trusted proxy that sent forwarding headers. Then:
+
+        * X-Forwarded-For is read from the right: each proxy appends the address it saw, so
+          the right-most entry that is not itself a trusted proxy is the client (entries
+          left of it were written by the client and prove nothing). Every entry a trusted
+          proxy vouches for must be an address (``1.2.3.4``, ``1.2.3.4:port``, ``[v6]:port``).
+        * X-Real-Ip is the address the nearest proxy saw (nginx: ``$remote_addr``), set
+          whole; exactly one, an address.
+        * Both present: they must name the same client, unless X-Real-Ip is itself a
+          trusted proxy (a chain of proxies, X-Forwarded-For going further back). A proxy
+          that sets one of them and passes the other on as the client wrote it would
+          otherwise let the client choose, and this server cannot tell which one it set.
+
+        Anything malformed or contradictory gives :data:`UNKNOWN_CLIENT`: fail closed.
         """
         if peer not in self:
-            return peer
-        hops = [
-            hop.strip() for value in headers.get_list("X-Forwarded-For") for hop in value.split(",")
-        ]
-        if hops:
-            client = peer
-            for hop in reversed(hops):
-                parsed = ip(hop)
-                if parsed is None:
-                    return client
-                client = str(parsed)
-                if client not in self:
-                    return client
-            return client
-        real = ip(headers.get("X-Real-Ip"))
-        return peer if real is None else str(real)
+            return peer, False
+        forwarded_for = headers.get_list("X-Forwarded-For")
+        real_ips = headers.get_list("X-Real-Ip")
+        if not forwarded_for and not real_ips:
+            return peer, False
+        walked = self._walk(forwarded_for) if forwarded_for else None
+        if not real_ips:
+            return walked or UNKNOWN_CLIENT, True
+        real = forwarded_address(real_ips[0]) if len(real_ips) == 1 else None
+        if real is None or walked == UNKNOWN_CLIENT:
+            return UNKNOWN_CLIENT, True
+        if walked is None or walked == real or real in self:
+            return walked or real, True
+        return UNKNOWN_CLIENT, True
+
+    def _walk(self, values: list[str]) -> str:
+        hops = [hop for value in values for hop in value.split(",")]
+        client = UNKNOWN_CLIENT
+        for hop in reversed(hops):
+            address = forwarded_address(hop)
+            if address is None:
+                return UNKNOWN_CLIENT
+            client = address
+            if address not in self:
+                return address
+        return client  # every hop a trusted proxy: the farthest one is the client
+
+
+def forwarded_address(entry: str) -> str | None:
+    """The IP address of one forwarded-header entry (an optional port dropped), canonical
+    (``::ffff:1.2.3.4`` -> ``1.2.3.4``); None when it is not one."""
+    entry = entry.strip()
+    if entry.startswith("["):  # [v6] or [v6]:port
+        inside, bracket, port = entry[1:].partition("]")
+        if not bracket or (port and not (port[:1] == ":" and port[1:].isdigit())):
+            return None
+        entry = inside
+    elif entry.count(":") == 1:  # v4:port
+        entry, _, port = entry.partition(":")
+        if not port.isdigit():
+            return None
+    parsed = ip(entry) if entry else None
+    return None if parsed is None else str(parsed)
 
 
 def trusted_proxies(config: Config) -> TrustedProxies | None:
@@ -76,6 +121,12 @@ def socket_peer(request: HTTPServerRequest) -> str:
     socket or a request built without a connection)."""
     context = getattr(request.connection, "context", None)
     return context_peer(context) if context is not None else ""
+
+
+def forwarded_by_proxy(request: HTTPServerRequest) -> bool:
+    """Whether ``request.remote_ip`` came from a trusted proxy's forwarding header."""
+    context = getattr(request.connection, "context", None)
+    return bool(getattr(context, "forwarded", False))
 
 
 def context_peer(context: Any) -> str:
@@ -107,12 +158,19 @@ def names_this_server(host: str, server_names: Iterable[str]) -> bool:
 
 
 def refusal(
-    peer: str, client: str, host: str, authorization: str, token: str, server_names: Iterable[str]
+    peer: str,
+    client: str,
+    host: str,
+    authorization: str,
+    token: str,
+    server_names: Iterable[str],
+    forwarded: bool = False,
 ) -> str | None:
     """Why a request may not read an operator endpoint, or None when it may.
 
     ``peer`` is the socket peer, ``client`` the address after trusted proxies (the same
-    when none is involved), ``host`` and ``authorization`` the request's headers.
+    when none is involved), ``forwarded`` whether a header gave it, ``host`` and
+    ``authorization`` the request's headers.
     """
     if token:
         scheme, _, given = authorization.partition(" ")
@@ -120,7 +178,7 @@ def refusal(
             given.strip().encode(), token.encode()
         ):
             return None
-    if not (is_loopback(peer) and is_loopback(client)):
+    if forwarded or not (is_loopback(peer) and is_loopback(client)):
         return NOT_LOOPBACK
     if not names_this_server(host, server_names):
         return (
@@ -142,6 +200,7 @@ def request_refusal(
         headers.get("Authorization", ""),
         token,
         server_names,
+        forwarded_by_proxy(request),
     )
 
 

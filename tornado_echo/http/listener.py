@@ -1,10 +1,11 @@
 """The HTTP listener: Tornado's HTTPServer with the limits a public port needs.
 
 * **Client address.** ``request.remote_ip`` is the socket peer, or, when that peer is one of
-  ``trusted_proxies`` and ``behind_proxy`` is on, the client it forwards for. The socket
-  peer stays available through :func:`~tornado_echo.http.access.socket_peer`, whatever the
-  headers say. (Tornado's own ``xheaders`` believes the headers from every peer, so it is
-  not used.)
+  ``trusted_proxies`` and ``behind_proxy`` is on, the client it forwards for
+  (:meth:`TrustedProxies.client_address` has the rule). The socket peer stays available
+  through :func:`~tornado_echo.http.access.socket_peer`, whatever the headers say, and
+  :func:`~tornado_echo.http.access.forwarded_by_proxy` tells an address a header gave.
+  (Tornado's own ``xheaders`` believes the headers from every peer, so it is not used.)
 * **No bodies.** No route takes a request body: a request announcing one gets 413 before
   any of it is read.
 * **Bounded time.** Headers must arrive within ``http_timeout`` (Tornado closes the
@@ -12,15 +13,19 @@
 * **Bounded headers.** Headers over ``MAX_HEADER_SIZE`` get 431 and the connection is
   closed; no more than the limit plus one read is ever buffered (Tornado stops reading
   there, and would close the connection without an answer).
-* **Live settings.** ``max_http_connections``, ``behind_proxy`` and ``trusted_proxies`` are
-  read from the running configuration (:class:`LiveConfig`), so a reload applies them.
-* **Bounded count.** At most ``max_http_connections`` connections in the HTTP phase
-  (keep-alive, requests, handshakes in flight); more get 503 at once. Upgraded WebSockets
-  leave this count for ``max_connections``.
+* **Live settings.** ``max_http_connections``, ``max_http_connections_per_ip``,
+  ``behind_proxy`` and ``trusted_proxies`` are read from the running configuration
+  (:class:`LiveConfig`), so a reload applies them.
+* **Bounded count, fairly shared.** At most ``max_http_connections`` connections in the
+  HTTP phase (keep-alive, requests, handshakes in flight), and ``max_http_connections_per_ip``
+  per client address; when full, a newcomer takes the slot of an idle connection of the
+  address holding the most (:class:`~tornado_echo.http.admission.HTTPAdmission`), else gets
+  503 at once. Upgraded WebSockets leave this count for ``max_connections``.
 * **Descriptors exhausted.** accept() failing with EMFILE/ENFILE pauses accepting for
   ``ACCEPT_BACKOFF`` seconds, logged once per interval, instead of a busy loop.
-* **Quiet about client mistakes.** Tornado's line for each failed TLS handshake (a plain
-  HTTP client on the TLS port, say) goes through the server's :class:`LogThrottle`.
+* **Quiet about client mistakes.** Tornado's lines for each failed TLS handshake (a plain
+  HTTP client on the TLS port, say) and each malformed request go through the server's
+  :class:`LogThrottle`.
 
 Only Tornado's public interfaces are overridden (``close_fd`` is the one Tornado leaves to
 stream subclasses); the one thing read beyond them is the per-connection request context
@@ -57,9 +62,10 @@ from tornado.iostream import IOStream, SSLIOStream, StreamClosedError, Unsatisfi
 from tornado.log import gen_log
 from tornado.netutil import ssl_wrap_socket
 
-from tornado_echo.compat import is_unsatisfiable_read, tls_handshake_failure
+from tornado_echo.compat import is_unsatisfiable_read, malformed_request, tls_handshake_failure
 from tornado_echo.config import Config, LiveConfig
 from tornado_echo.http.access import TrustedProxies, context_peer, trusted_proxies
+from tornado_echo.http.admission import ADDRESS_FULL, FULL, HTTPAdmission
 from tornado_echo.observability.throttle import LogThrottle
 
 logger = logging.getLogger(__name__)
@@ -153,6 +159,12 @@ class _TornadoLines(logging.Filter):
                 "tls_handshake", logging.WARNING, "TLS handshake failed with %s: %s", *failure
             )
             return False
+        malformed = malformed_request(record)
+        if malformed is not None:
+            self.throttle.log(
+                "malformed_request", logging.INFO, "malformed HTTP request from %s: %s", *malformed
+            )
+            return False
         return not is_unsatisfiable_read(record)
 
 
@@ -164,6 +176,7 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
     """
 
     config: LiveConfig
+    admission: HTTPAdmission[IOStream]  # who holds the HTTP phase's slots
     open_http = 0  # connections handed to Tornado's HTTP/1 code and not yet closed/upgraded
     lingering = 0  # refused connections still being answered and closed
     on_refusal: Callable[[str], None] | None = None
@@ -173,10 +186,6 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
     listeners: dict[int, tuple[socket.socket, Callable[[], None]]]
     _proxies: TrustedProxies | None = None
     _proxies_of: Config | None = None
-
-    @property
-    def max_http_connections(self) -> int:
-        return self.config.current.max_http_connections
 
     @property
     def proxies(self) -> TrustedProxies | None:
@@ -201,6 +210,16 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
         self.listeners.clear()
         gen_log.removeFilter(self.tornado_lines)
         super().stop()
+
+    @property
+    def max_http_connections(self) -> int:
+        return self.config.current.max_http_connections
+
+    def _follow_config(self) -> None:
+        """The running configuration's HTTP-phase limits, for the next admission (reload)."""
+        config = self.config.current
+        self.admission.limit = config.max_http_connections
+        self.admission.per_address = config.max_http_connections_per_ip
 
     def set_ssl_context(self, context: ssl.SSLContext) -> None:
         """Use ``context`` for connections accepted from now on (certificate reload)."""
@@ -249,28 +268,52 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
         self.refuse(stream, 431, "request_headers", f"request headers over {MAX_HEADER_SIZE} bytes")
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
-        if self.open_http >= self.max_http_connections:
-            peer = str(address[0]) if address else "?"
-            self.refuse(stream, 503, "connection_limit_http", "too many open HTTP connections")
+        # An IP address (a unix socket's peer has none: one shared bucket, "?").
+        peer = str(address[0]) if isinstance(address, tuple) and address else "?"
+        exempt = self.proxies is not None and peer in self.proxies
+        self._follow_config()
+        verdict = self.admission.admit(stream, peer, exempt=exempt)
+        if not verdict.admitted:
+            full = verdict.refusal == FULL
+            label = FULL if full else ADDRESS_FULL
+            self.refuse(
+                stream,
+                503,
+                label,
+                "too many open HTTP connections"
+                if full
+                else "too many HTTP connections from your address",
+            )
             self.throttle.log(
-                "http_connection_limit",
+                label,
                 logging.WARNING,
-                "refused a connection from %s: %d HTTP connections open (max_http_connections)",
+                "refused a connection from %s: %d HTTP connections open, %d from it (%s)",
                 peer,
-                self.open_http,
+                len(self.admission),
+                self.admission.held_by(peer),
+                "max_http_connections" if full else "max_http_connections_per_ip",
             )
             return
+        if verdict.evict is not None:
+            # Its slot goes to the newcomer; Tornado's loop on it ends and calls on_close.
+            if self.on_refusal is not None:
+                self.on_refusal("idle_http_evicted")
+            verdict.evict.close()
         self.open_http += 1
         super().handle_stream(stream, address)
 
     def on_close(self, server_conn: object) -> None:
         # Called once per connection served, when it closes or is upgraded (detached).
         self.open_http -= 1
+        self.admission.release(_stream_of(server_conn))
         super().on_close(server_conn)
 
     def start_request(
         self, server_conn: object, request_conn: HTTPConnection
     ) -> HTTPMessageDelegate:
+        # Called when the connection waits for a request (its first, or the next one on
+        # keep-alive): idle, so its slot may go to a newcomer, until headers come.
+        self.admission.idle(_stream_of(server_conn))
         return _Guard(self, super().start_request(server_conn, request_conn), request_conn)
 
     def refuse(self, stream: IOStream, status: int, label: str, reason: str) -> None:
@@ -304,12 +347,16 @@ class _Guard(HTTPMessageDelegate):
         self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
     ) -> Awaitable[None] | None:
         assert isinstance(self.connection, HTTP1Connection)
+        self.server.admission.busy(self.connection.stream)
         context: Any = self.connection.context
         peer = context_peer(context)
         proxies = self.server.proxies
         if peer:
             # Set per request: a keep-alive connection from a proxy carries many clients.
-            context.remote_ip = peer if proxies is None else proxies.client_address(peer, headers)
+            if proxies is None:
+                context.remote_ip, context.forwarded = peer, False
+            else:
+                context.remote_ip, context.forwarded = proxies.client_address(peer, headers)
         if has_body(headers):
             self.server.throttle.log(
                 "request_body",
@@ -335,6 +382,11 @@ class _Guard(HTTPMessageDelegate):
 
     def on_connection_close(self) -> None:
         self.delegate.on_connection_close()
+
+
+def _stream_of(server_conn: object) -> IOStream:
+    stream: IOStream = server_conn.stream  # type: ignore[attr-defined]
+    return stream
 
 
 _tasks: set[asyncio.Future[None]] = set()
@@ -439,6 +491,9 @@ def make_http_server(
         max_header_size=MAX_HEADER_SIZE,
     )
     server.config = config
+    server.admission = HTTPAdmission(
+        config.current.max_http_connections, config.current.max_http_connections_per_ip
+    )
     server.on_refusal = on_refusal
     server.on_tls_failure = on_tls_failure
     server.throttle = LogThrottle(logger)

@@ -7,7 +7,9 @@ the key, and on reload the running context is kept.
 
 from __future__ import annotations
 
+import os
 import ssl
+import stat
 
 from tornado_echo.config import Config
 from tornado_echo.errors import ConfigError
@@ -16,7 +18,8 @@ from tornado_echo.errors import ConfigError
 def server_context(config: Config) -> ssl.SSLContext | None:
     """A TLS >= 1.2 server context for the configured pair, or None when TLS is off.
 
-    Reads files: call it off the IOLoop thread.
+    Reads files: call it off the IOLoop thread, with a time limit (a file on a hung network
+    mount blocks whatever the checks here).
     """
     if not config.tls_cert and not config.tls_key:
         return None
@@ -26,10 +29,17 @@ def server_context(config: Config) -> ssl.SSLContext | None:
     for key in ("tls_cert", "tls_key"):
         path = getattr(config, key)
         try:
-            with open(path, "rb") as handle:
-                handle.read(1)
+            # Opened without blocking and checked: a FIFO (or a device) would block the
+            # read, and with it a reload and the shutdown behind it.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise ConfigError(f"key '{key}': cannot read {path!r}: {exc.strerror}") from None
+        if not regular:
+            raise ConfigError(f"key '{key}': cannot read {path!r}: not a regular file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

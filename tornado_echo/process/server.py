@@ -9,7 +9,10 @@ flags. A second SIGINT skips the waiting.
 SIGHUP re-reads the configuration (off the IOLoop thread) and applies the keys in
 ``LIVE_KEYS`` to connections opened from then on (the one :class:`LiveConfig` that handlers
 and the listener read); other changed keys are logged as needing a restart; a configuration
-that fails validation is refused and the running one kept.
+that fails validation is refused and the running one kept. The files are read in a thread
+of their own within ``LOAD_TIMEOUT`` (a certificate on a hung mount is a refused reload, not
+a hung one), and a reload under way never holds up a shutdown: SIGTERM is served while it
+runs.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import logging
 import signal
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import tornado.netutil
 
@@ -42,6 +47,7 @@ from tornado_echo.web.app import EchoApplication, make_app
 logger = logging.getLogger(__name__)
 
 MIN_STORE_DRAIN = 2.0
+LOAD_TIMEOUT = 10.0  # seconds to read the conf file and the TLS pair
 TICK = 0.5  # housekeeping period: loop lag, metrics, watchdog, status
 STATUS_EVERY = 5.0
 
@@ -108,7 +114,7 @@ class Server:
             self.reader,
         )
         loop = asyncio.get_running_loop()
-        ssl_context = await loop.run_in_executor(None, tls.server_context, self.config)
+        ssl_context = await _read_files(functools.partial(tls.server_context, self.config))
         self.http = make_http_server(
             self.app,
             self.live_config,
@@ -179,18 +185,33 @@ class Server:
         """Run until a signal, then shut down; returns the process exit code."""
         self.notifier.start()
         try:
-            await self.start(sockets)
+            # Before start(), which tells systemd READY=1: a SIGHUP (systemctl reload) or a
+            # SIGTERM right after it must find the handlers, not kill the process.
             self.install_signal_handlers()
+            await self.start(sockets)
             assert self._wakeup is not None
+            if self.reload_requested:
+                self._wake()  # a SIGHUP came during start()
+            reloading: asyncio.Task[bool] | None = None
             while not self.exit_requested:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                if self.reload_requested and not self.exit_requested:
+                if self.exit_requested:
+                    break
+                if self.reload_requested and (reloading is None or reloading.done()):
                     self.reload_requested = False
-                    await self.reload()
+                    reloading = asyncio.ensure_future(self.reload())
+                    reloading.add_done_callback(self._reloaded)
+            if reloading is not None:
+                reloading.cancel()  # applies nothing unless it was done
             return await self.shutdown()
         finally:
             self.notifier.close()
+
+    def _reloaded(self, task: asyncio.Task[bool]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("reload failed", exc_info=task.exception())
+        self._wake()  # a SIGHUP that came meanwhile is served now
 
     async def reload(self) -> bool:
         """Re-read the configuration and apply what can change live; False if refused."""
@@ -199,9 +220,7 @@ class Server:
             return False
         self.notifier.reloading()
         try:
-            loaded, ssl_context = await asyncio.get_running_loop().run_in_executor(
-                None, self._load_config
-            )
+            loaded, ssl_context = await _read_files(self._load_config)
         except ConfigError as exc:
             logger.error("reload refused, keeping the running configuration: %s", exc)
             self.notifier.ready(self._status_line())
@@ -222,6 +241,7 @@ class Server:
             # TLS was switched on: that needs a restart, and new.tls_cert is still empty.)
             self.http.set_ssl_context(ssl_context)
             logger.info("TLS certificate %s loaded for new connections", new.tls_cert)
+        self.app.journal_budget.rate = new.journal_max_bytes_per_second
         logger.info(
             "configuration reloaded; applied: %s", ", ".join(reload.applied) or "nothing changed"
         )
@@ -320,3 +340,42 @@ class Server:
                 return False
             await asyncio.wait([task], timeout=0.1)
         return bool(task.result())
+
+
+_T = TypeVar("_T")
+
+
+async def _read_files(read: Callable[[], _T]) -> _T:
+    """``read()`` in a daemon thread of its own, within LOAD_TIMEOUT (else ConfigError).
+
+    Not the loop's executor: a read that never returns (a FIFO, a hung mount) would keep
+    its thread, and the executor's shutdown and the interpreter's exit wait for those.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if done.done():
+            return  # timed out, or the reload was cancelled
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = read(), None
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed meanwhile: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name="read-files", daemon=True).start()
+    try:
+        return await asyncio.wait_for(done, LOAD_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise ConfigError(
+            f"reading the configuration and TLS files took over {LOAD_TIMEOUT:.0f} s"
+        ) from None

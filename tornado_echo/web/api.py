@@ -20,10 +20,14 @@ from typing import Any
 from tornado_echo.config import Config, LiveConfig
 from tornado_echo.errors import EchoError
 from tornado_echo.http.access import deny
+from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store.reader import SessionReader
 from tornado_echo.web.endpoints import JsonHandler
 
 logger = logging.getLogger(__name__)
+# A stranger can send refused requests as fast as the network allows (one keep-alive client
+# made 5,290 lines a second): each kind is logged once per interval, with a count.
+throttle = LogThrottle(logger)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -104,7 +108,9 @@ class ApiHandler(JsonHandler):
         )
         if denial is None:
             return
-        logger.warning(
+        throttle.log(
+            "refused",
+            logging.WARNING,
             "API request from %s refused (%d): %s",
             self.request.remote_ip,
             denial.status,
@@ -118,7 +124,7 @@ class ApiHandler(JsonHandler):
             raise QueryError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
 
     def unavailable(self, exc: Exception) -> None:
-        logger.warning("API query failed: %s", exc, exc_info=exc)
+        throttle.log("query", logging.WARNING, "API query failed: %s", exc, exc_info=exc)
         self.fail(503, "database unavailable")
 
 

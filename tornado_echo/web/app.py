@@ -10,6 +10,7 @@ from tornado.log import access_log
 from tornado_echo.compat import request_summary
 from tornado_echo.config import Config, LiveConfig
 from tornado_echo.connections import Connections
+from tornado_echo.engines.ratelimit import TokenBucket
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import Store
 from tornado_echo.store.reader import SessionReader
@@ -43,12 +44,17 @@ class EchoApplication(tornado.web.Application):
     ) -> None:
         self.live_config = config
         current = config.current
+        # Shared by every connection of this process: what a stranger sends must not grow
+        # the database faster than this, whatever permessage-deflate inflates it to (its
+        # rate follows reloads: Server.reload).
+        self.journal_budget = TokenBucket(current.journal_max_bytes_per_second)
         ws_kwargs = {
             "db": store,  # EchoWebSocket's users know it as the db
             "config": config,
             "connections": connections,
             "server_id": server_id,
             "metrics": metrics,
+            "journal_budget": self.journal_budget,
         }
         metrics_kwargs = {
             "metrics": metrics,
@@ -63,8 +69,10 @@ class EchoApplication(tornado.web.Application):
         live_kwargs = {"live": self.live, "reader": reader, "config": config}
         super().__init__(
             [
-                # A literal path: Tornado would read it as a regular expression.
-                (re.escape(current.ws_path), EchoWebSocket, ws_kwargs),
+                # A literal path: Tornado would read it as a regular expression. Anchored
+                # here: Tornado adds the "$" only to a pattern not ending in one, and the
+                # escaped "\$" of a path ending in "$" does.
+                (re.escape(current.ws_path) + "$", EchoWebSocket, ws_kwargs),
                 ("/healthz", HealthHandler),
                 ("/readyz", ReadyHandler, ready_kwargs),
                 ("/metrics", MetricsHandler, metrics_kwargs),

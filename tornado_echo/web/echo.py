@@ -47,6 +47,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         connections: Connections,
         server_id: str,
         metrics: Metrics,
+        journal_budget: TokenBucket | None = None,
     ) -> None:
         self.db = db
         # The connection keeps the configuration it started with, through reloads.
@@ -63,6 +64,8 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         self._opened_at = 0.0
         self._shutdown_close = False
         self._journal = limits.journal
+        # Payload bytes the full journal may keep (shared by the process's connections).
+        self._journal_budget = journal_budget if limits.journal_max_bytes_per_second else None
         self._message_budget = (
             TokenBucket(limits.max_messages_per_second) if limits.max_messages_per_second else None
         )
@@ -74,9 +77,10 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
 
     def prepare(self) -> None:
         if self.request.method != "GET":
-            self._reject(
-                500, "method", f"method {self.request.method} cannot be upgraded (use GET)"
-            )
+            self._reject(500, "method", self._method_refusal())
+
+    def _method_refusal(self) -> str:
+        return f"method {self.request.method} cannot be upgraded (use GET)"
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         problem = self._upgrade_problem()
@@ -140,6 +144,10 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         self.send_error(status, error=reason, label=label)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405 and "error" not in kwargs:
+            # A method Tornado does not know (BREW) is refused before prepare() runs: the
+            # same answer as any other method, not a 500 that says "Method Not Allowed".
+            kwargs.update(error=self._method_refusal(), label="method")
         status = status_code if status_code in POLICY_STATUSES else 500
         reason = self.error_message(status, kwargs)
         # The metric label of the refusal; "error" is an exception raised while opening.
@@ -245,6 +253,14 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
             return None
         if self._journal != "off":
+            payload = data if self._journal == "full" else None
+            budget = self._journal_budget
+            truncated = False
+            if payload is not None and budget is not None:
+                # What the store keeps of it; more than a second's worth takes a second's.
+                kept = min(len(payload), self.config.journal_max_payload, budget.rate)
+                if not budget.take(kept):
+                    payload, truncated = None, True  # the row without its payload
             self.db.submit(
                 MessageReceived(
                     session_id=self.session_id,
@@ -252,7 +268,8 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
                     received_at=time.time(),
                     opcode=int(opcode),
                     size=len(data),
-                    payload=data if self._journal == "full" else None,
+                    payload=payload,
+                    truncated=truncated,
                 )
             )
         assert self._protocol is not None

@@ -9,6 +9,11 @@ from typing import Any
 from tornado_echo.wire.frames import CloseCode, ProtocolError
 
 DEFLATE_TAIL = b"\x00\x00\xff\xff"
+# What may follow a block with BFINAL set in a message, once DEFLATE_TAIL is appended: the
+# tail alone, or with the byte RFC 7692 section 7.2.3.4 has the sender add (the header of
+# an empty stored block, which the tail completes). Anything else is not deflate data.
+_AFTER_FINAL_BLOCK = (DEFLATE_TAIL, b"\x00" + DEFLATE_TAIL)
+_AFTER_FINAL_BLOCK_MAX = max(len(after) for after in _AFTER_FINAL_BLOCK)
 
 
 class PerMessageDeflate:
@@ -72,8 +77,18 @@ class PerMessageDeflate:
             raise ProtocolError(CloseCode.INVALID_PAYLOAD, f"invalid deflate data: {exc}") from None
         if len(out) > limit:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big after decompression")
-        if len(out) < wanted and self._final and self._recv_reset:
-            self._decompressor = None  # the message is complete
+        done = len(out) < wanted and self._final  # the message is complete
+        if decompressor.eof:
+            # A block with BFINAL set ended the stream (RFC 7692 section 7.2.3.4 allows
+            # it): nothing but the tail may follow, and the next message starts a new
+            # stream (the old one, finished, would inflate every later message to nothing).
+            after = decompressor.unused_data
+            if len(after) > _AFTER_FINAL_BLOCK_MAX or (done and after not in _AFTER_FINAL_BLOCK):
+                raise ProtocolError(CloseCode.INVALID_PAYLOAD, "data after the final deflate block")
+            if done:
+                self._decompressor = None
+        elif done and self._recv_reset:
+            self._decompressor = None
         return out
 
 

@@ -191,6 +191,16 @@ class FrameReader:
                 )
             stop = start + 4 + length
             if stop > end:
+                if b0 & 0x08 or not self.discarding:
+                    # Condemned by its header alone (a 64 KiB ping, RSV bits): fail now,
+                    # not after buffering up to max_size of it. (A whole frame is checked
+                    # in _frame.)
+                    check_frame(
+                        b0,
+                        length,
+                        deflate=self.deflate is not None,
+                        in_message=self._msg_opcode >= 0,
+                    )
                 if self._is_plain_text_frame(b0):
                     if end < start + 4:
                         self._need = start + 4 - pos  # parse again once the mask is here
