@@ -46,7 +46,8 @@ class Server:
     ``kind``: "tornado-echo" (this project, SQLite session records in ``workdir``,
     ``journal`` mode), "tornado" (the stock handler of echo_server.py), "aiohttp"
     (aiohttp_server.py) or "go" (gorilla); ``extra``: flags for the server, such as
-    ``--engine tornado``.
+    ``--engine tornado``; ``tls``: a (certificate, key) pair to serve wss:// with (all but
+    "go").
     """
 
     def __init__(
@@ -56,8 +57,13 @@ class Server:
         workdir: Path,
         journal: str = "off",
         extra: tuple[str, ...] = (),
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         env = dict(os.environ, GOMAXPROCS="1")
+        if tls is not None:
+            if kind == "go":
+                raise RuntimeError("the Go server has no TLS")
+            extra = (*extra, "--tls-cert", str(tls[0]), "--tls-key", str(tls[1]))
         if kind == "tornado-echo":
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
@@ -93,7 +99,7 @@ class Server:
             )
             assert self.proc.stdout is not None
             port = int(self.proc.stdout.readline())
-        self.url = f"ws://127.0.0.1:{port}/ws"
+        self.url = f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/ws"
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process now."""

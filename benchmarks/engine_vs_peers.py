@@ -19,7 +19,11 @@ Scenarios (issue 9's targets):
   idle, idle-deflate        RSS per idle connection (5000 connections), compression off/on
   fragments                 1000 messages of 128 KiB text sent as 256-byte compressed
                             fragments: seconds to echo them all
-tornado-echo runs with its SQLite session records, as shipped.
+  wss32, wss32-go           echo32, echo32-go over TLS terminated by each server (issue 19)
+  tls-handshakes            handshakes with a full TLS handshake in each cycle
+tornado-echo runs with its SQLite session records, as shipped. The TLS scenarios serve a
+self-signed ECDSA P-256 certificate made with openssl for the run (every server the same
+pair, TLS >= 1.2; the clients check nothing and resume no session).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,10 +72,10 @@ def port_of(server: Server) -> str:
 
 def echo(connections: int, size: int, seconds: float) -> Callable[[Server], dict[str, float]]:
     def measure(server: Server) -> dict[str, float]:
-        summary = run_loadtest(
-            CLIENT_CPU,
-            [server.url, "-c", str(connections), "-d", str(seconds), "-s", str(size), "-w", "1"],
-        )["summary"]
+        args = [server.url, "-c", str(connections), "-d", str(seconds), "-s", str(size), "-w", "1"]
+        if server.url.startswith("wss:"):
+            args.append("--insecure")  # self-signed; checking it is client CPU anyway
+        summary = run_loadtest(CLIENT_CPU, args)["summary"]
         latency = summary["latency_ms"]
         return {
             "msgs/s": summary["throughput"]["msgs_per_s"],
@@ -98,6 +103,7 @@ def go_echo(connections: int, size: int, seconds: float) -> Callable[[Server], d
                 "taskset", "-c", str(CLIENT_CPU), str(_GO_CLIENT[0]),
                 "-url", server.url, "-c", str(connections), "-d", f"{seconds}s",
                 "-size", str(size),
+                *(["-insecure"] if server.url.startswith("wss:") else []),
             ],
             capture_output=True, text=True, timeout=seconds + 60, check=False,
         )  # fmt: skip
@@ -110,7 +116,8 @@ def go_echo(connections: int, size: int, seconds: float) -> Callable[[Server], d
 
 
 def handshakes(server: Server) -> dict[str, float]:
-    result = raw_client("handshakes", port_of(server), "5", "64")
+    tls = ("tls",) if server.url.startswith("wss:") else ()
+    result = raw_client("handshakes", port_of(server), "5", "64", *tls)
     return {"handshakes/s": result["handshakes_per_s"], "errors": result["failed"]}
 
 
@@ -160,7 +167,35 @@ SCENARIOS: dict[str, tuple[str, Callable[[Server], dict[str, float]]]] = {
         idle(True),
     ),
     "fragments": ("1000 x 128 KiB text in 256-byte deflate fragments", fragments),
+    "wss32": ("wss://, 100 connections x 32 B, closed loop", echo(100, 32, 10)),
+    "wss32-go": (
+        "wss://, 100 connections x 32 B, closed loop, compiled Go client",
+        go_echo(100, 32, 10),
+    ),
+    "tls-handshakes": ("wss://: TLS + upgrade + close; 64 at a time, 5 s", handshakes),
 }
+TLS_SCENARIOS = frozenset({"wss32", "wss32-go", "tls-handshakes"})
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1 and its key, made with openssl."""
+    if shutil.which("openssl") is None:
+        sys.exit("openssl not found: apt-get install -y openssl")
+    cert, key = directory / "bench.pem", directory / "bench.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def machine() -> str:
@@ -201,16 +236,22 @@ def main() -> None:
     chosen = [name.strip() for name in args.only.split(",")]
     servers = [name.strip() for name in args.servers.split(",")]
     say(f"machine: {machine()}")
+    say(f"load average (1, 5, 15 min) at start: {load()}")
     say(f"servers pinned to CPU {SERVER_CPU}, clients to CPU {CLIENT_CPU}; {args.rounds} rounds")
     for scenario in chosen:
         title, measure = SCENARIOS[scenario]
         say(f"\n== {scenario}: {title}")
         results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         with tempfile.TemporaryDirectory() as tmp:
+            tls = make_certificate(Path(tmp)) if scenario in TLS_SCENARIOS else None
             for _ in range(args.rounds):
                 for name in servers:
                     kind, extra = SERVERS[name]
-                    server = Server(kind, SERVER_CPU, Path(tmp), extra=extra)
+                    try:
+                        server = Server(kind, SERVER_CPU, Path(tmp), extra=extra, tls=tls)
+                    except RuntimeError as exc:  # a server without TLS, say
+                        say(f"  {name}: skipped: {exc}")
+                        continue
                     try:
                         results[name].append(measure(server))
                     except RuntimeError as exc:  # a server that fails a scenario
@@ -218,6 +259,7 @@ def main() -> None:
                     finally:
                         server.close()
         report(results)
+    say(f"\nload average (1, 5, 15 min) at the end: {load()}")
 
 
 def report(results: dict[str, list[dict[str, float]]]) -> None:
