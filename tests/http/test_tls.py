@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.helpers import eventually, make_server
+from tests.helpers import eventually, make_server, started_server
 from tornado_echo.config import Config, build_config
+from tornado_echo.engines.fast import FastProtocol
+from tornado_echo.engines.stock import EchoProtocol
 from tornado_echo.errors import ConfigError
 from tornado_echo.http.listener import MAX_HEADER_SIZE
 from tornado_echo.http.tls import server_context
@@ -91,12 +95,19 @@ async def test_wss_echo_and_certificate_reload_on_sighup(
         version, served = await echo_over_tls(server.port, first_cert)
         assert version in ("TLSv1.2", "TLSv1.3") and served == der(first_cert)
         await assert_plain_http_is_no_request(server.port)
+        held = await websocket_connect(
+            HTTPRequest(f"wss://127.0.0.1:{server.port}/ws", ssl_options=client_context(first_cert))
+        )
 
         second_cert, second_key = make_pair(tmp_path / "second", "second")
         live_cert.write_bytes(second_cert.read_bytes())
         live_key.write_bytes(second_key.read_bytes())
         assert await server.reload() is True
         assert (await echo_over_tls(server.port, second_cert))[1] == der(second_cert)
+        # A connection opened before the reload goes on with its own session.
+        await held.write_message("still here")
+        assert await held.read_message() == "still here"
+        held.close()
 
         # A mismatched pair is refused and the running certificate kept.
         live_key.write_bytes(first_key.read_bytes())
@@ -203,3 +214,147 @@ async def test_plain_server_has_no_tls(tmp_path: Path, sqlite_url: str) -> None:
         assert server.http is not None and server.http.ssl_options is None
     finally:
         await server.shutdown()
+
+
+def client_hello() -> bytes:
+    """A real TLS ClientHello, as a client's first flight (an SSLObject on memory BIOs)."""
+    tls = ssl.create_default_context().wrap_bio(
+        ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="127.0.0.1"
+    )
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """Whether the server hangs up (an end of file or a reset) within 5 seconds; what it
+    sends before (its TLS flight) does not matter."""
+    try:
+        await asyncio.wait_for(reader.read(), 5)
+    except ConnectionResetError:
+        pass
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_clients_that_stall_in_the_tls_handshake_are_closed_after_http_timeout(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = make_pair(tmp_path, "tls")
+    server = await started_server(
+        tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key), http_timeout=0.5
+    )
+    try:
+        assert server.http is not None
+        stalled = []
+        # Nothing at all after the TCP handshake; half a ClientHello; a whole one and then
+        # no answer to the server's flight.
+        for sent in (b"", client_hello()[:40], client_hello()):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(sent)
+            stalled.append((reader, writer))
+        # A finished TLS handshake and then no request is the HTTP phase's timeout.
+        stalled.append(
+            await asyncio.open_connection("127.0.0.1", server.port, ssl=client_context(cert))
+        )
+        for reader, writer in stalled:
+            # Not the 10 s default: http_timeout bounds the TLS handshake.
+            assert await closed_by_server(reader)
+            writer.close()
+        http = server.http
+        await eventually(lambda: http.open_http == 0, "every stalled connection forgotten")
+        # Not TLS errors (the clients said nothing wrong): not counted as TLS failures.
+        assert server.metrics.registry.get_sample_value("tornado_echo_tls_failures_total") == 0
+        assert (await echo_over_tls(server.port, cert))[1] == der(cert)
+    finally:
+        await server.shutdown()
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.xfail(strict=True, reason="TLS still in Tornado's SSLIOStream")
+@pytest.mark.gen_test(timeout=30)
+async def test_wss_is_carried_by_the_fast_engine_on_the_one_current_context(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    cert, key = make_pair(tmp_path, "tls")
+    server = await started_server(tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key))
+    try:
+        assert server.http is not None
+        clients = [
+            await websocket_connect(
+                HTTPRequest(f"wss://127.0.0.1:{server.port}/ws", ssl_options=client_context(cert))
+            )
+            for _ in range(3)
+        ]
+        for client in clients:
+            await client.write_message("fast")
+            assert await client.read_message() == "fast"
+        handlers: list[Any] = list(server.connections._open)
+        protocols = [handler._protocol for handler in handlers]
+        assert len(protocols) == 3
+        for protocol in protocols:
+            assert isinstance(protocol, FastProtocol)
+            assert protocol.transport is not None
+            tls = protocol.transport.get_extra_info("ssl_object")
+            # Every connection on the context built at start: none built per connection.
+            assert tls is not None and tls.context is server.http.ssl_options
+        for client in clients:
+            client.close()
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_engine_tornado_keeps_tls_on_tornados_protocol(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    cert, key = make_pair(tmp_path, "tls")
+    server = await started_server(
+        tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key), engine="tornado"
+    )
+    try:
+        client = await websocket_connect(
+            HTTPRequest(f"wss://127.0.0.1:{server.port}/ws", ssl_options=client_context(cert))
+        )
+        await client.write_message("stock")
+        assert await client.read_message() == "stock"
+        handler: Any
+        (handler,) = server.connections._open
+        assert isinstance(handler._protocol, EchoProtocol)
+        client.close()
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_client_that_renegotiates_is_refused_and_the_server_goes_on(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = make_pair(tmp_path, "tls")
+    server = await started_server(tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key))
+    try:
+        # openssl's client renegotiates on the command letter R (TLS 1.2: 1.3 has none).
+        client = await asyncio.create_subprocess_exec(
+            *("openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-tls1_2"),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert client.stdin is not None and client.stdout is not None
+        said = await client.stdout.readuntil(b"---\n")  # the handshake's report begins
+        client.stdin.write(b"R\n")
+        said += await asyncio.wait_for(client.stdout.read(), 10)
+        await client.wait()
+        assert b"RENEGOTIATING" in said and b"no renegotiation" in said, said[-400:]
+        assert (await echo_over_tls(server.port, cert))[1] == der(cert)
+    finally:
+        await server.shutdown()
+    assert "Traceback" not in caplog.text
+
+
+def test_the_context_refuses_renegotiation(tmp_path: Path) -> None:
+    cert, key = make_pair(tmp_path, "a")
+    context = server_context(Config(tls_cert=str(cert), tls_key=str(key)))
+    assert context is not None and context.options & ssl.OP_NO_RENEGOTIATION

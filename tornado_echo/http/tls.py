@@ -2,7 +2,12 @@
 
 Built at start and again on every SIGHUP, so a renewed certificate is picked up by new
 connections without a restart; a pair that cannot be loaded is a :class:`ConfigError` naming
-the key, and on reload the running context is kept.
+the key, and on reload the running context is kept. Every connection is wrapped by the one
+current context (building one reads files and costs far more than a handshake).
+
+Renegotiation is refused (``OP_NO_RENEGOTIATION``, whatever the OpenSSL version's default):
+each renegotiation is a full handshake's CPU for the server on an open connection, which a
+client could ask for again and again; WebSocket has no use for it, and TLS 1.3 has none.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ def server_context(config: Config) -> ssl.SSLContext | None:
             raise ConfigError(f"key '{key}': cannot read {path!r}: {exc.strerror}") from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_RENEGOTIATION
     try:
         context.load_cert_chain(config.tls_cert, config.tls_key)
     except ssl.SSLError as exc:
