@@ -25,7 +25,7 @@ import tornado.web
 from tornado.ioloop import IOLoop
 
 from tests.helpers import SERVER_ID, PgOutage, Service, admin_sql
-from tornado_echo.config import ENGINES, Config
+from tornado_echo.config import ENGINES, LISTENERS, Config
 from tornado_echo.connections import Connections
 from tornado_echo.store import Store, make_store
 from tornado_echo.web.app import make_app
@@ -131,6 +131,13 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=ENGINES)
 def engine(request: pytest.FixtureRequest) -> str:
     """A module with ``pytestmark = pytest.mark.usefixtures("engine")`` runs on every engine."""
+    return str(request.param)
+
+
+@pytest.fixture(params=LISTENERS)
+def listener(request: pytest.FixtureRequest) -> str:
+    """Each listener test runs on the asyncio listener ("auto", with the fast engine) and
+    on Tornado's HTTPServer."""
     return str(request.param)
 
 

@@ -45,9 +45,9 @@ def test_has_body(headers: dict[str, str], expected: bool) -> None:
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_request_body_is_refused_with_413_before_it_is_read(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await started_server(tmp_path, sqlite_url)
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
     try:
         announced = [
             b"POST /api/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000\r\n\r\nx",
@@ -68,9 +68,9 @@ async def test_a_request_body_is_refused_with_413_before_it_is_read(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_refused_body_still_being_sent_does_not_reset_the_answer(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, sqlite_url: str, listener: str
 ) -> None:
-    server = await started_server(tmp_path, sqlite_url)
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000000\r\n\r\n")
@@ -84,9 +84,9 @@ async def test_a_refused_body_still_being_sent_does_not_reset_the_answer(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_slow_headers_are_cut_off(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await started_server(tmp_path, sqlite_url, http_timeout=0.3)
+    server = await started_server(tmp_path, sqlite_url, http_timeout=0.3, listener=listener)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and stall
@@ -100,10 +100,10 @@ async def test_slow_headers_are_cut_off(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_oversized_headers_get_431_then_the_connection_closes(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    server = await started_server(tmp_path, sqlite_url)
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
     try:
         # Just over the limit, and far over it (more than Tornado reads before it stops).
         for size in (20 * 1024, 20 * 1024, 300 * 1024, 20 * 1024):
@@ -125,7 +125,7 @@ async def test_oversized_headers_get_431_then_the_connection_closes(
     finally:
         await server.shutdown()
     # One line for the four, and nothing from Tornado itself.
-    said = [r.getMessage() for r in caplog.records if r.name == "tornado_echo.http.listener"]
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("tornado_echo.http.")]
     assert said == [f"refused a request from 127.0.0.1: headers over {MAX_HEADER_SIZE} bytes"]
     assert not [r for r in caplog.records if r.name.startswith("tornado.")]
     assert_no_traceback(caplog.records)
@@ -133,9 +133,9 @@ async def test_oversized_headers_get_431_then_the_connection_closes(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_http_connections_beyond_the_limit_get_503(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await started_server(tmp_path, sqlite_url, max_http_connections=2)
+    server = await started_server(tmp_path, sqlite_url, max_http_connections=2, listener=listener)
     try:
         # Upgraded WebSockets leave the HTTP count.
         sockets = [await open_raw_websocket(server.port) for _ in range(3)]
@@ -163,11 +163,11 @@ async def test_http_connections_beyond_the_limit_get_503(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_refused_clients_linger_no_more_than_max_http_connections(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, sqlite_url: str, listener: str
 ) -> None:
     # Each refusal that lingers holds a descriptor outside every limit; a flood of refused
     # clients that never close must not hold more than max_http_connections of them.
-    server = await started_server(tmp_path, sqlite_url, max_http_connections=2)
+    server = await started_server(tmp_path, sqlite_url, max_http_connections=2, listener=listener)
     try:
         assert server.http is not None
         http = server.http
@@ -196,9 +196,10 @@ def cpu_seconds(pid: int) -> float:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_exhausted_descriptors_pause_accept_without_a_busy_loop(
-    tmp_path: Path, services: list[Service]
+    tmp_path: Path, services: list[Service], listener: str
 ) -> None:
-    service = start_service(tmp_path, BASE_CONF + "http_timeout = 30.0\n", nofile=48)
+    conf = BASE_CONF + f'http_timeout = 30.0\nlistener = "{listener}"\n'
+    service = start_service(tmp_path, conf, nofile=48)
     services.append(service)
     clients = []
     try:
