@@ -168,10 +168,13 @@ class FastHTTPServer:
     def _refusal(self, status: int, label: str, reason: str) -> _Refused:
         if self.on_refusal is not None:
             self.on_refusal(label)
+        return self._closing(answer(status, reason))
+
+    def _closing(self, response: bytes) -> _Refused:
         # Lingering keeps a descriptor for up to LINGER seconds outside every connection
         # limit: no more of them than max_http_connections (as the Tornado listener).
         linger = LINGER if self.lingering < self.max_http_connections else 0.0
-        return _Refused(self, answer(status, reason), linger)
+        return _Refused(self, response, linger)
 
     def _forget(self, connection: HTTP11Connection) -> None:
         """``connection`` left the HTTP phase (closed, refused or upgraded)."""
@@ -194,8 +197,9 @@ async def _connect(protocol: asyncio.Protocol, sock: socket.socket) -> None:
 
 
 class _Refused(asyncio.Protocol):
-    """Sends one answer, half-closes, and discards what the client still sends for at most
-    ``linger`` seconds (closing with unread input would reset the answer away)."""
+    """Sends one answer (or none: the last was sent already), half-closes, and discards
+    what the client still sends for at most ``linger`` seconds (closing with unread input
+    would make the kernel reset the connection, and the answers could be lost with it)."""
 
     def __init__(self, server: FastHTTPServer, response: bytes, linger: float) -> None:
         self.server = server
@@ -207,7 +211,8 @@ class _Refused(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
-        transport.write(self.response)
+        if self.response:
+            transport.write(self.response)
         if not self.linger:
             transport.close()
             return
@@ -390,8 +395,10 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
             return
         assert self.transport is not None
         if not self._queue:
-            if self._stopped or self._eof:
+            if self._eof:
                 self.transport.close()
+            elif self._stopped:
+                self._become(self.server._closing(b""))
             elif self._upgrade_pending:
                 # An upgrade request answered without an upgrade: HTTP goes on after it.
                 self._upgrade_pending = False
@@ -432,11 +439,13 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         delegate.finish()
 
     def _refuse(self, refusal: _Refusal) -> None:
-        """Answer ``refusal`` and go on as a refused connection (answer, linger, close)."""
+        self._become(self.server._refusal(refusal.status, refusal.label, refusal.reason))
+
+    def _become(self, refused: _Refused) -> None:
+        """Leave the connection to ``refused`` (answer, linger, close)."""
         assert self.transport is not None
         self.server._forget(self)
-        self._handed_over = True  # the connection is the refusal's from now on
-        refused = self.server._refusal(refusal.status, refusal.label, refusal.reason)
+        self._handed_over = True
         self.transport.set_protocol(refused)
         refused.connection_made(self.transport)
         self.transport.resume_reading()
