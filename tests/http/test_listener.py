@@ -119,15 +119,21 @@ async def test_oversized_headers_get_431_then_the_connection_closes(
             body = await asyncio.wait_for(reader.read(), 5)  # the rest, then EOF
             assert json_body(body)["error"] == f"request headers over {MAX_HEADER_SIZE} bytes"
             writer.close()
+        # A head that never ends is refused once over the limit, not held until it does.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 65536)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 431 "), head
+        writer.close()
         assert (await raw_http(server.port, HEALTH))[0] == 200  # a new connection is served
         status, _, metrics = await raw_http(
             server.port, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
         )
         assert status == 200
-        assert b'tornado_echo_rejections_total{reason="request_headers"} 4.0' in metrics
+        assert b'tornado_echo_rejections_total{reason="request_headers"} 5.0' in metrics
     finally:
         await server.shutdown()
-    # One line for the four, and nothing from Tornado itself.
+    # One line for the five, and nothing from Tornado itself.
     said = [r.getMessage() for r in caplog.records if r.name.startswith("tornado_echo.http.")]
     assert said == [f"refused a request from 127.0.0.1: headers over {MAX_HEADER_SIZE} bytes"]
     assert not [r for r in caplog.records if r.name.startswith("tornado.")]
