@@ -74,10 +74,8 @@ class Server:
                 "tornado_echo",
                 "--port",
                 str(port),
-                # Not "warning": clients that hang up without a close frame (the Go
-                # client does) would print a line per session.
-                "--log-level",
-                "error",
+                # The default log level: the per-session line is the access log, off
+                # unless an ``extra`` flag turns it on (its lines go to server.log).
                 "--database-url",
                 f"sqlite:///{workdir}/echo.db",
                 "--journal",
@@ -86,7 +84,10 @@ class Server:
                 "19500",
                 *extra,
             ]
-            self.proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], cwd=workdir)
+            with (workdir / "server.log").open("a") as log:
+                self.proc = subprocess.Popen(
+                    ["taskset", "-c", str(cpu), *cmd], cwd=workdir, stderr=log
+                )
             _wait_listening(port)
         else:
             cmd = (

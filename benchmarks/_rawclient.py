@@ -105,7 +105,7 @@ async def handshakes(
     start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.monotonic() - start
-    return {"handshakes_per_s": done / elapsed, "failed": failed}
+    return {"handshakes_per_s": done / elapsed, "failed": failed, "seconds": elapsed}
 
 
 async def idle(port: int, count: int, deflate: bool) -> dict[str, float]:

@@ -38,6 +38,7 @@ LOG_FORMATS = ("text", "json")
 JOURNAL_MODES = ("off", "meta", "full")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 ENGINES = ("fast", "tornado")
+LISTENERS = ("auto", "tornado")
 
 
 def _between(low: float, high: float) -> Callable[[Any], str | None]:
@@ -259,6 +260,19 @@ class Config:
         "fast",
         "what carries upgraded connections: fast (asyncio transport) or tornado (IOStream)",
         _one_of(ENGINES),
+    )
+    listener: str = _opt(
+        STRING,
+        "auto",
+        "what serves HTTP: auto (the asyncio listener for the fast engine without TLS, else"
+        " Tornado's HTTPServer) or tornado (always Tornado's HTTPServer)",
+        _one_of(LISTENERS),
+    )
+    access_log: bool = _opt(
+        BOOLEAN,
+        False,
+        "log a line per WebSocket session and per HTTP request (INFO); the session records"
+        " in the database are the durable account either way",
     )
     max_messages_per_second: float = _opt(
         NUMBER,

@@ -144,14 +144,21 @@ async def test_a_start_that_cannot_listen_leaves_tornado_logging_as_it_was(
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        server = make_server(tmp_path, sqlite_url, host="127.0.0.1", port=taken.getsockname()[1])
+        # The filter on Tornado's log lines is its HTTPServer's (listener = "tornado").
+        server = make_server(
+            tmp_path,
+            sqlite_url,
+            host="127.0.0.1",
+            port=taken.getsockname()[1],
+            listener="tornado",
+        )
         filters_before = list(gen_log.filters)
         with pytest.raises(OSError):
             await server.start()
         assert gen_log.filters == filters_before
         await server.shutdown()
     # And a server that did listen takes its filter away again when it stops.
-    server = make_server(tmp_path / "second", sqlite_url, server_id="test:0:1")
+    server = make_server(tmp_path / "second", sqlite_url, server_id="test:0:1", listener="tornado")
     await server.start()
     assert len(gen_log.filters) == len(filters_before) + 1
     await server.shutdown()

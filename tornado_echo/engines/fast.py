@@ -35,7 +35,7 @@ from collections.abc import Awaitable
 from typing import Any, cast
 
 import tornado.escape
-from tornado.iostream import SSLIOStream
+from tornado.iostream import IOStream, SSLIOStream
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
 from tornado_echo.compat import (
@@ -225,28 +225,18 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         # The 101 answer (with every header the handler set) is the transport's first
         # write: Tornado's response machinery costs more than the rest of the upgrade.
         self._out = [switching_protocols(handler)]
-        stream = detach_stream(handler)
+        # Tornado's public detach(): the handler is finished with HTTP. Tornado's HTTPServer
+        # gives its IOStream; the listener of tornado_echo.http.fast_listener its connection,
+        # which hands its transport over.
+        detached: Any = detach_stream(handler)
         handler.on_finish()
         handler.application.log_request(handler)
-        leftover = unread_bytes(stream)
-        # The same socket moves to the transport: Tornado forgets its descriptor (and the
-        # stream, never closed, is dropped). A dup()ed descriptor would leave epoll
-        # watching the old number, which the next accepted connection then reuses.
-        sock = stream.socket
-        if sock is None:  # the peer hung up while the upgrade waited for its turn
-            _release_http_state(handler)
-            self._never_carried(stream.error)
-            return
-        stream.io_loop.remove_handler(sock)
-        _release_http_state(handler)
         self.reader = FrameReader(self.max_message_size, self.deflate)
-        if leftover:
-            self._pending = self.reader.feed(leftover)
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: self, sock)
-            self._flush()
-        except OSError as exc:
-            self._never_carried(exc)
+        if isinstance(detached, IOStream):
+            await self._move_socket(handler, detached)
+        else:
+            self._take_over(handler, detached.hand_over(self))
+        if self._lost:
             return
         try:
             opened = handler.open(*handler.open_args, **handler.open_kwargs)
@@ -260,6 +250,42 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
             return
         self._schedule_ping()
         self._handler_ready()
+
+    def _take_over(self, handler: WebSocketHandler, leftover: bytes | None) -> None:
+        """The transport is this protocol's already (``hand_over`` called connection_made):
+        the 101 is its first write, what the listener read past the request its first
+        frames; None: the peer hung up while the upgrade waited for its turn."""
+        _release_http_state(handler)
+        assert self.reader is not None
+        if leftover is None:
+            self._never_carried(None)
+            return
+        if leftover:
+            self._pending = self.reader.feed(leftover)
+        self._flush()
+
+    async def _move_socket(self, handler: WebSocketHandler, stream: IOStream) -> None:
+        """Tornado's HTTPServer served the request: the socket moves from its IOStream to
+        a transport, with the bytes the stream read past the request."""
+        leftover = unread_bytes(stream)
+        # The same socket moves to the transport: Tornado forgets its descriptor (and the
+        # stream, never closed, is dropped). A dup()ed descriptor would leave epoll
+        # watching the old number, which the next accepted connection then reuses.
+        sock = stream.socket
+        if sock is None:  # the peer hung up while the upgrade waited for its turn
+            _release_http_state(handler)
+            self._never_carried(stream.error)
+            return
+        stream.io_loop.remove_handler(sock)
+        _release_http_state(handler)
+        assert self.reader is not None
+        if leftover:
+            self._pending = self.reader.feed(leftover)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: self, sock)
+            self._flush()
+        except OSError as exc:
+            self._never_carried(exc)
 
     def _never_carried(self, exc: BaseException | None) -> None:
         # The connection ended before a transport took it: the session ends here.

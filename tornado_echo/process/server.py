@@ -31,6 +31,7 @@ from tornado_echo.connections import Connections
 from tornado_echo.errors import ConfigError
 from tornado_echo.http import tls
 from tornado_echo.http.access import TrustedProxies
+from tornado_echo.http.fast_listener import FastHTTPServer, make_fast_http_server
 from tornado_echo.http.listener import EchoHTTPServer, make_http_server
 from tornado_echo.observability.logs import setup_logging
 from tornado_echo.observability.metrics import Metrics
@@ -58,6 +59,7 @@ LIVE_KEYS = frozenset(
         "compression",
         "compression_level",
         "journal",
+        "access_log",
         "log_level",
         "log_format",
         "shutdown_deadline",
@@ -78,6 +80,13 @@ TLS_KEYS = ("tls_cert", "tls_key")
 
 def _proxies(config: Config) -> TrustedProxies | None:
     return TrustedProxies(config.trusted_proxies) if config.behind_proxy else None
+
+
+def uses_fast_listener(config: Config) -> bool:
+    """Whether :mod:`tornado_echo.http.fast_listener` serves: ``listener = "auto"`` with the
+    fast engine and no TLS (Tornado's own protocol needs Tornado's IOStream, and TLS is
+    still terminated in Tornado's SSLIOStream)."""
+    return config.listener == "auto" and config.engine == "fast" and not config.tls_cert
 
 
 def default_server_id(config: Config, worker: int = 0) -> str:
@@ -106,7 +115,7 @@ class Server:
         self.reader = SessionReader(config.database_url)
         self.retention = Retention(lambda: make_backend(config.database_url), config.retention_days)
         self.app: EchoApplication | None = None
-        self.http: EchoHTTPServer | None = None
+        self.http: EchoHTTPServer | FastHTTPServer | None = None
         self.sockets: list[socket.socket] = []
         self.exit_requested = False
         self.force_exit = False
@@ -133,15 +142,24 @@ class Server:
         )
         loop = asyncio.get_running_loop()
         ssl_context = await loop.run_in_executor(None, tls.server_context, self.config)
-        self.http = make_http_server(
-            self.app,
-            timeout=self.config.http_timeout,
-            max_http_connections=self.config.max_http_connections,
-            proxies=_proxies(self.config),
-            ssl_context=ssl_context,
-            on_refusal=self._count_refusal,
-            on_tls_failure=self.metrics.tls_failures.inc,
-        )
+        if uses_fast_listener(self.config):
+            self.http = make_fast_http_server(
+                self.app,
+                timeout=self.config.http_timeout,
+                max_http_connections=self.config.max_http_connections,
+                proxies=_proxies(self.config),
+                on_refusal=self._count_refusal,
+            )
+        else:
+            self.http = make_http_server(
+                self.app,
+                timeout=self.config.http_timeout,
+                max_http_connections=self.config.max_http_connections,
+                proxies=_proxies(self.config),
+                ssl_context=ssl_context,
+                on_refusal=self._count_refusal,
+                on_tls_failure=self.metrics.tls_failures.inc,
+            )
         if self.config.behind_proxy and not is_loopback(self.config.host):
             logger.warning(
                 "behind_proxy is on but host %s is not a loopback address: clients that reach"
@@ -255,7 +273,11 @@ class Server:
         if self.http is not None:
             self.http.proxies = _proxies(new)
             self.http.max_http_connections = new.max_http_connections
-            if ssl_context is not None and not tls_switched:
+            if (
+                ssl_context is not None
+                and not tls_switched
+                and isinstance(self.http, EchoHTTPServer)
+            ):
                 # Read again even when the paths are the same: a renewed certificate.
                 self.http.set_ssl_context(ssl_context)
                 logger.info("TLS certificate %s loaded for new connections", new.tls_cert)

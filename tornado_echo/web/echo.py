@@ -294,6 +294,12 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
                 end_state=end_state,
             )
         )
+        if self.config.access_log:
+            self._log_session(end_state, duration, code)
+
+    def _log_session(self, end_state: str, duration: float, code: int) -> None:
+        """The session's access line (``access_log``); the session record says it all too."""
+        protocol = self._protocol
         stream_error = protocol.connection_error if protocol else None
         logger.log(
             logging.WARNING if end_state == "aborted" and stream_error else logging.INFO,
