@@ -264,7 +264,7 @@ class Config:
     listener: str = _opt(
         STRING,
         "auto",
-        "what serves HTTP: auto (the asyncio listener for the fast engine without TLS, else"
+        "what serves HTTP: auto (the asyncio listener for the fast engine, TLS included, else"
         " Tornado's HTTPServer) or tornado (always Tornado's HTTPServer)",
         _one_of(LISTENERS),
     )

@@ -273,7 +273,6 @@ async def test_clients_that_stall_in_the_tls_handshake_are_closed_after_http_tim
     assert "Traceback" not in caplog.text
 
 
-@pytest.mark.xfail(strict=True, reason="TLS still in Tornado's SSLIOStream")
 @pytest.mark.gen_test(timeout=30)
 async def test_wss_is_carried_by_the_fast_engine_on_the_one_current_context(
     tmp_path: Path, sqlite_url: str

@@ -15,9 +15,10 @@ To the handler it is a ``tornado.websocket.WebSocketProtocol``: ``open``, ``on_m
 ``on_close`` with ``close_code``/``close_reason``, and ``write_message``, ``ping``,
 ``close``, ``set_nodelay``, ``selected_subprotocol`` keep their Tornado meaning.
 
-A connection over TLS that this process terminates (``tls_cert``) stays on Tornado's own
-protocol: its TLS session lives in Tornado's SSLIOStream. Terminating TLS in a proxy keeps
-the fast path.
+TLS that this process terminates (``tls_cert``) is the transport's on the asyncio listener
+(the loop's SSL transport), and the engine takes that transport as it is. Behind Tornado's
+listener (``listener = "tornado"``) the TLS session lives in Tornado's SSLIOStream, which
+cannot move to a transport: such a connection stays on Tornado's own protocol.
 
 Backpressure uses the transport's own flow control: while the peer reads slower than it is
 sent to and the transport's buffer is above its high-water mark, this connection is not
@@ -686,7 +687,8 @@ def _release_http_state(handler: WebSocketHandler) -> None:
 
 
 def carried_by_tls(handler: WebSocketHandler) -> bool:
-    """Whether the request came over TLS that this process terminates."""
+    """Whether the request came over TLS in Tornado's SSLIOStream (Tornado's listener), a
+    session the fast engine cannot take over."""
     return isinstance(getattr(handler.request.connection, "stream", None), SSLIOStream)
 
 

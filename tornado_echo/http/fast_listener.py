@@ -19,14 +19,22 @@ on EMFILE, trusted proxies believed per request. Beyond them, what a stranger ca
 hold is bounded: pipelined requests are parsed from one read at most (the connection is not
 read while any request is queued or served), and requests that cannot be parsed get 400.
 
-Served on TLS by :mod:`tornado_echo.http.listener` for now; a ``WebSocketHandler`` that is
-not the fast engine's (Tornado's own protocol needs an IOStream) is served on that listener
-too (``engine = "tornado"``).
+TLS (``tls_cert``) runs on the loop's own SSL transport (uvloop's, in C, when it is the
+loop): each accepted socket is wrapped by the context current when it was accepted, so a
+certificate reloaded on SIGHUP serves new connections while open ones keep their session.
+The TLS handshake counts as part of the HTTP phase: within ``http_timeout`` (a client that
+never sends its ClientHello is closed then), and among the ``max_http_connections``. A
+handshake that fails on a TLS error (plain HTTP on the TLS port, a client that does not
+trust the certificate) is counted (``on_tls_failure``) and logged through the throttle.
+
+A ``WebSocketHandler`` that is not the fast engine's (Tornado's own protocol needs an
+IOStream) is served on Tornado's listener (``engine = "tornado"``), TLS included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -52,8 +60,10 @@ from tornado_echo.http.listener import (
     Acceptor,
     answer,
     has_body,
+    is_tls_failure,
     spawn,
 )
+from tornado_echo.http.tls import transport_options
 from tornado_echo.observability.throttle import LogThrottle
 
 if TYPE_CHECKING:
@@ -76,10 +86,10 @@ class _Context:
 
     __slots__ = ("address", "address_family", "peer", "protocol", "remote_ip")
 
-    def __init__(self, address: Any, family: int) -> None:
+    def __init__(self, address: Any, family: int, protocol: str) -> None:
         self.address = address
         self.address_family = family
-        self.protocol = "http"
+        self.protocol = protocol
         self.peer = str(address[0]) if family in (socket.AF_INET, socket.AF_INET6) else ""
         self.remote_ip = self.peer
 
@@ -115,14 +125,17 @@ class FastHTTPServer:
         max_http_connections: int,
         proxies: TrustedProxies | None,
         on_refusal: Callable[[str], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        on_tls_failure: Callable[[], None] | None = None,
     ) -> None:
         self.delegate = delegate
         self.timeout = timeout
         self.max_http_connections = max_http_connections
         self.proxies = proxies
         self.on_refusal = on_refusal
+        self.on_tls_failure = on_tls_failure
         self.throttle = LogThrottle(logger)
-        self.ssl_options: ssl.SSLContext | None = None  # plain only, so far
+        self.ssl_options = ssl_context
         self.open_http = 0  # connections in the HTTP phase (not yet upgraded, not refused)
         self.lingering = 0  # refused connections still being answered and closed
         self.connections: set[HTTP11Connection] = set()
@@ -162,8 +175,35 @@ class FastHTTPServer:
             protocol = self._refusal(503, "connection_limit_http", "too many open HTTP connections")
         else:
             protocol = HTTP11Connection(self, address, sock.family)
-        # The transport's connection_made() comes from the loop; nothing else waits on it.
-        spawn(_connect(protocol, sock))
+        if self.ssl_options is None:
+            spawn(_connect(protocol, sock))
+            return
+        # Only the context and the timeouts are TLS's; failures are told apart and counted.
+        loop = asyncio.get_running_loop()
+        connect = functools.partial(
+            loop.connect_accepted_socket,
+            **transport_options(loop, self.ssl_options, self.timeout),
+        )
+        spawn(_connect(protocol, sock, connect, functools.partial(self._tls_failed, address)))
+
+    def set_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Use ``context`` for connections accepted from now on (certificate reload)."""
+        self.ssl_options = context
+
+    def _tls_failed(self, address: Any, exc: OSError) -> None:
+        """A TLS handshake ended on ``exc``: counted and logged when it is a TLS error (not
+        a client that went away, nor one that outlasted ``http_timeout``)."""
+        if not is_tls_failure(exc):
+            return
+        if self.on_tls_failure is not None:
+            self.on_tls_failure()
+        self.throttle.log(
+            "tls_handshake",
+            logging.WARNING,
+            "TLS handshake failed with %s: %s",
+            str(address[0]) if address else "?",
+            exc,
+        )
 
     def _refusal(self, status: int, label: str, reason: str) -> _Refused:
         if self.on_refusal is not None:
@@ -185,12 +225,22 @@ class FastHTTPServer:
                 self._all_closed.set()
 
 
-async def _connect(protocol: asyncio.Protocol, sock: socket.socket) -> None:
-    # The transport's connection_made() comes from the loop; nothing else waits on it.
+async def _connect(
+    protocol: asyncio.Protocol,
+    sock: socket.socket,
+    connect: Callable[..., Awaitable[Any]] | None = None,
+    on_failure: Callable[[OSError], None] | None = None,
+) -> None:
+    # The transport's connection_made() comes from the loop (after the TLS handshake, if
+    # any); nothing else waits on it.
+    if connect is None:
+        connect = asyncio.get_running_loop().connect_accepted_socket
     try:
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock)
-    except OSError as exc:  # reset between accept() and the transport: nothing to serve
+        await connect(lambda: protocol, sock)
+    except OSError as exc:  # reset before serving; a TLS handshake that failed or timed out
         logger.debug("accepted connection lost before serving: %s", exc)
+        if on_failure is not None:
+            on_failure(exc)
         sock.close()
         if isinstance(protocol, (HTTP11Connection, _Refused)):
             protocol.connection_lost(exc)
@@ -238,7 +288,7 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
 
     def __init__(self, server: FastHTTPServer, address: Any, family: int) -> None:
         self.server = server
-        self.context = _Context(address, family)
+        self.context = _Context(address, family, "https" if server.ssl_options else "http")
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self._queue: deque[tuple[RequestStartLine, HTTPHeaders, bool] | _Refusal] = deque()
@@ -574,9 +624,13 @@ def make_fast_http_server(
     max_http_connections: int,
     proxies: TrustedProxies | None,
     on_refusal: Callable[[str], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    on_tls_failure: Callable[[], None] | None = None,
 ) -> FastHTTPServer:
     return FastHTTPServer(
         app,
+        ssl_context=ssl_context,
+        on_tls_failure=on_tls_failure,
         timeout=timeout,
         max_http_connections=max_http_connections,
         proxies=proxies,

@@ -12,10 +12,30 @@ client could ask for again and again; WebSocket has no use for it, and TLS 1.3 h
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import sys
+from typing import Any
 
 from tornado_echo.config import Config
 from tornado_echo.errors import ConfigError
+
+# Seconds the TLS closing handshake (close_notify both ways) may take once a connection is
+# closed; then the socket is dropped. The loop's default is 30 s per connection, which a
+# peer that never answers would hold a descriptor through.
+TLS_SHUTDOWN_TIMEOUT = 5.0
+
+
+def transport_options(
+    loop: asyncio.AbstractEventLoop, context: ssl.SSLContext, handshake_timeout: float
+) -> dict[str, Any]:
+    """Keyword arguments for ``loop.connect_accepted_socket`` serving TLS on ``context``:
+    the handshake bounded by ``handshake_timeout``, the closing one by TLS_SHUTDOWN_TIMEOUT
+    where the loop can bound it (uvloop; asyncio's own from Python 3.11)."""
+    options: dict[str, Any] = {"ssl": context, "ssl_handshake_timeout": handshake_timeout}
+    if sys.version_info >= (3, 11) or type(loop).__module__.startswith("uvloop"):
+        options["ssl_shutdown_timeout"] = TLS_SHUTDOWN_TIMEOUT
+    return options
 
 
 def server_context(config: Config) -> ssl.SSLContext | None:

@@ -84,9 +84,8 @@ def _proxies(config: Config) -> TrustedProxies | None:
 
 def uses_fast_listener(config: Config) -> bool:
     """Whether :mod:`tornado_echo.http.fast_listener` serves: ``listener = "auto"`` with the
-    fast engine and no TLS (Tornado's own protocol needs Tornado's IOStream, and TLS is
-    still terminated in Tornado's SSLIOStream)."""
-    return config.listener == "auto" and config.engine == "fast" and not config.tls_cert
+    fast engine, TLS or not (Tornado's own protocol needs Tornado's IOStream)."""
+    return config.listener == "auto" and config.engine == "fast"
 
 
 def default_server_id(config: Config, worker: int = 0) -> str:
@@ -149,6 +148,8 @@ class Server:
                 max_http_connections=self.config.max_http_connections,
                 proxies=_proxies(self.config),
                 on_refusal=self._count_refusal,
+                ssl_context=ssl_context,
+                on_tls_failure=self.metrics.tls_failures.inc,
             )
         else:
             self.http = make_http_server(
@@ -273,11 +274,7 @@ class Server:
         if self.http is not None:
             self.http.proxies = _proxies(new)
             self.http.max_http_connections = new.max_http_connections
-            if (
-                ssl_context is not None
-                and not tls_switched
-                and isinstance(self.http, EchoHTTPServer)
-            ):
+            if ssl_context is not None and not tls_switched:
                 # Read again even when the paths are the same: a renewed certificate.
                 self.http.set_ssl_context(ssl_context)
                 logger.info("TLS certificate %s loaded for new connections", new.tls_cert)
