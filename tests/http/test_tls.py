@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.helpers import eventually, make_server, started_server
+from tests.helpers import eventually, make_server, started_server, upgrade_request
 from tornado_echo.config import Config, build_config
 from tornado_echo.engines.fast import FastProtocol
 from tornado_echo.engines.stock import EchoProtocol
@@ -227,11 +229,11 @@ def client_hello() -> bytes:
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bool:
-    """Whether the server hangs up (an end of file or a reset) within 5 seconds; what it
-    sends before (its TLS flight) does not matter."""
+    """Whether the server hangs up (an end of file, a reset, a TLS alert) within 5 seconds;
+    what it sends before (its TLS flight) does not matter."""
     try:
         await asyncio.wait_for(reader.read(), 5)
-    except ConnectionResetError:
+    except (ConnectionResetError, ssl.SSLError):
         pass
     except asyncio.TimeoutError:
         return False
@@ -357,3 +359,33 @@ def test_the_context_refuses_renegotiation(tmp_path: Path) -> None:
     cert, key = make_pair(tmp_path, "a")
     context = server_context(Config(tls_cert=str(cert), tls_key=str(key)))
     assert context is not None and context.options & ssl.OP_NO_RENEGOTIATION
+
+
+@pytest.mark.parametrize("engine", ["fast", "tornado"])
+@pytest.mark.gen_test(timeout=30)
+async def test_a_forged_tls_record_after_the_upgrade_is_one_tls_failure(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture, engine: str
+) -> None:
+    cert, key = make_pair(tmp_path, "tls")
+    server = await started_server(
+        tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key), engine=engine
+    )
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=client_context(cert)
+        )
+        writer.write(upgrade_request())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        await eventually(lambda: len(server.connections) == 1)
+        # Application data that no key encrypted, sent past the client's TLS session.
+        raw = writer.get_extra_info("socket")
+        with socket.socket(fileno=os.dup(raw.fileno())) as beside:
+            beside.sendall(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+        assert await closed_by_server(reader)
+        await eventually(lambda: len(server.connections) == 0)
+        failures = server.metrics.registry.get_sample_value("tornado_echo_tls_failures_total")
+        assert failures == 1
+        writer.transport.abort()
+    finally:
+        await server.shutdown()
+    assert "Traceback" not in caplog.text

@@ -26,6 +26,7 @@ from tornado_echo.connections import Connections
 from tornado_echo.engines.fast import FastProtocol, FastWebSocketHandler, carried_by_tls
 from tornado_echo.engines.ratelimit import TokenBucket
 from tornado_echo.engines.stock import EchoProtocol
+from tornado_echo.http.listener import is_tls_failure
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, Store
 from tornado_echo.web.endpoints import JsonErrorMixin
@@ -281,6 +282,10 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             )
         duration = time.monotonic() - self._opened_at
         self.metrics.observe_close(code, end_state, duration)
+        if isinstance(protocol, FastProtocol) and is_tls_failure(protocol.connection_error):
+            # A TLS error after the upgrade (a forged record, say) on the loop's SSL
+            # transport; Tornado's listener counts its own at the stream.
+            self.metrics.tls_failures.inc()
         self.db.submit(
             SessionClosed(
                 session_id=self.session_id,
