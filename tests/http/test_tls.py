@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
+from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from tests.helpers import eventually, make_server, started_server, upgrade_request
 from tornado_echo.config import Config, build_config
@@ -47,10 +47,15 @@ def client_context(cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
 
 
+async def wss_connect(port: int, trusted: Path) -> WebSocketClientConnection:
+    """A wss:// client of the server on ``port`` that trusts the certificate ``trusted``."""
+    request = HTTPRequest(f"wss://127.0.0.1:{port}/ws", ssl_options=client_context(trusted))
+    return await websocket_connect(request)
+
+
 async def echo_over_tls(port: int, trusted: Path) -> tuple[str, bytes | None]:
     """One echo over wss://; returns the TLS version and the server's certificate (DER)."""
-    request = HTTPRequest(f"wss://127.0.0.1:{port}/ws", ssl_options=client_context(trusted))
-    client = await websocket_connect(request)
+    client = await wss_connect(port, trusted)
     try:
         await client.write_message("over tls")
         assert await client.read_message() == "over tls"
@@ -97,9 +102,7 @@ async def test_wss_echo_and_certificate_reload_on_sighup(
         version, served = await echo_over_tls(server.port, first_cert)
         assert version in ("TLSv1.2", "TLSv1.3") and served == der(first_cert)
         await assert_plain_http_is_no_request(server.port)
-        held = await websocket_connect(
-            HTTPRequest(f"wss://127.0.0.1:{server.port}/ws", ssl_options=client_context(first_cert))
-        )
+        held = await wss_connect(server.port, first_cert)
 
         second_cert, second_key = make_pair(tmp_path / "second", "second")
         live_cert.write_bytes(second_cert.read_bytes())
@@ -283,12 +286,7 @@ async def test_wss_is_carried_by_the_fast_engine_on_the_one_current_context(
     server = await started_server(tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key))
     try:
         assert server.http is not None
-        clients = [
-            await websocket_connect(
-                HTTPRequest(f"wss://127.0.0.1:{server.port}/ws", ssl_options=client_context(cert))
-            )
-            for _ in range(3)
-        ]
+        clients = [await wss_connect(server.port, cert) for _ in range(3)]
         for client in clients:
             await client.write_message("fast")
             assert await client.read_message() == "fast"
@@ -316,9 +314,7 @@ async def test_engine_tornado_keeps_tls_on_tornados_protocol(
         tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key), engine="tornado"
     )
     try:
-        client = await websocket_connect(
-            HTTPRequest(f"wss://127.0.0.1:{server.port}/ws", ssl_options=client_context(cert))
-        )
+        client = await wss_connect(server.port, cert)
         await client.write_message("stock")
         assert await client.read_message() == "stock"
         handler: Any
