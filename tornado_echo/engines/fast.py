@@ -1,8 +1,11 @@
 """The fast engine: a WebSocket connection carried by an asyncio Protocol after the upgrade.
 
-Tornado answers the HTTP request and the upgrade; then :class:`FastProtocol` takes the
-socket out of Tornado's IOStream (with any bytes already read past the request) and runs it
-as an asyncio Protocol on the running loop (uvloop's transports when it is the loop). Each
+The Tornado Application answers the HTTP request and the upgrade; then :class:`FastProtocol`
+takes the connection over as an asyncio Protocol on the running loop (uvloop's transports
+when it is the loop), with any bytes already read past the request: from the listener of
+:mod:`tornado_echo.http.fast_listener` it takes the transport itself (the object the
+handler's public ``detach()`` returns there), from Tornado's HTTPServer the socket out of
+Tornado's IOStream. Each
 read is parsed by :class:`~tornado_echo.wire.FrameReader`, every complete message is
 dispatched, and everything written while dispatching goes out as one transport write. A
 read holding more than one slice of the reader's (``FEED_MAX_FRAMES`` frames, or about

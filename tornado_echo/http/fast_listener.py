@@ -293,8 +293,9 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         self.parser = httptools.HttpRequestParser(self)
         self._queue: deque[tuple[RequestStartLine, HTTPHeaders, bool] | _Refusal] = deque()
         self._url = b""
-        self._headers = HTTPHeaders()
-        self._head_size = 0  # bytes of the request head being parsed
+        self._headers: HTTPHeaders | None = None  # of the request being parsed
+        self._head_size = 0  # bytes read while its head was incomplete
+        self._head_parsed = 0  # bytes of its head the parser has handed over
         self._reading_head = True
         self._leftover = b""  # read past an upgrade request
         self._upgrade_pending = False
@@ -382,20 +383,23 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
             raise _Stop
         self._url = b""
         self._headers = HTTPHeaders()
+        self._head_parsed = 0
         self._reading_head = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_parsed += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        assert self._headers is not None
         self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        self._head_parsed += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
-        # Counted from the callbacks (the read counter above may hold more than one head).
-        size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in self._headers.get_all())
+        # Counted from the callbacks: the read counter above may hold more than one head.
         self._reading_head = False
         self._head_size = 0
-        if size > MAX_HEADER_SIZE:
+        if self._head_parsed > MAX_HEADER_SIZE:
             self._queue.append(self._headers_too_large())
             raise _Stop
         version = "HTTP/" + self.parser.get_http_version()
@@ -403,6 +407,7 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         if version not in ("HTTP/1.1", "HTTP/1.0"):
             self._queue.append(_Refusal(400, "bad_request", f"{version} is not served"))
             raise _Stop
+        assert self._headers is not None
         if has_body(self._headers):
             self.server.throttle.log(
                 "request_body",

@@ -1,5 +1,9 @@
 """The HTTP listener: Tornado's HTTPServer with the limits a public port needs.
 
+It serves ``engine = "tornado"``, ``listener = "tornado"`` and TLS; the fast engine's own
+listener (:mod:`tornado_echo.http.fast_listener`) keeps the same limits with the constants
+and helpers defined here.
+
 * **Client address.** ``request.remote_ip`` is the socket peer, or, when that peer is one of
   ``trusted_proxies`` and ``behind_proxy`` is on, the client it forwards for. The socket
   peer stays available through :func:`socket_peer`, whatever the headers say. (Tornado's

@@ -14,7 +14,6 @@ import base64
 import binascii
 import logging
 import time
-import uuid
 from asyncio import Future
 from typing import Any
 
@@ -22,7 +21,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from tornado_echo.compat import cross_origin_problem
 from tornado_echo.config import Config
-from tornado_echo.connections import Connections
+from tornado_echo.connections import Connections, new_session_id
 from tornado_echo.engines.fast import FastProtocol, FastWebSocketHandler, carried_by_tls
 from tornado_echo.engines.ratelimit import TokenBucket
 from tornado_echo.engines.stock import EchoProtocol
@@ -201,7 +200,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
     # -- session ---------------------------------------------------------------------------
 
     def open(self, *args: str, **kwargs: str) -> None:
-        self.session_id = str(uuid.uuid4())
+        self.session_id = new_session_id()
         self._opened_at = time.monotonic()
         self.connections.add(self)
         self.metrics.accepted.inc()
