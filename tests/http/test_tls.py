@@ -385,3 +385,31 @@ async def test_a_forged_tls_record_after_the_upgrade_is_one_tls_failure(
     finally:
         await server.shutdown()
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_connections_in_the_tls_handshake_count_among_max_http_connections(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    cert, key = make_pair(tmp_path, "tls")
+    server = await started_server(
+        tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key), max_http_connections=2
+    )
+    try:
+        assert server.http is not None
+        http = server.http
+        stalled = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        await eventually(lambda: http.open_http == 2, "two connections in their handshake")
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=client_context(cert)
+        )
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 503 "), head
+        writer.transport.abort()
+        for _, stalled_writer in stalled:
+            stalled_writer.close()
+        await eventually(lambda: http.open_http == 0, "the stalled connections forgotten")
+        assert (await echo_over_tls(server.port, cert))[1] == der(cert)
+    finally:
+        await server.shutdown()
