@@ -127,12 +127,15 @@ async def test_wss_echo_and_certificate_reload_on_sighup(
     assert not [r for r in caplog.records if r.exc_info]
 
 
+@pytest.mark.parametrize("listener", ["auto", "tornado"])
 @pytest.mark.gen_test(timeout=30)
 async def test_plain_http_on_the_tls_port_is_logged_once_per_interval(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture, listener: str
 ) -> None:
     cert, key = make_pair(tmp_path, "tls")
-    server = make_server(tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key))
+    server = make_server(
+        tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key), listener=listener
+    )
     await server.start()
     try:
         for _ in range(20):
@@ -243,13 +246,19 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bool:
     return True
 
 
+@pytest.mark.parametrize("listener", ["auto", "tornado"])
 @pytest.mark.gen_test(timeout=30)
 async def test_clients_that_stall_in_the_tls_handshake_are_closed_after_http_timeout(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture, listener: str
 ) -> None:
     cert, key = make_pair(tmp_path, "tls")
     server = await started_server(
-        tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key), http_timeout=0.5
+        tmp_path,
+        sqlite_url,
+        tls_cert=str(cert),
+        tls_key=str(key),
+        http_timeout=0.5,
+        listener=listener,
     )
     try:
         assert server.http is not None
