@@ -262,6 +262,7 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         self._stopped = False  # parsing stopped: what is queued is the last served
         self._write_waiters: list[asyncio.Future[None]] = []
         self._paused_writing = False
+        self._draining = False  # the next request waits for the answers to drain
         server.connections.add(self)
         server.open_http += 1
 
@@ -317,7 +318,9 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
             callback()
 
     def pause_writing(self) -> None:
+        # The client is not taking its answers: it has http_timeout to start again.
         self._paused_writing = True
+        self._start_timer()
 
     def resume_writing(self) -> None:
         self._paused_writing = False
@@ -325,6 +328,11 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        if self._draining:
+            self._draining = False
+            self._next()
+        elif self._serving:
+            self._cancel_timer()
 
     # -- httptools callbacks ---------------------------------------------------------------
 
@@ -518,7 +526,12 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         if not self._keep_alive:
             self._queue.clear()
             self._stopped = True
-        self._next()
+        if self._paused_writing:
+            # A client that does not read its answers gets no more of them (and no more
+            # than http_timeout to take what is buffered): resume_writing() goes on.
+            self._draining = True
+        else:
+            self._next()
 
     def set_close_callback(self, callback: Callable[[], None] | None) -> None:
         """Called with no arguments if the connection closes while a request is served
@@ -532,8 +545,14 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         return self
 
     def close(self) -> None:
-        if self.transport is not None and not self._closed:
-            self.transport.close()
+        """Close now: with answers the client has not taken still buffered, drop them (as
+        Tornado's IOStream does), or the transport would wait for the client to read."""
+        transport = self.transport
+        if transport is not None and not self._closed:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
 
     def _chunk(self, chunk: bytes) -> bytes:
         if self._chunked and chunk:
@@ -566,9 +585,10 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
 
     def _timed_out(self) -> None:
         # Headers not complete (or an idle keep-alive) within http_timeout: closed, as
-        # Tornado's HTTPServer does.
+        # Tornado's HTTPServer does; so is a client that has not read its answers for as
+        # long (Tornado's would wait for it as long as it stays connected).
         self._timer = None
-        if not self._serving:
+        if not self._serving or self._paused_writing:
             self.close()
 
 
