@@ -281,9 +281,8 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         except httptools.HttpParserUpgrade as upgrade:
             self._leftover = data[upgrade.args[0] :]
             self._upgrade_pending = True
-        except _Stop:
-            self._stopped = True
         except httptools.HttpParserError as exc:
+            # A callback's own exception is its context (httptools re-raises it so).
             self._stopped = True
             if not isinstance(exc.__context__, _Stop):
                 self._queue.append(self._bad_request(exc))
@@ -503,7 +502,9 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         )
         if self._chunked:
             headers["Transfer-Encoding"] = "chunked"
-        if self._version == "HTTP/1.1" and not self._keep_alive:
+        if headers.get("Connection", "").lower() == "close":
+            self._keep_alive = False  # the handler's word, as Tornado's connection takes it
+        elif self._version == "HTTP/1.1" and not self._keep_alive:
             headers["Connection"] = "close"
         lines = [f"HTTP/1.1 {code} {start_line.reason}"]
         lines.extend(f"{name}: {value}" for name, value in headers.get_all())
