@@ -361,8 +361,10 @@ async def test_an_idle_keep_alive_connection_is_closed_after_http_timeout(
         b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
         b"\x00" * 100 + b"\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/0.9\r\nHost: a\r\n\r\n",
     ],
-    ids=["tls-hello", "header-without-colon", "nul-bytes", "two-lengths"],
+    ids=["tls-hello", "header-without-colon", "nul-bytes", "two-lengths", "no-host", "http-0.9"],
 )
 async def test_garbage_gets_a_bounded_answer(
     tmp_path: Path,

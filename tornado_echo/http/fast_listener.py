@@ -38,6 +38,7 @@ import httptools
 from tornado.httputil import (
     HTTPConnection,
     HTTPHeaders,
+    HTTPInputError,
     HTTPMessageDelegate,
     HTTPServerConnectionDelegate,
     RequestStartLine,
@@ -440,7 +441,12 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
             # Per request: a keep-alive connection from a proxy carries many clients.
             self.context.remote_ip = proxies.client_address(peer, headers)
         delegate = self.server.delegate.start_request(self, self)
-        started = delegate.headers_received(start_line, headers)
+        try:
+            started = delegate.headers_received(start_line, headers)
+        except HTTPInputError as exc:  # Tornado's own checks of a request (no Host, say)
+            self._serving = False
+            self._refuse(self._bad_request(exc))
+            return
         if started is not None:
             spawn(self._finish_later(delegate, started))
         else:
