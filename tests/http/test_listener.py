@@ -98,11 +98,16 @@ async def test_slow_headers_are_cut_off(
     tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with serving(tmp_path, sqlite_url, http_timeout=0.3, listener=listener) as server:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and stall
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
-        writer.close()
+        # A request, a WebSocket handshake, a byte at a time and then nothing at all.
+        for stalled in (HEALTH[:-2], upgrade_request()[:-2], b"G", b""):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(stalled)  # ... and stall
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+            writer.close()
         assert (await raw_http(server.port, HEALTH))[0] == 200
+        assert server.http is not None
+        await eventually(lambda: server.http is not None and server.http.open_http == 0)
+        assert len(server.connections) == 0
     assert_no_traceback(caplog.records)
 
 
