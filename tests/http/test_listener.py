@@ -4,14 +4,11 @@ and an exhausted descriptor table."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tornado.httputil import HTTPHeaders
@@ -31,19 +28,8 @@ from tests.helpers import (
     upgrade_request,
 )
 from tornado_echo.http.listener import MAX_HEADER_SIZE, has_body
-from tornado_echo.process.server import Server
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp_path: Path, sqlite_url: str, **overrides: Any) -> AsyncIterator[Server]:
-    """A started server, shut down on leaving."""
-    server = await started_server(tmp_path, sqlite_url, **overrides)
-    try:
-        yield server
-    finally:
-        await server.shutdown()
 
 
 @pytest.mark.parametrize(
@@ -64,7 +50,8 @@ def test_has_body(headers: dict[str, str], expected: bool) -> None:
 async def test_a_request_body_is_refused_with_413_before_it_is_read(
     tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with serving(tmp_path, sqlite_url, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
         announced = [
             b"POST /api/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000\r\n\r\nx",
             b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n",
@@ -77,6 +64,8 @@ async def test_a_request_body_is_refused_with_413_before_it_is_read(
             assert "request bodies are not accepted" in json_body(body)["error"]
         assert (await raw_http(server.port, HEALTH[:-2] + b"Content-Length: 0\r\n\r\n"))[0] == 200
         assert len(server.connections) == 0
+    finally:
+        await server.shutdown()
     assert_no_traceback(caplog.records)
 
 
@@ -84,20 +73,24 @@ async def test_a_request_body_is_refused_with_413_before_it_is_read(
 async def test_a_refused_body_still_being_sent_does_not_reset_the_answer(
     tmp_path: Path, sqlite_url: str, listener: str
 ) -> None:
-    async with serving(tmp_path, sqlite_url, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000000\r\n\r\n")
         writer.write(os.urandom(1_000_000))  # more than the socket buffers hold
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 413 ")
         writer.transport.abort()
+    finally:
+        await server.shutdown()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_slow_headers_are_cut_off(
     tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with serving(tmp_path, sqlite_url, http_timeout=0.3, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, http_timeout=0.3, listener=listener)
+    try:
         # A request, a WebSocket handshake, a byte at a time and then nothing at all.
         for stalled in (HEALTH[:-2], upgrade_request()[:-2], b"G", b""):
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -108,6 +101,8 @@ async def test_slow_headers_are_cut_off(
         assert server.http is not None
         await eventually(lambda: server.http is not None and server.http.open_http == 0)
         assert len(server.connections) == 0
+    finally:
+        await server.shutdown()
     assert_no_traceback(caplog.records)
 
 
@@ -116,7 +111,8 @@ async def test_oversized_headers_get_431_then_the_connection_closes(
     tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    async with serving(tmp_path, sqlite_url, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
         # Just over the limit, and far over it (more than Tornado reads before it stops).
         for size in (20 * 1024, 20 * 1024, 300 * 1024, 20 * 1024):
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -140,6 +136,8 @@ async def test_oversized_headers_get_431_then_the_connection_closes(
         )
         assert status == 200
         assert b'tornado_echo_rejections_total{reason="request_headers"} 5.0' in metrics
+    finally:
+        await server.shutdown()
     # One line for the five, and nothing from Tornado itself.
     said = [r.getMessage() for r in caplog.records if r.name.startswith("tornado_echo.http.")]
     assert said == [f"refused a request from 127.0.0.1: headers over {MAX_HEADER_SIZE} bytes"]
@@ -151,7 +149,8 @@ async def test_oversized_headers_get_431_then_the_connection_closes(
 async def test_http_connections_beyond_the_limit_get_503(
     tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with serving(tmp_path, sqlite_url, max_http_connections=2, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, max_http_connections=2, listener=listener)
+    try:
         # Upgraded WebSockets leave the HTTP count.
         sockets = [await open_raw_websocket(server.port) for _ in range(3)]
         assert (await raw_http(server.port, HEALTH))[0] == 200
@@ -171,6 +170,8 @@ async def test_http_connections_beyond_the_limit_get_503(
         for _, writer in [*sockets, *idle]:
             writer.close()
         assert b'tornado_echo_rejections_total{reason="connection_limit_http"}' in metrics
+    finally:
+        await server.shutdown()
     assert_no_traceback(caplog.records)
 
 
@@ -180,7 +181,8 @@ async def test_refused_clients_linger_no_more_than_max_http_connections(
 ) -> None:
     # Each refusal that lingers holds a descriptor outside every limit; a flood of refused
     # clients that never close must not hold more than max_http_connections of them.
-    async with serving(tmp_path, sqlite_url, max_http_connections=2, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, max_http_connections=2, listener=listener)
+    try:
         assert server.http is not None
         http = server.http
         idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
@@ -197,6 +199,8 @@ async def test_refused_clients_linger_no_more_than_max_http_connections(
         await eventually(lambda: http.lingering == 0)
         for _, writer in [*idle, *refused]:
             writer.close()
+    finally:
+        await server.shutdown()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -249,7 +253,8 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes
 async def test_keep_alive_and_pipelined_requests_are_answered_in_order(
     tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with serving(tmp_path, sqlite_url, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(HEALTH)
         assert (await read_response(reader))[0] == 200
@@ -263,6 +268,8 @@ async def test_keep_alive_and_pipelined_requests_are_answered_in_order(
         assert statuses == [200, 404, 200]
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
+    finally:
+        await server.shutdown()
     assert_no_traceback(caplog.records)
 
 
@@ -270,7 +277,8 @@ async def test_keep_alive_and_pipelined_requests_are_answered_in_order(
 async def test_a_pipelining_flood_is_answered_in_order_and_bounded(
     tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with serving(tmp_path, sqlite_url, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(HEALTH * 5000)
         answered = 0
@@ -285,6 +293,8 @@ async def test_a_pipelining_flood_is_answered_in_order_and_bounded(
         assert answered >= 64
         writer.close()
         assert (await raw_http(server.port, HEALTH))[0] == 200
+    finally:
+        await server.shutdown()
     assert_no_traceback(caplog.records)
 
 
@@ -292,7 +302,8 @@ async def test_a_pipelining_flood_is_answered_in_order_and_bounded(
 async def test_http_1_0_is_served_then_closed(
     tmp_path: Path, sqlite_url: str, listener: str
 ) -> None:
-    async with serving(tmp_path, sqlite_url, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")
         assert (await read_response(reader))[0] == 200
@@ -302,13 +313,16 @@ async def test_http_1_0_is_served_then_closed(
         old = upgrade_request().replace(b"HTTP/1.1\r\n", b"HTTP/1.0\r\n", 1)
         status, _, body = await raw_http(server.port, old)
         assert status == 500 and "HTTP/1.0 cannot be upgraded" in json_body(body)["error"]
+    finally:
+        await server.shutdown()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_expect_100_continue_gets_413_and_no_100(
     tmp_path: Path, sqlite_url: str, listener: str
 ) -> None:
-    async with serving(tmp_path, sqlite_url, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(HEALTH[:-2] + b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n")
         status, head, _ = await read_response(reader)
@@ -322,13 +336,16 @@ async def test_expect_100_continue_gets_413_and_no_100(
             status = (await read_response(reader))[0]
         assert status == 200
         writer.close()
+    finally:
+        await server.shutdown()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_an_idle_keep_alive_connection_is_closed_after_http_timeout(
     tmp_path: Path, sqlite_url: str, listener: str
 ) -> None:
-    async with serving(tmp_path, sqlite_url, http_timeout=0.3, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, http_timeout=0.3, listener=listener)
+    try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(HEALTH)
         assert (await read_response(reader))[0] == 200
@@ -337,6 +354,8 @@ async def test_an_idle_keep_alive_connection_is_closed_after_http_timeout(
         writer.close()
         assert server.http is not None
         await eventually(lambda: server.http is not None and server.http.open_http == 0)
+    finally:
+        await server.shutdown()
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -360,7 +379,8 @@ async def test_garbage_gets_a_bounded_answer(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Tornado's listener waits for a head that never ends until http_timeout.
-    async with serving(tmp_path, sqlite_url, http_timeout=1.0, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, http_timeout=1.0, listener=listener)
+    try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(garbage)
         answer = await asyncio.wait_for(reader.read(), 5)  # an answer or none; then closed
@@ -369,13 +389,16 @@ async def test_garbage_gets_a_bounded_answer(
         assert (await raw_http(server.port, HEALTH))[0] == 200
         assert server.http is not None
         await eventually(lambda: server.http is not None and server.http.open_http == 0)
+    finally:
+        await server.shutdown()
     assert_no_traceback(caplog.records)
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_half_closed_client_gets_its_answer(tmp_path: Path, sqlite_url: str) -> None:
     # The asyncio listener's: Tornado's HTTPServer closes a half-closed connection unanswered.
-    async with serving(tmp_path, sqlite_url) as server:
+    server = await started_server(tmp_path, sqlite_url)
+    try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(HEALTH)
         writer.write_eof()
@@ -391,28 +414,36 @@ async def test_a_half_closed_client_gets_its_answer(tmp_path: Path, sqlite_url: 
         assert server.http is not None
         await eventually(lambda: server.http is not None and server.http.open_http == 0)
         await eventually(lambda: len(server.connections) == 0)
+    finally:
+        await server.shutdown()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_frames_sent_with_the_upgrade_request_are_echoed(
     tmp_path: Path, sqlite_url: str, listener: str
 ) -> None:
-    async with serving(tmp_path, sqlite_url, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(upgrade_request() + client_frame(0x1, b"first") + client_frame(0x1, b"2nd"))
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
         assert await read_server_frame(reader) == (0x1, b"first")
         assert await read_server_frame(reader) == (0x1, b"2nd")
         writer.close()
+    finally:
+        await server.shutdown()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_refused_upgrade_leaves_the_connection_serving(
     tmp_path: Path, sqlite_url: str, listener: str
 ) -> None:
-    async with serving(tmp_path, sqlite_url, listener=listener) as server:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(upgrade_request(Origin="https://evil.example") + HEALTH)
         assert (await read_response(reader))[0] == 403
         assert (await read_response(reader))[0] == 200
         writer.close()
+    finally:
+        await server.shutdown()
