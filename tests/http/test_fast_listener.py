@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
+import tornado.web
 
 from tests.helpers import eventually, started_server
 from tornado_echo.http import fast_listener
-from tornado_echo.http.fast_listener import WRITE_HIGH_WATER, FastHTTPServer
+from tornado_echo.http.fast_listener import WRITE_HIGH_WATER, FastHTTPServer, HTTP11Connection
 
 ASSET = b"GET /console/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -42,3 +44,18 @@ async def test_a_client_that_does_not_read_its_answers_gets_no_more_and_is_close
         writer.transport.abort()
     finally:
         await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_connection_closed_before_its_transport_comes_is_closed_when_it_comes(
+    app: tornado.web.Application,
+) -> None:
+    # Shutdown may find a connection accepted whose transport the loop has not made yet.
+    http = FastHTTPServer(app, timeout=30.0, max_http_connections=10, proxies=None)
+    ours, theirs = socket.socketpair()
+    connection = HTTP11Connection(http, ("127.0.0.1", 1), socket.AF_INET)
+    closing = asyncio.ensure_future(http.close_all_connections())
+    await asyncio.get_running_loop().connect_accepted_socket(lambda: connection, ours)
+    await asyncio.wait_for(closing, 5)  # not the 30 s of http_timeout
+    assert (http.open_http, len(http.connections)) == (0, 0)
+    theirs.close()

@@ -271,6 +271,9 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self._stopped:  # closed (at shutdown) before its transport came
+            self.transport.close()
+            return
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER)
         self._start_timer()
 
@@ -555,7 +558,9 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         """Close now: with answers the client has not taken still buffered, drop them (as
         Tornado's IOStream does), or the transport would wait for the client to read."""
         transport = self.transport
-        if transport is not None and not self._closed:
+        if transport is None:
+            self._stopped = True  # connection_made() closes it
+        elif not self._closed:
             if transport.get_write_buffer_size():
                 transport.abort()
             else:
