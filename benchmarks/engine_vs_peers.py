@@ -294,6 +294,9 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
     for name, values in medians.items():
         say(f"{name:<32}" + "".join(f"{values[key]:>16.2f}" for key in keys))
     headline = keys[0]
+    # Ratios of the rate, and of the server's CPU cost per operation as "how many times
+    # cheaper" (the base's cost over ours), which other load on the machine moves less.
+    cost = next((key for key in keys if key.endswith(("us/hs", "us/msg"))), None)
     for base in ("stock Tornado", "aiohttp"):
         if base not in medians or not medians[base][headline]:
             continue
@@ -303,6 +306,13 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
             if name != base
         )
         say(f"{headline} relative to {base}: {ratios}")
+        if cost is not None:
+            cheaper = ", ".join(
+                f"{name} {medians[base][cost] / values[cost]:.2f}x"
+                for name, values in medians.items()
+                if name != base and values[cost]
+            )
+            say(f"CPU per operation, {base}'s over ours: {cheaper}")
     for name, rounds in results.items():
         if len(rounds) > 1:
             spread = ", ".join(f"{r[headline]:.1f}" for r in rounds)

@@ -91,11 +91,16 @@ async def test_slow_headers_are_cut_off(
 ) -> None:
     server = await started_server(tmp_path, sqlite_url, http_timeout=0.3, listener=listener)
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and stall
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
-        writer.close()
+        # A request, a WebSocket handshake, a byte at a time and then nothing at all.
+        for stalled in (HEALTH[:-2], upgrade_request()[:-2], b"G", b""):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(stalled)  # ... and stall
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+            writer.close()
         assert (await raw_http(server.port, HEALTH))[0] == 200
+        assert server.http is not None
+        await eventually(lambda: server.http is not None and server.http.open_http == 0)
+        assert len(server.connections) == 0
     finally:
         await server.shutdown()
     assert_no_traceback(caplog.records)
@@ -361,8 +366,10 @@ async def test_an_idle_keep_alive_connection_is_closed_after_http_timeout(
         b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
         b"\x00" * 100 + b"\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/0.9\r\nHost: a\r\n\r\n",
     ],
-    ids=["tls-hello", "header-without-colon", "nul-bytes", "two-lengths"],
+    ids=["tls-hello", "header-without-colon", "nul-bytes", "two-lengths", "no-host", "http-0.9"],
 )
 async def test_garbage_gets_a_bounded_answer(
     tmp_path: Path,

@@ -14,12 +14,14 @@ from tests.helpers import (
     eventually,
     fetch_rows,
     make_server,
+    open_raw_websocket,
     raw_http,
     read_server_frame,
     upgrade_request,
 )
-from tornado_echo.config import build_config
-from tornado_echo.process.server import Server
+from tornado_echo.config import Config, build_config
+from tornado_echo.http.fast_listener import FastHTTPServer
+from tornado_echo.process.server import Server, uses_fast_listener
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -163,3 +165,32 @@ async def test_a_start_that_cannot_listen_leaves_tornado_logging_as_it_was(
     assert len(gen_log.filters) == len(filters_before) + 1
     await server.shutdown()
     assert gen_log.filters == filters_before
+
+
+@pytest.mark.parametrize(
+    ("settings", "fast"),
+    [
+        ({}, True),
+        ({"listener": "tornado"}, False),
+        ({"engine": "tornado"}, False),
+        ({"tls_cert": "cert.pem", "tls_key": "key.pem"}, False),
+    ],
+)
+def test_the_asyncio_listener_serves_the_fast_engine_without_tls(
+    settings: dict[str, str], fast: bool
+) -> None:
+    assert uses_fast_listener(Config(**settings)) is fast
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_default_server_listens_with_the_asyncio_listener(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    server = make_server(tmp_path, sqlite_url)
+    await server.start()
+    try:
+        assert isinstance(server.http, FastHTTPServer)
+        _, writer = await open_raw_websocket(server.port)
+        writer.close()
+    finally:
+        await server.shutdown()

@@ -46,6 +46,7 @@ import httptools
 from tornado.httputil import (
     HTTPConnection,
     HTTPHeaders,
+    HTTPInputError,
     HTTPMessageDelegate,
     HTTPServerConnectionDelegate,
     RequestStartLine,
@@ -312,6 +313,7 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         self._stopped = False  # parsing stopped: what is queued is the last served
         self._write_waiters: list[asyncio.Future[None]] = []
         self._paused_writing = False
+        self._draining = False  # the next request waits for the answers to drain
         server.connections.add(self)
         server.open_http += 1
 
@@ -319,6 +321,9 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self._stopped:  # closed (at shutdown) before its transport came
+            self.transport.close()
+            return
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER)
         self._start_timer()
 
@@ -330,9 +335,8 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         except httptools.HttpParserUpgrade as upgrade:
             self._leftover = data[upgrade.args[0] :]
             self._upgrade_pending = True
-        except _Stop:
-            self._stopped = True
         except httptools.HttpParserError as exc:
+            # A callback's own exception is its context (httptools re-raises it so).
             self._stopped = True
             if not isinstance(exc.__context__, _Stop):
                 self._queue.append(self._bad_request(exc))
@@ -367,7 +371,9 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
             callback()
 
     def pause_writing(self) -> None:
+        # The client is not taking its answers: it has http_timeout to start again.
         self._paused_writing = True
+        self._start_timer()
 
     def resume_writing(self) -> None:
         self._paused_writing = False
@@ -375,6 +381,11 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        if self._draining:
+            self._draining = False
+            self._next()
+        elif self._serving:
+            self._cancel_timer()
 
     # -- httptools callbacks ---------------------------------------------------------------
 
@@ -483,7 +494,12 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
             # Per request: a keep-alive connection from a proxy carries many clients.
             self.context.remote_ip = proxies.client_address(peer, headers)
         delegate = self.server.delegate.start_request(self, self)
-        started = delegate.headers_received(start_line, headers)
+        try:
+            started = delegate.headers_received(start_line, headers)
+        except HTTPInputError as exc:  # Tornado's own checks of a request (no Host, say)
+            self._serving = False
+            self._refuse(self._bad_request(exc))
+            return
         if started is not None:
             spawn(self._finish_later(delegate, started))
         else:
@@ -545,7 +561,9 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         )
         if self._chunked:
             headers["Transfer-Encoding"] = "chunked"
-        if self._version == "HTTP/1.1" and not self._keep_alive:
+        if headers.get("Connection", "").lower() == "close":
+            self._keep_alive = False  # the handler's word, as Tornado's connection takes it
+        elif self._version == "HTTP/1.1" and not self._keep_alive:
             headers["Connection"] = "close"
         lines = [f"HTTP/1.1 {code} {start_line.reason}"]
         lines.extend(f"{name}: {value}" for name, value in headers.get_all())
@@ -568,7 +586,12 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         if not self._keep_alive:
             self._queue.clear()
             self._stopped = True
-        self._next()
+        if self._paused_writing:
+            # A client that does not read its answers gets no more of them (and no more
+            # than http_timeout to take what is buffered): resume_writing() goes on.
+            self._draining = True
+        else:
+            self._next()
 
     def set_close_callback(self, callback: Callable[[], None] | None) -> None:
         """Called with no arguments if the connection closes while a request is served
@@ -582,8 +605,16 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         return self
 
     def close(self) -> None:
-        if self.transport is not None and not self._closed:
-            self.transport.close()
+        """Close now: with answers the client has not taken still buffered, drop them (as
+        Tornado's IOStream does), or the transport would wait for the client to read."""
+        transport = self.transport
+        if transport is None:
+            self._stopped = True  # connection_made() closes it
+        elif not self._closed:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
 
     def _chunk(self, chunk: bytes) -> bytes:
         if self._chunked and chunk:
@@ -616,9 +647,10 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
 
     def _timed_out(self) -> None:
         # Headers not complete (or an idle keep-alive) within http_timeout: closed, as
-        # Tornado's HTTPServer does.
+        # Tornado's HTTPServer does; so is a client that has not read its answers for as
+        # long (Tornado's would wait for it as long as it stays connected).
         self._timer = None
-        if not self._serving:
+        if not self._serving or self._paused_writing:
             self.close()
 
 
