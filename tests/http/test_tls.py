@@ -66,6 +66,10 @@ async def echo_over_tls(port: int, trusted: Path) -> tuple[str, bytes | None]:
         client.close()
 
 
+def tls_failures(server: Server) -> float | None:
+    return server.metrics.registry.get_sample_value("tornado_echo_tls_failures_total")
+
+
 def der(cert: Path) -> bytes:
     return ssl.PEM_cert_to_DER_cert(cert.read_text())
 
@@ -143,8 +147,7 @@ async def test_plain_http_on_the_tls_port_is_logged_once_per_interval(
         assert server.http is not None
         counts = server.http.throttle.counts
         await eventually(lambda: counts.get("tls_handshake") == 20, timeout=10)
-        failures = server.metrics.registry.get_sample_value("tornado_echo_tls_failures_total")
-        assert failures == 20
+        assert tls_failures(server) == 20
         # Headers over the limit get their 431 over TLS as well.
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", server.port, ssl=client_context(cert)
@@ -156,7 +159,7 @@ async def test_plain_http_on_the_tls_port_is_logged_once_per_interval(
         writer.transport.abort()
         # And wss is served as before; neither it nor the 431 was a TLS failure.
         assert (await echo_over_tls(server.port, cert))[1] == der(cert)
-        assert server.metrics.registry.get_sample_value("tornado_echo_tls_failures_total") == 20
+        assert tls_failures(server) == 20
     finally:
         await server.shutdown()
     said = [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]
@@ -280,7 +283,7 @@ async def test_clients_that_stall_in_the_tls_handshake_are_closed_after_http_tim
         http = server.http
         await eventually(lambda: http.open_http == 0, "every stalled connection forgotten")
         # Not TLS errors (the clients said nothing wrong): not counted as TLS failures.
-        assert server.metrics.registry.get_sample_value("tornado_echo_tls_failures_total") == 0
+        assert tls_failures(server) == 0
         assert (await echo_over_tls(server.port, cert))[1] == der(cert)
     finally:
         await server.shutdown()
@@ -388,8 +391,7 @@ async def test_a_forged_tls_record_after_the_upgrade_is_one_tls_failure(
             beside.sendall(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
         assert await closed_by_server(reader)
         await eventually(lambda: len(server.connections) == 0)
-        failures = server.metrics.registry.get_sample_value("tornado_echo_tls_failures_total")
-        assert failures == 1
+        assert tls_failures(server) == 1
         writer.transport.abort()
     finally:
         await server.shutdown()
