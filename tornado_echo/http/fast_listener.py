@@ -137,6 +137,7 @@ class FastHTTPServer:
         self.on_tls_failure = on_tls_failure
         self.throttle = LogThrottle(logger)
         self.ssl_options = ssl_context
+        self._tls_connect: Callable[..., Awaitable[Any]] | None = None
         self.open_http = 0  # connections in the HTTP phase (not yet upgraded, not refused)
         self.lingering = 0  # refused connections still being answered and closed
         self.connections: set[HTTP11Connection] = set()
@@ -180,16 +181,19 @@ class FastHTTPServer:
             spawn(_connect(protocol, sock))
             return
         # Only the context and the timeouts are TLS's; failures are told apart and counted.
-        loop = asyncio.get_running_loop()
-        connect = functools.partial(
-            loop.connect_accepted_socket,
-            **transport_options(loop, self.ssl_options, self.timeout),
-        )
+        connect = self._tls_connect
+        if connect is None:  # once per context, not per connection
+            loop = asyncio.get_running_loop()
+            connect = self._tls_connect = functools.partial(
+                loop.connect_accepted_socket,
+                **transport_options(loop, self.ssl_options, self.timeout),
+            )
         spawn(_connect(protocol, sock, connect, functools.partial(self._tls_failed, address)))
 
     def set_ssl_context(self, context: ssl.SSLContext) -> None:
         """Use ``context`` for connections accepted from now on (certificate reload)."""
         self.ssl_options = context
+        self._tls_connect = None
 
     def _tls_failed(self, address: Any, exc: OSError) -> None:
         """A TLS handshake ended on ``exc``: counted and logged when it is a TLS error (not
