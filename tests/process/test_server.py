@@ -173,10 +173,11 @@ async def test_a_start_that_cannot_listen_leaves_tornado_logging_as_it_was(
         ({}, True),
         ({"listener": "tornado"}, False),
         ({"engine": "tornado"}, False),
-        ({"tls_cert": "cert.pem", "tls_key": "key.pem"}, False),
+        ({"tls_cert": "cert.pem", "tls_key": "key.pem"}, True),
+        ({"tls_cert": "cert.pem", "tls_key": "key.pem", "listener": "tornado"}, False),
     ],
 )
-def test_the_asyncio_listener_serves_the_fast_engine_without_tls(
+def test_the_asyncio_listener_serves_the_fast_engine_tls_or_not(
     settings: dict[str, str], fast: bool
 ) -> None:
     assert uses_fast_listener(Config(**settings)) is fast
