@@ -32,6 +32,10 @@ setup(
         "tornado>=6.6,<7",
         "psycopg2-binary>=2.9.5,<3",
         "prometheus_client>=0.20,<1",
+        # The fast engine's HTTP/1.1 listener parses requests with llhttp in C
+        # (tornado_echo/http/fast_listener.py), as uvicorn does: Tornado's Python parser
+        # was the largest part of a handshake.
+        "httptools>=0.6",
         'tomli>=2; python_version < "3.11"',
         # Load tester: uvloop's event loop makes the Python client keep up with a compiled
         # one (measured in benchmarks/loadtest_vs_compiled.py); websockets for its C

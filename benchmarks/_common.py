@@ -46,7 +46,8 @@ class Server:
     ``kind``: "tornado-echo" (this project, SQLite session records in ``workdir``,
     ``journal`` mode), "tornado" (the stock handler of echo_server.py), "aiohttp"
     (aiohttp_server.py) or "go" (gorilla); ``extra``: flags for the server, such as
-    ``--engine tornado``.
+    ``--engine tornado``; ``tls``: a (certificate, key) pair to serve wss:// with (all but
+    "go").
     """
 
     def __init__(
@@ -56,8 +57,13 @@ class Server:
         workdir: Path,
         journal: str = "off",
         extra: tuple[str, ...] = (),
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         env = dict(os.environ, GOMAXPROCS="1")
+        if tls is not None:
+            if kind == "go":
+                raise RuntimeError("the Go server has no TLS")
+            extra = (*extra, "--tls-cert", str(tls[0]), "--tls-key", str(tls[1]))
         if kind == "tornado-echo":
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
@@ -68,10 +74,8 @@ class Server:
                 "tornado_echo",
                 "--port",
                 str(port),
-                # Not "warning": clients that hang up without a close frame (the Go
-                # client does) would print a line per session.
-                "--log-level",
-                "error",
+                # The default log level: the per-session line is the access log, off
+                # unless an ``extra`` flag turns it on (its lines go to server.log).
                 "--database-url",
                 f"sqlite:///{workdir}/echo.db",
                 "--journal",
@@ -80,7 +84,10 @@ class Server:
                 "19500",
                 *extra,
             ]
-            self.proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], cwd=workdir)
+            with (workdir / "server.log").open("a") as log:
+                self.proc = subprocess.Popen(
+                    ["taskset", "-c", str(cpu), *cmd], cwd=workdir, stderr=log
+                )
             _wait_listening(port)
         else:
             cmd = (
@@ -93,7 +100,7 @@ class Server:
             )
             assert self.proc.stdout is not None
             port = int(self.proc.stdout.readline())
-        self.url = f"ws://127.0.0.1:{port}/ws"
+        self.url = f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/ws"
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process now."""

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Raw-socket clients for benchmarks/engine_vs_peers.py, run as a separate pinned process.
 
-    _rawclient.py handshakes PORT SECONDS CONCURRENCY   connect, upgrade, close; count cycles
+    _rawclient.py handshakes PORT SECONDS CONCURRENCY [tls]
+                                                         connect, upgrade, close; count cycles
+                                                         (tls: each cycle a full TLS handshake)
     _rawclient.py idle PORT N DEFLATE                    open N idle WebSockets, print "ready",
                                                          hold them until stdin closes
     _rawclient.py fragments PORT MESSAGES               128 KiB compressed text messages sent
@@ -19,6 +21,7 @@ import base64
 import json
 import os
 import resource
+import ssl
 import struct
 import sys
 import time
@@ -60,8 +63,19 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
     return b0 & 0x0F, await reader.readexactly(length), bool(b0 & 0x40)
 
 
-async def open_ws(port: int, extra: str = "") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+def insecure_tls() -> ssl.SSLContext:
+    """A client context that checks nothing: the certificate check is client CPU, and the
+    server's side of the handshake is what is measured. No session is resumed."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def open_ws(
+    port: int, extra: str = "", tls: ssl.SSLContext | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     writer.write(upgrade(extra))
     head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 101"):
@@ -69,7 +83,9 @@ async def open_ws(port: int, extra: str = "") -> tuple[asyncio.StreamReader, asy
     return reader, writer
 
 
-async def handshakes(port: int, seconds: float, concurrency: int) -> dict[str, float]:
+async def handshakes(
+    port: int, seconds: float, concurrency: int, tls: ssl.SSLContext | None
+) -> dict[str, float]:
     done = failed = 0
     deadline = time.monotonic() + seconds
     close = frame(0x8, struct.pack("!H", 1000))
@@ -78,7 +94,7 @@ async def handshakes(port: int, seconds: float, concurrency: int) -> dict[str, f
         nonlocal done, failed
         while time.monotonic() < deadline:
             try:
-                reader, writer = await open_ws(port)
+                reader, writer = await open_ws(port, tls=tls)
                 writer.write(close)
                 await reader.read()  # the close reply, then the server hangs up
                 writer.close()
@@ -89,7 +105,7 @@ async def handshakes(port: int, seconds: float, concurrency: int) -> dict[str, f
     start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.monotonic() - start
-    return {"handshakes_per_s": done / elapsed, "failed": failed}
+    return {"handshakes_per_s": done / elapsed, "failed": failed, "seconds": elapsed}
 
 
 async def idle(port: int, count: int, deflate: bool) -> dict[str, float]:
@@ -148,7 +164,8 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     command, port, *rest = sys.argv[1:]
     if command == "handshakes":
-        work = handshakes(int(port), float(rest[0]), int(rest[1]))
+        tls = insecure_tls() if rest[2:] == ["tls"] else None
+        work = handshakes(int(port), float(rest[0]), int(rest[1]), tls)
     elif command == "idle":
         work = idle(int(port), int(rest[0]), rest[1] == "1")
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import ssl
 import sys
 
 import tornado.httpserver
@@ -27,9 +28,11 @@ class Echo(tornado.websocket.WebSocketHandler):
         self.write_message(message, binary=isinstance(message, bytes))
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, context: ssl.SSLContext | None) -> None:
     sockets = tornado.netutil.bind_sockets(port, "127.0.0.1", backlog=4096)
-    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/ws", Echo)]))
+    server = tornado.httpserver.HTTPServer(
+        tornado.web.Application([(r"/ws", Echo)]), ssl_options=context
+    )
     server.add_sockets(sockets)
     sys.stdout.write(f"{sockets[0].getsockname()[1]}\n")
     sys.stdout.flush()
@@ -39,15 +42,22 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-cert", help="serve wss:// with this PEM chain (and --tls-key)")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
+    context = None
+    if args.tls_cert:  # the context tornado-echo builds (tls.py): TLS >= 1.2, one pair
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(args.tls_cert, args.tls_key)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.port))
+        asyncio.run(serve(args.port, context))
     else:
-        uvloop.run(serve(args.port))
+        uvloop.run(serve(args.port, context))
 
 
 if __name__ == "__main__":

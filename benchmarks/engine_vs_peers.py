@@ -19,7 +19,11 @@ Scenarios (issue 9's targets):
   idle, idle-deflate        RSS per idle connection (5000 connections), compression off/on
   fragments                 1000 messages of 128 KiB text sent as 256-byte compressed
                             fragments: seconds to echo them all
-tornado-echo runs with its SQLite session records, as shipped.
+  wss32, wss32-go           echo32, echo32-go over TLS terminated by each server (issue 19)
+  tls-handshakes            handshakes with a full TLS handshake in each cycle
+tornado-echo runs with its SQLite session records, as shipped. The TLS scenarios serve a
+self-signed ECDSA P-256 certificate made with openssl for the run (every server the same
+pair, TLS >= 1.2; the clients check nothing and resume no session).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +49,16 @@ SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "aiohttp": ("aiohttp", ()),
     "tornado-echo (engine tornado)": ("tornado-echo", ("--engine", "tornado")),
     "tornado-echo (engine fast)": ("tornado-echo", ("--engine", "fast")),
+    # The fast engine behind Tornado's HTTPServer (listener = "tornado"), as before the
+    # asyncio listener; and the asyncio listener with the per-session access log on.
+    "tornado-echo (fast; Tornado's listener)": (
+        "tornado-echo",
+        ("--engine", "fast", "--listener", "tornado"),
+    ),
+    "tornado-echo (fast; access_log on)": (
+        "tornado-echo",
+        ("--engine", "fast", "--access-log", "true"),
+    ),
 }
 SERVER_CPU, CLIENT_CPU = 0, 1
 IDLE_CONNECTIONS = 5000
@@ -67,13 +82,19 @@ def port_of(server: Server) -> str:
 
 def echo(connections: int, size: int, seconds: float) -> Callable[[Server], dict[str, float]]:
     def measure(server: Server) -> dict[str, float]:
-        summary = run_loadtest(
-            CLIENT_CPU,
-            [server.url, "-c", str(connections), "-d", str(seconds), "-s", str(size), "-w", "1"],
-        )["summary"]
+        args = [server.url, "-c", str(connections), "-d", str(seconds), "-s", str(size), "-w", "1"]
+        if server.url.startswith("wss:"):
+            args.append("--insecure")  # self-signed; checking it is client CPU anyway
+        before = server.cpu_seconds()
+        summary = run_loadtest(CLIENT_CPU, args)["summary"]
+        spent = server.cpu_seconds() - before
         latency = summary["latency_ms"]
+        received = summary["messages"]["received"]
         return {
             "msgs/s": summary["throughput"]["msgs_per_s"],
+            # Less sensitive to other processes on the server's core than msgs/s; the
+            # connections' handshakes and the warm-up second are in it too.
+            "CPU us/msg": 1e6 * spent / received if received else float("nan"),
             "p50 ms": latency.get("p50", float("nan")),
             "p99 ms": latency.get("p99", float("nan")),
             "max ms": latency.get("max", float("nan")),
@@ -98,6 +119,7 @@ def go_echo(connections: int, size: int, seconds: float) -> Callable[[Server], d
                 "taskset", "-c", str(CLIENT_CPU), str(_GO_CLIENT[0]),
                 "-url", server.url, "-c", str(connections), "-d", f"{seconds}s",
                 "-size", str(size),
+                *(["-insecure"] if server.url.startswith("wss:") else []),
             ],
             capture_output=True, text=True, timeout=seconds + 60, check=False,
         )  # fmt: skip
@@ -110,8 +132,18 @@ def go_echo(connections: int, size: int, seconds: float) -> Callable[[Server], d
 
 
 def handshakes(server: Server) -> dict[str, float]:
-    result = raw_client("handshakes", port_of(server), "5", "64")
-    return {"handshakes/s": result["handshakes_per_s"], "errors": result["failed"]}
+    # The server's CPU time per handshake as well: the machine is shared, and what other
+    # processes take from the server's core lowers its rate, not its cost.
+    before = server.cpu_seconds()
+    tls = ("tls",) if server.url.startswith("wss:") else ()
+    result = raw_client("handshakes", port_of(server), "5", "64", *tls)
+    spent = server.cpu_seconds() - before
+    done = result["handshakes_per_s"] * result["seconds"]
+    return {
+        "handshakes/s": result["handshakes_per_s"],
+        "server CPU us/hs": 1e6 * spent / done if done else float("nan"),
+        "errors": result["failed"],
+    }
 
 
 def idle(deflate: bool) -> Callable[[Server], dict[str, float]]:
@@ -160,7 +192,30 @@ SCENARIOS: dict[str, tuple[str, Callable[[Server], dict[str, float]]]] = {
         idle(True),
     ),
     "fragments": ("1000 x 128 KiB text in 256-byte deflate fragments", fragments),
+    "wss32": ("wss://, 100 connections x 32 B, closed loop", echo(100, 32, 10)),
+    "wss32-go": (
+        "wss://, 100 connections x 32 B, closed loop, compiled Go client",
+        go_echo(100, 32, 10),
+    ),
+    "tls-handshakes": ("wss://: TLS + upgrade + close; 64 at a time, 5 s", handshakes),
 }
+TLS_SCENARIOS = frozenset({"wss32", "wss32-go", "tls-handshakes"})
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1 and its key, made with openssl."""
+    if shutil.which("openssl") is None:
+        sys.exit("openssl not found: apt-get install -y openssl")
+    cert, key = directory / "bench.pem", directory / "bench.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
 def machine() -> str:
@@ -200,17 +255,22 @@ def main() -> None:
         args.servers += "," + name
     chosen = [name.strip() for name in args.only.split(",")]
     servers = [name.strip() for name in args.servers.split(",")]
-    say(f"machine: {machine()}")
+    say(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f} at start")
     say(f"servers pinned to CPU {SERVER_CPU}, clients to CPU {CLIENT_CPU}; {args.rounds} rounds")
     for scenario in chosen:
         title, measure = SCENARIOS[scenario]
         say(f"\n== {scenario}: {title}")
         results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         with tempfile.TemporaryDirectory() as tmp:
+            tls = make_certificate(Path(tmp)) if scenario in TLS_SCENARIOS else None
             for _ in range(args.rounds):
                 for name in servers:
                     kind, extra = SERVERS[name]
-                    server = Server(kind, SERVER_CPU, Path(tmp), extra=extra)
+                    try:
+                        server = Server(kind, SERVER_CPU, Path(tmp), extra=extra, tls=tls)
+                    except RuntimeError as exc:  # a server without TLS, say
+                        say(f"  {name}: skipped: {exc}")
+                        continue
                     try:
                         results[name].append(measure(server))
                     except RuntimeError as exc:  # a server that fails a scenario
@@ -218,6 +278,7 @@ def main() -> None:
                     finally:
                         server.close()
         report(results)
+    say(f"\nload average {os.getloadavg()[0]:.2f} at the end (other processes share the machine)")
 
 
 def report(results: dict[str, list[dict[str, float]]]) -> None:
@@ -233,6 +294,9 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
     for name, values in medians.items():
         say(f"{name:<32}" + "".join(f"{values[key]:>16.2f}" for key in keys))
     headline = keys[0]
+    # Ratios of the rate, and of the server's CPU cost per operation as "how many times
+    # cheaper" (the base's cost over ours), which other load on the machine moves less.
+    cost = next((key for key in keys if key.endswith(("us/hs", "us/msg"))), None)
     for base in ("stock Tornado", "aiohttp"):
         if base not in medians or not medians[base][headline]:
             continue
@@ -242,6 +306,13 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
             if name != base
         )
         say(f"{headline} relative to {base}: {ratios}")
+        if cost is not None:
+            cheaper = ", ".join(
+                f"{name} {medians[base][cost] / values[cost]:.2f}x"
+                for name, values in medians.items()
+                if name != base and values[cost]
+            )
+            say(f"CPU per operation, {base}'s over ours: {cheaper}")
     for name, rounds in results.items():
         if len(rounds) > 1:
             spread = ", ".join(f"{r[headline]:.1f}" for r in rounds)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -22,11 +23,14 @@ import psycopg2
 import psycopg2.extras
 import pytest
 import tornado.web
+from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
 from tests.helpers import SERVER_ID, PgOutage, Service, admin_sql
-from tornado_echo.config import ENGINES, Config
+from tornado_echo.config import ENGINES, LISTENERS, Config, LiveConfig
 from tornado_echo.connections import Connections
+from tornado_echo.http.fast_listener import make_fast_http_server
+from tornado_echo.process.server import uses_fast_listener
 from tornado_echo.store import Store, make_store
 from tornado_echo.web.app import make_app
 
@@ -134,6 +138,13 @@ def engine(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=LISTENERS)
+def listener(request: pytest.FixtureRequest) -> str:
+    """Each listener test runs on the asyncio listener ("auto", with the fast engine) and
+    on Tornado's HTTPServer."""
+    return str(request.param)
+
+
 @pytest.fixture
 def app_config(request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Any) -> Config:
     marker = request.node.get_closest_marker("app_config")
@@ -166,6 +177,36 @@ def connections() -> Connections:
 @pytest.fixture
 def app(app_config: Config, store: Store, connections: Connections) -> tornado.web.Application:
     return make_app(app_config, store, connections, SERVER_ID)
+
+
+@pytest.fixture(params=LISTENERS)
+def http_server(
+    request: pytest.FixtureRequest,
+    io_loop: IOLoop,
+    _unused_port: tuple[socket.socket, int],
+    app_config: Config,
+) -> Iterator[Any]:
+    """pytest-tornado's ``http_server`` (the ``app`` fixture served on ``http_port``), on
+    each listener: the asyncio one (for the fast engine) and Tornado's HTTPServer."""
+    app = request.getfixturevalue("app")
+    sock = _unused_port[0]
+    server: Any
+    if request.param == "tornado":
+        server = HTTPServer(app)
+        server.add_socket(sock)
+    elif not uses_fast_listener(app_config):
+        sock.close()
+        pytest.skip("the asyncio listener serves the fast engine only")
+    else:
+        server = make_fast_http_server(app, LiveConfig(app_config))
+
+        async def listen() -> None:
+            server.add_sockets([sock])
+
+        io_loop.run_sync(listen)
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=5)
 
 
 @pytest.fixture

@@ -147,9 +147,12 @@ async def exit_code(process: subprocess.Popen[str]) -> int:
 def running_server(
     io_loop: IOLoop, tmp_path: Path, database_url: str
 ) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
-    """The real command on port 0 with JSON logs; yields (process, port, log file)."""
+    """The real command on port 0 with JSON logs and the access log; yields (process, port,
+    log file)."""
     log = tmp_path / "server.log"
-    process, port = io_loop.run_sync(lambda: start_server(tmp_path, log, database_url=database_url))
+    process, port = io_loop.run_sync(
+        lambda: start_server(tmp_path, log, database_url=database_url, access_log="true")
+    )
     yield process, port, log
     if process.poll() is None:
         process.kill()

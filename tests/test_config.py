@@ -107,6 +107,8 @@ FILE_ERRORS = [
     ('trusted_proxies = ["10.0.0.0/33"]\n', "entry '10.0.0.0/33' must be an IP address or net"),
     ('server_names = ["a.example:80"]\n', "entry 'a.example:80' must be a host name"),
     ("admin_token = 12345\n", "key 'admin_token': expected a string, got '***'"),
+    ('listener = "uvicorn"\n', "key 'listener': must be one of auto, tornado, got 'uvicorn'"),
+    ('access_log = "yes"\n', "key 'access_log': expected a boolean, got 'yes'"),
 ]
 
 

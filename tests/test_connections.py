@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import json_body, make_server, open_raw_websocket, raw_http, upgrade_request
-from tornado_echo.connections import AddressCounts, Connections
+from tornado_echo.connections import (
+    SESSION_IDS_PER_READ,
+    AddressCounts,
+    Connections,
+    new_session_id,
+)
 
 
 def test_address_counts_admit_up_to_the_limit_and_forget_released_addresses() -> None:
@@ -89,3 +96,26 @@ async def test_upgrades_beyond_the_per_address_limit_get_503(
         await server.shutdown()
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert len(server.connections.per_address) == 0
+
+
+def test_session_ids_are_random_uuids() -> None:
+    ids = [new_session_id() for _ in range(3 * SESSION_IDS_PER_READ)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:: SESSION_IDS_PER_READ // 2]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+
+
+def test_a_forked_process_does_not_repeat_its_parents_session_ids() -> None:
+    new_session_id()  # the pool holds ids the parent has not handed out yet
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(writing, new_session_id().encode())
+        os._exit(0)
+    os.close(writing)
+    os.waitpid(child, 0)
+    from_child = os.read(reading, 100).decode()
+    os.close(reading)
+    assert from_child != new_session_id()

@@ -49,6 +49,7 @@ LIVE_KEYS = frozenset(
         "compression_level",
         "journal",
         "journal_max_bytes_per_second",
+        "access_log",
         "log_level",
         "log_format",
         "shutdown_deadline",
@@ -72,6 +73,7 @@ LOG_FORMATS = ("text", "json")
 JOURNAL_MODES = ("off", "meta", "full")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 ENGINES = ("fast", "tornado")
+LISTENERS = ("auto", "tornado")
 
 
 def _between(low: float, high: float) -> Callable[[Any], str | None]:
@@ -293,6 +295,19 @@ class Config:
         "fast",
         "what carries upgraded connections: fast (asyncio transport) or tornado (IOStream)",
         _one_of(ENGINES),
+    )
+    listener: str = _opt(
+        STRING,
+        "auto",
+        "what serves HTTP: auto (the asyncio listener for the fast engine, TLS included, else"
+        " Tornado's HTTPServer) or tornado (always Tornado's HTTPServer)",
+        _one_of(LISTENERS),
+    )
+    access_log: bool = _opt(
+        BOOLEAN,
+        False,
+        "log a line per WebSocket session and per HTTP request (INFO); the session records"
+        " in the database are the durable account either way",
     )
     max_messages_per_second: float = _opt(
         NUMBER,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,35 @@ class Session(Protocol):
     def close_for_shutdown(self, code: int, reason: str) -> None: ...
 
     def on_connection_close(self) -> None: ...
+
+
+# Session ids: random (version 4) UUIDs, their random bits read SESSION_IDS_PER_READ at a
+# time: one os.urandom() per session was 3% of a handshake (getrandom is slow in a VM).
+SESSION_IDS_PER_READ = 256
+_random = b""
+_taken = 0
+
+
+def new_session_id() -> str:
+    """A fresh random UUID (version 4, RFC 9562 variant) as text, for a session."""
+    global _random, _taken
+    if _taken >= len(_random):
+        _random, _taken = os.urandom(16 * SESSION_IDS_PER_READ), 0
+    raw = bytearray(_random[_taken : _taken + 16])
+    _taken += 16
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _forget_random() -> None:
+    # A forked worker must not hand out the ids its parent has left in the pool.
+    global _random, _taken
+    _random, _taken = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 @dataclass

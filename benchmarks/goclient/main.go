@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -22,7 +23,12 @@ func main() {
 	conns := flag.Int("c", 50, "connections")
 	duration := flag.Duration("d", 10*time.Second, "test duration")
 	size := flag.Int("size", 64, "payload bytes")
+	insecure := flag.Bool("insecure", false, "wss: skip certificate checks (self-signed)")
 	flag.Parse()
+	dialer := *websocket.DefaultDialer
+	if *insecure {
+		dialer.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+	}
 
 	var echoed, mismatched int64
 	var failed int64
@@ -35,7 +41,7 @@ func main() {
 	for i := 0; i < *conns; i++ {
 		go func() {
 			defer ready.Done()
-			c, _, err := websocket.DefaultDialer.Dial(*url, nil)
+			c, _, err := dialer.Dial(*url, nil)
 			if err != nil {
 				atomic.AddInt64(&failed, 1)
 				return

@@ -203,9 +203,15 @@ def request(path: str, **headers: str) -> bytes:
 @pytest.mark.parametrize("behind_proxy", [True, False])
 @pytest.mark.gen_test(timeout=30)
 async def test_forged_loopback_header_from_a_remote_peer_is_refused(
-    tmp_path: Path, sqlite_url: str, behind_proxy: bool, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    sqlite_url: str,
+    behind_proxy: bool,
+    listener: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server = await started_server(tmp_path, sqlite_url, behind_proxy=behind_proxy)
+    server = await started_server(
+        tmp_path, sqlite_url, behind_proxy=behind_proxy, listener=listener
+    )
     forged = {"X_Real_Ip": "127.0.0.1", "X_Forwarded_For": "127.0.0.1"}
     try:
         for path in ("/api/sessions", "/metrics"):
@@ -227,9 +233,9 @@ async def test_forged_loopback_header_from_a_remote_peer_is_refused(
 @needs_own_address
 @pytest.mark.gen_test(timeout=30)
 async def test_forwarded_address_of_a_trusted_proxy_is_the_session_peer(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, sqlite_url: str, listener: str
 ) -> None:
-    server = await started_server(tmp_path, sqlite_url, behind_proxy=True)
+    server = await started_server(tmp_path, sqlite_url, behind_proxy=True, listener=listener)
     try:
         # From the trusted (loopback) proxy: the right-most address not a proxy's own.
         trusted = upgrade_request(X_Forwarded_For="198.51.100.1, 203.0.113.9, 127.0.0.1")
@@ -252,10 +258,14 @@ async def test_forwarded_address_of_a_trusted_proxy_is_the_session_peer(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_loopback_trust_is_refused_for_a_foreign_host(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await started_server(
-        tmp_path, sqlite_url, server_names=("echo.example.com",), admin_token="s3cret"
+        tmp_path,
+        sqlite_url,
+        server_names=("echo.example.com",),
+        admin_token="s3cret",
+        listener=listener,
     )
     port = server.port
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from tests.helpers import (
     BASE_CONF,
     Service,
     assert_no_traceback,
+    client_frame,
     eventually,
     json_body,
     open_raw_websocket,
     raw_http,
+    read_server_frame,
     start_service,
     started_server,
     upgrade_request,
@@ -47,9 +50,9 @@ def test_has_body(headers: dict[str, str], expected: bool) -> None:
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_request_body_is_refused_with_413_before_it_is_read(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await started_server(tmp_path, sqlite_url)
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
     try:
         announced = [
             b"POST /api/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000\r\n\r\nx",
@@ -70,9 +73,9 @@ async def test_a_request_body_is_refused_with_413_before_it_is_read(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_refused_body_still_being_sent_does_not_reset_the_answer(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, sqlite_url: str, listener: str
 ) -> None:
-    server = await started_server(tmp_path, sqlite_url)
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000000\r\n\r\n")
@@ -86,15 +89,20 @@ async def test_a_refused_body_still_being_sent_does_not_reset_the_answer(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_slow_headers_are_cut_off(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await started_server(tmp_path, sqlite_url, http_timeout=0.3)
+    server = await started_server(tmp_path, sqlite_url, http_timeout=0.3, listener=listener)
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and stall
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
-        writer.close()
+        # A request, a WebSocket handshake, a byte at a time and then nothing at all.
+        for stalled in (HEALTH[:-2], upgrade_request()[:-2], b"G", b""):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(stalled)  # ... and stall
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+            writer.close()
         assert (await raw_http(server.port, HEALTH))[0] == 200
+        assert server.http is not None
+        await eventually(lambda: server.http is not None and server.http.open_http == 0)
+        assert len(server.connections) == 0
     finally:
         await server.shutdown()
     assert_no_traceback(caplog.records)
@@ -102,10 +110,10 @@ async def test_slow_headers_are_cut_off(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_oversized_headers_get_431_then_the_connection_closes(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    server = await started_server(tmp_path, sqlite_url)
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
     try:
         # Just over the limit, and far over it (more than Tornado reads before it stops).
         for size in (20 * 1024, 20 * 1024, 300 * 1024, 20 * 1024):
@@ -118,16 +126,22 @@ async def test_oversized_headers_get_431_then_the_connection_closes(
             body = await asyncio.wait_for(reader.read(), 5)  # the rest, then EOF
             assert json_body(body)["error"] == f"request headers over {MAX_HEADER_SIZE} bytes"
             writer.close()
+        # A head that never ends is refused once over the limit, not held until it does.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 65536)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 431 "), head
+        writer.close()
         assert (await raw_http(server.port, HEALTH))[0] == 200  # a new connection is served
         status, _, metrics = await raw_http(
             server.port, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
         )
         assert status == 200
-        assert b'tornado_echo_rejections_total{reason="request_headers"} 4.0' in metrics
+        assert b'tornado_echo_rejections_total{reason="request_headers"} 5.0' in metrics
     finally:
         await server.shutdown()
-    # One line for the four, and nothing from Tornado itself.
-    said = [r.getMessage() for r in caplog.records if r.name == "tornado_echo.http.listener"]
+    # One line for the five, and nothing from Tornado itself.
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("tornado_echo.http.")]
     assert said == [f"refused a request from 127.0.0.1: headers over {MAX_HEADER_SIZE} bytes"]
     assert not [r for r in caplog.records if r.name.startswith("tornado.")]
     assert_no_traceback(caplog.records)
@@ -165,9 +179,9 @@ async def busy_connections(server: Server, count: int) -> list[asyncio.StreamWri
 
 @pytest.mark.gen_test(timeout=30)
 async def test_http_connections_beyond_the_limit_get_503(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await started_server(tmp_path, sqlite_url, max_http_connections=2)
+    server = await started_server(tmp_path, sqlite_url, max_http_connections=2, listener=listener)
     release = await with_slow_route(server)
     try:
         # Upgraded WebSockets leave the HTTP count.
@@ -195,11 +209,11 @@ async def test_http_connections_beyond_the_limit_get_503(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_refused_clients_linger_no_more_than_max_http_connections(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, sqlite_url: str, listener: str
 ) -> None:
     # Each refusal that lingers holds a descriptor outside every limit; a flood of refused
     # clients that never close must not hold more than max_http_connections of them.
-    server = await started_server(tmp_path, sqlite_url, max_http_connections=2)
+    server = await started_server(tmp_path, sqlite_url, max_http_connections=2, listener=listener)
     release = await with_slow_route(server)
     try:
         assert server.http is not None
@@ -326,9 +340,10 @@ def cpu_seconds(pid: int) -> float:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_exhausted_descriptors_pause_accept_without_a_busy_loop(
-    tmp_path: Path, services: list[Service]
+    tmp_path: Path, services: list[Service], listener: str
 ) -> None:
-    service = start_service(tmp_path, BASE_CONF + "http_timeout = 30.0\n", nofile=48)
+    conf = BASE_CONF + f'http_timeout = 30.0\nlistener = "{listener}"\n'
+    service = start_service(tmp_path, conf, nofile=48)
     services.append(service)
     clients = []
     try:
@@ -354,3 +369,211 @@ async def test_exhausted_descriptors_pause_accept_without_a_busy_loop(
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             await asyncio.sleep(0.1)
     assert len(log.splitlines()) < 20, log
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
+    """One response from a connection that goes on: (status, head, body)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    found = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+    body = await reader.readexactly(int(found.group(1))) if found else b""
+    return int(head.split()[1]), head, body
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_keep_alive_and_pipelined_requests_are_answered_in_order(
+    tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(HEALTH)
+        assert (await read_response(reader))[0] == 200
+        writer.write(HEALTH)  # the same connection, kept alive
+        assert (await read_response(reader))[0] == 200
+        # Three at once, the last one closing: answered in order, then closed.
+        not_found = b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        last = HEALTH[:-2] + b"Connection: close\r\n\r\n"
+        writer.write(HEALTH + not_found + last)
+        statuses = [(await read_response(reader))[0] for _ in range(3)]
+        assert statuses == [200, 404, 200]
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        await server.shutdown()
+    assert_no_traceback(caplog.records)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_pipelining_flood_is_answered_in_order_and_bounded(
+    tmp_path: Path, sqlite_url: str, listener: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(HEALTH * 5000)
+        answered = 0
+        while answered < 5000:
+            try:
+                status, _, _ = await read_response(reader)
+            except asyncio.IncompleteReadError:
+                break  # closed past what one read held (the asyncio listener)
+            assert status == 200
+            answered += 1
+        # All of them, or at least the first read's worth; and the server goes on serving.
+        assert answered >= 64
+        writer.close()
+        assert (await raw_http(server.port, HEALTH))[0] == 200
+    finally:
+        await server.shutdown()
+    assert_no_traceback(caplog.records)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_http_1_0_is_served_then_closed(
+    tmp_path: Path, sqlite_url: str, listener: str
+) -> None:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert (await read_response(reader))[0] == 200
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        # An upgrade needs HTTP/1.1 (RFC 6455 section 4.1).
+        old = upgrade_request().replace(b"HTTP/1.1\r\n", b"HTTP/1.0\r\n", 1)
+        status, _, body = await raw_http(server.port, old)
+        assert status == 500 and "HTTP/1.0 cannot be upgraded" in json_body(body)["error"]
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_expect_100_continue_gets_413_and_no_100(
+    tmp_path: Path, sqlite_url: str, listener: str
+) -> None:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(HEALTH[:-2] + b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        status, head, _ = await read_response(reader)
+        assert status == 413 and b"100 Continue" not in head
+        writer.close()
+        # Without a body it is just a request (Tornado's listener sends a 100 first).
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(HEALTH[:-2] + b"Expect: 100-continue\r\n\r\n")
+        status = 100
+        while status == 100:
+            status = (await read_response(reader))[0]
+        assert status == 200
+        writer.close()
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_idle_keep_alive_connection_is_closed_after_http_timeout(
+    tmp_path: Path, sqlite_url: str, listener: str
+) -> None:
+    server = await started_server(tmp_path, sqlite_url, http_timeout=0.3, listener=listener)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(HEALTH)
+        assert (await read_response(reader))[0] == 200
+        # ... and nothing more: closed by the server, not held.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        assert server.http is not None
+        await eventually(lambda: server.http is not None and server.http.open_http == 0)
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),  # a TLS hello
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+        b"\x00" * 100 + b"\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/0.9\r\nHost: a\r\n\r\n",
+    ],
+    ids=["tls-hello", "header-without-colon", "nul-bytes", "two-lengths", "no-host", "http-0.9"],
+)
+async def test_garbage_gets_a_bounded_answer(
+    tmp_path: Path,
+    sqlite_url: str,
+    listener: str,
+    garbage: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Tornado's listener waits for a head that never ends until http_timeout.
+    server = await started_server(tmp_path, sqlite_url, http_timeout=1.0, listener=listener)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(garbage)
+        answer = await asyncio.wait_for(reader.read(), 5)  # an answer or none; then closed
+        assert answer == b"" or answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 413 ")), answer
+        writer.close()
+        assert (await raw_http(server.port, HEALTH))[0] == 200
+        assert server.http is not None
+        await eventually(lambda: server.http is not None and server.http.open_http == 0)
+    finally:
+        await server.shutdown()
+    assert_no_traceback(caplog.records)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_half_closed_client_gets_its_answer(tmp_path: Path, sqlite_url: str) -> None:
+    # The asyncio listener's: Tornado's HTTPServer closes a half-closed connection unanswered.
+    server = await started_server(tmp_path, sqlite_url)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(HEALTH)
+        writer.write_eof()
+        response = await asyncio.wait_for(reader.read(), 5)
+        assert response.startswith(b"HTTP/1.1 200 "), response
+        writer.close()
+        # An upgrade whose client half-closes before it is answered opens no session.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(upgrade_request())
+        writer.write_eof()
+        await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert server.http is not None
+        await eventually(lambda: server.http is not None and server.http.open_http == 0)
+        await eventually(lambda: len(server.connections) == 0)
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_frames_sent_with_the_upgrade_request_are_echoed(
+    tmp_path: Path, sqlite_url: str, listener: str
+) -> None:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(upgrade_request() + client_frame(0x1, b"first") + client_frame(0x1, b"2nd"))
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+        assert await read_server_frame(reader) == (0x1, b"first")
+        assert await read_server_frame(reader) == (0x1, b"2nd")
+        writer.close()
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_refused_upgrade_leaves_the_connection_serving(
+    tmp_path: Path, sqlite_url: str, listener: str
+) -> None:
+    server = await started_server(tmp_path, sqlite_url, listener=listener)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(upgrade_request(Origin="https://evil.example") + HEALTH)
+        assert (await read_response(reader))[0] == 403
+        assert (await read_response(reader))[0] == 200
+        writer.close()
+    finally:
+        await server.shutdown()

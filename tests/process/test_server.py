@@ -22,8 +22,9 @@ from tests.helpers import (
     upgrade_request,
 )
 from tornado_echo.config import Config, build_config
+from tornado_echo.http.fast_listener import FastHTTPServer
 from tornado_echo.process import server as server_module
-from tornado_echo.process.server import Server
+from tornado_echo.process.server import Server, uses_fast_listener
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -148,14 +149,21 @@ async def test_a_start_that_cannot_listen_leaves_tornado_logging_as_it_was(
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        server = make_server(tmp_path, sqlite_url, host="127.0.0.1", port=taken.getsockname()[1])
+        # The filter on Tornado's log lines is its HTTPServer's (listener = "tornado").
+        server = make_server(
+            tmp_path,
+            sqlite_url,
+            host="127.0.0.1",
+            port=taken.getsockname()[1],
+            listener="tornado",
+        )
         filters_before = list(gen_log.filters)
         with pytest.raises(OSError):
             await server.start()
         assert gen_log.filters == filters_before
         await server.shutdown()
     # And a server that did listen takes its filter away again when it stops.
-    server = make_server(tmp_path / "second", sqlite_url, server_id="test:0:1")
+    server = make_server(tmp_path / "second", sqlite_url, server_id="test:0:1", listener="tornado")
     await server.start()
     assert len(gen_log.filters) == len(filters_before) + 1
     await server.shutdown()
@@ -231,3 +239,33 @@ async def test_a_reload_whose_files_never_come_is_refused_and_never_holds_up_shu
     serving.request_exit()
     assert await asyncio.wait_for(task, 10) == 0
     released.set()
+
+
+@pytest.mark.parametrize(
+    ("settings", "fast"),
+    [
+        ({}, True),
+        ({"listener": "tornado"}, False),
+        ({"engine": "tornado"}, False),
+        ({"tls_cert": "cert.pem", "tls_key": "key.pem"}, True),
+        ({"tls_cert": "cert.pem", "tls_key": "key.pem", "listener": "tornado"}, False),
+    ],
+)
+def test_the_asyncio_listener_serves_the_fast_engine_tls_or_not(
+    settings: dict[str, str], fast: bool
+) -> None:
+    assert uses_fast_listener(Config(**settings)) is fast
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_default_server_listens_with_the_asyncio_listener(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    server = make_server(tmp_path, sqlite_url)
+    await server.start()
+    try:
+        assert isinstance(server.http, FastHTTPServer)
+        _, writer = await open_raw_websocket(server.port)
+        writer.close()
+    finally:
+        await server.shutdown()

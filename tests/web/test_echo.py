@@ -519,3 +519,26 @@ async def test_ws_path_is_matched_whole_and_literally(
                 assert status == 404, other
     finally:
         await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("access_log", [True, False])
+async def test_the_session_line_is_the_access_log(
+    tmp_path: Any, sqlite_url: str, access_log: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = await started_server(tmp_path, sqlite_url, access_log=access_log)
+    try:
+        reader, writer = await open_raw_websocket(server.port)
+        writer.write(client_frame(0x8, struct.pack("!H", 1000)))
+        await reader.read()
+        writer.close()
+        assert (await raw_http(server.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"))[0] == 200
+        await eventually(lambda: server.connections.total == 1 and not len(server.connections))
+    finally:
+        await server.shutdown()
+    sessions = [r for r in caplog.records if "ended (closed)" in r.getMessage()]
+    requests = [r for r in caplog.records if r.name == "tornado.access"]
+    assert (len(sessions), len(requests)) == ((1, 1) if access_log else (0, 0))
+    # The upgrade's 101 is the session's line, not a request line of its own.
+    assert all("/healthz" in r.getMessage() for r in requests)

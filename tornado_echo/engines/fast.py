@@ -1,8 +1,11 @@
 """The fast engine: a WebSocket connection carried by an asyncio Protocol after the upgrade.
 
-Tornado answers the HTTP request and the upgrade; then :class:`FastProtocol` takes the
-socket out of Tornado's IOStream (with any bytes already read past the request) and runs it
-as an asyncio Protocol on the running loop (uvloop's transports when it is the loop). Each
+The Tornado Application answers the HTTP request and the upgrade; then :class:`FastProtocol`
+takes the connection over as an asyncio Protocol on the running loop (uvloop's transports
+when it is the loop), with any bytes already read past the request: from the listener of
+:mod:`tornado_echo.http.fast_listener` it takes the transport itself (the object the
+handler's public ``detach()`` returns there), from Tornado's HTTPServer the socket out of
+Tornado's IOStream. Each
 read is parsed by :class:`~tornado_echo.wire.FrameReader`, every complete message is
 dispatched, and everything written while dispatching goes out as one transport write. A
 read holding more than one slice of the reader's (``FEED_MAX_FRAMES`` frames, or about
@@ -15,9 +18,10 @@ To the handler it is a ``tornado.websocket.WebSocketProtocol``: ``open``, ``on_m
 ``on_close`` with ``close_code``/``close_reason``, and ``write_message``, ``ping``,
 ``close``, ``set_nodelay``, ``selected_subprotocol`` keep their Tornado meaning.
 
-A connection over TLS that this process terminates (``tls_cert``) stays on Tornado's own
-protocol: its TLS session lives in Tornado's SSLIOStream. Terminating TLS in a proxy keeps
-the fast path.
+TLS that this process terminates (``tls_cert``) is the transport's on the asyncio listener
+(the loop's SSL transport), and the engine takes that transport as it is. Behind Tornado's
+listener (``listener = "tornado"``) the TLS session lives in Tornado's SSLIOStream, which
+cannot move to a transport: such a connection stays on Tornado's own protocol.
 
 Backpressure uses the transport's own flow control: while the peer reads slower than it is
 sent to and the transport's buffer is above its high-water mark, this connection is not
@@ -35,7 +39,7 @@ from collections.abc import Awaitable
 from typing import Any, cast
 
 import tornado.escape
-from tornado.iostream import SSLIOStream
+from tornado.iostream import IOStream, SSLIOStream
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
 from tornado_echo.compat import (
@@ -185,28 +189,18 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         # The 101 answer (with every header the handler set) is the transport's first
         # write: Tornado's response machinery costs more than the rest of the upgrade.
         self._out = [switching_protocols(handler)]
-        stream = detach_stream(handler)
+        # Tornado's public detach(): the handler is finished with HTTP. Tornado's HTTPServer
+        # gives its IOStream; the listener of tornado_echo.http.fast_listener its connection,
+        # which hands its transport over.
+        detached: Any = detach_stream(handler)
         handler.on_finish()
         handler.application.log_request(handler)
-        leftover = unread_bytes(stream)
-        # The same socket moves to the transport: Tornado forgets its descriptor (and the
-        # stream, never closed, is dropped). A dup()ed descriptor would leave epoll
-        # watching the old number, which the next accepted connection then reuses.
-        sock = stream.socket
-        if sock is None:  # the peer hung up while the upgrade waited for its turn
-            _release_http_state(handler)
-            self._never_carried(stream.error)
-            return
-        stream.io_loop.remove_handler(sock)
-        _release_http_state(handler)
         self.reader = FrameReader(self.max_message_size, self.deflate)
-        if leftover:
-            self._pending = self.reader.feed(leftover)
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: self, sock)
-            self._flush()
-        except OSError as exc:
-            self._never_carried(exc)
+        if isinstance(detached, IOStream):
+            await self._move_socket(handler, detached)
+        else:
+            self._take_over(handler, detached.hand_over(self))
+        if self._lost:
             return
         try:
             opened = handler.open(*handler.open_args, **handler.open_kwargs)
@@ -220,6 +214,42 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
             return
         self._schedule_ping()
         self._handler_ready()
+
+    def _take_over(self, handler: WebSocketHandler, leftover: bytes | None) -> None:
+        """The transport is this protocol's already (``hand_over`` called connection_made):
+        the 101 is its first write, what the listener read past the request its first
+        frames; None: the peer hung up while the upgrade waited for its turn."""
+        _release_http_state(handler)
+        assert self.reader is not None
+        if leftover is None:
+            self._never_carried(None)
+            return
+        if leftover:
+            self._pending = self.reader.feed(leftover)
+        self._flush()
+
+    async def _move_socket(self, handler: WebSocketHandler, stream: IOStream) -> None:
+        """Tornado's HTTPServer served the request: the socket moves from its IOStream to
+        a transport, with the bytes the stream read past the request."""
+        leftover = unread_bytes(stream)
+        # The same socket moves to the transport: Tornado forgets its descriptor (and the
+        # stream, never closed, is dropped). A dup()ed descriptor would leave epoll
+        # watching the old number, which the next accepted connection then reuses.
+        sock = stream.socket
+        if sock is None:  # the peer hung up while the upgrade waited for its turn
+            _release_http_state(handler)
+            self._never_carried(stream.error)
+            return
+        stream.io_loop.remove_handler(sock)
+        _release_http_state(handler)
+        assert self.reader is not None
+        if leftover:
+            self._pending = self.reader.feed(leftover)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: self, sock)
+            self._flush()
+        except OSError as exc:
+            self._never_carried(exc)
 
     def _never_carried(self, exc: BaseException | None) -> None:
         # The connection ended before a transport took it: the session ends here.
@@ -608,7 +638,8 @@ def _release_http_state(handler: WebSocketHandler) -> None:
 
 
 def carried_by_tls(handler: WebSocketHandler) -> bool:
-    """Whether the request came over TLS that this process terminates."""
+    """Whether the request came over TLS in Tornado's SSLIOStream (Tornado's listener), a
+    session the fast engine cannot take over."""
     return isinstance(getattr(handler.request.connection, "stream", None), SSLIOStream)
 
 

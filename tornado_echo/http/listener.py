@@ -1,5 +1,9 @@
 """The HTTP listener: Tornado's HTTPServer with the limits a public port needs.
 
+It serves ``engine = "tornado"``, ``listener = "tornado"`` and TLS; the fast engine's own
+listener (:mod:`tornado_echo.http.fast_listener`) keeps the same limits with the constants
+and helpers defined here.
+
 * **Client address.** ``request.remote_ip`` is the socket peer, or, when that peer is one of
   ``trusted_proxies`` and ``behind_proxy`` is on, the client it forwards for
   (:meth:`TrustedProxies.client_address` has the rule). The socket peer stays available
@@ -76,6 +80,10 @@ LINGER = 1.0  # seconds a refused client may go on sending before we close
 MAX_HEADER_SIZE = 16 * 1024
 # accept() failing with these means "no descriptor or memory right now", not a bad client.
 RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+BODY_REFUSED = "request bodies are not accepted (no route takes one)"
+HEADERS_REFUSED = f"request headers over {MAX_HEADER_SIZE} bytes"
 
 
 def has_body(headers: HTTPHeaders) -> bool:
@@ -183,7 +191,7 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
     on_tls_failure: Callable[[], None] | None = None
     throttle: LogThrottle
     tornado_lines: logging.Filter
-    listeners: dict[int, tuple[socket.socket, Callable[[], None]]]
+    listeners: list[Acceptor]
     _proxies: TrustedProxies | None = None
     _proxies_of: Config | None = None
 
@@ -200,13 +208,13 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
         # before this leaves Tornado's logging as it was. addFilter() skips one already there.
         gen_log.addFilter(self.tornado_lines)
         for sock in sockets:
-            remove = _accept_handler(sock, self._accepted, self.throttle)
-            self.listeners[sock.fileno()] = (sock, remove)
+            acceptor = Acceptor(sock, self._accepted, self.throttle)
+            acceptor.start()
+            self.listeners.append(acceptor)
 
     def stop(self) -> None:
-        for sock, remove in self.listeners.values():
-            remove()
-            sock.close()
+        for acceptor in self.listeners:
+            acceptor.close()
         self.listeners.clear()
         gen_log.removeFilter(self.tornado_lines)
         super().stop()
@@ -265,7 +273,7 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
             str(address[0]) if address else "?",
             MAX_HEADER_SIZE,
         )
-        self.refuse(stream, 431, "request_headers", f"request headers over {MAX_HEADER_SIZE} bytes")
+        self.refuse(stream, 431, "request_headers", HEADERS_REFUSED)
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         # An IP address (a unix socket's peer has none: one shared bucket, "?").
@@ -324,7 +332,7 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
         # could use up the descriptors that the limits are there to keep.
         linger = LINGER if self.lingering < self.max_http_connections else 0.0
         self.lingering += 1
-        _spawn(self._refusal(stream, answer(status, reason), linger))
+        spawn(self._refusal(stream, answer(status, reason), linger))
 
     async def _refusal(self, stream: IOStream, response: bytes, linger: float) -> None:
         try:
@@ -369,7 +377,7 @@ class _Guard(HTTPMessageDelegate):
                 self.connection.detach(),
                 413,
                 "request_body",
-                "request bodies are not accepted (no route takes one)",
+                BODY_REFUSED,
             )
             return None
         return self.delegate.headers_received(start_line, headers)
@@ -389,10 +397,11 @@ def _stream_of(server_conn: object) -> IOStream:
     return stream
 
 
-_tasks: set[asyncio.Future[None]] = set()
+_tasks: set[asyncio.Future[Any]] = set()
 
 
-def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+def spawn(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run ``coro`` as a task, held until done (the loop holds tasks weakly)."""
     task = asyncio.ensure_future(coro)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
@@ -424,53 +433,71 @@ async def _answer_and_close(stream: IOStream, response: bytes, linger: float) ->
         stream.close()
 
 
-def _accept_handler(
-    sock: socket.socket, callback: Callable[[socket.socket, Any], None], throttle: LogThrottle
-) -> Callable[[], None]:
-    """Like tornado.netutil.add_accept_handler, but pauses on resource errors instead of
-    spinning; returns the function that removes it."""
-    io_loop = IOLoop.current()
-    state: dict[str, Any] = {"removed": False, "resume": None}
+class Acceptor:
+    """Accepts connections on a listening socket for ``callback(connection, address)``, on
+    the running asyncio loop. Like tornado.netutil.add_accept_handler, but pauses
+    ``ACCEPT_BACKOFF`` seconds on resource errors (EMFILE...) instead of spinning; uvloop's
+    own accept would close the listener on them. Shared by both listeners."""
 
-    def accept(_fd: Any, _events: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        callback: Callable[[socket.socket, Any], None],
+        throttle: LogThrottle,
+    ) -> None:
+        self.sock = sock
+        self.callback = callback
+        self.throttle = throttle
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._resume: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        if self._loop is None and not self._closed:
+            self.sock.setblocking(False)
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self.sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        """Stop accepting and close the socket (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._resume is not None:
+            self._resume.cancel()
+        elif self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
-            if state["removed"]:
+            if self._closed:
                 return
             try:
-                connection, address = sock.accept()
+                connection, address = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
                 pause = exc.errno in RESOURCE_ERRORS
-                throttle.log(
+                self.throttle.log(
                     f"accept_{exc.errno}",
                     logging.ERROR,
                     "accept() failed: %s%s",
                     exc.strerror or exc,
                     f"; not accepting for {ACCEPT_BACKOFF} s" if pause else "",
                 )
-                if pause:
-                    io_loop.remove_handler(sock)
-                    state["resume"] = io_loop.call_later(ACCEPT_BACKOFF, resume)
+                if pause and self._loop is not None:
+                    self._loop.remove_reader(self.sock.fileno())
+                    self._resume = self._loop.call_later(ACCEPT_BACKOFF, self._resumed)
                 return
-            callback(connection, address)
+            self.callback(connection, address)
 
-    def resume() -> None:
-        state["resume"] = None
-        if not state["removed"]:
-            io_loop.add_handler(sock, accept, IOLoop.READ)
-
-    def remove() -> None:
-        if state["resume"] is not None:
-            io_loop.remove_timeout(state["resume"])
-        else:
-            io_loop.remove_handler(sock)
-        state["removed"] = True
-
-    io_loop.add_handler(sock, accept, IOLoop.READ)
-    return remove
+    def _resumed(self) -> None:
+        self._resume = None
+        if not self._closed and self._loop is not None:
+            self._loop.add_reader(self.sock.fileno(), self._accept)
 
 
 def make_http_server(
@@ -498,5 +525,5 @@ def make_http_server(
     server.on_tls_failure = on_tls_failure
     server.throttle = LogThrottle(logger)
     server.tornado_lines = _TornadoLines(server.throttle)
-    server.listeners = {}
+    server.listeners = []
     return server

@@ -2,17 +2,42 @@
 
 Built at start and again on every SIGHUP, so a renewed certificate is picked up by new
 connections without a restart; a pair that cannot be loaded is a :class:`ConfigError` naming
-the key, and on reload the running context is kept.
+the key, and on reload the running context is kept. Every connection is wrapped by the one
+current context (building one reads files and costs far more than a handshake).
+
+Renegotiation is refused (``OP_NO_RENEGOTIATION``, whatever the OpenSSL version's default):
+each renegotiation is a full handshake's CPU for the server on an open connection, which a
+client could ask for again and again; WebSocket has no use for it, and TLS 1.3 has none.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import stat
+import sys
+from typing import Any
 
 from tornado_echo.config import Config
 from tornado_echo.errors import ConfigError
+
+# Seconds the TLS closing handshake (close_notify both ways) may take once a connection is
+# closed; then the socket is dropped. The loop's default is 30 s per connection, which a
+# peer that never answers would hold a descriptor through.
+TLS_SHUTDOWN_TIMEOUT = 5.0
+
+
+def transport_options(
+    loop: asyncio.AbstractEventLoop, context: ssl.SSLContext, handshake_timeout: float
+) -> dict[str, Any]:
+    """Keyword arguments for ``loop.connect_accepted_socket`` serving TLS on ``context``:
+    the handshake bounded by ``handshake_timeout``, the closing one by TLS_SHUTDOWN_TIMEOUT
+    where the loop can bound it (uvloop; asyncio's own from Python 3.11)."""
+    options: dict[str, Any] = {"ssl": context, "ssl_handshake_timeout": handshake_timeout}
+    if sys.version_info >= (3, 11) or type(loop).__module__.startswith("uvloop"):
+        options["ssl_shutdown_timeout"] = TLS_SHUTDOWN_TIMEOUT
+    return options
 
 
 def server_context(config: Config) -> ssl.SSLContext | None:
@@ -42,6 +67,7 @@ def server_context(config: Config) -> ssl.SSLContext | None:
             raise ConfigError(f"key '{key}': cannot read {path!r}: not a regular file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_RENEGOTIATION
     try:
         context.load_cert_chain(config.tls_cert, config.tls_key)
     except ssl.SSLError as exc:

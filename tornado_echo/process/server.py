@@ -35,6 +35,7 @@ from tornado_echo.config import Config, LiveConfig
 from tornado_echo.connections import Connections
 from tornado_echo.errors import ConfigError
 from tornado_echo.http import tls
+from tornado_echo.http.fast_listener import FastHTTPServer, make_fast_http_server
 from tornado_echo.http.listener import EchoHTTPServer, make_http_server
 from tornado_echo.observability.logs import setup_logging
 from tornado_echo.observability.metrics import Metrics
@@ -50,6 +51,12 @@ MIN_STORE_DRAIN = 2.0
 LOAD_TIMEOUT = 10.0  # seconds to read the conf file and the TLS pair
 TICK = 0.5  # housekeeping period: loop lag, metrics, watchdog, status
 STATUS_EVERY = 5.0
+
+
+def uses_fast_listener(config: Config) -> bool:
+    """Whether :mod:`tornado_echo.http.fast_listener` serves: ``listener = "auto"`` with the
+    fast engine, TLS or not (Tornado's own protocol needs Tornado's IOStream)."""
+    return config.listener == "auto" and config.engine == "fast"
 
 
 def default_server_id(config: Config, worker: int = 0) -> str:
@@ -78,7 +85,7 @@ class Server:
         self.reader = SessionReader(config.database_url)
         self.retention = Retention(lambda: make_backend(config.database_url), config.retention_days)
         self.app: EchoApplication | None = None
-        self.http: EchoHTTPServer | None = None
+        self.http: EchoHTTPServer | FastHTTPServer | None = None
         self.sockets: list[socket.socket] = []
         self.exit_requested = False
         self.force_exit = False
@@ -115,7 +122,8 @@ class Server:
         )
         loop = asyncio.get_running_loop()
         ssl_context = await _read_files(functools.partial(tls.server_context, self.config))
-        self.http = make_http_server(
+        make = make_fast_http_server if uses_fast_listener(self.config) else make_http_server
+        self.http = make(
             self.app,
             self.live_config,
             ssl_context=ssl_context,

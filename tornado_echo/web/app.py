@@ -82,7 +82,20 @@ class EchoApplication(tornado.web.Application):
             + (console_routes(current, live_kwargs) if current.console else []),
             default_handler_class=NotFoundHandler,
             compress_response=False,
-            log_function=_log_request,
+            log_function=self._log_request,
+        )
+
+    def _log_request(self, handler: tornado.web.RequestHandler) -> None:
+        # An upgraded session has its own access line when it ends (EchoWebSocket); its 101
+        # is not logged. Rejections and failures are logged where they happen, with their
+        # reason, whatever access_log says.
+        if handler.get_status() == 101 or not self.live_config.current.access_log:
+            return
+        access_log.info(
+            "%d %s %.2fms",
+            handler.get_status(),
+            request_summary(handler),
+            1000.0 * handler.request.request_time(),
         )
 
 
@@ -110,15 +123,4 @@ def make_app(
         server_id,
         Metrics() if metrics is None else metrics,
         SessionReader(live.current.database_url) if reader is None else reader,
-    )
-
-
-def _log_request(handler: tornado.web.RequestHandler) -> None:
-    # Rejections and failures are logged where they happen, with their reason; the access
-    # line is only for debugging.
-    access_log.debug(
-        "%d %s %.2fms",
-        handler.get_status(),
-        request_summary(handler),
-        1000.0 * handler.request.request_time(),
     )

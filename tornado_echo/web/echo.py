@@ -14,7 +14,6 @@ import base64
 import binascii
 import logging
 import time
-import uuid
 from asyncio import Future
 from typing import Any
 
@@ -22,11 +21,11 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from tornado_echo.compat import cross_origin_problem
 from tornado_echo.config import Config, LiveConfig
-from tornado_echo.connections import Connections
+from tornado_echo.connections import Connections, new_session_id
 from tornado_echo.engines.fast import FastProtocol, FastWebSocketHandler, carried_by_tls
 from tornado_echo.engines.ratelimit import TokenBucket
 from tornado_echo.engines.stock import EchoProtocol
-from tornado_echo.http.listener import error_body
+from tornado_echo.http.listener import error_body, is_tls_failure
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, Store
 from tornado_echo.web.endpoints import JsonErrorMixin
@@ -217,7 +216,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
     # -- session ---------------------------------------------------------------------------
 
     def open(self, *args: str, **kwargs: str) -> None:
-        self.session_id = str(uuid.uuid4())
+        self.session_id = new_session_id()
         self._opened_at = time.monotonic()
         self.connections.add(self)
         self.metrics.accepted.inc()
@@ -307,6 +306,10 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             )
         duration = time.monotonic() - self._opened_at
         self.metrics.observe_close(code, end_state, duration)
+        if isinstance(protocol, FastProtocol) and is_tls_failure(protocol.connection_error):
+            # A TLS error after the upgrade (a forged record, say) on the loop's SSL
+            # transport; Tornado's listener counts its own at the stream.
+            self.metrics.tls_failures.inc()
         self.db.submit(
             SessionClosed(
                 session_id=self.session_id,
@@ -320,6 +323,12 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
                 end_state=end_state,
             )
         )
+        if self.config.access_log:
+            self._log_session(end_state, duration, code)
+
+    def _log_session(self, end_state: str, duration: float, code: int) -> None:
+        """The session's access line (``access_log``); the session record says it all too."""
+        protocol = self._protocol
         stream_error = protocol.connection_error if protocol else None
         logger.log(
             logging.WARNING if end_state == "aborted" and stream_error else logging.INFO,
