@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,10 @@ from tornado.websocket import websocket_connect
 
 from tests.helpers import (
     BASE_CONF,
+    PgOutage,
     Service,
+    eventually,
+    fetch_rows,
     json_body,
     metric,
     raw_http,
@@ -111,3 +115,43 @@ async def test_metrics_count_connections_messages_and_rejections(
     assert metric(text, 'tornado_echo_messages_total{direction="in"}') == 3  # kept after close
     service.process.send_signal(signal.SIGTERM)
     assert service.wait_exit() == 0
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_database_down_at_start_is_waited_for_while_serving(
+    tmp_path: Path, services: list[Service], pg_outage: PgOutage
+) -> None:
+    # The role may not log in yet, as while PostgreSQL is still starting after a reboot.
+    pg_outage.cut()
+    conf = f'database_url = "{pg_outage.url}"\nstate_dir = "."\nlog_format = "json"\n'
+    service = start_service(tmp_path, conf)  # listens and says READY=1 without it
+    services.append(service)
+    [ready] = [m for m in service.notify_log if "READY=1" in m]
+    assert "store unavailable (OperationalError: " in ready, ready
+    assert "not permitted to log in" in ready
+    ready_url = f"http://127.0.0.1:{service.port}/readyz"
+    answer = await AsyncHTTPClient().fetch(ready_url, raise_error=False)
+    assert answer.code == 503
+    assert json_body(answer.body)["reason"].startswith("store unavailable: OperationalError")
+
+    client = await websocket_connect(f"ws://127.0.0.1:{service.port}/ws")
+    await client.write_message("while the database is away")
+    assert await client.read_message() == "while the database is away"
+    client.close(1000)
+    assert await client.read_message() is None
+    spool = tmp_path / f"spool-{socket.gethostname()}_0_0.jsonl"
+    await eventually(lambda: '"closed"' in spool.read_text(), "the close in the spool", timeout=10)
+
+    pg_outage.restore()  # the writer retries with back-off, then migrates and catches up
+    back = service.messages("store ok", timeout=20)[-1]
+    assert "READY=1" not in back and back.startswith("STATUS=")
+    answer = await AsyncHTTPClient().fetch(ready_url, raise_error=False)
+    assert (answer.code, json_body(answer.body)["status"]) == (200, "ok")
+    rows = fetch_rows(pg_outage.url, "SELECT end_state, close_code, messages_in FROM ws_sessions")
+    assert rows == [{"end_state": "closed", "close_code": 1000, "messages_in": 1}]
+    log = service.log.read_text()
+    assert "answered for the first time since start" in log
+    assert "applied schema versions [1, 2]" in log
+    service.process.send_signal(signal.SIGTERM)
+    assert service.wait_exit() == 0
+    assert not spool.exists()
