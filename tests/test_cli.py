@@ -42,6 +42,36 @@ def test_check_config_prints_effective_values_with_secrets_masked(tmp_path: Path
     assert "hunter2" not in result.stdout and "t0k3n" not in result.stdout
 
 
+def test_check_config_quiet_prints_nothing_when_valid_and_the_reason_when_not(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "echo.toml"
+    conf.write_text("max_connections = 5\n")
+    quiet = run_cli("--config", str(conf), "--check-config", "--quiet", cwd=tmp_path)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    conf.write_text("max_connections = -5\n")
+    refused = run_cli("--config", str(conf), "--check-config", "--quiet", cwd=tmp_path)
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert "key 'max_connections': must be between 1 and" in refused.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["sessions"], ["prune"]])
+def test_help_shows_every_settings_default(tmp_path: Path, command: list[str]) -> None:
+    result = run_cli(*command, "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    out = " ".join(result.stdout.split())  # argparse wraps lines anywhere
+    for shown in (
+        "(port; default: 8080)",
+        "(host; default: 127.0.0.1)",
+        "(database_url; default: sqlite:///tornado-echo.db)",
+        "(state_dir; default: var)",
+        "(trusted_proxies; default: 127.0.0.1,::1)",
+        "(compression; default: true)",
+        "(admin_token; default: empty)",
+    ):
+        assert shown in out
+
+
 @pytest.mark.parametrize(
     ("conf_text", "args", "expected"),
     [
