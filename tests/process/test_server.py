@@ -138,7 +138,7 @@ async def test_reload_of_a_conf_file_that_is_not_utf8_is_refused(
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_start_that_cannot_listen_leaves_tornado_logging_as_it_was(
+async def test_a_start_that_cannot_listen_leaves_logging_as_it_was_and_no_spool_file(
     tmp_path: Path, sqlite_url: str
 ) -> None:
     with socket.socket() as taken:
@@ -149,6 +149,8 @@ async def test_a_start_that_cannot_listen_leaves_tornado_logging_as_it_was(
         with pytest.raises(OSError):
             await server.start()
         assert gen_log.filters == filters_before
+        assert not list(tmp_path.glob("spool-*"))  # the store it had opened is closed
+        assert not server.store.status().running
         await server.shutdown()
     # And a server that did listen takes its filter away again when it stops.
     server = make_server(tmp_path / "second", sqlite_url, server_id="test:0:1")
@@ -156,17 +158,3 @@ async def test_a_start_that_cannot_listen_leaves_tornado_logging_as_it_was(
     assert len(gen_log.filters) == len(filters_before) + 1
     await server.shutdown()
     assert gen_log.filters == filters_before
-
-
-@pytest.mark.gen_test(timeout=30)
-async def test_a_start_that_cannot_listen_leaves_no_spool_file_and_no_writer(
-    tmp_path: Path, sqlite_url: str
-) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        server = make_server(tmp_path, sqlite_url, host="127.0.0.1", port=taken.getsockname()[1])
-        with pytest.raises(OSError):
-            await server.start()
-    assert not list(tmp_path.glob("spool-*"))
-    assert not server.store.status().running
