@@ -9,9 +9,10 @@ in the same order: connect, apply the schema migrations, mark the sessions a pre
 of this ``server_id`` left open as crashed; then the write or ping that reached it goes on.
 
 The crash marks run before the writer replays a spool the previous run left: none of this
-run's records is written before them, so only the previous run's sessions are marked; a
-session whose open record the previous run had only spooled (it was killed while the
-database was away) is written open and marked at the next start.
+run's records is written before them, so only the previous run's sessions are marked, and
+the closes in that spool, written afterwards, still set their sessions' end. A session
+whose open record the previous run had only spooled (it was killed while the database was
+away) is written open and marked at the next start.
 """
 
 from __future__ import annotations
