@@ -1,8 +1,10 @@
 """Command line: ``tornado-echo [--config PATH] [--check-config] [--KEY VALUE ...]``.
 
 Builds the :class:`Config` once, sets up logging, and runs the server. A user mistake (bad
-config value, unreachable database at start) is one line on stderr and a non-zero exit:
-2 for configuration errors, 1 for failures at start.
+config value, a SQLite file that cannot be opened, a port in use) is one line on stderr and
+a non-zero exit: 2 for configuration errors, 1 for failures at start. A PostgreSQL that
+does not answer at start is no mistake: the server serves and waits for it.
+``--check-config --quiet`` only validates (the units' ExecReload runs it before SIGHUP).
 
 ``tornado-echo sessions [--limit N] [--since TIME] [--json] [SESSION_ID]`` lists recent
 sessions (or shows one with its journal) from the database the same configuration names.
