@@ -35,6 +35,9 @@ Options:
                    site-packages and pip installs only SOURCE_DIR (--no-deps
                    --no-build-isolation --no-index); dependencies must be there already.
   --no-venv        Skip the venv and pip entirely (units and config only).
+  --restart        After an upgrade, restart the units that are running
+                   (systemctl try-restart), so that they run the new code; without
+                   it they keep the old code until restarted, which the script says.
   --uninstall      Stop and disable the units, remove them and the venv. The config,
                    state, drop-ins (systemctl edit) and user are kept.
   --purge          With --uninstall: also remove /etc/$NAME, /var/lib/$NAME, the
@@ -67,7 +70,11 @@ offline=0
 venv=1
 uninstall=0
 purge=0
+restart=0
 source_dir=""
+# Temporary directories, removed on exit whatever happens.
+cleanup=()
+trap 'rm -rf -- "${cleanup[@]}"' EXIT
 
 while (($#)); do
     case $1 in
@@ -81,6 +88,7 @@ while (($#)); do
         --python=*) python=${1#--python=}; shift ;;
         --offline) offline=1; shift ;;
         --no-venv) venv=0; shift ;;
+        --restart) restart=1; shift ;;
         --uninstall) uninstall=1; shift ;;
         --purge) purge=1; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -97,6 +105,7 @@ if (($#)); then
 fi
 
 ((purge == 0 || uninstall == 1)) || die "--purge only goes with --uninstall"
+((restart == 0 || uninstall == 0)) || die "--restart does not go with --uninstall"
 if [[ -n $root ]]; then
     mkdir -p -- "$root" || die "cannot create --root $root"
     root=$(cd -- "$root" && pwd -P)
@@ -233,11 +242,19 @@ install_venv() {
         printf '%s\n' "$python" >"$python_mark"
     fi
     say "installing $source_dir into $venv_dir"
+    # pip builds in the tree it is given (setuptools writes build/ and *.egg-info there):
+    # give it a copy, so that nothing root-owned is left in the owner's checkout (which
+    # would break their pip install -e) and no stale build/lib re-ships deleted modules.
+    local build
+    build=$(mktemp -d)
+    cleanup+=("$build")
+    tar -C "$source_dir" --exclude=./.git --exclude='./.venv*' --exclude=./build \
+        --exclude='./*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$build" -xf -
     # --force-reinstall --no-deps first so a changed tree with an unchanged version
     # number still replaces the installed code; the second call adds the dependencies.
-    "$venv_dir/bin/pip" install "${pip_args[@]}" --force-reinstall --no-deps -- "$source_dir"
+    "$venv_dir/bin/pip" install "${pip_args[@]}" --force-reinstall --no-deps -- "$build"
     if ((!offline)); then
-        "$venv_dir/bin/pip" install "${pip_args[@]}" -- "$source_dir"
+        "$venv_dir/bin/pip" install "${pip_args[@]}" -- "$build"
     fi
 }
 
@@ -285,8 +302,7 @@ smoke_test() {
     fi
     local tmp server port="" waited=0
     tmp=$(mktemp -d)
-    # shellcheck disable=SC2064 # expand now: the directory to remove
-    trap "rm -rf -- '$tmp'" EXIT
+    cleanup+=("$tmp")
     printf '%s\n' 'host = "127.0.0.1"' 'port = 0' "state_dir = \"$tmp\"" \
         'database_url = "sqlite:///smoke.db"' 'workers = 1' 'log_format = "text"' \
         >"$tmp/smoke.toml"
@@ -360,7 +376,32 @@ do_install() {
     say "done. Edit $conf_file, then one of:"
     say "  systemctl enable --now $NAME.service"
     say "  systemctl enable --now $NAME@8081.service $NAME@8082.service   # one per port"
-    say "and after upgrades: systemctl restart $NAME.service (or the instances)"
+    report_running
+}
+
+# A running service keeps the code it started with: restart it (--restart), or say so.
+report_running() {
+    local units=("$NAME.service" "$NAME@*.service")
+    if ((restart)); then
+        if [[ -n $root ]] || systemd_running; then
+            live systemctl try-restart "${units[@]}"
+        else
+            say "systemd is not running here; nothing to restart"
+        fi
+        return
+    fi
+    local running=""
+    if systemd_running; then
+        running=$(systemctl list-units --type=service --state=active --no-legend --plain \
+            "${units[@]}" | awk '{print $1}' | paste -sd' ' -)
+    fi
+    if [[ -n $running ]]; then
+        say "UPGRADE NOT IN EFFECT YET: running $running, which keeps the old code until" \
+            "restarted: systemctl restart $running (or run this again with --restart)"
+    else
+        say "after an upgrade, a running service keeps the old code until restarted:" \
+            "systemctl restart $NAME.service (or the instances), or run this with --restart"
+    fi
 }
 
 if ((uninstall)); then

@@ -18,7 +18,7 @@ import sys
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from inspect import getsource, isawaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -238,6 +238,7 @@ class Service:
     conf: Path
     log: Path
     notify: socket.socket
+    notify_log: list[str] = field(default_factory=list)  # every datagram messages() read
 
     def messages(self, until: str, timeout: float = 10.0) -> list[str]:
         """Notify datagrams received until one containing ``until``."""
@@ -250,6 +251,7 @@ class Service:
             except TimeoutError:
                 break
             received.append(datagram)
+            self.notify_log.append(datagram)
             if until in datagram:
                 return received
         raise AssertionError(f"no {until!r} in {received!r}; log:\n{self.log.read_text()}")

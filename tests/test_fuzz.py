@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -95,10 +96,8 @@ def live(
 
 
 def _port(log: Path) -> int | None:
-    for line in log.read_text().splitlines():
-        if "listening on 127.0.0.1:" in line:
-            return int(line.split("listening on 127.0.0.1:")[1].split("/")[0].split(",")[0])
-    return None
+    found = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
+    return int(found.group(1)) if found else None
 
 
 def connect(port: int) -> socket.socket:

@@ -49,6 +49,7 @@ def test_help() -> None:
     [
         (["--bogus"], "unknown option --bogus"),
         (["--purge"], "--purge only goes with --uninstall"),
+        (["--uninstall", "--restart"], "--restart does not go with --uninstall"),
         (["--root"], "--root needs a directory"),
         (["--root", "/"], "--root / is the live system"),
         (["--root", "{tmp}/stage", "--no-venv", "{tmp}/nowhere"], "is not a directory"),
@@ -96,14 +97,19 @@ def test_staged_install_is_idempotent_and_uninstalls(tmp_path: Path) -> None:
     assert "would run: useradd --system" in first.stdout
     assert f"would run: chown root:tornado-echo {conf}" in first.stdout
     assert "would run: systemctl daemon-reload" in first.stdout
+    assert "a running service keeps the old code until restarted" in first.stdout
+    assert "try-restart" not in first.stdout
     assert not (root / "opt" / "tornado-echo" / "venv").exists()
 
     conf.write_text(conf.read_text() + "\n# local edit\n")
     edited = conf.read_bytes()
     (unit_dir / UNITS[0]).write_text("stale\n")
 
-    second = run("--root", root, "--no-venv")
+    second = run("--root", root, "--no-venv", "--restart")
     assert "keeping the existing" in second.stdout
+    # An upgrade with --restart restarts what runs, and only that.
+    restart = r"would run: systemctl try-restart tornado-echo.service tornado-echo@\*.service"
+    assert second.stdout.splitlines()[-1] == f"install-systemd: {restart}"
     assert conf.read_bytes() == edited
     assert mode(conf) == 0o640
     assert (etc / "tornado-echo.toml.example").read_bytes() == (
@@ -180,6 +186,7 @@ def test_staged_install_with_offline_venv(tmp_path: Path) -> None:
     root = tmp_path / "stage"
     venv = root / "opt" / "tornado-echo" / "venv"
     src = source_copy(tmp_path)
+    shipped = sorted(p.relative_to(src) for p in src.rglob("*"))
     # The smoke test runs the installed server: without its dependencies it fails...
     broken = run("--root", root, "--offline", "--python", python, src, check=False)
     assert broken.returncode == 1, broken.stdout + broken.stderr
@@ -232,6 +239,9 @@ def test_staged_install_with_offline_venv(tmp_path: Path) -> None:
         f" {os.path.realpath(python)}: recreating it"
     ) in switched.stdout
     assert mark.read_text() == os.path.realpath(python) + "\n"
+
+    # pip built a copy: no build/ or *.egg-info (root-owned, on a live install) in the tree.
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == shipped
 
     run("--root", root, "--uninstall")
     assert not venv.exists()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,13 +15,17 @@ from tornado.websocket import websocket_connect
 
 from tests.helpers import (
     BASE_CONF,
+    PgOutage,
     Service,
+    eventually,
+    fetch_rows,
     json_body,
     metric,
     raw_http,
     start_service,
     upgrade_request,
 )
+from tests.test_units import CONF, EXEC_PATH, unit_settings
 
 
 def test_ready_watchdog_stopping_in_order(tmp_path: Path, services: list[Service]) -> None:
@@ -57,7 +65,11 @@ async def test_reload_applies_new_limit_and_keeps_connections(
 
     service.conf.write_text(BASE_CONF + "max_connections = -3\n")
     service.process.send_signal(signal.SIGHUP)
-    service.messages("READY=1")
+    refused = service.messages("READY=1")[-1]  # the status line says so, not only the log
+    assert "\nSTATUS=reload refused: " in refused
+    assert "key 'max_connections': must be between 1 and 10000000, got -3; 1 connections" in (
+        refused
+    )
     assert "reload refused, keeping the running configuration:" in service.log.read_text()
     assert "key 'max_connections': must be between 1 and 10000000, got -3" in (
         service.log.read_text()
@@ -66,7 +78,56 @@ async def test_reload_applies_new_limit_and_keeps_connections(
     assert status == 503  # still the limit of 1 from the last good reload
     await first.write_message("after a refused reload")
     assert await first.read_message() == "after a refused reload"
+    service.conf.write_text(BASE_CONF + "max_connections = 2\n")
+    service.process.send_signal(signal.SIGHUP)
+    assert "reload refused" not in service.messages("READY=1")[-1]  # until the next good one
     first.close()
+    service.process.send_signal(signal.SIGTERM)
+    assert service.wait_exit() == 0
+
+
+def reload_commands(unit: Path, conf: Path, pid: int) -> list[list[str]]:
+    """The unit's ExecReload= command lines as systemd would run them for ``pid``, with the
+    installed binary and conf file replaced by this checkout's and ``conf``."""
+    binary = str(Path(sys.executable).parent / "tornado-echo")
+    commands = []
+    for value in [v for _, k, v in unit_settings(unit) if k == "ExecReload"]:
+        assert not value.startswith(("-", "@", "+", "!", ":")), value  # failures count
+        value = value.replace(EXEC_PATH, binary).replace(
+            "/etc/tornado-echo/tornado-echo.toml", str(conf)
+        )
+        commands.append(shlex.split(value.replace("$MAINPID", str(pid))))
+    return commands
+
+
+def systemctl_reload(commands: list[list[str]]) -> subprocess.CompletedProcess[str]:
+    """Run them in order and stop at the first failure, as systemd does; its result."""
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        if result.returncode != 0:
+            break
+    return result
+
+
+@pytest.mark.parametrize("unit", ["tornado-echo.service", "tornado-echo@.service"])
+def test_the_units_reload_fails_on_a_bad_conf_before_signalling(
+    tmp_path: Path, services: list[Service], unit: str
+) -> None:
+    service = start_service(tmp_path, BASE_CONF + "max_connections = 5\n")
+    services.append(service)
+    commands = reload_commands(CONF / unit, service.conf, service.process.pid)
+    assert commands[-1] == ["/bin/kill", "-HUP", str(service.process.pid)]
+
+    service.conf.write_text(BASE_CONF + "max_connections = -5\n")
+    refused = systemctl_reload(commands)
+    assert refused.returncode == 2  # so systemctl reload fails, and says why
+    assert "key 'max_connections': must be between 1 and 10000000, got -5" in refused.stderr
+    assert refused.args != commands[-1]  # the server was not signalled
+
+    service.conf.write_text(BASE_CONF + "max_connections = 7\n")
+    assert systemctl_reload(commands).returncode == 0
+    assert service.messages("READY=1")[0].startswith("RELOADING=1")
+    assert "applied: max_connections" in service.log.read_text()
     service.process.send_signal(signal.SIGTERM)
     assert service.wait_exit() == 0
 
@@ -111,3 +172,43 @@ async def test_metrics_count_connections_messages_and_rejections(
     assert metric(text, 'tornado_echo_messages_total{direction="in"}') == 3  # kept after close
     service.process.send_signal(signal.SIGTERM)
     assert service.wait_exit() == 0
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_database_down_at_start_is_waited_for_while_serving(
+    tmp_path: Path, services: list[Service], pg_outage: PgOutage
+) -> None:
+    # The role may not log in yet, as while PostgreSQL is still starting after a reboot.
+    pg_outage.cut()
+    conf = f'database_url = "{pg_outage.url}"\nstate_dir = "."\nlog_format = "json"\n'
+    service = start_service(tmp_path, conf)  # listens and says READY=1 without it
+    services.append(service)
+    [ready] = [m for m in service.notify_log if "READY=1" in m]
+    assert "store unavailable (OperationalError: " in ready, ready
+    assert "not permitted to log in" in ready
+    ready_url = f"http://127.0.0.1:{service.port}/readyz"
+    answer = await AsyncHTTPClient().fetch(ready_url, raise_error=False)
+    assert answer.code == 503
+    assert json_body(answer.body)["reason"].startswith("store unavailable: OperationalError")
+
+    client = await websocket_connect(f"ws://127.0.0.1:{service.port}/ws")
+    await client.write_message("while the database is away")
+    assert await client.read_message() == "while the database is away"
+    client.close(1000)
+    assert await client.read_message() is None
+    spool = tmp_path / f"spool-{socket.gethostname()}_0_0.jsonl"
+    await eventually(lambda: '"closed"' in spool.read_text(), "the close in the spool", timeout=10)
+
+    pg_outage.restore()  # the writer retries with back-off, then migrates and catches up
+    back = service.messages("store ok", timeout=20)[-1]
+    assert "READY=1" not in back and back.startswith("STATUS=")
+    answer = await AsyncHTTPClient().fetch(ready_url, raise_error=False)
+    assert (answer.code, json_body(answer.body)["status"]) == (200, "ok")
+    rows = fetch_rows(pg_outage.url, "SELECT end_state, close_code, messages_in FROM ws_sessions")
+    assert rows == [{"end_state": "closed", "close_code": 1000, "messages_in": 1}]
+    log = service.log.read_text()
+    assert "answered for the first time since start" in log
+    assert "applied schema versions [1, 2]" in log
+    service.process.send_signal(signal.SIGTERM)
+    assert service.wait_exit() == 0
+    assert not spool.exists()

@@ -87,9 +87,9 @@ def verify(unit_text: str, unit_name: str, tmp_path: Path) -> str:
 )
 def test_unit_verifies(source: str, unit_name: str, tmp_path: Path) -> None:
     text = (CONF / source).read_text()
-    # The rewrite must touch the ExecStart binary and nothing else.
-    assert text.count(EXEC_PATH) == 1
-    assert f"ExecStart={EXEC_PATH} " in text
+    # The rewrite must touch the binary of ExecStart and of the check before a reload.
+    assert text.count(EXEC_PATH) == 2
+    assert f"ExecStart={EXEC_PATH} " in text and f"ExecReload={EXEC_PATH} " in text
     assert verify(text, unit_name, tmp_path) == ""
 
 
@@ -100,7 +100,7 @@ def test_unit_verifies(source: str, unit_name: str, tmp_path: Path) -> None:
         ("Type=notify", "Type=notfy", "Failed to parse service type"),
         ("WatchdogSec=30", "WatchdogSecs=30", "Unknown key"),
         ("LimitNOFILE=1048576", "LimitNOFILE=lots", "Failed to parse resource value"),
-        ("ExecReload=/bin/kill", "ExecReload=/bin/no-such-kill", "is not executable"),
+        (f"ExecReload={EXEC_PATH}", "ExecReload=/bin/no-such-check", "is not executable"),
         ("[Install]", "[Instal]", "Unknown section"),
     ],
 )

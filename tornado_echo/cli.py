@@ -1,8 +1,10 @@
 """Command line: ``tornado-echo [--config PATH] [--check-config] [--KEY VALUE ...]``.
 
 Builds the :class:`Config` once, sets up logging, and runs the server. A user mistake (bad
-config value, unreachable database at start) is one line on stderr and a non-zero exit:
-2 for configuration errors, 1 for failures at start.
+config value, a SQLite file that cannot be opened, a port in use) is one line on stderr and
+a non-zero exit: 2 for configuration errors, 1 for failures at start. A PostgreSQL that
+does not answer at start is no mistake: the server serves and waits for it.
+``--check-config --quiet`` only validates (the units' ExecReload runs it before SIGHUP).
 
 ``tornado-echo sessions [--limit N] [--since TIME] [--json] [SESSION_ID]`` lists recent
 sessions (or shows one with its journal) from the database the same configuration names.
@@ -55,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the configuration, print the effective values (secrets masked), exit",
     )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="with --check-config: print nothing when valid (as the unit's ExecReload does)",
+    )
     add_settings(parser)
     return parser
 
@@ -66,8 +74,10 @@ def build_sessions_parser() -> argparse.ArgumentParser:
         " from the database the configuration names.",
     )
     parser.add_argument("session_id", nargs="?", help="show this session (a UUID)")
-    parser.add_argument("--limit", default=None, help="sessions to list, 1 to 1000 (default 50)")
-    parser.add_argument("--since", default=None, help="only sessions opened at or after (ISO-8601)")
+    parser.add_argument("--limit", default=None, help="sessions to list, 1 to 1000 (default: 50)")
+    parser.add_argument(
+        "--since", default=None, help="only sessions opened at or after (ISO-8601; default: all)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     add_settings(parser)
     return parser
@@ -96,8 +106,21 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     settings = parser.add_argument_group("settings (each also $" + env_name("<key>") + ")")
     for key, spec in FIELDS.items():
         settings.add_argument(
-            flag_name(key), dest=key, metavar="VALUE", help=f"{spec.metadata['doc']} ({key})"
+            flag_name(key),
+            dest=key,
+            metavar="VALUE",
+            help=f"{spec.metadata['doc']} ({key}; default: {shown_default(spec)})",
         )
+
+
+def shown_default(spec: dataclasses.Field[Any]) -> str:
+    """A setting's default as it is written on the command line (lists comma-separated)."""
+    value = spec.default
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != "" else "empty"
 
 
 def format_config(config: Config, source: str) -> str:
@@ -121,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     config, path = built
     if args.check_config:
-        sys.stdout.write(format_config(config, str(path) if path else "none, defaults only"))
+        if not args.quiet:
+            sys.stdout.write(format_config(config, str(path) if path else "none, defaults only"))
         return 0
     setup_logging(config.log_level, config.log_format, config.secrets())
     logger.info("tornado-echo %s starting (conf file: %s)", __version__, path or "none")

@@ -377,6 +377,15 @@ def test_help_exits_zero_and_lists_the_exit_codes(
     assert "exit codes:" in out and "130" in out
 
 
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default: 64)", "(default: 1000)", "(default: 5.0)", "(default: auto)"):
+        assert shown in out
+    assert "(default: None)" not in out and "(default: [])" not in out
+
+
 @pytest.mark.parametrize("parser", [run_parser, merge_parser])
 def test_every_option_has_help(parser: Callable[[], argparse.ArgumentParser]) -> None:
     actions = parser()._actions

@@ -3,6 +3,7 @@ Metrics.refresh folds running totals into the Prometheus counters exactly once."
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import platform
 import time
@@ -16,11 +17,20 @@ from prometheus_client.samples import Sample
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
+import tornado_echo
 from tests.helpers import BASE_CONF, Service, make_server, metric, start_service
 from tornado_echo import __version__
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
-from tornado_echo.observability.metrics import KNOWN_CLOSE_CODES, Metrics, close_code_label
+from tornado_echo.observability.metrics import (
+    CLOSE_END_STATES,
+    DIRECTIONS,
+    HANDSHAKE_OUTCOMES,
+    KNOWN_CLOSE_CODES,
+    REFUSAL_REASONS,
+    Metrics,
+    close_code_label,
+)
 from tornado_echo.store import Store
 
 
@@ -40,6 +50,74 @@ def test_close_code_labels_are_bounded() -> None:
     assert {close_code_label(code) for code in range(0, 70000)} == {
         str(code) for code in KNOWN_CLOSE_CODES
     } | {"other"}
+
+
+def expected_zero_series() -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    series = {("tornado_echo_handshakes_total", (("outcome", o),)) for o in HANDSHAKE_OUTCOMES}
+    series |= {("tornado_echo_rejections_total", (("reason", r),)) for r in REFUSAL_REASONS}
+    for name in ("tornado_echo_messages_total", "tornado_echo_bytes_total"):
+        series |= {(name, (("direction", d),)) for d in DIRECTIONS}
+    codes = [*map(str, KNOWN_CLOSE_CODES), "other"]
+    series |= {
+        ("tornado_echo_close_codes_total", (("code", c), ("end_state", e)))
+        for c in codes
+        for e in CLOSE_END_STATES
+    }
+    return series
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.gen_test(timeout=60)
+async def test_a_fresh_server_exports_every_known_series_at_zero(
+    tmp_path: Path, services: list[Service], workers: int
+) -> None:
+    service = start_service(tmp_path, BASE_CONF + f"workers = {workers}\n")
+    services.append(service)
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{service.port}/metrics")
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for s in samples(response.body.decode())
+        if s.name.endswith("_total")
+    }
+    wanted = expected_zero_series()
+    assert len(wanted) > 60
+    assert wanted - set(found) == set()
+    assert {found[series] for series in wanted} == {0.0}
+    for counter in ("store_errors", "store_payloads_shed", "tls_failures"):
+        assert found[(f"tornado_echo_{counter}_total", ())] == 0.0
+    service.process.terminate()
+    assert service.wait_exit() == 0
+
+
+def refusal_labels_in_the_code() -> set[str]:
+    """Every metric label a refusal site in web/ and http/ passes (as a string literal)."""
+    found: set[str] = set()
+    package = Path(tornado_echo.__file__).parent
+    for path in [*package.glob("web/**/*.py"), *package.glob("http/**/*.py")]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == "_upgrade_problem":
+                for ret in ast.walk(node):
+                    if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Tuple):
+                        found.add(ast.literal_eval(ret.value.elts[0]))
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            position = {"_reject": 1, "refuse": 2}.get(name)
+            # _reject(500, *problem) passes what _upgrade_problem returns, found above.
+            starred = any(isinstance(arg, ast.Starred) for arg in node.args)
+            if position is not None and not starred and len(node.args) > position:
+                found.add(ast.literal_eval(node.args[position]))
+            first = node.args[0] if node.args else None
+            if name == "get" and isinstance(first, ast.Constant) and first.value == "label":
+                found.add(ast.literal_eval(node.args[1]))  # write_error's default
+    return found
+
+
+def test_every_refusal_label_the_code_uses_is_known_in_advance() -> None:
+    used = refusal_labels_in_the_code()
+    assert {"origin", "request_body", "connection_limit_http", "key", "error"} <= used
+    assert used <= set(REFUSAL_REASONS), used - set(REFUSAL_REASONS)
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -143,7 +143,7 @@ async def test_reload_of_a_conf_file_that_is_not_utf8_is_refused(
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_start_that_cannot_listen_leaves_tornado_logging_as_it_was(
+async def test_a_start_that_cannot_listen_leaves_logging_as_it_was_and_no_spool_file(
     tmp_path: Path, sqlite_url: str
 ) -> None:
     with socket.socket() as taken:
@@ -161,6 +161,8 @@ async def test_a_start_that_cannot_listen_leaves_tornado_logging_as_it_was(
         with pytest.raises(OSError):
             await server.start()
         assert gen_log.filters == filters_before
+        assert not list(tmp_path.glob("spool-*"))  # the store it had opened is closed
+        assert not server.store.status().running
         await server.shutdown()
     # And a server that did listen takes its filter away again when it stops.
     server = make_server(tmp_path / "second", sqlite_url, server_id="test:0:1", listener="tornado")

@@ -44,6 +44,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, unless it has none (None, off, empty, zero) or its help
+    says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.default or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -106,7 +117,7 @@ def run_parser() -> argparse.ArgumentParser:
         description="Load-test a WebSocket echo server. Subcommand: merge FILE... "
         "(combine --json results from several hosts).",
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("url", help="ws:// or wss:// URL of an echo endpoint")
     p.add_argument(
@@ -231,7 +242,7 @@ def merge_parser() -> argparse.ArgumentParser:
         prog=f"{PROG} merge",
         description="Merge --json results from several hosts.",
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="--json results to merge")
     p.add_argument(

@@ -46,6 +46,34 @@ rejection_logger = logging.getLogger("tornado_echo.web.echo")
 # The ``code`` label takes these (RFC 6455 section 7.4 and the IANA registry); any other
 # code a client sends is "other", so a stranger cannot mint series.
 KNOWN_CLOSE_CODES = frozenset(int(code) for code in CloseCode)
+# Every value these labels take is known in advance and exported from the start, at zero
+# (Prometheus's "avoid missing metrics"): a fresh server has every series, so no panel reads
+# "No data" and rate() or increase() see the first event of each kind after a restart.
+# Handshake outcomes: accepted, or the HTTP status of a refusal (web/echo.py).
+HANDSHAKE_OUTCOMES = ("accepted", "403", "500", "503")
+# Why a request or upgrade was refused (web/echo.py, http/listener.py); "error" is an
+# exception while opening. tests/observability/test_metrics.py finds every label the code
+# passes and checks that it is here.
+REFUSAL_REASONS = (
+    "method",
+    "http_version",
+    "upgrade_header",
+    "connection_header",
+    "version",
+    "key",
+    "host",
+    "origin",
+    "draining",
+    "connection_limit",
+    "address_limit",
+    "error",
+    "request_headers",
+    "request_body",
+    "connection_limit_http",
+)
+DIRECTIONS = ("in", "out")
+# How a session that had opened ends (web/echo.py); open and crashed are database states.
+CLOSE_END_STATES = ("closed", "aborted", "server_shutdown")
 MESSAGE_SIZE_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 DURATION_BUCKETS = (0.1, 1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
 
@@ -206,6 +234,16 @@ class Metrics:
             registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        for outcome in HANDSHAKE_OUTCOMES:
+            self.handshakes.labels(outcome)
+        for reason in REFUSAL_REASONS:
+            self.rejections.labels(reason)
+        for direction in DIRECTIONS:
+            self.messages.labels(direction)
+            self.bytes.labels(direction)
+        for code in [*map(str, sorted(KNOWN_CLOSE_CODES)), "other"]:
+            for end_state in CLOSE_END_STATES:
+                self.close_codes.labels(code, end_state)
         # What refresh() has added to the counters so far: each call adds the difference.
         self._folded_traffic = Traffic()
         self._folded_store = (0, 0, 0, 0)  # records written, errors, lost, shed

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -40,7 +41,7 @@ from tornado_echo.http.listener import EchoHTTPServer, make_http_server
 from tornado_echo.observability.logs import setup_logging
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.process.systemd import Notifier
-from tornado_echo.store import Store, make_backend, make_store
+from tornado_echo.store import Store, StoreStatus, make_backend, make_store
 from tornado_echo.store.reader import SessionReader
 from tornado_echo.store.retention import Retention
 from tornado_echo.web.app import EchoApplication, make_app
@@ -93,6 +94,8 @@ class Server:
         self._wakeup: asyncio.Event | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._stopped = False
+        self._status_state: tuple[object, ...] = ()  # what the last status line said was wrong
+        self._reload_refused: str | None = None  # why the last reload was refused
 
     @property
     def config(self) -> Config:
@@ -105,9 +108,29 @@ class Server:
         return int(self.sockets[0].getsockname()[1])
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
-        """Open the store, then listen. Raises StoreError when the store cannot be opened."""
+        """Open the store, then listen. Raises StoreError when the store cannot be opened
+        (a network database that does not answer yet is no such case: the store starts
+        without it), OSError when the address cannot be bound; either way nothing is left
+        behind (no spool file, no threads)."""
         if self.http is not None:
             return
+        try:
+            await self._start(sockets)
+        except BaseException:
+            await self._abandon()
+            raise
+
+    async def _abandon(self) -> None:
+        """Undo a start that failed part way."""
+        if self.http is not None:
+            self.http.stop()
+        if self.app is not None:
+            self.app.live.close()
+        self.reader.close()
+        self.retention.close()
+        await self.store.close(0.0)
+
+    async def _start(self, sockets: list[socket.socket] | None) -> None:
         self._wakeup = asyncio.Event()
         self.store.on_batch = self.metrics.batch_seconds.observe
         await self.store.start()
@@ -150,15 +173,27 @@ class Server:
         if self.config.console:
             self.app.live.start()
         self._housekeeping = asyncio.ensure_future(self._housekeep())
-        logger.info(
-            "listening on %s:%d%s%s, store %s",
-            self.config.host,
-            self.port,
-            self.config.ws_path,
-            " with TLS" if ssl_context is not None else "",
-            self.store.backend.describe(),
-        )
-        self.notifier.ready(self._status_line())
+        logger.info("%s", self._first_screen(ssl_context is not None))
+        self._update_status(force=True, ready=True)
+
+    def _first_screen(self, tls_on: bool) -> str:
+        """Where to point a browser and a client, and where the records go."""
+        host = self.config.host
+        shown = f"[{host}]" if ":" in host else host
+        base = f"{shown}:{self.port}"
+        http, ws = ("https", "wss") if tls_on else ("http", "ws")
+        lines = [f"listening on {base}{' with TLS' if tls_on else ''}"]
+        if self.config.console:
+            lines.append(f"  console    {http}://{base}{self.config.console_path}")
+        lines.append(f"  WebSocket  {ws}://{base}{self.config.ws_path}")
+        lines.append(f"  store      {self.store.backend.describe()}")
+        status = self.store.status()
+        if not status.available:
+            lines.append(
+                f"  the database does not answer ({status.error}): serving without it; records"
+                f" wait in {os.path.abspath(self.config.state_dir)} and it is retried"
+            )
+        return "\n".join(lines)
 
     def _count_refusal(self, label: str) -> None:
         self.metrics.rejections.labels(label).inc()
@@ -231,8 +266,10 @@ class Server:
             loaded, ssl_context = await _read_files(self._load_config)
         except ConfigError as exc:
             logger.error("reload refused, keeping the running configuration: %s", exc)
-            self.notifier.ready(self._status_line())
+            self._reload_refused = str(exc)
+            self._update_status(force=True, ready=True)
             return False
+        self._reload_refused = None
         old = self.config
         reload = self.live_config.reload(loaded)
         if reload.kept:
@@ -253,7 +290,7 @@ class Server:
         logger.info(
             "configuration reloaded; applied: %s", ", ".join(reload.applied) or "nothing changed"
         )
-        self.notifier.ready(self._status_line())
+        self._update_status(force=True, ready=True)
         return True
 
     def _load_config(self) -> tuple[Config, ssl.SSLContext | None]:
@@ -278,17 +315,33 @@ class Server:
             if watchdog_every is not None and now - last_watchdog >= watchdog_every:
                 self.notifier.watchdog()
                 last_watchdog = now
-            if now - last_status >= STATUS_EVERY:
-                self.notifier.status(self._status_line())
+            if self._update_status(force=now - last_status >= STATUS_EVERY):
                 last_status = now
 
-    def _status_line(self) -> str:
+    def _update_status(self, force: bool = False, ready: bool = False) -> bool:
+        """Send the status line when what it says is wrong changed (the store going away or
+        coming back, a refused reload, the drain), or when ``force``; True if sent."""
         status = self.store.status()
+        state = (status.available, status.error, self.connections.draining, self._reload_refused)
+        if not force and state == self._status_state:
+            return False
+        self._status_state = state
+        line = self._status_line(status)
+        if ready:
+            self.notifier.ready(line)
+        else:
+            self.notifier.status(line)
+        return True
+
+    def _status_line(self, status: StoreStatus | None = None) -> str:
+        """``N connections (M total); store ok, P pending``, a refused reload first."""
+        status = status or self.store.status()
         state = "ok" if status.available else f"unavailable ({status.error})"
         draining = ", draining" if self.connections.draining else ""
+        refused = f"reload refused: {self._reload_refused}; " if self._reload_refused else ""
         return (
-            f"{len(self.connections)} connections ({self.connections.total} total){draining};"
-            f" store {state}, {status.pending} pending"
+            f"{refused}{len(self.connections)} connections ({self.connections.total} total)"
+            f"{draining}; store {state}, {status.pending} pending"
         )
 
     # -- shutdown --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tornado_echo.config import Config
 from tornado_echo.store.base import Backend
+from tornado_echo.store.patient import PatientBackend
 from tornado_echo.store.records import MessageReceived, Record, SessionClosed, SessionOpened
 from tornado_echo.store.spool import Spool, spool_path
 from tornado_echo.store.store import Store, StoreStatus
@@ -25,9 +26,13 @@ __all__ = [
 ]
 
 
+def is_sqlite(database_url: str) -> bool:
+    return database_url.startswith("sqlite:///")
+
+
 def make_backend(database_url: str) -> Backend:
     """The backend for a ``sqlite:///PATH`` or ``postgresql://`` URL (already validated)."""
-    if database_url.startswith("sqlite:///"):
+    if is_sqlite(database_url):
         from tornado_echo.store.sqlite import SQLiteBackend
 
         return SQLiteBackend(Path(database_url[len("sqlite:///") :]))
@@ -37,9 +42,15 @@ def make_backend(database_url: str) -> Backend:
 
 
 def make_store(config: Config, server_id: str) -> Store:
-    """A not-yet-started store configured from ``config``."""
+    """A not-yet-started store configured from ``config``.
+
+    A network database may be down when the service starts: the store then starts without
+    it (see :class:`PatientBackend`). A SQLite file that cannot be opened is a mistake of
+    this host, reported at start.
+    """
+    backend = make_backend(config.database_url)
     return Store(
-        make_backend(config.database_url),
+        backend if is_sqlite(config.database_url) else PatientBackend(backend),
         server_id=server_id,
         spool_path=spool_path(config.state_dir, server_id),
         batch_size=config.batch_size,

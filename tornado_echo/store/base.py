@@ -106,6 +106,11 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Drop the connection; idempotent."""
 
+    def unreachable(self) -> Exception | None:
+        """Why the database has not answered since start, for a backend that lets the writer
+        start without it (see store/patient.py); None once reached, and for every other."""
+        return None
+
 
 def journal_page(
     sizes: Sequence[tuple[int, int | None]], limit: int, max_bytes: int

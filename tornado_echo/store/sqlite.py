@@ -71,7 +71,7 @@ class SQLiteBackend(Backend):
         self._conn: sqlite3.Connection | None = None
 
     def describe(self) -> str:
-        return f"sqlite:///{self.path}"
+        return f"sqlite:///{self.path.absolute()}"
 
     def connect(self) -> None:
         self.close()

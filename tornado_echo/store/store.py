@@ -307,7 +307,9 @@ class Store:
                 self.spool.open()
             self.backend.connect()
             applied = self.backend.migrate()
-            replayed = self._replay_leftover_spool()
+            # Without the database yet, the loop replays a leftover spool once it answers.
+            waiting = self.backend.unreachable()
+            replayed = 0 if waiting else self._replay_leftover_spool()
             crashed = self.backend.mark_crashed(self.server_id, time.time())
         except Exception as exc:  # noqa: BLE001 - task boundary: report to start() and stop
             message = f"cannot open store {self.backend.describe()}: {one_line(exc)}"
@@ -320,7 +322,10 @@ class Store:
             logger.warning("replayed %d records spooled by a previous run", replayed)
         if crashed:
             logger.warning("marked %d sessions left open by a previous run as crashed", crashed)
-        self._available = True
+        if waiting is None:
+            self._available = True
+        else:  # serve, spool and retry, like an outage
+            self._mark_unavailable(waiting)
         self._spooler = threading.Thread(target=self._spool_run, name="store-spool", daemon=True)
         self._spooler.start()
         self._started.set_result(None)

@@ -230,4 +230,5 @@ class LiveFeed:
 
 
 def _int_values(values: dict[str, float]) -> dict[str, int]:
-    return {key: int(value) for key, value in sorted(values.items())}
+    # The metrics export every known label value from the start: show only what happened.
+    return {key: int(value) for key, value in sorted(values.items()) if value}
