@@ -50,7 +50,7 @@ from tornado_echo.errors import StoreError, one_line
 from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store.base import Backend
 from tornado_echo.store.records import RECORD_OVERHEAD, MessageReceived, Record, footprint
-from tornado_echo.store.spool import Spool
+from tornado_echo.store.spool import Lease, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,8 @@ class _Outcome(enum.Enum):
 @dataclass
 class _Batch:
     records: list[Record]
-    from_spool: bool
     head: int = 0  # memory: records removed from memory before this batch was peeked
-    end: int = 0  # spool: offset after the batch
-    lines: int = 0  # spool: lines the batch spans
+    lease: Lease | None = None  # spool: the lines read
 
 
 class Store:
@@ -356,13 +354,14 @@ class Store:
         while self.spool.pending:
             with self._lock:
                 batch = self._next_batch()
-            assert batch is not None and batch.from_spool
+            assert batch is not None and batch.lease is not None
             self._drain_until = time.monotonic() + START_REPLAY_PATIENCE
             if self._write(batch.records, batch) is not _Outcome.DONE:
                 raise StoreError(f"database unavailable while replaying {self.spool.path}")
+            assert batch.lease is not None
             with self._lock:
-                self.spool.commit(batch.end, batch.lines)
-            replayed += batch.lines
+                self.spool.commit(batch.lease)
+            replayed += batch.lease.lines
         self._drain_until = float("inf")
         return replayed
 
@@ -399,9 +398,11 @@ class Store:
         """The oldest pending records: the spool's head, else memory's (peeked). Under lock."""
         self._check_spool()
         if self.spool.pending:
-            records, end, lines = self.spool.read(self.batch_size, self.batch_bytes)
-            if len(records) < lines:
-                dropped = self._lose(lines - len(records), "corrupt lines in the spool file")
+            lease = self.spool.read(self.batch_size, self.batch_bytes)
+            if len(lease.records) < lease.lines:
+                dropped = self._lose(
+                    lease.lines - len(lease.records), "corrupt lines in the spool file"
+                )
                 self._throttle.log(
                     "spool-corrupt",
                     logging.ERROR,
@@ -409,7 +410,7 @@ class Store:
                     self.spool.path,
                     dropped,
                 )
-            return _Batch(records, from_spool=True, end=end, lines=lines)
+            return _Batch(lease.records, lease=lease)
         with self._state_lock:
             head = self._removed
             records = list(itertools.islice(self._queue, self.batch_size))
@@ -422,7 +423,7 @@ class Store:
             if total > self.batch_bytes and count:
                 del records[count:]
                 break
-        return _Batch(records, from_spool=False, head=head)
+        return _Batch(records, head=head)
 
     def _check_spool(self) -> None:
         """Notice a spool file deleted or damaged under us: count, say so, go on. Under lock."""
@@ -450,8 +451,8 @@ class Store:
 
     def _finish(self, batch: _Batch) -> None:
         """Remove a written batch from where it was pending. Under lock."""
-        if batch.from_spool:
-            self.spool.commit(batch.end, batch.lines)
+        if batch.lease is not None:
+            self.spool.commit(batch.lease)
             return
         # The spooler may have moved some of these records meanwhile; remove only the rest.
         with self._state_lock:
@@ -461,7 +462,7 @@ class Store:
 
     def _moved(self, batch: _Batch) -> bool:
         with self._state_lock:
-            return not batch.from_spool and self._removed > batch.head
+            return batch.lease is None and self._removed > batch.head
 
     def _write(self, records: list[Record], batch: _Batch) -> _Outcome:
         """Write ``records`` (part of ``batch``): retry outages, bisect around bad data."""
