@@ -22,6 +22,7 @@ from tornado_echo.store import (
     spool_path,
 )
 from tornado_echo.store.records import Record, decode_record
+from tornado_echo.store.sqlite import SQLiteBackend
 
 
 def sid(number: int) -> str:
@@ -429,3 +430,48 @@ async def test_spool_lost_under_the_batch_in_flight_loses_exactly_what_it_counts
     messages = fetch_rows(pg_outage.url, "SELECT session_id, seq FROM ws_messages")
     assert len(messages) == 3 * 20
     assert not store.spool.path.exists()
+
+
+class CountingSQLite(SQLiteBackend):
+    """A real SQLite backend that notes the size of each batch it writes."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.batches: list[int] = []
+
+    def write(self, batch: list[Record]) -> None:
+        super().write(batch)
+        self.batches.append(len(batch))
+
+
+def counting_store(tmp_path: Path) -> tuple[Store, CountingSQLite]:
+    backend = CountingSQLite(tmp_path / "db.sqlite")
+    # A batch window far longer than the test: only a full batch can wake the writer.
+    store = Store(backend, "host:1:0", spool_path(tmp_path, "host:1:0"), 10, batch_delay=600)
+    return store, backend
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_full_batch_wakes_the_writer_without_waiting_for_batch_delay(
+    tmp_path: Path,
+) -> None:
+    store, backend = counting_store(tmp_path)
+    await store.start()
+    for number in range(10):
+        store.submit(opened(sid(number)))
+    await wait_for(lambda: store.status().written == 10, timeout=15)
+    assert backend.batches == [10]
+    await store.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_batches_hold_batch_size_records(tmp_path: Path) -> None:
+    store, backend = counting_store(tmp_path)
+    for number in range(25):  # queued before the writer runs: all there at its first batch
+        store.submit(opened(sid(number)))
+    await store.start()
+    # The last five go without waiting for batch_delay: the full event set before start
+    # still stands when the writer comes to wait.
+    await wait_for(lambda: store.status().written == 25, timeout=15)
+    assert backend.batches == [10, 10, 5]
+    await store.close()
