@@ -1,0 +1,184 @@
+"""What the message journal costs, as a user runs it: one tornado-echo process pinned to CPU 0
+with journal off, meta and full on PostgreSQL (and SQLite), the compiled Go client (100
+connections x 32 B, closed loop) pinned to CPU 1, ratios to "journal off" of the same round.
+Then exactly-once checks: after each run the server is stopped with SIGTERM and the rows in
+ws_messages are compared with what the client was echoed (count, and no (session, seq) twice,
+no gap in any session's sequence). Run by hand, not a test; wrap it in the shared lock:
+
+    flock /tmp/tornado-echo-bench.lock python benchmarks/journal_throughput.py \
+        [--seconds 8] [--rounds 2] [--sqlite] [--pg postgresql://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import build_go, say  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_listening(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"no server came up on port {port}")
+
+
+def journal_check(database_url: str) -> dict[str, int]:
+    """Rows, distinct (session, seq), and sessions whose seqs are not exactly 1..n."""
+    sql = (
+        "SELECT count(*), count(DISTINCT (session_id, seq)),"
+        " (SELECT count(*) FROM (SELECT session_id FROM ws_messages GROUP BY session_id"
+        "  HAVING min(seq) <> 1 OR max(seq) <> count(*)) AS gaps) FROM ws_messages"
+    )
+    if database_url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn = sqlite3.connect(database_url[len("sqlite:///") :])
+        sqlite_sql = sql.replace(
+            "count(DISTINCT (session_id, seq))",
+            "(SELECT count(*) FROM (SELECT DISTINCT session_id, seq FROM ws_messages))",
+        )
+        rows, distinct, gaps = conn.execute(sqlite_sql).fetchone()
+        conn.close()
+    else:
+        import psycopg2
+
+        conn = psycopg2.connect(database_url)
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            rows, distinct, gaps = cur.fetchone()
+        conn.close()
+    return {"rows": rows, "distinct": distinct, "gaps": gaps}
+
+
+def run(
+    label: str, database_url: str, journal: str, client: Path, work: Path, args: Any
+) -> dict[str, Any]:
+    port = free_port()
+    state = work / label.replace(" ", "_")
+    state.mkdir()
+    server = subprocess.Popen(
+        [
+            *("taskset", "-c", "0", sys.executable, "-m", "tornado_echo"),
+            *("--port", str(port), "--log-level", "error", "--state-dir", str(state)),
+            *("--database-url", database_url, "--journal", journal),
+            *("--max-connections", "19500"),
+        ],
+        cwd=state,
+    )
+    try:
+        wait_listening(port)
+        load = subprocess.run(
+            [
+                *("taskset", "-c", "1", str(client), "-url", f"ws://127.0.0.1:{port}/ws"),
+                *("-c", str(args.connections), "-size", "32", "-d", f"{args.seconds}s"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, GOMAXPROCS="1"),
+        )
+        result: dict[str, Any] = json.loads(load.stdout)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(120)
+    result["label"] = label
+    say(f"  {label}: {result['msgs_per_s']:,.0f} msgs/s (echoed {result['echoed']:,})")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--sqlite", action="store_true", help="SQLite too")
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
+    args = parser.parse_args()
+    import psycopg2
+
+    work = Path(tempfile.mkdtemp(prefix="tornado-echo-journal-"))
+    client = build_go("goclient", work)
+    admin = psycopg2.connect(args.pg)
+    admin.autocommit = True
+    made: list[str] = []
+
+    def database(name: str) -> str:
+        if name == "SQLite":
+            return f"sqlite:///{work}/{uuid.uuid4().hex[:8]}.db"
+        db = "tornado_echo_bench_" + uuid.uuid4().hex[:8]
+        admin.cursor().execute(f"CREATE DATABASE {db}")
+        made.append(db)
+        return urlunsplit(urlsplit(args.pg)._replace(path="/" + db))
+
+    say(f"machine: {os.uname().nodename}, {os.cpu_count()} CPUs; load: {os.getloadavg()}")
+    say(f"{args.connections} connections x 32 B, closed loop, {args.seconds:g} s per run")
+    kinds = ["PostgreSQL", *(["SQLite"] if args.sqlite else [])]
+    try:
+        for number in range(args.rounds):
+            say(f"round {number + 1} of {args.rounds}")
+            for kind in kinds:
+                results = {}
+                for journal in ("off", "meta", "full"):
+                    url = database(kind)
+                    result = run(f"{kind} {journal}", url, journal, client, work, args)
+                    if journal != "off":
+                        result["check"] = journal_check(url)
+                    results[journal] = result
+                off = results["off"]["msgs_per_s"]
+                for journal, result in results.items():
+                    check = result.get("check")
+                    verdict = ""
+                    if check is not None:
+                        # Each echo the client counted was journalled first; the server may
+                        # have journalled a few more (received, echo not yet read at the stop).
+                        ok = (
+                            check["rows"] == check["distinct"]
+                            and check["gaps"] == 0
+                            and check["rows"] >= result["echoed"]
+                        )
+                        verdict = (
+                            f"  journalled {check['rows']:,} (>= echoed {result['echoed']:,}),"
+                            f" duplicates {check['rows'] - check['distinct']},"
+                            f" sessions with gaps {check['gaps']}: {'OK' if ok else 'FAIL'}"
+                        )
+                    say(
+                        f"{kind:10} journal {journal:4} {result['msgs_per_s']:>10,.0f} msgs/s"
+                        f" {result['msgs_per_s'] / off:6.3f}x{verdict}"
+                    )
+        say(f"load after: {os.getloadavg()}")
+    finally:
+        for db in made:
+            admin.cursor().execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
