@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from tornado_echo.store.copyrows import decode_rows
 from tornado_echo.store.records import COLUMN_KINDS, Record
 
 # Payload bytes per journal page: a session's journal can be far larger than any answer.
@@ -63,6 +64,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def write(self, batch: list[Record]) -> None:
         """Write ``batch`` in one transaction; idempotent if retried after a failure."""
+
+    def write_journal(self, rows: bytes) -> None:
+        """Write journal rows in binary COPY format (see copyrows.py) in one transaction. A row
+        already there may fail the whole batch as a data error: :meth:`write` then merges it."""
+        self.write(list(decode_rows(rows)))
 
     @abc.abstractmethod
     def is_data_error(self, exc: Exception) -> bool:

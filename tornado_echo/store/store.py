@@ -33,15 +33,16 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tornado_echo.errors import StoreError, one_line
 from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store.base import Backend
+from tornado_echo.store.handoff import JournalHandoff
 from tornado_echo.store.queue import MemoryQueue
-from tornado_echo.store.records import Record
+from tornado_echo.store.records import MessageReceived, Record
 from tornado_echo.store.spooler import Batch, Spooler
 from tornado_echo.store.writer import FIRST_BACKOFF, BatchWriter, Outcome
 
@@ -105,6 +106,8 @@ class Store:
         self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._closed = False
         self._throttle = LogThrottle(logger)
+        # The journal writer process, when journal_writer = "process" (see handoff.py).
+        self.handoff: JournalHandoff | None = None
 
     @property
     def on_batch(self) -> Callable[[float], None] | None:
@@ -127,6 +130,29 @@ class Store:
             self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
             self._thread.start()
         await asyncio.wrap_future(self._started)
+        if self.handoff is not None:
+            await self.handoff.start()
+
+    def journal(
+        self,
+        session_id: str,
+        seq: int,
+        received_at: float,
+        opcode: int,
+        size: int,
+        payload: bytes | None,
+    ) -> None:
+        """Journal one message (``payload`` None: its metadata only): to the journal writer
+        process if there is one, else as a :class:`MessageReceived` record."""
+        handoff = self.handoff
+        if handoff is not None and handoff.accepting:
+            handoff.add(session_id, seq, received_at, opcode, size, payload)
+        else:
+            self.submit(MessageReceived(session_id, seq, received_at, opcode, size, payload))
+
+    def submit_many(self, records: Sequence[Record]) -> None:
+        for record in records:
+            self.submit(record)
 
     def submit(self, record: Record) -> None:
         """Queue ``record`` for writing; never blocks for long, safe from any thread."""
@@ -185,6 +211,11 @@ class Store:
             return
         self._closed = True
         loop = asyncio.get_running_loop()
+        if self.handoff is not None:
+            # Its rows not confirmed by then come back through submit_many, so first.
+            started = loop.time()
+            await self.handoff.close(deadline)
+            deadline = max(0.0, deadline - (loop.time() - started))
         thread = self._thread
         if thread is not None:
             self.writer.drain_until = time.monotonic() + deadline

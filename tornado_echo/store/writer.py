@@ -22,6 +22,7 @@ from collections.abc import Callable
 from tornado_echo.errors import one_line
 from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store.base import Backend
+from tornado_echo.store.copyrows import decode_rows
 from tornado_echo.store.records import Record
 
 logger = logging.getLogger(__name__)
@@ -57,14 +58,39 @@ class BatchWriter:
 
     def write(self, records: list[Record], abandon: Callable[[], bool] = lambda: False) -> Outcome:
         """Write ``records``: retry outages, bisect around bad data."""
+        return self._retry(
+            lambda: self.backend.write(records),
+            len(records),
+            lambda exc: self._isolate(records, abandon, exc),
+            abandon,
+        )
+
+    def write_rows(self, rows: bytes, count: int) -> Outcome:
+        """Write ``count`` journal rows in binary COPY format (the fast path); should the
+        database refuse them (a bad or an already written row), write their records instead,
+        merged and bisected like any batch."""
+        return self._retry(
+            lambda: self.backend.write_journal(rows),
+            count,
+            lambda exc: self.write(list(decode_rows(rows))),
+            lambda: False,
+        )
+
+    def _retry(
+        self,
+        attempt: Callable[[], None],
+        count: int,
+        refused: Callable[[Exception], Outcome],
+        abandon: Callable[[], bool],
+    ) -> Outcome:
         backoff = FIRST_BACKOFF
         while True:
             started = time.monotonic()
             try:
-                self.backend.write(records)
+                attempt()
             except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
                 if self.backend.is_data_error(exc):
-                    return self._isolate(records, abandon, exc)
+                    return refused(exc)
                 self.mark_unavailable(exc)
                 self.backend.close()
                 if abandon():
@@ -81,7 +107,7 @@ class BatchWriter:
                 if abandon():
                     return Outcome.ABANDONED
                 continue
-            self.written += len(records)
+            self.written += count
             if self.on_batch is not None:
                 self.on_batch(time.monotonic() - started)
             self.mark_available()

@@ -27,7 +27,7 @@ from tornado_echo.engines.fast import FastProtocol, FastWebSocketHandler, carrie
 from tornado_echo.engines.ratelimit import TokenBucket
 from tornado_echo.engines.stock import EchoProtocol
 from tornado_echo.observability.metrics import Metrics
-from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, Store
+from tornado_echo.store import SessionClosed, SessionOpened, Store
 from tornado_echo.web.endpoints import JsonErrorMixin
 from tornado_echo.wire import CloseCode, Opcode, negotiate_deflate
 
@@ -236,15 +236,13 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
             return None
         if self._journal != "off":
-            self.db.submit(
-                MessageReceived(
-                    session_id=self.session_id,
-                    seq=self.messages_in,
-                    received_at=time.time(),
-                    opcode=int(opcode),
-                    size=len(data),
-                    payload=data if self._journal == "full" else None,
-                )
+            self.db.journal(
+                self.session_id,
+                self.messages_in,
+                time.time(),
+                int(opcode),
+                len(data),
+                data if self._journal == "full" else None,
             )
         assert self._protocol is not None
         try:
