@@ -49,6 +49,29 @@ def wait_listening(port: int) -> None:
     raise RuntimeError(f"no server came up on port {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_of(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of the server and of its children (the journal writer)."""
+    kids = 0.0
+    for child in children(pid):
+        try:
+            kids += cpu_seconds(child)
+        except OSError:
+            pass
+    return cpu_seconds(pid), kids
+
+
 def journal_check(database_url: str) -> dict[str, int]:
     """Rows, distinct (session, seq), and sessions whose seqs are not exactly 1..n."""
     sql = (
@@ -78,7 +101,13 @@ def journal_check(database_url: str) -> dict[str, int]:
 
 
 def run(
-    label: str, database_url: str, journal: str, client: Path, work: Path, args: Any
+    label: str,
+    database_url: str,
+    journal: str,
+    writer: str,
+    client: Path,
+    work: Path,
+    args: Any,
 ) -> dict[str, Any]:
     port = free_port()
     state = work / label.replace(" ", "_")
@@ -88,12 +117,15 @@ def run(
             *("taskset", "-c", "0", sys.executable, "-m", "tornado_echo"),
             *("--port", str(port), "--log-level", "error", "--state-dir", str(state)),
             *("--database-url", database_url, "--journal", journal),
+            *("--journal-writer", writer),
             *("--max-connections", "19500"),
         ],
         cwd=state,
     )
     try:
         wait_listening(port)
+        time.sleep(0.5)  # the journal writer process, if any, is up
+        server_before, writer_before = cpu_of(server.pid)
         load = subprocess.run(
             [
                 *("taskset", "-c", "1", str(client), "-url", f"ws://127.0.0.1:{port}/ws"),
@@ -105,11 +137,17 @@ def run(
             env=dict(os.environ, GOMAXPROCS="1"),
         )
         result: dict[str, Any] = json.loads(load.stdout)
+        server_after, writer_after = cpu_of(server.pid)
+        result["server_cpu"] = server_after - server_before
+        result["writer_cpu"] = writer_after - writer_before
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(120)
     result["label"] = label
-    say(f"  {label}: {result['msgs_per_s']:,.0f} msgs/s (echoed {result['echoed']:,})")
+    say(
+        f"  {label}: {result['msgs_per_s']:,.0f} msgs/s (echoed {result['echoed']:,});"
+        f" server CPU {result['server_cpu']:.2f} s, writer process CPU {result['writer_cpu']:.2f} s"
+    )
     return result
 
 
@@ -119,6 +157,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--sqlite", action="store_true", help="SQLite too")
+    parser.add_argument(
+        "--writers", default="thread,process", help="journal_writer values to compare"
+    )
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     import psycopg2
@@ -144,14 +185,21 @@ def main() -> None:
         for number in range(args.rounds):
             say(f"round {number + 1} of {args.rounds}")
             for kind in kinds:
+                modes = [("off", "thread")] + [
+                    (journal, writer)
+                    for writer in args.writers.split(",")
+                    for journal in ("meta", "full")
+                ]
                 results = {}
-                for journal in ("off", "meta", "full"):
+                for journal, writer in modes:
                     url = database(kind)
-                    result = run(f"{kind} {journal}", url, journal, client, work, args)
+                    name = f"{journal} ({writer})" if journal != "off" else journal
+                    result = run(f"{kind} {name}", url, journal, writer, client, work, args)
                     if journal != "off":
                         result["check"] = journal_check(url)
-                    results[journal] = result
+                    results[name] = result
                 off = results["off"]["msgs_per_s"]
+                off_per_cpu = results["off"]["echoed"] / results["off"]["server_cpu"]
                 for journal, result in results.items():
                     check = result.get("check")
                     verdict = ""
@@ -168,9 +216,13 @@ def main() -> None:
                             f" duplicates {check['rows'] - check['distinct']},"
                             f" sessions with gaps {check['gaps']}: {'OK' if ok else 'FAIL'}"
                         )
+                    per_cpu = result["echoed"] / result["server_cpu"]
                     say(
-                        f"{kind:10} journal {journal:4} {result['msgs_per_s']:>10,.0f} msgs/s"
-                        f" {result['msgs_per_s'] / off:6.3f}x{verdict}"
+                        f"{kind:10} journal {journal:14} {result['msgs_per_s']:>10,.0f} msgs/s"
+                        f" {result['msgs_per_s'] / off:6.3f}x; per server CPU-s {per_cpu:>9,.0f}"
+                        f" {per_cpu / off_per_cpu:6.3f}x; writer process"
+                        f" {result['writer_cpu'] / max(result['server_cpu'], 1e-9):5.2f} CPU-s per"
+                        f" server CPU-s{verdict}"
                     )
         say(f"load after: {os.getloadavg()}")
     finally:

@@ -141,3 +141,54 @@ async def test_rows_already_written_are_merged_not_refused(
     backend.close()
     assert_journalled_once(database_url, range(1, 2), 10)
     assert writer.poisoned == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_metrics_show_the_writer_process(sqlite_url: str, tmp_path: Path) -> None:
+    from tests.helpers import metric
+    from tornado_echo.connections import Connections
+    from tornado_echo.observability.metrics import Metrics
+
+    store = process_store(sqlite_url, tmp_path)
+    await store.start()
+    await journal(store, range(10), 30)
+    await wait_for(lambda: handoff(store).status().written == 300)
+    metrics = Metrics()
+    metrics.refresh(Connections(), store)
+    text = metrics.exposition()[0].decode()
+    assert metric(text, "tornado_echo_journal_rows_written_total") == 300
+    assert metric(text, "tornado_echo_journal_queue_rows") == 0
+    assert metric(text, "tornado_echo_journal_queue_bytes") == 0
+    assert metric(text, "tornado_echo_journal_lag_seconds") == 0
+    assert metric(text, "tornado_echo_journal_writer_restarts_total") == 0
+    assert metric(text, "tornado_echo_store_spool_bytes") == 0
+    await store.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_server_journals_through_its_writer_process(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from tornado.websocket import websocket_connect
+
+    from tests.helpers import make_server
+
+    server = make_server(tmp_path, postgres_url, journal="meta", journal_writer="process")
+    await server.start()
+    try:
+        client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
+        for number in range(200):
+            if number == 100:
+                process = handoff(server.store).process
+                assert process is not None
+                os.kill(process.pid, signal.SIGKILL)
+            await client.write_message(f"m{number}")
+            assert await client.read_message() == f"m{number}"
+        client.close(1000)
+    finally:
+        assert await server.shutdown() == 0
+    rows = fetch_rows(postgres_url, "SELECT seq, size, payload FROM ws_messages ORDER BY seq")
+    assert [r["seq"] for r in rows] == list(range(1, 201))
+    assert {r["payload"] for r in rows} == {None}  # meta: sizes and times only
+    [session] = fetch_rows(postgres_url, "SELECT messages_in FROM ws_sessions")
+    assert session == {"messages_in": 200}
