@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -108,24 +109,41 @@ def run(
     client: Path,
     work: Path,
     args: Any,
+    kill_writer: int = 0,
+    kill_server: bool = False,
 ) -> dict[str, Any]:
+    """One server, one client run; ``kill_writer`` times SIGKILL to the journal writer
+    process during it, or (``kill_server``) SIGKILL to the server halfway and a restart."""
     port = free_port()
-    state = work / label.replace(" ", "_")
+    state = work / label.replace(" ", "_").replace("(", "").replace(")", "")
     state.mkdir()
-    server = subprocess.Popen(
-        [
-            *("taskset", "-c", "0", sys.executable, "-m", "tornado_echo"),
-            *("--port", str(port), "--log-level", "error", "--state-dir", str(state)),
-            *("--database-url", database_url, "--journal", journal),
-            *("--journal-writer", writer),
-            *("--max-connections", "19500"),
-        ],
-        cwd=state,
-    )
+    command = [
+        *("taskset", "-c", "0", sys.executable, "-m", "tornado_echo"),
+        *("--port", str(port), "--log-level", "error", "--state-dir", str(state)),
+        *("--database-url", database_url, "--journal", journal),
+        *("--journal-writer", writer),
+        *("--max-connections", "19500"),
+    ]
+    server = subprocess.Popen(command, cwd=state)
+    kills = 0
+
+    def killer() -> None:
+        nonlocal kills
+        for _ in range(kill_writer):
+            time.sleep(args.seconds / (kill_writer + 1))
+            for child in children(server.pid):
+                os.kill(child, signal.SIGKILL)
+                kills += 1
+        if kill_server:
+            time.sleep(args.seconds / 2)
+            server.kill()
+
     try:
         wait_listening(port)
         time.sleep(0.5)  # the journal writer process, if any, is up
         server_before, writer_before = cpu_of(server.pid)
+        chaos = threading.Thread(target=killer)
+        chaos.start()
         load = subprocess.run(
             [
                 *("taskset", "-c", "1", str(client), "-url", f"ws://127.0.0.1:{port}/ws"),
@@ -136,19 +154,47 @@ def run(
             check=True,
             env=dict(os.environ, GOMAXPROCS="1"),
         )
+        chaos.join()
         result: dict[str, Any] = json.loads(load.stdout)
-        server_after, writer_after = cpu_of(server.pid)
-        result["server_cpu"] = server_after - server_before
-        result["writer_cpu"] = writer_after - writer_before
+        if not kill_server:
+            server_after, writer_after = cpu_of(server.pid)
+            result["server_cpu"] = server_after - server_before
+            result["writer_cpu"] = writer_after - writer_before
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(120)
+    if kill_server:  # the next start replays its spool and marks its sessions crashed
+        time.sleep(2)  # the orphaned writer process finishes what it received
+        server = subprocess.Popen(command, cwd=state)
+        wait_listening(port)
+        server.send_signal(signal.SIGTERM)
+        server.wait(120)
     result["label"] = label
-    say(
-        f"  {label}: {result['msgs_per_s']:,.0f} msgs/s (echoed {result['echoed']:,});"
-        f" server CPU {result['server_cpu']:.2f} s, writer process CPU {result['writer_cpu']:.2f} s"
-    )
+    result["kills"] = kills
+    if "server_cpu" in result:
+        say(
+            f"  {label}: {result['msgs_per_s']:,.0f} msgs/s (echoed {result['echoed']:,});"
+            f" server CPU {result['server_cpu']:.2f} s, writer process CPU"
+            f" {result['writer_cpu']:.2f} s"
+        )
     return result
+
+
+def crash_checks(client: Path, work: Path, database: Any, args: Any) -> None:
+    """Journal full through the writer process: 10 SIGKILLs of the writer in one run, then
+    one SIGKILL of the server (and a restart): duplicates and gaps must be 0."""
+    for label, kwargs in (
+        ("writer killed 10 times", {"kill_writer": 10}),
+        ("server killed once", {"kill_server": True}),
+    ):
+        url = database("PostgreSQL")
+        result = run(label, url, "full", "process", client, work, args, **kwargs)
+        check = journal_check(url)
+        say(
+            f"{label}: echoed {result['echoed']:,}, journalled {check['rows']:,},"
+            f" duplicates {check['rows'] - check['distinct']}, sessions with gaps"
+            f" {check['gaps']} (writer kills done: {result['kills']})"
+        )
 
 
 def main() -> None:
@@ -160,6 +206,7 @@ def main() -> None:
     parser.add_argument(
         "--writers", default="thread,process", help="journal_writer values to compare"
     )
+    parser.add_argument("--crash", action="store_true", help="the kill -9 checks too")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     import psycopg2
@@ -224,6 +271,8 @@ def main() -> None:
                         f" {result['writer_cpu'] / max(result['server_cpu'], 1e-9):5.2f} CPU-s per"
                         f" server CPU-s{verdict}"
                     )
+        if args.crash:
+            crash_checks(client, work, database, args)
         say(f"load after: {os.getloadavg()}")
     finally:
         for db in made:
