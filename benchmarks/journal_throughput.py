@@ -56,10 +56,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Child processes of every thread of ``pid`` (the writer is started from a thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
 
 
 def cpu_of(pid: int) -> tuple[float, float]:
@@ -115,8 +119,7 @@ def run(
     """One server, one client run; ``kill_writer`` times SIGKILL to the journal writer
     process during it, or (``kill_server``) SIGKILL to the server halfway and a restart."""
     port = free_port()
-    state = work / label.replace(" ", "_").replace("(", "").replace(")", "")
-    state.mkdir()
+    state = Path(tempfile.mkdtemp(prefix="state-", dir=work))
     command = [
         *("taskset", "-c", "0", sys.executable, "-m", "tornado_echo"),
         *("--port", str(port), "--log-level", "error", "--state-dir", str(state)),
