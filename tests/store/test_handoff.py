@@ -192,3 +192,26 @@ async def test_a_server_journals_through_its_writer_process(
     assert {r["payload"] for r in rows} == {None}  # meta: sizes and times only
     [session] = fetch_rows(postgres_url, "SELECT messages_in FROM ws_sessions")
     assert session == {"messages_in": 200}
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_close_sends_everything_then_hangs_up(postgres_url: str, tmp_path: Path) -> None:
+    # A 4 MiB bound, so at most 2 MiB in flight: a third of the 3 MB below waits for acks.
+    store = process_store(postgres_url, tmp_path, queue_bytes_limit=16 << 20)
+    await store.start()
+    for turn in range(1, 31):
+        for number in range(50):
+            store.journal(sid(number), turn, time.time(), 2, 2000, b"x" * 2000)
+        await asyncio.sleep(0)
+    writer = handoff(store).process
+    assert writer is not None
+    started = time.monotonic()
+    await store.close(deadline=30)
+    # Not held to the deadline: the writer confirmed everything, then saw EOF and ended.
+    assert time.monotonic() - started < 15
+    assert writer.wait(15) == 0
+    assert (handoff(store).status().written, handoff(store).status().spilled) == (1500, 0)
+    rows = fetch_rows(
+        postgres_url, "SELECT count(DISTINCT (session_id, seq)) AS n FROM ws_messages"
+    )
+    assert rows == [{"n": 1500}]

@@ -269,11 +269,9 @@ class JournalHandoff:
         self._acks.clear()
         loop.add_reader(ours.fileno(), self._readable)
         self._send()
-        if self._closing:
-            ours.shutdown(socket.SHUT_WR)
 
-    def _writer_lost(self) -> None:
-        sock, process = self._sock, self.process
+    def _disconnect(self) -> None:
+        sock = self._sock
         if sock is None:
             return
         self._stop_waiting_writable()
@@ -281,7 +279,14 @@ class JournalHandoff:
         self._loop.remove_reader(sock.fileno())
         sock.close()
         self._sock = None
+
+    def _writer_lost(self) -> None:
+        if self._sock is None:
+            return
+        self._disconnect()
+        process = self.process
         if process is not None:
+            assert self._loop is not None
             self._loop.run_in_executor(None, process.wait)
         if self._closing:
             if self._closed is not None:
@@ -319,16 +324,12 @@ class JournalHandoff:
             await self._restarting
         self._closed = asyncio.Event()
         if self._sock is not None and self._chunks:
-            with contextlib.suppress(OSError):
-                self._send()
-            if self._sock is not None:
-                with contextlib.suppress(OSError):
-                    self._sock.shutdown(socket.SHUT_WR)
+            # The writer commits every batch_delay: wait for it to confirm the last chunk.
+            self._send()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), deadline)
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_WR)
+        # EOF: the writer writes what it still holds (its own deadline), then ends.
+        self._disconnect()
         records = [
             record
             for chunk in self._chunks
