@@ -215,3 +215,19 @@ async def test_close_sends_everything_then_hangs_up(postgres_url: str, tmp_path:
         postgres_url, "SELECT count(DISTINCT (session_id, seq)) AS n FROM ws_messages"
     )
     assert rows == [{"n": 1500}]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_busy_loop_turn_is_cut_into_batch_sized_chunks(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    store = process_store(sqlite_url, tmp_path, queue_bytes_limit=64 << 20)
+    await store.start()
+    batch_bytes = handoff(store).batch_bytes
+    for seq in range(1, 1001):  # about 10 batches in one turn of the loop
+        store.journal(sid(1), seq, time.time(), 2, 10_000, b"y" * (batch_bytes // 100))
+    chunks = list(handoff(store)._chunks)
+    assert len(chunks) >= 9
+    assert max(len(chunk.frame) for chunk in chunks) < 2 * batch_bytes
+    await wait_for(lambda: handoff(store).status().written == 1000)
+    await store.close()

@@ -124,14 +124,16 @@ class JournalHandoff:
             self._rows, session_id, seq, received_at, opcode, size, payload, self.max_payload
         )
         self._count += 1
-        if not self._scheduled:
+        if len(self._rows) >= self.batch_bytes:  # a busy turn: chunks stay batch-sized
+            self._flush()
+        elif not self._scheduled:
             self._scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Once per turn of the loop: the rows added during it become one chunk."""
-        self._scheduled = False
+        self._scheduled = False  # after an early flush, one still scheduled finds nothing
         if not self._count:
             return
         frame = FRAME.pack(len(self._rows), self._next_id, self._count) + self._rows
