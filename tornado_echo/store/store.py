@@ -62,7 +62,7 @@ class StoreStatus:
 
     available: bool
     error: str | None
-    pending: int  # queued + spooled
+    pending: int  # queued + spooled + with the journal writer process
     queued: int  # records in memory
     queued_bytes: int  # their approximate size
     spooled: int  # records in the spool file
@@ -175,11 +175,19 @@ class Store:
         queued, queued_bytes, queue_oldest, shed = self.queue.snapshot()
         spool, writer = self.spool, self.writer
         oldest = [at for at in (queue_oldest, spool.oldest) if at is not None]
+        # Rows with the journal writer process are pending too (not in queued: not in memory
+        # as records, and bounded on their own).
+        handed = 0
+        if self.handoff is not None:
+            journal = self.handoff.status()
+            handed = journal.queued_rows
+            if handed:
+                oldest.append(now - journal.lag)
         thread = self._thread
         return StoreStatus(
             available=writer.available,
             error=writer.error,
-            pending=queued + spool.pending,
+            pending=queued + spool.pending + handed,
             queued=queued,
             queued_bytes=queued_bytes,
             spooled=spool.pending,
