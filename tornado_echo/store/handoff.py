@@ -37,6 +37,8 @@ from tornado_echo.store.records import MessageReceived
 logger = logging.getLogger(__name__)
 
 RESTART_PAUSE = 1.0  # between two starts of the writer, so a writer that cannot run is no spin
+# Room for what the writer gathers between two reads (journal_process.GATHER) at full rate.
+SEND_BUFFER = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,8 @@ class JournalHandoff:
             await asyncio.sleep(pause)
         self._last_start = time.monotonic()
         ours, theirs = socket.socketpair()
+        with contextlib.suppress(OSError):  # capped by net.core.wmem_max
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         command = [
             *(sys.executable, "-m", "tornado_echo.store.journal_process"),
             *("--fd", str(theirs.fileno()), "--database-url", self.database_url),
