@@ -124,6 +124,9 @@ def run(
         nonlocal kills
         for _ in range(kill_writer):
             time.sleep(args.seconds / (kill_writer + 1))
+            deadline = time.monotonic() + 3  # the server starts at most one writer a second
+            while not children(server.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
             for child in children(server.pid):
                 os.kill(child, signal.SIGKILL)
                 kills += 1
