@@ -231,3 +231,21 @@ async def test_a_busy_loop_turn_is_cut_into_batch_sized_chunks(
     assert max(len(chunk.frame) for chunk in chunks) < 2 * batch_bytes
     await wait_for(lambda: handoff(store).status().written == 1000)
     await store.close()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs")
+@pytest.mark.gen_test(timeout=60)
+async def test_the_writer_leaves_the_cpu_its_server_is_pinned_to(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    everything = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(everything)})  # as taskset -c would pin the server
+    try:
+        store = process_store(sqlite_url, tmp_path)
+        await store.start()
+    finally:
+        os.sched_setaffinity(0, everything)
+    process = handoff(store).process
+    assert process is not None
+    await wait_for(lambda: min(everything) not in os.sched_getaffinity(process.pid))
+    await store.close()

@@ -155,6 +155,15 @@ class JournalWriter:
             logger.warning("journal writer: %d rows spooled to %s", len(records), spool.path)
 
 
+def leave_server_cpus() -> None:
+    """Run on the CPUs the server is not pinned to, if it is pinned to some (the affinity is
+    inherited): the writer's work is what must stay off the core the event loop needs."""
+    server = os.sched_getaffinity(0)
+    others = set(range(os.cpu_count() or 1)) - server
+    if others:
+        os.sched_setaffinity(0, others)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tornado_echo.store.journal_process")
     parser.add_argument("--fd", type=int, required=True)
@@ -173,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     # The server's SIGTERM/SIGINT is for the server: this process ends when its socket does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    leave_server_cpus()
     from tornado_echo.store import make_backend
 
     backend = make_backend(args.database_url)
