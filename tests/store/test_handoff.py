@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tornado.websocket import websocket_connect
 
-from tests.helpers import PgOutage, fetch_rows
+from tests.helpers import PgOutage, fetch_rows, make_server, metric
 from tests.store.test_backends import opened
 from tests.store.test_store import sid, wait_for
 from tornado_echo.config import Config
-from tornado_echo.store import Store, make_store
+from tornado_echo.connections import Connections
+from tornado_echo.observability.metrics import Metrics
+from tornado_echo.store import Store, make_backend, make_store
 from tornado_echo.store.copyrows import encode_row
 from tornado_echo.store.handoff import JournalHandoff
 from tornado_echo.store.writer import BatchWriter, Outcome
@@ -127,15 +131,13 @@ async def test_a_database_outage_spills_to_the_spool_and_nothing_is_lost(
 async def test_rows_already_written_are_merged_not_refused(
     database_url: str, tmp_path: Path
 ) -> None:
-    from tornado_echo.store import make_backend
-
     backend = make_backend(database_url)
     backend.connect()
     backend.migrate()
     rows = bytearray()
     for seq in range(1, 11):
         encode_row(rows, sid(1), seq, time.time(), 2, 4, b"ping", 100)
-    writer = BatchWriter(backend, asyncio.Event())  # type: ignore[arg-type]
+    writer = BatchWriter(backend, threading.Event())
     assert writer.write_rows(bytes(rows[: len(rows) // 2]), 5) is Outcome.DONE
     assert writer.write_rows(bytes(rows), 10) is Outcome.DONE  # five again: a replay
     backend.close()
@@ -145,10 +147,6 @@ async def test_rows_already_written_are_merged_not_refused(
 
 @pytest.mark.gen_test(timeout=60)
 async def test_metrics_show_the_writer_process(sqlite_url: str, tmp_path: Path) -> None:
-    from tests.helpers import metric
-    from tornado_echo.connections import Connections
-    from tornado_echo.observability.metrics import Metrics
-
     store = process_store(sqlite_url, tmp_path)
     await store.start()
     await journal(store, range(10), 30)
@@ -169,10 +167,6 @@ async def test_metrics_show_the_writer_process(sqlite_url: str, tmp_path: Path) 
 async def test_a_server_journals_through_its_writer_process(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    from tornado.websocket import websocket_connect
-
-    from tests.helpers import make_server
-
     server = make_server(tmp_path, postgres_url, journal="meta", journal_writer="process")
     await server.start()
     try:
