@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -20,9 +21,12 @@ from tests.store.test_store import sid, wait_for
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
 from tornado_echo.observability.metrics import Metrics
-from tornado_echo.store import Store, make_backend, make_store
-from tornado_echo.store.copyrows import encode_row
+from tornado_echo.store import MessageReceived, Spool, Store, make_backend, make_store, spool_path
+from tornado_echo.store.copyrows import FRAME, encode_row
 from tornado_echo.store.handoff import JournalHandoff
+from tornado_echo.store.journal_process import JournalWriter
+from tornado_echo.store.records import decode_record
+from tornado_echo.store.spool import writer_spool_path, writer_spool_paths
 from tornado_echo.store.writer import BatchWriter, Outcome
 
 
@@ -243,3 +247,56 @@ async def test_the_writer_leaves_the_cpu_its_server_is_pinned_to(
     assert process is not None
     await wait_for(lambda: min(everything) not in os.sched_getaffinity(process.pid))
     await store.close()
+
+
+def test_a_writer_left_alone_with_the_database_away_spools_to_its_own_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    unreachable = make_backend(f"sqlite:///{tmp_path / 'file' / 'db.sqlite'}")
+    server_spool = spool_path(tmp_path, "host:1:0")
+    ours, theirs = socket.socketpair()
+    writer = JournalWriter(theirs, unreachable, 1 << 20, 0.01, 8 << 20, 0.3, server_spool)
+    thread = threading.Thread(target=writer.run)
+    thread.start()
+    rows = bytearray()
+    for seq in range(1, 6):
+        encode_row(rows, sid(1), seq, time.time(), 2, 4, b"ping", 100)
+    ours.sendall(FRAME.pack(len(rows), 1, 5) + rows)
+    ours.close()  # the server is gone (kill -9)
+    thread.join(30)
+    assert not thread.is_alive()
+    theirs.close()
+    [spooled] = writer_spool_paths(server_spool)
+    assert spooled == writer_spool_path(server_spool, os.getpid())
+    records = [decode_record(line) for line in spooled.read_bytes().splitlines()]
+    assert [(r.session_id, r.seq) for r in records] == [(sid(1), seq) for seq in range(1, 6)]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_next_start_replays_what_writers_spooled(
+    database_url: str, tmp_path: Path
+) -> None:
+    server_spool = spool_path(tmp_path, "host:1:0")
+    for pid, number in ((101, 1), (102, 2)):
+        leftover = Spool(writer_spool_path(server_spool, pid))
+        leftover.open()
+        leftover.append(
+            [MessageReceived(sid(number), s, time.time(), 2, 4, b"ping") for s in (1, 2)]
+        )
+        leftover.close()
+    busy = Spool(writer_spool_path(server_spool, 103))  # its writer still at work
+    busy.open()
+    busy.append([MessageReceived(sid(3), 1, time.time(), 2, 4, b"ping")])
+    store = process_store(database_url, tmp_path)
+    await store.start()
+    await store.close()
+    rows = fetch_rows(database_url, "SELECT session_id, seq FROM ws_messages")
+    assert sorted((str(r["session_id"]), r["seq"]) for r in rows) == [
+        (sid(1), 1),
+        (sid(1), 2),
+        (sid(2), 1),
+        (sid(2), 2),
+    ]
+    assert writer_spool_paths(server_spool) == [busy.path]  # left for the next start
+    busy.close()

@@ -12,9 +12,9 @@ The server (see handoff.py) starts one per serving process and talks to it over 
 Batches are cut by size (``--batch-bytes``) and time (``--batch-delay``). While the database
 is away the writer retries with backoff and stops reading, so the socket fills and the server
 spills to its spool (the backpressure). When the server goes (EOF) the writer writes what it
-holds, trying for ``--drain`` seconds; what it still cannot write then goes to the server's
-spool file (free once the server is gone) for the next start, so a kill -9 of the server loses
-nothing the writer had received.
+holds, trying for ``--drain`` seconds; what it still cannot write then goes to a spool file of
+its own beside the server's (:func:`writer_spool_path`), which the server's next start replays,
+so a kill -9 of the server during an outage loses nothing the writer had received.
 
 Run as ``python -m tornado_echo.store.journal_process --fd N --database-url URL ...``.
 """
@@ -34,7 +34,7 @@ from pathlib import Path
 from tornado_echo.errors import StoreError
 from tornado_echo.store.base import Backend
 from tornado_echo.store.copyrows import ACK, FRAME, decode_rows
-from tornado_echo.store.spool import Spool
+from tornado_echo.store.spool import Spool, writer_spool_path
 from tornado_echo.store.writer import BatchWriter, Outcome
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class JournalWriter:
         if self.spool_path is None:
             logger.critical("journal writer: %d rows LOST (no spool)", len(records))
             return
-        spool = Spool(self.spool_path)
+        spool = Spool(writer_spool_path(self.spool_path, os.getpid()))
         try:
             spool.open()
             error = spool.append(records)

@@ -52,6 +52,17 @@ def spool_path(state_dir: str | Path, server_id: str) -> Path:
     return Path(state_dir) / f"spool-{_UNSAFE.sub('_', server_id)}.jsonl"
 
 
+def writer_spool_path(path: Path, pid: int) -> Path:
+    """The spool of journal writer process ``pid`` of the server whose spool is ``path``: its
+    own file, since the server (or, after a crash, its successor) holds that one."""
+    return path.with_name(f"{path.stem}.writer-{pid}{path.suffix}")
+
+
+def writer_spool_paths(path: Path) -> list[Path]:
+    """The writer spools left next to the server spool ``path``."""
+    return sorted(path.parent.glob(f"{path.stem}.writer-*{path.suffix}"))
+
+
 @dataclass(frozen=True)
 class Lease:
     """Records read for replay; :meth:`Spool.commit` it once the database has them."""

@@ -43,6 +43,7 @@ from tornado_echo.store.base import Backend
 from tornado_echo.store.handoff import JournalHandoff
 from tornado_echo.store.queue import MemoryQueue
 from tornado_echo.store.records import MessageReceived, Record
+from tornado_echo.store.spool import Spool, writer_spool_paths
 from tornado_echo.store.spooler import Batch, Spooler
 from tornado_echo.store.writer import FIRST_BACKOFF, BatchWriter, Outcome
 
@@ -267,7 +268,7 @@ class Store:
             self.spooler.open()
             self.backend.connect()
             applied = self.backend.migrate()
-            replayed = self._replay_leftover_spool()
+            replayed = self._replay_leftover_spool() + self._replay_writer_spools()
             crashed = self.backend.mark_crashed(self.server_id, time.time())
         except Exception as exc:  # noqa: BLE001 - task boundary: report to start() and stop
             message = f"cannot open store {self.backend.describe()}: {one_line(exc)}"
@@ -323,6 +324,29 @@ class Store:
                 raise StoreError(f"database unavailable while replaying {self.spool.path}")
             self.spooler.commit(batch.lease)
             replayed += batch.lease.lines
+        self.writer.drain_until = float("inf")
+        return replayed
+
+    def _replay_writer_spools(self) -> int:
+        """Write what journal writer processes of a previous run spooled; a spool still in
+        use (its writer still trying) is left for the next start."""
+        replayed = 0
+        for path in writer_spool_paths(self.spool.path):
+            leftover = Spool(path)
+            try:
+                leftover.open()
+            except StoreError:
+                continue
+            try:
+                while leftover.pending:
+                    lease = leftover.read(self.queue.batch_size, self.queue.batch_bytes)
+                    self.writer.drain_until = time.monotonic() + START_REPLAY_PATIENCE
+                    if self.writer.write(lease.records) is not Outcome.DONE:
+                        raise StoreError(f"database unavailable while replaying {path}")
+                    leftover.commit(lease)
+                    replayed += lease.lines
+            finally:
+                leftover.close()  # and gone, once empty
         self.writer.drain_until = float("inf")
         return replayed
 
