@@ -257,7 +257,7 @@ def test_a_writer_left_alone_with_the_database_away_spools_to_its_own_file(
     server_spool = spool_path(tmp_path, "host:1:0")
     ours, theirs = socket.socketpair()
     writer = JournalWriter(theirs, unreachable, 1 << 20, 0.01, 8 << 20, 0.3, server_spool)
-    thread = threading.Thread(target=writer.run)
+    thread = threading.Thread(target=writer.run, daemon=True)
     thread.start()
     rows = bytearray()
     for seq in range(1, 6):
@@ -300,3 +300,24 @@ async def test_the_next_start_replays_what_writers_spooled(
     ]
     assert writer_spool_paths(server_spool) == [busy.path]  # left for the next start
     busy.close()
+
+
+def test_a_writer_retrying_an_outage_notices_its_server_die(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    unreachable = make_backend(f"sqlite:///{tmp_path / 'file' / 'db.sqlite'}")
+    server_spool = spool_path(tmp_path, "host:1:0")
+    ours, theirs = socket.socketpair()
+    writer = JournalWriter(theirs, unreachable, 1 << 20, 0.01, 8 << 20, 0.3, server_spool)
+    thread = threading.Thread(target=writer.run, daemon=True)
+    thread.start()
+    rows = bytearray()
+    encode_row(rows, sid(1), 1, time.time(), 2, 4, b"ping", 100)
+    ours.sendall(FRAME.pack(len(rows), 1, 1) + rows)
+    # The socket stays open: while it retries, the writer does not read it. Its server dies.
+    writer._parent = -1
+    thread.join(10)
+    assert not thread.is_alive()
+    ours.close()
+    theirs.close()
+    [spooled] = writer_spool_paths(server_spool)
+    assert [decode_record(line).seq for line in spooled.read_bytes().splitlines()] == [1]

@@ -69,6 +69,7 @@ class JournalWriter:
         self._last_id = 0
         self._first_at = 0.0
         self._eof = False
+        self._parent = os.getppid()
 
     def run(self) -> None:
         while not (self._eof and not self._rows):
@@ -123,9 +124,17 @@ class JournalWriter:
         view.release()
         del self._received[:offset]
 
+    def _server_gone(self) -> bool:
+        """Checked between retries, when the socket is not read: a server that died (its
+        child is handed to another parent) starts the drain deadline. Never abandons."""
+        if not self._eof and os.getppid() != self._parent:
+            self._eof = True
+            self.writer.drain_until = time.monotonic() + self.drain
+        return False
+
     def _commit(self) -> None:
         rows = bytes(self._rows)
-        outcome = self.writer.write_rows(rows, self._count)
+        outcome = self.writer.write_rows(rows, self._count, self._server_gone)
         if outcome is not Outcome.DONE:  # the server is gone and so is the database
             self._spool(rows)
         self._rows.clear()

@@ -65,15 +65,17 @@ class BatchWriter:
             abandon,
         )
 
-    def write_rows(self, rows: bytes, count: int) -> Outcome:
+    def write_rows(
+        self, rows: bytes, count: int, abandon: Callable[[], bool] = lambda: False
+    ) -> Outcome:
         """Write ``count`` journal rows in binary COPY format (the fast path); should the
         database refuse them (a bad or an already written row), write their records instead,
         merged and bisected like any batch."""
         return self._retry(
             lambda: self.backend.write_journal(rows),
             count,
-            lambda exc: self.write(list(decode_rows(rows))),
-            lambda: False,
+            lambda exc: self.write(list(decode_rows(rows)), abandon),
+            abandon,
         )
 
     def _retry(
