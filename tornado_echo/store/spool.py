@@ -86,6 +86,9 @@ class Spool:
         self._chunks: collections.deque[tuple[int, float]] = collections.deque()
         self._generation = 0
         self._lease: Lease | None = None  # the batch being replayed, not yet committed
+        # A lease whose file went while the path could not be opened again: its records go
+        # to the next file opened there.
+        self.held: list[Record] = []
         self._throttle = LogThrottle(logger)
 
     @property
@@ -121,6 +124,7 @@ class Spool:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._scan()
+            self._append_held()
         except BlockingIOError:
             os.close(self._fd)
             self._fd = -1
@@ -169,18 +173,26 @@ class Spool:
                 self.open()  # whatever now is at the path counts as a leftover to replay
         if lease is None:
             return before
+        self.held += lease.records
+        self._append_held()
         # Its undecodable lines were counted when read: those are not counted again.
-        held = self._pending
-        error = self.append(lease.records)
+        return max(0, before - lease.lines)
+
+    def _append_held(self) -> None:
+        if not self.held or self._fd < 0:
+            return
+        pending = self._pending
+        error = self.append(self.held)
+        del self.held[: self._pending - pending]
         if error is not None:
             self._throttle.log(
                 "re-append",
                 logging.CRITICAL,
-                "spool %s: cannot keep the batch being replayed: %s",
+                "spool %s: cannot keep %d records of the batch being replayed yet: %s",
                 self.path,
+                len(self.held),
                 error.strerror,
             )
-        return max(0, before - lease.lines) + len(lease.records) - (self._pending - held)
 
     def _scan(self, start: int = 0) -> None:
         """Count the whole lines from ``start`` on as pending; cut off a torn tail."""

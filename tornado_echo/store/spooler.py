@@ -166,5 +166,9 @@ class Spooler:
             self.spill(take)
         with self.lock:
             left = self.spool.pending
+            held = len(self.spool.held)
             self.spool.close()
+        if held:  # the spool path stayed unusable: whether they were written is not known
+            dropped = self.lose(held, "spool file unusable at close")
+            logger.critical("%d records could not be spooled at close (%d lost)", held, dropped)
         return left
