@@ -83,6 +83,7 @@ FILE_ERRORS = [
     ("port = true\n", "key 'port': expected an integer, got True"),
     ("compression = 1\n", "key 'compression': expected a boolean, got 1"),
     ('log_level = "loud"\n', "key 'log_level': must be one of debug, info, warning, error"),
+    ('journal_writer = "fork"\n', "key 'journal_writer': must be one of thread, process"),
     ('ws_path = "ws"\n', "key 'ws_path': must be a path starting with /, got 'ws'"),
     ('console_path = "/c"\n', "key 'console_path': must be a path starting and ending with /"),
     ('console_path = "/a b/"\n', "key 'console_path': must be a path starting and ending with /"),

@@ -71,6 +71,7 @@ TLS_KEYS = ("tls_cert", "tls_key")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 JOURNAL_MODES = ("off", "meta", "full")
+JOURNAL_WRITERS = ("thread", "process")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 ENGINES = ("fast", "tornado")
 LISTENERS = ("auto", "tornado")
@@ -375,6 +376,13 @@ class Config:
     )
     state_dir: str = _opt(STRING, "var", "directory for local state (spool files)", _directory)
     journal: str = _opt(STRING, "off", "message journal: off, meta or full", _one_of(JOURNAL_MODES))
+    journal_writer: str = _opt(
+        STRING,
+        "thread",
+        "where journal rows are written: thread (the store's writer thread) or process (a writer"
+        " process of each server process, fed once per loop turn through a socketpair)",
+        _one_of(JOURNAL_WRITERS),
+    )
     journal_max_payload: int = _opt(
         INTEGER,
         65536,

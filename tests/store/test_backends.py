@@ -269,15 +269,15 @@ def test_postgres_describe_masks_the_password() -> None:
 @pytest.mark.parametrize(
     ("sizes", "limit", "expected"),
     [
-        ([], 10, (None, None)),
-        ([(1, 10), (2, 10)], 10, (2, None)),  # everything fits
-        ([(1, 10), (2, 10), (3, 10)], 2, (2, 2)),  # the entry past the limit says "more"
-        ([(1, 60), (2, 40), (3, 1)], 10, (2, 2)),  # 60 + 40 = 100 fits, one byte more not
-        ([(1, 500), (2, 1)], 10, (1, 1)),  # one entry over the bound still comes alone
-        ([(5, None), (6, None)], 10, (6, None)),  # meta journal: no payload bytes
+        ([], 10, (0, False)),
+        ([(1, 10), (2, 10)], 10, (2, False)),  # everything fits
+        ([(1, 10), (2, 10), (3, 10)], 2, (2, True)),  # the entry past the limit says "more"
+        ([(1, 60), (2, 40), (3, 1)], 10, (2, True)),  # 60 + 40 = 100 fits, one byte more not
+        ([(1, 500), (2, 1)], 10, (1, True)),  # one entry over the bound still comes alone
+        ([(5, None), (6, None)], 10, (2, False)),  # meta journal: no payload bytes
     ],
 )
 def test_journal_page_bounds_entries_and_bytes(
-    sizes: list[tuple[int, int | None]], limit: int, expected: tuple[int | None, int | None]
+    sizes: list[tuple[int, int | None]], limit: int, expected: tuple[int, bool]
 ) -> None:
     assert journal_page(sizes, limit, 100) == expected

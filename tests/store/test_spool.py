@@ -61,13 +61,13 @@ def test_append_read_commit_and_reset(tmp_path: Path) -> None:
     assert spool.append(RECORDS) is None
     spool.sync()
     assert (spool.pending, spool.oldest) == (4, RECORDS[0].at)
-    first, end, lines = spool.read(3)
-    assert (first, lines) == (RECORDS[:3], 3)
-    spool.commit(end, lines)
+    first = spool.read(3)
+    assert (first.records, first.lines) == (RECORDS[:3], 3)
+    spool.commit(first)
     assert spool.pending == 1 and spool.pending_bytes == len(encode_record(RECORDS[3]))
-    rest, end, lines = spool.read(3)
-    assert rest == RECORDS[3:]
-    spool.commit(end, lines)
+    rest = spool.read(3)
+    assert rest.records == RECORDS[3:]
+    spool.commit(rest)
     assert (spool.pending, spool.pending_bytes, spool.oldest) == (0, 0, None)
     assert spool.path.stat().st_size == 0  # fully replayed: truncated
     spool.close()
@@ -82,8 +82,7 @@ def test_leftover_is_counted_and_a_torn_tail_cut(tmp_path: Path) -> None:
     spool.open()
     assert spool.pending == 4
     assert path.read_bytes().endswith(b"\n")
-    records, _, _ = spool.read(100)
-    assert records == RECORDS
+    assert spool.read(100).records == RECORDS
     spool.close()
     assert path.exists()  # pending records stay for the next start
 
@@ -93,9 +92,9 @@ def test_corrupt_line_in_the_middle_is_skipped_and_counted(tmp_path: Path) -> No
     path.write_bytes(encode_record(RECORDS[0]) + b"garbage\n" + encode_record(RECORDS[3]))
     spool = Spool(path)
     spool.open()
-    records, end, lines = spool.read(100)
-    assert (records, lines) == ([RECORDS[0], RECORDS[3]], 3)
-    spool.commit(end, lines)
+    lease = spool.read(100)
+    assert (lease.records, lease.lines) == ([RECORDS[0], RECORDS[3]], 3)
+    spool.commit(lease)
     assert spool.pending == 0
     spool.close()
 
@@ -116,3 +115,52 @@ def test_one_process_at_a_time_uses_a_spool_file(tmp_path: Path) -> None:
     first.close()
     second.open()
     second.close()
+
+
+def spool_of(path: Path, copies: int) -> Spool:
+    spool = Spool(path)
+    spool.open()
+    spool.append(RECORDS * copies)
+    return spool
+
+
+def test_a_deleted_file_under_a_lease_keeps_the_lease_and_counts_the_rest(tmp_path: Path) -> None:
+    spool = spool_of(tmp_path / "spool.jsonl", 3)
+    lease = spool.read(4)
+    spool.path.unlink()
+    assert spool.check() == 8  # the lease's four are in memory, not lost
+    assert spool.pending == 4  # and in the new file again
+    spool.append(RECORDS[:1])
+    spool.commit(lease)  # stale: its offsets were the old file's
+    assert spool.pending == 5
+    again = spool.read(100)
+    assert again.records == [*RECORDS, RECORDS[0]]
+    spool.commit(again)
+    assert spool.pending == 0
+    spool.close()
+
+
+def test_a_file_cut_inside_the_lease_keeps_the_lease_whole(tmp_path: Path) -> None:
+    spool = spool_of(tmp_path / "spool.jsonl", 3)
+    spool.commit(spool.read(4))
+    lease = spool.read(4)
+    data = spool.path.read_bytes()
+    cut = len(b"".join(map(encode_record, RECORDS))) + len(encode_record(RECORDS[0]))
+    with spool.path.open("r+b") as handle:  # one line of the lease left, then nothing
+        handle.truncate(cut)
+    assert spool.check() == 4  # the third copy
+    spool.commit(lease)
+    assert spool.read(100).records == RECORDS  # the lease, once, after the committed lines
+    assert spool.path.read_bytes()[:cut] == data[:cut]
+    spool.close()
+
+
+def test_a_file_cut_after_the_lease_keeps_its_offsets(tmp_path: Path) -> None:
+    spool = spool_of(tmp_path / "spool.jsonl", 3)
+    lease = spool.read(4)
+    with spool.path.open("r+b") as handle:
+        handle.truncate(lease.end + len(encode_record(RECORDS[0])))
+    assert spool.check() == 7  # 12 pending, the lease and one line left
+    spool.commit(lease)
+    assert spool.read(100).records == RECORDS[:1]
+    spool.close()

@@ -18,6 +18,7 @@ import bisect
 import logging
 import os
 import platform
+import time
 
 import tornado
 from prometheus_client import (
@@ -37,6 +38,7 @@ from tornado_echo.connections import Connections, Traffic
 from tornado_echo.observability import MULTIPROC_ENV
 from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store import Store
+from tornado_echo.store.handoff import JournalStatus
 from tornado_echo.wire import CloseCode
 
 logger = logging.getLogger(__name__)
@@ -222,6 +224,52 @@ class Metrics:
             "Journal payloads not kept (metadata kept) because store memory was full",
             registry=registry,
         )
+        self.store_spool_bytes = Gauge(
+            "tornado_echo_store_spool_bytes",
+            "Bytes in the spool file waiting for the database",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        # The journal writer process (journal_writer = "process"); zero without one.
+        self.journal_queue_rows = Gauge(
+            "tornado_echo_journal_queue_rows",
+            "Journal rows handed to the writer process and not yet confirmed",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.journal_queue_bytes = Gauge(
+            "tornado_echo_journal_queue_bytes",
+            "Bytes of those rows (bounded; beyond, rows go to the store's queue and spool)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.journal_lag = Gauge(
+            "tornado_echo_journal_lag_seconds",
+            "How long the oldest unconfirmed journal row has waited for the writer process",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.journal_rows_per_second = Gauge(
+            "tornado_echo_journal_rows_per_second",
+            "Journal rows the writer process confirmed per second (over the last second or more)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.journal_written = Counter(
+            "tornado_echo_journal_rows_written",
+            "Journal rows the writer process confirmed written",
+            registry=registry,
+        )
+        self.journal_spilled = Counter(
+            "tornado_echo_journal_rows_spilled",
+            "Journal rows sent the store's way because the writer process was behind",
+            registry=registry,
+        )
+        self.journal_restarts = Counter(
+            "tornado_echo_journal_writer_restarts",
+            "Journal writer processes started again after one ended",
+            registry=registry,
+        )
         self.batch_seconds = Histogram(
             "tornado_echo_store_batch_seconds",
             "Time to write one batch",
@@ -247,6 +295,8 @@ class Metrics:
         # What refresh() has added to the counters so far: each call adds the difference.
         self._folded_traffic = Traffic()
         self._folded_store = (0, 0, 0, 0)  # records written, errors, lost, shed
+        self._folded_journal = (0, 0, 0)  # rows written, spilled, writer restarts
+        self._journal_rate_from = (time.monotonic(), 0)  # (when, rows written then)
         self._rejection_log = LogThrottle(rejection_logger)
 
     def reject(
@@ -315,6 +365,24 @@ class Metrics:
         self.store_lost.inc(status.dropped - lost)
         self.store_shed.inc(status.shed - shed)
         self._folded_store = (status.written, status.errors, status.dropped, status.shed)
+        self.store_spool_bytes.set(status.spool_bytes)
+        if store.handoff is not None:
+            self._fold_journal(store.handoff.status())
+
+    def _fold_journal(self, journal: JournalStatus) -> None:
+        self.journal_queue_rows.set(journal.queued_rows)
+        self.journal_queue_bytes.set(journal.queued_bytes)
+        self.journal_lag.set(journal.lag)
+        written, spilled, restarts = self._folded_journal
+        self.journal_written.inc(journal.written - written)
+        self.journal_spilled.inc(journal.spilled - spilled)
+        self.journal_restarts.inc(journal.restarts - restarts)
+        self._folded_journal = (journal.written, journal.spilled, journal.restarts)
+        now = time.monotonic()
+        since, then = self._journal_rate_from
+        if now - since >= 1.0:
+            self.journal_rows_per_second.set((journal.written - then) / (now - since))
+            self._journal_rate_from = (now, journal.written)
 
     def _fold_message_sizes(self) -> None:
         sizes, self._sizes = self._sizes, [0] * len(self._sizes)

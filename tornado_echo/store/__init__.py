@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tornado_echo.config import Config
 from tornado_echo.store.base import Backend
+from tornado_echo.store.handoff import JournalHandoff
 from tornado_echo.store.patient import PatientBackend
 from tornado_echo.store.records import MessageReceived, Record, SessionClosed, SessionOpened
 from tornado_echo.store.spool import Spool, spool_path
@@ -49,7 +50,7 @@ def make_store(config: Config, server_id: str) -> Store:
     this host, reported at start.
     """
     backend = make_backend(config.database_url)
-    return Store(
+    store = Store(
         backend if is_sqlite(config.database_url) else PatientBackend(backend),
         server_id=server_id,
         spool_path=spool_path(config.state_dir, server_id),
@@ -59,3 +60,16 @@ def make_store(config: Config, server_id: str) -> Store:
         queue_bytes_limit=config.queue_bytes_limit,
         journal_max_payload=config.journal_max_payload,
     )
+    if config.journal != "off" and config.journal_writer == "process":
+        store.handoff = JournalHandoff(
+            config.database_url,
+            store.submit_many,
+            max_payload=config.journal_max_payload,
+            # The same share of memory as the store's own batches and queue.
+            bytes_limit=max(1 << 20, config.queue_bytes_limit // 4),
+            batch_bytes=max(1 << 16, config.queue_bytes_limit // 64),
+            batch_delay=config.batch_delay,
+            spool_path=store.spool.path,
+            log_level=config.log_level,
+        )
+    return store

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from tornado_echo.store.records import COLUMN_KINDS, Record
+from tornado_echo.store.copyrows import decode_rows
+from tornado_echo.store.records import COLUMN_KINDS, MESSAGE_COLUMNS, Record
 
 # Payload bytes per journal page: a session's journal can be far larger than any answer.
 JOURNAL_BYTES = 4 * 1024 * 1024
@@ -63,6 +64,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def write(self, batch: list[Record]) -> None:
         """Write ``batch`` in one transaction; idempotent if retried after a failure."""
+
+    def write_journal(self, rows: bytes) -> None:
+        """Write journal rows in binary COPY format (see copyrows.py) in one transaction. A row
+        already there may fail the whole batch as a data error: :meth:`write` then merges it."""
+        self.write(list(decode_rows(rows)))
 
     @abc.abstractmethod
     def is_data_error(self, exc: Exception) -> bool:
@@ -114,21 +120,32 @@ class Backend(abc.ABC):
 
 def journal_page(
     sizes: Sequence[tuple[int, int | None]], limit: int, max_bytes: int
-) -> tuple[int | None, int | None]:
-    """Where a journal page ends: (last seq in it, next page's cursor or None).
+) -> tuple[int, bool]:
+    """How many entries a journal page holds, and whether more follow.
 
     ``sizes`` are (seq, payload bytes) of up to ``limit + 1`` entries after the cursor, in
     order. The page keeps ``limit`` entries at most, and stops before the entry whose payload
-    would take it over ``max_bytes``, except that it always holds one entry.
+    would take it over ``max_bytes``, except that it always holds one entry. The backends
+    then read that many entries after the cursor (``ORDER BY seq LIMIT n``: the limit keeps
+    PostgreSQL on the primary key, where a range of seq within one large session made it
+    estimate most of the table and scan all of it) and take the next cursor from the last
+    entry read.
     """
-    last = None
     total = 0
-    for count, (seq, size) in enumerate(sizes):
+    for count, (_, size) in enumerate(sizes):
         total += size or 0
         if count == limit or (count and total > max_bytes):
-            return last, last
-        last = seq
-    return last, None
+            return count, True
+    return len(sizes), False
+
+
+def journal_answer(
+    session: dict[str, Any], rows: Sequence[tuple[Any, ...]], more: bool
+) -> dict[str, Any]:
+    """``session`` with its journal page (``rows`` of MESSAGE_COLUMNS) and next cursor."""
+    session["journal"] = [row_dict(MESSAGE_COLUMNS, row) for row in rows]
+    session["journal_next"] = session["journal"][-1]["seq"] if more and rows else None
+    return session
 
 
 def iso_utc(value: float | datetime.datetime | None) -> str | None:

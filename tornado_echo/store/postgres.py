@@ -12,7 +12,15 @@ import psycopg2
 import psycopg2.extensions
 
 from tornado_echo.config import mask_url
-from tornado_echo.store.base import JOURNAL_BYTES, Backend, journal_page, load_migrations, row_dict
+from tornado_echo.store.base import (
+    JOURNAL_BYTES,
+    Backend,
+    journal_answer,
+    journal_page,
+    load_migrations,
+    row_dict,
+)
+from tornado_echo.store.copyrows import COPY_SQL, HEADER, TRAILER
 from tornado_echo.store.records import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
@@ -177,6 +185,12 @@ class PostgresBackend(Backend):
                     cur.execute(MERGE[kind])
         self._temp_tables = True
 
+    def write_journal(self, rows: bytes) -> None:
+        # Straight into the table: no staging, no merge. A replayed row fails the batch with a
+        # unique violation, a data error, and the writer process then merges it (write()).
+        with self._transaction() as cur:
+            cur.copy_expert(COPY_SQL, io.BytesIO(HEADER + rows + TRAILER), size=1 << 20)
+
     def is_data_error(self, exc: Exception) -> bool:
         if isinstance(exc, (psycopg2.DataError, psycopg2.IntegrityError)):
             return True
@@ -215,16 +229,13 @@ class PostgresBackend(Backend):
                 " WHERE session_id = %s::uuid AND seq > %s ORDER BY seq LIMIT %s",
                 (session_id, journal_after, journal_limit + 1),
             )
-            last, session["journal_next"] = journal_page(
-                cur.fetchall(), journal_limit, journal_bytes
-            )
+            count, more = journal_page(cur.fetchall(), journal_limit, journal_bytes)
             cur.execute(
                 "SELECT " + ", ".join(MESSAGE_COLUMNS) + " FROM ws_messages"
-                " WHERE session_id = %s::uuid AND seq > %s AND seq <= %s ORDER BY seq",
-                (session_id, journal_after, -1 if last is None else last),
+                " WHERE session_id = %s::uuid AND seq > %s ORDER BY seq LIMIT %s",
+                (session_id, journal_after, count),
             )
-            session["journal"] = [row_dict(MESSAGE_COLUMNS, m) for m in cur.fetchall()]
-            return session
+            return journal_answer(session, cur.fetchall(), more)
 
     def mark_crashed(self, server_id: str, now: float) -> int:
         with self._transaction() as cur:

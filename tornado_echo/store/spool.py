@@ -8,7 +8,10 @@ lines that were already written is harmless because every database write is idem
 
 The file may be deleted, replaced or cut short behind our back (an operator freeing disk, a
 bad restore): :meth:`Spool.check` notices, says how many pending records went with it, and
-carries on with the file now at the path (created if none).
+carries on with the file now at the path (created if none). The batch being replayed (the
+:class:`Lease` :meth:`Spool.read` handed out) is in the reader's memory, so it is not lost: it
+is appended again to the file now at the path (a second write of it is harmless), and its
+offsets, which belonged to the old file, no longer commit anything (the lease is stale).
 
 One process at a time: the file is locked while open, so a second instance with the same
 server id (the same host, port and worker; say two started with ``port = 0``) and the same
@@ -32,6 +35,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tornado_echo.errors import StoreError
@@ -48,6 +52,27 @@ def spool_path(state_dir: str | Path, server_id: str) -> Path:
     return Path(state_dir) / f"spool-{_UNSAFE.sub('_', server_id)}.jsonl"
 
 
+def writer_spool_path(path: Path, pid: int) -> Path:
+    """The spool of journal writer process ``pid`` of the server whose spool is ``path``: its
+    own file, since the server (or, after a crash, its successor) holds that one."""
+    return path.with_name(f"{path.stem}.writer-{pid}{path.suffix}")
+
+
+def writer_spool_paths(path: Path) -> list[Path]:
+    """The writer spools left next to the server spool ``path``."""
+    return sorted(path.parent.glob(f"{path.stem}.writer-*{path.suffix}"))
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Records read for replay; :meth:`Spool.commit` it once the database has them."""
+
+    records: list[Record]
+    end: int  # offset after the lines read
+    lines: int  # lines read, undecodable ones included
+    generation: int  # the file's, when read: a damaged file starts a new generation
+
+
 class Spool:
     """Append-only record file with a replay cursor."""
 
@@ -59,6 +84,11 @@ class Spool:
         self._pending = 0  # records after the committed offset
         # (end offset, time of the first record) per appended chunk: the oldest pending time.
         self._chunks: collections.deque[tuple[int, float]] = collections.deque()
+        self._generation = 0
+        self._lease: Lease | None = None  # the batch being replayed, not yet committed
+        # A lease whose file went while the path could not be opened again: its records go
+        # to the next file opened there.
+        self.held: list[Record] = []
         self._throttle = LogThrottle(logger)
 
     @property
@@ -94,6 +124,7 @@ class Spool:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._scan()
+            self._append_held()
         except BlockingIOError:
             os.close(self._fd)
             self._fd = -1
@@ -108,7 +139,8 @@ class Spool:
     def check(self) -> int | None:
         """None while the file at the path is ours and whole; else the pending records lost
         with it (deleted, replaced or cut short), after taking the file as it now is (left
-        closed if the path cannot be opened: see :attr:`is_open`)."""
+        closed if the path cannot be opened: see :attr:`is_open`). The lease out is not lost:
+        its records go to the file again, after what is there."""
         if self._fd < 0:
             return None
         ours = os.fstat(self._fd)
@@ -120,16 +152,47 @@ class Spool:
         if same and ours.st_size >= self._size:
             return None
         before = self._pending
-        if same:  # cut short in place: what is left after the committed offset survives
+        lease = self._lease
+        if same and (lease is None or ours.st_size >= lease.end):
+            # Cut short in place after the lease: its offsets still hold, and what is left
+            # after the committed offset survives.
             self._scan(start=min(self._committed, ours.st_size))
             return max(0, before - self._pending)
-        os.close(self._fd)
-        self._fd = -1
-        self._size = self._committed = self._pending = 0
-        self._chunks.clear()
-        with contextlib.suppress(StoreError):  # still closed: the store retries open()
-            self.open()  # whatever now is at the path counts as a leftover to replay
-        return before
+        self._generation += 1
+        self._lease = None
+        if same:  # cut inside the lease: its whole lines go again, after the committed part
+            cut = min(self._committed, ours.st_size)
+            os.ftruncate(self._fd, cut)
+            self._scan(start=cut)
+        else:
+            os.close(self._fd)
+            self._fd = -1
+            self._size = self._committed = self._pending = 0
+            self._chunks.clear()
+            with contextlib.suppress(StoreError):  # still closed: the store retries open()
+                self.open()  # whatever now is at the path counts as a leftover to replay
+        if lease is None:
+            return before
+        self.held += lease.records
+        self._append_held()
+        # Its undecodable lines were counted when read: those are not counted again.
+        return max(0, before - lease.lines)
+
+    def _append_held(self) -> None:
+        if not self.held or self._fd < 0:
+            return
+        pending = self._pending
+        error = self.append(self.held)
+        del self.held[: self._pending - pending]
+        if error is not None:
+            self._throttle.log(
+                "re-append",
+                logging.CRITICAL,
+                "spool %s: cannot keep %d records of the batch being replayed yet: %s",
+                self.path,
+                len(self.held),
+                error.strerror,
+            )
 
     def _scan(self, start: int = 0) -> None:
         """Count the whole lines from ``start`` on as pending; cut off a torn tail."""
@@ -205,11 +268,10 @@ class Spool:
         if self._fd >= 0:
             os.fsync(self._fd)
 
-    def read(self, limit: int, max_bytes: int = 1 << 62) -> tuple[list[Record], int, int]:
-        """Up to ``limit`` records from the committed offset: (records, end offset, lines).
+    def read(self, limit: int, max_bytes: int = 1 << 62) -> Lease:
+        """Up to ``limit`` records from the committed offset, lent until :meth:`commit`.
 
         Stops after the line that reaches ``max_bytes`` (at least one line is read).
-
         ``lines`` counts undecodable lines too; those are logged and skipped.
         """
         records: list[Record] = []
@@ -234,15 +296,20 @@ class Spool:
                         self.path,
                         exc,
                     )
-        return records, offset, lines
+        self._lease = Lease(records, offset, lines, self._generation)
+        return self._lease
 
-    def commit(self, offset: int, lines: int) -> None:
-        """Mark everything before ``offset`` (``lines`` lines) as written to the database."""
-        if self._fd < 0:
+    def commit(self, lease: Lease) -> None:
+        """The database has ``lease``'s records: its lines are done with. A stale lease (read
+        from a file since damaged, see :meth:`check`) commits nothing: its records were put
+        in the file again and are read again."""
+        if lease is self._lease:
+            self._lease = None
+        if self._fd < 0 or lease.generation != self._generation:
             return
-        self._committed = offset
-        self._pending = max(0, self._pending - lines)
-        while self._chunks and self._chunks[0][0] <= offset:
+        self._committed = lease.end
+        self._pending = max(0, self._pending - lease.lines)
+        while self._chunks and self._chunks[0][0] <= lease.end:
             self._chunks.popleft()
         if self._committed >= self._size:
             os.ftruncate(self._fd, 0)

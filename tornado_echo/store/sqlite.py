@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from tornado_echo.errors import StoreError
-from tornado_echo.store.base import JOURNAL_BYTES, Backend, journal_page, load_migrations, row_dict
+from tornado_echo.store.base import (
+    JOURNAL_BYTES,
+    Backend,
+    journal_answer,
+    journal_page,
+    load_migrations,
+    row_dict,
+)
 from tornado_echo.store.records import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
@@ -177,14 +184,13 @@ class SQLiteBackend(Backend):
             " ORDER BY seq LIMIT ?",
             (session_id, journal_after, journal_limit + 1),
         ).fetchall()
-        last, session["journal_next"] = journal_page(sizes, journal_limit, journal_bytes)
+        count, more = journal_page(sizes, journal_limit, journal_bytes)
         messages = conn.execute(
             "SELECT " + ", ".join(MESSAGE_COLUMNS) + " FROM ws_messages"
-            " WHERE session_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
-            (session_id, journal_after, -1 if last is None else last),
-        )
-        session["journal"] = [row_dict(MESSAGE_COLUMNS, message) for message in messages]
-        return session
+            " WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (session_id, journal_after, count),
+        ).fetchall()
+        return journal_answer(session, messages, more)
 
     def mark_crashed(self, server_id: str, now: float) -> int:
         conn = self._connection()

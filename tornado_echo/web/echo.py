@@ -27,7 +27,7 @@ from tornado_echo.engines.ratelimit import TokenBucket
 from tornado_echo.engines.stock import EchoProtocol
 from tornado_echo.http.listener import error_body, is_tls_failure
 from tornado_echo.observability.metrics import Metrics
-from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, Store
+from tornado_echo.store import SessionClosed, SessionOpened, Store
 from tornado_echo.web.endpoints import JsonErrorMixin
 from tornado_echo.wire import CloseCode, Opcode, negotiate_deflate
 
@@ -260,16 +260,14 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
                 kept = min(len(payload), self.config.journal_max_payload, budget.rate)
                 if not budget.take(kept):
                     payload, truncated = None, True  # the row without its payload
-            self.db.submit(
-                MessageReceived(
-                    session_id=self.session_id,
-                    seq=self.messages_in,
-                    received_at=time.time(),
-                    opcode=int(opcode),
-                    size=len(data),
-                    payload=payload,
-                    truncated=truncated,
-                )
+            self.db.journal(
+                self.session_id,
+                self.messages_in,
+                time.time(),
+                int(opcode),
+                len(data),
+                payload,
+                truncated,
             )
         assert self._protocol is not None
         try:

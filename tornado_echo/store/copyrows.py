@@ -1,0 +1,120 @@
+"""Journal rows in PostgreSQL's binary COPY format: what the IOLoop hands the writer process.
+
+One row is a few ``bytearray`` appends on the loop (no record object, no lock), and the writer
+process sends a batch of them to PostgreSQL as it is, between :data:`HEADER` and
+:data:`TRAILER` (``COPY ws_messages (...) FROM STDIN (FORMAT binary)``): no Python work per
+row on either side. SQLite, the spool and the poison-isolating path decode rows back into
+:class:`MessageReceived` records with :func:`decode_rows`.
+
+Row layout (all integers big-endian): int16 field count, then per field an int32 length
+(-1: NULL) and the value: uuid (16 bytes), int8 seq, timestamptz (int8 microseconds since
+2000-01-01 UTC), int2 opcode, int4 size, bytea payload, bool truncated; the columns of
+:data:`COLUMNS`, in the order of :class:`MessageReceived`'s fields.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+import uuid
+from collections.abc import Iterator
+
+from tornado_echo.errors import StoreError
+from tornado_echo.store.records import MessageReceived, columns
+
+COLUMNS = columns(MessageReceived)
+HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+TRAILER = struct.pack(">h", -1)
+COPY_SQL = f"COPY ws_messages ({', '.join(COLUMNS)}) FROM STDIN (FORMAT binary)"
+PG_EPOCH = 946_684_800  # 2000-01-01 UTC as a Unix time
+# The handoff to the writer process (journal_process.py): a frame of rows, and its answer.
+FRAME = struct.Struct(">IQI")  # payload bytes, chunk id, rows
+ACK = struct.Struct(">Q")  # the last chunk id committed
+
+_FIELDS = struct.Struct(">iqiqihiii")  # seq, received_at, opcode, size, payload length
+_PREFIX = struct.Struct(">hi")
+_NOT_TRUNCATED = b"\x00\x00\x00\x01\x00"
+_TRUNCATED = b"\x00\x00\x00\x01\x01"
+_ROW_START = _PREFIX.size + 16
+
+
+@functools.lru_cache(maxsize=65536)
+def session_prefix(session_id: str) -> bytes:
+    """A row's start: the field count and the session id (cached: once per session)."""
+    return _PREFIX.pack(len(COLUMNS), 16) + uuid.UUID(session_id).bytes
+
+
+def encode_row(
+    out: bytearray,
+    session_id: str,
+    seq: int,
+    received_at: float,
+    opcode: int,
+    size: int,
+    payload: bytes | None,
+    max_payload: int,
+    truncated: bool = False,
+) -> None:
+    """Append one journal row to ``out``; ``payload`` None journals the metadata only, and a
+    payload over ``max_payload`` keeps its first bytes, marked truncated (as is a row whose
+    caller cut its payload: ``truncated``)."""
+    out += session_prefix(session_id)
+    usec = int((received_at - PG_EPOCH) * 1_000_000)
+    if payload is None:
+        out += _FIELDS.pack(8, seq, 8, usec, 2, opcode, 4, size, -1)
+        out += _TRUNCATED if truncated else _NOT_TRUNCATED
+    elif len(payload) <= max_payload:
+        out += _FIELDS.pack(8, seq, 8, usec, 2, opcode, 4, size, len(payload))
+        out += payload
+        out += _TRUNCATED if truncated else _NOT_TRUNCATED
+    else:
+        out += _FIELDS.pack(8, seq, 8, usec, 2, opcode, 4, size, max_payload)
+        out += payload[:max_payload]
+        out += _TRUNCATED
+
+
+def encode_record(out: bytearray, record: MessageReceived) -> None:
+    """Append ``record`` as a row (its payload as it is)."""
+    payload = record.payload
+    out += session_prefix(record.session_id)
+    usec = int((record.received_at - PG_EPOCH) * 1_000_000)
+    length = -1 if payload is None else len(payload)
+    out += _FIELDS.pack(8, record.seq, 8, usec, 2, record.opcode, 4, record.size, length)
+    if payload is not None:
+        out += payload
+    out += _TRUNCATED if record.truncated else _NOT_TRUNCATED
+
+
+def decode_rows(data: bytes | bytearray | memoryview) -> Iterator[MessageReceived]:
+    """The records of concatenated rows; raises :class:`StoreError` on anything else."""
+    view = memoryview(data)
+    offset = 0
+    end = len(view)
+    try:
+        while offset < end:
+            count, length = _PREFIX.unpack_from(view, offset)
+            if (count, length) != (len(COLUMNS), 16):
+                raise ValueError(f"row header {count}, {length}")
+            session_id = str(uuid.UUID(bytes=bytes(view[offset + 6 : offset + _ROW_START])))
+            offset += _ROW_START
+            _, seq, _, usec, _, opcode, _, size, length = _FIELDS.unpack_from(view, offset)
+            offset += _FIELDS.size
+            payload = None
+            if length >= 0:
+                payload = bytes(view[offset : offset + length])
+                offset += length
+            flag = bytes(view[offset : offset + 5])
+            if flag not in (_TRUNCATED, _NOT_TRUNCATED) or len(payload or b"") != max(length, 0):
+                raise ValueError("cut short")
+            offset += 5
+            yield MessageReceived(
+                session_id,
+                seq,
+                usec / 1_000_000 + PG_EPOCH,
+                opcode,
+                size,
+                payload,
+                flag == _TRUNCATED,
+            )
+    except (struct.error, ValueError) as exc:
+        raise StoreError(f"not journal rows at byte {offset}: {exc}") from None

@@ -1,0 +1,362 @@
+"""The IOLoop's side of the journal writer process (journal_process.py).
+
+:meth:`JournalHandoff.add` appends one row in binary COPY format to a buffer (a few
+``bytearray`` appends, no lock, no record object); once per turn of the loop the buffer becomes
+a chunk, framed and sent on a non-blocking socketpair to the writer process. Every chunk is
+kept until the writer acknowledges its commit, so:
+
+* the writer killed (kill -9, a crash): the socket's EOF tells the loop at once; a new writer
+  is started (off the loop) and every chunk not acknowledged is sent to it again. Rows the
+  dead one had committed are refused by the database's key (session id, seq), and merged.
+* the writer slow or the database away: no more than half of ``bytes_limit`` is in flight
+  (sent, not acknowledged), so chunks wait here. Past ``bytes_limit`` in all, the newest
+  chunks not yet sent are decoded and handed to ``overflow`` (the store's memory queue, which
+  spools beyond its own bound): memory stays bounded in bytes, nothing is dropped.
+* close: the writer is told (EOF), writes what it holds and exits; what it has not
+  acknowledged by the deadline goes to ``overflow`` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tornado_echo.observability.throttle import LogThrottle
+from tornado_echo.store.copyrows import ACK, FRAME, decode_rows, encode_row
+from tornado_echo.store.records import MessageReceived
+
+logger = logging.getLogger(__name__)
+
+RESTART_PAUSE = 1.0  # between two starts of the writer, so a writer that cannot run is no spin
+# Room for what the writer gathers between two reads (journal_process.GATHER) at full rate.
+SEND_BUFFER = 4 << 20
+
+
+@dataclass(frozen=True)
+class JournalStatus:
+    """A snapshot for metrics and /readyz."""
+
+    queued_bytes: int  # chunks not yet acknowledged (sent or not)
+    queued_rows: int
+    lag: float  # seconds the oldest of them has waited
+    written: int  # rows the writer acknowledged
+    spilled: int  # rows handed to the store's queue instead
+    restarts: int  # writers started after the first
+    running: bool
+
+
+@dataclass
+class _Chunk:
+    id: int
+    frame: bytes
+    rows: int
+    at: float
+
+
+class JournalHandoff:
+    def __init__(
+        self,
+        database_url: str,
+        overflow: Callable[[list[MessageReceived]], None],
+        max_payload: int = 65536,
+        bytes_limit: int = 16 << 20,
+        batch_bytes: int = 1 << 20,
+        batch_delay: float = 0.05,
+        spool_path: Path | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        self.database_url = database_url
+        self.overflow = overflow
+        self.max_payload = max_payload
+        self.bytes_limit = bytes_limit
+        self.batch_bytes = batch_bytes
+        self.batch_delay = batch_delay
+        self.spool_path = spool_path
+        self.log_level = log_level
+        self.process: subprocess.Popen[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self._rows = bytearray()
+        self._count = 0
+        self._scheduled = False
+        self._chunks: collections.deque[_Chunk] = collections.deque()
+        self._bytes = 0
+        self._sent = 0  # chunks at the head of _chunks sent whole
+        self._offset = 0  # bytes of the next one sent
+        self._in_flight = 0  # bytes sent and not acknowledged
+        self._waiting_writable = False
+        self._acks = bytearray()
+        self._next_id = 1
+        self._written = 0
+        self._spilled = 0
+        self._starts = 0
+        self._last_start = 0.0
+        self._restarting: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed: asyncio.Event | None = None
+        self._throttle = LogThrottle(logger)
+
+    @property
+    def accepting(self) -> bool:
+        """Started and not closing: :meth:`add` may be called."""
+        return self._loop is not None and not self._closing
+
+    # -- the loop's hot path -----------------------------------------------------------------
+
+    def add(
+        self,
+        session_id: str,
+        seq: int,
+        received_at: float,
+        opcode: int,
+        size: int,
+        payload: bytes | None,
+        truncated: bool = False,
+    ) -> None:
+        """Journal one message (``payload`` None: its metadata only). Never blocks."""
+        encode_row(
+            self._rows,
+            session_id,
+            seq,
+            received_at,
+            opcode,
+            size,
+            payload,
+            self.max_payload,
+            truncated,
+        )
+        self._count += 1
+        if len(self._rows) >= self.batch_bytes:  # a busy turn: chunks stay batch-sized
+            self._flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Once per turn of the loop: the rows added during it become one chunk."""
+        self._scheduled = False  # after an early flush, one still scheduled finds nothing
+        if not self._count:
+            return
+        frame = FRAME.pack(len(self._rows), self._next_id, self._count) + self._rows
+        self._chunks.append(_Chunk(self._next_id, frame, self._count, time.monotonic()))
+        self._next_id += 1
+        self._bytes += len(frame)
+        self._rows.clear()
+        self._count = 0
+        self._send()
+        if self._bytes > self.bytes_limit:
+            self._spill()
+
+    def _send(self) -> None:
+        sock = self._sock
+        if sock is None or self._waiting_writable:
+            return
+        while self._sent < len(self._chunks) and self._in_flight < self.bytes_limit // 2:
+            frame = self._chunks[self._sent].frame
+            try:
+                sent = sock.send(memoryview(frame)[self._offset :])
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._writer_lost()
+                return
+            self._offset += sent
+            self._in_flight += sent
+            if self._offset < len(frame):
+                assert self._loop is not None
+                self._loop.add_writer(sock.fileno(), self._writable)
+                self._waiting_writable = True
+                return
+            self._sent += 1
+            self._offset = 0
+
+    def _writable(self) -> None:
+        self._stop_waiting_writable()
+        self._send()
+
+    def _stop_waiting_writable(self) -> None:
+        if self._waiting_writable and self._sock is not None and self._loop is not None:
+            self._loop.remove_writer(self._sock.fileno())
+        self._waiting_writable = False
+
+    def _spill(self) -> None:
+        """Hand the newest unsent chunks to ``overflow`` until under ``bytes_limit``."""
+        unsent_from = self._sent + (1 if self._offset else 0)
+        records: list[MessageReceived] = []
+        while self._bytes > self.bytes_limit and len(self._chunks) > unsent_from:
+            chunk = self._chunks.pop()
+            self._bytes -= len(chunk.frame)
+            self._spilled += chunk.rows
+            records[:0] = decode_rows(memoryview(chunk.frame)[FRAME.size :])
+        if records:
+            self._throttle.log(
+                "spill",
+                logging.WARNING,
+                "journal writer behind: rows go to the store's queue and spool (%d so far)",
+                self._spilled,
+            )
+            self.overflow(records)
+
+    def _readable(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._writer_lost()
+            return
+        self._acks += data
+        whole = len(self._acks) - len(self._acks) % ACK.size
+        if not whole:
+            return
+        (acked,) = ACK.unpack_from(self._acks, whole - ACK.size)
+        del self._acks[:whole]
+        chunks = self._chunks
+        while chunks and chunks[0].id <= acked and self._sent:
+            chunk = chunks.popleft()
+            self._bytes -= len(chunk.frame)
+            self._written += chunk.rows
+            self._sent -= 1
+            self._in_flight -= len(chunk.frame)
+        self._send()
+        if self._closing and not chunks and self._closed is not None:
+            self._closed.set()
+
+    # -- the writer process ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer process; idempotent."""
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        await self._start_writer()
+
+    async def _start_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        pause = self._last_start + RESTART_PAUSE - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        self._last_start = time.monotonic()
+        ours, theirs = socket.socketpair()
+        with contextlib.suppress(OSError):  # capped by net.core.wmem_max
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        command = [
+            *(sys.executable, "-m", "tornado_echo.store.journal_process"),
+            *("--fd", str(theirs.fileno()), "--database-url", self.database_url),
+            *("--batch-bytes", str(self.batch_bytes), "--batch-delay", str(self.batch_delay)),
+            *("--pending-limit", str(8 * self.batch_bytes), "--log-level", self.log_level),
+            *(("--spool", str(self.spool_path)) if self.spool_path else ()),
+        ]
+        try:
+            process = await loop.run_in_executor(
+                None,
+                lambda: subprocess.Popen(
+                    command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+                ),
+            )
+        except OSError:
+            ours.close()
+            self._throttle.log(
+                "start", logging.CRITICAL, "cannot start the journal writer", exc_info=True
+            )
+            return
+        finally:
+            theirs.close()
+        self._starts += 1
+        self.process = process
+        ours.setblocking(False)
+        self._sock = ours
+        self._sent = self._offset = self._in_flight = 0  # what was not acknowledged goes again
+        self._acks.clear()
+        loop.add_reader(ours.fileno(), self._readable)
+        self._send()
+
+    def _disconnect(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        self._stop_waiting_writable()
+        assert self._loop is not None
+        self._loop.remove_reader(sock.fileno())
+        sock.close()
+        self._sock = None
+
+    def _writer_lost(self) -> None:
+        if self._sock is None:
+            return
+        self._disconnect()
+        process = self.process
+        if process is not None:
+            assert self._loop is not None
+            self._loop.run_in_executor(None, process.wait)
+        if self._closing:
+            if self._closed is not None:
+                self._closed.set()
+            return
+        self._throttle.log(
+            "lost",
+            logging.ERROR,
+            "journal writer (pid %s) gone; starting another, %d rows to send again",
+            None if process is None else process.pid,
+            sum(chunk.rows for chunk in self._chunks),
+        )
+        self._restarting = asyncio.ensure_future(self._start_writer())
+
+    def status(self) -> JournalStatus:
+        chunks = self._chunks
+        return JournalStatus(
+            queued_bytes=self._bytes + len(self._rows),
+            queued_rows=sum(chunk.rows for chunk in chunks) + self._count,
+            lag=time.monotonic() - chunks[0].at if chunks else 0.0,
+            written=self._written,
+            spilled=self._spilled,
+            restarts=max(0, self._starts - 1),
+            running=self._sock is not None,
+        )
+
+    async def close(self, deadline: float) -> None:
+        """Let the writer finish for at most ``deadline`` seconds; what it did not acknowledge
+        goes to ``overflow``. Idempotent."""
+        if self._closing or self._loop is None:
+            return
+        self._closing = True
+        self._flush()
+        if self._restarting is not None:
+            await self._restarting
+        self._closed = asyncio.Event()
+        if self._sock is not None and self._chunks:
+            # The writer commits every batch_delay: wait for it to confirm the last chunk.
+            self._send()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), deadline)
+        # EOF: the writer writes what it still holds (its own deadline), then ends.
+        self._disconnect()
+        records = [
+            record
+            for chunk in self._chunks
+            for record in decode_rows(memoryview(chunk.frame)[FRAME.size :])
+        ]
+        if records:
+            logger.warning(
+                "journal writer did not confirm %d rows by the deadline: they go to the spool",
+                len(records),
+            )
+            self._spilled += len(records)
+            self.overflow(records)
+        self._chunks.clear()
+        self._bytes = 0
+        self._sent = self._offset = self._in_flight = 0
