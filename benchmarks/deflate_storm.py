@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Compressed-message fan-out (issue 22 item 1): N connections each send ONE small
+permessage-deflate frame that inflates to 1 MiB, at the default conf with ``--workers 2``.
+
+Run by hand (not a test), inside the benchmark lock:
+
+    flock /tmp/tornado-echo-bench.lock .venv/bin/python benchmarks/deflate_storm.py \
+        [--connections 2000] [--rounds 3] [--server-cpus 0]
+
+Loopback only, bounded: at most ``--connections`` (<= 9000) sockets per round, each round
+at most ``--round-timeout`` seconds. The server (SQLite records in a temporary directory)
+runs pinned to ``--server-cpus``; this client runs on the other CPU. Each round: connect N
+deflate connections, send every bomb at once, wait until every echo is back (or the
+round's time is up), hang up. Meanwhile a probe connection (no deflate) echoes 32 bytes
+every 20 ms. Printed per round: how long until every echo came back, echoes received, the
+probe's worst round trip, workers the supervisor SIGKILLed, the workers' peak RSS. At the
+end: whether the supervisor gave up, and the sessions by end state (crashed = marked after
+its worker was killed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import re
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+
+from _common import say
+
+MIB = 1 << 20
+UPGRADE = (
+    "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+)
+
+
+def client_frame(payload: bytes, rsv1: bool) -> bytes:
+    # Binary, a zero mask key (valid, and no masking work on this side).
+    b0 = 0x82 | (0x40 if rsv1 else 0)
+    n = len(payload)
+    if n < 126:
+        head = bytes((b0, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, 0x80 | 127, n)
+    return head + b"\0\0\0\0" + payload
+
+
+def bomb_frame(inflated: int) -> bytes:
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = deflater.compress(b"\0" * inflated) + deflater.flush(zlib.Z_SYNC_FLUSH)
+    return client_frame(body[:-4], rsv1=True)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> int:
+    b0, b1 = await reader.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        (n,) = struct.unpack("!H", await reader.readexactly(2))
+    elif n == 127:
+        (n,) = struct.unpack("!Q", await reader.readexactly(8))
+    await reader.readexactly(n)
+    return b0 & 0x0F
+
+
+async def connect(port: int, deflate: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=4 * MIB)
+    extra = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(UPGRADE.format(key=key, extra=extra).encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+    if deflate and b"permessage-deflate" not in head:
+        raise ConnectionError("permessage-deflate not agreed")
+    return reader, writer
+
+
+class Probe:
+    """One plain connection echoing 32 bytes every 20 ms; the worst round trip per round."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.worst = 0.0
+        self.lost = 0
+        self.echoes = 0
+        self._stop = False
+
+    async def run(self) -> None:
+        message = client_frame(b"p" * 32, rsv1=False)
+        while not self._stop:
+            try:
+                reader, writer = await connect(self.port, deflate=False)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            start = time.monotonic()
+            try:
+                while not self._stop:
+                    start = time.monotonic()
+                    writer.write(message)
+                    await read_frame(reader)
+                    self.worst = max(self.worst, time.monotonic() - start)
+                    self.echoes += 1
+                    await asyncio.sleep(0.02)
+            except (OSError, asyncio.IncompleteReadError):
+                # Its worker died: the echo it waited for counts as that long, and a new
+                # connection is opened.
+                self.worst = max(self.worst, time.monotonic() - start)
+                self.lost += 1
+            finally:
+                writer.close()
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+async def one_round(port: int, connections: int, bomb: bytes, timeout: float) -> dict[str, float]:
+    conns = []
+    sem = asyncio.Semaphore(200)
+
+    async def open_one() -> None:
+        async with sem:
+            conns.append(await connect(port, deflate=True))
+
+    await asyncio.gather(*(open_one() for _ in range(connections)))
+    echoed = 0
+    done = asyncio.Event()
+    start = time.monotonic()
+
+    async def bomb_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal echoed
+        writer.write(bomb)
+        try:
+            while await read_frame(reader) != 0x2:
+                pass
+        except (OSError, asyncio.IncompleteReadError):
+            return
+        echoed += 1
+        if echoed == connections:
+            done.set()
+
+    tasks = [asyncio.ensure_future(bomb_one(r, w)) for r, w in conns]
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+    elapsed = time.monotonic() - start
+    for task in tasks:
+        task.cancel()
+    for _, writer in conns:
+        writer.close()
+    return {"seconds": elapsed, "echoed": echoed}
+
+
+def worker_rss(log: Path) -> int:
+    total = 0
+    for pid in re.findall(r"worker \d started \(pid (\d+)\)", log.read_text()):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+async def main_async(
+    args: argparse.Namespace, port: int, log: Path, proc: subprocess.Popen[bytes]
+) -> None:
+    bomb = bomb_frame(MIB - 64)
+    say(f"bomb frame: {len(bomb)} bytes on the wire, inflates to {MIB - 64} bytes")
+    probe = Probe(port)
+    probe_task = asyncio.ensure_future(probe.run())
+    peak = [0]
+    sampling = [True]
+
+    def sample() -> None:
+        while sampling[0]:
+            peak[0] = max(peak[0], worker_rss(log))
+            time.sleep(0.1)
+
+    for number in range(1, args.rounds + 1):
+        if proc.poll() is not None:
+            say(f"round {number}: the server has exited ({proc.returncode}); stopping")
+            break
+        kills_before = log.read_text().count("killing it")
+        probe.worst = 0.0
+        peak[0] = 0
+        sampling[0] = True
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            result = await one_round(port, args.connections, bomb, args.round_timeout)
+        except (OSError, ConnectionError) as exc:
+            say(f"round {number}: connecting failed: {exc}")
+            sampling[0] = False
+            break
+        sampling[0] = False
+        sampler.join()
+        kills = log.read_text().count("killing it") - kills_before
+        say(
+            f"round {number}: {int(result['echoed'])}/{args.connections} echoes in"
+            f" {result['seconds']:.2f} s; probe worst round trip {probe.worst * 1000:.0f} ms"
+            f" ({probe.lost} probe connections lost so far); workers SIGKILLed: {kills};"
+            f" workers' peak RSS {peak[0] / MIB:.0f} MiB"
+        )
+        await asyncio.sleep(1.0)  # let the closes land before the next round
+    probe.stop()
+    probe_task.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--round-timeout", type=float, default=40.0)
+    parser.add_argument("--server-cpus", default="0", help="taskset list for the server")
+    parser.add_argument("--client-cpu", default="1")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--engine", default="fast")
+    args = parser.parse_args()
+    if not 1 <= args.connections <= 9000:
+        sys.exit("--connections must be between 1 and 9000 (one client process, 20000 fds)")
+    os.sched_setaffinity(0, {int(args.client_cpu)})
+    say(f"load: {os.getloadavg()}; other engineers' work shares this machine")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = work / "server.log"
+        cmd = [
+            "taskset",
+            "-c",
+            args.server_cpus,
+            sys.executable,
+            "-m",
+            "tornado_echo",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--engine",
+            args.engine,
+            "--database-url",
+            f"sqlite:///{work}/echo.db",
+        ]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while log.read_text().count("started (pid") < args.workers or not _listening(port):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    sys.exit("the server did not start:\n" + log.read_text())
+                time.sleep(0.1)
+            say(f"server: {' '.join(cmd[3:])}")
+            asyncio.run(main_async(args, port, log, proc))
+        finally:
+            gave_up = "giving up" in log.read_text()
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(60)
+            text = log.read_text()
+            say(f"supervisor gave up: {gave_up}; exit code {proc.returncode}")
+            say(f"'killing it' lines in the log: {text.count('killing it')}")
+            db = sqlite3.connect(work / "echo.db")
+            states = dict(
+                db.execute(
+                    "SELECT coalesce(end_state, 'open'), count(*) FROM ws_sessions GROUP BY 1"
+                ).fetchall()
+            )
+            db.close()
+            say(f"sessions by end state: {states}")
+    say(f"load after: {os.getloadavg()}")
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()
