@@ -31,10 +31,13 @@ class FrameReader:
     UTF-8 fails at once; ``max_size`` bounds a message's inflated size and no frame larger
     than it is buffered.
 
-    One call parses at most ``FEED_MAX_FRAMES`` frames (so returns at most as many events)
-    and inflates at most ``FEED_MAX_INFLATED`` bytes, a frame that inflates to more going on
-    in the next call; :attr:`backlog` is then true, and ``feed(b"")`` returns the next slice
-    of what is already buffered. A caller stops reading the peer while there is a backlog.
+    One call parses at most ``max_frames`` frames (so returns at most as many events) and
+    inflates at most about ``max_inflated`` bytes (by default ``FEED_MAX_FRAMES`` and
+    ``FEED_MAX_INFLATED``), a frame that inflates to more going on in the next call;
+    :attr:`backlog` is then true, and ``feed(b"")`` returns the next slice of what is
+    already buffered. A slice of zero keeps what arrives for later (the caller's budget for
+    this turn is spent). :attr:`frames` and :attr:`inflated` tell what the last call took
+    on. A caller stops reading the peer while there is a backlog.
 
     After :meth:`discard_data` (the caller has sent its close frame and drops every message
     after it), data frames are skipped without being unmasked, inflated or checked, and an
@@ -48,8 +51,9 @@ class FrameReader:
         "_failed",
         "_inflate_fin",
         "_inflate_whole",
-        "_inflated",
         "_inflating",
+        "_max_frames",
+        "_max_inflated",
         "_msg_compressed",
         "_msg_data",
         "_msg_opcode",
@@ -65,6 +69,8 @@ class FrameReader:
         "backlog",
         "deflate",
         "discarding",
+        "frames",
+        "inflated",
         "max_size",
     )
 
@@ -91,7 +97,10 @@ class FrameReader:
         # Received bytes left unparsed when a slice was full, and where parsing resumes.
         self._rest = b""
         self._rest_pos = 0
-        self._inflated = 0  # bytes inflated by the current feed() call
+        self.frames = 0  # frames parsed by the last feed() call
+        self.inflated = 0  # bytes inflated by the last feed() call
+        self._max_frames = FEED_MAX_FRAMES  # the current call's slice
+        self._max_inflated = FEED_MAX_INFLATED
         # A compressed frame whose output did not fit in its slice: it goes on in the next.
         self._inflating = False
         self._inflate_fin = False  # that frame ends its message
@@ -106,6 +115,11 @@ class FrameReader:
         self._msg_size = 0
 
     @property
+    def message_bytes(self) -> int:
+        """Bytes (inflated) of the unfinished message held so far."""
+        return self._msg_size
+
+    @property
     def buffered(self) -> int:
         """Bytes held: a partial frame, a backlog, the fragments of an unfinished message,
         and what a frame still inflating has left to inflate."""
@@ -114,12 +128,21 @@ class FrameReader:
             held += self.deflate.unconsumed
         return held
 
-    def feed(self, data: bytes) -> list[tuple[Any, Any]]:
+    def feed(
+        self,
+        data: bytes,
+        max_frames: int = FEED_MAX_FRAMES,
+        max_inflated: int = FEED_MAX_INFLATED,
+    ) -> list[tuple[Any, Any]]:
+        self.frames = self.inflated = 0
         if self._failed:
             return []
         buf = self._buf
         events: list[tuple[Any, Any]] = []
-        self._inflated = 0
+        if max_frames <= 0 or max_inflated <= 0:
+            self._keep(data)
+            return events
+        self._max_frames, self._max_inflated = max_frames, max_inflated
         try:
             if self.backlog:
                 rest, pos = self._rest, self._rest_pos
@@ -151,12 +174,25 @@ class FrameReader:
             events.append((None, exc))
         return events
 
+    def _keep(self, data: bytes) -> None:
+        """Hold ``data`` unparsed, as a backlog, for a later call with room."""
+        if self.backlog:
+            rest = self._rest[self._rest_pos :] + data
+        else:
+            # A partial frame goes back in front; its text is checked again when parsed.
+            rest = bytes(self._buf) + data
+            self._buf.clear()
+            self._partial_text = None
+        self._rest, self._rest_pos = rest, 0
+        self.backlog = bool(rest) or self._inflating
+
     def _parse(self, data: bytes, events: list[tuple[Any, Any]], pos: int = 0) -> None:
         end = len(data)
         max_size = self.max_size
-        frames = 0  # frames that complete no message (fragments, pongs) are work as well
+        max_frames, max_inflated = self._max_frames, self._max_inflated
         while True:
-            if frames >= FEED_MAX_FRAMES or self._inflated >= FEED_MAX_INFLATED:
+            # Frames that complete no message (fragments, pongs) are work as well.
+            if self.frames >= max_frames or self.inflated >= max_inflated:
                 if pos < end or self._inflating:
                     self._rest, self._rest_pos = data, pos
                     self.backlog = True
@@ -203,11 +239,11 @@ class FrameReader:
                 break
             if self.discarding and not b0 & 0x08:
                 pos = stop
-                frames += 1
+                self.frames += 1
                 continue
             payload = apply_mask(data[start + 4 : stop], data[start : start + 4])
             pos = stop
-            frames += 1
+            self.frames += 1
             if (b0 == 0x81 or b0 == 0x82) and self._msg_opcode < 0:
                 # The common case: a whole, unfragmented, uncompressed message.
                 if b0 == 0x81:
@@ -290,13 +326,13 @@ class FrameReader:
             self._inflating = False  # its message is dropped anyway
             return
         # One byte past the slice's room: a frame that fills it exactly is done in one piece.
-        room = FEED_MAX_INFLATED - self._inflated + 1
+        room = self._max_inflated - self.inflated + 1
         limit = self.max_size - self._msg_size
         if payload is None:
             piece = deflate.inflate_more(limit, room)
         else:
             piece = deflate.inflate(payload, limit, self._inflate_fin, room)
-        self._inflated += len(piece)
+        self.inflated += len(piece)
         self._inflating = len(piece) == room
         if self._inflating:
             self._inflate_whole = False  # its pieces gather in the message buffer
