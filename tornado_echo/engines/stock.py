@@ -20,6 +20,10 @@ Selected with ``engine = "tornado"``; the default is :mod:`tornado_echo.engines.
   without a close frame); an uncompressed one as soon as a fragment shows it.
 * It remembers whether the peer sent a close frame, so a session can tell a clean close
   from a dropped connection.
+* Each frame is work of the process's turn budget (:mod:`~tornado_echo.engines.budget`), as
+  on the fast engine: a connection whose frame finds the turn spent, or the memory budget
+  over (messages waiting to be deflated off the loop count), waits its turn before it is
+  handled. Tornado inflates a message whole, so a turn may go one message past the budget.
 """
 
 from __future__ import annotations
@@ -27,16 +31,17 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import zlib
 
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from tornado_echo.compat import DecompressTooLargeError, unsent_bytes
+from tornado_echo.engines.budget import loop_budgets
 from tornado_echo.engines.fast import DEFLATE_OFF_LOOP, WRITE_HIGH_WATER
 from tornado_echo.wire import (
     CONTROL_OPCODES,
-    FEED_MAX_INFLATED,
     CloseCode,
     Opcode,
     ProtocolError,
@@ -51,7 +56,7 @@ class EchoProtocol(WebSocketProtocol13):
     """Tornado's protocol with a lean echo write, backpressure and strict frames."""
 
     close_frame_received = False
-    _inflated = 0  # bytes inflated since the loop last had a turn
+    _inflated = 0  # bytes the message being handled inflated to
     # The fragmented message being received: its opcode, payload so far, whether it is
     # compressed, and an incremental UTF-8 check while it is uncompressed text.
     _message_opcode = 0
@@ -94,7 +99,14 @@ class EchoProtocol(WebSocketProtocol13):
     async def _send_deflated_off_loop(self, opcode: int, data: bytes) -> None:
         compressor = self._compressor
         assert compressor is not None
-        payload = await asyncio.get_running_loop().run_in_executor(None, compressor.compress, data)
+        memory = loop_budgets().memory
+        memory.charge(len(data))
+        try:
+            payload = await asyncio.get_running_loop().run_in_executor(
+                None, compressor.compress, data
+            )
+        finally:
+            memory.charge(-len(data))
         stream = self.stream
         if stream is None or self.server_terminated or stream.closed():
             return  # closed meanwhile: nothing may follow the close frame
@@ -140,14 +152,17 @@ class EchoProtocol(WebSocketProtocol13):
                     self._utf8 = codecs.getincrementaldecoder("utf-8")()
                     self._check_utf8(data)
                 return
+        budgets = loop_budgets()
+        while budgets.turn.spent or budgets.memory.over:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            wait = budgets.memory.wait if budgets.memory.over else budgets.turn.wait
+            wait(functools.partial(_wake, turn))
+            await turn
+        self._inflated = 0
         handled = self._handle_message(opcode, data)
+        budgets.turn.spend(1, self._inflated)
         if handled is not None:
             await handled
-        if self._inflated >= FEED_MAX_INFLATED:
-            # Tornado's loop yields by wire bytes and frames; small compressed messages
-            # that inflate to much more get the fast engine's turns as well.
-            self._inflated = 0
-            await asyncio.sleep(0)
 
     def _check_utf8(self, fragment: bytes) -> None:
         """Fail at once on a fragment of uncompressed text that cannot be UTF-8 (RFC 6455
@@ -167,7 +182,7 @@ class EchoProtocol(WebSocketProtocol13):
                 assert self._decompressor is not None
                 try:
                     data = self._decompressor.decompress(data)
-                    self._inflated += len(data)
+                    self._inflated = len(data)
                 except DecompressTooLargeError:
                     self.close(CloseCode.MESSAGE_TOO_BIG, "message too big after decompression")
                     self._abort()
@@ -199,3 +214,8 @@ class EchoProtocol(WebSocketProtocol13):
         self.client_terminated = True
         self.close_code, self.close_reason = code, reason
         self.close(code, reason)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

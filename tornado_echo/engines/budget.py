@@ -1,0 +1,212 @@
+"""What one turn of the event loop may do, and what messages in flight may hold, shared by
+every connection of a process.
+
+Each connection's reads are already cut into slices (``FEED_MAX_FRAMES`` frames, about
+``FEED_MAX_INFLATED`` inflated bytes), but thousands of connections each taking a slice in
+the same turn still hold the loop for thousands of slices: 5,000 one-kilobyte frames that
+inflate to 1 MiB each kept a worker's loop away for more than five seconds. Two budgets
+bound the sum:
+
+* :class:`TurnBudget`: frames parsed and bytes inflated or deflated on the loop per turn,
+  across connections. A connection whose slice finds the turn spent waits for a later
+  turn, in order of arrival (round-robin: a connection that yields again goes to the back),
+  so none starves and no turn runs long. Background work (closing connections) waits in a
+  queue of its own that gets at most a share of each turn but always some of it, so a mass
+  disconnect neither stalls the survivors nor waits forever.
+* :class:`MemoryBudget`: bytes of messages in flight (inflated and not yet echoed, waiting
+  for their turn to be deflated off the loop included). Over the limit, connections that
+  hold nothing in flight read no more until enough is released; those that hold some go on,
+  as finishing their messages is how memory is released.
+
+Both are pure logic: the caller hands in how to book a callback for the next turn
+(``loop.call_soon``), so tests drive the turns by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+from collections.abc import Callable
+
+# Per turn, across the connections of a process. One slice of one connection (256 frames
+# or 1 MiB inflated) fits many times; a turn at the limit takes some tens of milliseconds.
+TURN_FRAMES = 4096
+TURN_BYTES = 4 << 20
+# A connection's close (session record, metrics, log line) costs about as much as this many
+# frames; background work takes at most this share of a turn while others wait.
+CLOSE_COST = 16
+BACKGROUND_SHARE = 4  # 1/4 of a turn
+# What one resumed reader may add before the budget is checked again (one slice).
+RESUME_ALLOWANCE = 1 << 20
+
+Book = Callable[[Callable[[], None]], object]
+
+
+class TurnBudget:
+    """Work per turn of the loop, for every connection of a process (see the module docs).
+
+    ``grant(frames, nbytes)`` gives the room a slice may take now ((0, 0): the turn is
+    spent); ``spend(frames, nbytes)`` takes it off; ``wait(resume)`` and ``defer(resume)``
+    call ``resume()`` on a later turn with room. ``beats`` counts work done (a slice, a
+    turn): the supervisor reads it to tell a busy loop from a stuck one.
+    """
+
+    def __init__(self, book: Book, frames: int = TURN_FRAMES, nbytes: int = TURN_BYTES) -> None:
+        self.frames = frames
+        self.nbytes = nbytes
+        self._book = book
+        self._frames_left = frames
+        self._bytes_left = nbytes
+        self._booked = False
+        self._waiting: deque[Callable[[], None]] = deque()
+        self._background: deque[Callable[[], None]] = deque()
+        self.turns = 0
+        # A counter others may read: by default private, a shared-memory slot in a worker.
+        self.beats = memoryview(bytearray(8)).cast("Q")
+
+    @property
+    def spent(self) -> bool:
+        return self._frames_left <= 0 or self._bytes_left <= 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting) + len(self._background)
+
+    def grant(self, frames: int, nbytes: int) -> tuple[int, int]:
+        """The most a slice that wants ``frames``/``nbytes`` may take this turn."""
+        if self._frames_left <= 0 or self._bytes_left <= 0:
+            return 0, 0
+        return min(frames, self._frames_left), min(nbytes, self._bytes_left)
+
+    def spend(self, frames: int, nbytes: int) -> None:
+        self._frames_left -= frames
+        self._bytes_left -= nbytes
+        self.beats[0] += 1
+        if not self._booked:
+            self._booked = True
+            self._book(self._next_turn)
+
+    def wait(self, resume: Callable[[], None]) -> None:
+        """Call ``resume()`` on a later turn, after those that waited before."""
+        self._waiting.append(resume)
+        if not self._booked:
+            self._booked = True
+            self._book(self._next_turn)
+
+    def defer(self, resume: Callable[[], None]) -> None:
+        """Like :meth:`wait`, for background work (a share of each turn, see the module)."""
+        self._background.append(resume)
+        if not self._booked:
+            self._booked = True
+            self._book(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._booked = False
+        self.turns += 1
+        self.beats[0] += 1
+        # Background work first, up to its share; then those waiting for data, oldest
+        # first; then, with whatever is left, the reads that arrive in this turn. Each queue
+        # is gone through at most once: who yields again waits for the next turn.
+        background = self._background
+        if background:
+            self._frames_left = self.frames // BACKGROUND_SHARE
+            self._bytes_left = self.nbytes // BACKGROUND_SHARE
+            for _ in range(len(background)):
+                if self.spent:
+                    break
+                background.popleft()()
+            used_frames = self.frames // BACKGROUND_SHARE - self._frames_left
+            used_bytes = self.nbytes // BACKGROUND_SHARE - self._bytes_left
+            self._frames_left = self.frames - max(0, used_frames)
+            self._bytes_left = self.nbytes - max(0, used_bytes)
+        else:
+            self._frames_left, self._bytes_left = self.frames, self.nbytes
+        waiting = self._waiting
+        for _ in range(len(waiting)):
+            if self.spent:
+                break
+            waiting.popleft()()
+        # Room nobody waited for goes to background work, but for a share kept for the
+        # reads that arrive in this turn.
+        keep_frames, keep_bytes = self.frames // BACKGROUND_SHARE, self.nbytes // BACKGROUND_SHARE
+        for _ in range(len(background)):
+            if self._frames_left <= keep_frames or self._bytes_left <= keep_bytes:
+                break
+            background.popleft()()
+        if (waiting or background) and not self._booked:
+            self._booked = True
+            self._book(self._next_turn)
+
+
+class MemoryBudget:
+    """Bytes of messages in flight in a process, against ``limit`` (0: no limit).
+
+    Connections :meth:`charge` what they come to hold and take it back with a negative
+    charge. While :attr:`over`, a connection holding nothing calls :meth:`wait`; once the
+    total is below the limit again, waiters are resumed oldest first, each counted as one
+    more slice (``RESUME_ALLOWANCE``) until the limit would be reached, the rest on later
+    releases.
+    """
+
+    def __init__(self, book: Book, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self._book = book
+        self._waiting: deque[Callable[[], None]] = deque()
+        self._booked = False
+
+    @property
+    def over(self) -> bool:
+        return 0 < self.limit <= self.held
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def charge(self, delta: int) -> None:
+        held = self.held = self.held + delta
+        if held > self.peak:
+            self.peak = held
+        if delta < 0 and self._waiting and not self._booked and not self.over:
+            self._booked = True
+            self._book(self._release)
+
+    def wait(self, resume: Callable[[], None]) -> None:
+        self._waiting.append(resume)
+        if not self._booked and not self.over:
+            self._booked = True
+            self._book(self._release)
+
+    def _release(self) -> None:
+        self._booked = False
+        room = self.limit - self.held if self.limit else len(self._waiting) * RESUME_ALLOWANCE
+        waiting = self._waiting
+        while waiting and room > 0:
+            room -= RESUME_ALLOWANCE
+            waiting.popleft()()
+
+
+class LoopBudgets:
+    """The two budgets of one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, memory_limit: int) -> None:
+        self.turn = TurnBudget(loop.call_soon)
+        self.memory = MemoryBudget(loop.call_soon, memory_limit)
+
+
+# Until the server sets it (max_inflight_bytes), a loop's memory budget is this.
+DEFAULT_INFLIGHT_BYTES = 64 << 20
+_budgets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBudgets] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_budgets() -> LoopBudgets:
+    """The running loop's budgets (one per loop, made on first use)."""
+    loop = asyncio.get_running_loop()
+    budgets = _budgets.get(loop)
+    if budgets is None:
+        budgets = _budgets[loop] = LoopBudgets(loop, DEFAULT_INFLIGHT_BYTES)
+    return budgets
