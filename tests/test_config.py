@@ -99,6 +99,7 @@ FILE_ERRORS = [
     ('trusted_proxies = ["10.0.0.0/33"]\n', "entry '10.0.0.0/33' must be an IP address or net"),
     ('server_names = ["a.example:80"]\n', "entry 'a.example:80' must be a host name"),
     ("admin_token = 12345\n", "key 'admin_token': expected a string, got '***'"),
+    ("max_inflight_bytes = -1\n", "key 'max_inflight_bytes': must be between 0 and 10995"),
 ]
 
 

@@ -273,6 +273,14 @@ class Config:
         "message bytes a connection may send per second, likewise; 0: no limit",
         _between(0, 1e12),
     )
+    max_inflight_bytes: int = _opt(
+        INTEGER,
+        64 * 1024 * 1024,
+        "bytes of messages in flight per process (inflated, waiting for their echo or to be"
+        " deflated); beyond it connections holding none are not read until some is released;"
+        " 0: no limit",
+        _between(0, 1 << 40),
+    )
     max_connections_per_ip: int = _opt(
         INTEGER,
         0,

@@ -28,6 +28,7 @@ import tornado.netutil
 from tornado_echo.addresses import is_loopback
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
+from tornado_echo.engines.budget import loop_budgets
 from tornado_echo.errors import ConfigError
 from tornado_echo.http import tls
 from tornado_echo.http.access import TrustedProxies
@@ -51,6 +52,7 @@ LIVE_KEYS = frozenset(
         "max_message_size",
         "max_messages_per_second",
         "max_bytes_per_second",
+        "max_inflight_bytes",
         "max_connections",
         "max_connections_per_ip",
         "ping_interval",
@@ -125,6 +127,10 @@ class Server:
         if self.http is not None:
             return
         self._wakeup = asyncio.Event()
+        budgets = loop_budgets()
+        budgets.memory.limit = self.config.max_inflight_bytes
+        if self.notifier.beats is not None:
+            budgets.turn.beats = self.notifier.beats  # the supervisor watches it
         self.store.on_batch = self.metrics.batch_seconds.observe
         await self.store.start()
         self.retention.start()
@@ -252,6 +258,7 @@ class Server:
             setup_logging(new.log_level, new.log_format, new.secrets())
         self.app.reconfigure(new)
         self.metrics.configure(new)
+        loop_budgets().memory.limit = new.max_inflight_bytes
         if self.http is not None:
             self.http.proxies = _proxies(new)
             self.http.max_http_connections = new.max_http_connections
@@ -274,12 +281,14 @@ class Server:
     async def _housekeep(self) -> None:
         """Every TICK: event-loop lag, metrics, watchdog ping, and now and then the status."""
         loop = asyncio.get_running_loop()
+        turn = loop_budgets().turn
         watchdog_every = self.notifier.watchdog_interval()
         last_watchdog = last_status = loop.time()
         while True:
             expected = loop.time() + TICK
             await asyncio.sleep(TICK)
             now = loop.time()
+            turn.beats[0] += 1  # an idle loop is alive too
             self.metrics.loop_lag.observe(max(0.0, now - expected))
             self.metrics.refresh(self.connections, self.store)
             # Pinged from the loop itself: a blocked loop stops the pings and systemd
@@ -323,6 +332,8 @@ class Server:
                 len(self.connections),
             )
             self.connections.abort_all()  # their close records go in before the store seals
+            # Their ends are work of the turn budget, a few hundred a turn: let them run.
+            await self._wait_or_forced(self.connections.wait_closed(MIN_STORE_DRAIN))
         if self.http is not None:
             await self._wait_or_forced(self._close_http_connections())
         if self._housekeeping is not None:
