@@ -143,8 +143,16 @@ def test_background_work_gets_a_share_of_busy_turns_and_the_rest_of_idle_ones() 
     turns2 = Turns()
     idle = TurnBudget(turns2, frames=400, nbytes=1 << 20)
     done: list[int] = []
+
+    def idle_close(n: int) -> Callable[[], None]:
+        def run() -> None:
+            idle.spend(10, 0)
+            done.append(n)
+
+        return run
+
     for n in range(1000):
-        idle.defer(lambda n=n: (idle.spend(10, 0), done.append(n)))
+        idle.defer(idle_close(n))
     turns2.run()
     assert len(done) == (400 - 400 // BACKGROUND_SHARE) // 10
     # And all of them end, in order, turn after turn.
