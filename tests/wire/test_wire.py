@@ -349,6 +349,32 @@ def test_a_slice_of_zero_keeps_what_arrives_and_smaller_slices_are_kept_to() -> 
     assert reader.message_bytes == 0 and reader.buffered == 0
 
 
+def test_no_room_to_inflate_parses_up_to_the_first_compressed_frame() -> None:
+    # Memory is short: plain frames go on, a compressed message waits, in order.
+    reader = FrameReader(1 << 20, PerMessageDeflate({}))
+    compressor = zlib.compressobj(wbits=-15)
+    # A message's fragments split one deflate stream; only its end drops 00 00 ff ff.
+    head = compressor.compress(b"x" * 1000) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    first = masked(Opcode.BINARY, head, rsv=0x40, fin=False)
+    data = (
+        masked(Opcode.TEXT, b"plain")
+        + masked(Opcode.PING, b"p")
+        + first
+        + masked(Opcode.CONTINUATION, deflated(b"y" * 1000, compressor))
+        + masked(Opcode.TEXT, b"after")
+    )
+    assert reader.feed(data, 100, 0) == [(Opcode.TEXT, "plain"), (Opcode.PING, b"p")]
+    assert reader.backlog and reader.inflated == 0 and reader.compressed_next
+    [(opcode, payload), after] = reader.feed(b"")
+    assert (opcode, payload) == (Opcode.BINARY, b"x" * 1000 + b"y" * 1000)
+    assert after == (Opcode.TEXT, "after") and not reader.backlog
+    # Between the fragments of a compressed message, the continuation waits as well.
+    reader.feed(masked(Opcode.BINARY, head, rsv=0x40, fin=False))
+    assert reader.message_bytes == 1000
+    assert reader.feed(masked(Opcode.CONTINUATION, b"\x00"), 100, 0) == []
+    assert reader.backlog and reader.message_bytes == 1000
+
+
 def test_invalid_text_held_by_a_slice_of_zero_still_fails_when_parsed() -> None:
     reader = FrameReader(1000)
     bad = masked(Opcode.TEXT, b"ok" + b"\xff" * 20)

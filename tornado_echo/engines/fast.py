@@ -299,11 +299,11 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         budgets = self._budgets
         assert reader is not None and budgets is not None
         turn = budgets.turn
-        if self._held or not budgets.memory.over:
-            frames, nbytes = turn.grant(FEED_MAX_FRAMES, FEED_MAX_INFLATED)
-        else:
-            # Memory is short and nothing here would release any: wait (_read_backlog).
-            frames = nbytes = 0
+        frames, nbytes = turn.grant(FEED_MAX_FRAMES, FEED_MAX_INFLATED)
+        if nbytes and not self._held and budgets.memory.over:
+            # Memory is short and nothing here would release any: plain frames go on, a
+            # compressed one waits (_read_backlog).
+            nbytes = 0
         events = reader.feed(data, frames, nbytes)
         if reader.frames:
             turn.spend(reader.frames, reader.inflated)
@@ -426,7 +426,7 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
             # that inflates to far more than it is (and deflates no smaller) would otherwise
             # have every slice's echoes buffered for the peer.
             return
-        if not self._held and self._budgets.memory.over:
+        if not self._held and self._budgets.memory.over and self.reader.compressed_next:
             self._backlog_due = True
             self._budgets.memory.wait(self._memory_released)
             return

@@ -35,9 +35,10 @@ class FrameReader:
     inflates at most about ``max_inflated`` bytes (by default ``FEED_MAX_FRAMES`` and
     ``FEED_MAX_INFLATED``), a frame that inflates to more going on in the next call;
     :attr:`backlog` is then true, and ``feed(b"")`` returns the next slice of what is
-    already buffered. A slice of zero keeps what arrives for later (the caller's budget for
-    this turn is spent). :attr:`frames` and :attr:`inflated` tell what the last call took
-    on. A caller stops reading the peer while there is a backlog.
+    already buffered. Zero frames keeps what arrives for later (the caller's budget for this
+    turn is spent); zero inflated bytes parses up to the first compressed frame (the
+    caller's memory is short). :attr:`frames` and :attr:`inflated` tell what the last call
+    took on. A caller stops reading the peer while there is a backlog.
 
     After :meth:`discard_data` (the caller has sent its close frame and drops every message
     after it), data frames are skipped without being unmasked, inflated or checked, and an
@@ -120,6 +121,15 @@ class FrameReader:
         return self._msg_size
 
     @property
+    def compressed_next(self) -> bool:
+        """Whether the backlog goes on with inflating (a frame under way, or a compressed
+        frame next)."""
+        if self._inflating:
+            return True
+        rest, pos = self._rest, self._rest_pos
+        return self.backlog and pos < len(rest) and self._compressed(rest[pos])
+
+    @property
     def buffered(self) -> int:
         """Bytes held: a partial frame, a backlog, the fragments of an unfinished message,
         and what a frame still inflating has left to inflate."""
@@ -139,7 +149,7 @@ class FrameReader:
             return []
         buf = self._buf
         events: list[tuple[Any, Any]] = []
-        if max_frames <= 0 or max_inflated <= 0:
+        if max_frames <= 0 or (max_inflated <= 0 and self._inflating):
             self._keep(data)
             return events
         self._max_frames, self._max_inflated = max_frames, max_inflated
@@ -192,7 +202,7 @@ class FrameReader:
         max_frames, max_inflated = self._max_frames, self._max_inflated
         while True:
             # Frames that complete no message (fragments, pongs) are work as well.
-            if self.frames >= max_frames or self.inflated >= max_inflated:
+            if self.frames >= max_frames or self.inflated >= max_inflated > 0:
                 if pos < end or self._inflating:
                     self._rest, self._rest_pos = data, pos
                     self.backlog = True
@@ -241,6 +251,10 @@ class FrameReader:
                 pos = stop
                 self.frames += 1
                 continue
+            if max_inflated <= 0 and self._compressed(b0):
+                self._rest, self._rest_pos = data, pos  # it waits for room to inflate
+                self.backlog = True
+                return
             payload = apply_mask(data[start + 4 : stop], data[start : start + 4])
             pos = stop
             self.frames += 1
@@ -259,6 +273,12 @@ class FrameReader:
                 self._frame(b0, payload, events)
         if pos < end:
             self._buf += data[pos:] if pos else data
+
+    def _compressed(self, b0: int) -> bool:
+        """Whether the frame with first byte ``b0`` is (part of) a compressed message."""
+        if b0 & 0x40:
+            return True
+        return b0 & 0x0F == Opcode.CONTINUATION and self._msg_opcode >= 0 and self._msg_compressed
 
     def _is_plain_text_frame(self, b0: int) -> bool:
         """Whether a frame with first byte ``b0`` carries uncompressed text of a valid message."""
