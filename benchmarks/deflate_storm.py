@@ -127,7 +127,9 @@ class Probe:
         self._stop = True
 
 
-async def one_round(port: int, connections: int, bomb: bytes, timeout: float) -> dict[str, float]:
+async def one_round(
+    port: int, connections: int, bomb: bytes, timeout: float, probe: Probe
+) -> dict[str, float]:
     conns = []
     sem = asyncio.Semaphore(200)
 
@@ -136,6 +138,7 @@ async def one_round(port: int, connections: int, bomb: bytes, timeout: float) ->
             conns.append(await connect(port, deflate=True))
 
     await asyncio.gather(*(open_one() for _ in range(connections)))
+    connect_worst, probe.worst = probe.worst, 0.0
     echoed = 0
     done = asyncio.Event()
     start = time.monotonic()
@@ -162,7 +165,7 @@ async def one_round(port: int, connections: int, bomb: bytes, timeout: float) ->
         task.cancel()
     for _, writer in conns:
         writer.close()
-    return {"seconds": elapsed, "echoed": echoed}
+    return {"seconds": elapsed, "echoed": echoed, "connect_worst": connect_worst}
 
 
 def worker_rss(log: Path) -> int:
@@ -204,7 +207,7 @@ async def main_async(
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
-            result = await one_round(port, args.connections, bomb, args.round_timeout)
+            result = await one_round(port, args.connections, bomb, args.round_timeout, probe)
         except (OSError, ConnectionError) as exc:
             say(f"round {number}: connecting failed: {exc}")
             sampling[0] = False
@@ -215,6 +218,7 @@ async def main_async(
         say(
             f"round {number}: {int(result['echoed'])}/{args.connections} echoes in"
             f" {result['seconds']:.2f} s; probe worst round trip {probe.worst * 1000:.0f} ms"
+            f" (while connecting: {result['connect_worst'] * 1000:.0f} ms)"
             f" ({probe.lost} probe connections lost so far); workers SIGKILLed: {kills};"
             f" workers' peak RSS {peak[0] / MIB:.0f} MiB"
         )

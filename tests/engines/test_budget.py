@@ -22,9 +22,12 @@ from tests.helpers import (
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
 from tornado_echo.engines.budget import (
-    BACKGROUND_SHARE,
+    BACKGROUND,
     CLOSE_COST,
+    INFLATING,
+    PLAIN,
     RESUME_ALLOWANCE,
+    SHARE,
     TURN_BYTES,
     TURN_FRAMES,
     MemoryBudget,
@@ -111,34 +114,52 @@ def test_round_robin_no_connection_starves_and_each_turn_stays_within_the_budget
         assert all(b - a <= len(left) for a, b in itertools.pairwise(positions))
 
 
-def test_background_work_gets_a_share_of_busy_turns_and_the_rest_of_idle_ones() -> None:
+def test_each_lane_has_its_share_of_a_busy_turn_and_plain_reads_go_first() -> None:
     turns = Turns()
     budget = TurnBudget(turns, frames=400, nbytes=1 << 20)
-    closed: list[int] = []
+    served: list[str] = []
 
-    def close(n: int) -> Callable[[], None]:
+    def work(name: str, frames: int, nbytes: int, lane: int, again: bool) -> Callable[[], None]:
         def run() -> None:
-            budget.spend(10, 0)
-            closed.append(n)
+            budget.spend(frames, nbytes)
+            served.append(name)
+            if again:
+                budget.wait(run, lane)
 
         return run
 
-    for n in range(1000):
-        budget.defer(close(n))
-    reads = 0
-
-    def busy_reader() -> None:
-        nonlocal reads
-        budget.spend(50, 0)
-        reads += 1
-        budget.wait(busy_reader)
-
-    # Five busy readers waiting: closes get their share (400 / 4 frames = 10 closes).
+    for _ in range(1000):
+        budget.defer(work("close", 10, 0, BACKGROUND, False))
     for _ in range(5):
-        budget.wait(busy_reader)
+        budget.wait(work("inflating", 1, 100_000, INFLATING, True), INFLATING)
+    for _ in range(5):
+        budget.wait(work("plain", 50, 0, PLAIN, True), PLAIN)
     turns.run()
-    assert len(closed) == 400 // BACKGROUND_SHARE // 10
-    assert reads == 5
+    # Reserved shares (a quarter each: 100 frames, 256 KiB): 2 plain reads, 3 inflating
+    # ones, 10 closes; then the rest, but for a quarter kept: 2 more plain reads.
+    assert served[:2] == ["plain"] * 2
+    assert served.count("plain") == 4
+    assert served.count("inflating") == 3
+    assert served.count("close") == 400 // SHARE // 10
+
+
+def test_a_plain_read_waits_a_turn_not_behind_every_inflating_one() -> None:
+    turns = Turns()
+    budget = TurnBudget(turns)
+    inflated: list[int] = []
+    for n in range(1000):  # each wants a whole slice of 1 MiB
+        budget.wait(lambda n=n: (budget.spend(1, 1 << 20), inflated.append(n)), INFLATING)
+    echoed: list[bool] = []
+    budget.wait(lambda: (budget.spend(1, 0), echoed.append(True)), PLAIN)
+    turns.run()
+    assert echoed == [True]
+    assert 0 < len(inflated) <= TURN_BYTES // (1 << 20)
+    while turns.booked:
+        turns.run()
+    assert inflated == list(range(1000))  # the rest in order, none lost
+
+
+def test_background_work_takes_the_rest_of_idle_turns() -> None:
     # Without readers, closes take all but the share kept for this turn's arrivals.
     turns2 = Turns()
     idle = TurnBudget(turns2, frames=400, nbytes=1 << 20)
@@ -154,7 +175,7 @@ def test_background_work_gets_a_share_of_busy_turns_and_the_rest_of_idle_ones() 
     for n in range(1000):
         idle.defer(idle_close(n))
     turns2.run()
-    assert len(done) == (400 - 400 // BACKGROUND_SHARE) // 10
+    assert len(done) == (400 - 400 // SHARE) // 10
     # And all of them end, in order, turn after turn.
     while turns2.booked:
         turns2.run()

@@ -9,10 +9,13 @@ bound the sum:
 
 * :class:`TurnBudget`: frames parsed and bytes inflated or deflated on the loop per turn,
   across connections. A connection whose slice finds the turn spent waits for a later
-  turn, in order of arrival (round-robin: a connection that yields again goes to the back),
-  so none starves and no turn runs long. Background work (closing connections) waits in a
-  queue of its own that gets at most a share of each turn but always some of it, so a mass
-  disconnect neither stalls the survivors nor waits forever.
+  turn in one of three lanes: plain reads (cheap, bounded by what came on the wire),
+  reads that go on inflating (where a few bytes cost a megabyte), and background work
+  (connections' ends). Each lane is served in order of arrival (round-robin: who yields
+  again goes to the back) and has a share of every turn reserved, so none starves; what
+  is left goes to the lanes in that order. A probe's small echo thus waits at most about
+  a turn, not behind every deflate bomb queued before it, and a mass disconnect neither
+  stalls the survivors nor waits forever.
 * :class:`MemoryBudget`: bytes of messages in flight (inflated and not yet echoed, waiting
   for their turn to be deflated off the loop included). Over the limit, connections that
   hold nothing in flight read no more until enough is released; those that hold some go on,
@@ -34,9 +37,12 @@ from collections.abc import Callable
 TURN_FRAMES = 4096
 TURN_BYTES = 4 << 20
 # A connection's close (session record, metrics, log line) costs about as much as this many
-# frames; background work takes at most this share of a turn while others wait.
+# frames.
 CLOSE_COST = 16
-BACKGROUND_SHARE = 4  # 1/4 of a turn
+# The lanes of waiting work, in order of priority; each has 1/SHARE of a turn reserved, and
+# as much is kept for the reads that arrive in the turn itself.
+PLAIN, INFLATING, BACKGROUND = range(3)
+SHARE = 4
 # What one resumed reader may add before the budget is checked again (one slice).
 RESUME_ALLOWANCE = 1 << 20
 
@@ -47,9 +53,9 @@ class TurnBudget:
     """Work per turn of the loop, for every connection of a process (see the module docs).
 
     ``grant(frames, nbytes)`` gives the room a slice may take now ((0, 0): the turn is
-    spent); ``spend(frames, nbytes)`` takes it off; ``wait(resume)`` and ``defer(resume)``
-    call ``resume()`` on a later turn with room. ``beats`` counts work done (a slice, a
-    turn): the supervisor reads it to tell a busy loop from a stuck one.
+    spent); ``spend(frames, nbytes)`` takes it off; ``wait(resume, lane)`` calls
+    ``resume()`` on a later turn with room. ``beats`` counts work done (a slice, a turn):
+    the supervisor reads it to tell a busy loop from a stuck one.
     """
 
     def __init__(self, book: Book, frames: int = TURN_FRAMES, nbytes: int = TURN_BYTES) -> None:
@@ -59,8 +65,7 @@ class TurnBudget:
         self._frames_left = frames
         self._bytes_left = nbytes
         self._booked = False
-        self._waiting: deque[Callable[[], None]] = deque()
-        self._background: deque[Callable[[], None]] = deque()
+        self._lanes: tuple[deque[Callable[[], None]], ...] = (deque(), deque(), deque())
         self.turns = 0
         # A counter others may read: by default private, a shared-memory slot in a worker.
         self.beats = memoryview(bytearray(8)).cast("Q")
@@ -71,7 +76,7 @@ class TurnBudget:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting) + len(self._background)
+        return sum(len(lane) for lane in self._lanes)
 
     def grant(self, frames: int, nbytes: int) -> tuple[int, int]:
         """The most a slice that wants ``frames``/``nbytes`` may take this turn."""
@@ -87,56 +92,42 @@ class TurnBudget:
             self._booked = True
             self._book(self._next_turn)
 
-    def wait(self, resume: Callable[[], None]) -> None:
-        """Call ``resume()`` on a later turn, after those that waited before."""
-        self._waiting.append(resume)
+    def wait(self, resume: Callable[[], None], lane: int = PLAIN) -> None:
+        """Call ``resume()`` on a later turn, after those that waited before in ``lane``."""
+        self._lanes[lane].append(resume)
         if not self._booked:
             self._booked = True
             self._book(self._next_turn)
 
     def defer(self, resume: Callable[[], None]) -> None:
-        """Like :meth:`wait`, for background work (a share of each turn, see the module)."""
-        self._background.append(resume)
-        if not self._booked:
-            self._booked = True
-            self._book(self._next_turn)
+        """:meth:`wait` in the background lane."""
+        self.wait(resume, BACKGROUND)
 
     def _next_turn(self) -> None:
         self._booked = False
         self.turns += 1
         self.beats[0] += 1
-        # Background work first, up to its share; then those waiting for data, oldest
-        # first; then, with whatever is left, the reads that arrive in this turn. Each queue
-        # is gone through at most once: who yields again waits for the next turn.
-        background = self._background
-        if background:
-            self._frames_left = self.frames // BACKGROUND_SHARE
-            self._bytes_left = self.nbytes // BACKGROUND_SHARE
-            for _ in range(len(background)):
-                if self.spent:
-                    break
-                background.popleft()()
-            used_frames = self.frames // BACKGROUND_SHARE - self._frames_left
-            used_bytes = self.nbytes // BACKGROUND_SHARE - self._bytes_left
-            self._frames_left = self.frames - max(0, used_frames)
-            self._bytes_left = self.nbytes - max(0, used_bytes)
-        else:
-            self._frames_left, self._bytes_left = self.frames, self.nbytes
-        waiting = self._waiting
-        for _ in range(len(waiting)):
-            if self.spent:
-                break
-            waiting.popleft()()
-        # Room nobody waited for goes to background work, but for a share kept for the
-        # reads that arrive in this turn.
-        keep_frames, keep_bytes = self.frames // BACKGROUND_SHARE, self.nbytes // BACKGROUND_SHARE
-        for _ in range(len(background)):
-            if self._frames_left <= keep_frames or self._bytes_left <= keep_bytes:
-                break
-            background.popleft()()
-        if (waiting or background) and not self._booked:
+        self._frames_left, self._bytes_left = self.frames, self.nbytes
+        share_frames, share_bytes = self.frames // SHARE, self.nbytes // SHARE
+        # Each lane its reserved share first; then what is left, lane by lane, but for a
+        # share kept for this turn's own arrivals. Each lane is gone through at most once
+        # per pass: who yields again waits for the next turn.
+        for lane in self._lanes:
+            stop_frames = self._frames_left - share_frames
+            stop_bytes = self._bytes_left - share_bytes
+            self._serve(lane, stop_frames, stop_bytes)
+        for lane in self._lanes:
+            self._serve(lane, share_frames, share_bytes)
+        if any(self._lanes) and not self._booked:
             self._booked = True
             self._book(self._next_turn)
+
+    def _serve(self, lane: deque[Callable[[], None]], frames: int, nbytes: int) -> None:
+        """Resume ``lane``'s oldest while more than ``frames`` and ``nbytes`` are left."""
+        for _ in range(len(lane)):
+            if self._frames_left <= max(frames, 0) or self._bytes_left <= max(nbytes, 0):
+                return
+            lane.popleft()()
 
 
 class MemoryBudget:

@@ -48,7 +48,7 @@ from tornado_echo.compat import (
     switching_protocols,
     unread_bytes,
 )
-from tornado_echo.engines.budget import CLOSE_COST, LoopBudgets, loop_budgets
+from tornado_echo.engines.budget import CLOSE_COST, INFLATING, PLAIN, LoopBudgets, loop_budgets
 from tornado_echo.engines.timerwheel import loop_wheel
 from tornado_echo.wire import (
     FEED_MAX_FRAMES,
@@ -414,7 +414,9 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         self.flow.pause(FlowControl.BACKLOG)
         if not self._backlog_due:
             self._backlog_due = True
-            self._budgets.turn.wait(self._read_backlog)
+            reader = self.reader
+            lane = INFLATING if reader is not None and reader.compressed_next else PLAIN
+            self._budgets.turn.wait(self._read_backlog, lane)
 
     def _read_backlog(self) -> None:
         self._backlog_due = False

@@ -38,7 +38,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from tornado_echo.compat import DecompressTooLargeError, unsent_bytes
-from tornado_echo.engines.budget import loop_budgets
+from tornado_echo.engines.budget import INFLATING, PLAIN, loop_budgets
 from tornado_echo.engines.fast import DEFLATE_OFF_LOOP, WRITE_HIGH_WATER
 from tornado_echo.wire import (
     CONTROL_OPCODES,
@@ -153,10 +153,15 @@ class EchoProtocol(WebSocketProtocol13):
                     self._check_utf8(data)
                 return
         budgets = loop_budgets()
-        while budgets.turn.spent or budgets.memory.over:
+        compressed = opcode not in CONTROL_OPCODES and self._message_compressed
+        while budgets.turn.spent or (compressed and budgets.memory.over):
             turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            wait = budgets.memory.wait if budgets.memory.over else budgets.turn.wait
-            wait(functools.partial(_wake, turn))
+            if compressed and budgets.memory.over:
+                budgets.memory.wait(functools.partial(_wake, turn))
+            else:
+                budgets.turn.wait(
+                    functools.partial(_wake, turn), INFLATING if compressed else PLAIN
+                )
             await turn
         self._inflated = 0
         handled = self._handle_message(opcode, data)
