@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import re
-import socket
-import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -36,50 +32,21 @@ import time
 import zlib
 from pathlib import Path
 
-from _common import say
+from _common import say, start_supervised, stop_supervised
+from _rawclient import frame, read_frame, upgrade
 
 MIB = 1 << 20
-UPGRADE = (
-    "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-)
-
-
-def client_frame(payload: bytes, rsv1: bool) -> bytes:
-    # Binary, a zero mask key (valid, and no masking work on this side).
-    b0 = 0x82 | (0x40 if rsv1 else 0)
-    n = len(payload)
-    if n < 126:
-        head = bytes((b0, 0x80 | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    return head + b"\0\0\0\0" + payload
 
 
 def bomb_frame(inflated: int) -> bytes:
     deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
     body = deflater.compress(b"\0" * inflated) + deflater.flush(zlib.Z_SYNC_FLUSH)
-    return client_frame(body[:-4], rsv1=True)
-
-
-async def read_frame(reader: asyncio.StreamReader) -> int:
-    b0, b1 = await reader.readexactly(2)
-    n = b1 & 0x7F
-    if n == 126:
-        (n,) = struct.unpack("!H", await reader.readexactly(2))
-    elif n == 127:
-        (n,) = struct.unpack("!Q", await reader.readexactly(8))
-    await reader.readexactly(n)
-    return b0 & 0x0F
+    return frame(0x2, body[:-4], rsv1=True)
 
 
 async def connect(port: int, deflate: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=4 * MIB)
-    extra = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(UPGRADE.format(key=key, extra=extra).encode())
+    writer.write(upgrade("Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""))
     head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 101"):
         raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
@@ -99,7 +66,7 @@ class Probe:
         self._stop = False
 
     async def run(self) -> None:
-        message = client_frame(b"p" * 32, rsv1=False)
+        message = frame(0x1, b"p" * 32)
         while not self._stop:
             try:
                 reader, writer = await connect(self.port, deflate=False)
@@ -147,7 +114,7 @@ async def one_round(
         nonlocal echoed
         writer.write(bomb)
         try:
-            while await read_frame(reader) != 0x2:
+            while (await read_frame(reader))[0] != 0x2:
                 pass
         except (OSError, asyncio.IncompleteReadError):
             return
@@ -243,61 +210,13 @@ def main() -> None:
     say(f"load: {os.getloadavg()}; other engineers' work shares this machine")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        log = work / "server.log"
-        cmd = [
-            "taskset",
-            "-c",
-            args.server_cpus,
-            sys.executable,
-            "-m",
-            "tornado_echo",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--engine",
-            args.engine,
-            "--database-url",
-            f"sqlite:///{work}/echo.db",
-        ]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT)
+        extra = ("--engine", args.engine)
+        proc, port, log = start_supervised(work, args.server_cpus, args.workers, extra)
         try:
-            deadline = time.monotonic() + 30
-            while log.read_text().count("started (pid") < args.workers or not _listening(port):
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    sys.exit("the server did not start:\n" + log.read_text())
-                time.sleep(0.1)
-            say(f"server: {' '.join(cmd[3:])}")
             asyncio.run(main_async(args, port, log, proc))
         finally:
-            gave_up = "giving up" in log.read_text()
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(60)
-            text = log.read_text()
-            say(f"supervisor gave up: {gave_up}; exit code {proc.returncode}")
-            say(f"'killing it' lines in the log: {text.count('killing it')}")
-            db = sqlite3.connect(work / "echo.db")
-            states = dict(
-                db.execute(
-                    "SELECT coalesce(end_state, 'open'), count(*) FROM ws_sessions GROUP BY 1"
-                ).fetchall()
-            )
-            db.close()
-            say(f"sessions by end state: {states}")
+            stop_supervised(proc, work, log)
     say(f"load after: {os.getloadavg()}")
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-    except OSError:
-        return False
-    return True
 
 
 if __name__ == "__main__":

@@ -24,15 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import multiprocessing
 import os
 import re
 import signal
-import socket
-import sqlite3
-import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,34 +35,16 @@ import urllib.request
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-from _common import say
+from _common import say, start_supervised, stop_supervised
+from _rawclient import frame, read_frame, upgrade
 
 PER_CLIENT = 16_000  # connections per client process, under the 20000 descriptor limit
 PER_SOURCE = 20_000  # connections per 127.0.0.x source address (ephemeral ports)
-UPGRADE = (
-    "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
 
 
-def client_frame(payload: bytes) -> bytes:
-    return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload  # zero mask key
-
-
-async def read_frame(reader: asyncio.StreamReader) -> None:
-    _, b1 = await reader.readexactly(2)
-    n = b1 & 0x7F
-    if n == 126:
-        (n,) = struct.unpack("!H", await reader.readexactly(2))
-    elif n == 127:
-        (n,) = struct.unpack("!Q", await reader.readexactly(8))
-    await reader.readexactly(n)
-
-
-async def upgrade(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def connect(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(UPGRADE.format(key=key).encode())
+    writer.write(upgrade())
     head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 101"):
         raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
@@ -86,7 +63,7 @@ def hold(port: int, count: int, first: int, ready: Event) -> None:
             async with sem:
                 for attempt in range(20):
                     try:
-                        held.append(await upgrade(port, source))
+                        held.append(await connect(port, source))
                         return
                     except (OSError, ConnectionError, asyncio.IncompleteReadError):
                         await asyncio.sleep(0.05 * (attempt + 1))
@@ -107,8 +84,8 @@ class Probe:
         self.lost = 0
 
     async def run(self, port: int, stop: asyncio.Event) -> None:
-        reader, writer = await upgrade(port, "127.0.0.1")
-        message = client_frame(b"p" * 32)
+        reader, writer = await connect(port, "127.0.0.1")
+        message = frame(0x1, b"p" * 32)
         try:
             while not stop.is_set():
                 start = time.monotonic()
@@ -171,25 +148,10 @@ def main() -> None:
     say(f"load: {os.getloadavg()}; other engineers' work shares this machine")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        log = work / "server.log"
-        cmd = [
-            "taskset", "-c", args.server_cpus, sys.executable, "-m", "tornado_echo",
-            "--port", str(port), "--workers", "2", "--max-connections", "19500",
-            "--database-url", f"sqlite:///{work}/echo.db",
-        ]  # fmt: skip
-        with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT)
+        extra = ("--max-connections", "19500")
+        proc, port, log = start_supervised(work, args.server_cpus, 2, extra)
         clients: list[multiprocessing.Process] = []
         try:
-            deadline = time.monotonic() + 30
-            while "all 2 workers ready" not in log.read_text():
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    sys.exit("the server did not start:\n" + log.read_text())
-                time.sleep(0.1)
-            say(f"server: {' '.join(cmd[3:])}")
             os.sched_setaffinity(0, {int(args.client_cpu)})
             started = time.monotonic()
             readies = []
@@ -213,17 +175,7 @@ def main() -> None:
                 if client.is_alive():
                     client.kill()
                 client.join()
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(120)
-            text = log.read_text()
-            say(f"workers SIGKILLed by the supervisor: {text.count('killing it')}")
-            say(f"supervisor gave up: {'giving up' in text}; exit code {proc.returncode}")
-            db = sqlite3.connect(work / "echo.db")
-            query = "SELECT coalesce(end_state, 'open'), count(*) FROM ws_sessions GROUP BY 1"
-            states = dict(db.execute(query).fetchall())
-            db.close()
-            say(f"sessions by end state: {states}")
+            stop_supervised(proc, work, log)
     say(f"load after: {os.getloadavg()}")
 
 
