@@ -20,6 +20,7 @@ from tests.helpers import BASE_CONF, Service, make_server, metric, start_service
 from tornado_echo import __version__
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
+from tornado_echo.engines.budget import loop_budgets
 from tornado_echo.observability.metrics import KNOWN_CLOSE_CODES, Metrics, close_code_label
 from tornado_echo.store import Store
 
@@ -141,3 +142,19 @@ def test_each_refresh_adds_only_what_is_new(store: Store, connections: Connectio
     assert metric(text, 'tornado_echo_bytes_total{direction="in"}') == 30
     assert metric(text, "tornado_echo_connections_open") == 1
     assert metric(text, "tornado_echo_store_records_written_total") == 0
+
+
+@pytest.mark.gen_test
+async def test_the_loops_budgets_are_in_the_metrics(store: Store, connections: Connections) -> None:
+    metrics = Metrics()
+    budgets = loop_budgets()
+    budgets.memory.charge(12345)
+    budgets.turn.spend(budgets.turn.frames, 0)  # the turn is spent: the next read waits
+    budgets.turn.wait(lambda: None)
+    try:
+        metrics.refresh(connections, store)
+        text = metrics.exposition()[0].decode()
+        assert metric(text, "tornado_echo_inflight_bytes") == 12345
+        assert metric(text, "tornado_echo_turn_waiting") == 1
+    finally:
+        budgets.memory.charge(-12345)

@@ -201,3 +201,12 @@ def loop_budgets() -> LoopBudgets:
     if budgets is None:
         budgets = _budgets[loop] = LoopBudgets(loop, DEFAULT_INFLIGHT_BYTES)
     return budgets
+
+
+def made_budgets() -> LoopBudgets | None:
+    """The running loop's budgets if it has any (none outside a loop), for reading them."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return _budgets.get(loop)

@@ -33,6 +33,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from tornado_echo import __version__
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections, Traffic
+from tornado_echo.engines.budget import made_budgets
 from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store import Store
 from tornado_echo.wire import CloseCode
@@ -122,6 +123,18 @@ class Metrics:
         )
         self.connections = Counter(
             "tornado_echo_connections", "WebSocket sessions opened", registry=registry
+        )
+        self.inflight_bytes = Gauge(
+            "tornado_echo_inflight_bytes",
+            "Bytes of messages in flight (inflated, awaiting their echo or to be deflated)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.turn_waiting = Gauge(
+            "tornado_echo_turn_waiting",
+            "Connections waiting for a turn of the loop's work budget or for memory",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.handshakes = Counter(
             "tornado_echo_handshakes",
@@ -260,6 +273,10 @@ class Metrics:
         traffic = connections.traffic()
         folded = self._folded_traffic
         self.connections_open.set(len(connections))
+        budgets = made_budgets()
+        if budgets is not None:
+            self.inflight_bytes.set(budgets.memory.held)
+            self.turn_waiting.set(budgets.turn.waiting + budgets.memory.waiting)
         self.messages.labels("in").inc(traffic.messages_in - folded.messages_in)
         self.messages.labels("out").inc(traffic.messages_out - folded.messages_out)
         self.bytes.labels("in").inc(traffic.bytes_in - folded.bytes_in)
