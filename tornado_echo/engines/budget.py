@@ -17,9 +17,15 @@ bound the sum:
   a turn, not behind every deflate bomb queued before it, and a mass disconnect neither
   stalls the survivors nor waits forever.
 * :class:`MemoryBudget`: bytes of messages in flight (inflated and not yet echoed, waiting
-  for their turn to be deflated off the loop included). Over the limit, connections that
-  hold nothing in flight read no more until enough is released; those that hold some go on,
-  as finishing their messages is how memory is released.
+  for their turn to be deflated off the loop included). Over the limit, a connection that
+  holds nothing in flight inflates nothing more until enough is released (its plain frames
+  go on: they cost what came on the wire); those that hold some go on, as finishing their
+  messages is how memory is released. Known limit: a peer that leaves a compressed
+  message unfinished keeps what it inflated so far (at most ``max_message_size``) in the
+  budget for as long as it stays; enough such peers (``max_inflight_bytes`` /
+  ``max_message_size``, 64 at the defaults) make the others' compressed messages wait
+  (backpressure, not failure) until they leave. ``max_connections_per_ip`` bounds how many
+  one address can bring.
 
 Both are pure logic: the caller hands in how to book a callback for the next turn
 (``loop.call_soon``), so tests drive the turns by hand.
