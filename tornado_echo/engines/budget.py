@@ -53,6 +53,7 @@ SHARE = 4
 RESUME_ALLOWANCE = 1 << 20
 
 Book = Callable[[Callable[[], None]], object]
+_NOTHING = (0, 0)
 
 
 class TurnBudget:
@@ -60,17 +61,17 @@ class TurnBudget:
 
     ``grant(frames, nbytes)`` gives the room a slice may take now ((0, 0): the turn is
     spent); ``spend(frames, nbytes)`` takes it off; ``wait(resume, lane)`` calls
-    ``resume()`` on a later turn with room. ``beats`` counts work done (a slice, a turn):
-    the supervisor reads it to tell a busy loop from a stuck one.
+    ``resume()`` on a later turn with room. ``beats`` counts the turns that did work (a
+    budget bounds each): the supervisor reads it to tell a busy loop from a stuck one.
     """
 
     def __init__(self, book: Book, frames: int = TURN_FRAMES, nbytes: int = TURN_BYTES) -> None:
         self.frames = frames
         self.nbytes = nbytes
         self._book = book
-        self._frames_left = frames
-        self._bytes_left = nbytes
-        self._booked = False
+        self.frames_left = frames
+        self.bytes_left = nbytes
+        self.booked = False
         self._lanes: tuple[deque[Callable[[], None]], ...] = (deque(), deque(), deque())
         self.turns = 0
         # A counter others may read: by default private, a shared-memory slot in a worker.
@@ -78,60 +79,69 @@ class TurnBudget:
 
     @property
     def spent(self) -> bool:
-        return self._frames_left <= 0 or self._bytes_left <= 0
+        return self.frames_left <= 0 or self.bytes_left <= 0
 
     @property
     def waiting(self) -> int:
         return sum(len(lane) for lane in self._lanes)
 
     def grant(self, frames: int, nbytes: int) -> tuple[int, int]:
-        """The most a slice that wants ``frames``/``nbytes`` may take this turn."""
-        if self._frames_left <= 0 or self._bytes_left <= 0:
-            return 0, 0
-        return min(frames, self._frames_left), min(nbytes, self._bytes_left)
+        """The most a slice that wants ``frames``/``nbytes`` may take this turn (a caller on
+        a hot path may read :attr:`frames_left` and :attr:`bytes_left` first: when both
+        cover its slice, that is the answer)."""
+        # On every read of every connection: comparisons rather than min().
+        frames_left, bytes_left = self.frames_left, self.bytes_left
+        if frames_left <= 0 or bytes_left <= 0:
+            return _NOTHING
+        return (
+            frames if frames < frames_left else frames_left,
+            nbytes if nbytes < bytes_left else bytes_left,
+        )
 
     def spend(self, frames: int, nbytes: int) -> None:
-        self._frames_left -= frames
-        self._bytes_left -= nbytes
-        self.beats[0] += 1
-        if not self._booked:
-            self._booked = True
-            self._book(self._next_turn)
+        self.frames_left -= frames
+        self.bytes_left -= nbytes
+        if not self.booked:
+            self.book_turn()
+
+    def book_turn(self) -> None:
+        """Have the next turn start afresh (a hot path that spends inline calls this once
+        :attr:`booked` is false)."""
+        self.booked = True
+        self._book(self._next_turn)
 
     def wait(self, resume: Callable[[], None], lane: int = PLAIN) -> None:
         """Call ``resume()`` on a later turn, after those that waited before in ``lane``."""
         self._lanes[lane].append(resume)
-        if not self._booked:
-            self._booked = True
-            self._book(self._next_turn)
+        if not self.booked:
+            self.book_turn()
 
     def defer(self, resume: Callable[[], None]) -> None:
         """:meth:`wait` in the background lane."""
         self.wait(resume, BACKGROUND)
 
     def _next_turn(self) -> None:
-        self._booked = False
+        self.booked = False
         self.turns += 1
         self.beats[0] += 1
-        self._frames_left, self._bytes_left = self.frames, self.nbytes
+        self.frames_left, self.bytes_left = self.frames, self.nbytes
         share_frames, share_bytes = self.frames // SHARE, self.nbytes // SHARE
         # Each lane its reserved share first; then what is left, lane by lane, but for a
         # share kept for this turn's own arrivals. Each lane is gone through at most once
         # per pass: who yields again waits for the next turn.
         for lane in self._lanes:
-            stop_frames = self._frames_left - share_frames
-            stop_bytes = self._bytes_left - share_bytes
+            stop_frames = self.frames_left - share_frames
+            stop_bytes = self.bytes_left - share_bytes
             self._serve(lane, stop_frames, stop_bytes)
         for lane in self._lanes:
             self._serve(lane, share_frames, share_bytes)
-        if any(self._lanes) and not self._booked:
-            self._booked = True
-            self._book(self._next_turn)
+        if any(self._lanes) and not self.booked:
+            self.book_turn()
 
     def _serve(self, lane: deque[Callable[[], None]], frames: int, nbytes: int) -> None:
         """Resume ``lane``'s oldest while more than ``frames`` and ``nbytes`` are left."""
         for _ in range(len(lane)):
-            if self._frames_left <= max(frames, 0) or self._bytes_left <= max(nbytes, 0):
+            if self.frames_left <= max(frames, 0) or self.bytes_left <= max(nbytes, 0):
                 return
             lane.popleft()()
 
@@ -147,16 +157,23 @@ class MemoryBudget:
     """
 
     def __init__(self, book: Book, limit: int) -> None:
-        self.limit = limit
+        self._limit = limit
         self.held = 0
         self.peak = 0
+        # Read on every read of every connection: kept up to date rather than computed.
+        self.over = False
         self._book = book
         self._waiting: deque[Callable[[], None]] = deque()
         self._booked = False
 
     @property
-    def over(self) -> bool:
-        return 0 < self.limit <= self.held
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, limit: int) -> None:
+        self._limit = limit
+        self.charge(0)
 
     @property
     def waiting(self) -> int:
@@ -166,7 +183,8 @@ class MemoryBudget:
         held = self.held = self.held + delta
         if held > self.peak:
             self.peak = held
-        if delta < 0 and self._waiting and not self._booked and not self.over:
+        self.over = 0 < self._limit <= held
+        if delta <= 0 and self._waiting and not self._booked and not self.over:
             self._booked = True
             self._book(self._release)
 

@@ -299,20 +299,28 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
         budgets = self._budgets
         assert reader is not None and budgets is not None
         turn = budgets.turn
-        frames, nbytes = turn.grant(FEED_MAX_FRAMES, FEED_MAX_INFLATED)
-        if nbytes and not self._held and budgets.memory.over:
+        if turn.frames_left >= FEED_MAX_FRAMES and turn.bytes_left >= FEED_MAX_INFLATED:
+            frames, nbytes = FEED_MAX_FRAMES, FEED_MAX_INFLATED  # the common case, no call
+        else:
+            frames, nbytes = turn.grant(FEED_MAX_FRAMES, FEED_MAX_INFLATED)
+        if budgets.memory.over and nbytes and not self._held:
             # Memory is short and nothing here would release any: plain frames go on, a
             # compressed one waits (_read_backlog).
             nbytes = 0
         events = reader.feed(data, frames, nbytes)
-        if reader.frames:
-            turn.spend(reader.frames, reader.inflated)
+        if reader.frames:  # turn.spend(), inline
+            turn.frames_left -= reader.frames
+            turn.bytes_left -= reader.inflated
+            if not turn.booked:
+                turn.book_turn()
         if self._busy:
             self._pending.extend(events)
             self._pending_bytes += _size(events)
         else:
             self._dispatch(events)
-        self._account()
+        # On every read: the call only when something is or was held.
+        if self._held or reader.message_bytes or self._outbox_bytes or self._pending_bytes:
+            self._account()
         if reader.backlog:
             self._read_backlog_later()
 

@@ -11,9 +11,10 @@ same messages it would send systemd (``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``
   no progress for ``HEARTBEAT_STALE`` seconds is killed and replaced on its own, so one
   stuck worker costs its own connections, not every worker's. Progress is either a
   ``WATCHDOG=1`` from the worker's housekeeping or a change of its beat counter, a slot of
-  shared memory that its loop bumps with every slice of work (the turn budget's
-  ``beats``): a loop busy with a storm of work, however long its turns, keeps beating and
-  is left alone; one blocked in a single call does not. Only a stuck worker that even
+  shared memory that its loop bumps with every turn that did budgeted work (the turn
+  budget's ``beats``; the budget keeps each such turn short): a loop busy with a storm of
+  work, however long the storm, keeps beating and is left alone; one blocked in a single
+  call does not. Only a stuck worker that even
   SIGKILL does not remove makes the supervisor withhold the watchdog;
 * SIGTERM, SIGINT and SIGHUP are passed on to every worker; a worker that dies unexpectedly
   is restarted, at most ``RESTART_BURST`` times within ``RESTART_INTERVAL`` seconds (like

@@ -58,7 +58,6 @@ class FrameReader:
         "_msg_compressed",
         "_msg_data",
         "_msg_opcode",
-        "_msg_size",
         "_msg_text",
         "_need",
         "_partial_checked",
@@ -73,6 +72,7 @@ class FrameReader:
         "frames",
         "inflated",
         "max_size",
+        "message_bytes",
     )
 
     def __init__(self, max_size: int, deflate: PerMessageDeflate | None = None) -> None:
@@ -87,7 +87,7 @@ class FrameReader:
         # Its bytes so far (inflated), as one buffer: an object per fragment would make a
         # message in 1-byte fragments cost 40 bytes a byte, and endless empty ones unbounded.
         self._msg_data = bytearray()
-        self._msg_size = 0
+        self.message_bytes = 0  # inflated, of the unfinished message so far
         self._msg_text: Any = None  # incremental UTF-8 decoder of a fragmented text
         # A text frame still arriving: its payload so far is checked as it comes (RFC 6455
         # section 8.1 "fail fast"), so a client cannot park invalid UTF-8 in a long frame.
@@ -113,12 +113,7 @@ class FrameReader:
         """Skip data frames from now on (see the class docstring); idempotent."""
         self.discarding = True
         self._msg_data = bytearray()
-        self._msg_size = 0
-
-    @property
-    def message_bytes(self) -> int:
-        """Bytes (inflated) of the unfinished message held so far."""
-        return self._msg_size
+        self.message_bytes = 0
 
     @property
     def compressed_next(self) -> bool:
@@ -133,7 +128,7 @@ class FrameReader:
     def buffered(self) -> int:
         """Bytes held: a partial frame, a backlog, the fragments of an unfinished message,
         and what a frame still inflating has left to inflate."""
-        held = len(self._buf) + len(self._rest) - self._rest_pos + self._msg_size
+        held = len(self._buf) + len(self._rest) - self._rest_pos + self.message_bytes
         if self._inflating and self.deflate is not None:
             held += self.deflate.unconsumed
         return held
@@ -347,7 +342,7 @@ class FrameReader:
             return
         # One byte past the slice's room: a frame that fills it exactly is done in one piece.
         room = self._max_inflated - self.inflated + 1
-        limit = self.max_size - self._msg_size
+        limit = self.max_size - self.message_bytes
         if payload is None:
             piece = deflate.inflate_more(limit, room)
         else:
@@ -363,8 +358,8 @@ class FrameReader:
     def _take(self, payload: bytes, fin: bool, whole: bool, events: list[tuple[Any, Any]]) -> None:
         """Add a data frame's (inflated) ``payload`` to its message; ``whole``: it is all of
         it; ``fin``: the message ends with it."""
-        self._msg_size += len(payload)
-        if self._msg_size > self.max_size:
+        self.message_bytes += len(payload)
+        if self.message_bytes > self.max_size:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message exceeds {self.max_size} bytes")
         text = None
         if self._msg_text is not None:
@@ -388,5 +383,5 @@ class FrameReader:
                 events.append((Opcode.BINARY, bytes(message)))
             self._msg_data = bytearray()
         self._msg_opcode = -1
-        self._msg_size = 0
+        self.message_bytes = 0
         self._msg_text = None
