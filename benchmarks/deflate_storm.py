@@ -33,7 +33,7 @@ import zlib
 from pathlib import Path
 
 from _common import say, start_supervised, stop_supervised
-from _rawclient import frame, read_frame, upgrade
+from _rawclient import frame, read_echo, upgrade
 
 MIB = 1 << 20
 
@@ -78,7 +78,7 @@ class Probe:
                 while not self._stop:
                     start = time.monotonic()
                     writer.write(message)
-                    await read_frame(reader)
+                    await read_echo(reader, writer)
                     self.worst = max(self.worst, time.monotonic() - start)
                     self.echoes += 1
                     await asyncio.sleep(0.02)
@@ -114,8 +114,7 @@ async def one_round(
         nonlocal echoed
         writer.write(bomb)
         try:
-            while (await read_frame(reader))[0] != 0x2:
-                pass
+            await read_echo(reader, writer)
         except (OSError, asyncio.IncompleteReadError):
             return
         echoed += 1

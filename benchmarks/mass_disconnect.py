@@ -36,7 +36,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from _common import say, start_supervised, stop_supervised
-from _rawclient import frame, read_frame, upgrade
+from _rawclient import frame, read_echo, upgrade
 
 PER_CLIENT = 16_000  # connections per client process, under the 20000 descriptor limit
 PER_SOURCE = 20_000  # connections per 127.0.0.x source address (ephemeral ports)
@@ -90,7 +90,7 @@ class Probe:
             while not stop.is_set():
                 start = time.monotonic()
                 writer.write(message)
-                await read_frame(reader)
+                await read_echo(reader, writer)
                 self.worst = max(self.worst, time.monotonic() - start)
                 await asyncio.sleep(0.01)
         except (OSError, asyncio.IncompleteReadError):
