@@ -416,3 +416,37 @@ async def test_connections_that_vanish_together_end_over_several_turns(
 
     await eventually(recorded, "every vanished session recorded as aborted", timeout=30)
     survivor.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_peer_gone_before_shutdown_whose_end_waits_its_turn_ends_aborted(
+    http_server: Any, http_port: int, connections: Connections, app_config: Config
+) -> None:
+    # The peer hangs up while the turn is spent: its end (on_close, the record) waits in
+    # the background lane. A shutdown meanwhile must not call it a server shutdown.
+    reader, writer = await open_raw_websocket(http_port)
+    writer.write(client_frame(0x1, b"hi"))
+    assert await read_server_frame(reader) == (0x1, b"hi")
+    [session] = list(connections._open)
+    protocol = session._protocol  # type: ignore[attr-defined]
+    assert isinstance(protocol, FastProtocol)
+    turn = loop_budgets().turn
+    frames = turn.frames
+    turn.frames = turn.frames_left = 0  # every turn spent, until restored
+    try:
+        writer.transport.abort()
+        await eventually(lambda: protocol.lost, "the server saw the peer go", timeout=10)
+        assert len(connections) == 1  # its end waits for a turn
+        connections.close_all()
+    finally:
+        turn.frames = turn.frames_left = frames
+        turn.wait(lambda: None)  # a turn with room
+    await eventually(lambda: len(connections) == 0, timeout=10)
+
+    def recorded() -> list[Any]:
+        return [
+            row["end_state"]
+            for row in fetch_rows(app_config.database_url, "SELECT end_state FROM ws_sessions")
+        ]
+
+    assert await eventually(recorded, timeout=10) == ["aborted"]

@@ -613,6 +613,11 @@ class FastProtocol(WebSocketProtocol, asyncio.Protocol):
     def is_closing(self) -> bool:
         return self._lost or self.client_terminated or self.server_terminated
 
+    @property
+    def lost(self) -> bool:
+        """The connection is gone (its end may still wait for its turn to be reported)."""
+        return self._lost
+
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         """Start (or finish) the closing handshake; hang up once both sides have closed."""
         if self._lost:

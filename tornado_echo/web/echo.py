@@ -257,6 +257,9 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         return waiter
 
     def close_for_shutdown(self, code: int, reason: str) -> None:
+        protocol = self._protocol
+        if isinstance(protocol, FastProtocol) and protocol.lost:
+            return  # the peer had gone already: its end, waiting for its turn, is its own
         self._shutdown_close = True
         self.close(code, reason)
 
