@@ -14,8 +14,8 @@ same messages it would send systemd (``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``
   shared memory that its loop bumps with every turn that did budgeted work (the turn
   budget's ``beats``; the budget keeps each such turn short): a loop busy with a storm of
   work, however long the storm, keeps beating and is left alone; one blocked in a single
-  call does not. Only a stuck worker that even
-  SIGKILL does not remove makes the supervisor withhold the watchdog;
+  call does not. Only a stuck worker that even SIGKILL does not remove makes the
+  supervisor withhold the watchdog;
 * SIGTERM, SIGINT and SIGHUP are passed on to every worker; a worker that dies unexpectedly
   is restarted, at most ``RESTART_BURST`` times within ``RESTART_INTERVAL`` seconds (like
   systemd's StartLimitBurst=/StartLimitIntervalSec=). Beyond that the supervisor stops the
