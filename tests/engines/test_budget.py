@@ -376,6 +376,7 @@ async def test_messages_in_flight_across_connections_stay_within_the_memory_budg
         memory.limit = monkeypatch_limit
 
 
+@pytest.mark.usefixtures("engine")
 @pytest.mark.gen_test(timeout=120)
 async def test_connections_that_vanish_together_end_over_several_turns(
     http_server: Any,
