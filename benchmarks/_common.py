@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -141,3 +142,45 @@ def run_loadtest(cpu: int | None, args: list[str], timeout: float = 300) -> dict
             sys.exit(f"loadtest failed ({proc.returncode}): {proc.stderr.strip()}")
         result: dict[str, Any] = json.loads(out.read_text())
         return result
+
+
+def start_supervised(
+    workdir: Path, cpus: str, workers: int, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """tornado-echo with ``workers`` processes pinned to ``cpus`` (a taskset list), at the
+    default conf but for SQLite records in ``workdir`` and ``extra`` flags; its log in
+    ``workdir/server.log``. Returns (process, port, log) once every worker is ready."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = workdir / "server.log"
+    cmd = [
+        "taskset", "-c", cpus, sys.executable, "-m", "tornado_echo", "--port", str(port),
+        "--workers", str(workers), "--database-url", f"sqlite:///{workdir}/echo.db", *extra,
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while f"all {workers} workers ready" not in log.read_text():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            sys.exit("the server did not start:\n" + log.read_text())
+        time.sleep(0.1)
+    say(f"server: {' '.join(cmd[3:])}")
+    return proc, port, log
+
+
+def stop_supervised(proc: subprocess.Popen[bytes], workdir: Path, log: Path) -> None:
+    """SIGTERM and wait; print the workers the supervisor killed and the session records
+    by end state."""
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(120)
+    text = log.read_text()
+    say(f"workers SIGKILLed by the supervisor: {text.count('killing it')}")
+    say(f"supervisor gave up: {'giving up' in text}; exit code {proc.returncode}")
+    db = sqlite3.connect(workdir / "echo.db")
+    query = "SELECT coalesce(end_state, 'open'), count(*) FROM ws_sessions GROUP BY 1"
+    states = dict(db.execute(query).fetchall())
+    db.close()
+    say(f"sessions by end state: {states}")

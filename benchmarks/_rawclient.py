@@ -181,3 +181,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+async def read_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """The next data frame's payload; the server's pings on the way are answered (a client
+    that does not answer them is closed after ping_timeout)."""
+    while True:
+        opcode, payload, _ = await read_frame(reader)
+        if opcode == 0x9:
+            writer.write(frame(0xA, payload))
+        elif opcode in (0x1, 0x2):
+            return payload

@@ -110,6 +110,7 @@ FILE_ERRORS = [
     ("admin_token = 12345\n", "key 'admin_token': expected a string, got '***'"),
     ('listener = "uvicorn"\n', "key 'listener': must be one of auto, tornado, got 'uvicorn'"),
     ('access_log = "yes"\n', "key 'access_log': expected a boolean, got 'yes'"),
+    ("max_inflight_bytes = -1\n", "key 'max_inflight_bytes': must be between 0 and 10995"),
 ]
 
 

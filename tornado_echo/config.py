@@ -41,6 +41,7 @@ LIVE_KEYS = frozenset(
         "max_message_size",
         "max_messages_per_second",
         "max_bytes_per_second",
+        "max_inflight_bytes",
         "max_connections",
         "max_connections_per_ip",
         "ping_interval",
@@ -322,6 +323,14 @@ class Config:
         0.0,
         "message bytes a connection may send per second, likewise; 0: no limit",
         _between(0, 1e12),
+    )
+    max_inflight_bytes: int = _opt(
+        INTEGER,
+        64 * 1024 * 1024,
+        "bytes of messages in flight per process (inflated, waiting for their echo or to be"
+        " deflated); beyond it connections holding none are not read until some is released;"
+        " 0: no limit",
+        _between(0, 1 << 40),
     )
     max_connections_per_ip: int = _opt(
         INTEGER,

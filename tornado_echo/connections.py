@@ -187,8 +187,9 @@ class Connections:
         return len(sessions)
 
     def abort_all(self) -> int:
-        """Drop every session still open now: each ends (and records its close) before this
-        returns, so the store can take the records before it seals. Returns how many."""
+        """Drop every session still open now. Their ends (and close records) follow within
+        a few turns of the loop (the turn budget's), so wait_closed() before the store
+        seals. Returns how many."""
         sessions = list(self._open)
         for session in sessions:
             session.on_connection_close()

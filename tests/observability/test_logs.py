@@ -185,7 +185,7 @@ async def test_a_service_under_journald_writes_priorities_workers_and_rejection_
 async def test_a_percent_encoded_admin_token_in_a_query_is_redacted_at_debug_level(
     tmp_path: Path, services: list[Service]
 ) -> None:
-    conf = BASE_CONF + 'log_level = "debug"\nadmin_token = "s3cr/t+tok"\n'
+    conf = BASE_CONF + 'log_level = "debug"\naccess_log = true\nadmin_token = "s3cr/t+tok"\n'
     service = start_service(tmp_path, conf)
     services.append(service)
     request = b"GET /api/sessions?token=s3cr%2ft%2Btok HTTP/1.1\r\nHost: localhost\r\n\r\n"

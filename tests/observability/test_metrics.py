@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import platform
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from tests.helpers import BASE_CONF, Service, make_server, metric, start_service
 from tornado_echo import __version__
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections
+from tornado_echo.engines.budget import loop_budgets
 from tornado_echo.observability.metrics import (
     CLOSE_END_STATES,
     DIRECTIONS,
@@ -90,27 +92,64 @@ async def test_a_fresh_server_exports_every_known_series_at_zero(
 
 
 def refusal_labels_in_the_code() -> set[str]:
-    """Every metric label a refusal site in web/ and http/ passes (as a string literal)."""
+    """Every metric label a refusal site in web/ and http/ passes: a string literal, or a name
+    (a module constant such as http.admission's FULL, or a local assigned from them)."""
     found: set[str] = set()
     package = Path(tornado_echo.__file__).parent
-    for path in [*package.glob("web/**/*.py"), *package.glob("http/**/*.py")]:
-        tree = ast.parse(path.read_text())
+    trees = [
+        ast.parse(path.read_text())
+        for path in [*package.glob("web/**/*.py"), *package.glob("http/**/*.py")]
+    ]
+    assigned: dict[str, list[ast.expr]] = {}
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        assigned.setdefault(target.id, []).append(node.value)
+
+    def labels(node: ast.expr) -> set[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, ast.IfExp):
+            return labels(node.body) | labels(node.orelse)
+        if isinstance(node, ast.Name) and node.id in assigned:
+            # Every assignment to that name in these files (names are reused: keep those
+            # that read as labels; at least one must).
+            found: set[str] = set()
+            for value in assigned[node.id]:
+                with contextlib.suppress(AssertionError):
+                    found |= labels(value)
+            if found:
+                return found
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "get":
+            return labels(node.args[1])  # kwargs.get("label", default)
+        if isinstance(node, ast.Attribute):  # passed on (refusal.label): found where made
+            return set()
+        raise AssertionError(f"a refusal label this test cannot read: {ast.dump(node)}")
+
+    for tree in trees:
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and node.name == "_upgrade_problem":
                 for ret in ast.walk(node):
                     if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Tuple):
-                        found.add(ast.literal_eval(ret.value.elts[0]))
+                        found |= labels(ret.value.elts[0])
             if not isinstance(node, ast.Call):
                 continue
             name = getattr(node.func, "attr", getattr(node.func, "id", ""))
-            position = {"_reject": 1, "refuse": 2}.get(name)
+            position = {"_reject": 1, "refuse": 2, "_refusal": 1, "_Refusal": 1}.get(name)
+            if name == "on_refusal" and node.args:
+                position = 0
             # _reject(500, *problem) passes what _upgrade_problem returns, found above.
             starred = any(isinstance(arg, ast.Starred) for arg in node.args)
             if position is not None and not starred and len(node.args) > position:
-                found.add(ast.literal_eval(node.args[position]))
+                arg = node.args[position]
+                # Listener._refusal(stream, answer(...), linger) is another _refusal.
+                if not (name == "_refusal" and isinstance(arg, ast.Call)):
+                    found |= labels(arg)
             first = node.args[0] if node.args else None
             if name == "get" and isinstance(first, ast.Constant) and first.value == "label":
-                found.add(ast.literal_eval(node.args[1]))  # write_error's default
+                found |= labels(node.args[1])  # write_error's default
     return found
 
 
@@ -219,3 +258,19 @@ def test_each_refresh_adds_only_what_is_new(store: Store, connections: Connectio
     assert metric(text, 'tornado_echo_bytes_total{direction="in"}') == 30
     assert metric(text, "tornado_echo_connections_open") == 1
     assert metric(text, "tornado_echo_store_records_written_total") == 0
+
+
+@pytest.mark.gen_test
+async def test_the_loops_budgets_are_in_the_metrics(store: Store, connections: Connections) -> None:
+    metrics = Metrics()
+    budgets = loop_budgets()
+    budgets.memory.charge(12345)
+    budgets.turn.spend(budgets.turn.frames, 0)  # the turn is spent: the next read waits
+    budgets.turn.wait(lambda: None)
+    try:
+        metrics.refresh(connections, store)
+        text = metrics.exposition()[0].decode()
+        assert metric(text, "tornado_echo_inflight_bytes") == 12345
+        assert metric(text, "tornado_echo_turn_waiting") == 1
+    finally:
+        budgets.memory.charge(-12345)

@@ -22,6 +22,7 @@ from tests.helpers import (
     upgrade_request,
 )
 from tornado_echo.config import Config, build_config
+from tornado_echo.engines.budget import loop_budgets
 from tornado_echo.http.fast_listener import FastHTTPServer
 from tornado_echo.process import server as server_module
 from tornado_echo.process.server import Server, uses_fast_listener
@@ -269,5 +270,24 @@ async def test_the_default_server_listens_with_the_asyncio_listener(
         assert isinstance(server.http, FastHTTPServer)
         _, writer = await open_raw_websocket(server.port)
         writer.close()
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_max_inflight_bytes_sets_the_loops_memory_budget_and_reloads_live(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    conf = tmp_path / "echo.toml"
+    base = f'database_url = "{sqlite_url}"\nstate_dir = "{tmp_path}"\nport = 0\n'
+    conf.write_text(base + "max_inflight_bytes = 5000000\n")
+    config, _ = build_config(str(conf), {})
+    server = Server(config, reload_config=lambda: build_config(str(conf), {})[0])
+    await server.start()
+    try:
+        assert loop_budgets().memory.limit == 5_000_000
+        conf.write_text(base + "max_inflight_bytes = 7000000\n")
+        assert await server.reload() is True
+        assert loop_budgets().memory.limit == 7_000_000
     finally:
         await server.shutdown()

@@ -6,6 +6,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,72 @@ def test_workers_exit_when_the_supervisor_is_killed(
     )
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", service.port), timeout=2).close()
+
+
+# Two workers under a real supervisor. Worker 0 is busy: after READY it never checks in
+# again, but its loop's beat counter keeps moving (as a worker's does while it works
+# through a storm in many short slices). Worker 1 is stuck: after READY it spins in one
+# call, its counter still. It starts (READY) only once worker 0 has, so worker 0 has been
+# silent at least as long: a supervisor that went by check-ins alone kills both.
+BUSY_AND_STUCK = """
+import logging, os, sys, time
+from tornado_echo.process.supervisor import Supervisor
+from tornado_echo.process.systemd import Notifier
+
+flags = sys.argv[1]
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+def flag(name):
+    return os.path.join(flags, name)
+
+def run_worker(index, link):
+    if index == 0:
+        link.notify("READY=1")
+        open(flag("busy"), "w").close()
+        while True:
+            link.beats[0] += 1
+            sum(range(10000))
+    if os.path.exists(flag("stuck")):  # the replacement: idle, checking in
+        link.notify("READY=1")
+        while True:
+            link.notify("WATCHDOG=1")
+            time.sleep(0.5)
+    while not os.path.exists(flag("busy")):
+        time.sleep(0.01)
+    link.notify("READY=1")
+    open(flag("stuck"), "w").close()
+    while True:
+        pass
+
+sys.exit(Supervisor(2, run_worker, Notifier(None), shutdown_deadline=1.0).run())
+"""
+
+
+@pytest.mark.slow
+def test_a_busy_worker_that_progresses_is_kept_and_a_stuck_one_is_killed(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "supervisor.log"
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-c", BUSY_AND_STUCK, str(tmp_path)], stderr=err, text=True
+        )
+    try:
+
+        def started() -> list[tuple[str, int]]:
+            found = re.findall(r"worker (\d) started \(pid (\d+)\)", log.read_text())
+            return [(index, int(pid)) for index, pid in found]
+
+        eventually_blocking(lambda: len(started()) == 3, "worker 1 replaced", timeout=30)
+        text = log.read_text()
+        assert not re.search(r"worker 0 \(pid \d+\) has not checked in", text), text
+        (busy, _), (stuck, _) = [(pid, index) for index, pid in started()[:2]]
+        assert re.search(rf"worker 1 \(pid {stuck}\) has not checked in for [\d.]+ s", text)
+        assert "worker 0" not in text.replace(f"worker 0 started (pid {busy})", "")
+        assert alive(busy)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -372,6 +372,67 @@ def test_bytes_that_arrive_while_a_backlog_waits_come_after_it() -> None:
     assert not reader.backlog and reader.buffered == 0
 
 
+def test_a_slice_of_zero_keeps_what_arrives_and_smaller_slices_are_kept_to() -> None:
+    # The turn budget of the process is spent: the read is held, unparsed, as a backlog;
+    # a partial plain-text frame in the buffer goes back in front of it, checked again.
+    reader = FrameReader(1 << 20, PerMessageDeflate({}))
+    text = masked(Opcode.TEXT, "é".encode() * 100)
+    assert reader.feed(text[:50]) == [] and not reader.backlog
+    assert reader.feed(text[50:], 0, 0) == [] and reader.backlog
+    assert (reader.frames, reader.inflated) == (0, 0)
+    assert reader.buffered == len(text)
+    bomb = masked(Opcode.BINARY, deflated(b"\x00" * 300_000), rsv=0x40)
+    assert reader.feed(bomb + masked(Opcode.PING, b"p"), 0, 0) == []
+    # Room for 1 frame and 100,000 inflated bytes: the text; then the bomb, 100,000 at a time.
+    assert reader.feed(b"", 1, 100_000) == [(Opcode.TEXT, "é" * 100)]
+    assert (reader.frames, reader.inflated) == (1, 0)
+    pieces = []
+    while reader.backlog:
+        events = reader.feed(b"", 1, 100_000)
+        pieces.append((reader.frames, reader.inflated, [(op, len(p)) for op, p in events]))
+    assert pieces == [
+        (1, 100_001, []),
+        (0, 100_001, []),
+        (1, 99_998, [(Opcode.BINARY, 300_000), (Opcode.PING, 1)]),  # the ping is the frame
+    ]
+    assert reader.message_bytes == 0 and reader.buffered == 0
+
+
+def test_no_room_to_inflate_parses_up_to_the_first_compressed_frame() -> None:
+    # Memory is short: plain frames go on, a compressed message waits, in order.
+    reader = FrameReader(1 << 20, PerMessageDeflate({}))
+    compressor = zlib.compressobj(wbits=-15)
+    # A message's fragments split one deflate stream; only its end drops 00 00 ff ff.
+    head = compressor.compress(b"x" * 1000) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    first = masked(Opcode.BINARY, head, rsv=0x40, fin=False)
+    data = (
+        masked(Opcode.TEXT, b"plain")
+        + masked(Opcode.PING, b"p")
+        + first
+        + masked(Opcode.CONTINUATION, deflated(b"y" * 1000, compressor))
+        + masked(Opcode.TEXT, b"after")
+    )
+    assert reader.feed(data, 100, 0) == [(Opcode.TEXT, "plain"), (Opcode.PING, b"p")]
+    assert reader.backlog and reader.inflated == 0 and reader.compressed_next
+    [(opcode, payload), after] = reader.feed(b"")
+    assert (opcode, payload) == (Opcode.BINARY, b"x" * 1000 + b"y" * 1000)
+    assert after == (Opcode.TEXT, "after") and not reader.backlog
+    # Between the fragments of a compressed message, the continuation waits as well.
+    reader.feed(masked(Opcode.BINARY, head, rsv=0x40, fin=False))
+    assert reader.message_bytes == 1000
+    assert reader.feed(masked(Opcode.CONTINUATION, b"\x00"), 100, 0) == []
+    assert reader.backlog and reader.message_bytes == 1000
+
+
+def test_invalid_text_held_by_a_slice_of_zero_still_fails_when_parsed() -> None:
+    reader = FrameReader(1000)
+    bad = masked(Opcode.TEXT, b"ok" + b"\xff" * 20)
+    assert reader.feed(bad[:4]) == []
+    assert reader.feed(bad[4:], 0, 0) == []
+    [(opcode, error)] = reader.feed(b"")
+    assert opcode is None and error.code == 1007
+
+
 def test_small_compressed_messages_that_inflate_to_much_come_out_one_slice_at_a_time() -> None:
     # Each 1 KB on the wire inflates to FEED_MAX_INFLATED: one per slice, however many
     # arrive in one read, so memory and time per turn stay bounded.

@@ -11,7 +11,11 @@ dispatched, and everything written while dispatching goes out as one transport w
 read holding more than one slice of the reader's (``FEED_MAX_FRAMES`` frames, or about
 ``FEED_MAX_INFLATED`` inflated bytes) is served a slice per turn of the loop, the peer
 unread meanwhile: a connection that pipelines thousands of messages, or compressed ones
-that inflate to much more, cannot hold the loop for the whole read.
+that inflate to much more, cannot hold the loop for the whole read. Slices also come out of
+the process's budgets (:mod:`~tornado_echo.engines.budget`): work per turn of the loop
+across connections, and bytes of messages in flight; a connection whose slice finds either
+spent waits its turn, unread. A connection's end (``on_close``: its record, metrics, log
+line) is work of the turn as well, so thousands ending at once end over several turns.
 
 To the handler it is a ``tornado.websocket.WebSocketProtocol``: ``open``, ``on_message``
 (which may return an awaitable: the next message waits for it), ``on_ping``, ``on_pong``,
@@ -48,6 +52,7 @@ from tornado_echo.compat import (
     switching_protocols,
     unread_bytes,
 )
+from tornado_echo.engines.budget import CLOSE_COST, INFLATING, PLAIN, LoopBudgets, loop_budgets
 from tornado_echo.engines.flow_control import (
     DEFLATE_OFF_LOOP,
     WRITE_HIGH_WATER,
@@ -56,6 +61,8 @@ from tornado_echo.engines.flow_control import (
 )
 from tornado_echo.engines.timerwheel import loop_wheel
 from tornado_echo.wire import (
+    FEED_MAX_FRAMES,
+    FEED_MAX_INFLATED,
     CloseCode,
     CloseHandshake,
     CloseState,
@@ -84,14 +91,18 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
     __slots__ = (
         "_awaiting_pong",
         "_backlog_due",
+        "_budgets",
         "_busy",
         "_compression_options",
         "_deadline",
         "_drain_waiters",
+        "_held",
         "_lost",
         "_out",
         "_outbox",
+        "_outbox_bytes",
         "_pending",
+        "_pending_bytes",
         "_selected_subprotocol",
         "closing",
         "connection_error",
@@ -131,6 +142,10 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         # While a message is deflated off the loop, what is sent after it waits here, in
         # order: (opcode, message, Future) to deflate next, or (opcode, frame, None) ready.
         self._outbox: deque[tuple[int, bytes, asyncio.Future[None] | None]] | None = None
+        self._outbox_bytes = 0  # of the messages in it still to deflate
+        self._budgets: LoopBudgets | None = None  # the loop's, once carried
+        self._held = 0  # bytes in flight charged to the memory budget
+        self._pending_bytes = 0  # of the messages in _pending
         # Events waiting while the handler is busy (opening, or awaiting on_message).
         self._busy = True
         self._pending: list[tuple[Any, Any]] = []
@@ -196,6 +211,7 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         handler.on_finish()
         handler.application.log_request(handler)
         self.reader = FrameReader(self.max_message_size, self.deflate)
+        self._budgets = loop_budgets()
         if isinstance(detached, IOStream):
             await self._move_socket(handler, detached)
         else:
@@ -270,12 +286,31 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
-        assert reader is not None
-        events = reader.feed(data)
+        budgets = self._budgets
+        assert reader is not None and budgets is not None
+        turn = budgets.turn
+        if turn.frames_left >= FEED_MAX_FRAMES and turn.bytes_left >= FEED_MAX_INFLATED:
+            frames, nbytes = FEED_MAX_FRAMES, FEED_MAX_INFLATED  # the common case, no call
+        else:
+            frames, nbytes = turn.grant(FEED_MAX_FRAMES, FEED_MAX_INFLATED)
+        if budgets.memory.over and nbytes and not self._held:
+            # Memory is short and nothing here would release any: plain frames go on, a
+            # compressed one waits (_read_backlog).
+            nbytes = 0
+        events = reader.feed(data, frames, nbytes)
+        if reader.frames:  # turn.spend(), inline
+            turn.frames_left -= reader.frames
+            turn.bytes_left -= reader.inflated
+            if not turn.booked:
+                turn.book_turn()
         if self._busy:
             self._pending.extend(events)
+            self._pending_bytes += _size(events)
         else:
             self._dispatch(events)
+        # On every read: the call only when something is or was held.
+        if self._held or reader.message_bytes or self._outbox_bytes or self._pending_bytes:
+            self._account()
         if reader.backlog:
             self._read_backlog_later()
 
@@ -290,10 +325,20 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         self.client_terminated = self.server_terminated = True
         self._clear_deadline()
         self._pending = []
+        self._pending_bytes = 0
+        self._account()
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_result(None)
         self._drain_waiters = []
+        if self._budgets is not None and self._budgets.turn.spent:
+            self._budgets.turn.defer(self._report_close)
+        else:
+            self._report_close()
+
+    def _report_close(self) -> None:
+        if self._budgets is not None:
+            self._budgets.turn.spend(CLOSE_COST, 0)
         self.handler.on_ws_connection_close(self.close_code, self.close_reason)
 
     def pause_writing(self) -> None:
@@ -343,6 +388,7 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         assert self.flow is not None
         self._busy = True
         self._pending = rest
+        self._pending_bytes = _size(rest)
         self.flow.pause(FlowControl.HANDLER)
         asyncio.ensure_future(waiting).add_done_callback(lambda _: self._handler_ready())
 
@@ -352,34 +398,60 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
             return
         self._busy = False
         pending, self._pending = self._pending, []
+        self._pending_bytes = 0
         if pending:
             self._dispatch(pending)
+        self._account()
         if not self._busy and self.flow is not None:
             if self.reader is not None and self.reader.backlog:
                 self._read_backlog_later()
             self.flow.resume(FlowControl.HANDLER)
 
     def _read_backlog_later(self) -> None:
-        # The next slice waits for the loop's next turn, after the other connections'.
-        assert self.flow is not None
+        # The next slice waits for a later turn of the loop, after the other connections'.
+        assert self.flow is not None and self._budgets is not None
         self.flow.pause(FlowControl.BACKLOG)
         if not self._backlog_due:
             self._backlog_due = True
-            asyncio.get_running_loop().call_soon(self._read_backlog)
+            reader = self.reader
+            lane = INFLATING if reader is not None and reader.compressed_next else PLAIN
+            self._budgets.turn.wait(self._read_backlog, lane)
 
     def _read_backlog(self) -> None:
         self._backlog_due = False
         if self._lost or self._busy:
             return  # gone; or _handler_ready() goes on with it
-        assert self.flow is not None and self.reader is not None
+        assert self.flow is not None and self.reader is not None and self._budgets is not None
         if self.flow.paused_for(FlowControl.WRITING):
             # The peer is not reading its echoes: resume_writing() goes on with it. A read
             # that inflates to far more than it is (and deflates no smaller) would otherwise
             # have every slice's echoes buffered for the peer.
             return
+        if not self._held and self._budgets.memory.over and self.reader.compressed_next:
+            self._backlog_due = True
+            self._budgets.memory.wait(self._memory_released)
+            return
         self.data_received(b"")
         if not self.reader.backlog:
             self.flow.resume(FlowControl.BACKLOG)
+
+    def _memory_released(self) -> None:
+        self._backlog_due = False
+        if not self._lost:
+            self._read_backlog_later()
+
+    def _account(self) -> None:
+        """Charge the memory budget with what this connection now holds in flight: the
+        unfinished message, messages waiting for the handler, and those waiting to be
+        deflated."""
+        held = 0
+        if not self._lost:
+            held = self._outbox_bytes + self._pending_bytes
+            if self.reader is not None:
+                held += self.reader.message_bytes
+        if held != self._held and self._budgets is not None:
+            self._budgets.memory.charge(held - self._held)
+            self._held = held
 
     def _control(self, opcode: Opcode, payload: bytes) -> None:
         if opcode is Opcode.PING:
@@ -428,10 +500,13 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
             self._send(opcode, data)
             return None
         if self._outbox is None and len(data) < DEFLATE_OFF_LOOP:
+            if self._budgets is not None:
+                self._budgets.turn.spend(0, len(data))
             self._send(opcode, deflate.compress(data), rsv1=True)
             return None
         # The deflate context runs across messages: they are deflated one at a time, in order.
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox_bytes += len(data)
         if self._outbox is None:
             self._outbox = deque([(opcode, data, written)])
             self._next_out()
@@ -459,8 +534,10 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
     def _deflated(self, job: asyncio.Future[bytes]) -> None:
         outbox = self._outbox
         assert outbox is not None
-        opcode, _, written = outbox.popleft()
+        opcode, message, written = outbox.popleft()
         assert written is not None
+        self._outbox_bytes -= len(message)
+        self._account()
         if self._lost:
             self._drop_outbox(written)
             return
@@ -483,6 +560,8 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         # into a closed transport).
         waiting = [written] + [entry[2] for entry in self._outbox or () if entry[2] is not None]
         self._outbox = None
+        self._outbox_bytes = 0
+        self._account()
         for future in waiting:
             if not future.done():
                 future.set_result(None)
@@ -521,6 +600,11 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
 
     def is_closing(self) -> bool:
         return self._lost or self.client_terminated or self.server_terminated
+
+    @property
+    def lost(self) -> bool:
+        """The connection is gone (its end may still wait for its turn to be reported)."""
+        return self._lost
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         """Start (or finish) the closing handshake; hang up once both sides have closed."""
@@ -621,6 +705,15 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
 
     async def _receive_frame_loop(self) -> None:
         raise NotImplementedError("FastProtocol reads through its transport")
+
+
+def _size(events: list[tuple[Any, Any]]) -> int:
+    """Bytes (characters of text) of the messages among ``events``."""
+    return sum(
+        len(payload)
+        for opcode, payload in events
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY
+    )
 
 
 def _release_http_state(handler: WebSocketHandler) -> None:

@@ -26,6 +26,10 @@ Selected with ``engine = "tornado"``; the default is :mod:`tornado_echo.engines.
 * Its close state is a :class:`~tornado_echo.wire.closing.CloseHandshake`, as the fast
   engine's: it remembers whether the peer sent a close frame, so a session can tell a clean
   close from a dropped connection.
+* Each frame is work of the process's turn budget (:mod:`~tornado_echo.engines.budget`), as
+  on the fast engine: a connection whose frame finds the turn spent, or the memory budget
+  over (messages waiting to be deflated off the loop count), waits its turn before it is
+  handled. A message is inflated whole, so a turn may go one message past the budget.
 """
 
 from __future__ import annotations
@@ -33,16 +37,17 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 from typing import Any
 
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from tornado_echo.compat import unsent_bytes
+from tornado_echo.engines.budget import INFLATING, PLAIN, loop_budgets
 from tornado_echo.engines.flow_control import DEFLATE_OFF_LOOP, WRITE_HIGH_WATER
 from tornado_echo.wire import (
     CONTROL_OPCODES,
-    FEED_MAX_INFLATED,
     CloseCode,
     CloseHandshake,
     CloseState,
@@ -58,7 +63,7 @@ from tornado_echo.wire import (
 class EchoProtocol(CloseState, WebSocketProtocol13):
     """Tornado's protocol with a lean echo write, backpressure and strict frames."""
 
-    _inflated = 0  # bytes inflated since the loop last had a turn
+    _inflated = 0  # bytes the message being handled inflated to
     # The fragmented message being received: its opcode, payload so far, whether it is
     # compressed, and an incremental UTF-8 check while it is uncompressed text.
     _message_opcode = 0
@@ -119,7 +124,14 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
     async def _send_deflated_off_loop(self, opcode: int, data: bytes) -> None:
         compressor = self._compressor
         assert compressor is not None
-        payload = await asyncio.get_running_loop().run_in_executor(None, compressor.compress, data)
+        memory = loop_budgets().memory
+        memory.charge(len(data))
+        try:
+            payload = await asyncio.get_running_loop().run_in_executor(
+                None, compressor.compress, data
+            )
+        finally:
+            memory.charge(-len(data))
         stream = self.stream
         if stream is None or self.server_terminated or stream.closed():
             return  # closed meanwhile: nothing may follow the close frame
@@ -165,14 +177,22 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
                     self._utf8 = codecs.getincrementaldecoder("utf-8")()
                     self._check_utf8(data)
                 return
+        budgets = loop_budgets()
+        compressed = opcode not in CONTROL_OPCODES and self._message_compressed
+        while budgets.turn.spent or (compressed and budgets.memory.over):
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if compressed and budgets.memory.over:
+                budgets.memory.wait(functools.partial(_wake, turn))
+            else:
+                budgets.turn.wait(
+                    functools.partial(_wake, turn), INFLATING if compressed else PLAIN
+                )
+            await turn
+        self._inflated = 0
         handled = self._handle_message(opcode, data)
+        budgets.turn.spend(1, self._inflated)
         if handled is not None:
             await handled
-        if self._inflated >= FEED_MAX_INFLATED:
-            # Tornado's loop yields by wire bytes and frames; small compressed messages
-            # that inflate to much more get the fast engine's turns as well.
-            self._inflated = 0
-            await asyncio.sleep(0)
 
     def _check_utf8(self, fragment: bytes) -> None:
         """Fail at once on a fragment of uncompressed text that cannot be UTF-8 (RFC 6455
@@ -193,7 +213,7 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
                 limit = self.params.max_message_size
                 try:
                     data = self._inflater.inflate(data, limit, True, limit + 1)
-                    self._inflated += len(data)
+                    self._inflated = len(data)
                 except ProtocolError as exc:
                     if exc.code == CloseCode.MESSAGE_TOO_BIG:
                         self.close(exc.code, exc.reason)
@@ -241,3 +261,8 @@ def _drained(written: asyncio.Future[None]) -> asyncio.Future[None]:
 
     written.add_done_callback(settle)
     return done
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -35,6 +35,7 @@ from tornado_echo import __version__
 from tornado_echo.compat import add_to_histogram
 from tornado_echo.config import Config
 from tornado_echo.connections import Connections, Traffic
+from tornado_echo.engines.budget import made_budgets
 from tornado_echo.observability import MULTIPROC_ENV
 from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store import Store
@@ -72,6 +73,9 @@ REFUSAL_REASONS = (
     "request_headers",
     "request_body",
     "connection_limit_http",
+    "address_limit_http",
+    "idle_http_evicted",
+    "bad_request",
 )
 DIRECTIONS = ("in", "out")
 # How a session that had opened ends (web/echo.py); open and crashed are database states.
@@ -153,6 +157,18 @@ class Metrics:
         )
         self.connections = Counter(
             "tornado_echo_connections", "WebSocket sessions opened", registry=registry
+        )
+        self.inflight_bytes = Gauge(
+            "tornado_echo_inflight_bytes",
+            "Bytes of messages in flight (inflated, awaiting their echo or to be deflated)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.turn_waiting = Gauge(
+            "tornado_echo_turn_waiting",
+            "Connections waiting for a turn of the loop's work budget or for memory",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.handshakes = Counter(
             "tornado_echo_handshakes",
@@ -349,6 +365,10 @@ class Metrics:
         traffic = connections.traffic()
         folded = self._folded_traffic
         self.connections_open.set(len(connections))
+        budgets = made_budgets()
+        if budgets is not None:
+            self.inflight_bytes.set(budgets.memory.held)
+            self.turn_waiting.set(budgets.turn.waiting + budgets.memory.waiting)
         self.messages.labels("in").inc(traffic.messages_in - folded.messages_in)
         self.messages.labels("out").inc(traffic.messages_out - folded.messages_out)
         self.bytes.labels("in").inc(traffic.bytes_in - folded.bytes_in)

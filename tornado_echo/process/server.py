@@ -34,6 +34,7 @@ import tornado.netutil
 from tornado_echo.addresses import is_loopback
 from tornado_echo.config import Config, LiveConfig
 from tornado_echo.connections import Connections
+from tornado_echo.engines.budget import loop_budgets
 from tornado_echo.errors import ConfigError
 from tornado_echo.http import tls
 from tornado_echo.http.fast_listener import FastHTTPServer, make_fast_http_server
@@ -132,6 +133,10 @@ class Server:
 
     async def _start(self, sockets: list[socket.socket] | None) -> None:
         self._wakeup = asyncio.Event()
+        budgets = loop_budgets()
+        budgets.memory.limit = self.config.max_inflight_bytes
+        if self.notifier.beats is not None:
+            budgets.turn.beats = self.notifier.beats  # the supervisor watches it
         self.store.on_batch = self.metrics.batch_seconds.observe
         await self.store.start()
         self.retention.start()
@@ -173,10 +178,12 @@ class Server:
         if self.config.console:
             self.app.live.start()
         self._housekeeping = asyncio.ensure_future(self._housekeep())
-        logger.info("%s", self._first_screen(ssl_context is not None))
+        # One record a line: the log escapes line breaks inside a record.
+        for line in self._first_screen(ssl_context is not None):
+            logger.info("%s", line)
         self._update_status(force=True, ready=True)
 
-    def _first_screen(self, tls_on: bool) -> str:
+    def _first_screen(self, tls_on: bool) -> list[str]:
         """Where to point a browser and a client, and where the records go."""
         host = self.config.host
         shown = f"[{host}]" if ":" in host else host
@@ -193,7 +200,7 @@ class Server:
                 f"  the database does not answer ({status.error}): serving without it; records"
                 f" wait in {os.path.abspath(self.config.state_dir)} and it is retried"
             )
-        return "\n".join(lines)
+        return lines
 
     def _count_refusal(self, label: str) -> None:
         self.metrics.rejections.labels(label).inc()
@@ -287,6 +294,7 @@ class Server:
             self.http.set_ssl_context(ssl_context)
             logger.info("TLS certificate %s loaded for new connections", new.tls_cert)
         self.app.journal_budget.rate = new.journal_max_bytes_per_second
+        loop_budgets().memory.limit = new.max_inflight_bytes
         logger.info(
             "configuration reloaded; applied: %s", ", ".join(reload.applied) or "nothing changed"
         )
@@ -302,12 +310,14 @@ class Server:
     async def _housekeep(self) -> None:
         """Every TICK: event-loop lag, metrics, watchdog ping, and now and then the status."""
         loop = asyncio.get_running_loop()
+        turn = loop_budgets().turn
         watchdog_every = self.notifier.watchdog_interval()
         last_watchdog = last_status = loop.time()
         while True:
             expected = loop.time() + TICK
             await asyncio.sleep(TICK)
             now = loop.time()
+            turn.beats[0] += 1  # an idle loop is alive too
             self.metrics.loop_lag.observe(max(0.0, now - expected))
             self.metrics.refresh(self.connections, self.store)
             # Pinged from the loop itself: a blocked loop stops the pings and systemd
@@ -367,6 +377,8 @@ class Server:
                 len(self.connections),
             )
             self.connections.abort_all()  # their close records go in before the store seals
+            # Their ends are work of the turn budget, a few hundred a turn: let them run.
+            await self._wait_or_forced(self.connections.wait_closed(MIN_STORE_DRAIN))
         if self.http is not None:
             await self._wait_or_forced(self._close_http_connections())
         if self._housekeeping is not None:

@@ -7,10 +7,15 @@ same messages it would send systemd (``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``
 
 * ``READY=1`` once every worker is listening (and again once every worker has re-read its
   configuration after a SIGHUP);
-* ``WATCHDOG=1`` while the supervisor's own loop runs; a worker whose event loop has not
-  checked in for ``HEARTBEAT_STALE`` seconds is killed and replaced on its own, so one
-  stuck worker costs its own connections, not every worker's. Only a stuck worker that
-  even SIGKILL does not remove makes the supervisor withhold the watchdog;
+* ``WATCHDOG=1`` while the supervisor's own loop runs; a worker whose event loop has made
+  no progress for ``HEARTBEAT_STALE`` seconds is killed and replaced on its own, so one
+  stuck worker costs its own connections, not every worker's. Progress is either a
+  ``WATCHDOG=1`` from the worker's housekeeping or a change of its beat counter, a slot of
+  shared memory that its loop bumps with every turn that did budgeted work (the turn
+  budget's ``beats``; the budget keeps each such turn short): a loop busy with a storm of
+  work, however long the storm, keeps beating and is left alone; one blocked in a single
+  call does not. Only a stuck worker that even SIGKILL does not remove makes the
+  supervisor withhold the watchdog;
 * SIGTERM, SIGINT and SIGHUP are passed on to every worker; a worker that dies unexpectedly
   is restarted, at most ``RESTART_BURST`` times within ``RESTART_INTERVAL`` seconds (like
   systemd's StartLimitBurst=/StartLimitIntervalSec=). Beyond that the supervisor stops the
@@ -27,6 +32,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import logging
+import mmap
 import os
 import select
 import signal
@@ -91,11 +97,13 @@ def die_with_parent(parent: int) -> None:
 
 
 class WorkerLink(Notifier):
-    """A worker's side of the pipe: the Notifier interface, sent to the supervisor."""
+    """A worker's side of the pipe: the Notifier interface, sent to the supervisor; and its
+    beat counter (one unsigned 64-bit slot of memory shared with the supervisor)."""
 
-    def __init__(self, write_fd: int) -> None:
+    def __init__(self, write_fd: int, beats: memoryview | None = None) -> None:
         super().__init__(None)
         self._fd: int | None = write_fd
+        self.beats = beats
 
     @property
     def enabled(self) -> bool:
@@ -129,6 +137,7 @@ class _Worker:
     last_heartbeat: float = field(default_factory=time.monotonic)
     heard: bool = False  # its event loop is serving: HEARTBEAT_STALE applies
     killed_at: float | None = None  # when the supervisor SIGKILLed it as stuck
+    beats: int = 0  # its beat counter when last read
     status: str = ""
     buffer: bytes = b""
 
@@ -158,6 +167,7 @@ class Supervisor:
         self._reloading = False
         self._announced_ready = False
         self._last_status = ""
+        self._beats: memoryview | None = None  # a slot per worker index, shared
 
     # -- signals: flags only ---------------------------------------------------------------
 
@@ -171,6 +181,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.notifier.start()
+        # Anonymous shared memory, inherited by every worker forked from here.
+        shared = mmap.mmap(-1, 8 * self.count)
+        self._beats = memoryview(shared).cast("Q")
         try:
             for index in range(self.count):
                 self._spawn(index)
@@ -182,10 +195,16 @@ class Supervisor:
             os.close(wakeup_r)
             os.close(wakeup_w)
             self.notifier.close()
+            self._beats.release()
+            self._beats = None
+            shared.close()
 
     def _spawn(self, index: int) -> None:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(write_fd, False)
+        beats = self._beats[index : index + 1] if self._beats is not None else None
+        if beats is not None:
+            beats[0] = 0
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
@@ -199,7 +218,7 @@ class Supervisor:
                 os.close(read_fd)
                 for other in self.workers.values():
                     os.close(other.read_fd)
-                code = self.run_worker(index, WorkerLink(write_fd))
+                code = self.run_worker(index, WorkerLink(write_fd, beats))
             except BaseException:  # task boundary: a worker must never return into the parent
                 logger.critical("worker %d crashed", index, exc_info=True)
             finally:
@@ -274,6 +293,9 @@ class Supervisor:
                 if now - worker.killed_at > KILL_WAIT:
                     unkillable.append(worker.index)
                 continue
+            if self._beats is not None and self._beats[worker.index] != worker.beats:
+                worker.beats = self._beats[worker.index]
+                worker.last_heartbeat = now  # busy, but its loop is getting work done
             silent = now - worker.last_heartbeat
             if silent <= (HEARTBEAT_STALE if worker.heard else STARTUP_STALE):
                 continue

@@ -50,6 +50,8 @@ class Notifier:
         self._watchdog_pid = watchdog_pid
         self._sock: socket.socket | None = None
         self._warned = False
+        # A counter of work done that a supervising process reads (see WorkerLink).
+        self.beats: memoryview | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Notifier:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import time
 from asyncio import Future
@@ -22,6 +23,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from tornado_echo.compat import cross_origin_problem
 from tornado_echo.config import Config, LiveConfig
 from tornado_echo.connections import Connections, new_session_id
+from tornado_echo.engines.budget import CLOSE_COST, loop_budgets
 from tornado_echo.engines.fast import FastProtocol, FastWebSocketHandler, carried_by_tls
 from tornado_echo.engines.ratelimit import TokenBucket
 from tornado_echo.engines.stock import EchoProtocol
@@ -280,8 +282,32 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         return waiter
 
     def close_for_shutdown(self, code: int, reason: str) -> None:
+        protocol = self._protocol
+        if isinstance(protocol, FastProtocol) and protocol.lost:
+            return  # the peer had gone already: its end, waiting for its turn, is its own
+        if isinstance(protocol, EchoProtocol) and (
+            protocol.stream is None or protocol.stream.closed()
+        ):
+            return  # likewise, on Tornado's protocol
         self._shutdown_close = True
         self.close(code, reason)
+
+    def on_ws_connection_close(
+        self, close_code: int | None = None, close_reason: str | None = None
+    ) -> None:
+        # The fast engine reports a connection's end in its turn of the loop's budget;
+        # Tornado's protocol reports it at once, so it waits for its turn here.
+        if isinstance(self._protocol, EchoProtocol):
+            turn = loop_budgets().turn
+            if turn.spent:
+                turn.defer(functools.partial(self._ended, close_code, close_reason))
+                return
+            turn.spend(CLOSE_COST, 0)
+        super().on_ws_connection_close(close_code, close_reason)
+
+    def _ended(self, close_code: int | None, close_reason: str | None) -> None:
+        loop_budgets().turn.spend(CLOSE_COST, 0)
+        super().on_ws_connection_close(close_code, close_reason)
 
     def on_close(self) -> None:
         self._release_admission()

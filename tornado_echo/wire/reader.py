@@ -31,10 +31,14 @@ class FrameReader:
     UTF-8 fails at once; ``max_size`` bounds a message's inflated size and no frame larger
     than it is buffered.
 
-    One call parses at most ``FEED_MAX_FRAMES`` frames (so returns at most as many events)
-    and inflates at most ``FEED_MAX_INFLATED`` bytes, a frame that inflates to more going on
-    in the next call; :attr:`backlog` is then true, and ``feed(b"")`` returns the next slice
-    of what is already buffered. A caller stops reading the peer while there is a backlog.
+    One call parses at most ``max_frames`` frames (so returns at most as many events) and
+    inflates at most about ``max_inflated`` bytes (by default ``FEED_MAX_FRAMES`` and
+    ``FEED_MAX_INFLATED``), a frame that inflates to more going on in the next call;
+    :attr:`backlog` is then true, and ``feed(b"")`` returns the next slice of what is
+    already buffered. Zero frames keeps what arrives for later (the caller's budget for this
+    turn is spent); zero inflated bytes parses up to the first compressed frame (the
+    caller's memory is short). :attr:`frames` and :attr:`inflated` tell what the last call
+    took on. A caller stops reading the peer while there is a backlog.
 
     After :meth:`discard_data` (the caller has sent its close frame and drops every message
     after it), data frames are skipped without being unmasked, inflated or checked, and an
@@ -48,12 +52,12 @@ class FrameReader:
         "_failed",
         "_inflate_fin",
         "_inflate_whole",
-        "_inflated",
         "_inflating",
+        "_max_frames",
+        "_max_inflated",
         "_msg_compressed",
         "_msg_data",
         "_msg_opcode",
-        "_msg_size",
         "_msg_text",
         "_need",
         "_partial_checked",
@@ -65,7 +69,10 @@ class FrameReader:
         "backlog",
         "deflate",
         "discarding",
+        "frames",
+        "inflated",
         "max_size",
+        "message_bytes",
     )
 
     def __init__(self, max_size: int, deflate: PerMessageDeflate | None = None) -> None:
@@ -80,7 +87,7 @@ class FrameReader:
         # Its bytes so far (inflated), as one buffer: an object per fragment would make a
         # message in 1-byte fragments cost 40 bytes a byte, and endless empty ones unbounded.
         self._msg_data = bytearray()
-        self._msg_size = 0
+        self.message_bytes = 0  # inflated, of the unfinished message so far
         self._msg_text: Any = None  # incremental UTF-8 decoder of a fragmented text
         # A text frame still arriving: its payload so far is checked as it comes (RFC 6455
         # section 8.1 "fail fast"), so a client cannot park invalid UTF-8 in a long frame.
@@ -91,7 +98,10 @@ class FrameReader:
         # Received bytes left unparsed when a slice was full, and where parsing resumes.
         self._rest = b""
         self._rest_pos = 0
-        self._inflated = 0  # bytes inflated by the current feed() call
+        self.frames = 0  # frames parsed by the last feed() call
+        self.inflated = 0  # bytes inflated by the last feed() call
+        self._max_frames = FEED_MAX_FRAMES  # the current call's slice
+        self._max_inflated = FEED_MAX_INFLATED
         # A compressed frame whose output did not fit in its slice: it goes on in the next.
         self._inflating = False
         self._inflate_fin = False  # that frame ends its message
@@ -103,23 +113,41 @@ class FrameReader:
         """Skip data frames from now on (see the class docstring); idempotent."""
         self.discarding = True
         self._msg_data = bytearray()
-        self._msg_size = 0
+        self.message_bytes = 0
+
+    @property
+    def compressed_next(self) -> bool:
+        """Whether the backlog goes on with inflating (a frame under way, or a compressed
+        frame next)."""
+        if self._inflating:
+            return True
+        rest, pos = self._rest, self._rest_pos
+        return self.backlog and pos < len(rest) and self._compressed(rest[pos])
 
     @property
     def buffered(self) -> int:
         """Bytes held: a partial frame, a backlog, the fragments of an unfinished message,
         and what a frame still inflating has left to inflate."""
-        held = len(self._buf) + len(self._rest) - self._rest_pos + self._msg_size
+        held = len(self._buf) + len(self._rest) - self._rest_pos + self.message_bytes
         if self._inflating and self.deflate is not None:
             held += self.deflate.unconsumed
         return held
 
-    def feed(self, data: bytes) -> list[tuple[Any, Any]]:
+    def feed(
+        self,
+        data: bytes,
+        max_frames: int = FEED_MAX_FRAMES,
+        max_inflated: int = FEED_MAX_INFLATED,
+    ) -> list[tuple[Any, Any]]:
+        self.frames = self.inflated = 0
         if self._failed:
             return []
         buf = self._buf
         events: list[tuple[Any, Any]] = []
-        self._inflated = 0
+        if max_frames <= 0 or (max_inflated <= 0 and self._inflating):
+            self._keep(data)
+            return events
+        self._max_frames, self._max_inflated = max_frames, max_inflated
         try:
             if self.backlog:
                 rest, pos = self._rest, self._rest_pos
@@ -151,12 +179,25 @@ class FrameReader:
             events.append((None, exc))
         return events
 
+    def _keep(self, data: bytes) -> None:
+        """Hold ``data`` unparsed, as a backlog, for a later call with room."""
+        if self.backlog:
+            rest = self._rest[self._rest_pos :] + data
+        else:
+            # A partial frame goes back in front; its text is checked again when parsed.
+            rest = bytes(self._buf) + data
+            self._buf.clear()
+            self._partial_text = None
+        self._rest, self._rest_pos = rest, 0
+        self.backlog = bool(rest) or self._inflating
+
     def _parse(self, data: bytes, events: list[tuple[Any, Any]], pos: int = 0) -> None:
         end = len(data)
         max_size = self.max_size
-        frames = 0  # frames that complete no message (fragments, pongs) are work as well
+        max_frames, max_inflated = self._max_frames, self._max_inflated
         while True:
-            if frames >= FEED_MAX_FRAMES or self._inflated >= FEED_MAX_INFLATED:
+            # Frames that complete no message (fragments, pongs) are work as well.
+            if self.frames >= max_frames or self.inflated >= max_inflated > 0:
                 if pos < end or self._inflating:
                     self._rest, self._rest_pos = data, pos
                     self.backlog = True
@@ -213,11 +254,15 @@ class FrameReader:
                 break
             if self.discarding and not b0 & 0x08:
                 pos = stop
-                frames += 1
+                self.frames += 1
                 continue
+            if max_inflated <= 0 and self._compressed(b0):
+                self._rest, self._rest_pos = data, pos  # it waits for room to inflate
+                self.backlog = True
+                return
             payload = apply_mask(data[start + 4 : stop], data[start : start + 4])
             pos = stop
-            frames += 1
+            self.frames += 1
             if (b0 == 0x81 or b0 == 0x82) and self._msg_opcode < 0:
                 # The common case: a whole, unfragmented, uncompressed message.
                 if b0 == 0x81:
@@ -233,6 +278,12 @@ class FrameReader:
                 self._frame(b0, payload, events)
         if pos < end:
             self._buf += data[pos:] if pos else data
+
+    def _compressed(self, b0: int) -> bool:
+        """Whether the frame with first byte ``b0`` is (part of) a compressed message."""
+        if b0 & 0x40:
+            return True
+        return b0 & 0x0F == Opcode.CONTINUATION and self._msg_opcode >= 0 and self._msg_compressed
 
     def _is_plain_text_frame(self, b0: int) -> bool:
         """Whether a frame with first byte ``b0`` carries uncompressed text of a valid message."""
@@ -300,13 +351,13 @@ class FrameReader:
             self._inflating = False  # its message is dropped anyway
             return
         # One byte past the slice's room: a frame that fills it exactly is done in one piece.
-        room = FEED_MAX_INFLATED - self._inflated + 1
-        limit = self.max_size - self._msg_size
+        room = self._max_inflated - self.inflated + 1
+        limit = self.max_size - self.message_bytes
         if payload is None:
             piece = deflate.inflate_more(limit, room)
         else:
             piece = deflate.inflate(payload, limit, self._inflate_fin, room)
-        self._inflated += len(piece)
+        self.inflated += len(piece)
         self._inflating = len(piece) == room
         if self._inflating:
             self._inflate_whole = False  # its pieces gather in the message buffer
@@ -317,8 +368,8 @@ class FrameReader:
     def _take(self, payload: bytes, fin: bool, whole: bool, events: list[tuple[Any, Any]]) -> None:
         """Add a data frame's (inflated) ``payload`` to its message; ``whole``: it is all of
         it; ``fin``: the message ends with it."""
-        self._msg_size += len(payload)
-        if self._msg_size > self.max_size:
+        self.message_bytes += len(payload)
+        if self.message_bytes > self.max_size:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message exceeds {self.max_size} bytes")
         text = None
         if self._msg_text is not None:
@@ -342,5 +393,5 @@ class FrameReader:
                 events.append((Opcode.BINARY, bytes(message)))
             self._msg_data = bytearray()
         self._msg_opcode = -1
-        self._msg_size = 0
+        self.message_bytes = 0
         self._msg_text = None
