@@ -393,3 +393,22 @@ def test_reconnect_opens_a_new_connection_for_each_dropped_one(servers: Servers)
     c = stats.counters
     assert c["connections_established"] >= 4
     assert stats.errors["close_1011"] == c["connections_dropped"] >= 3
+
+
+# The old control loop refilled the slots once per 50 ms tick: at most 20 connections a second
+# per slot, whatever the server could take. A slot is now refilled as soon as it is free.
+TICK_CAP_PER_SLOT = 20
+
+
+def test_churn_replaces_connections_at_the_servers_pace_not_a_tick(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/echo"), connections=1, churn=1, duration=1.0)
+    c = stats.counters
+    assert c["connections_established"] > 3 * TICK_CAP_PER_SLOT, c
+    assert stats.errors == {} and c["connections_dropped"] == 0
+
+
+def test_reconnect_replaces_a_dropped_connection_at_once(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/close/1011"), connections=1, reconnect=True, duration=1.0)
+    c = stats.counters
+    assert c["connections_established"] > 3 * TICK_CAP_PER_SLOT, c
+    assert stats.errors["close_1011"] == c["connections_dropped"]

@@ -38,6 +38,7 @@ class Owner:
     def __init__(self) -> None:
         self.errors: Counter[str] = Counter()
         self.dropped = 0
+        self.stopped = 0
         self.closed = asyncio.Event()
 
     def on_error(self, category: str) -> None:
@@ -45,6 +46,9 @@ class Owner:
 
     def on_dropped(self) -> None:
         self.dropped += 1
+
+    def on_stopped(self, conn: EchoConnection) -> None:
+        self.stopped += 1
 
     def on_closed(self, conn: EchoConnection) -> None:
         self.closed.set()

@@ -112,6 +112,15 @@ class Worker:
         self._frozen_at = 0
         self._latency_seen: list[int] = []  # latency bucket counts at the last snapshot
         self._rate = cfg.rate  # open loop: per connection now (stages ramp it)
+        # Load shapes (stages, churn, reconnect): slots are connections connecting or
+        # running, kept at ``_wanted`` by :meth:`_refill`.
+        self._replacing = cfg.replaces_connections
+        self._wanted = plan.connections
+        self._slots = 0
+        self._opened_slots = 0  # slots filled so far (numbers the connections)
+        self._control_start = 0.0
+        self._refill_handle: asyncio.TimerHandle | None = None
+        self._pending: set[asyncio.Future[None]] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -135,7 +144,7 @@ class Worker:
 
     def on_closed(self, conn: EchoConnection) -> None:
         self.connections.discard(conn)
-        if conn.opened.done() and conn.opened.exception() is None:
+        if conn.was_open:
             self.closed += 1  # one that had opened: the open count over time drops
         self._check_done()
 
@@ -263,48 +272,76 @@ class Worker:
             self._check_done()
 
     async def _control(self) -> None:
-        """Keep the connections wanted open: stages ramp them, churn and drops replace them."""
-        cfg, plan = self.cfg, self.plan
-        profile = cfg.profile
-        share = plan.connections / cfg.connections  # this worker's part of every target
-        semaphore = asyncio.Semaphore(cfg.connect_concurrency)
-        start = self.loop.time()
-        launched = 0
-        pending: set[asyncio.Future[None]] = set()
+        """Keep the connections wanted open: stages ramp them, churn and drops replace them.
+
+        A slot is refilled the moment it is free (see :meth:`on_stopped`), so churn and
+        reconnect go at the server's pace; this loop only moves the stages' targets on and
+        retries connections that failed, once per tick.
+        """
+        profile = self.cfg.profile
+        share = self.plan.connections / self.cfg.connections  # this worker's part of targets
+        self._control_start = self.loop.time()
         try:
             while not self._stop:
-                elapsed = self.loop.time() - start
-                wanted = plan.connections
                 if profile is not None:
-                    connections, rate = profile.at(elapsed)
-                    wanted = round(connections * share)
+                    connections, rate = profile.at(self.loop.time() - self._control_start)
+                    self._wanted = round(connections * share)
                     if self._rate and abs(rate - self._rate) > _RATE_STEP * self._rate:
                         self._rate = rate
                         for conn in self.connections:
                             conn.set_rate(rate)
-                running = [conn for conn in self.connections if conn.running]
-                excess = len(running) + self._connecting - wanted
-                for conn in running[: max(0, excess)]:
-                    conn.finish()
-                allowed = -excess
-                if plan.connect_rate > 0:
-                    allowed = min(allowed, int(plan.connect_rate * elapsed) + 1 - launched)
-                while allowed > 0 and not semaphore.locked():
-                    await semaphore.acquire()
-                    self._connecting += 1
-                    task = asyncio.ensure_future(
-                        self._connect(plan.first_connection + launched, semaphore)
-                    )
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                    launched += 1
-                    allowed -= 1
+                self._refill()
                 await asyncio.sleep(_CONTROL_INTERVAL)
         finally:
-            self._launched = plan.connections  # nothing more will come
+            self._launched = self.plan.connections  # nothing more will come
             self._check_done()
 
-    async def _connect(self, number: int, semaphore: asyncio.Semaphore) -> None:
+    def _schedule_refill(self, delay: float = 0.0) -> None:
+        if self._refill_handle is None and self._replacing and not self._stop:
+            self._refill_handle = self.loop.call_later(delay, self._refill)
+
+    def _refill(self) -> None:
+        """Open connections into the free slots, or finish some when there are too many."""
+        if self._refill_handle is not None:
+            self._refill_handle.cancel()
+            self._refill_handle = None
+        if self._stop:
+            return
+        plan = self.plan
+        excess = self._slots - self._wanted
+        if excess > 0:  # a stage on its way down
+            for conn in list(self.connections):
+                if excess <= 0:
+                    break
+                if conn.running:
+                    conn.finish()
+                    excess -= 1
+            return
+        allowed = min(-excess, self.cfg.connect_concurrency - self._connecting)
+        if plan.connect_rate > 0:
+            due = plan.connect_rate * (self.loop.time() - self._control_start)
+            if int(due) + 1 - self._opened_slots < allowed:
+                allowed = int(due) + 1 - self._opened_slots
+                # Back when the next one is due, not a tick later.
+                self._schedule_refill((int(due) + 1 - due) / plan.connect_rate)
+        for _ in range(allowed):
+            self._slots += 1
+            self._connecting += 1
+            number = plan.first_connection + self._opened_slots
+            self._opened_slots += 1
+            task = asyncio.ensure_future(self._connect(number, None))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    def on_stopped(self, conn: EchoConnection) -> None:
+        # A started connection stopped sending: its slot is free for another.
+        if self._replacing:
+            self._slots -= 1
+            self._schedule_refill()
+
+    async def _connect(self, number: int, semaphore: asyncio.Semaphore | None) -> None:
+        """Open connection ``number`` and start it; ``semaphore`` bounds the handshakes in
+        progress (None: the control loop counts them in ``_connecting`` and slots)."""
         cfg = self.cfg
         stats = self.stats
         stats.counters["connections_attempted"] += 1
@@ -339,11 +376,19 @@ class Worker:
                 conn.close()
             else:
                 conn.set_rate(self._rate)
-                conn.start()
+                started_ok = conn.start()
+                if started_ok:
+                    return  # its slot is freed by on_stopped()
         finally:
             self._connecting -= 1
-            semaphore.release()
+            if semaphore is not None:
+                semaphore.release()
             self._check_done()
+        if self._replacing:
+            # Failed, or closed before it could start: the slot is free again. A failure is
+            # retried on the control loop's next tick, not at once, so a server that refuses
+            # is not hammered in a busy loop.
+            self._slots -= 1
 
     async def _open(self, number: int, phase: list[str], holder: list[EchoConnection]) -> None:
         cfg = self.cfg

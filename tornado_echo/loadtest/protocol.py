@@ -53,6 +53,10 @@ class ConnectionOwner(Protocol):
     def on_dropped(self) -> None:
         """The server ended the open connection (counted once per connection)."""
 
+    def on_stopped(self, conn: EchoConnection) -> None:
+        """``conn`` stopped sending (its work done, closed or lost): once per :meth:`start`
+        that set it running, so an owner can fill its place at once."""
+
     def on_closed(self, conn: EchoConnection) -> None:
         """``conn`` is gone, whichever way it ended."""
 
@@ -61,7 +65,7 @@ class EchoConnection(asyncio.Protocol):
     """Client side of one connection; reports to its :class:`ConnectionOwner`.
 
     Public surface for the owner: ``opened`` (resolves when the upgrade is done, or fails
-    with HandshakeError), ``running``, :meth:`start`, :meth:`send_next`, :meth:`finish`,
+    with HandshakeError), ``was_open``, ``running``, :meth:`start`, :meth:`send_next`, :meth:`finish`,
     :meth:`expire`, :meth:`close` and :meth:`abort`.
     """
 
@@ -105,6 +109,7 @@ class EchoConnection(asyncio.Protocol):
         self._next_intended = 0
         self._close_received = False
         self._close_sent = False
+        self.was_open = False  # the upgrade succeeded at some point
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -128,6 +133,7 @@ class EchoConnection(asyncio.Protocol):
                 self._header = None
             self._answer_header = None if self._interval_ns else self._header
             self.state = OPEN
+            self.was_open = True
             if not self.opened.done():
                 self.opened.set_result(None)
             data = result.leftover
@@ -201,6 +207,7 @@ class EchoConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         previous = self.state
         self.state = CLOSED
+        self._halt()
         self._cancel_timer()
         if previous == HANDSHAKE:
             if not self.opened.done():
@@ -217,10 +224,10 @@ class EchoConnection(asyncio.Protocol):
 
     # -- workload -----------------------------------------------------------------
 
-    def start(self) -> None:
-        """Begin sending once the handshake is done."""
+    def start(self) -> bool:
+        """Begin sending once the handshake is done; False if it is no longer open."""
         if self.state != OPEN:
-            return
+            return False
         self.running = True
         if self._interval_ns:
             self._next_intended = _now()
@@ -230,6 +237,7 @@ class EchoConnection(asyncio.Protocol):
                 if not self.running:
                     break
                 self.send_next(0)
+        return True
 
     def set_rate(self, rate: float) -> None:
         """Open loop: send ``rate`` messages/s from the next one on (a stage's ramp)."""
@@ -289,7 +297,7 @@ class EchoConnection(asyncio.Protocol):
             behind = _now() - self._next_intended
             if behind >= 0:
                 self._live.intended += behind // self._interval_ns + 1
-        self.running = False
+        self._halt()
         self._cancel_timer()
         if self.state == OPEN and not self.tracker.pending:
             self.close()
@@ -314,7 +322,7 @@ class EchoConnection(asyncio.Protocol):
             if self.state == HANDSHAKE:
                 self._abort()
             return
-        self.running = False
+        self._halt()
         self.state = CLOSING
         self._cancel_timer()
         self._send_close(code)
@@ -346,10 +354,15 @@ class EchoConnection(asyncio.Protocol):
             self._owner.on_dropped()
             self._send_close(answer)
         self.state = CLOSING
-        self.running = False
+        self._halt()
         self._cancel_timer()
         if self.transport is not None:
             self.transport.close()
+
+    def _halt(self) -> None:
+        if self.running:
+            self.running = False
+            self._owner.on_stopped(self)
 
     def _send_close(self, code: int) -> None:
         if not self._close_sent:
