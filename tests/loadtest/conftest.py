@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -154,6 +155,34 @@ class CloseHandler(EchoHandler):
             self.close(code, "test close")
 
 
+class ResetHandler(EchoHandler):
+    """Resets the TCP connection (RST, SO_LINGER 0) right after the first echo."""
+
+    def reply(self, message: str | bytes) -> None:
+        super().reply(message)
+        assert self.ws_connection is not None
+        stream = self.ws_connection.stream
+        assert stream is not None and stream.socket is not None
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.close()
+
+
+class HoldFirstHandler(EchoHandler):
+    """Holds each connection's first message back until the second one has been echoed: a
+    reorder that a closed loop with one message in flight only sees after its timeout."""
+
+    held: str | bytes | None = None
+
+    def reply(self, message: str | bytes) -> None:
+        if self.seen == 1:
+            self.held = message
+            return
+        super().reply(message)
+        if self.held is not None:
+            super().reply(self.held)
+            self.held = None
+
+
 class FlakyUpgradeHandler(EchoHandler):
     """Refuses every second upgrade with 503 (counted over the server's life)."""
 
@@ -204,6 +233,8 @@ def _app(**settings: Any) -> tornado.web.Application:
             (r"/status/(\d+)", StatusHandler),
             (r"/flaky", FlakyUpgradeHandler),
             (r"/stall", StallHandler),
+            (r"/reset", ResetHandler),
+            (r"/hold-first", HoldFirstHandler),
         ],
         **settings,
     )

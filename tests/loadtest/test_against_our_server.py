@@ -29,6 +29,7 @@ def test_every_echo_checked_and_every_session_recorded(
         "received": 1000,
         "mismatches": 0,
         "lost": 0,
+        "late": 0,
         "duplicates": 0,
         "retyped": 0,
         "reordered": 0,

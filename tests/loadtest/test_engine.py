@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import logging
 import socket
 import time
 
@@ -412,3 +413,72 @@ def test_reconnect_replaces_a_dropped_connection_at_once(servers: Servers) -> No
     c = stats.counters
     assert c["connections_established"] > 3 * TICK_CAP_PER_SLOT, c
     assert stats.errors["close_1011"] == c["connections_dropped"]
+
+
+def test_a_handshake_timeout_is_counted_without_a_traceback(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        stats, _ = run_load(
+            f"ws://127.0.0.1:{servers.silent_port}/", connections=3, messages=1, connect_timeout=0.3
+        )
+        gc.collect()  # an exception never retrieved is logged when its future goes
+    assert stats.errors == {"handshake_timeout": 3}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_connections_never_attempted_are_reported_and_fail_the_run(servers: Servers) -> None:
+    # 20 connections at 4/s cannot all be attempted in 0.6 s.
+    stats, summary = run_load(servers.url("/echo"), connections=20, connect_rate=4.0, duration=0.6)
+    c = summary["connections"]
+    assert 1 <= c["attempted"] < 20
+    assert c["not_attempted"] == 20 - c["attempted"]
+    assert stats.errors["not_attempted"] == c["not_attempted"]
+    assert report.check_errors(summary)
+    out = io.StringIO()
+    report.render(summary, out)
+    assert f"not attempted {c['not_attempted']}" in out.getvalue()
+
+
+def test_reordered_echoes_fail_the_run(servers: Servers) -> None:
+    stats, summary = run_load(servers.url("/reorder"), connections=1, messages=8, inflight=2)
+    assert stats.counters["reordered"] == 4
+    assert stats.errors == {"reordered": 4}
+    assert report.check_errors(summary)
+
+
+def test_a_closed_loop_reorder_is_late_and_reordered_not_lost(servers: Servers) -> None:
+    # The first echo comes only after the second: past the timeout with one in flight.
+    stats, summary = run_load(servers.url("/hold-first"), connections=2, messages=3, timeout=0.3)
+    c = stats.counters
+    assert c["lost"] == 0
+    assert c["late"] == c["reordered"] == 2
+    assert c["messages_received"] == 4
+    assert stats.errors == {"late": 2, "reordered": 2}
+    assert summary["latency_ms"]["count"] == 6  # the late ones timed too
+    assert summary["latency_ms"]["max"] >= 300
+
+
+def test_echoes_after_the_timeout_are_late_and_max_latency_tells_the_truth(
+    servers: Servers,
+) -> None:
+    # The server holds its echoes for a second at the 50th message; the timeout is 0.3 s.
+    stats, summary = run_load(servers.url("/stall"), connections=1, messages=60, timeout=0.3)
+    c = stats.counters
+    assert c["lost"] == 0
+    assert c["late"] >= 1
+    assert c["messages_received"] + c["late"] == 60
+    assert summary["latency_ms"]["max"] >= 900
+    out = io.StringIO()
+    report.render(summary, out)
+    text = out.getvalue()
+    assert f"{c['late']} late" in text and "lost" in text
+
+
+def test_a_reset_is_told_apart_from_a_clean_close_without_a_close_frame(
+    servers: Servers,
+) -> None:
+    reset, _ = run_load(servers.url("/reset"), connections=2, messages=5)
+    clean, _ = run_load(servers.url("/close/1006"), connections=2, messages=5)
+    assert reset.errors["close_1006_reset"] == 2 and "close_1006" not in reset.errors
+    assert clean.errors["close_1006"] == 2 and "close_1006_reset" not in clean.errors

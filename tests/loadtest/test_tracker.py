@@ -160,3 +160,20 @@ def test_answer_and_next_leaves_everything_else_to_on_echo(sizes: str, garble_it
     assert tracker.answer_and_next(echo, 1) is None
     assert tracker.answer_and_next(b"%016x" % 7 + payload[16:], 1) is None  # not in flight
     assert snapshot(tracker, live, corrected, raw) == before
+
+
+def test_an_echo_after_its_timeout_moves_it_from_lost_to_late_and_is_timed() -> None:
+    live = LiveCounters()
+    latency = Histogram()
+    tracker = EchoTracker(
+        live, latency, Histogram(), SizeSpec(64, 64), Filler(64), random.Random(1)
+    )
+    first = tracker.next_payload(0, 0)
+    second = tracker.next_payload(10, 10)
+    assert tracker.expire(5) == 1 and live.lost == 1
+    assert tracker.on_echo(second, 20)
+    assert not tracker.on_echo(first, 3_000)  # late: its place in the loop is taken
+    assert (live.lost, live.late, live.reordered, live.received) == (0, 1, 1, 1)
+    assert latency.total == 2 and latency.maximum >= 3_000
+    assert not tracker.on_echo(first, 4_000)  # twice: a duplicate
+    assert live.duplicates == 1 and live.late == 1

@@ -248,6 +248,7 @@ class Worker:
         interval = 1.0 / plan.connect_rate if plan.connect_rate > 0 else 0.0
         start = self.loop.time()
         pending: set[asyncio.Future[None]] = set()
+        launched = 0
         try:
             for k in range(plan.connections):
                 if self._stop:
@@ -261,11 +262,14 @@ class Worker:
                     semaphore.release()
                     break
                 self._launched += 1
+                launched += 1
                 self._connecting += 1
                 task = asyncio.ensure_future(self._connect(plan.first_connection + k, semaphore))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         finally:
+            # The run ended (or was stopped) before these were tried: said, not left out.
+            self.stats.counters["connections_not_attempted"] += plan.connections - launched
             self._launched = plan.connections  # nothing more will come
             if pending and not self._stop:
                 await asyncio.gather(*pending, return_exceptions=True)
@@ -533,12 +537,13 @@ class Worker:
         counters["bytes_sent"] += live.bytes_sent
         counters["bytes_received"] += live.bytes_received
         counters["messages_intended"] += live.intended
-        counters["reordered"] += live.reordered
         for name, category in ECHO_ERRORS.items():
             count = getattr(live, name)
             counters[name] += count
             if count:
                 stats.error(category, count)
+        if counters["connections_not_attempted"]:
+            stats.error("not_attempted", counters["connections_not_attempted"])
         if self.cfg.mode == "closed":
             # Sent when intended: the uncorrected figure is the corrected one.
             stats.histograms["latency_uncorrected"].merge(stats.histograms["latency"])

@@ -65,8 +65,8 @@ class EchoConnection(asyncio.Protocol):
     """Client side of one connection; reports to its :class:`ConnectionOwner`.
 
     Public surface for the owner: ``opened`` (resolves when the upgrade is done, or fails
-    with HandshakeError), ``was_open``, ``running``, :meth:`start`, :meth:`send_next`, :meth:`finish`,
-    :meth:`expire`, :meth:`close` and :meth:`abort`.
+    with HandshakeError), ``was_open``, ``running``, :meth:`start`, :meth:`send_next`,
+    :meth:`finish`, :meth:`expire`, :meth:`close` and :meth:`abort`.
     """
 
     def __init__(
@@ -216,8 +216,11 @@ class EchoConnection(asyncio.Protocol):
                 )
         else:
             if previous == OPEN and not self._close_received:
-                # Closed without a close frame while we still wanted it: RFC 6455's 1006.
-                self._owner.on_error("close_1006")
+                # Closed without a close frame while we still wanted it: RFC 6455's 1006,
+                # by a reset or by a clean TCP close (told apart: a reset is a crash or a
+                # proxy's timeout, a close a server that skips the closing handshake).
+                reset = isinstance(exc, ConnectionResetError)
+                self._owner.on_error("close_1006_reset" if reset else "close_1006")
                 self._owner.on_dropped()
             self.tracker.abandon()
         self._owner.on_closed(self)

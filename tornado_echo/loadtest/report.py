@@ -83,14 +83,17 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     """The figures of a run: throughput, errors, latency, connections over time, saturation."""
     c = stats.counters
     elapsed = stats.elapsed or 0.0
-    attempts = c["connections_attempted"] + c["messages_sent"]
-    conn_errors = c["connections_failed"] + c["connections_dropped"]
+    attempts = c["connections_attempted"] + c["connections_not_attempted"] + c["messages_sent"]
+    conn_errors = (
+        c["connections_failed"] + c["connections_dropped"] + c["connections_not_attempted"]
+    )
     msg_errors = sum(c[name] for name in ECHO_ERRORS)
     summary: dict[str, Any] = {
         "elapsed_s": elapsed,
         "interrupted": stats.interrupted,
         "connections": {
             "attempted": c["connections_attempted"],
+            "not_attempted": c["connections_not_attempted"],
             "established": c["connections_established"],
             "failed": c["connections_failed"],
             "dropped": c["connections_dropped"],
@@ -103,6 +106,7 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
             "received": c["messages_received"],
             "mismatches": c["mismatches"],
             "lost": c["lost"],
+            "late": c["late"],
             "duplicates": c["duplicates"],
             "retyped": c["retyped"],
             "reordered": c["reordered"],
@@ -121,6 +125,7 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     summary["timeline"] = timeline(stats.series)
     summary["saturation"] = saturation(stats, config)
     summary["latency_corrected"] = config.get("mode") == "open"
+    summary["timeout_s"] = config.get("timeout")
     summary["warnings"] = latency_warnings(summary)
     return summary
 
@@ -429,20 +434,34 @@ def source_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _timed_note(summary: dict[str, Any]) -> str:
+    """What the round-trip row holds and leaves out."""
+    m = summary["messages"]
+    timeout = summary.get("timeout_s")
+    after = f"after the {timeout:g} s --timeout" if timeout else "after --timeout"
+    wrong = m["mismatches"] + m["duplicates"] + m["retyped"]
+    return (
+        f"  (round trip times every right echo, {m.get('late', 0)} late ones ({after}) "
+        f"included; not in it: {m['lost']} lost (never echoed), {wrong} wrong)"
+    )
+
+
 def render(summary: dict[str, Any], out: TextIO) -> None:
     """The final human-readable table."""
     c = summary["connections"]
     m = summary["messages"]
     t = summary["throughput"]
+    not_attempted = c.get("not_attempted", 0)
     lines = [
         f"duration {summary['elapsed_s']:.2f} s"
         + ("  (INTERRUPTED: partial result)" if summary.get("interrupted") else ""),
         f"connections  attempted {c['attempted']}  established {c['established']}  "
         f"failed {c['failed']}  dropped {c['dropped']}  peak open {c['peak_open']}  "
-        f"last opened after {c['last_opened_after_s']:.2f} s  opened {c['opened_per_s']:.1f}/s",
-        f"messages     sent {m['sent']}  echoed ok {m['received']}  mismatched {m['mismatches']}"
-        f"  lost {m['lost']}  duplicated {m['duplicates']}  retyped {m['retyped']}"
-        f"  reordered {m['reordered']}",
+        f"last opened after {c['last_opened_after_s']:.2f} s  opened {c['opened_per_s']:.1f}/s"
+        + (f"  not attempted {not_attempted} (the run ended first)" if not_attempted else ""),
+        f"messages     sent {m['sent']}  echoed ok {m['received']}  late {m.get('late', 0)}"
+        f"  mismatched {m['mismatches']}  lost {m['lost']}  duplicated {m['duplicates']}"
+        f"  retyped {m['retyped']}  reordered {m['reordered']}",
         f"throughput   {t['msgs_per_s']:.1f} msgs/s  {t['mb_per_s']:.3f} MB/s",
         f"error rate   {summary['error_rate']:.6f}",
         "",
@@ -455,6 +474,7 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
         lines.append(_fmt_hist("round trip (as sent)", summary["latency_uncorrected_ms"]))
     else:
         lines.append(_fmt_hist("round trip", summary["latency_ms"]))
+    lines.append(_timed_note(summary))
     lines += [
         _fmt_hist("handshake", summary["handshake_ms"]),
         _fmt_hist("event-loop lag", summary["saturation"]["loop_lag_ms"]),
