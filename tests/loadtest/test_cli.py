@@ -450,3 +450,33 @@ def test_a_client_starved_of_cpu_is_judged_client_bound(servers: Servers, tmp_pa
     assert saturation["client_bound"]
     assert any("waited for a CPU" in reason for reason in saturation["reasons"])
     assert "CLIENT-BOUND" in proc.stdout
+
+
+def test_progress_off_a_terminal_covers_its_whole_window_stalls_included() -> None:
+    # Lines every 5 s from snapshots every second: a stall inside the window must show.
+    out = io.StringIO()
+    line = ProgressLine(out, interval=5.0)
+    fast, stall = Histogram(), Histogram()
+    for _ in range(200):
+        fast.record(1_000_000)  # 1 ms
+    stall.record(1_000_000_000)  # one echo held for a second
+    snap = Progress(
+        worker=0,
+        elapsed=1.0,
+        open=1,
+        established=1,
+        failed=0,
+        dropped=0,
+        sent=1,
+        received=1,
+        errors=0,
+        latency_buckets=tuple(fast.buckets()),
+    )
+    line([snap])
+    line([replace(snap, elapsed=2.0, latency_buckets=tuple(stall.buckets()))])
+    for second in range(3, 7):
+        line([replace(snap, elapsed=float(second))])
+        line([replace(snap, elapsed=float(second))])  # a second worker's report: seen once
+    first, window = out.getvalue().splitlines()
+    assert "max 1.00 ms" in first
+    assert "p50 1.00 ms" in window and "max 1000" in window

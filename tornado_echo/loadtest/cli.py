@@ -310,7 +310,11 @@ def build_config(args: argparse.Namespace) -> LoadConfig:
 
 
 class ProgressLine:
-    """Live progress: one rewritten line on a terminal, plain periodic lines otherwise."""
+    """Live progress: one rewritten line on a terminal, plain periodic lines otherwise.
+
+    A line's latency covers every snapshot since the previous line (each worker's taken
+    once), so a line every 5 s shows a stall in any of its seconds.
+    """
 
     def __init__(self, out: TextIO, interval: float) -> None:
         self.out = out
@@ -319,8 +323,14 @@ class ProgressLine:
         self._last_print = -1e9
         self._last_received = 0
         self._last_elapsed = 0.0
+        self._window: Counter[int] = Counter()  # latency buckets since the last line
+        self._taken: dict[int, float] = {}  # worker -> elapsed of its snapshot last taken
 
     def __call__(self, snapshots: list[engine.Progress]) -> None:
+        for snapshot in snapshots:
+            if self._taken.get(snapshot.worker) != snapshot.elapsed:
+                self._taken[snapshot.worker] = snapshot.elapsed
+                self._window.update(dict(snapshot.latency_buckets))
         elapsed = max(s.elapsed for s in snapshots)
         if elapsed - self._last_print < self.interval * 0.95:
             return
@@ -334,7 +344,7 @@ class ProgressLine:
             f"established {sum(s.established for s in snapshots)}  "
             f"failed {sum(s.failed for s in snapshots)}  "
             f"dropped {sum(s.dropped for s in snapshots)}  "
-            f"echoed {received} ({rate:.0f}/s)  {self._latency(snapshots)}  "
+            f"echoed {received} ({rate:.0f}/s)  {self._latency()}  "
             f"errors {sum(s.errors for s in snapshots)}{self._classes(snapshots)}"
         )
         if self.tty:
@@ -343,13 +353,16 @@ class ProgressLine:
             self.out.write(line + "\n")
         self.out.flush()
 
-    @staticmethod
-    def _latency(snapshots: list[engine.Progress]) -> str:
-        # The workers' last intervals together: their buckets add up exactly.
-        hist = Histogram.of_buckets(pair for s in snapshots for pair in s.latency_buckets)
+    def _latency(self) -> str:
+        # The workers' intervals since the last line together: their buckets add up exactly.
+        hist = Histogram.of_buckets(self._window.items())
+        self._window.clear()
         if not hist.total:
-            return "p50 - p99 -"
-        return f"p50 {hist.percentile(50) / 1e6:.2f} ms p99 {hist.percentile(99) / 1e6:.2f} ms"
+            return "p50 - p99 - max -"
+        return (
+            f"p50 {hist.percentile(50) / 1e6:.2f} ms p99 {hist.percentile(99) / 1e6:.2f} ms "
+            f"max {hist.maximum / 1e6:.2f} ms"
+        )
 
     @staticmethod
     def _classes(snapshots: list[engine.Progress]) -> str:
