@@ -30,7 +30,7 @@ from typing import Any
 from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.errors import HandshakeError, LoadtestError
 from tornado_echo.loadtest.framing import HandshakeRequest
-from tornado_echo.loadtest.protocol import EchoConnection
+from tornado_echo.loadtest.protocol import EchoConnection, TimerLateness
 from tornado_echo.loadtest.stats import ECHO_ERRORS, SERIES, Stats
 from tornado_echo.loadtest.tracker import EchoTracker, Filler, LiveCounters
 from tornado_echo.process import eventloop
@@ -93,6 +93,7 @@ class Worker:
         self.progress = progress
         self.stats = Stats()
         self.live = LiveCounters()
+        self.lateness = TimerLateness()
         self.filler = Filler(cfg.sizes.high)
         self.rng = random.Random(None if cfg.seed is None else cfg.seed + plan.index)
         self.connections: set[EchoConnection] = set()
@@ -423,12 +424,14 @@ class Worker:
         tracker = EchoTracker(
             self.live,
             histograms["latency"],
-            histograms["latency_uncorrected"],
+            histograms["latency_uncorrected"] if cfg.mode == "open" else None,
             cfg.sizes,
             self.filler,
             self.rng,
         )
-        conn = EchoConnection(self, cfg, request, tracker, self.live, histograms["schedule_lag"])
+        conn = EchoConnection(
+            self, cfg, request, tracker, self.live, histograms["schedule_lag"], self.lateness
+        )
         holder.append(conn)
         await self.loop.create_connection(
             lambda: conn,

@@ -35,6 +35,10 @@ RATE_SHORTFALL = 0.95
 # that the closed-loop percentiles hide.
 STALL_FACTOR = 10.0
 STALL_MIN_GAP_MS = 50.0
+# Open loop: a median send lateness above both of these is worth a warning (the tester's
+# timers are set early by the lateness they learn, so it is normally 0).
+SELF_LATENESS_MIN_MS = 0.05
+SELF_LATENESS_SHARE = 0.10
 CLOSED_LOOP_NOTE = (
     "closed loop: latency is NOT corrected for coordinated omission (a stalled server also "
     "holds back the sends, so the percentiles miss the stall); measure tail latency in open "
@@ -131,10 +135,21 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def latency_warnings(summary: dict[str, Any]) -> list[str]:
-    """Closed loop only: a maximum far above the p99 is a stall the percentiles hide."""
+    """Open loop: the tester's own lateness is a noticeable part of the corrected latency.
+    Closed loop: a maximum far above the p99 is a stall the percentiles hide."""
     latency = summary["latency_ms"]
-    if summary["latency_corrected"] or not latency.get("count"):
+    if not latency.get("count"):
         return []
+    if summary["latency_corrected"]:
+        late = summary["saturation"]["schedule_lag_ms"].get("p50", 0.0)
+        sent = summary["latency_uncorrected_ms"].get("p50", 0.0)
+        if late < SELF_LATENESS_MIN_MS or late < SELF_LATENESS_SHARE * sent or not sent:
+            return []
+        return [
+            f"half the sends went out {late:.3f} ms or more after their time (the tester's "
+            f"own lateness, {late / sent:.0%} of the p50 as sent): the corrected latency "
+            "includes it; use fewer connections per worker or more workers"
+        ]
     p99, peak = latency["p99"], latency["max"]
     if peak < STALL_FACTOR * p99 or peak - p99 < STALL_MIN_GAP_MS:
         return []

@@ -99,13 +99,14 @@ class EchoTracker:
         self,
         live: LiveCounters,
         latency: Histogram,
-        uncorrected: Histogram,
+        uncorrected: Histogram | None,
         sizes: SizeSpec,
         filler: Filler,
         rng: random.Random,
     ) -> None:
         self._live = live
         self._latency = latency
+        # None in a closed loop: it sends when it intends to, so its one figure is both.
         self._uncorrected = uncorrected
         self._sizes = sizes
         self._filler = filler
@@ -167,9 +168,9 @@ class EchoTracker:
         live.received += 1
         live.bytes_received += len(payload)
         self._latency.record(now_ns - intended)
-        if sent != intended:
-            # Closed loop sends when intended, so there the two are one histogram.
-            self._uncorrected.record(now_ns - sent)
+        uncorrected = self._uncorrected
+        if uncorrected is not None:
+            uncorrected.record(now_ns - sent)
         return True
 
     def _late(self, payload: bytes, entry: tuple[int, int, int, bytes], now_ns: int) -> None:
@@ -187,8 +188,9 @@ class EchoTracker:
         else:
             self.max_received = seq
         self._latency.record(now_ns - intended)
-        if sent != intended:
-            self._uncorrected.record(now_ns - sent)
+        uncorrected = self._uncorrected
+        if uncorrected is not None:
+            uncorrected.record(now_ns - sent)
 
     def answer_and_next(self, payload: bytes, now_ns: int) -> bytes | None:
         """A closed loop's usual step in one call: on_echo(), then next_payload().
@@ -206,7 +208,7 @@ class EchoTracker:
             return None
         del pending[prefix]
         # on_echo()'s good echo and next_payload(), inlined: this runs once per echo.
-        intended, sent, seq, _ = entry
+        intended, _, seq, _ = entry
         live = self._live
         if seq < self.max_received:
             live.reordered += 1
@@ -215,9 +217,7 @@ class EchoTracker:
         size = len(payload)
         live.received += 1
         live.bytes_received += size
-        self._latency.record(now_ns - intended)
-        if sent != intended:
-            self._uncorrected.record(now_ns - sent)
+        self._latency.record(now_ns - intended)  # closed loop: no uncorrected figure
         seq = self.next_seq
         self.next_seq = seq + 1
         prefix = b"%016x" % seq
