@@ -141,7 +141,9 @@ class RetypeHandler(EchoHandler):
 
 
 class CloseHandler(EchoHandler):
-    """Closes with the code in the path after the first echo (1006: drops TCP)."""
+    """Closes with the code in the path after the first echo (1006: ends TCP cleanly, FIN
+    without a close frame; a shutdown, since closing a socket with unread data (the client's
+    next message) would make the kernel answer with a reset instead)."""
 
     def reply(self, message: str | bytes) -> None:
         super().reply(message)
@@ -149,8 +151,8 @@ class CloseHandler(EchoHandler):
         if code == 1006:
             assert self.ws_connection is not None
             stream = self.ws_connection.stream
-            assert stream is not None
-            stream.close()
+            assert stream is not None and stream.socket is not None
+            stream.socket.shutdown(socket.SHUT_WR)
         else:
             self.close(code, "test close")
 

@@ -16,7 +16,7 @@ from typing import Protocol, cast
 
 from tornado_echo import wire
 from tornado_echo.loadtest.config import LoadConfig
-from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
+from tornado_echo.loadtest.errors import HandshakeError
 from tornado_echo.loadtest.framing import (
     OP_BINARY,
     OP_CLOSE,
@@ -205,10 +205,10 @@ class EchoConnection(asyncio.Protocol):
             return
         try:
             events = parser.feed(data)
-        except ProtocolError as exc:
+        except wire.ProtocolError as exc:
             self._owner.on_error("protocol_error")
             log.debug("protocol error: %s", exc)
-            self._send_close(exc.close_code)
+            self._send_close(exc.code)
             self._abort()
             return
         now = _now()  # one read: one arrival time for all it carried
