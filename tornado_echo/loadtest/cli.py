@@ -86,6 +86,12 @@ def _add_thresholds(parser: argparse.ArgumentParser) -> None:
         help="highest allowed share of connections that failed to open, e.g. 0.01",
     )
     group.add_argument("--min-throughput", type=_positive_float, help="lowest echoed msgs/s")
+    group.add_argument(
+        "--fail-client-bound",
+        action="store_true",
+        help="fail when the load generator was the bottleneck (CLIENT-BOUND), since its "
+        "figures then understate the server",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the whole result as JSON")
     parser.add_argument(
         "--html",
@@ -122,7 +128,7 @@ def run_parser() -> argparse.ArgumentParser:
         "--connect-concurrency",
         type=int,
         default=1000,
-        help="handshakes in progress at once per worker",
+        help="handshakes in progress at once per worker (default %(default)s)",
     )
     p.add_argument(
         "-d",
@@ -137,7 +143,12 @@ def run_parser() -> argparse.ArgumentParser:
         help="closed: send, await the echo, send again (the default); open: send on a fixed "
         "schedule, latency corrected for coordinated omission (the default with --rate)",
     )
-    p.add_argument("--inflight", type=int, default=1, help="closed loop: outstanding per conn")
+    p.add_argument(
+        "--inflight",
+        type=int,
+        default=1,
+        help="closed loop: messages outstanding per connection (default %(default)s)",
+    )
     shapes = p.add_argument_group("load shapes")
     shapes.add_argument(
         "--stage",
@@ -166,7 +177,9 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--total-rate", type=_positive_float, help="open loop: msgs/s in total (implies open)"
     )
-    p.add_argument("-s", "--size", default="64", help="payload bytes: N, A-B or A,B,C")
+    p.add_argument(
+        "-s", "--size", default="64", help="payload bytes: N, A-B or A,B,C (default %(default)s)"
+    )
     p.add_argument("--binary", action="store_true", help="binary frames (default text)")
     p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
     p.add_argument(
@@ -189,7 +202,8 @@ def run_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive_float,
         default=5.0,
-        help="seconds before an unanswered echo counts as lost",
+        help="seconds before an unanswered echo counts as lost (late if it comes after all; "
+        "default %(default)s)",
     )
     p.add_argument(
         "--connect-timeout",
@@ -309,6 +323,35 @@ def build_config(args: argparse.Namespace) -> LoadConfig:
     )
 
 
+def banner(cfg: LoadConfig) -> str:
+    """The settings of a run in one line, said before it starts."""
+    if cfg.mode == "open":
+        loop = f"open loop {cfg.rate:g} msgs/s per connection"
+    else:
+        loop = f"closed loop, {cfg.inflight} in flight per connection"
+    length = f"{cfg.duration:g} s" if cfg.duration is not None else f"{cfg.messages} messages"
+    shape = []
+    if cfg.stages:
+        shape.append(f"{len(cfg.stages)} stages")
+    if cfg.churn is not None:
+        shape.append(f"churn every {cfg.churn} messages")
+    if cfg.reconnect:
+        shape.append("reconnect")
+    kind = "binary" if cfg.binary else "text"
+    return ", ".join(
+        [
+            cfg.target.url,
+            f"{cfg.connections} connections",
+            loop,
+            length,
+            f"{cfg.sizes.describe()}-byte {kind}" + (" deflated" if cfg.deflate else ""),
+            f"timeout {cfg.timeout:g} s",
+            f"{cfg.workers} worker{'s' if cfg.workers != 1 else ''}",
+            *shape,
+        ]
+    )
+
+
 class ProgressLine:
     """Live progress: one rewritten line on a terminal, plain periodic lines otherwise.
 
@@ -385,6 +428,9 @@ def _finish(doc: dict[str, Any], args: argparse.Namespace) -> int:
     failed = [f"THRESHOLD FAILED {m}" for m in report.check_thresholds(summary, _thresholds(args))]
     if not args.allow_errors:
         failed += [f"CHECK FAILED {m}" for m in report.check_errors(summary)]
+    saturation = summary["saturation"]
+    if args.fail_client_bound and saturation["client_bound"]:
+        failed.append(f"CHECK FAILED client-bound: {'; '.join(saturation['reasons'])}")
     for line in failed:
         sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -431,6 +477,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for note in pre.notes:
         sys.stderr.write(f"{PROG}: {note}\n")
     plans = preflight.make_plans(cfg, pre)
+    if not args.quiet:
+        sys.stderr.write(f"{PROG}: {banner(cfg)}\n")
     progress = None if args.quiet else ProgressLine(sys.stderr, cfg.progress_interval)
     stats = engine.run(cfg, plans, progress, args.loop)
     if progress is not None:

@@ -103,7 +103,7 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
             "dropped": c["connections_dropped"],
             "peak_open": stats.peak_open,
             "last_opened_after_s": stats.ramp_seconds,
-            "opened_per_s": c["connections_established"] / elapsed if elapsed else 0.0,
+            "opened_per_s": opened_per_s(stats, config),
         },
         "messages": {
             "sent": c["messages_sent"],
@@ -132,6 +132,15 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     summary["timeout_s"] = config.get("timeout")
     summary["warnings"] = latency_warnings(summary)
     return summary
+
+
+def opened_per_s(stats: Stats, config: dict[str, Any]) -> float:
+    """Connections opened a second: over the time it took to open them all, or, where
+    connections come and go all run long (stages, churn, reconnect), over the run."""
+    established = stats.counters["connections_established"]
+    replacing = config.get("stages") or config.get("churn") or config.get("reconnect")
+    span = stats.elapsed if replacing or not stats.ramp_seconds else stats.ramp_seconds
+    return established / span if span else 0.0
 
 
 def latency_warnings(summary: dict[str, Any]) -> list[str]:
@@ -189,7 +198,8 @@ def saturation(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     """Was the load generator itself the bottleneck? Reasons say why."""
     reasons: list[str] = []
     for worker in stats.workers:
-        index = worker.get("index")
+        # Merged runs each have a worker 0: named by the run they came from.
+        index = f"{worker.get('index')}" + (f" of {worker['run']}" if worker.get("run") else "")
         cpu = worker.get("cpu_fraction", 0.0)
         waited = worker.get("run_queue_fraction") or 0.0
         if worker.get("elapsed", 0.0) >= CPU_MIN_ELAPSED_S:
@@ -378,6 +388,9 @@ def merge(
                     "merging it twice would count it twice"
                 )
             seen[run["run_id"]] = path
+        if len(results) > 1:
+            for worker in result.stats.workers:
+                worker.setdefault("run", path)
         merged.merge(result.stats)
         runs.extend(result.runs)
     config = dict(results[0][1].config)
@@ -493,8 +506,9 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
     lines += [
         _fmt_hist("handshake", summary["handshake_ms"]),
         _fmt_hist("event-loop lag", summary["saturation"]["loop_lag_ms"]),
-        _fmt_hist("send-schedule lag", summary["saturation"]["schedule_lag_ms"]),
     ]
+    if summary.get("latency_corrected"):  # a closed loop has no send schedule
+        lines.append(_fmt_hist("send-schedule lag", summary["saturation"]["schedule_lag_ms"]))
     if not summary.get("latency_corrected"):
         lines.append(CLOSED_LOOP_NOTE)
     lines += [f"WARNING: {warning}" for warning in summary.get("warnings", ())]
