@@ -21,6 +21,7 @@ from tornado_echo.loadtest import engine, htmlreport, preflight, report
 from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Stage, Target, default_workers
 from tornado_echo.loadtest.errors import LoadtestConfigError, LoadtestError, ResultFormatError
 from tornado_echo.loadtest.histogram import Histogram
+from tornado_echo.loadtest.metrics import LiveMetrics
 
 log = logging.getLogger(__name__)
 PROG = "tornado-echo-loadtest"
@@ -235,6 +236,18 @@ def run_parser() -> argparse.ArgumentParser:
         help="seconds between progress lines (default 1 on a terminal, else 5)",
     )
     p.add_argument("--seed", type=int, help="seed for payload-size sampling")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve live Prometheus metrics of the run on this port (0: any free one, "
+        "named on stderr), on --metrics-address",
+    )
+    p.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        help="address of --metrics-port (default %(default)s)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     _add_thresholds(p)
     return p
@@ -479,10 +492,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     plans = preflight.make_plans(cfg, pre)
     if not args.quiet:
         sys.stderr.write(f"{PROG}: {banner(cfg)}\n")
-    progress = None if args.quiet else ProgressLine(sys.stderr, cfg.progress_interval)
-    stats = engine.run(cfg, plans, progress, args.loop)
-    if progress is not None:
-        progress.finish()
+    line = None if args.quiet else ProgressLine(sys.stderr, cfg.progress_interval)
+    live = None
+    if args.metrics_port is not None:
+        live = LiveMetrics(args.metrics_address, args.metrics_port)
+        try:
+            live.start()
+        except OSError as exc:
+            raise LoadtestConfigError(
+                f"--metrics-port {args.metrics_port}: cannot listen ({exc.strerror})"
+            ) from None
+        sys.stderr.write(f"{PROG}: metrics on http://{args.metrics_address}:{live.port}/\n")
+
+    def progress(snapshots: list[engine.Progress]) -> None:
+        if live is not None:
+            live.update(snapshots)
+        if line is not None:
+            line(snapshots)
+
+    try:
+        stats = engine.run(cfg, plans, progress, args.loop)
+    finally:
+        if live is not None:
+            live.close()
+    if line is not None:
+        line.finish()
     config = cfg.summary()
     doc = report.document(stats, config, [report.run_record(stats, config, cfg.target.url)])
     return _finish(doc, args)

@@ -63,6 +63,8 @@ class Progress:
     latency_buckets: tuple[tuple[int, int], ...] = ()
     # Every error so far by class (connection and echo errors alike).
     error_classes: tuple[tuple[str, int], ...] = ()
+    cpu_seconds: float = 0.0  # the worker's CPU time so far
+    loop_lag_max_ns: int = 0  # its event loop's longest lag since the last snapshot
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ class Worker:
         self._control_start = 0.0
         self._refill_handle: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Future[None]] = set()
+        self._cpu0 = 0.0
+        self._lag_max = 0  # the longest event-loop lag since the last snapshot, ns
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -176,7 +180,7 @@ class Worker:
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
         self._started = time.monotonic()
-        cpu0 = time.process_time()
+        cpu0 = self._cpu0 = time.process_time()
         wait0 = run_queue_wait_ns()
         helpers = [
             asyncio.ensure_future(self._lag_probe()),
@@ -460,7 +464,9 @@ class Worker:
         while True:
             before = time.monotonic_ns()
             await asyncio.sleep(_LAG_INTERVAL)
-            lag.record(time.monotonic_ns() - before - interval_ns)
+            late = time.monotonic_ns() - before - interval_ns
+            lag.record(late)
+            self._lag_max = max(self._lag_max, late)
 
     async def _sweeper(self) -> None:
         timeout_ns = int(self.cfg.timeout * 1e9)
@@ -526,7 +532,13 @@ class Worker:
             errors=sum(classes.values()),
             latency_buckets=tuple(latency_buckets or ()),
             error_classes=tuple(sorted(classes.items())),
+            cpu_seconds=time.process_time() - self._cpu0,
+            loop_lag_max_ns=self._take_lag_max(),
         )
+
+    def _take_lag_max(self) -> int:
+        lag, self._lag_max = self._lag_max, 0
+        return lag
 
     def _finalize(self, elapsed: float, cpu: float, waited: float | None) -> None:
         stats = self.stats
