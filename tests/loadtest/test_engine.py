@@ -14,7 +14,7 @@ import pytest
 from tests.loadtest.conftest import Servers
 from tests.loadtest.helpers import run_load
 from tornado_echo.loadtest import preflight, report
-from tornado_echo.loadtest.config import LoadConfig, Stage, Target
+from tornado_echo.loadtest.config import LoadConfig, Scenario, Stage, Target
 from tornado_echo.loadtest.engine import Progress, Worker
 from tornado_echo.loadtest.stats import Stats
 
@@ -482,3 +482,53 @@ def test_a_reset_is_told_apart_from_a_clean_close_without_a_close_frame(
     clean, _ = run_load(servers.url("/close/1006"), connections=2, messages=5)
     assert reset.errors["close_1006_reset"] == 2 and "close_1006" not in reset.errors
     assert clean.errors["close_1006"] == 2 and "close_1006_reset" not in clean.errors
+
+
+def scenarios(*specs: str) -> tuple[Scenario, ...]:
+    return tuple(Scenario.parse(spec) for spec in specs)
+
+
+def test_a_weighted_mix_of_scenarios_keeps_every_echo_check(servers: Servers) -> None:
+    mix = scenarios(
+        "weight=2 messages=3 size=20-80 close=4000", "kind=ping messages=3", "kind=idle"
+    )
+    stats, summary = run_load(
+        servers.url("/echo"), connections=6, duration=1.0, scenarios=mix, seed=7
+    )
+    assert stats.errors == {}
+    assert set(summary["scenarios"]) == {scenario.spec for scenario in mix}
+    assert all(count > 0 for count in summary["scenarios"].values()), summary["scenarios"]
+    c = stats.counters
+    assert c["messages_received"] > 0 and c["messages_received"] == c["messages_sent"]
+    # Finished sessions were replaced by newly drawn ones; idle ones hold their place.
+    assert c["connections_established"] > 6
+
+
+def test_a_ping_scenario_takes_pongs_as_its_echoes(servers: Servers) -> None:
+    # The /wrong server garbles every data echo; pongs are its WebSocket layer's, not its.
+    stats, _ = run_load(
+        servers.url("/wrong"), connections=2, duration=0.5, scenarios=scenarios("kind=ping")
+    )
+    assert stats.errors == {}
+    assert stats.counters["messages_received"] > 0
+    assert stats.histograms["latency"].total == stats.counters["messages_received"]
+
+
+def test_an_idle_scenario_opens_and_sends_nothing(servers: Servers) -> None:
+    stats, _ = run_load(
+        servers.url("/echo"), connections=3, duration=0.5, scenarios=scenarios("kind=idle")
+    )
+    assert stats.errors == {}
+    assert stats.counters["connections_established"] == 3
+    assert stats.counters["messages_sent"] == 0
+
+
+def test_think_time_spaces_a_sessions_messages(servers: Servers) -> None:
+    stats, _ = run_load(
+        servers.url("/echo"),
+        connections=1,
+        duration=1.0,
+        scenarios=scenarios("messages=1000 think=0.2"),
+    )
+    assert stats.errors == {}
+    assert 1 <= stats.counters["messages_sent"] <= 6  # one each 0.2 s, and the first

@@ -266,3 +266,17 @@ def test_a_control_frame_over_125_bytes_is_a_protocol_error_closed_with_1002(
         assert owner.errors["protocol_error"] == 1
 
     run(script)
+
+
+def test_a_session_closes_with_its_scenarios_code() -> None:
+    async def script(conn: EchoConnection, peer: Peer, owner: Owner, live: LiveCounters) -> None:
+        await opened(conn, peer)
+        conn.start()
+        opcode, payload = await peer.frame()
+        peer.send(opcode, payload)
+        assert await peer.frame() == (OP_CLOSE, (4000).to_bytes(2, "big"))
+        peer.send(OP_CLOSE, (4000).to_bytes(2, "big"))
+        await owner.closed.wait()
+        assert live.received == 1 and not owner.errors
+
+    run(script, messages=1, close_code=4000)

@@ -18,7 +18,14 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
 from tornado_echo.loadtest import engine, htmlreport, preflight, report
-from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Stage, Target, default_workers
+from tornado_echo.loadtest.config import (
+    LoadConfig,
+    Scenario,
+    SizeSpec,
+    Stage,
+    Target,
+    default_workers,
+)
 from tornado_echo.loadtest.errors import LoadtestConfigError, LoadtestError, ResultFormatError
 from tornado_echo.loadtest.histogram import Histogram
 from tornado_echo.loadtest.metrics import LiveMetrics
@@ -171,6 +178,17 @@ def run_parser() -> argparse.ArgumentParser:
         "--reconnect",
         action="store_true",
         help="open a new connection in place of each one the server drops",
+    )
+    shapes.add_argument(
+        "--scenario",
+        type=Scenario.parse,
+        action="append",
+        default=[],
+        metavar="'KEY=VALUE ...'",
+        help="a kind of session in a weighted mix (repeatable): weight=W (default 1), "
+        "kind=echo|ping|idle, messages=N (then close, and a new session takes its place), "
+        "size=SPEC, binary or text, think=SECONDS between echo and next message, close=CODE; "
+        "e.g. 'weight=3 messages=20 size=64-512 think=0.1' 'kind=ping messages=5' 'kind=idle'",
     )
     p.add_argument(
         "--rate", type=_positive_float, help="open loop: msgs/s per connection (implies open)"
@@ -333,6 +351,7 @@ def build_config(args: argparse.Namespace) -> LoadConfig:
         stages=stages,
         churn=args.churn,
         reconnect=args.reconnect,
+        scenarios=tuple(args.scenario),
     )
 
 
@@ -350,6 +369,8 @@ def banner(cfg: LoadConfig) -> str:
         shape.append(f"churn every {cfg.churn} messages")
     if cfg.reconnect:
         shape.append("reconnect")
+    if cfg.scenarios:
+        shape.append(f"{len(cfg.scenarios)} scenarios")
     kind = "binary" if cfg.binary else "text"
     return ", ".join(
         [

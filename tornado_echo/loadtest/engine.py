@@ -96,7 +96,10 @@ class Worker:
         self.stats = Stats()
         self.live = LiveCounters()
         self.lateness = TimerLateness()
-        self.filler = Filler(cfg.sizes.high)
+        # A mix of sessions (--scenario): each scenario's settings, built once.
+        self._sessions = [scenario.apply(cfg) for scenario in cfg.scenarios]
+        self._weights = [scenario.weight for scenario in cfg.scenarios]
+        self.filler = Filler(max([cfg.sizes.high] + [c.sizes.high for c in self._sessions]))
         self.rng = random.Random(None if cfg.seed is None else cfg.seed + plan.index)
         self.connections: set[EchoConnection] = set()
         self.established = 0
@@ -425,6 +428,7 @@ class Worker:
             deflate=cfg.deflate,
         )
         histograms = self.stats.histograms
+        cfg = self._session_config()
         tracker = EchoTracker(
             self.live,
             histograms["latency"],
@@ -446,6 +450,15 @@ class Worker:
         phase[0] = "handshake"
         self.connections.add(conn)
         await conn.opened
+
+    def _session_config(self) -> LoadConfig:
+        """The settings of the next session: the run's, or a scenario's drawn by weight."""
+        scenarios = self.cfg.scenarios
+        if not scenarios:
+            return self.cfg
+        [index] = self.rng.choices(range(len(scenarios)), self._weights)
+        self.stats.counters[f"scenario:{scenarios[index].spec}"] += 1
+        return self._sessions[index]
 
     def _failed(self, category: str, holder: list[EchoConnection]) -> None:
         self.failed += 1

@@ -121,7 +121,15 @@ class EchoConnection(asyncio.Protocol):
         self._parser: FrameParser | None = None
         self._deflate: Deflate | None = None
         self._opcode = OP_BINARY if cfg.binary else OP_TEXT
-        self._fast_b0 = 0x80 | self._opcode  # first byte of a whole uncompressed echo
+        # A ping session sends pings and takes their pongs as its echoes.
+        self._ping = cfg.kind == "ping"
+        self._idle = cfg.kind == "idle"
+        if self._ping:
+            self._opcode = OP_PING
+        self._echo_opcode = OP_PONG if self._ping else self._opcode
+        self._fast_b0 = 0x80 | self._echo_opcode  # first byte of a whole uncompressed echo
+        self._think = cfg.think
+        self._close_code = cfg.close_code
         # Equal-size uncompressed messages share one frame header: built once, not per send.
         self._header = (
             frame_header(self._opcode, cfg.sizes.low) if cfg.sizes.low == cfg.sizes.high else None
@@ -161,7 +169,8 @@ class EchoConnection(asyncio.Protocol):
             self._deflate = result.deflate
             if result.deflate is not None:
                 self._header = None
-            self._answer_header = None if self._interval_ns else self._header
+            # The one-step answer sends at once: not with a think time.
+            self._answer_header = None if self._interval_ns or self._think else self._header
             self.state = OPEN
             self.was_open = True
             if not self.opened.done():
@@ -213,7 +222,7 @@ class EchoConnection(asyncio.Protocol):
             return
         now = _now()  # one read: one arrival time for all it carried
         for opcode, payload in events:
-            if opcode == self._opcode:
+            if opcode == self._echo_opcode:
                 self._on_data(payload, now)
             elif opcode == OP_TEXT or opcode == OP_BINARY:
                 # Echoed as the other frame type: its own error class, however right the bytes.
@@ -230,9 +239,17 @@ class EchoConnection(asyncio.Protocol):
     def _on_answer(self, answered: bool) -> None:
         # An echo came in (``answered``: for a message in flight): keep the loop going.
         if answered and self.running and not self._interval_ns:
-            self.send_next(0)
+            if self._think:
+                self._timer = self._loop.call_later(self._think, self._after_think)
+            else:
+                self.send_next(0)
         elif not self.running and not self.tracker.pending:
-            self.close()
+            self.close(self._close_code)
+
+    def _after_think(self) -> None:
+        self._timer = None
+        if self.running:
+            self.send_next(0)
 
     def connection_lost(self, exc: Exception | None) -> None:
         previous = self.state
@@ -262,6 +279,8 @@ class EchoConnection(asyncio.Protocol):
         if self.state != OPEN:
             return False
         self.running = True
+        if self._idle:
+            return True  # open, silent, until finish()
         if self._interval_ns:
             self._next_intended = _now()
             self._on_tick()
@@ -292,7 +311,7 @@ class EchoConnection(asyncio.Protocol):
         if header is not None:
             mask = _getrandbits(32).to_bytes(4, "big")  # mask_frame(), inlined
             frame = header + mask + _apply_mask(payload, mask)
-        elif self._deflate is not None:
+        elif self._deflate is not None and not self._ping:
             frame = encode_frame(self._opcode, self._deflate.compress(payload), rsv1=True)
         else:
             frame = encode_frame(self._opcode, payload)
@@ -338,7 +357,7 @@ class EchoConnection(asyncio.Protocol):
         self._halt()
         self._cancel_timer()
         if self.state == OPEN and not self.tracker.pending:
-            self.close()
+            self.close(self._close_code)
 
     def expire(self, deadline_ns: int) -> None:
         """Count echoes sent before ``deadline_ns`` as lost; keep the loop going."""
@@ -350,7 +369,7 @@ class EchoConnection(asyncio.Protocol):
                 if self.running:
                     self.send_next(0)
         elif not self.running and not self.tracker.pending:
-            self.close()
+            self.close(self._close_code)
 
     # -- closing ------------------------------------------------------------------
 

@@ -126,6 +126,11 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
         "latency_uncorrected_ms": hist_summary(stats.histograms["latency_uncorrected"]),
         "handshake_ms": hist_summary(stats.histograms["handshake"]),
     }
+    summary["scenarios"] = {
+        name.partition(":")[2]: count
+        for name, count in sorted(c.items())
+        if name.startswith("scenario:")
+    }
     summary["timeline"] = timeline(stats.series)
     summary["saturation"] = saturation(stats, config)
     summary["latency_corrected"] = config.get("mode") == "open"
@@ -512,6 +517,10 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
     if not summary.get("latency_corrected"):
         lines.append(CLOSED_LOOP_NOTE)
     lines += [f"WARNING: {warning}" for warning in summary.get("warnings", ())]
+    if summary.get("scenarios"):
+        lines.append("")
+        lines.append("sessions by scenario")
+        lines += [f"  {count:>10}  {spec}" for spec, count in summary["scenarios"].items()]
     lines.extend(timeline_lines(summary["timeline"]))
     lines.extend(source_lines(summary.get("runs", ())))
     if summary["errors"]:
