@@ -388,8 +388,7 @@ class Worker:
                 conn.close()
             else:
                 conn.set_rate(self._rate)
-                started_ok = conn.start()
-                if started_ok:
+                if conn.start():
                     return  # its slot is freed by on_stopped()
         finally:
             self._connecting -= 1
