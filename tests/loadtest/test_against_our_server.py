@@ -10,6 +10,7 @@ import pytest
 
 from tests.helpers import BASE_CONF, Service, fetch_rows, start_service
 from tests.loadtest.helpers import run_load
+from tornado_echo.loadtest import report
 from tornado_echo.loadtest.cli import main
 
 
@@ -95,5 +96,10 @@ def test_open_loop_latency_leaves_out_the_testers_own_timer_lateness(
         loop=loop,
     )
     assert stats.counters["messages_received"] > 0 and stats.errors == {}
+    [worker] = stats.workers
+    if (worker["run_queue_fraction"] or 0.0) >= report.RUN_QUEUE_BOUND:
+        # Other processes held the CPU: sends were late by that (the tester says so, as
+        # client-bound), which is not the timers' lateness this test is about.
+        pytest.skip(f"the tester waited for a CPU {worker['run_queue_fraction']:.0%} of the run")
     lag = stats.histograms["schedule_lag"]
     assert lag.percentile(50) < 100_000, lag.percentile(50)  # 0.1 ms
