@@ -78,6 +78,7 @@ def test_bad_stage_names_the_option(text: str) -> None:
         ("kind=shout", "kind must be one of"),
         ("messages=0", "messages must be at least 1"),
         ("think=-1", "think must not be negative"),
+        ("hold=0", "hold must be positive"),
         ("close=1006", "may not be sent"),
         ("kind=ping size=200", "at most 125 bytes"),
         ("loud", "unknown word"),

@@ -532,3 +532,11 @@ def test_think_time_spaces_a_sessions_messages(servers: Servers) -> None:
     )
     assert stats.errors == {}
     assert 1 <= stats.counters["messages_sent"] <= 6  # one each 0.2 s, and the first
+
+
+def test_a_held_idle_session_closes_and_is_replaced(servers: Servers) -> None:
+    mix = scenarios("kind=idle hold=0.2")
+    stats, _ = run_load(servers.url("/echo"), connections=2, duration=1.0, scenarios=mix)
+    assert stats.errors == {}
+    assert stats.counters["connections_established"] >= 6  # each place every 0.2 s or so
+    assert stats.counters["messages_sent"] == 0

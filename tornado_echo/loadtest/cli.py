@@ -187,7 +187,8 @@ def run_parser() -> argparse.ArgumentParser:
         metavar="'KEY=VALUE ...'",
         help="a kind of session in a weighted mix (repeatable): weight=W (default 1), "
         "kind=echo|ping|idle, messages=N (then close, and a new session takes its place), "
-        "size=SPEC, binary or text, think=SECONDS between echo and next message, close=CODE; "
+        "size=SPEC, binary or text, think=SECONDS between echo and next message, "
+        "hold=SECONDS (then close), close=CODE; "
         "e.g. 'weight=3 messages=20 size=64-512 think=0.1' 'kind=ping messages=5' 'kind=idle'",
     )
     p.add_argument(

@@ -125,8 +125,12 @@ class Scenario:
     pongs as echoes: same exact checks) or "idle" (open, send nothing, close at the end).
     ``messages``: the session's messages (or pings), then it closes with ``close`` and a new
     connection takes its place with a newly drawn scenario; None: until the run ends.
-    ``think``: seconds between an echo and the next message. None fields keep the run's
-    settings (``--size``, ``--binary``).
+    ``think``: seconds between an echo and the next message. ``hold``: seconds after which
+    the session closes, whatever it was doing (how an idle session ends before the run
+    does). None fields keep the run's settings (``--size``, ``--binary``).
+
+    A weight is a share of the sessions started: a session that lasts longer holds its
+    place longer, so the population open at a time leans towards long sessions.
     """
 
     spec: str
@@ -136,11 +140,12 @@ class Scenario:
     sizes: SizeSpec | None = None
     binary: bool | None = None
     think: float = 0.0
+    hold: float | None = None
     close: int = 1000
 
     @classmethod
     def parse(cls, text: str) -> Scenario:
-        """``KEY=VALUE`` words: weight, kind, messages, size, binary, text, think, close."""
+        """``KEY=VALUE`` words: weight, kind, messages, size, binary, text, think, hold, close."""
         fields: dict[str, object] = {"spec": text}
         try:
             for word in text.split():
@@ -157,6 +162,8 @@ class Scenario:
                     fields["sizes"] = SizeSpec.parse(value)
                 elif key == "think":
                     fields["think"] = float(value)
+                elif key == "hold":
+                    fields["hold"] = float(value)
                 elif key == "close":
                     fields["close"] = int(value)
                 else:
@@ -179,6 +186,8 @@ class Scenario:
             raise bad("messages must be at least 1")
         if self.think < 0:
             raise bad("think must not be negative")
+        if self.hold is not None and not self.hold > 0:
+            raise bad("hold must be positive")
         if not wire.is_sendable_close_code(self.close):
             raise bad(f"close code {self.close} may not be sent")
         if self.kind == "ping" and self.sizes is not None and self.sizes.high > 125:
@@ -194,6 +203,7 @@ class Scenario:
             messages=None,
             kind=self.kind,
             think=self.think,
+            hold=self.hold,
             close_code=self.close,
             scenarios=(),
         )
@@ -270,6 +280,7 @@ class LoadConfig:
     # One session's behaviour (set per connection from its scenario).
     kind: str = "echo"
     think: float = 0.0  # seconds between an echo and the next message
+    hold: float | None = None  # seconds after which a session closes
     close_code: int = 1000
 
     @property

@@ -129,6 +129,8 @@ class EchoConnection(asyncio.Protocol):
         self._echo_opcode = OP_PONG if self._ping else self._opcode
         self._fast_b0 = 0x80 | self._echo_opcode  # first byte of a whole uncompressed echo
         self._think = cfg.think
+        self._hold = cfg.hold
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._close_code = cfg.close_code
         # Equal-size uncompressed messages share one frame header: built once, not per send.
         self._header = (
@@ -279,6 +281,8 @@ class EchoConnection(asyncio.Protocol):
         if self.state != OPEN:
             return False
         self.running = True
+        if self._hold is not None:
+            self._hold_timer = self._loop.call_later(self._hold, self.finish)
         if self._idle:
             return True  # open, silent, until finish()
         if self._interval_ns:
@@ -417,6 +421,9 @@ class EchoConnection(asyncio.Protocol):
             self.transport.close()
 
     def _halt(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
         if self.running:
             self.running = False
             self._owner.on_stopped(self)

@@ -474,8 +474,8 @@ def _timed_note(summary: dict[str, Any]) -> str:
     after = f"after the {timeout:g} s --timeout" if timeout else "after --timeout"
     wrong = m["mismatches"] + m["duplicates"] + m["retyped"]
     return (
-        f"  (round trip times every right echo, {m.get('late', 0)} late ones ({after}) "
-        f"included; not in it: {m['lost']} lost (never echoed), {wrong} wrong)"
+        f"  (timed: every right echo, {m.get('late', 0)} late ({after}) among them; "
+        f"not timed: {m['lost']} lost, {wrong} wrong)"
     )
 
 
