@@ -540,3 +540,14 @@ def test_a_held_idle_session_closes_and_is_replaced(servers: Servers) -> None:
     assert stats.errors == {}
     assert stats.counters["connections_established"] >= 6  # each place every 0.2 s or so
     assert stats.counters["messages_sent"] == 0
+
+
+def test_places_waiting_for_handshake_room_are_not_held_to_the_tick(servers: Servers) -> None:
+    # 20 places, one handshake in progress at a time: each place opens as soon as the one
+    # before it has, not on the next control tick (which would take 19 ticks, 0.95 s).
+    stats, _ = run_load(
+        servers.url("/echo"), connections=20, reconnect=True, duration=2.0, connect_concurrency=1
+    )
+    assert stats.counters["connections_established"] == 20
+    assert stats.ramp_seconds < 0.6, stats.ramp_seconds
+    assert stats.errors == {}

@@ -389,6 +389,9 @@ class Worker:
             else:
                 conn.set_rate(self._rate)
                 if conn.start():
+                    if self._replacing and self._slots < self._wanted:
+                        # Places waited for a handshake's room (--connect-concurrency).
+                        self._schedule_refill()
                     return  # its slot is freed by on_stopped()
         finally:
             self._connecting -= 1
