@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import check_dashboard
@@ -104,3 +105,21 @@ def test_a_port_in_use_is_one_line_and_exit_2(servers: Servers, capsys: Any) -> 
         live.close()
     err = capsys.readouterr().err
     assert code == 2 and "--metrics-port" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--metrics-port", "70000"],
+        ["--metrics-port", "x"],
+        ["--metrics-port", "0", "--metrics-address", "no.such.host.invalid"],
+    ],
+)
+def test_a_bad_metrics_port_or_address_is_one_line_and_exit_2(
+    servers: Servers, capsys: Any, argv: list[str]
+) -> None:
+    from tornado_echo.loadtest.cli import main
+
+    code = main([servers.url("/echo"), "-n", "1", "-q", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and "--metrics-" in err and err.count("\n") == 1, err

@@ -62,6 +62,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return port
+
+
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip():
@@ -257,7 +267,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for payload-size sampling")
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         metavar="PORT",
         help="serve live Prometheus metrics of the run on this port (0: any free one, "
         "named on stderr), on --metrics-address",

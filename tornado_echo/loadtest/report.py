@@ -141,9 +141,9 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
 
 def opened_per_s(stats: Stats, config: dict[str, Any]) -> float:
     """Connections opened a second: over the time it took to open them all, or, where
-    connections come and go all run long (stages, churn, reconnect), over the run."""
+    connections come and go all run long (stages, churn, reconnect, scenarios), over the run."""
     established = stats.counters["connections_established"]
-    replacing = config.get("stages") or config.get("churn") or config.get("reconnect")
+    replacing = any(config.get(key) for key in ("stages", "churn", "reconnect", "scenarios"))
     span = stats.elapsed if replacing or not stats.ramp_seconds else stats.ramp_seconds
     return established / span if span else 0.0
 
