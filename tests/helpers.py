@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extras
+from prometheus_client.parser import text_string_to_metric_families
 
 from tornado_echo.config import Config
 from tornado_echo.process.server import Server
@@ -300,6 +301,39 @@ def metric(text: str, name: str) -> float:
     found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
     assert found, f"{name} not in metrics"
     return float(found.group(1))
+
+
+_BY = re.compile(r"\bby \(([^)]*)\)")
+# Labels a scrape does not have but every series gets from Prometheus.
+_ADDED_BY_PROMETHEUS = {"instance", "job"}
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
+    """Every query of a Grafana dashboard: its panels' and its template variables'."""
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    return queries + [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+
+
+def check_dashboard(dashboard: dict[str, Any], scrape: str, metric: re.Pattern[str]) -> int:
+    """Assert that every query of a Grafana ``dashboard`` (panels and template variables)
+    names at least one ``metric`` the ``scrape`` (Prometheus text) has, and groups only by
+    labels those metrics have; returns how many metric names were checked."""
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(scrape):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    checked = 0
+    for query in dashboard_queries(dashboard):
+        names = metric.findall(query)
+        assert names, query
+        for name in names:
+            assert name in labels, f"{name} (in {query!r}) is not exported"
+            checked += 1
+        offered = set().union(*(labels[name] for name in names)) | _ADDED_BY_PROMETHEUS
+        for clause in _BY.findall(query):
+            wanted = {label.strip() for label in clause.split(",")}
+            assert wanted <= offered, f"{wanted - offered} not labels of {names} in {query!r}"
+    return checked
 
 
 def admin_sql(dsn: str, sql: str) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -140,7 +141,9 @@ class RetypeHandler(EchoHandler):
 
 
 class CloseHandler(EchoHandler):
-    """Closes with the code in the path after the first echo (1006: drops TCP)."""
+    """Closes with the code in the path after the first echo (1006: ends TCP cleanly, FIN
+    without a close frame; a shutdown, since closing a socket with unread data (the client's
+    next message) would make the kernel answer with a reset instead)."""
 
     def reply(self, message: str | bytes) -> None:
         super().reply(message)
@@ -148,10 +151,38 @@ class CloseHandler(EchoHandler):
         if code == 1006:
             assert self.ws_connection is not None
             stream = self.ws_connection.stream
-            assert stream is not None
-            stream.close()
+            assert stream is not None and stream.socket is not None
+            stream.socket.shutdown(socket.SHUT_WR)
         else:
             self.close(code, "test close")
+
+
+class ResetHandler(EchoHandler):
+    """Resets the TCP connection (RST, SO_LINGER 0) right after the first echo."""
+
+    def reply(self, message: str | bytes) -> None:
+        super().reply(message)
+        assert self.ws_connection is not None
+        stream = self.ws_connection.stream
+        assert stream is not None and stream.socket is not None
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.close()
+
+
+class HoldFirstHandler(EchoHandler):
+    """Holds each connection's first message back until the second one has been echoed: a
+    reorder that a closed loop with one message in flight only sees after its timeout."""
+
+    held: str | bytes | None = None
+
+    def reply(self, message: str | bytes) -> None:
+        if self.seen == 1:
+            self.held = message
+            return
+        super().reply(message)
+        if self.held is not None:
+            super().reply(self.held)
+            self.held = None
 
 
 class FlakyUpgradeHandler(EchoHandler):
@@ -204,6 +235,8 @@ def _app(**settings: Any) -> tornado.web.Application:
             (r"/status/(\d+)", StatusHandler),
             (r"/flaky", FlakyUpgradeHandler),
             (r"/stall", StallHandler),
+            (r"/reset", ResetHandler),
+            (r"/hold-first", HoldFirstHandler),
         ],
         **settings,
     )

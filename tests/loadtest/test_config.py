@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from tornado_echo.loadtest.config import LoadConfig, Profile, SizeSpec, Stage, Target
+from tornado_echo.loadtest.config import LoadConfig, Profile, Scenario, SizeSpec, Stage, Target
 from tornado_echo.loadtest.errors import LoadtestConfigError
 
 
@@ -69,3 +69,40 @@ def test_bad_stage_names_the_option(text: str) -> None:
     with pytest.raises(LoadtestConfigError) as info:
         Stage.parse(text)
     assert "--stage" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("weight=0", "weight must be positive"),
+        ("kind=shout", "kind must be one of"),
+        ("messages=0", "messages must be at least 1"),
+        ("think=-1", "think must not be negative"),
+        ("hold=0", "hold must be positive"),
+        ("close=1006", "may not be sent"),
+        ("kind=ping size=200", "at most 125 bytes"),
+        ("loud", "unknown word"),
+        ("size=x", "expected N, A-B or A,B,C"),
+    ],
+)
+def test_a_bad_scenario_is_named(spec: str, why: str) -> None:
+    with pytest.raises(LoadtestConfigError) as info:
+        Scenario.parse(spec)
+    assert why in str(info.value)
+
+
+def test_a_scenario_mix_needs_a_duration_and_one_message_in_flight() -> None:
+    target = Target.parse("ws://127.0.0.1:1/")
+    mix = (Scenario.parse("messages=3"),)
+    for options in ({"duration": None, "messages": 3}, {"inflight": 2}, {"churn": 2}):
+        with pytest.raises(LoadtestConfigError):
+            LoadConfig.validated(target=target, scenarios=mix, **options)
+    spec = Scenario.parse("weight=2 kind=echo messages=5 size=64,128 binary think=0.5 close=4000")
+    session = spec.apply(LoadConfig.validated(target=target, scenarios=(spec,)))
+    assert (session.churn, session.binary, session.think, session.close_code) == (
+        5,
+        True,
+        0.5,
+        4000,
+    )
+    assert session.sizes.choices == (64, 128) and session.scenarios == ()

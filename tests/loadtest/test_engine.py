@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import logging
 import socket
 import time
 
@@ -13,7 +14,7 @@ import pytest
 from tests.loadtest.conftest import Servers
 from tests.loadtest.helpers import run_load
 from tornado_echo.loadtest import preflight, report
-from tornado_echo.loadtest.config import LoadConfig, Stage, Target
+from tornado_echo.loadtest.config import LoadConfig, Scenario, Stage, Target
 from tornado_echo.loadtest.engine import Progress, Worker
 from tornado_echo.loadtest.stats import Stats
 
@@ -393,3 +394,160 @@ def test_reconnect_opens_a_new_connection_for_each_dropped_one(servers: Servers)
     c = stats.counters
     assert c["connections_established"] >= 4
     assert stats.errors["close_1011"] == c["connections_dropped"] >= 3
+
+
+# The old control loop refilled the slots once per 50 ms tick: at most 20 connections a second
+# per slot, whatever the server could take. A slot is now refilled as soon as it is free.
+TICK_CAP_PER_SLOT = 20
+
+
+def test_churn_replaces_connections_at_the_servers_pace_not_a_tick(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/echo"), connections=1, churn=1, duration=1.0)
+    c = stats.counters
+    assert c["connections_established"] > 3 * TICK_CAP_PER_SLOT, c
+    assert stats.errors == {} and c["connections_dropped"] == 0
+
+
+def test_reconnect_replaces_a_dropped_connection_at_once(servers: Servers) -> None:
+    stats, _ = run_load(servers.url("/close/1011"), connections=1, reconnect=True, duration=1.0)
+    c = stats.counters
+    assert c["connections_established"] > 3 * TICK_CAP_PER_SLOT, c
+    assert stats.errors["close_1011"] == c["connections_dropped"]
+
+
+def test_a_handshake_timeout_is_counted_without_a_traceback(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        stats, _ = run_load(
+            f"ws://127.0.0.1:{servers.silent_port}/", connections=3, messages=1, connect_timeout=0.3
+        )
+        gc.collect()  # an exception never retrieved is logged when its future goes
+    assert stats.errors == {"handshake_timeout": 3}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_connections_never_attempted_are_reported_and_fail_the_run(servers: Servers) -> None:
+    # 20 connections at 4/s cannot all be attempted in 0.6 s.
+    stats, summary = run_load(servers.url("/echo"), connections=20, connect_rate=4.0, duration=0.6)
+    c = summary["connections"]
+    assert 1 <= c["attempted"] < 20
+    assert c["not_attempted"] == 20 - c["attempted"]
+    assert stats.errors["not_attempted"] == c["not_attempted"]
+    assert report.check_errors(summary)
+    out = io.StringIO()
+    report.render(summary, out)
+    assert f"not attempted {c['not_attempted']}" in out.getvalue()
+
+
+def test_reordered_echoes_fail_the_run(servers: Servers) -> None:
+    stats, summary = run_load(servers.url("/reorder"), connections=1, messages=8, inflight=2)
+    assert stats.counters["reordered"] == 4
+    assert stats.errors == {"reordered": 4}
+    assert report.check_errors(summary)
+
+
+def test_a_closed_loop_reorder_is_late_and_reordered_not_lost(servers: Servers) -> None:
+    # The first echo comes only after the second: past the timeout with one in flight.
+    stats, summary = run_load(servers.url("/hold-first"), connections=2, messages=3, timeout=0.3)
+    c = stats.counters
+    assert c["lost"] == 0
+    assert c["late"] == c["reordered"] == 2
+    assert c["messages_received"] == 4
+    assert stats.errors == {"late": 2, "reordered": 2}
+    assert summary["latency_ms"]["count"] == 6  # the late ones timed too
+    assert summary["latency_ms"]["max"] >= 300
+
+
+def test_echoes_after_the_timeout_are_late_and_max_latency_tells_the_truth(
+    servers: Servers,
+) -> None:
+    # The server holds its echoes for a second at the 50th message; the timeout is 0.3 s.
+    stats, summary = run_load(servers.url("/stall"), connections=1, messages=60, timeout=0.3)
+    c = stats.counters
+    assert c["lost"] == 0
+    assert c["late"] >= 1
+    assert c["messages_received"] + c["late"] == 60
+    assert summary["latency_ms"]["max"] >= 900
+    out = io.StringIO()
+    report.render(summary, out)
+    text = out.getvalue()
+    assert f"{c['late']} late" in text and "lost" in text
+
+
+def test_a_reset_is_told_apart_from_a_clean_close_without_a_close_frame(
+    servers: Servers,
+) -> None:
+    reset, _ = run_load(servers.url("/reset"), connections=2, messages=5)
+    clean, _ = run_load(servers.url("/close/1006"), connections=2, messages=5)
+    assert reset.errors["close_1006_reset"] == 2 and "close_1006" not in reset.errors
+    assert clean.errors["close_1006"] == 2 and "close_1006_reset" not in clean.errors
+
+
+def scenarios(*specs: str) -> tuple[Scenario, ...]:
+    return tuple(Scenario.parse(spec) for spec in specs)
+
+
+def test_a_weighted_mix_of_scenarios_keeps_every_echo_check(servers: Servers) -> None:
+    mix = scenarios(
+        "weight=2 messages=3 size=20-80 close=4000", "kind=ping messages=3", "kind=idle"
+    )
+    stats, summary = run_load(
+        servers.url("/echo"), connections=6, duration=1.0, scenarios=mix, seed=7
+    )
+    assert stats.errors == {}
+    assert set(summary["scenarios"]) == {scenario.spec for scenario in mix}
+    assert all(count > 0 for count in summary["scenarios"].values()), summary["scenarios"]
+    c = stats.counters
+    assert c["messages_received"] > 0 and c["messages_received"] == c["messages_sent"]
+    # Finished sessions were replaced by newly drawn ones; idle ones hold their place.
+    assert c["connections_established"] > 6
+
+
+def test_a_ping_scenario_takes_pongs_as_its_echoes(servers: Servers) -> None:
+    # The /wrong server garbles every data echo; pongs are its WebSocket layer's, not its.
+    stats, _ = run_load(
+        servers.url("/wrong"), connections=2, duration=0.5, scenarios=scenarios("kind=ping")
+    )
+    assert stats.errors == {}
+    assert stats.counters["messages_received"] > 0
+    assert stats.histograms["latency"].total == stats.counters["messages_received"]
+
+
+def test_an_idle_scenario_opens_and_sends_nothing(servers: Servers) -> None:
+    stats, _ = run_load(
+        servers.url("/echo"), connections=3, duration=0.5, scenarios=scenarios("kind=idle")
+    )
+    assert stats.errors == {}
+    assert stats.counters["connections_established"] == 3
+    assert stats.counters["messages_sent"] == 0
+
+
+def test_think_time_spaces_a_sessions_messages(servers: Servers) -> None:
+    stats, _ = run_load(
+        servers.url("/echo"),
+        connections=1,
+        duration=1.0,
+        scenarios=scenarios("messages=1000 think=0.2"),
+    )
+    assert stats.errors == {}
+    assert 1 <= stats.counters["messages_sent"] <= 6  # one each 0.2 s, and the first
+
+
+def test_a_held_idle_session_closes_and_is_replaced(servers: Servers) -> None:
+    mix = scenarios("kind=idle hold=0.2")
+    stats, _ = run_load(servers.url("/echo"), connections=2, duration=1.0, scenarios=mix)
+    assert stats.errors == {}
+    assert stats.counters["connections_established"] >= 6  # each place every 0.2 s or so
+    assert stats.counters["messages_sent"] == 0
+
+
+def test_places_waiting_for_handshake_room_are_not_held_to_the_tick(servers: Servers) -> None:
+    # 20 places, one handshake in progress at a time: each place opens as soon as the one
+    # before it has, not on the next control tick (which would take 19 ticks, 0.95 s).
+    stats, _ = run_load(
+        servers.url("/echo"), connections=20, reconnect=True, duration=2.0, connect_concurrency=1
+    )
+    assert stats.counters["connections_established"] == 20
+    assert stats.ramp_seconds < 0.6, stats.ramp_seconds
+    assert stats.errors == {}

@@ -7,12 +7,13 @@ import pytest
 from websockets.utils import accept_key
 
 from tornado_echo import wire
-from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
+from tornado_echo.loadtest.errors import HandshakeError
 from tornado_echo.loadtest.framing import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
     OP_PING,
+    OP_PONG,
     OP_TEXT,
     Deflate,
     FrameParser,
@@ -103,15 +104,15 @@ def test_parser_reassembles_fragments_around_control_frames() -> None:
     ],
 )
 def test_parser_rejects_protocol_violations(data: bytes, code: int) -> None:
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(wire.ProtocolError) as info:
         FrameParser(max_size=100).feed(data)
-    assert info.value.close_code == code
+    assert info.value.code == code
 
 
 def test_a_whole_frame_in_one_read_still_respects_an_open_fragment() -> None:
     parser = FrameParser(100)
     assert parser.feed(server_frame(OP_TEXT, b"ab", fin=False)) == []
-    with pytest.raises(ProtocolError):
+    with pytest.raises(wire.ProtocolError):
         parser.feed(server_frame(OP_TEXT, b"cd"))
 
 
@@ -147,17 +148,17 @@ def test_deflate_round_trip_against_zlib(params: dict[str, str | None]) -> None:
 
 
 def test_bad_deflate_data_is_a_1007_protocol_error() -> None:
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(wire.ProtocolError) as info:
         FrameParser(1000, Deflate.accepted([])).feed(server_frame(OP_TEXT, b"\xff" * 8, rsv1=True))
-    assert info.value.close_code == 1007
+    assert info.value.code == 1007
 
 
 def test_deflate_bomb_is_refused() -> None:
     bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
-    wire = bomb.compress(b"\x00" * 1_000_000) + bomb.flush(zlib.Z_SYNC_FLUSH)
-    with pytest.raises(ProtocolError) as info:
-        FrameParser(1000, Deflate.accepted([])).feed(server_frame(OP_BINARY, wire[:-4], rsv1=True))
-    assert info.value.close_code == 1009
+    data = bomb.compress(b"\x00" * 1_000_000) + bomb.flush(zlib.Z_SYNC_FLUSH)
+    with pytest.raises(wire.ProtocolError) as info:
+        FrameParser(1000, Deflate.accepted([])).feed(server_frame(OP_BINARY, data[:-4], rsv1=True))
+    assert info.value.code == 1009
 
 
 def response(
@@ -235,3 +236,36 @@ def test_handshake_rejects_wrong_accept_and_unoffered_things() -> None:
         with pytest.raises(HandshakeError) as info:
             HandshakeParser(request).feed(data)
         assert info.value.category.startswith("handshake_")
+
+
+@pytest.mark.parametrize("opcode", [OP_PING, OP_PONG, OP_CLOSE])
+def test_a_control_frame_over_125_bytes_is_refused(opcode: int) -> None:
+    parser = FrameParser(max_size=1000)
+    assert parser.feed(server_frame(opcode, b"x" * 125)) == [(opcode, b"x" * 125)]
+    with pytest.raises(wire.ProtocolError) as info:
+        parser.feed(server_frame(opcode, b"x" * 126))
+    assert info.value.code == 1002
+
+
+@pytest.mark.parametrize("in_message", [False, True])
+def test_the_parser_keeps_the_shared_frame_rules(in_message: bool) -> None:
+    # Every first byte, at control frames' length limit and past it: the parser refuses
+    # exactly what the shared RFC 6455 rules (wire.check_frame) refuse, with their code.
+    for b0 in range(256):
+        for length in (0, 125, 126):
+            parser = FrameParser(max_size=1000)
+            if in_message:
+                assert parser.feed(server_frame(OP_TEXT, b"ab", fin=False)) == []
+            try:
+                wire.check_frame(b0, length, deflate=False, in_message=in_message)
+            except wire.ProtocolError as exc:
+                expected: int | None = exc.code
+            else:
+                expected = None
+            try:
+                parser.feed(bytes((b0, 126)) + length.to_bytes(2, "big") + b"x" * length)
+            except wire.ProtocolError as exc:
+                got: int | None = exc.code
+            else:
+                got = None
+            assert got == expected, (hex(b0), length, in_message)

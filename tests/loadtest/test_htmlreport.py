@@ -11,7 +11,9 @@ from tests.loadtest.browser import CHROMIUM, Browser
 from tests.loadtest.conftest import Servers
 from tornado_echo.loadtest.cli import main
 from tornado_echo.loadtest.histogram import Histogram
-from tornado_echo.loadtest.htmlreport import spectrum
+from tornado_echo.loadtest.htmlreport import render, spectrum
+from tornado_echo.loadtest.report import document
+from tornado_echo.loadtest.stats import Stats
 
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("CI"), reason="chromium is not installed"
@@ -82,3 +84,18 @@ def test_spectrum_points_are_percentiles_of_the_histogram() -> None:
     xs = [x for x, _ in points]
     assert xs == sorted(xs)
     assert spectrum(Histogram()) == []
+
+
+def test_the_page_says_which_latency_it_shows_and_reads_like_settings() -> None:
+    stats = Stats()
+    stats.histograms["latency"].record(2_000_000)
+    stats.histograms["latency_uncorrected"].record(1_000_000)
+    config = {"url": "ws://127.0.0.1:1/ws", "mode": "open", "messages": None, "size": "64"}
+    runs = [{"run_id": str(i), "label": f"/tmp/r{i}.json"} for i in range(2)]
+    page = render(document(stats, config, runs), [])
+    assert "latency ms, corrected for coordinated omission" in page
+    assert "latency ms, as sent" in page
+    assert "<title>tornado-echo-loadtest: ws://127.0.0.1:1/ws (2 runs merged)</title>" in page
+    assert "null" not in page.split("<script")[0] and "&quot;64&quot;" not in page
+    closed = render(document(stats, dict(config, mode="closed"), runs[:1]), [])
+    assert "latency ms, closed loop (not corrected)" in closed

@@ -38,6 +38,7 @@ class Owner:
     def __init__(self) -> None:
         self.errors: Counter[str] = Counter()
         self.dropped = 0
+        self.stopped = 0
         self.closed = asyncio.Event()
 
     def on_error(self, category: str) -> None:
@@ -45,6 +46,9 @@ class Owner:
 
     def on_dropped(self) -> None:
         self.dropped += 1
+
+    def on_stopped(self, conn: EchoConnection) -> None:
+        self.stopped += 1
 
     def on_closed(self, conn: EchoConnection) -> None:
         self.closed.set()
@@ -245,3 +249,34 @@ def test_refused_upgrade_fails_the_opened_future() -> None:
         assert owner.dropped == 0  # never open, so not a drop
 
     run(script)
+
+
+@pytest.mark.parametrize("opcode", [OP_PING, OP_PONG, OP_CLOSE])
+def test_a_control_frame_over_125_bytes_is_a_protocol_error_closed_with_1002(
+    opcode: int,
+) -> None:
+    async def script(conn: EchoConnection, peer: Peer, owner: Owner, live: LiveCounters) -> None:
+        await opened(conn, peer)
+        conn.start()
+        await peer.frame()  # the first message, left unanswered
+        body = (1000).to_bytes(2, "big") + b"x" * 124  # 126 bytes, a 16-bit length
+        peer.writer.write(bytes((0x80 | opcode, 126)) + len(body).to_bytes(2, "big") + body)
+        assert await peer.frame() == (OP_CLOSE, (1002).to_bytes(2, "big"))
+        await owner.closed.wait()
+        assert owner.errors["protocol_error"] == 1
+
+    run(script)
+
+
+def test_a_session_closes_with_its_scenarios_code() -> None:
+    async def script(conn: EchoConnection, peer: Peer, owner: Owner, live: LiveCounters) -> None:
+        await opened(conn, peer)
+        conn.start()
+        opcode, payload = await peer.frame()
+        peer.send(opcode, payload)
+        assert await peer.frame() == (OP_CLOSE, (4000).to_bytes(2, "big"))
+        peer.send(OP_CLOSE, (4000).to_bytes(2, "big"))
+        await owner.closed.wait()
+        assert live.received == 1 and not owner.errors
+
+    run(script, messages=1, close_code=4000)

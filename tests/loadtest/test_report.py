@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import io
+import random
 
+from tornado_echo.loadtest.protocol import TimerLateness
 from tornado_echo.loadtest.report import (
     Thresholds,
     check_thresholds,
@@ -200,3 +202,29 @@ def test_saturation_guard_counts_time_waiting_for_a_cpu() -> None:
     assert not summarize(stats, {"mode": "closed"})["saturation"]["client_bound"]
     stats.workers[0]["run_queue_fraction"] = None  # no schedstat on this kernel
     assert not summarize(stats, {"mode": "closed"})["saturation"]["client_bound"]
+
+
+def test_open_loop_warns_when_the_testers_own_lateness_is_a_noticeable_share() -> None:
+    def warnings(lateness_ms: float) -> list[str]:
+        stats = stats_with([1.0] * 100)
+        for _ in range(100):
+            stats.histograms["latency_uncorrected"].record(1_000_000)
+            stats.histograms["schedule_lag"].record(int(lateness_ms * 1e6))
+        return summarize(stats, {"mode": "open"})["warnings"]
+
+    assert warnings(0.0) == [] and warnings(0.02) == []
+    [warning] = warnings(0.5)
+    assert "tester's own lateness" in warning and "50%" in warning
+
+
+def test_timer_lateness_learns_how_early_to_set_timers() -> None:
+    lateness = TimerLateness()
+    rng = random.Random(1)
+    # Sends 0.4-0.5 ms late when timers are set on time: it learns to set them earlier
+    # until about one in ten is still late, and never more than its cap.
+    for _ in range(2000):
+        lateness.observe(int(rng.uniform(400_000, 500_000)) - lateness.early_ns)
+    assert 440_000 <= lateness.early_ns <= 520_000
+    for _ in range(2000):
+        lateness.observe(10**9)
+    assert lateness.early_ns == TimerLateness.CAP_NS

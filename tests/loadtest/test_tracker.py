@@ -9,11 +9,16 @@ from tornado_echo.loadtest.histogram import Histogram
 from tornado_echo.loadtest.tracker import EchoTracker, Filler, LiveCounters
 
 
-def make(sizes: str = "32") -> tuple[EchoTracker, LiveCounters, Histogram, Histogram]:
+def make(
+    sizes: str = "32", open_loop: bool = True
+) -> tuple[EchoTracker, LiveCounters, Histogram, Histogram]:
+    """A tracker; a closed loop's keeps no uncorrected figure (``raw`` stays empty)."""
     live = LiveCounters()
     corrected, raw = Histogram(), Histogram()
     spec = SizeSpec.parse(sizes)
-    tracker = EchoTracker(live, corrected, raw, spec, Filler(spec.high), random.Random(1))
+    tracker = EchoTracker(
+        live, corrected, raw if open_loop else None, spec, Filler(spec.high), random.Random(1)
+    )
     return tracker, live, corrected, raw
 
 
@@ -128,8 +133,8 @@ def snapshot(tracker: EchoTracker, live: LiveCounters, *hists: Histogram) -> obj
 
 def test_answer_and_next_is_on_echo_then_next_payload() -> None:
     # The same echoes, out of order too, through the one-call step and the two calls.
-    one_step, live_a, *hists_a = make("64")
-    two_calls, live_b, *hists_b = make("64")
+    one_step, live_a, *hists_a = make("64", open_loop=False)
+    two_calls, live_b, *hists_b = make("64", open_loop=False)
     for tracker in (one_step, two_calls):
         for _ in range(3):
             tracker.next_payload(5, 7)
@@ -153,10 +158,27 @@ def test_answer_and_next_is_on_echo_then_next_payload() -> None:
     ],
 )
 def test_answer_and_next_leaves_everything_else_to_on_echo(sizes: str, garble_it: bool) -> None:
-    tracker, live, corrected, raw = make(sizes)
+    tracker, live, corrected, raw = make(sizes, open_loop=False)
     payload = tracker.next_payload(0, 0)
     echo = garble(payload, len(payload) - 1) if garble_it else payload
     before = snapshot(tracker, live, corrected, raw)
     assert tracker.answer_and_next(echo, 1) is None
     assert tracker.answer_and_next(b"%016x" % 7 + payload[16:], 1) is None  # not in flight
     assert snapshot(tracker, live, corrected, raw) == before
+
+
+def test_an_echo_after_its_timeout_moves_it_from_lost_to_late_and_is_timed() -> None:
+    live = LiveCounters()
+    latency = Histogram()
+    tracker = EchoTracker(
+        live, latency, Histogram(), SizeSpec(64, 64), Filler(64), random.Random(1)
+    )
+    first = tracker.next_payload(0, 0)
+    second = tracker.next_payload(10, 10)
+    assert tracker.expire(5) == 1 and live.lost == 1
+    assert tracker.on_echo(second, 20)
+    assert not tracker.on_echo(first, 3_000)  # late: its place in the loop is taken
+    assert (live.lost, live.late, live.reordered, live.received) == (0, 1, 1, 1)
+    assert latency.total == 2 and latency.maximum >= 3_000
+    assert not tracker.on_echo(first, 4_000)  # twice: a duplicate
+    assert live.duplicates == 1 and live.late == 1

@@ -7,25 +7,15 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
-from tests.helpers import make_server, raw_http, upgrade_request
+from tests.helpers import check_dashboard, dashboard_queries, make_server, raw_http, upgrade_request
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "conf" / "grafana-dashboard.json"
 METRIC = re.compile(r"\b(?:tornado_echo|process)_[a-z_]+\b")
-BY = re.compile(r"\bby \(([^)]*)\)")
-ADDED_BY_PROMETHEUS = {"instance", "job"}
-
-
-def queries(dashboard: dict[str, Any]) -> list[str]:
-    found = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    found += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
-    return found
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -55,27 +45,7 @@ async def test_every_dashboard_query_names_an_exported_metric_and_label(
     finally:
         await server.shutdown()
     for scrape in (fresh, text):
-        assert_queries_are_exported(dashboard, scrape)
-
-
-def assert_queries_are_exported(dashboard: dict[str, Any], text: str) -> None:
-    labels: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels.setdefault(sample.name, set()).update(sample.labels)
-
-    checked = 0
-    for query in queries(dashboard):
-        names = METRIC.findall(query)
-        assert names, query
-        for name in names:
-            assert name in labels, f"{name} (in {query!r}) is not exported"
-            checked += 1
-        offered = set().union(*(labels[name] for name in names)) | ADDED_BY_PROMETHEUS
-        for clause in BY.findall(query):
-            wanted = {label.strip() for label in clause.split(",")}
-            assert wanted <= offered, f"{wanted - offered} not labels of {names} in {query!r}"
-    assert checked > 20
+        assert check_dashboard(dashboard, scrape, METRIC) > 20
 
 
 def test_the_dashboard_is_importable_json() -> None:
@@ -128,7 +98,7 @@ def test_each_panel_has_one_unit_and_it_is_the_unit_of_its_queries() -> None:
 
 
 def test_the_store_and_tls_failure_counters_are_charted() -> None:
-    asked = " ".join(queries(json.loads(DASHBOARD.read_text())))
+    asked = " ".join(dashboard_queries(json.loads(DASHBOARD.read_text())))
     for name in (
         "tornado_echo_store_errors_total",
         "tornado_echo_store_payloads_shed_total",

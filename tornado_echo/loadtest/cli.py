@@ -18,9 +18,17 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
 from tornado_echo.loadtest import engine, htmlreport, preflight, report
-from tornado_echo.loadtest.config import LoadConfig, SizeSpec, Stage, Target, default_workers
+from tornado_echo.loadtest.config import (
+    LoadConfig,
+    Scenario,
+    SizeSpec,
+    Stage,
+    Target,
+    default_workers,
+)
 from tornado_echo.loadtest.errors import LoadtestConfigError, LoadtestError, ResultFormatError
 from tornado_echo.loadtest.histogram import Histogram
+from tornado_echo.loadtest.metrics import LiveMetrics
 
 log = logging.getLogger(__name__)
 PROG = "tornado-echo-loadtest"
@@ -65,6 +73,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return port
+
+
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip():
@@ -97,6 +115,12 @@ def _add_thresholds(parser: argparse.ArgumentParser) -> None:
         help="highest allowed share of connections that failed to open, e.g. 0.01",
     )
     group.add_argument("--min-throughput", type=_positive_float, help="lowest echoed msgs/s")
+    group.add_argument(
+        "--fail-client-bound",
+        action="store_true",
+        help="fail when the load generator was the bottleneck (CLIENT-BOUND), since its "
+        "figures then understate the server",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the whole result as JSON")
     parser.add_argument(
         "--html",
@@ -133,7 +157,7 @@ def run_parser() -> argparse.ArgumentParser:
         "--connect-concurrency",
         type=int,
         default=1000,
-        help="handshakes in progress at once per worker",
+        help="handshakes in progress at once per worker (default %(default)s)",
     )
     p.add_argument(
         "-d",
@@ -148,7 +172,12 @@ def run_parser() -> argparse.ArgumentParser:
         help="closed: send, await the echo, send again (the default); open: send on a fixed "
         "schedule, latency corrected for coordinated omission (the default with --rate)",
     )
-    p.add_argument("--inflight", type=int, default=1, help="closed loop: outstanding per conn")
+    p.add_argument(
+        "--inflight",
+        type=int,
+        default=1,
+        help="closed loop: messages outstanding per connection (default %(default)s)",
+    )
     shapes = p.add_argument_group("load shapes")
     shapes.add_argument(
         "--stage",
@@ -171,13 +200,27 @@ def run_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="open a new connection in place of each one the server drops",
     )
+    shapes.add_argument(
+        "--scenario",
+        type=Scenario.parse,
+        action="append",
+        default=[],
+        metavar="'KEY=VALUE ...'",
+        help="a kind of session in a weighted mix (repeatable): weight=W (default 1), "
+        "kind=echo|ping|idle, messages=N (then close, and a new session takes its place), "
+        "size=SPEC, binary or text, think=SECONDS between echo and next message, "
+        "hold=SECONDS (then close), close=CODE; "
+        "e.g. 'weight=3 messages=20 size=64-512 think=0.1' 'kind=ping messages=5' 'kind=idle'",
+    )
     p.add_argument(
         "--rate", type=_positive_float, help="open loop: msgs/s per connection (implies open)"
     )
     p.add_argument(
         "--total-rate", type=_positive_float, help="open loop: msgs/s in total (implies open)"
     )
-    p.add_argument("-s", "--size", default="64", help="payload bytes: N, A-B or A,B,C")
+    p.add_argument(
+        "-s", "--size", default="64", help="payload bytes: N, A-B or A,B,C (default %(default)s)"
+    )
     p.add_argument("--binary", action="store_true", help="binary frames (default text)")
     p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
     p.add_argument(
@@ -200,7 +243,8 @@ def run_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive_float,
         default=5.0,
-        help="seconds before an unanswered echo counts as lost",
+        help="seconds before an unanswered echo counts as lost (late if it comes after all; "
+        "default %(default)s)",
     )
     p.add_argument(
         "--connect-timeout",
@@ -232,6 +276,18 @@ def run_parser() -> argparse.ArgumentParser:
         help="seconds between progress lines (default 1 on a terminal, else 5)",
     )
     p.add_argument("--seed", type=int, help="seed for payload-size sampling")
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve live Prometheus metrics of the run on this port (0: any free one, "
+        "named on stderr), on --metrics-address",
+    )
+    p.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        help="address of --metrics-port (default %(default)s)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     _add_thresholds(p)
     return p
@@ -317,11 +373,47 @@ def build_config(args: argparse.Namespace) -> LoadConfig:
         stages=stages,
         churn=args.churn,
         reconnect=args.reconnect,
+        scenarios=tuple(args.scenario),
+    )
+
+
+def banner(cfg: LoadConfig) -> str:
+    """The settings of a run in one line, said before it starts."""
+    if cfg.mode == "open":
+        loop = f"open loop {cfg.rate:g} msgs/s per connection"
+    else:
+        loop = f"closed loop, {cfg.inflight} in flight per connection"
+    length = f"{cfg.duration:g} s" if cfg.duration is not None else f"{cfg.messages} messages"
+    shape = []
+    if cfg.stages:
+        shape.append(f"{len(cfg.stages)} stages")
+    if cfg.churn is not None:
+        shape.append(f"churn every {cfg.churn} messages")
+    if cfg.reconnect:
+        shape.append("reconnect")
+    if cfg.scenarios:
+        shape.append(f"{len(cfg.scenarios)} scenarios")
+    kind = "binary" if cfg.binary else "text"
+    return ", ".join(
+        [
+            cfg.target.url,
+            f"{cfg.connections} connections",
+            loop,
+            length,
+            f"{cfg.sizes.describe()}-byte {kind}" + (" deflated" if cfg.deflate else ""),
+            f"timeout {cfg.timeout:g} s",
+            f"{cfg.workers} worker{'s' if cfg.workers != 1 else ''}",
+            *shape,
+        ]
     )
 
 
 class ProgressLine:
-    """Live progress: one rewritten line on a terminal, plain periodic lines otherwise."""
+    """Live progress: one rewritten line on a terminal, plain periodic lines otherwise.
+
+    A line's latency covers every snapshot since the previous line (each worker's taken
+    once), so a line every 5 s shows a stall in any of its seconds.
+    """
 
     def __init__(self, out: TextIO, interval: float) -> None:
         self.out = out
@@ -330,8 +422,14 @@ class ProgressLine:
         self._last_print = -1e9
         self._last_received = 0
         self._last_elapsed = 0.0
+        self._window: Counter[int] = Counter()  # latency buckets since the last line
+        self._taken: dict[int, float] = {}  # worker -> elapsed of its snapshot last taken
 
     def __call__(self, snapshots: list[engine.Progress]) -> None:
+        for snapshot in snapshots:
+            if self._taken.get(snapshot.worker) != snapshot.elapsed:
+                self._taken[snapshot.worker] = snapshot.elapsed
+                self._window.update(dict(snapshot.latency_buckets))
         elapsed = max(s.elapsed for s in snapshots)
         if elapsed - self._last_print < self.interval * 0.95:
             return
@@ -345,7 +443,7 @@ class ProgressLine:
             f"established {sum(s.established for s in snapshots)}  "
             f"failed {sum(s.failed for s in snapshots)}  "
             f"dropped {sum(s.dropped for s in snapshots)}  "
-            f"echoed {received} ({rate:.0f}/s)  {self._latency(snapshots)}  "
+            f"echoed {received} ({rate:.0f}/s)  {self._latency()}  "
             f"errors {sum(s.errors for s in snapshots)}{self._classes(snapshots)}"
         )
         if self.tty:
@@ -354,13 +452,16 @@ class ProgressLine:
             self.out.write(line + "\n")
         self.out.flush()
 
-    @staticmethod
-    def _latency(snapshots: list[engine.Progress]) -> str:
-        # The workers' last intervals together: their buckets add up exactly.
-        hist = Histogram.of_buckets(pair for s in snapshots for pair in s.latency_buckets)
+    def _latency(self) -> str:
+        # The workers' intervals since the last line together: their buckets add up exactly.
+        hist = Histogram.of_buckets(self._window.items())
+        self._window.clear()
         if not hist.total:
-            return "p50 - p99 -"
-        return f"p50 {hist.percentile(50) / 1e6:.2f} ms p99 {hist.percentile(99) / 1e6:.2f} ms"
+            return "p50 - p99 - max -"
+        return (
+            f"p50 {hist.percentile(50) / 1e6:.2f} ms p99 {hist.percentile(99) / 1e6:.2f} ms "
+            f"max {hist.maximum / 1e6:.2f} ms"
+        )
 
     @staticmethod
     def _classes(snapshots: list[engine.Progress]) -> str:
@@ -383,6 +484,9 @@ def _finish(doc: dict[str, Any], args: argparse.Namespace) -> int:
     failed = [f"THRESHOLD FAILED {m}" for m in report.check_thresholds(summary, _thresholds(args))]
     if not args.allow_errors:
         failed += [f"CHECK FAILED {m}" for m in report.check_errors(summary)]
+    saturation = summary["saturation"]
+    if args.fail_client_bound and saturation["client_bound"]:
+        failed.append(f"CHECK FAILED client-bound: {'; '.join(saturation['reasons'])}")
     for line in failed:
         sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -429,10 +533,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     for note in pre.notes:
         sys.stderr.write(f"{PROG}: {note}\n")
     plans = preflight.make_plans(cfg, pre)
-    progress = None if args.quiet else ProgressLine(sys.stderr, cfg.progress_interval)
-    stats = engine.run(cfg, plans, progress, args.loop)
-    if progress is not None:
-        progress.finish()
+    if not args.quiet:
+        sys.stderr.write(f"{PROG}: {banner(cfg)}\n")
+    line = None if args.quiet else ProgressLine(sys.stderr, cfg.progress_interval)
+    live = None
+    if args.metrics_port is not None:
+        live = LiveMetrics(args.metrics_address, args.metrics_port)
+        try:
+            live.start()
+        except OSError as exc:
+            raise LoadtestConfigError(
+                f"--metrics-port {args.metrics_port}: cannot listen ({exc.strerror})"
+            ) from None
+        sys.stderr.write(f"{PROG}: metrics on http://{args.metrics_address}:{live.port}/\n")
+
+    def progress(snapshots: list[engine.Progress]) -> None:
+        if live is not None:
+            live.update(snapshots)
+        if line is not None:
+            line(snapshots)
+
+    try:
+        stats = engine.run(cfg, plans, progress, args.loop)
+    finally:
+        if live is not None:
+            live.close()
+    if line is not None:
+        line.finish()
     config = cfg.summary()
     doc = report.document(stats, config, [report.run_record(stats, config, cfg.target.url)])
     return _finish(doc, args)

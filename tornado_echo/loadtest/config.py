@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
+from dataclasses import replace as _replace
 from urllib.parse import urlsplit
 
+from tornado_echo import wire
 from tornado_echo.loadtest.errors import LoadtestConfigError
 
 SEQ_WIDTH = 16  # every payload starts with its sequence number as 16 hex digits
@@ -112,6 +114,101 @@ class Profile:
         return connections, rate
 
 
+KINDS = ("echo", "ping", "idle")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of session in a mix (``--scenario``), drawn for each connection by weight.
+
+    ``kind``: "echo" (send messages, check their echoes), "ping" (send pings, check their
+    pongs as echoes: same exact checks) or "idle" (open, send nothing, close at the end).
+    ``messages``: the session's messages (or pings), then it closes with ``close`` and a new
+    connection takes its place with a newly drawn scenario; None: until the run ends.
+    ``think``: seconds between an echo and the next message. ``hold``: seconds after which
+    the session closes, whatever it was doing (how an idle session ends before the run
+    does). None fields keep the run's settings (``--size``, ``--binary``).
+
+    A weight is a share of the sessions started: a session that lasts longer holds its
+    place longer, so the population open at a time leans towards long sessions.
+    """
+
+    spec: str
+    weight: float = 1.0
+    kind: str = "echo"
+    messages: int | None = None
+    sizes: SizeSpec | None = None
+    binary: bool | None = None
+    think: float = 0.0
+    hold: float | None = None
+    close: int = 1000
+
+    @classmethod
+    def parse(cls, text: str) -> Scenario:
+        """``KEY=VALUE`` words: weight, kind, messages, size, binary, text, think, hold, close."""
+        fields: dict[str, object] = {"spec": text}
+        try:
+            for word in text.split():
+                key, _, value = word.partition("=")
+                if key in ("binary", "text") and not value:
+                    fields["binary"] = key == "binary"
+                elif key == "weight":
+                    fields["weight"] = float(value)
+                elif key == "kind":
+                    fields["kind"] = value
+                elif key == "messages":
+                    fields["messages"] = int(value)
+                elif key == "size":
+                    fields["sizes"] = SizeSpec.parse(value)
+                elif key == "think":
+                    fields["think"] = float(value)
+                elif key == "hold":
+                    fields["hold"] = float(value)
+                elif key == "close":
+                    fields["close"] = int(value)
+                else:
+                    raise ValueError(f"unknown word {word!r}")
+        except ValueError as exc:
+            raise LoadtestConfigError(f"--scenario {text!r}: {exc}") from None
+        scenario = cls(**fields)  # type: ignore[arg-type]
+        scenario.check()
+        return scenario
+
+    def check(self) -> None:
+        def bad(why: str) -> LoadtestConfigError:
+            return LoadtestConfigError(f"--scenario {self.spec!r}: {why}")
+
+        if not self.weight > 0:
+            raise bad("weight must be positive")
+        if self.kind not in KINDS:
+            raise bad(f"kind must be one of {', '.join(KINDS)}")
+        if self.messages is not None and self.messages < 1:
+            raise bad("messages must be at least 1")
+        if self.think < 0:
+            raise bad("think must not be negative")
+        if self.hold is not None and not self.hold > 0:
+            raise bad("hold must be positive")
+        if not wire.is_sendable_close_code(self.close):
+            raise bad(f"close code {self.close} may not be sent")
+        if self.kind == "ping" and self.sizes is not None and self.sizes.high > 125:
+            raise bad("a ping carries at most 125 bytes")
+
+    def apply(self, cfg: LoadConfig) -> LoadConfig:
+        """The run's settings as this scenario's sessions use them."""
+        return _replace(
+            cfg,
+            sizes=self.sizes or cfg.sizes,
+            binary=cfg.binary if self.binary is None else self.binary,
+            churn=self.messages,
+            messages=None,
+            kind=self.kind,
+            think=self.think,
+            hold=self.hold,
+            close_code=self.close,
+            scenarios=(),
+        )
+
+
 @dataclass(frozen=True)
 class Target:
     """Where to connect, split out of the ws:// or wss:// URL."""
@@ -179,11 +276,17 @@ class LoadConfig:
     stages: tuple[Stage, ...] = ()  # ramp connections and rate over time
     churn: int | None = None  # messages per connection, then close and open another
     reconnect: bool = False  # open a new connection in place of each that ends early
+    scenarios: tuple[Scenario, ...] = ()  # a mix of sessions, drawn by weight
+    # One session's behaviour (set per connection from its scenario).
+    kind: str = "echo"
+    think: float = 0.0  # seconds between an echo and the next message
+    hold: float | None = None  # seconds after which a session closes
+    close_code: int = 1000
 
     @property
     def replaces_connections(self) -> bool:
         """Whether connections come and go during the run (stages, churn, reconnect)."""
-        return bool(self.stages) or self.churn is not None or self.reconnect
+        return bool(self.stages) or self.churn is not None or self.reconnect or bool(self.scenarios)
 
     @property
     def profile(self) -> Profile | None:
@@ -233,7 +336,18 @@ class LoadConfig:
         if self.churn is not None and self.messages is not None:
             raise bad("give --churn or --messages, not both")
         if self.replaces_connections and self.duration is None:
-            raise bad("--stage, --churn and --reconnect need --duration")
+            raise bad("--stage, --churn, --reconnect and --scenario need --duration")
+        if self.scenarios and (self.churn is not None or self.messages is not None):
+            raise bad("a --scenario gives each session its messages: not with --churn or -n")
+        if self.scenarios and self.mode == "open" and any(s.think for s in self.scenarios):
+            raise bad("a scenario's think time is for closed loop")
+        if self.scenarios and self.inflight != 1:
+            raise bad("--scenario sessions have one message in flight: not with --inflight")
+        for scenario in self.scenarios:
+            if scenario.kind == "ping" and (scenario.sizes or self.sizes).high > 125:
+                raise bad(f"--scenario {scenario.spec!r}: a ping carries at most 125 bytes")
+            if scenario.kind == "ping" and self.deflate:
+                raise bad(f"--scenario {scenario.spec!r}: pings are not compressed (--deflate)")
         if self.stages and self.connections != max(stage.connections for stage in self.stages):
             raise bad("with --stage, the connections are the stages' peak")
         if any(stage.rate is not None for stage in self.stages) and self.mode != "open":
@@ -264,6 +378,7 @@ class LoadConfig:
             "stages": [[st.seconds, st.connections, st.rate] for st in self.stages],
             "churn": self.churn,
             "reconnect": self.reconnect,
+            "scenarios": [scenario.spec for scenario in self.scenarios],
         }
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from tornado_echo.loadtest.config import LoadConfig
 from tornado_echo.loadtest.errors import HandshakeError, LoadtestError
 from tornado_echo.loadtest.framing import HandshakeRequest
-from tornado_echo.loadtest.protocol import EchoConnection
+from tornado_echo.loadtest.protocol import EchoConnection, TimerLateness
 from tornado_echo.loadtest.stats import ECHO_ERRORS, SERIES, Stats
 from tornado_echo.loadtest.tracker import EchoTracker, Filler, LiveCounters
 from tornado_echo.process import eventloop
@@ -63,6 +63,8 @@ class Progress:
     latency_buckets: tuple[tuple[int, int], ...] = ()
     # Every error so far by class (connection and echo errors alike).
     error_classes: tuple[tuple[str, int], ...] = ()
+    cpu_seconds: float = 0.0  # the worker's CPU time so far
+    loop_lag_max_ns: int = 0  # its event loop's longest lag since the last snapshot
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,11 @@ class Worker:
         self.progress = progress
         self.stats = Stats()
         self.live = LiveCounters()
-        self.filler = Filler(cfg.sizes.high)
+        self.lateness = TimerLateness()
+        # A mix of sessions (--scenario): each scenario's settings, built once.
+        self._sessions = [scenario.apply(cfg) for scenario in cfg.scenarios]
+        self._weights = [scenario.weight for scenario in cfg.scenarios]
+        self.filler = Filler(max([cfg.sizes.high] + [c.sizes.high for c in self._sessions]))
         self.rng = random.Random(None if cfg.seed is None else cfg.seed + plan.index)
         self.connections: set[EchoConnection] = set()
         self.established = 0
@@ -112,6 +118,17 @@ class Worker:
         self._frozen_at = 0
         self._latency_seen: list[int] = []  # latency bucket counts at the last snapshot
         self._rate = cfg.rate  # open loop: per connection now (stages ramp it)
+        # Load shapes (stages, churn, reconnect): slots are connections connecting or
+        # running, kept at ``_wanted`` by :meth:`_refill`.
+        self._replacing = cfg.replaces_connections
+        self._wanted = plan.connections
+        self._slots = 0
+        self._opened_slots = 0  # slots filled so far (numbers the connections)
+        self._control_start = 0.0
+        self._refill_handle: asyncio.TimerHandle | None = None
+        self._pending: set[asyncio.Future[None]] = set()
+        self._cpu0 = 0.0
+        self._lag_max = 0  # the longest event-loop lag since the last snapshot, ns
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -135,7 +152,7 @@ class Worker:
 
     def on_closed(self, conn: EchoConnection) -> None:
         self.connections.discard(conn)
-        if conn.opened.done() and conn.opened.exception() is None:
+        if conn.was_open:
             self.closed += 1  # one that had opened: the open count over time drops
         self._check_done()
 
@@ -166,7 +183,7 @@ class Worker:
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
         self._started = time.monotonic()
-        cpu0 = time.process_time()
+        cpu0 = self._cpu0 = time.process_time()
         wait0 = run_queue_wait_ns()
         helpers = [
             asyncio.ensure_future(self._lag_probe()),
@@ -239,6 +256,7 @@ class Worker:
         interval = 1.0 / plan.connect_rate if plan.connect_rate > 0 else 0.0
         start = self.loop.time()
         pending: set[asyncio.Future[None]] = set()
+        launched = 0
         try:
             for k in range(plan.connections):
                 if self._stop:
@@ -252,59 +270,90 @@ class Worker:
                     semaphore.release()
                     break
                 self._launched += 1
+                launched += 1
                 self._connecting += 1
                 task = asyncio.ensure_future(self._connect(plan.first_connection + k, semaphore))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         finally:
+            # The run ended (or was stopped) before these were tried: said, not left out.
+            self.stats.counters["connections_not_attempted"] += plan.connections - launched
             self._launched = plan.connections  # nothing more will come
             if pending and not self._stop:
                 await asyncio.gather(*pending, return_exceptions=True)
             self._check_done()
 
     async def _control(self) -> None:
-        """Keep the connections wanted open: stages ramp them, churn and drops replace them."""
-        cfg, plan = self.cfg, self.plan
-        profile = cfg.profile
-        share = plan.connections / cfg.connections  # this worker's part of every target
-        semaphore = asyncio.Semaphore(cfg.connect_concurrency)
-        start = self.loop.time()
-        launched = 0
-        pending: set[asyncio.Future[None]] = set()
+        """Keep the connections wanted open: stages ramp them, churn and drops replace them.
+
+        A slot is refilled the moment it is free (see :meth:`on_stopped`), so churn and
+        reconnect go at the server's pace; this loop only moves the stages' targets on and
+        retries connections that failed, once per tick.
+        """
+        profile = self.cfg.profile
+        share = self.plan.connections / self.cfg.connections  # this worker's part of targets
+        self._control_start = self.loop.time()
         try:
             while not self._stop:
-                elapsed = self.loop.time() - start
-                wanted = plan.connections
                 if profile is not None:
-                    connections, rate = profile.at(elapsed)
-                    wanted = round(connections * share)
+                    connections, rate = profile.at(self.loop.time() - self._control_start)
+                    self._wanted = round(connections * share)
                     if self._rate and abs(rate - self._rate) > _RATE_STEP * self._rate:
                         self._rate = rate
                         for conn in self.connections:
                             conn.set_rate(rate)
-                running = [conn for conn in self.connections if conn.running]
-                excess = len(running) + self._connecting - wanted
-                for conn in running[: max(0, excess)]:
-                    conn.finish()
-                allowed = -excess
-                if plan.connect_rate > 0:
-                    allowed = min(allowed, int(plan.connect_rate * elapsed) + 1 - launched)
-                while allowed > 0 and not semaphore.locked():
-                    await semaphore.acquire()
-                    self._connecting += 1
-                    task = asyncio.ensure_future(
-                        self._connect(plan.first_connection + launched, semaphore)
-                    )
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                    launched += 1
-                    allowed -= 1
+                self._refill()
                 await asyncio.sleep(_CONTROL_INTERVAL)
         finally:
-            self._launched = plan.connections  # nothing more will come
+            self._launched = self.plan.connections  # nothing more will come
             self._check_done()
 
-    async def _connect(self, number: int, semaphore: asyncio.Semaphore) -> None:
+    def _schedule_refill(self, delay: float = 0.0) -> None:
+        if self._refill_handle is None and self._replacing and not self._stop:
+            self._refill_handle = self.loop.call_later(delay, self._refill)
+
+    def _refill(self) -> None:
+        """Open connections into the free slots, or finish some when there are too many."""
+        if self._refill_handle is not None:
+            self._refill_handle.cancel()
+            self._refill_handle = None
+        if self._stop:
+            return
+        plan = self.plan
+        excess = self._slots - self._wanted
+        if excess > 0:  # a stage on its way down
+            for conn in list(self.connections):
+                if excess <= 0:
+                    break
+                if conn.running:
+                    conn.finish()
+                    excess -= 1
+            return
+        allowed = min(-excess, self.cfg.connect_concurrency - self._connecting)
+        if plan.connect_rate > 0:
+            due = plan.connect_rate * (self.loop.time() - self._control_start)
+            if int(due) + 1 - self._opened_slots < allowed:
+                allowed = int(due) + 1 - self._opened_slots
+                # Back when the next one is due, not a tick later.
+                self._schedule_refill((int(due) + 1 - due) / plan.connect_rate)
+        for _ in range(allowed):
+            self._slots += 1
+            self._connecting += 1
+            number = plan.first_connection + self._opened_slots
+            self._opened_slots += 1
+            task = asyncio.ensure_future(self._connect(number, None))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    def on_stopped(self, conn: EchoConnection) -> None:
+        # A started connection stopped sending: its slot is free for another.
+        if self._replacing:
+            self._slots -= 1
+            self._schedule_refill()
+
+    async def _connect(self, number: int, semaphore: asyncio.Semaphore | None) -> None:
+        """Open connection ``number`` and start it; ``semaphore`` bounds the handshakes in
+        progress (None: the control loop counts them in ``_connecting`` and slots)."""
         cfg = self.cfg
         stats = self.stats
         stats.counters["connections_attempted"] += 1
@@ -339,11 +388,21 @@ class Worker:
                 conn.close()
             else:
                 conn.set_rate(self._rate)
-                conn.start()
+                if conn.start():
+                    if self._replacing and self._slots < self._wanted:
+                        # Places waited for a handshake's room (--connect-concurrency).
+                        self._schedule_refill()
+                    return  # its slot is freed by on_stopped()
         finally:
             self._connecting -= 1
-            semaphore.release()
+            if semaphore is not None:
+                semaphore.release()
             self._check_done()
+        if self._replacing:
+            # Failed, or closed before it could start: the slot is free again. A failure is
+            # retried on the control loop's next tick, not at once, so a server that refuses
+            # is not hammered in a busy loop.
+            self._slots -= 1
 
     async def _open(self, number: int, phase: list[str], holder: list[EchoConnection]) -> None:
         cfg = self.cfg
@@ -371,15 +430,18 @@ class Worker:
             deflate=cfg.deflate,
         )
         histograms = self.stats.histograms
+        cfg = self._session_config()
         tracker = EchoTracker(
             self.live,
             histograms["latency"],
-            histograms["latency_uncorrected"],
+            histograms["latency_uncorrected"] if cfg.mode == "open" else None,
             cfg.sizes,
             self.filler,
             self.rng,
         )
-        conn = EchoConnection(self, cfg, request, tracker, self.live, histograms["schedule_lag"])
+        conn = EchoConnection(
+            self, cfg, request, tracker, self.live, histograms["schedule_lag"], self.lateness
+        )
         holder.append(conn)
         await self.loop.create_connection(
             lambda: conn,
@@ -390,6 +452,15 @@ class Worker:
         phase[0] = "handshake"
         self.connections.add(conn)
         await conn.opened
+
+    def _session_config(self) -> LoadConfig:
+        """The settings of the next session: the run's, or a scenario's drawn by weight."""
+        scenarios = self.cfg.scenarios
+        if not scenarios:
+            return self.cfg
+        [index] = self.rng.choices(range(len(scenarios)), self._weights)
+        self.stats.counters[f"scenario:{scenarios[index].spec}"] += 1
+        return self._sessions[index]
 
     def _failed(self, category: str, holder: list[EchoConnection]) -> None:
         self.failed += 1
@@ -408,7 +479,9 @@ class Worker:
         while True:
             before = time.monotonic_ns()
             await asyncio.sleep(_LAG_INTERVAL)
-            lag.record(time.monotonic_ns() - before - interval_ns)
+            late = time.monotonic_ns() - before - interval_ns
+            lag.record(late)
+            self._lag_max = max(self._lag_max, late)
 
     async def _sweeper(self) -> None:
         timeout_ns = int(self.cfg.timeout * 1e9)
@@ -474,7 +547,13 @@ class Worker:
             errors=sum(classes.values()),
             latency_buckets=tuple(latency_buckets or ()),
             error_classes=tuple(sorted(classes.items())),
+            cpu_seconds=time.process_time() - self._cpu0,
+            loop_lag_max_ns=self._take_lag_max(),
         )
+
+    def _take_lag_max(self) -> int:
+        lag, self._lag_max = self._lag_max, 0
+        return lag
 
     def _finalize(self, elapsed: float, cpu: float, waited: float | None) -> None:
         stats = self.stats
@@ -488,12 +567,13 @@ class Worker:
         counters["bytes_sent"] += live.bytes_sent
         counters["bytes_received"] += live.bytes_received
         counters["messages_intended"] += live.intended
-        counters["reordered"] += live.reordered
         for name, category in ECHO_ERRORS.items():
             count = getattr(live, name)
             counters[name] += count
             if count:
                 stats.error(category, count)
+        if counters["connections_not_attempted"]:
+            stats.error("not_attempted", counters["connections_not_attempted"])
         if self.cfg.mode == "closed":
             # Sent when intended: the uncorrected figure is the corrected one.
             stats.histograms["latency_uncorrected"].merge(stats.histograms["latency"])

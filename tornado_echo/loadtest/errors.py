@@ -13,14 +13,6 @@ class LoadtestConfigError(ConfigError, LoadtestError):
     """A command-line value or combination is invalid; the message says which and why."""
 
 
-class ProtocolError(LoadtestError):
-    """The server broke RFC 6455; ``close_code`` is the code we answer with."""
-
-    def __init__(self, message: str, close_code: int = 1002) -> None:
-        super().__init__(message)
-        self.close_code = close_code
-
-
 class HandshakeError(LoadtestError):
     """The opening handshake failed; ``category`` is the error class we count."""
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import random
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ from websockets.uri import parse_uri
 from websockets.utils import generate_key
 
 from tornado_echo import wire
-from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
+from tornado_echo.loadtest.errors import HandshakeError
 
 # The opcodes as plain ints (compared on every echo), from the shared RFC 6455 module.
 OP_CONT = int(wire.Opcode.CONTINUATION)
@@ -44,20 +43,16 @@ OP_CLOSE = int(wire.Opcode.CLOSE)
 OP_PING = int(wire.Opcode.PING)
 OP_PONG = int(wire.Opcode.PONG)
 
-_pack_16 = struct.Struct("!BBH").pack
-_pack_64 = struct.Struct("!BBQ").pack
+_PROTOCOL = int(wire.CloseCode.PROTOCOL_ERROR)
+_TOO_BIG = int(wire.CloseCode.MESSAGE_TOO_BIG)
+_INVALID = int(wire.CloseCode.INVALID_PAYLOAD)
 _getrandbits = random.getrandbits
 _apply_mask = wire.apply_mask  # the C helper of `websockets` when installed
 
 
 def frame_header(opcode: int, length: int, *, rsv1: bool = False, fin: bool = True) -> bytes:
     """The header of a masked client frame of ``length`` bytes, without the mask key."""
-    b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
-    if length < 126:
-        return bytes((b0, 0x80 | length))
-    if length < 65536:
-        return _pack_16(b0, 0x80 | 126, length)
-    return _pack_64(b0, 0x80 | 127, length)
+    return wire.frame_header(opcode, length, fin=fin, rsv1=rsv1, masked=True)
 
 
 def mask_frame(header: bytes, payload: bytes) -> bytes:
@@ -83,7 +78,7 @@ class Deflate:
     """permessage-deflate (RFC 7692) of one connection: the `websockets` extension object.
 
     Negotiation and the zlib work are the `websockets` package's (pure, no I/O); this only
-    adapts it to whole messages and to this module's ProtocolError.
+    adapts it to whole messages and to the shared :class:`wire.ProtocolError`.
     """
 
     def __init__(self, extension: PerMessageDeflate) -> None:
@@ -111,9 +106,11 @@ class Deflate:
                 Frame(WebSocketsOpcode.BINARY, data, rsv1=True), max_size=max_size
             )
         except PayloadTooBig:
-            raise ProtocolError("decompressed message too big", 1009) from None
+            raise wire.ProtocolError(_TOO_BIG, "decompressed message too big") from None
         except WebSocketsProtocolError as exc:
-            raise ProtocolError(f"bad deflate data: {exc.__cause__ or exc}", 1007) from None
+            raise wire.ProtocolError(
+                _INVALID, f"bad deflate data: {exc.__cause__ or exc}"
+            ) from None
         return bytes(frame.data)
 
 
@@ -127,7 +124,11 @@ class FrameParser:
 
     :meth:`feed` returns complete events in order: ``(opcode, payload)`` with opcode
     OP_TEXT/OP_BINARY for whole (reassembled, decompressed) messages, or OP_PING,
-    OP_PONG, OP_CLOSE with the control frame body. Violations raise ProtocolError.
+    OP_PONG, OP_CLOSE with the control frame body. Violations raise the shared
+    :class:`wire.ProtocolError`: every frame other than a whole unfragmented text or
+    binary one is checked by :func:`wire.check_frame` once its header is in (so a control
+    frame over 125 bytes is refused before its body is read), the one rule set of the
+    server's reader too.
     """
 
     def __init__(self, max_size: int, deflate: Deflate | None = None) -> None:
@@ -173,16 +174,22 @@ class FrameParser:
                     length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                     start = pos + 10
             if b1 & 0x80:
-                raise ProtocolError("server sent a masked frame")
+                raise wire.ProtocolError(_PROTOCOL, "server sent a masked frame")
+            # A whole unfragmented, uncompressed text or binary frame keeps every rule.
+            plain = (b0 == 0x81 or b0 == 0x82) and self._frag_opcode < 0
+            if not plain:
+                wire.check_frame(
+                    b0, length, deflate=self.deflate is not None, in_message=self._frag_opcode >= 0
+                )
             if length > max_size:
-                raise ProtocolError(f"frame of {length} bytes exceeds the limit", 1009)
+                raise wire.ProtocolError(_TOO_BIG, f"frame of {length} bytes exceeds the limit")
             stop = start + length
             if stop > end:
                 break
             payload = data[start:stop] if start or stop != end else data
             pos = stop
-            if (b0 == 0x81 or b0 == 0x82) and self._frag_opcode < 0:
-                events.append((b0 & 0x0F, payload))  # unfragmented, uncompressed data
+            if plain:
+                events.append((b0 & 0x0F, payload))
             else:
                 self._frame(b0, payload, events)
         if pos < end:
@@ -191,24 +198,17 @@ class FrameParser:
         return events
 
     def _frame(self, b0: int, payload: bytes, events: list[tuple[int, bytes]]) -> None:
+        # A frame wire.check_frame() has passed.
         opcode = b0 & 0x0F
         fin = b0 & 0x80
         rsv1 = bool(b0 & 0x40)
-        if b0 & 0x30 or (rsv1 and (self.deflate is None or opcode in (OP_CONT,) or opcode > 7)):
-            raise ProtocolError("reserved bits set without a negotiated extension")
         if opcode >= 8:
-            if not fin or len(payload) > 125:
-                raise ProtocolError("fragmented or oversized control frame")
-            if opcode not in (OP_CLOSE, OP_PING, OP_PONG):
-                raise ProtocolError(f"unknown control opcode {opcode}")
             events.append((opcode, payload))
             return
         if opcode == OP_CONT:
-            if self._frag_opcode < 0:
-                raise ProtocolError("continuation frame without a start")
             self._frag_len += len(payload)
             if self._frag_len > self.max_size:
-                raise ProtocolError("message exceeds the size limit", 1009)
+                raise wire.ProtocolError(_TOO_BIG, "message exceeds the size limit")
             self._frags.append(payload)
             if not fin:
                 return
@@ -217,16 +217,11 @@ class FrameParser:
             self._frags = []
             self._frag_opcode = -1
             self._frag_len = 0
-        elif opcode in (OP_TEXT, OP_BINARY):
-            if self._frag_opcode >= 0:
-                raise ProtocolError("new message before the previous one finished")
-            if not fin:
-                self._frag_opcode, self._frag_rsv1 = opcode, rsv1
-                self._frags = [payload]
-                self._frag_len = len(payload)
-                return
-        else:
-            raise ProtocolError(f"unknown data opcode {opcode}")
+        elif not fin:
+            self._frag_opcode, self._frag_rsv1 = opcode, rsv1
+            self._frags = [payload]
+            self._frag_len = len(payload)
+            return
         if rsv1 and self.deflate is not None:
             payload = self.deflate.decompress(payload, self.max_size)
         events.append((opcode, payload))

@@ -112,33 +112,49 @@ def _verdicts(summary: dict[str, Any], failures: list[str]) -> str:
 
 def _figures(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     c, m, t = summary["connections"], summary["messages"], summary["throughput"]
-    lat = summary["latency_ms"]
     figures: list[tuple[str, Any]] = [
         ("duration", f"{summary['elapsed_s']:.2f} s"),
         ("throughput", f"{t['msgs_per_s']:.1f} echoes/s, {t['mb_per_s']:.3f} MB/s"),
         (
             "connections",
             f"attempted {c['attempted']}, established {c['established']}, failed "
-            f"{c['failed']}, dropped {c['dropped']}, peak open {c['peak_open']}",
+            f"{c['failed']}, dropped {c['dropped']}, peak open {c['peak_open']}"
+            + (f", not attempted {c['not_attempted']}" if c.get("not_attempted") else ""),
         ),
         (
             "messages",
-            f"sent {m['sent']}, echoed ok {m['received']}, mismatched {m['mismatches']}, lost "
-            f"{m['lost']}, duplicated {m['duplicates']}, retyped {m['retyped']}, "
-            f"reordered {m['reordered']}",
+            f"sent {m['sent']}, echoed ok {m['received']}, late {m.get('late', 0)}, mismatched "
+            f"{m['mismatches']}, lost {m['lost']}, duplicated {m['duplicates']}, "
+            f"retyped {m['retyped']}, reordered {m['reordered']}",
         ),
         ("error rate", f"{summary['error_rate']:.6f}"),
     ]
-    if lat.get("count"):
-        figures.append(
-            (
-                "latency ms",
-                ", ".join(f"{k} {lat[k]:.3f}" for k in ("p50", "p90", "p99", "p99.9", "max")),
+    rows = [("latency_ms", "latency ms, corrected for coordinated omission")]
+    if summary.get("latency_corrected"):
+        rows.append(("latency_uncorrected_ms", "latency ms, as sent"))
+    else:
+        rows = [("latency_ms", "latency ms, closed loop (not corrected)")]
+    for key, label in rows:
+        lat = summary[key]
+        if lat.get("count"):
+            figures.append(
+                (
+                    label,
+                    ", ".join(f"{k} {lat[k]:.3f}" for k in ("p50", "p90", "p99", "p99.9", "max")),
+                )
             )
-        )
     errors = summary["errors"]
     figures.append(("errors", ", ".join(f"{k} {v}" for k, v in errors.items()) or "none"))
     return figures
+
+
+def _setting(value: Any) -> str:
+    # As a person reads it: no JSON null, no quotes around a plain string.
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 def render(doc: dict[str, Any], failures: list[str]) -> str:
@@ -148,8 +164,11 @@ def render(doc: dict[str, Any], failures: list[str]) -> str:
     runs = doc.get("runs") or []
     started = min((run.get("start_time") or 0 for run in runs), default=0)
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)) if started else ""
-    title = f"tornado-echo-loadtest: {', '.join(doc.get('sources', []))}"
-    settings = [(key, json.dumps(value)) for key, value in doc.get("config", {}).items()]
+    config = doc.get("config", {})
+    title = f"tornado-echo-loadtest: {config.get('url') or ', '.join(doc.get('sources', []))}"
+    if len(runs) > 1:
+        title += f" ({len(runs)} runs merged)"
+    settings = [(key, _setting(value)) for key, value in config.items()]
     sources = [
         (run["label"], f"{run.get('msgs_per_s', 0.0):.1f} echoes/s, {run.get('errors', 0)} errors")
         for run in runs

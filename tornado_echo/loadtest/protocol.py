@@ -16,7 +16,7 @@ from typing import Protocol, cast
 
 from tornado_echo import wire
 from tornado_echo.loadtest.config import LoadConfig
-from tornado_echo.loadtest.errors import HandshakeError, ProtocolError
+from tornado_echo.loadtest.errors import HandshakeError
 from tornado_echo.loadtest.framing import (
     OP_BINARY,
     OP_CLOSE,
@@ -44,6 +44,33 @@ _getrandbits = random.getrandbits
 _apply_mask = wire.apply_mask
 
 
+class TimerLateness:
+    """How late the event loop fires timers, learned as they fire, so that an open loop's
+    timers are set that much early and the tester's own lateness stays out of the corrected
+    latency (a message sent early is timed from its actual send).
+
+    Both asyncio and uvloop wake up to a millisecond or more late (their poll timeouts and
+    uvloop's clock count whole milliseconds), which every corrected latency carried. How
+    early is learned from the sends themselves, as a stochastic quantile: a step earlier
+    after a send that went out late, a ninth of one later after one on time, so that about
+    one send in ten is late (at most :attr:`CAP_NS` early).
+    """
+
+    CAP_NS = 2_000_000
+    STEP_NS = 20_000
+    __slots__ = ("early_ns",)
+
+    def __init__(self) -> None:
+        self.early_ns = 0
+
+    def observe(self, late_ns: int) -> None:
+        """A timer's first send went out ``late_ns`` after its intended time."""
+        if late_ns > 0:
+            self.early_ns = min(self.early_ns + self.STEP_NS, self.CAP_NS)
+        else:
+            self.early_ns = max(self.early_ns - self.STEP_NS // 9, 0)
+
+
 class ConnectionOwner(Protocol):
     """All a connection knows of whoever runs it (the engine's Worker, or a test)."""
 
@@ -53,6 +80,10 @@ class ConnectionOwner(Protocol):
     def on_dropped(self) -> None:
         """The server ended the open connection (counted once per connection)."""
 
+    def on_stopped(self, conn: EchoConnection) -> None:
+        """``conn`` stopped sending (its work done, closed or lost): once per :meth:`start`
+        that set it running, so an owner can fill its place at once."""
+
     def on_closed(self, conn: EchoConnection) -> None:
         """``conn`` is gone, whichever way it ended."""
 
@@ -61,8 +92,8 @@ class EchoConnection(asyncio.Protocol):
     """Client side of one connection; reports to its :class:`ConnectionOwner`.
 
     Public surface for the owner: ``opened`` (resolves when the upgrade is done, or fails
-    with HandshakeError), ``running``, :meth:`start`, :meth:`send_next`, :meth:`finish`,
-    :meth:`expire`, :meth:`close` and :meth:`abort`.
+    with HandshakeError), ``was_open``, ``running``, :meth:`start`, :meth:`send_next`,
+    :meth:`finish`, :meth:`expire`, :meth:`close` and :meth:`abort`.
     """
 
     def __init__(
@@ -73,12 +104,15 @@ class EchoConnection(asyncio.Protocol):
         tracker: EchoTracker,
         live: LiveCounters,
         schedule_lag: Histogram,
+        lateness: TimerLateness | None = None,
     ) -> None:
         self._owner = owner
         self._loop = asyncio.get_running_loop()
         self._max_message = cfg.max_message
         self._live = live
         self._schedule_lag = schedule_lag
+        # Open loop: how early to set timers (learned by all a worker's connections).
+        self._lateness = lateness if lateness is not None else TimerLateness()
         self.state = HANDSHAKE
         self.request = request
         self.opened: asyncio.Future[None] = self._loop.create_future()
@@ -87,7 +121,17 @@ class EchoConnection(asyncio.Protocol):
         self._parser: FrameParser | None = None
         self._deflate: Deflate | None = None
         self._opcode = OP_BINARY if cfg.binary else OP_TEXT
-        self._fast_b0 = 0x80 | self._opcode  # first byte of a whole uncompressed echo
+        # A ping session sends pings and takes their pongs as its echoes.
+        self._ping = cfg.kind == "ping"
+        self._idle = cfg.kind == "idle"
+        if self._ping:
+            self._opcode = OP_PING
+        self._echo_opcode = OP_PONG if self._ping else self._opcode
+        self._fast_b0 = 0x80 | self._echo_opcode  # first byte of a whole uncompressed echo
+        self._think = cfg.think
+        self._hold = cfg.hold
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._close_code = cfg.close_code
         # Equal-size uncompressed messages share one frame header: built once, not per send.
         self._header = (
             frame_header(self._opcode, cfg.sizes.low) if cfg.sizes.low == cfg.sizes.high else None
@@ -105,6 +149,7 @@ class EchoConnection(asyncio.Protocol):
         self._next_intended = 0
         self._close_received = False
         self._close_sent = False
+        self.was_open = False  # the upgrade succeeded at some point
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -126,8 +171,10 @@ class EchoConnection(asyncio.Protocol):
             self._deflate = result.deflate
             if result.deflate is not None:
                 self._header = None
-            self._answer_header = None if self._interval_ns else self._header
+            # The one-step answer sends at once: not with a think time.
+            self._answer_header = None if self._interval_ns or self._think else self._header
             self.state = OPEN
+            self.was_open = True
             if not self.opened.done():
                 self.opened.set_result(None)
             data = result.leftover
@@ -169,15 +216,15 @@ class EchoConnection(asyncio.Protocol):
             return
         try:
             events = parser.feed(data)
-        except ProtocolError as exc:
+        except wire.ProtocolError as exc:
             self._owner.on_error("protocol_error")
             log.debug("protocol error: %s", exc)
-            self._send_close(exc.close_code)
+            self._send_close(exc.code)
             self._abort()
             return
         now = _now()  # one read: one arrival time for all it carried
         for opcode, payload in events:
-            if opcode == self._opcode:
+            if opcode == self._echo_opcode:
                 self._on_data(payload, now)
             elif opcode == OP_TEXT or opcode == OP_BINARY:
                 # Echoed as the other frame type: its own error class, however right the bytes.
@@ -194,13 +241,22 @@ class EchoConnection(asyncio.Protocol):
     def _on_answer(self, answered: bool) -> None:
         # An echo came in (``answered``: for a message in flight): keep the loop going.
         if answered and self.running and not self._interval_ns:
-            self.send_next(0)
+            if self._think:
+                self._timer = self._loop.call_later(self._think, self._after_think)
+            else:
+                self.send_next(0)
         elif not self.running and not self.tracker.pending:
-            self.close()
+            self.close(self._close_code)
+
+    def _after_think(self) -> None:
+        self._timer = None
+        if self.running:
+            self.send_next(0)
 
     def connection_lost(self, exc: Exception | None) -> None:
         previous = self.state
         self.state = CLOSED
+        self._halt()
         self._cancel_timer()
         if previous == HANDSHAKE:
             if not self.opened.done():
@@ -209,19 +265,26 @@ class EchoConnection(asyncio.Protocol):
                 )
         else:
             if previous == OPEN and not self._close_received:
-                # Closed without a close frame while we still wanted it: RFC 6455's 1006.
-                self._owner.on_error("close_1006")
+                # Closed without a close frame while we still wanted it: RFC 6455's 1006,
+                # by a reset or by a clean TCP close (told apart: a reset is a crash or a
+                # proxy's timeout, a close a server that skips the closing handshake).
+                reset = isinstance(exc, ConnectionResetError)
+                self._owner.on_error("close_1006_reset" if reset else "close_1006")
                 self._owner.on_dropped()
             self.tracker.abandon()
         self._owner.on_closed(self)
 
     # -- workload -----------------------------------------------------------------
 
-    def start(self) -> None:
-        """Begin sending once the handshake is done."""
+    def start(self) -> bool:
+        """Begin sending once the handshake is done; False if it is no longer open."""
         if self.state != OPEN:
-            return
+            return False
         self.running = True
+        if self._hold is not None:
+            self._hold_timer = self._loop.call_later(self._hold, self.finish)
+        if self._idle:
+            return True  # open, silent, until finish()
         if self._interval_ns:
             self._next_intended = _now()
             self._on_tick()
@@ -230,6 +293,7 @@ class EchoConnection(asyncio.Protocol):
                 if not self.running:
                     break
                 self.send_next(0)
+        return True
 
     def set_rate(self, rate: float) -> None:
         """Open loop: send ``rate`` messages/s from the next one on (a stage's ramp)."""
@@ -245,12 +309,13 @@ class EchoConnection(asyncio.Protocol):
                 return
             self._budget = budget - 1
         now = _now()
-        payload = self.tracker.next_payload(intended or now, now)
+        # Sent early (a timer set early, see TimerLateness): timed from the actual send.
+        payload = self.tracker.next_payload(intended if 0 < intended < now else now, now)
         header = self._header
         if header is not None:
             mask = _getrandbits(32).to_bytes(4, "big")  # mask_frame(), inlined
             frame = header + mask + _apply_mask(payload, mask)
-        elif self._deflate is not None:
+        elif self._deflate is not None and not self._ping:
             frame = encode_frame(self._opcode, self._deflate.compress(payload), rsv1=True)
         else:
             frame = encode_frame(self._opcode, payload)
@@ -263,22 +328,26 @@ class EchoConnection(asyncio.Protocol):
         if not self.running:
             return
         now = _now()
+        lateness = self._lateness
+        early = lateness.early_ns
+        if self._next_intended <= now + early:
+            lateness.observe(now - self._next_intended)
         interval = self._interval_ns
         lag = self._schedule_lag
         live = self._live
         sent = 0
-        while self._next_intended <= now and self.running and sent < _MAX_CATCH_UP:
+        while self._next_intended <= now + early and self.running and sent < _MAX_CATCH_UP:
             if self._budget == 0:
                 self.finish()
                 return
             intended = self._next_intended
-            lag.record(now - intended)
+            lag.record(now - intended if now > intended else 0)
             live.intended += 1
             self.send_next(intended)
             self._next_intended = intended + interval
             sent += 1
         if self.running:
-            delay = (self._next_intended - _now()) / 1e9
+            delay = (self._next_intended - early - _now()) / 1e9
             self._timer = self._loop.call_later(max(0.0, delay), self._on_tick)
 
     def finish(self) -> None:
@@ -289,10 +358,10 @@ class EchoConnection(asyncio.Protocol):
             behind = _now() - self._next_intended
             if behind >= 0:
                 self._live.intended += behind // self._interval_ns + 1
-        self.running = False
+        self._halt()
         self._cancel_timer()
         if self.state == OPEN and not self.tracker.pending:
-            self.close()
+            self.close(self._close_code)
 
     def expire(self, deadline_ns: int) -> None:
         """Count echoes sent before ``deadline_ns`` as lost; keep the loop going."""
@@ -304,7 +373,7 @@ class EchoConnection(asyncio.Protocol):
                 if self.running:
                     self.send_next(0)
         elif not self.running and not self.tracker.pending:
-            self.close()
+            self.close(self._close_code)
 
     # -- closing ------------------------------------------------------------------
 
@@ -314,7 +383,7 @@ class EchoConnection(asyncio.Protocol):
             if self.state == HANDSHAKE:
                 self._abort()
             return
-        self.running = False
+        self._halt()
         self.state = CLOSING
         self._cancel_timer()
         self._send_close(code)
@@ -346,10 +415,18 @@ class EchoConnection(asyncio.Protocol):
             self._owner.on_dropped()
             self._send_close(answer)
         self.state = CLOSING
-        self.running = False
+        self._halt()
         self._cancel_timer()
         if self.transport is not None:
             self.transport.close()
+
+    def _halt(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        if self.running:
+            self.running = False
+            self._owner.on_stopped(self)
 
     def _send_close(self, code: int) -> None:
         if not self._close_sent:

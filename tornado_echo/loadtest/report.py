@@ -35,6 +35,10 @@ RATE_SHORTFALL = 0.95
 # that the closed-loop percentiles hide.
 STALL_FACTOR = 10.0
 STALL_MIN_GAP_MS = 50.0
+# Open loop: a median send lateness above both of these is worth a warning (the tester's
+# timers are set early by the lateness they learn, so it is normally 0).
+SELF_LATENESS_MIN_MS = 0.05
+SELF_LATENESS_SHARE = 0.10
 CLOSED_LOOP_NOTE = (
     "closed loop: latency is NOT corrected for coordinated omission (a stalled server also "
     "holds back the sends, so the percentiles miss the stall); measure tail latency in open "
@@ -83,26 +87,30 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     """The figures of a run: throughput, errors, latency, connections over time, saturation."""
     c = stats.counters
     elapsed = stats.elapsed or 0.0
-    attempts = c["connections_attempted"] + c["messages_sent"]
-    conn_errors = c["connections_failed"] + c["connections_dropped"]
+    attempts = c["connections_attempted"] + c["connections_not_attempted"] + c["messages_sent"]
+    conn_errors = (
+        c["connections_failed"] + c["connections_dropped"] + c["connections_not_attempted"]
+    )
     msg_errors = sum(c[name] for name in ECHO_ERRORS)
     summary: dict[str, Any] = {
         "elapsed_s": elapsed,
         "interrupted": stats.interrupted,
         "connections": {
             "attempted": c["connections_attempted"],
+            "not_attempted": c["connections_not_attempted"],
             "established": c["connections_established"],
             "failed": c["connections_failed"],
             "dropped": c["connections_dropped"],
             "peak_open": stats.peak_open,
             "last_opened_after_s": stats.ramp_seconds,
-            "opened_per_s": c["connections_established"] / elapsed if elapsed else 0.0,
+            "opened_per_s": opened_per_s(stats, config),
         },
         "messages": {
             "sent": c["messages_sent"],
             "received": c["messages_received"],
             "mismatches": c["mismatches"],
             "lost": c["lost"],
+            "late": c["late"],
             "duplicates": c["duplicates"],
             "retyped": c["retyped"],
             "reordered": c["reordered"],
@@ -118,18 +126,44 @@ def summarize(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
         "latency_uncorrected_ms": hist_summary(stats.histograms["latency_uncorrected"]),
         "handshake_ms": hist_summary(stats.histograms["handshake"]),
     }
+    summary["scenarios"] = {
+        name.partition(":")[2]: count
+        for name, count in sorted(c.items())
+        if name.startswith("scenario:")
+    }
     summary["timeline"] = timeline(stats.series)
     summary["saturation"] = saturation(stats, config)
     summary["latency_corrected"] = config.get("mode") == "open"
+    summary["timeout_s"] = config.get("timeout")
     summary["warnings"] = latency_warnings(summary)
     return summary
 
 
+def opened_per_s(stats: Stats, config: dict[str, Any]) -> float:
+    """Connections opened a second: over the time it took to open them all, or, where
+    connections come and go all run long (stages, churn, reconnect, scenarios), over the run."""
+    established = stats.counters["connections_established"]
+    replacing = any(config.get(key) for key in ("stages", "churn", "reconnect", "scenarios"))
+    span = stats.elapsed if replacing or not stats.ramp_seconds else stats.ramp_seconds
+    return established / span if span else 0.0
+
+
 def latency_warnings(summary: dict[str, Any]) -> list[str]:
-    """Closed loop only: a maximum far above the p99 is a stall the percentiles hide."""
+    """Open loop: the tester's own lateness is a noticeable part of the corrected latency.
+    Closed loop: a maximum far above the p99 is a stall the percentiles hide."""
     latency = summary["latency_ms"]
-    if summary["latency_corrected"] or not latency.get("count"):
+    if not latency.get("count"):
         return []
+    if summary["latency_corrected"]:
+        late = summary["saturation"]["schedule_lag_ms"].get("p50", 0.0)
+        sent = summary["latency_uncorrected_ms"].get("p50", 0.0)
+        if late < SELF_LATENESS_MIN_MS or late < SELF_LATENESS_SHARE * sent or not sent:
+            return []
+        return [
+            f"half the sends went out {late:.3f} ms or more after their time (the tester's "
+            f"own lateness, {late / sent:.0%} of the p50 as sent): the corrected latency "
+            "includes it; use fewer connections per worker or more workers"
+        ]
     p99, peak = latency["p99"], latency["max"]
     if peak < STALL_FACTOR * p99 or peak - p99 < STALL_MIN_GAP_MS:
         return []
@@ -169,7 +203,8 @@ def saturation(stats: Stats, config: dict[str, Any]) -> dict[str, Any]:
     """Was the load generator itself the bottleneck? Reasons say why."""
     reasons: list[str] = []
     for worker in stats.workers:
-        index = worker.get("index")
+        # Merged runs each have a worker 0: named by the run they came from.
+        index = f"{worker.get('index')}" + (f" of {worker['run']}" if worker.get("run") else "")
         cpu = worker.get("cpu_fraction", 0.0)
         waited = worker.get("run_queue_fraction") or 0.0
         if worker.get("elapsed", 0.0) >= CPU_MIN_ELAPSED_S:
@@ -358,6 +393,9 @@ def merge(
                     "merging it twice would count it twice"
                 )
             seen[run["run_id"]] = path
+        if len(results) > 1:
+            for worker in result.stats.workers:
+                worker.setdefault("run", path)
         merged.merge(result.stats)
         runs.extend(result.runs)
     config = dict(results[0][1].config)
@@ -429,20 +467,34 @@ def source_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _timed_note(summary: dict[str, Any]) -> str:
+    """What the round-trip row holds and leaves out."""
+    m = summary["messages"]
+    timeout = summary.get("timeout_s")
+    after = f"after the {timeout:g} s --timeout" if timeout else "after --timeout"
+    wrong = m["mismatches"] + m["duplicates"] + m["retyped"]
+    return (
+        f"  (timed: every right echo, {m.get('late', 0)} late ({after}) among them; "
+        f"not timed: {m['lost']} lost, {wrong} wrong)"
+    )
+
+
 def render(summary: dict[str, Any], out: TextIO) -> None:
     """The final human-readable table."""
     c = summary["connections"]
     m = summary["messages"]
     t = summary["throughput"]
+    not_attempted = c.get("not_attempted", 0)
     lines = [
         f"duration {summary['elapsed_s']:.2f} s"
         + ("  (INTERRUPTED: partial result)" if summary.get("interrupted") else ""),
         f"connections  attempted {c['attempted']}  established {c['established']}  "
         f"failed {c['failed']}  dropped {c['dropped']}  peak open {c['peak_open']}  "
-        f"last opened after {c['last_opened_after_s']:.2f} s  opened {c['opened_per_s']:.1f}/s",
-        f"messages     sent {m['sent']}  echoed ok {m['received']}  mismatched {m['mismatches']}"
-        f"  lost {m['lost']}  duplicated {m['duplicates']}  retyped {m['retyped']}"
-        f"  reordered {m['reordered']}",
+        f"last opened after {c['last_opened_after_s']:.2f} s  opened {c['opened_per_s']:.1f}/s"
+        + (f"  not attempted {not_attempted} (the run ended first)" if not_attempted else ""),
+        f"messages     sent {m['sent']}  echoed ok {m['received']}  late {m.get('late', 0)}"
+        f"  mismatched {m['mismatches']}  lost {m['lost']}  duplicated {m['duplicates']}"
+        f"  retyped {m['retyped']}  reordered {m['reordered']}",
         f"throughput   {t['msgs_per_s']:.1f} msgs/s  {t['mb_per_s']:.3f} MB/s",
         f"error rate   {summary['error_rate']:.6f}",
         "",
@@ -455,14 +507,20 @@ def render(summary: dict[str, Any], out: TextIO) -> None:
         lines.append(_fmt_hist("round trip (as sent)", summary["latency_uncorrected_ms"]))
     else:
         lines.append(_fmt_hist("round trip", summary["latency_ms"]))
+    lines.append(_timed_note(summary))
     lines += [
         _fmt_hist("handshake", summary["handshake_ms"]),
         _fmt_hist("event-loop lag", summary["saturation"]["loop_lag_ms"]),
-        _fmt_hist("send-schedule lag", summary["saturation"]["schedule_lag_ms"]),
     ]
+    if summary.get("latency_corrected"):  # a closed loop has no send schedule
+        lines.append(_fmt_hist("send-schedule lag", summary["saturation"]["schedule_lag_ms"]))
     if not summary.get("latency_corrected"):
         lines.append(CLOSED_LOOP_NOTE)
     lines += [f"WARNING: {warning}" for warning in summary.get("warnings", ())]
+    if summary.get("scenarios"):
+        lines.append("")
+        lines.append("sessions by scenario")
+        lines += [f"  {count:>10}  {spec}" for spec, count in summary["scenarios"].items()]
     lines.extend(timeline_lines(summary["timeline"]))
     lines.extend(source_lines(summary.get("runs", ())))
     if summary["errors"]:

@@ -22,6 +22,7 @@ HISTOGRAMS = (
 )
 COUNTERS = (
     "connections_attempted",
+    "connections_not_attempted",  # wanted, but the run ended before they were tried
     "connections_established",
     "connections_failed",
     "connections_dropped",
@@ -32,16 +33,20 @@ COUNTERS = (
     "messages_intended",
     "mismatches",
     "lost",
+    "late",
     "duplicates",
     "retyped",
     "reordered",
 )
 # Wrong echoes: the counter of each class and the error category it is reported under.
+# Order is part of the echo contract, so a reordered echo is wrong too.
 ECHO_ERRORS = {
     "mismatches": "mismatch",
     "lost": "lost",
+    "late": "late",
     "duplicates": "duplicate",
     "retyped": "retyped",
+    "reordered": "reordered",
 }
 SERIES = ("established", "failed", "dropped", "closed", "received", "sent", "echo_errors")
 # Per-second latency histograms group this many adjacent buckets (2**5: about 3% wide),

@@ -5,7 +5,8 @@ number's last (up to 16) hex digits again, so an echo with a garbled sequence nu
 still names the message it answers by its other end: one mismatch, not a duplicate plus
 a loss. Each payload in flight is kept, and its echo is compared with it byte for byte.
 The tracker classifies each echo as good (latency recorded), mismatched, duplicate,
-retyped or reordered, and each message never echoed within the timeout as lost.
+retyped or reordered. A message not echoed within the timeout counts as lost; if its echo
+still comes, it is moved from lost to late (its latency recorded all the same).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import random
 from tornado_echo.loadtest.config import SEQ_WIDTH, SizeSpec
 from tornado_echo.loadtest.histogram import Histogram
 
+# Messages past their timeout that one connection remembers, for their echoes to count as
+# late rather than as duplicates.
+OVERDUE_KEPT = 10_000
 _FILLER_UNIT = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 
 
@@ -49,6 +53,7 @@ class LiveCounters:
         "bytes_sent",
         "duplicates",
         "intended",
+        "late",
         "lost",
         "mismatches",
         "received",
@@ -63,7 +68,8 @@ class LiveCounters:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.mismatches = 0
-        self.lost = 0
+        self.lost = 0  # not echoed within the timeout (so far: a late echo takes one back)
+        self.late = 0  # echoed, but after the timeout
         self.duplicates = 0
         self.reordered = 0
         self.retyped = 0
@@ -75,7 +81,6 @@ class EchoTracker:
 
     __slots__ = (
         "_cut",
-        "_expired",
         "_filler",
         "_fixed_middle",
         "_latency",
@@ -86,6 +91,7 @@ class EchoTracker:
         "_whole_middle",
         "max_received",
         "next_seq",
+        "overdue",
         "pending",
     )
 
@@ -93,13 +99,14 @@ class EchoTracker:
         self,
         live: LiveCounters,
         latency: Histogram,
-        uncorrected: Histogram,
+        uncorrected: Histogram | None,
         sizes: SizeSpec,
         filler: Filler,
         rng: random.Random,
     ) -> None:
         self._live = live
         self._latency = latency
+        # None in a closed loop: it sends when it intends to, so its one figure is both.
         self._uncorrected = uncorrected
         self._sizes = sizes
         self._filler = filler
@@ -109,12 +116,14 @@ class EchoTracker:
         self._cut = SEQ_WIDTH - suffix_width(sizes.low) if fixed else 0
         # What answer_and_next() needs: one size whose payload ends in all 16 digits.
         self._whole_middle = self._fixed_middle if fixed and not self._cut else None
-        self._expired: set[int] = set()
         # Keyed by the payload's 16-digit prefix, so that one dict lookup of an echo's
         # first 16 bytes both finds the message and checks those bytes exactly.
         # prefix -> (intended send ns, actual send ns, seq, payload sent);
         # dict order = send order
         self.pending: dict[bytes, tuple[int, int, int, bytes]] = {}
+        # Messages past the timeout, counted lost until their echo comes (then late), the
+        # oldest let go past OVERDUE_KEPT: same keys and entries as ``pending``.
+        self.overdue: dict[bytes, tuple[int, int, int, bytes]] = {}
         self.next_seq = 0
         self.max_received = -1
 
@@ -142,7 +151,11 @@ class EchoTracker:
         prefix = payload[:SEQ_WIDTH]
         entry = self.pending.pop(prefix, None)
         if entry is None:
-            return self._unexpected(payload)
+            late = self.overdue.pop(prefix, None)
+            if late is None:
+                return self._unexpected(payload)
+            self._late(payload, late, now_ns)
+            return False  # its place in the loop was taken when it expired
         intended, sent, seq, expected = entry
         if payload != expected:
             self._mismatched(payload, prefix, entry)
@@ -155,10 +168,29 @@ class EchoTracker:
         live.received += 1
         live.bytes_received += len(payload)
         self._latency.record(now_ns - intended)
-        if sent != intended:
-            # Closed loop sends when intended, so there the two are one histogram.
-            self._uncorrected.record(now_ns - sent)
+        uncorrected = self._uncorrected
+        if uncorrected is not None:
+            uncorrected.record(now_ns - sent)
         return True
+
+    def _late(self, payload: bytes, entry: tuple[int, int, int, bytes], now_ns: int) -> None:
+        # The echo of a message counted lost at its timeout: it is late instead, and timed
+        # like any other, so the maximum latency is the true one.
+        live = self._live
+        live.lost -= 1
+        intended, sent, seq, expected = entry
+        if payload != expected:
+            live.mismatches += 1
+            return
+        live.late += 1
+        if seq < self.max_received:
+            live.reordered += 1
+        else:
+            self.max_received = seq
+        self._latency.record(now_ns - intended)
+        uncorrected = self._uncorrected
+        if uncorrected is not None:
+            uncorrected.record(now_ns - sent)
 
     def answer_and_next(self, payload: bytes, now_ns: int) -> bytes | None:
         """A closed loop's usual step in one call: on_echo(), then next_payload().
@@ -176,7 +208,7 @@ class EchoTracker:
             return None
         del pending[prefix]
         # on_echo()'s good echo and next_payload(), inlined: this runs once per echo.
-        intended, sent, seq, _ = entry
+        intended, _, seq, _ = entry
         live = self._live
         if seq < self.max_received:
             live.reordered += 1
@@ -185,9 +217,7 @@ class EchoTracker:
         size = len(payload)
         live.received += 1
         live.bytes_received += size
-        self._latency.record(now_ns - intended)
-        if sent != intended:
-            self._uncorrected.record(now_ns - sent)
+        self._latency.record(now_ns - intended)  # closed loop: no uncorrected figure
         seq = self.next_seq
         self.next_seq = seq + 1
         prefix = b"%016x" % seq
@@ -249,29 +279,30 @@ class EchoTracker:
             del self.pending[prefix]
             live.mismatches += 1
             return True
-        if seq in self._expired:
-            # A late echo of a message already counted lost: it arrived after all.
-            self._expired.discard(seq)
-        elif 0 <= seq < self.next_seq:
+        if 0 <= seq < self.next_seq:
             live.duplicates += 1
         else:
             live.mismatches += 1
         return False
 
     def expire(self, deadline_ns: int) -> int:
-        """Count messages sent before ``deadline_ns`` as lost; returns how many."""
+        """Count messages sent before ``deadline_ns`` as lost (until an echo makes one
+        late); returns how many."""
         expired = 0
         pending = self.pending
+        overdue = self.overdue
         while pending:
             prefix = next(iter(pending))
             entry = pending[prefix]
             if entry[1] >= deadline_ns:
                 break
             del pending[prefix]
-            seq = entry[2]
-            if len(self._expired) < 100_000:
-                self._expired.add(seq)
+            overdue[prefix] = entry
             expired += 1
+        # Bounded: a server that never answers must not grow this. An echo of a message let
+        # go counts as a duplicate.
+        while len(overdue) > OVERDUE_KEPT:
+            del overdue[next(iter(overdue))]
         self._live.lost += expired
         return expired
 
@@ -279,5 +310,6 @@ class EchoTracker:
         """Count every message still in flight as lost (the connection is gone)."""
         count = len(self.pending)
         self.pending.clear()
+        self.overdue.clear()
         self._live.lost += count
         return count

@@ -128,14 +128,18 @@ _pack_16 = struct.Struct("!BBH").pack
 _pack_64 = struct.Struct("!BBQ").pack
 
 
-def frame_header(opcode: int, length: int, *, fin: bool = True, rsv1: bool = False) -> bytes:
-    """The header of an unmasked (server-to-client) frame carrying ``length`` bytes."""
+def frame_header(
+    opcode: int, length: int, *, fin: bool = True, rsv1: bool = False, masked: bool = False
+) -> bytes:
+    """The header of a frame carrying ``length`` bytes: unmasked (server-to-client), or with
+    the mask bit set (``masked``: a client's, the 4-byte mask key to follow it)."""
     b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
+    mask_bit = 0x80 if masked else 0
     if length < 126:
-        return bytes((b0, length))
+        return bytes((b0, mask_bit | length))
     if length < 65536:
-        return _pack_16(b0, 126, length)
-    return _pack_64(b0, 127, length)
+        return _pack_16(b0, mask_bit | 126, length)
+    return _pack_64(b0, mask_bit | 127, length)
 
 
 def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
