@@ -238,11 +238,11 @@ async def test_refused_clients_linger_no_more_than_max_http_connections(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_one_address_holding_every_slot_idle_cannot_keep_others_out(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture, listener: str
 ) -> None:
     # Issue 22: one address kept all max_http_connections slots with connections that
     # sent nothing (or idled on keep-alive), and others' upgrades got 503.
-    server = await started_server(tmp_path, sqlite_url, max_http_connections=4)
+    server = await started_server(tmp_path, sqlite_url, max_http_connections=4, listener=listener)
     assert server.http is not None
     http = server.http
     try:
@@ -279,9 +279,11 @@ async def test_one_address_holding_every_slot_idle_cannot_keep_others_out(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_http_connections_per_address_are_capped(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture, listener: str
 ) -> None:
-    server = await started_server(tmp_path, sqlite_url, max_http_connections_per_ip=2)
+    server = await started_server(
+        tmp_path, sqlite_url, max_http_connections_per_ip=2, listener=listener
+    )
     assert server.http is not None
     http = server.http
     try:
@@ -305,10 +307,10 @@ async def test_http_connections_per_address_are_capped(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_floods_of_refused_api_requests_and_malformed_requests_are_logged_once(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture, listener: str
 ) -> None:
     caplog.set_level(logging.INFO)
-    server = await started_server(tmp_path, sqlite_url, behind_proxy=True)
+    server = await started_server(tmp_path, sqlite_url, behind_proxy=True, listener=listener)
     refused = b"GET /api/sessions HTTP/1.1\r\nHost: localhost\r\nX-Real-Ip: 203.0.113.9\r\n\r\n"
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

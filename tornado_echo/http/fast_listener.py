@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import socket
 import ssl
 from collections import deque
@@ -53,14 +54,15 @@ from tornado.httputil import (
     ResponseStartLine,
 )
 
-from tornado_echo.config import Config, LiveConfig
-from tornado_echo.http.access import TrustedProxies, trusted_proxies
+from tornado_echo.config import LiveConfig
+from tornado_echo.http.admission import ADDRESS_FULL, FULL, HTTPAdmission
 from tornado_echo.http.listener import (
     BODY_REFUSED,
     HEADERS_REFUSED,
     LINGER,
     MAX_HEADER_SIZE,
     Acceptor,
+    LiveSettings,
     answer,
     has_body,
     is_tls_failure,
@@ -77,6 +79,9 @@ logger = logging.getLogger(__name__)
 # Requests parsed from one read and not yet answered, at most; past them the connection is
 # answered up to there and closed (a client may resend what a closed connection left).
 MAX_PIPELINED = 64
+# A request line's method as RFC 9110 spells one (a token, then a space): an unknown one is
+# answered 501; anything else the parser refuses there (a TLS hello, NUL bytes) is garbage, 400.
+METHOD_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32} ")
 # The response buffer above which the Application's writes wait (as Tornado's do).
 WRITE_HIGH_WATER = 256 * 1024
 
@@ -111,7 +116,7 @@ class _Stop(Exception):
     """Raised from a parser callback to stop parsing (a refusal or too many requests)."""
 
 
-class FastHTTPServer:
+class FastHTTPServer(LiveSettings):
     """The listener: accepts on the running loop and serves HTTP/1.1 on its transports.
 
     Same operator surface as :class:`~tornado_echo.http.listener.EchoHTTPServer`
@@ -130,35 +135,21 @@ class FastHTTPServer:
     ) -> None:
         self.delegate = delegate
         self.config = config
-        self._proxies: TrustedProxies | None = None
-        self._proxies_of: Config | None = None
         self.on_refusal = on_refusal
         self.on_tls_failure = on_tls_failure
         self.throttle = LogThrottle(logger)
         self.ssl_options = ssl_context
         self._tls_connect: Callable[..., Awaitable[Any]] | None = None
+        current = config.current
+        # Who holds the HTTP phase's slots (fairly shared, as on Tornado's listener).
+        self.admission: HTTPAdmission[HTTP11Connection] = HTTPAdmission(
+            current.max_http_connections, current.max_http_connections_per_ip
+        )
         self.open_http = 0  # connections in the HTTP phase (not yet upgraded, not refused)
         self.lingering = 0  # refused connections still being answered and closed
         self.connections: set[HTTP11Connection] = set()
         self._acceptors: list[Acceptor] = []
         self._all_closed: asyncio.Event | None = None
-
-    # Read from the running configuration (LiveConfig), so a reload applies them.
-    @property
-    def timeout(self) -> float:
-        return self.config.current.http_timeout
-
-    @property
-    def max_http_connections(self) -> int:
-        return self.config.current.max_http_connections
-
-    @property
-    def proxies(self) -> TrustedProxies | None:
-        """The running configuration's trusted proxies (None unless behind_proxy)."""
-        config = self.config.current
-        if config is not self._proxies_of:  # made again after a reload only
-            self._proxies, self._proxies_of = trusted_proxies(config), config
-        return self._proxies
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:
@@ -182,17 +173,40 @@ class FastHTTPServer:
 
     def _accepted(self, sock: socket.socket, address: Any) -> None:
         protocol: asyncio.Protocol
-        if self.open_http >= self.max_http_connections:
-            self.throttle.log(
-                "http_connection_limit",
-                logging.WARNING,
-                "refused a connection from %s: %d HTTP connections open (max_http_connections)",
-                str(address[0]) if address else "?",
-                self.open_http,
-            )
-            protocol = self._refusal(503, "connection_limit_http", "too many open HTTP connections")
+        # An IP address (a unix socket's peer has none: one shared bucket, "?").
+        peer = str(address[0]) if isinstance(address, tuple) and address else "?"
+        proxies = self.proxies
+        admission = self.admission
+        self.follow_config(admission)
+        connection = HTTP11Connection(self, address, sock.family)
+        verdict = admission.admit(connection, peer, exempt=proxies is not None and peer in proxies)
+        if verdict.admitted:
+            if verdict.evict is not None:
+                # Its slot goes to the newcomer (it had no request under way).
+                if self.on_refusal is not None:
+                    self.on_refusal("idle_http_evicted")
+                verdict.evict.close()
+            protocol = connection
         else:
-            protocol = HTTP11Connection(self, address, sock.family)
+            self._forget(connection)
+            full = verdict.refusal == FULL
+            label = FULL if full else ADDRESS_FULL
+            self.throttle.log(
+                label,
+                logging.WARNING,
+                "refused a connection from %s: %d HTTP connections open, %d from it (%s)",
+                peer,
+                len(admission),
+                admission.held_by(peer),
+                "max_http_connections" if full else "max_http_connections_per_ip",
+            )
+            protocol = self._refusal(
+                503,
+                label,
+                "too many open HTTP connections"
+                if full
+                else "too many HTTP connections from your address",
+            )
         if self.ssl_options is None:
             spawn(_connect(protocol, sock))
             return
@@ -239,6 +253,7 @@ class FastHTTPServer:
 
     def _forget(self, connection: HTTP11Connection) -> None:
         """``connection`` left the HTTP phase (closed, refused or upgraded)."""
+        self.admission.release(connection)
         if connection in self.connections:
             self.connections.discard(connection)
             self.open_http -= 1
@@ -358,7 +373,9 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         except httptools.HttpParserError as exc:
             # A callback's own exception is its context (httptools re-raises it so).
             self._stopped = True
-            if not isinstance(exc.__context__, _Stop):
+            if isinstance(exc, httptools.HttpParserInvalidMethodError) and METHOD_TOKEN.match(data):
+                self._queue.append(self._unknown_method(exc))
+            elif not isinstance(exc.__context__, _Stop):
                 self._queue.append(self._bad_request(exc))
         if self._reading_head and self._head_size > MAX_HEADER_SIZE and not self._stopped:
             # A head still incomplete past the limit: no more of it is read.
@@ -467,11 +484,23 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         self.server.throttle.log(
             "bad_request",
             logging.INFO,
-            "refused a malformed request from %s: %s",
+            "refused a malformed HTTP request from %s: %s",
             self.context.remote_ip,
             exc,
         )
         return _Refusal(400, "bad_request", "malformed HTTP request")
+
+    def _unknown_method(self, exc: Exception) -> _Refusal:
+        # A method the parser does not know (RFC 9110 section 15.6.2: 501), not a malformed
+        # request; no route here serves one.
+        self.server.throttle.log(
+            "method",
+            logging.INFO,
+            "refused a request with an unknown method from %s: %s",
+            self.context.remote_ip,
+            exc,
+        )
+        return _Refusal(501, "method", "unknown HTTP method (only GET is upgraded)")
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -494,7 +523,8 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
                 self.transport.resume_reading()
                 if leftover:
                     self.data_received(leftover)
-            else:
+            else:  # waiting for the next request: its slot may go to a newcomer
+                self.server.admission.idle(self)
                 self._start_timer()
                 self.transport.resume_reading()
             return
@@ -504,6 +534,7 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
             self._refuse(item)
             return
         start_line, headers, keep_alive = item
+        self.server.admission.busy(self)
         self._serving = True
         self._keep_alive = keep_alive
         self._method = start_line.method

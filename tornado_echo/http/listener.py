@@ -176,24 +176,21 @@ class _TornadoLines(logging.Filter):
         return not is_unsatisfiable_read(record)
 
 
-class EchoHTTPServer(tornado.httpserver.HTTPServer):
-    """HTTPServer with the policies above; build it with :func:`make_http_server`.
-
-    It accepts connections itself (Tornado's accept loop spins on EMFILE) and counts the
-    connections it serves through the public delegate interface.
-    """
+class LiveSettings:
+    """What both listeners read of the running configuration (:class:`LiveConfig`) as they
+    accept and serve, so that a reload applies to what comes next."""
 
     config: LiveConfig
-    admission: HTTPAdmission[IOStream]  # who holds the HTTP phase's slots
-    open_http = 0  # connections handed to Tornado's HTTP/1 code and not yet closed/upgraded
-    lingering = 0  # refused connections still being answered and closed
-    on_refusal: Callable[[str], None] | None = None
-    on_tls_failure: Callable[[], None] | None = None
-    throttle: LogThrottle
-    tornado_lines: logging.Filter
-    listeners: list[Acceptor]
     _proxies: TrustedProxies | None = None
     _proxies_of: Config | None = None
+
+    @property
+    def timeout(self) -> float:
+        return self.config.current.http_timeout
+
+    @property
+    def max_http_connections(self) -> int:
+        return self.config.current.max_http_connections
 
     @property
     def proxies(self) -> TrustedProxies | None:
@@ -202,6 +199,29 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
         if config is not self._proxies_of:  # made again after a reload only
             self._proxies, self._proxies_of = trusted_proxies(config), config
         return self._proxies
+
+    def follow_config(self, admission: HTTPAdmission[Any]) -> None:
+        """The running configuration's HTTP-phase limits, for the next admission."""
+        config = self.config.current
+        admission.limit = config.max_http_connections
+        admission.per_address = config.max_http_connections_per_ip
+
+
+class EchoHTTPServer(LiveSettings, tornado.httpserver.HTTPServer):
+    """HTTPServer with the policies above; build it with :func:`make_http_server`.
+
+    It accepts connections itself (Tornado's accept loop spins on EMFILE) and counts the
+    connections it serves through the public delegate interface.
+    """
+
+    admission: HTTPAdmission[IOStream]  # who holds the HTTP phase's slots
+    open_http = 0  # connections handed to Tornado's HTTP/1 code and not yet closed/upgraded
+    lingering = 0  # refused connections still being answered and closed
+    on_refusal: Callable[[str], None] | None = None
+    on_tls_failure: Callable[[], None] | None = None
+    throttle: LogThrottle
+    tornado_lines: logging.Filter
+    listeners: list[Acceptor]
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         # Installed when serving starts, not when the server is built: a start that fails
@@ -218,16 +238,6 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
         self.listeners.clear()
         gen_log.removeFilter(self.tornado_lines)
         super().stop()
-
-    @property
-    def max_http_connections(self) -> int:
-        return self.config.current.max_http_connections
-
-    def _follow_config(self) -> None:
-        """The running configuration's HTTP-phase limits, for the next admission (reload)."""
-        config = self.config.current
-        self.admission.limit = config.max_http_connections
-        self.admission.per_address = config.max_http_connections_per_ip
 
     def set_ssl_context(self, context: ssl.SSLContext) -> None:
         """Use ``context`` for connections accepted from now on (certificate reload)."""
@@ -279,7 +289,7 @@ class EchoHTTPServer(tornado.httpserver.HTTPServer):
         # An IP address (a unix socket's peer has none: one shared bucket, "?").
         peer = str(address[0]) if isinstance(address, tuple) and address else "?"
         exempt = self.proxies is not None and peer in self.proxies
-        self._follow_config()
+        self.follow_config(self.admission)
         verdict = self.admission.admit(stream, peer, exempt=exempt)
         if not verdict.admitted:
             full = verdict.refusal == FULL
