@@ -186,6 +186,10 @@ class FastHTTPServer(LiveSettings):
                 if self.on_refusal is not None:
                     self.on_refusal("idle_http_evicted")
                 verdict.evict.close()
+            if self.ssl_options is not None:
+                # In its TLS handshake it has no transport to close (its descriptor would
+                # outlive its slot): not evicted until connection_made().
+                admission.busy(connection)
             protocol = connection
         else:
             self._forget(connection)
@@ -360,6 +364,8 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
             self.transport.close()
             return
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER)
+        if self.context.protocol == "https":
+            self.server.admission.idle(self)  # its handshake is done
         self._start_timer()
 
     def data_received(self, data: bytes) -> None:
