@@ -346,9 +346,10 @@ def prune(argv: Sequence[str]) -> int:
     finally:
         backend.close()
     before = datetime.datetime.fromtimestamp(cutoff, datetime.timezone.utc)
+    dropped = f"; dropped {pruned.partitions} journal day partitions" if pruned.partitions else ""
     sys.stdout.write(
         f"deleted {pruned.sessions} sessions and {pruned.messages} journal rows"
-        f" opened before {before:%Y-%m-%dT%H:%M:%SZ}\n"
+        f" opened before {before:%Y-%m-%dT%H:%M:%SZ}{dropped}\n"
     )
     return 0
 

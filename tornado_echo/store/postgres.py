@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from tornado_echo.store.base import (
     load_migrations,
     row_dict,
 )
-from tornado_echo.store.copyrows import COPY_SQL, HEADER, TRAILER
+from tornado_echo.store.copyrows import COPY_SQL, HEADER, PG_EPOCH, TRAILER, pg_microseconds
 from tornado_echo.store.records import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
@@ -58,20 +59,23 @@ def _insert(kind: RecordKind, key: str) -> str:
     names = ", ".join(columns(kind))
     return (
         f"INSERT INTO {TARGET[kind]} ({names}) SELECT {names} FROM {STAGING[kind]}"
-        f" ON CONFLICT ({key}) DO NOTHING"
+        f" ON CONFLICT {key} DO NOTHING"
     )
 
 
 MERGE = {
-    SessionOpened: _insert(SessionOpened, "id"),
+    SessionOpened: _insert(SessionOpened, "(id)"),
     SessionClosed: "UPDATE ws_sessions AS s SET "
     + ", ".join(f"{name} = v.{name}" for name in columns(SessionClosed)[1:])
     + " FROM in_closed AS v WHERE s.id = v.id",
-    MessageReceived: _insert(MessageReceived, "session_id, seq"),
+    # Any key: (session_id, seq, received_at) on the partitioned journal (see
+    # 003_journal_partitioned.sql), (session_id, seq) on a table not yet migrated.
+    MessageReceived: _insert(MessageReceived, ""),
 }
 SELECT_SESSIONS = "SELECT " + ", ".join(SESSION_COLUMNS) + " FROM ws_sessions"
 # Privileges revoked or tables gone are outages to wait out, not bad records to skip.
 RETRY_SQLSTATES = frozenset({"42501", "42P01"})
+PG_EPOCH_UTC = datetime.datetime.fromtimestamp(PG_EPOCH, datetime.timezone.utc)
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -84,7 +88,8 @@ def _copy_value(value: Any) -> str:
     if isinstance(value, bool):
         return "t" if value else "f"
     if isinstance(value, float):  # a Unix time, for a timestamptz column
-        return datetime.datetime.fromtimestamp(value, datetime.timezone.utc).isoformat()
+        # The microseconds binary rows carry for the same time (see pg_microseconds).
+        return (PG_EPOCH_UTC + datetime.timedelta(microseconds=pg_microseconds(value))).isoformat()
     if isinstance(value, bytes):
         # COPY text format unescapes "\\x" to "\x", bytea's hex input format.
         return "\\\\x" + value.hex()
@@ -94,6 +99,55 @@ def _copy_value(value: Any) -> str:
 def copy_text(records: Sequence[Record]) -> str:
     """COPY text-format lines for the staging table of the records' kind."""
     return "".join("\t".join(map(_copy_value, storable_row(record))) + "\n" for record in records)
+
+
+PARTITIONS_AHEAD = 7  # days of journal partitions made beyond today
+# Waited for the parent's lock when making or dropping a partition; past it the work is left
+# for the next pass rather than queueing the writer's inserts behind a long reader.
+PARTITION_LOCK_TIMEOUT = "2s"
+PARTITION_PREFIX = "ws_messages_p"
+DEFAULT_PARTITION = "ws_messages_default"
+IS_PARTITIONED = "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('ws_messages')"
+# The journal's partitions (the default one too; partition_day() tells them apart).
+PARTITIONS = (
+    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+    " WHERE i.inhparent = 'ws_messages'::regclass"
+)
+
+
+def partition_name(day: datetime.date) -> str:
+    return f"{PARTITION_PREFIX}{day:%Y%m%d}"
+
+
+def partition_day(name: str) -> datetime.date | None:
+    """The day of a partition named by :func:`partition_name`, else None."""
+    if not name.startswith(PARTITION_PREFIX):
+        return None
+    try:
+        return datetime.datetime.strptime(name[len(PARTITION_PREFIX) :], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def days_to_make(now: float, ahead: int = PARTITIONS_AHEAD) -> list[datetime.date]:
+    """Yesterday (a late row, a clock a little behind), today and ``ahead`` days (UTC)."""
+    today = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
+    return [today + datetime.timedelta(days=offset) for offset in range(-1, ahead + 1)]
+
+
+def days_to_drop(names: Sequence[str], cutoff: float) -> list[str]:
+    """The day partitions whose whole day ended at or before ``cutoff``, oldest first."""
+    cut = datetime.datetime.fromtimestamp(cutoff, datetime.timezone.utc)
+    found = []
+    for name in names:
+        day = partition_day(name)
+        if day is not None:
+            end = datetime.datetime.combine(
+                day + datetime.timedelta(days=1), datetime.time(), datetime.timezone.utc
+            )
+            if end <= cut:
+                found.append((day, name))
+    return [name for _, name in sorted(found)]
 
 
 class PostgresBackend(Backend):
@@ -167,7 +221,70 @@ class PostgresBackend(Backend):
                     (migration.version, migration.name),
                 )
                 applied_now.append(migration.version)
+            if self._partitioned(cur):
+                self._make_partitions(cur, time.time())
         return applied_now
+
+    @staticmethod
+    def _partitioned(cur: psycopg2.extensions.cursor) -> bool:
+        cur.execute(IS_PARTITIONED)
+        row = cur.fetchone()
+        return bool(row and row[0])
+
+    def make_partitions(self, now: float) -> int:
+        with self._transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+            if not self._partitioned(cur):
+                return 0
+            return self._make_partitions(cur, now)
+
+    @staticmethod
+    def _make_partitions(cur: psycopg2.extensions.cursor, now: float) -> int:
+        """Make the missing day partitions of :func:`days_to_make`, in the caller's
+        transaction (under the migration lock); returns how many.
+
+        Each is made as a table of its own and attached, which locks the journal only in
+        SHARE UPDATE EXCLUSIVE mode (CREATE TABLE ... PARTITION OF would take ACCESS
+        EXCLUSIVE, stopping the writers); rows of that day already in the default partition
+        (a clock ahead) move into it first, or the attach would fail.
+        """
+        cur.execute("SET LOCAL lock_timeout = %s", (PARTITION_LOCK_TIMEOUT,))
+        made = 0
+        for day in days_to_make(now):
+            name = partition_name(day)
+            cur.execute("SELECT to_regclass(%s)", (name,))
+            row = cur.fetchone()
+            if row is not None and row[0] is not None:
+                continue
+            start = f"{day:%Y-%m-%d} 00:00:00+00"
+            end = f"{day + datetime.timedelta(days=1):%Y-%m-%d} 00:00:00+00"
+            cur.execute(f"CREATE TABLE {name} (LIKE ws_messages INCLUDING DEFAULTS)")
+            cur.execute(
+                f"WITH moved AS (DELETE FROM {DEFAULT_PARTITION}"
+                " WHERE received_at >= %s AND received_at < %s RETURNING *)"
+                f" INSERT INTO {name} SELECT * FROM moved",
+                (start, end),
+            )
+            cur.execute(
+                f"ALTER TABLE ws_messages ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)",
+                (start, end),
+            )
+            made += 1
+        return made
+
+    def drop_journal_before(self, cutoff: float) -> int:
+        with self._transaction() as cur:
+            if not self._partitioned(cur):
+                return 0
+            cur.execute(PARTITIONS)
+            names = days_to_drop([row[0] for row in cur.fetchall()], cutoff)
+        for name in names:
+            # One short transaction each: DETACH and DROP lock the journal in ACCESS
+            # EXCLUSIVE mode for a moment, waited for at most PARTITION_LOCK_TIMEOUT.
+            with self._transaction() as cur:
+                cur.execute("SET LOCAL lock_timeout = %s", (PARTITION_LOCK_TIMEOUT,))
+                cur.execute(f"DROP TABLE IF EXISTS {name}")
+        return len(names)
 
     def write(self, batch: list[Record]) -> None:
         opened, closed, messages = split_batch(batch)
@@ -250,6 +367,8 @@ class PostgresBackend(Backend):
         self, cutoff: float, sessions: int, messages: int
     ) -> tuple[int, int]:
         with self._transaction() as cur:
+            if self._partitioned(cur):
+                return self._delete_partitioned(cur, cutoff, sessions, messages)
             cur.execute(
                 "SELECT id FROM ws_sessions WHERE opened_at < to_timestamp(%s)"
                 " AND end_state <> 'open' ORDER BY opened_at LIMIT %s",
@@ -267,6 +386,30 @@ class PostgresBackend(Backend):
                 cur.execute("DELETE FROM ws_sessions WHERE id = ANY(%s::uuid[])", (ids,))
                 deleted_sessions = int(cur.rowcount)
         return deleted_sessions, deleted_messages
+
+    @staticmethod
+    def _delete_partitioned(
+        cur: psycopg2.extensions.cursor, cutoff: float, sessions: int, messages: int
+    ) -> tuple[int, int]:
+        """Retention on the partitioned journal, after :meth:`drop_journal_before`: journal
+        rows go by age, day partitions whole; here only the default partition's rows
+        received before ``cutoff`` (by row), then ended sessions opened before it."""
+        # ctid is unique within one table: the default partition is one.
+        cur.execute(
+            f"DELETE FROM {DEFAULT_PARTITION} WHERE ctid = ANY(ARRAY(SELECT ctid"
+            f" FROM {DEFAULT_PARTITION} WHERE received_at < to_timestamp(%s) LIMIT %s))",
+            (cutoff, messages),
+        )
+        deleted_messages = int(cur.rowcount)
+        if deleted_messages >= messages:
+            return 0, deleted_messages
+        cur.execute(
+            "DELETE FROM ws_sessions WHERE id = ANY(ARRAY(SELECT id FROM ws_sessions"
+            " WHERE opened_at < to_timestamp(%s) AND end_state <> 'open'"
+            " ORDER BY opened_at LIMIT %s))",
+            (cutoff, sessions),
+        )
+        return int(cur.rowcount), deleted_messages
 
     def ping(self) -> None:
         with self._transaction() as cur:
