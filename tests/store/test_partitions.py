@@ -17,16 +17,26 @@ import pytest
 from tests.helpers import eventually_blocking, fetch_rows
 from tests.store.test_store import sid
 from tornado_echo.config import Config
-from tornado_echo.store import MessageReceived, Spool, make_backend, make_store, spool_path
+from tornado_echo.store import (
+    MessageReceived,
+    SessionClosed,
+    SessionOpened,
+    Spool,
+    make_backend,
+    make_store,
+    spool_path,
+)
 from tornado_echo.store.base import load_migrations
 from tornado_echo.store.copyrows import FRAME, decode_rows, encode_record, pg_microseconds
 from tornado_echo.store.journal_process import JournalWriter
 from tornado_echo.store.postgres import (
     DEFAULT_PARTITION,
+    DURING,
     PARTITIONS_AHEAD,
     PostgresBackend,
     days_to_drop,
     days_to_make,
+    journal_days,
     partition_day,
     partition_name,
 )
@@ -358,3 +368,56 @@ def test_a_migration_killed_at_its_last_step_leaves_the_old_table(postgres_url: 
     backend.close()
     assert journal_digest(postgres_url) == digest
     assert partitions(postgres_url)[DEFAULT_PARTITION] == "DEFAULT"
+
+
+def test_a_page_reads_the_days_its_session_was_open_give_or_take_a_day(
+    postgres_url: str,
+) -> None:
+    opened_at = NOW - 5 * DAY
+    backend = pg(postgres_url)
+    backend.migrate()
+    for days in (6, 5, 4):
+        backend.make_partitions(NOW - days * DAY)
+    backend.write(
+        [
+            SessionOpened(
+                sid(1), "host:1:0", opened_at, "127.0.0.1", "/ws", None, None, None, False
+            ),
+            MessageReceived(sid(1), 1, opened_at - 0.5 * DAY, 2, 4, b"a clock stepped back"),
+            MessageReceived(sid(1), 2, opened_at + 60, 2, 4, b"ping"),
+            SessionClosed(sid(1), opened_at + 120, 1000, "", 2, 0, 0, 0, "closed"),
+        ]
+    )
+    session = backend.get_session(sid(1), 10)
+    assert session is not None
+    assert [entry["seq"] for entry in session["journal"]] == [1, 2]
+    conn = psycopg2.connect(postgres_url)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "EXPLAIN SELECT seq FROM ws_messages WHERE session_id = %s::uuid AND seq > 0"
+            + DURING
+            + " ORDER BY seq LIMIT 10",
+            (
+                sid(1),
+                *journal_days(
+                    *[
+                        datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
+                        for at in (opened_at, opened_at + 120)
+                    ]
+                ),
+            ),
+        )
+        plan = "\n".join(row[0] for row in cur.fetchall())
+    conn.close()
+    backend.close()
+    # The days it was open, with a day either side (the default holds none of them).
+    scanned = {name for name in partitions(postgres_url) if name in plan}
+    assert scanned == {
+        partition_name(
+            (
+                datetime.datetime.fromtimestamp(opened_at, datetime.timezone.utc)
+                + datetime.timedelta(days=n)
+            ).date()
+        )
+        for n in (-1, 0, 1)
+    }

@@ -115,6 +115,24 @@ PARTITIONS = (
 )
 
 
+# A session's journal rows were received while it was open. Saying so, with the times as
+# constants, lets the planner leave out every day partition outside them (each costs
+# planning time, ~0.15 ms here, at every page); the margin covers a clock stepped back.
+DURING = " AND received_at >= %s AND received_at < %s"
+CLOCK_MARGIN = datetime.timedelta(days=1)
+OPENED_AT = SESSION_COLUMNS.index("opened_at")
+CLOSED_AT = SESSION_COLUMNS.index("closed_at")
+
+
+def journal_days(
+    opened_at: datetime.datetime, closed_at: datetime.datetime | None
+) -> tuple[datetime.datetime, datetime.datetime]:
+    """The received_at range that holds a session's journal: open, give or take a day."""
+    if closed_at is None:  # still open (or crashed before it was marked)
+        return opened_at - CLOCK_MARGIN, datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
+    return opened_at - CLOCK_MARGIN, max(closed_at, opened_at) + CLOCK_MARGIN
+
+
 def partition_name(day: datetime.date) -> str:
     return f"{PARTITION_PREFIX}{day:%Y%m%d}"
 
@@ -340,17 +358,18 @@ class PostgresBackend(Backend):
             if row is None:
                 return None
             session = row_dict(SESSION_COLUMNS, row)
+            since, until = journal_days(row[OPENED_AT], row[CLOSED_AT])
             # Sizes first (octet_length reads no TOASTed payload), then the payloads that fit.
             cur.execute(
                 "SELECT seq, octet_length(payload) FROM ws_messages"
-                " WHERE session_id = %s::uuid AND seq > %s ORDER BY seq LIMIT %s",
-                (session_id, journal_after, journal_limit + 1),
+                " WHERE session_id = %s::uuid AND seq > %s" + DURING + " ORDER BY seq LIMIT %s",
+                (session_id, journal_after, since, until, journal_limit + 1),
             )
             count, more = journal_page(cur.fetchall(), journal_limit, journal_bytes)
             cur.execute(
                 "SELECT " + ", ".join(MESSAGE_COLUMNS) + " FROM ws_messages"
-                " WHERE session_id = %s::uuid AND seq > %s ORDER BY seq LIMIT %s",
-                (session_id, journal_after, count),
+                " WHERE session_id = %s::uuid AND seq > %s" + DURING + " ORDER BY seq LIMIT %s",
+                (session_id, journal_after, since, until, count),
             )
             return journal_answer(session, cur.fetchall(), more)
 
