@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from tests.helpers import eventually_blocking, fetch_rows
 from tests.store.test_store import sid
 from tornado_echo.config import Config
+from tornado_echo.errors import StoreError
 from tornado_echo.store import (
     MessageReceived,
     SessionClosed,
@@ -24,6 +27,7 @@ from tornado_echo.store import (
     Spool,
     make_backend,
     make_store,
+    postgres,
     spool_path,
 )
 from tornado_echo.store.base import load_migrations
@@ -421,3 +425,36 @@ def test_a_page_reads_the_days_its_session_was_open_give_or_take_a_day(
         )
         for n in (-1, 0, 1)
     }
+
+
+def test_a_journal_too_large_for_a_start_waits_for_the_migrate_command(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old_layout(postgres_url, rows=1000)
+    digest = journal_digest(postgres_url)
+    monkeypatch.setattr(postgres, "MIGRATE_AT_START_BYTES", 8192)  # this one is "large"
+    backend = pg(postgres_url)
+    with pytest.raises(StoreError, match=r"rewrites ws_messages, .* run `tornado-echo migrate`"):
+        backend.migrate()
+    backend.close()
+    [kind] = fetch_rows(
+        postgres_url, "SELECT relkind FROM pg_class WHERE oid = 'ws_messages'::regclass"
+    )
+    assert kind["relkind"] == "r"
+    conf = tmp_path / "echo.toml"
+    conf.write_text(f'database_url = "{postgres_url}"\nstate_dir = "{tmp_path}"\n')
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tornado_echo", "migrate", "--config", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = run()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("applied schema versions [3] in ")
+    assert run().stdout.startswith("schema up to date in ")
+    assert journal_digest(postgres_url) == digest
+    assert DEFAULT_PARTITION in partitions(postgres_url)

@@ -58,8 +58,11 @@ class Backend(abc.ABC):
         """(Re)open the connection; raises when the database is unreachable."""
 
     @abc.abstractmethod
-    def migrate(self) -> list[int]:
-        """Apply missing schema versions; safe when several processes start at once."""
+    def migrate(self, unbounded: bool = False) -> list[int]:
+        """Apply missing schema versions; safe when several processes start at once. A
+        migration that rewrites a table too large to do at start (PostgreSQL's journal) is
+        refused with a :class:`StoreError` naming ``tornado-echo migrate``, which passes
+        ``unbounded``."""
 
     @abc.abstractmethod
     def write(self, batch: list[Record]) -> None:

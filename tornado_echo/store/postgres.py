@@ -13,9 +13,11 @@ import psycopg2
 import psycopg2.extensions
 
 from tornado_echo.config import mask_url
+from tornado_echo.errors import StoreError
 from tornado_echo.store.base import (
     JOURNAL_BYTES,
     Backend,
+    Migration,
     journal_answer,
     journal_page,
     load_migrations,
@@ -101,6 +103,12 @@ def copy_text(records: Sequence[Record]) -> str:
     return "".join("\t".join(map(_copy_value, storable_row(record))) + "\n" for record in records)
 
 
+# Migrations that copy a whole table (version: table), and the size up to which a start does
+# them itself: beyond it the copy could outlast systemd's TimeoutStartSec (30 s), which would
+# kill the start, roll the migration back and begin again, forever. Measured rate in
+# docs/operations.md.
+REWRITES = {3: "ws_messages"}
+MIGRATE_AT_START_BYTES = 256 * 2**20
 PARTITIONS_AHEAD = 7  # days of journal partitions made beyond today
 # Waited for the parent's lock when making or dropping a partition; past it the work is left
 # for the next pass rather than queueing the writer's inserts behind a long reader.
@@ -219,7 +227,7 @@ class PostgresBackend(Backend):
                     conn.rollback()
             raise
 
-    def migrate(self) -> list[int]:
+    def migrate(self, unbounded: bool = False) -> list[int]:
         applied_now = []
         with self._transaction() as cur:
             # Serialises concurrent starts; released at commit.
@@ -233,6 +241,8 @@ class PostgresBackend(Backend):
             for migration in load_migrations("postgres"):
                 if migration.version in applied:
                     continue
+                if not unbounded:
+                    self._refuse_if_long(cur, migration)
                 cur.execute(migration.sql)
                 cur.execute(
                     "INSERT INTO schema_version (version, name) VALUES (%s, %s)",
@@ -242,6 +252,22 @@ class PostgresBackend(Backend):
             if self._partitioned(cur):
                 self._make_partitions(cur, time.time())
         return applied_now
+
+    @staticmethod
+    def _refuse_if_long(cur: psycopg2.extensions.cursor, migration: Migration) -> None:
+        table = REWRITES.get(migration.version)
+        if table is None:
+            return
+        cur.execute("SELECT pg_total_relation_size(to_regclass(%s))", (table,))
+        row = cur.fetchone()
+        size = int(row[0]) if row and row[0] is not None else 0
+        if size > MIGRATE_AT_START_BYTES:
+            raise StoreError(
+                f"schema version {migration.version} ({migration.name}) rewrites {table},"
+                f" {size / 2**20:.0f} MiB here, longer than a start may take: run"
+                " `tornado-echo migrate` (with the same conf file) first,"
+                " see docs/operations.md"
+            )
 
     @staticmethod
     def _partitioned(cur: psycopg2.extensions.cursor) -> bool:
