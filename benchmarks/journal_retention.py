@@ -135,7 +135,7 @@ def main() -> None:
         sizes(conn, "after VACUUM (the space is reused, not given back)")
 
         started = time.monotonic()
-        applied = backend.migrate()
+        applied = backend.migrate(unbounded=True)  # what `tornado-echo migrate` does
         say(
             f"\n2. migration {applied} (to the partitioned journal):"
             f" {time.monotonic() - started:.1f} s"

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.helpers import eventually_blocking, fetch_rows
+from tests.helpers import admin_sql, eventually_blocking, fetch_rows
 from tests.store.test_store import sid
 from tornado_echo.config import Config
 from tornado_echo.errors import StoreError
@@ -44,7 +44,7 @@ from tornado_echo.store.postgres import (
     partition_day,
     partition_name,
 )
-from tornado_echo.store.retention import DAY, prune
+from tornado_echo.store.retention import DAY, Retention, prune
 from tornado_echo.store.writer import BatchWriter, Outcome
 
 NOW = time.time()
@@ -458,3 +458,25 @@ def test_a_journal_too_large_for_a_start_waits_for_the_migrate_command(
     assert run().stdout.startswith("schema up to date in ")
     assert journal_digest(postgres_url) == digest
     assert DEFAULT_PARTITION in partitions(postgres_url)
+
+
+def test_the_retention_thread_makes_partitions_ahead_even_keeping_everything(
+    postgres_url: str,
+) -> None:
+    backend = pg(postgres_url)
+    backend.migrate()
+    backend.close()
+    last = partition_name(days_to_make(time.time())[-1])
+    admin_sql(postgres_url, f"DROP TABLE {last}")  # as if made a week ago, one day short
+    retention = Retention(
+        lambda: make_backend(postgres_url), days=0, first_after=0, partitions=True
+    )
+    retention.start()
+    try:
+        eventually_blocking(lambda: retention.passes, "a retention pass", timeout=30)
+    finally:
+        retention.close()
+    assert last in partitions(postgres_url)
+    idle = Retention(lambda: make_backend(postgres_url), days=0)  # SQLite: nothing to do
+    idle.start()
+    assert not idle.running
