@@ -480,3 +480,22 @@ def test_the_retention_thread_makes_partitions_ahead_even_keeping_everything(
     idle = Retention(lambda: make_backend(postgres_url), days=0)  # SQLite: nothing to do
     idle.start()
     assert not idle.running
+
+
+def test_a_partition_behind_a_held_lock_is_left_for_later_not_failing_the_start(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = pg(postgres_url)
+    backend.migrate()
+    last = partition_name(days_to_make(time.time())[-1])
+    admin_sql(postgres_url, f"DROP TABLE {last}")
+    reader = psycopg2.connect(postgres_url)  # a long query on the default partition
+    reader.cursor().execute(f"LOCK TABLE {DEFAULT_PARTITION} IN ACCESS SHARE MODE")
+    assert backend.migrate() == []  # the next start: not failed, the day not made
+    assert backend.make_partitions(time.time()) == 0  # nor by a retention pass
+    assert last not in partitions(postgres_url)
+    assert "journal partitions not made, next pass tries again" in caplog.text
+    reader.close()
+    assert backend.make_partitions(time.time()) == 1
+    backend.close()
+    assert last in partitions(postgres_url)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from tornado_echo.config import mask_url
@@ -36,6 +38,8 @@ from tornado_echo.store.records import (
     split_batch,
     storable_row,
 )
+
+logger = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same for every tornado-echo process.
 MIGRATION_LOCK_ID = 0x7E_EC40
@@ -250,8 +254,23 @@ class PostgresBackend(Backend):
                 )
                 applied_now.append(migration.version)
             if self._partitioned(cur):
-                self._make_partitions(cur, time.time())
+                self._partitions_or_later(cur, time.time())
         return applied_now
+
+    @classmethod
+    def _partitions_or_later(cls, cur: psycopg2.extensions.cursor, now: float) -> int:
+        """:meth:`_make_partitions`, or, behind a lock held past the timeout, none: neither a
+        start nor a retention pass fails for it; the next pass tries again, and rows go to the
+        default partition meanwhile (and move when their day is made)."""
+        cur.execute("SAVEPOINT partitions")
+        try:
+            made = cls._make_partitions(cur, now)
+        except psycopg2.errors.LockNotAvailable as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT partitions")
+            logger.warning("journal partitions not made, next pass tries again: %s", exc)
+            return 0
+        cur.execute("RELEASE SAVEPOINT partitions")
+        return made
 
     @staticmethod
     def _refuse_if_long(cur: psycopg2.extensions.cursor, migration: Migration) -> None:
@@ -280,7 +299,7 @@ class PostgresBackend(Backend):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
             if not self._partitioned(cur):
                 return 0
-            return self._make_partitions(cur, now)
+            return self._partitions_or_later(cur, now)
 
     @staticmethod
     def _make_partitions(cur: psycopg2.extensions.cursor, now: float) -> int:
