@@ -342,8 +342,9 @@ class PostgresBackend(Backend):
             cur.execute(PARTITIONS)
             names = days_to_drop([row[0] for row in cur.fetchall()], cutoff)
         for name in names:
-            # One short transaction each: DETACH and DROP lock the journal in ACCESS
-            # EXCLUSIVE mode for a moment, waited for at most PARTITION_LOCK_TIMEOUT.
+            # One short transaction each: dropping a partition locks the whole journal in
+            # ACCESS EXCLUSIVE mode for a moment, waited for at most PARTITION_LOCK_TIMEOUT
+            # (past it, the retention pass fails and the next one tries again).
             with self._transaction() as cur:
                 cur.execute("SET LOCAL lock_timeout = %s", (PARTITION_LOCK_TIMEOUT,))
                 cur.execute(f"DROP TABLE IF EXISTS {name}")
