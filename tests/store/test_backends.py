@@ -51,15 +51,20 @@ SID = "6f1c1d1e-0000-4000-8000-000000000001"
 SID2 = "6f1c1d1e-0000-4000-8000-000000000002"
 
 
+def versions(database_url: str) -> list[int]:
+    """Every schema version of the dialect: PostgreSQL's third partitions the journal."""
+    return [1, 2] if database_url.startswith("sqlite:///") else [1, 2, 3]
+
+
 def test_migrate_is_idempotent(database_url: str) -> None:
     backend = make_backend(database_url)
     backend.connect()
-    assert backend.migrate() == [1, 2]
+    assert backend.migrate() == versions(database_url)
     assert backend.migrate() == []
     backend.close()
     backend.close()  # idempotent
-    versions = fetch_rows(database_url, "SELECT version FROM schema_version")
-    assert sorted(v["version"] for v in versions) == [1, 2]
+    found = fetch_rows(database_url, "SELECT version FROM schema_version")
+    assert sorted(v["version"] for v in found) == versions(database_url)
 
 
 def test_the_tables_have_exactly_the_columns_the_records_name(database_url: str) -> None:
@@ -133,7 +138,7 @@ def test_concurrent_migrations_apply_once(database_url: str) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(applied) == [[], [], [], [1, 2]]
+    assert sorted(applied) == [[], [], [], versions(database_url)]
 
 
 def test_batch_with_open_close_and_journal_in_one_transaction(database_url: str) -> None:

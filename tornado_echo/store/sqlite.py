@@ -109,7 +109,7 @@ class SQLiteBackend(Backend):
         assert self._conn is not None
         return self._conn
 
-    def migrate(self) -> list[int]:
+    def migrate(self, unbounded: bool = False) -> list[int]:
         conn = self._connection()
         applied_now = []
         conn.execute("BEGIN IMMEDIATE")
