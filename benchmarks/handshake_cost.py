@@ -8,7 +8,7 @@ Run by hand (valgrind installed):
 
     .venv/bin/python benchmarks/handshake_cost.py [--handshakes 1000] [-- SERVER FLAGS...]
 
-tornado-echo starts at the default conf (SQLite session records in a temporary directory,
+tornado-echo (or, with ``--server``, a peer: tornado, aiohttp, picows) starts at the default conf (SQLite session records in a temporary directory,
 metrics, logs as shipped) under callgrind with instrumentation off; after a warm-up, the
 counters are zeroed, N handshakes run 64 at a time, the session records are left a moment
 to be written, and the instructions of every thread of the process are dumped and divided
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import _wait_listening, say
+from _common import _PEER_SCRIPTS, HERE, _wait_listening, say
 from _rawclient import frame, open_ws
 
 
@@ -68,6 +68,12 @@ def main() -> None:
     # records' batches about as many sessions as the default delay does at full rate.
     parser.add_argument("--batch-delay", type=float, default=4.0)
     parser.add_argument("--profile", type=Path, help="keep the callgrind output here")
+    parser.add_argument(
+        "--server",
+        choices=("tornado-echo", *_PEER_SCRIPTS),
+        default="tornado-echo",
+        help="the server measured: tornado-echo, or a peer of engine_vs_peers",
+    )
     parser.add_argument("flags", nargs="*", help="extra tornado-echo flags (after --)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -79,12 +85,23 @@ def main() -> None:
         out = Path(tmp) / "callgrind.out"
         cmd = [
             "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-            sys.executable, "-m", "tornado_echo", "--port", str(port),
-            "--database-url", f"sqlite:///{tmp}/echo.db",
-            "--batch-delay", str(args.batch_delay), *args.flags,
+            sys.executable,
         ]  # fmt: skip
+        if args.server == "tornado-echo":
+            cmd += [
+                "-m", "tornado_echo", "--port", str(port),
+                "--database-url", f"sqlite:///{tmp}/echo.db",
+                "--batch-delay", str(args.batch_delay), *args.flags,
+            ]  # fmt: skip
+        else:
+            cmd.append(str(HERE / _PEER_SCRIPTS[args.server]))
         with (Path(tmp) / "server.log").open("a") as log:
-            proc = subprocess.Popen(cmd, cwd=tmp, stderr=log, stdout=log)
+            proc = subprocess.Popen(
+                cmd, cwd=tmp, stderr=log, stdout=subprocess.PIPE if args.server in
+                _PEER_SCRIPTS else log, text=True,
+            )  # fmt: skip
+        if proc.stdout is not None:  # a peer prints the port it chose
+            port = int(proc.stdout.readline())
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -114,7 +131,7 @@ def main() -> None:
             proc.wait(60)
     done = args.handshakes - failed
     per = totals / max(done, 1) / 1e3
-    say(f"{done} handshakes ({failed} failed): {per:.0f}k instructions each")
+    say(f"{args.server}: {done} handshakes ({failed} failed): {per:.0f}k instructions each")
 
 
 if __name__ == "__main__":
