@@ -8,11 +8,14 @@ Run by hand (valgrind installed):
 
     .venv/bin/python benchmarks/handshake_cost.py [--handshakes 1000] [-- SERVER FLAGS...]
 
-tornado-echo (or, with ``--server``, a peer: tornado, aiohttp, picows) starts at the default conf (SQLite session records in a temporary directory,
+tornado-echo starts at the default conf (SQLite session records in a temporary directory,
 metrics, logs as shipped) under callgrind with instrumentation off; after a warm-up, the
 counters are zeroed, N handshakes run 64 at a time, the session records are left a moment
 to be written, and the instructions of every thread of the process are dumped and divided
-by N. ``--profile FILE`` keeps the callgrind output (callgrind_annotate FILE).
+by N. ``--profile FILE`` keeps the callgrind output (callgrind_annotate FILE). ``--server``
+measures a peer of engine_vs_peers instead (tornado, aiohttp, picows), the same way.
+Only user-space instructions are counted: the kernel's share of a handshake (accept,
+reads, writes, close) is not in the figure.
 """
 
 from __future__ import annotations
