@@ -761,7 +761,7 @@ class FastWebSocketHandler(WebSocketHandler):
 
     def clear(self) -> None:
         # Tornado's clear(), with the Date header's text made once a second, not per
-        # request (email.utils.formatdate was about 2% of a handshake).
+        # request (email.utils.formatdate was 1-2% of a handshake).
         reset_response(self, http_date())
         self.set_default_headers()
 

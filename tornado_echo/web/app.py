@@ -91,7 +91,7 @@ class EchoApplication(tornado.web.Application):
 
     def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> HandlerDelegate:
         # The WebSocket route by equality, before Tornado's routers (its two rule lists and
-        # a regular expression per rule were about 3% of a handshake); the same rule is
+        # a regular expression per rule: a few percent of a handshake); the same rule is
         # first in the table too, for reverse_url and the rest of Tornado's interface.
         if request.path == self._ws_path:
             return self.get_handler_delegate(request, EchoWebSocket, self._ws_kwargs)
