@@ -286,3 +286,26 @@ def test_journal_page_bounds_entries_and_bytes(
     sizes: list[tuple[int, int | None]], limit: int, expected: tuple[int, bool]
 ) -> None:
     assert journal_page(sizes, limit, 100) == expected
+
+
+def test_a_session_opened_and_closed_in_one_batch_lands_closed_even_over_a_replayed_open(
+    database_url: str,
+) -> None:
+    # Short sessions come as an open and its close in one batch (SQLite writes them as one
+    # row); a replayed open already written must not keep the close from landing.
+    backend = make_backend(database_url)
+    backend.connect()
+    backend.migrate()
+    backend.write([opened(SID)])
+    backend.write([opened(SID2), opened(SID), closed(SID), closed(SID2)])
+    backend.write([opened(SID2)])  # replayed after its close: the close stays
+    backend.close()
+    sessions = fetch_rows(
+        database_url, "SELECT id, end_state, close_reason, messages_in FROM ws_sessions ORDER BY id"
+    )
+    assert [
+        (str(s["id"]), s["end_state"], s["close_reason"], s["messages_in"]) for s in sessions
+    ] == [
+        (SID, "closed", "bye", 3),
+        (SID2, "closed", "bye", 3),
+    ]
