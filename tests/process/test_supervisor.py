@@ -23,7 +23,13 @@ from tests.helpers import (
     metric,
     start_service,
 )
-from tornado_echo.process.supervisor import RESTART_BURST, RestartWindow
+from tornado_echo.process.supervisor import (
+    HEARTBEAT_STALE,
+    RESTART_BURST,
+    RestartWindow,
+    runqueue_wait,
+    stuck_for,
+)
 
 
 def worker_pids(service: Service) -> list[int]:
@@ -260,3 +266,80 @@ def test_a_busy_worker_that_progresses_is_kept_and_a_stuck_one_is_killed(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+STARVED = """
+import logging, os, sys, time
+from tornado_echo.process.supervisor import Supervisor
+from tornado_echo.process.systemd import Notifier
+
+flags, cpu, work = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+def run_worker(index, link):
+    os.sched_setaffinity(0, {cpu})
+    # The hog on the same CPU takes nearly all of it: this worker is runnable but waits.
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    link.notify("READY=1")
+    began = time.monotonic()
+    used = time.process_time()
+    while time.process_time() - used < work:  # one long turn of the loop: no beats
+        pass
+    with open(os.path.join(flags, "done"), "w") as done:
+        done.write(str(time.monotonic() - began))
+    while True:
+        link.notify("WATCHDOG=1")
+        time.sleep(0.5)
+
+sys.exit(Supervisor(1, run_worker, Notifier(None), shutdown_deadline=1.0).run())
+"""
+
+HOG = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
+
+
+@pytest.mark.slow
+def test_a_worker_starved_of_cpu_for_longer_than_the_stale_time_is_not_killed(
+    tmp_path: Path,
+) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    log = tmp_path / "supervisor.log"
+    hog = subprocess.Popen([sys.executable, "-c", HOG, str(cpu)])
+    try:
+        with log.open("w") as err:
+            process = subprocess.Popen(
+                # 15 ms of CPU at SCHED_IDLE's share beside a busy process: seconds of wall time
+                [sys.executable, "-c", STARVED, str(tmp_path), str(cpu), "0.015"],
+                stderr=err,
+                text=True,
+            )
+        try:
+            done = tmp_path / "done"
+            eventually_blocking(
+                lambda: done.exists() or "killing it" in log.read_text(),
+                "the starved turn ended, or the worker killed",
+                timeout=60,
+            )
+            text = log.read_text()
+            assert "killing it" not in text, text
+            eventually_blocking(lambda: done.read_text() != "", "its wall time", timeout=5)
+            took = float(done.read_text())
+            assert took > HEARTBEAT_STALE + 1, f"not starved enough to test: {took:.1f} s"
+            assert len(re.findall(r"worker 0 started", text)) == 1
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def test_time_spent_waiting_for_a_cpu_is_not_time_stuck() -> None:
+    assert stuck_for(6.0, 1.0, 5.5) == pytest.approx(1.5)
+    assert stuck_for(6.0, None, 5.5) == 6.0  # no schedstat: wall time, as before
+    assert stuck_for(6.0, 2.0, 2.0) == 6.0  # blocked or spinning, never waiting
+    assert stuck_for(6.0, 3.0, 2.0) == 6.0  # a replaced pid's counter going back
+    wait = runqueue_wait(os.getpid())
+    assert wait is not None and wait >= 0
