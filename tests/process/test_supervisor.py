@@ -343,3 +343,23 @@ def test_time_spent_waiting_for_a_cpu_is_not_time_stuck() -> None:
     assert stuck_for(6.0, 3.0, 2.0) == 6.0  # a replaced pid's counter going back
     wait = runqueue_wait(os.getpid())
     assert wait is not None and wait >= 0
+
+
+def listen_backlogs(port: int) -> list[int]:
+    """The backlog of each socket listening on ``port`` (ss's Send-Q of a listener)."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    return [int(line.split()[2]) for line in out.splitlines()]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_listening_socket_takes_the_listen_backlog_setting(
+    tmp_path: Path, services: list[Service], workers: int
+) -> None:
+    conf = BASE_CONF + f"workers = {workers}\nlisten_backlog = 77\n"
+    service = start_service(tmp_path, conf)
+    services.append(service)
+    assert listen_backlogs(service.port) == [77] * workers
+    service.process.send_signal(signal.SIGTERM)
+    assert service.wait_exit() == 0
