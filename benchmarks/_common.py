@@ -188,6 +188,8 @@ def stop_supervised(
     text = log.read_text()
     killed = text.count("killing it")
     say(f"workers SIGKILLed by the supervisor: {killed}")
+    if "did not stop in time" in text:  # their open sessions are marked crashed at the next start
+        say("workers SIGKILLed at shutdown: they did not stop within the deadline and its grace")
     say(f"supervisor gave up: {'giving up' in text}; exit code {proc.returncode}")
     say(f"sessions by end state: {(states := session_states(workdir))}")
     return killed, states

@@ -54,7 +54,7 @@ from _common import (
 
 PER_PROCESS = 17_000  # connections per process, well under the 20000 fd limit
 PER_SOURCE = 14_000  # connections per source address, half the default port range
-BACKLOG = 1024  # the server's listen backlog (the default of the backlog setting)
+BACKLOG = 4096  # the server's listen backlog (listen_backlog's default)
 
 
 class Sampler(threading.Thread):
