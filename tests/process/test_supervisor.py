@@ -273,7 +273,7 @@ import logging, os, sys, time
 from tornado_echo.process.supervisor import Supervisor
 from tornado_echo.process.systemd import Notifier
 
-flags, cpu, work = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+flags, cpu, turn = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 
 def run_worker(index, link):
@@ -283,10 +283,10 @@ def run_worker(index, link):
     link.notify("READY=1")
     began = time.monotonic()
     used = time.process_time()
-    while time.process_time() - used < work:  # one long turn of the loop: no beats
+    while time.monotonic() - began < turn:  # one long turn of the loop: no beats
         pass
     with open(os.path.join(flags, "done"), "w") as done:
-        done.write(str(time.monotonic() - began))
+        done.write(f"{time.monotonic() - began} {time.process_time() - used}")
     while True:
         link.notify("WATCHDOG=1")
         time.sleep(0.5)
@@ -307,8 +307,8 @@ def test_a_worker_starved_of_cpu_for_longer_than_the_stale_time_is_not_killed(
     try:
         with log.open("w") as err:
             process = subprocess.Popen(
-                # 15 ms of CPU at SCHED_IDLE's share beside a busy process: seconds of wall time
-                [sys.executable, "-c", STARVED, str(tmp_path), str(cpu), "0.015"],
+                # A turn of 2 s more than the stale time, mostly spent waiting for the CPU
+                [sys.executable, "-c", STARVED, str(tmp_path), str(cpu), str(HEARTBEAT_STALE + 2)],
                 stderr=err,
                 text=True,
             )
@@ -322,8 +322,12 @@ def test_a_worker_starved_of_cpu_for_longer_than_the_stale_time_is_not_killed(
             text = log.read_text()
             assert "killing it" not in text, text
             eventually_blocking(lambda: done.read_text() != "", "its wall time", timeout=5)
-            took = float(done.read_text())
-            assert took > HEARTBEAT_STALE + 1, f"not starved enough to test: {took:.1f} s"
+            took, ran = map(float, done.read_text().split())
+            assert took > HEARTBEAT_STALE + 1
+            # Starved: it had the CPU for a small part of its turn (SCHED_IDLE beside a hog).
+            assert ran < HEARTBEAT_STALE / 2, (
+                f"not starved enough to test: {ran:.1f} of {took:.1f} s"
+            )
             assert len(re.findall(r"worker 0 started", text)) == 1
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0
