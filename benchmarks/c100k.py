@@ -125,7 +125,9 @@ def main() -> None:
     parser.add_argument("--engine", default="fast", choices=("fast", "tornado"))
     parser.add_argument("--server-args", default="", help="more flags for tornado-echo")
     parser.add_argument(
-        "--profile", metavar="FILE", help="py-spy one worker during the ramp into FILE (raw)"
+        "--profile",
+        metavar="FILE",
+        help="py-spy (pip install py-spy) one worker during the ramp into FILE (raw)",
     )
     parser.add_argument("--keep-log", metavar="FILE", help="copy the server's log to FILE")
     args = parser.parse_args()
