@@ -149,15 +149,22 @@ def run_loadtest(cpu: int | None, args: list[str], timeout: float = 300) -> dict
 
 
 def start_supervised(
-    workdir: Path, cpus: str, workers: int, extra: tuple[str, ...] = ()
+    workdir: Path,
+    cpus: str,
+    workers: int,
+    extra: tuple[str, ...] = (),
+    port: int = 0,
+    log_name: str = "server.log",
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """tornado-echo with ``workers`` processes pinned to ``cpus`` (a taskset list), at the
-    default conf but for SQLite records in ``workdir`` and ``extra`` flags; its log in
-    ``workdir/server.log``. Returns (process, port, log) once every worker is ready."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = workdir / "server.log"
+    default conf but for SQLite records in ``workdir`` and ``extra`` flags, on ``port`` (0:
+    a free one); its log in ``workdir/log_name``. Returns (process, port, log) once every
+    worker is ready."""
+    if not port:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    log = workdir / log_name
     cmd = [
         "taskset", "-c", cpus, sys.executable, "-m", "tornado_echo", "--port", str(port),
         "--workers", str(workers), "--database-url", f"sqlite:///{workdir}/echo.db", *extra,
@@ -174,17 +181,114 @@ def start_supervised(
     return proc, port, log
 
 
-def stop_supervised(proc: subprocess.Popen[bytes], workdir: Path, log: Path) -> None:
-    """SIGTERM and wait; print the workers the supervisor killed and the session records
-    by end state."""
+def stop_supervised(
+    proc: subprocess.Popen[bytes], workdir: Path, log: Path
+) -> tuple[int, dict[str, int]]:
+    """SIGTERM and wait; print and return the workers the supervisor killed and the
+    session records by end state."""
     if proc.poll() is None:
         proc.terminate()
         proc.wait(120)
     text = log.read_text()
-    say(f"workers SIGKILLed by the supervisor: {text.count('killing it')}")
+    killed = text.count("killing it")
+    say(f"workers SIGKILLed by the supervisor: {killed}")
+    if "did not stop in time" in text:  # their open sessions are marked crashed at the next start
+        say("workers SIGKILLed at shutdown: they did not stop within the deadline and its grace")
     say(f"supervisor gave up: {'giving up' in text}; exit code {proc.returncode}")
+    say(f"sessions by end state: {(states := session_states(workdir))}")
+    return killed, states
+
+
+def session_states(workdir: Path) -> dict[str, int]:
+    """Session records in ``workdir/echo.db`` by end state."""
     db = sqlite3.connect(workdir / "echo.db")
     query = "SELECT coalesce(end_state, 'open'), count(*) FROM ws_sessions GROUP BY 1"
     states = dict(db.execute(query).fetchall())
     db.close()
-    say(f"sessions by end state: {states}")
+    return states
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants now."""
+    pids, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        pids.append(current)
+        pending.extend(int(child) for child in children)
+    return pids
+
+
+def tree_usage(pid: int) -> tuple[int, float]:
+    """(resident bytes, user + system CPU seconds) of ``pid`` and its descendants now."""
+    rss, cpu = 0, 0.0
+    for current in tree_pids(pid):
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1]) * 1024
+        cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss, cpu
+
+
+def kernel_settings(connections: int, sources: int, backlog: int) -> None:
+    """Print the kernel settings a storm of ``connections`` from ``sources`` loopback
+    addresses meets, and what to change (docs/tuning.md); change nothing."""
+
+    def read(name: str) -> str:
+        try:
+            return Path("/proc/sys/" + name.replace(".", "/")).read_text().split("\n")[0]
+        except OSError:
+            return "?"
+
+    found = {
+        name: read(name)
+        for name in (
+            "net.core.somaxconn",
+            "net.ipv4.tcp_max_syn_backlog",
+            "net.ipv4.ip_local_port_range",
+            "net.ipv4.tcp_tw_reuse",
+            "net.ipv4.tcp_syncookies",
+        )
+    }
+    say("kernel: " + ", ".join(f"{k.rsplit('.', 1)[1]} {v.split()}" for k, v in found.items()))
+    advice = []
+    if found["net.core.somaxconn"].isdigit() and int(found["net.core.somaxconn"]) < backlog:
+        advice.append(f"net.core.somaxconn >= {backlog} (the server's listen backlog)")
+    syn = found["net.ipv4.tcp_max_syn_backlog"]
+    if syn.isdigit() and int(syn) < backlog:
+        advice.append(f"net.ipv4.tcp_max_syn_backlog >= {backlog}")
+    ports = found["net.ipv4.ip_local_port_range"].split()
+    if len(ports) == 2:
+        per_source = int(ports[1]) - int(ports[0]) + 1
+        if per_source * sources < connections * 1.2:
+            advice.append(
+                f"more source addresses or a wider net.ipv4.ip_local_port_range ({per_source}"
+                f" ports x {sources} addresses for {connections} connections)"
+            )
+    if found["net.ipv4.tcp_tw_reuse"] == "0":
+        advice.append("net.ipv4.tcp_tw_reuse = 2 (loopback reuse of TIME_WAIT ports)")
+    say("kernel: suggest " + "; ".join(advice) if advice else "kernel: nothing to suggest")
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's TCP counters a connection storm moves (system-wide, /proc/net/netstat):
+    accept queues overflowed, SYNs retransmitted."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
+    found: dict[str, int] = {}
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names[0] == "TcpExt:":
+            found.update(zip(names[1:], map(int, values[1:]), strict=True))
+    return {k: found.get(k, 0) for k in ("ListenOverflows", "TCPSynRetrans", "TCPTimeouts")}
+
+
+def uptime() -> str:
+    """The load averages now."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])

@@ -211,7 +211,7 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
 
     def run_worker(index: int, link: WorkerLink) -> int:
         sockets = tornado.netutil.bind_sockets(
-            config.port, config.host, reuse_port=True, backlog=1024
+            config.port, config.host, reuse_port=True, backlog=config.listen_backlog
         )
         return serve(config, sockets, link, reload_config, worker=index)
 

@@ -438,6 +438,13 @@ class Config:
         NUMBER, 10.0, "seconds to drain connections and the store on shutdown", _between(0, 3600)
     )
     workers: int = _opt(INTEGER, 1, "processes sharing the port (SO_REUSEPORT)", _between(1, 256))
+    listen_backlog: int = _opt(
+        INTEGER,
+        4096,
+        "connections waiting to be accepted, per listening socket (the kernel caps it at"
+        " net.core.somaxconn)",
+        _between(1, 65535),
+    )
     event_loop: str = _opt(
         STRING, "auto", "auto (uvloop when installed), uvloop or asyncio", _one_of(EVENT_LOOPS)
     )

@@ -1,7 +1,10 @@
-// Command goclient is the compiled reference client of benchmarks/loadtest_vs_compiled.py:
-// N connections, each in a closed loop (send, read the echo, check it, repeat) for a
-// fixed time, then it prints one JSON line with the echo rate. Built with Debian's
-// golang-go and golang-github-gorilla-websocket-dev (GO111MODULE=off).
+// Command goclient is the compiled reference client of benchmarks/loadtest_vs_compiled.py
+// and benchmarks/c100k.py. By default: N connections, each in a closed loop (send, read the
+// echo, check it, repeat) for a fixed time, then one JSON line with the echo rate. With
+// -period (openloop.go): connections opened at a paced rate from several source
+// addresses, each sending one message per period on a fixed schedule, latency counted
+// from the intended send time. Built with Debian's golang-go and
+// golang-github-gorilla-websocket-dev (GO111MODULE=off).
 package main
 
 import (
@@ -24,10 +27,19 @@ func main() {
 	duration := flag.Duration("d", 10*time.Second, "test duration")
 	size := flag.Int("size", 64, "payload bytes")
 	insecure := flag.Bool("insecure", false, "wss: skip certificate checks (self-signed)")
+	period := flag.Duration("period", 0, "open loop: one message per connection per period")
+	sources := flag.String("src", "", "open loop: local source addresses, comma-separated")
+	rate := flag.Float64("rate", 0, "open loop: connections opened per second (0: at once)")
+	inflight := flag.Int("inflight", 256, "open loop: handshakes in progress at most")
+	hold := flag.Duration("hold", 30*time.Second, "open loop: how long after the last open")
 	flag.Parse()
 	dialer := *websocket.DefaultDialer
 	if *insecure {
 		dialer.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+	}
+	if *period > 0 {
+		openLoop(dialer, *url, *conns, *sources, *rate, *inflight, *period, *hold, *size)
+		return
 	}
 
 	var echoed, mismatched int64

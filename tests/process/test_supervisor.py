@@ -23,7 +23,13 @@ from tests.helpers import (
     metric,
     start_service,
 )
-from tornado_echo.process.supervisor import RESTART_BURST, RestartWindow
+from tornado_echo.process.supervisor import (
+    HEARTBEAT_STALE,
+    RESTART_BURST,
+    RestartWindow,
+    runqueue_wait,
+    stuck_for,
+)
 
 
 def worker_pids(service: Service) -> list[int]:
@@ -260,3 +266,104 @@ def test_a_busy_worker_that_progresses_is_kept_and_a_stuck_one_is_killed(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+STARVED = """
+import logging, os, sys, time
+from tornado_echo.process.supervisor import Supervisor
+from tornado_echo.process.systemd import Notifier
+
+flags, cpu, turn = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+def run_worker(index, link):
+    os.sched_setaffinity(0, {cpu})
+    # The hog on the same CPU takes nearly all of it: this worker is runnable but waits.
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    link.notify("READY=1")
+    began = time.monotonic()
+    used = time.process_time()
+    while time.monotonic() - began < turn:  # one long turn of the loop: no beats
+        pass
+    with open(os.path.join(flags, "done"), "w") as done:
+        done.write(f"{time.monotonic() - began} {time.process_time() - used}")
+    while True:
+        link.notify("WATCHDOG=1")
+        time.sleep(0.5)
+
+sys.exit(Supervisor(1, run_worker, Notifier(None), shutdown_deadline=1.0).run())
+"""
+
+HOG = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
+
+
+@pytest.mark.slow
+def test_a_worker_starved_of_cpu_for_longer_than_the_stale_time_is_not_killed(
+    tmp_path: Path,
+) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    log = tmp_path / "supervisor.log"
+    hog = subprocess.Popen([sys.executable, "-c", HOG, str(cpu)])
+    try:
+        with log.open("w") as err:
+            process = subprocess.Popen(
+                # A turn of 2 s more than the stale time, mostly spent waiting for the CPU
+                [sys.executable, "-c", STARVED, str(tmp_path), str(cpu), str(HEARTBEAT_STALE + 2)],
+                stderr=err,
+                text=True,
+            )
+        try:
+            done = tmp_path / "done"
+            eventually_blocking(
+                lambda: done.exists() or "killing it" in log.read_text(),
+                "the starved turn ended, or the worker killed",
+                timeout=60,
+            )
+            text = log.read_text()
+            assert "killing it" not in text, text
+            eventually_blocking(lambda: done.read_text() != "", "its wall time", timeout=5)
+            took, ran = map(float, done.read_text().split())
+            assert took > HEARTBEAT_STALE + 1
+            # Starved: it had the CPU for a small part of its turn (SCHED_IDLE beside a hog).
+            assert ran < HEARTBEAT_STALE / 2, (
+                f"not starved enough to test: {ran:.1f} of {took:.1f} s"
+            )
+            assert len(re.findall(r"worker 0 started", text)) == 1
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def test_time_spent_waiting_for_a_cpu_is_not_time_stuck() -> None:
+    assert stuck_for(6.0, 1.0, 5.5) == pytest.approx(1.5)
+    assert stuck_for(6.0, None, 5.5) == 6.0  # no schedstat: wall time, as before
+    assert stuck_for(6.0, 2.0, 2.0) == 6.0  # blocked or spinning, never waiting
+    assert stuck_for(6.0, 3.0, 2.0) == 6.0  # a replaced pid's counter going back
+    wait = runqueue_wait(os.getpid())
+    assert wait is not None and wait >= 0
+
+
+def listen_backlogs(port: int) -> list[int]:
+    """The backlog of each socket listening on ``port`` (ss's Send-Q of a listener)."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    return [int(line.split()[2]) for line in out.splitlines()]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_listening_socket_takes_the_listen_backlog_setting(
+    tmp_path: Path, services: list[Service], workers: int
+) -> None:
+    conf = BASE_CONF + f"workers = {workers}\nlisten_backlog = 77\n"
+    service = start_service(tmp_path, conf)
+    services.append(service)
+    assert listen_backlogs(service.port) == [77] * workers
+    service.process.send_signal(signal.SIGTERM)
+    assert service.wait_exit() == 0

@@ -174,7 +174,10 @@ class Server:
             sockets = await loop.run_in_executor(
                 None,
                 functools.partial(
-                    tornado.netutil.bind_sockets, self.config.port, self.config.host, backlog=1024
+                    tornado.netutil.bind_sockets,
+                    self.config.port,
+                    self.config.host,
+                    backlog=self.config.listen_backlog,
                 ),
             )
         self.sockets = sockets

@@ -8,14 +8,15 @@ same messages it would send systemd (``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``
 * ``READY=1`` once every worker is listening (and again once every worker has re-read its
   configuration after a SIGHUP);
 * ``WATCHDOG=1`` while the supervisor's own loop runs; a worker whose event loop has made
-  no progress for ``HEARTBEAT_STALE`` seconds is killed and replaced on its own, so one
-  stuck worker costs its own connections, not every worker's. Progress is either a
-  ``WATCHDOG=1`` from the worker's housekeeping or a change of its beat counter, a slot of
-  shared memory that its loop bumps with every turn that did budgeted work (the turn
-  budget's ``beats``; the budget keeps each such turn short): a loop busy with a storm of
-  work, however long the storm, keeps beating and is left alone; one blocked in a single
-  call does not. Only a stuck worker that even SIGKILL does not remove makes the
-  supervisor withhold the watchdog;
+  no progress for ``HEARTBEAT_STALE`` seconds (not counting those it spent runnable but
+  waiting for a CPU: an overloaded machine makes a worker slow, not stuck) is killed and
+  replaced on its own, so one stuck worker costs its own connections, not every worker's.
+  Progress is either a ``WATCHDOG=1`` from the worker's housekeeping or a change of its
+  beat counter, a slot of shared memory that its loop bumps with every turn that did
+  budgeted work (the turn budget's ``beats``; the budget keeps each such turn short): a
+  loop busy with a storm of work, however long the storm, keeps beating and is left alone;
+  one blocked in a single call does not. Only a stuck worker that even SIGKILL does not
+  remove makes the supervisor withhold the watchdog;
 * SIGTERM, SIGINT and SIGHUP are passed on to every worker; a worker that dies unexpectedly
   is restarted, at most ``RESTART_BURST`` times within ``RESTART_INTERVAL`` seconds (like
   systemd's StartLimitBurst=/StartLimitIntervalSec=). Beyond that the supervisor stops the
@@ -138,8 +139,28 @@ class _Worker:
     heard: bool = False  # its event loop is serving: HEARTBEAT_STALE applies
     killed_at: float | None = None  # when the supervisor SIGKILLed it as stuck
     beats: int = 0  # its beat counter when last read
+    waited: float | None = None  # its runqueue_wait() when last heard from
     status: str = ""
     buffer: bytes = b""
+
+
+def runqueue_wait(pid: int) -> float | None:
+    """Seconds the main thread of ``pid`` has spent runnable but waiting for a CPU so far
+    (Linux schedstat's run delay); None where the kernel does not say."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stuck_for(silent: float, waited_then: float | None, waited_now: float | None) -> float:
+    """Of ``silent`` seconds without a sign of progress, those the worker could have used:
+    time spent waiting for a CPU does not count, as a worker starved by an overloaded
+    machine is slow, not stuck (pure logic)."""
+    if waited_then is None or waited_now is None:
+        return silent
+    return silent - max(0.0, waited_now - waited_then)
 
 
 class Supervisor:
@@ -225,7 +246,7 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         os.close(write_fd)
-        self.workers[pid] = _Worker(index, pid, read_fd)
+        self.workers[pid] = _Worker(index, pid, read_fd, waited=runqueue_wait(pid))
         logger.info("worker %d started (pid %d)", index, pid)
 
     # -- the loop --------------------------------------------------------------------------
@@ -295,15 +316,24 @@ class Supervisor:
                 continue
             if self._beats is not None and self._beats[worker.index] != worker.beats:
                 worker.beats = self._beats[worker.index]
-                worker.last_heartbeat = now  # busy, but its loop is getting work done
+                self._heard_from(worker, now)  # busy, but its loop is getting work done
             silent = now - worker.last_heartbeat
-            if silent <= (HEARTBEAT_STALE if worker.heard else STARTUP_STALE):
+            limit = HEARTBEAT_STALE if worker.heard else STARTUP_STALE
+            if silent <= limit:
+                continue
+            # One turn of a loop handling tens of thousands of connections at once (libuv
+            # takes up to 48k events in a poll) is long, and on an overloaded machine most
+            # of it is spent waiting for a CPU.
+            waited = runqueue_wait(worker.pid)
+            if stuck_for(silent, worker.waited, waited) <= limit:
                 continue
             logger.error(
-                "worker %d (pid %d) has not checked in for %.1f s; killing it",
+                "worker %d (pid %d) has not checked in for %.1f s; killing it (%.1f s of"
+                " them spent waiting for a CPU)",
                 worker.index,
                 worker.pid,
                 silent,
+                silent - stuck_for(silent, worker.waited, waited),
                 extra={"worker_index": worker.index, "worker_pid": worker.pid},
             )
             worker.killed_at = now
@@ -312,6 +342,11 @@ class Supervisor:
             except ProcessLookupError:
                 pass  # already gone: _reap collects it
         return unkillable
+
+    @staticmethod
+    def _heard_from(worker: _Worker, now: float) -> None:
+        worker.last_heartbeat = now
+        worker.waited = runqueue_wait(worker.pid)
 
     def _read_fds(self) -> list[int]:
         return [worker.read_fd for worker in self.workers.values()]
@@ -334,8 +369,9 @@ class Supervisor:
             for line in message.decode("utf-8", "replace").split("\n"):
                 if line == "READY=1":  # sent from its event loop, which is now serving
                     worker.ready = worker.heard = True
+                    self._heard_from(worker, time.monotonic())
                 elif line == "WATCHDOG=1":
-                    worker.last_heartbeat = time.monotonic()
+                    self._heard_from(worker, time.monotonic())
                     worker.heard = True
                 elif line.startswith("STATUS="):
                     worker.status = line[len("STATUS=") :]
