@@ -23,7 +23,7 @@ from tornado_echo.connections import Connections
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import MessageReceived, Spool, Store, make_backend, make_store, spool_path
 from tornado_echo.store.copyrows import FRAME, encode_row
-from tornado_echo.store.handoff import JournalHandoff
+from tornado_echo.store.handoff import HOLD_LIMIT, JournalHandoff
 from tornado_echo.store.journal_process import JournalWriter
 from tornado_echo.store.records import decode_record
 from tornado_echo.store.spool import writer_spool_path, writer_spool_paths
@@ -321,3 +321,44 @@ def test_a_writer_retrying_an_outage_notices_its_server_die(tmp_path: Path) -> N
     theirs.close()
     [spooled] = writer_spool_paths(server_spool)
     assert [decode_record(line).seq for line in spooled.read_bytes().splitlines()] == [1]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_held_echoes_go_after_their_rows_and_not_forever(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # A 1 MiB bound: 512 KiB in flight, then chunks wait here, unsent.
+    store = process_store(postgres_url, tmp_path, queue_bytes_limit=4 << 20)
+    await store.start()
+    gate = handoff(store)
+    released: list[int] = []
+    store.journal(sid(1), 1, time.time(), 2, 4, b"ping")
+    assert gate.hold(lambda: released.append(1))
+    assert released == []  # the row is not in the socket before the turn ends
+    await wait_for(lambda: released == [1])
+    assert not gate.hold(lambda: released.append(0))  # nothing new to wait for
+    writer = gate.process
+    assert writer is not None
+    os.kill(writer.pid, signal.SIGSTOP)  # it reads nothing: the socket fills
+    try:
+        seq = 1
+        while not gate._unsent():
+            seq += 1
+            store.journal(sid(1), seq, time.time(), 2, 2000, b"x" * 2000)
+            await asyncio.sleep(0)
+        assert gate.hold(lambda: released.append(2))
+        held_at = time.monotonic()
+        await asyncio.sleep(0)
+        assert released == [1]  # the writer is behind: the write waits (backpressure)
+        await wait_for(lambda: released == [1, 2])
+        # Not forever: after HOLD_LIMIT its rows went to the store's queue instead.
+        assert time.monotonic() - held_at >= HOLD_LIMIT * 0.9
+        assert gate.status().spilled > 0
+    finally:
+        os.kill(writer.pid, signal.SIGCONT)
+    await wait_for(lambda: store.status().pending == 0)
+    await store.close()
+    rows = fetch_rows(
+        postgres_url, "SELECT count(*) AS n, count(DISTINCT seq) AS d FROM ws_messages"
+    )
+    assert rows == [{"n": seq, "d": seq}]

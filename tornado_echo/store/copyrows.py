@@ -29,7 +29,10 @@ COPY_SQL = f"COPY ws_messages ({', '.join(COLUMNS)}) FROM STDIN (FORMAT binary)"
 PG_EPOCH = 946_684_800  # 2000-01-01 UTC as a Unix time
 # The handoff to the writer process (journal_process.py): a frame of rows, and its answer.
 FRAME = struct.Struct(">IQI")  # payload bytes, chunk id, rows
-ACK = struct.Struct(">Q")  # the last chunk id committed
+# The writer's report: the last chunk id committed, whether its database answers, its failed
+# database operations so far, and the length of the UTF-8 error text that follows.
+REPORT = struct.Struct(">QBIH")
+REPORT_ERROR_MAX = 1000  # bytes of error text in one report
 
 _FIELDS = struct.Struct(">iqiqihiii")  # seq, received_at, opcode, size, payload length
 _PREFIX = struct.Struct(">hi")
