@@ -119,11 +119,18 @@ async def test_a_database_outage_spills_to_the_spool_and_nothing_is_lost(
             store.journal(sid(number), seq, time.time(), 2, 2000, b"x" * 2000)
         await asyncio.sleep(0.001)
     await wait_for(lambda: store.status().spooled > 0)
+    # The writer's own failures, as it reported them, are the store's (/readyz, metrics).
+    await wait_for(lambda: handoff(store).status().errors > 0)
+    reported = handoff(store).status()
+    assert not reported.available and reported.error
+    status = store.status()
+    assert not status.available and status.errors >= reported.errors
     # Its bound (a quarter of queue_bytes_limit, at least 1 MiB), give or take the chunk of
     # the turn that crossed it.
     assert handoff(store).status().queued_bytes <= (1 << 20) + 64 * 1024
     pg_outage.restore()
     await wait_for(lambda: handoff(store).status().queued_rows == 0 and store.status().pending == 0)
+    assert handoff(store).status().available and store.status().available
     await store.close()
     rows = fetch_rows(pg_outage.url, "SELECT session_id, seq FROM ws_messages")
     keys = sorted((str(r["session_id"]), r["seq"]) for r in rows)

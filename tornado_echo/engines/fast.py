@@ -30,6 +30,10 @@ cannot move to a transport: such a connection stays on Tornado's own protocol.
 Backpressure uses the transport's own flow control: while the peer reads slower than it is
 sent to and the transport's buffer is above its high-water mark, this connection is not
 read (:class:`~tornado_echo.engines.flow_control.FlowControl`).
+
+With a journal gate (the journal's writer process), a read's writes wait until the journal
+has handed off the rows of the turn (:meth:`FastProtocol._emit`): normally the end of the
+same turn, so a kill -9 of the server cannot lose a message that was echoed.
 """
 
 from __future__ import annotations
