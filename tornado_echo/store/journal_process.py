@@ -146,11 +146,11 @@ class JournalWriter:
         return False
 
     def _report(self) -> None:
+        if self._eof or self._orphaned:
+            return
         writer = self.writer
         error = (writer.error or "").encode("utf-8", "replace")[:REPORT_ERROR_MAX]
         report = REPORT.pack(self._committed, writer.available, writer.errors, len(error))
-        if self._eof or self._orphaned:
-            return
         try:
             self.sock.sendall(report + error)
         except OSError:  # the server is gone: what it sent is still to be read and written
