@@ -8,12 +8,20 @@ import asyncio
 import contextlib
 import os
 import signal
+import struct
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import client_frame, eventually, fetch_rows, open_raw_websocket
+from tests.helpers import (
+    client_frame,
+    eventually,
+    fetch_rows,
+    open_raw_websocket,
+    read_server_frame,
+    started_server,
+)
 from tests.test_cli import start_server
 
 CONNECTIONS = 40
@@ -112,3 +120,41 @@ async def test_a_server_killed_under_load_loses_no_echoed_message(
     short = [(j, c) for j, c in zip(journalled, counted, strict=True) if j < c]
     assert short == [], f"echoed but not journalled: {sum(echoed) - len(rows)} of {sum(echoed)}"
     assert sum(echoed) >= ROUNDS * LOAD
+
+
+@pytest.mark.parametrize("engine", ["fast", "tornado"])
+@pytest.mark.gen_test(timeout=60)
+async def test_held_echoes_keep_their_order_with_the_close(
+    engine: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    # The handoff's bound at its least (1 MiB: 512 KiB in flight), the writer stopped: the
+    # rows of the messages below do not fit, so their echoes are held (then, after the
+    # hold limit, the rows go to the store's queue and the echoes are released).
+    server = await started_server(
+        tmp_path, sqlite_url, journal="full", engine=engine, queue_bytes_limit=4 << 20
+    )
+    handoff = server.store.handoff
+    assert handoff is not None and handoff.process is not None
+    os.kill(handoff.process.pid, signal.SIGSTOP)
+    try:
+        reader, writer = await open_raw_websocket(server.port)
+        messages = [bytes([number]) * 60_000 for number in range(12)]
+        writer.write(
+            b"".join(client_frame(0x2, m) for m in messages)
+            + client_frame(0x8, struct.pack("!H", 1000))
+        )
+        for message in messages:
+            assert await asyncio.wait_for(read_server_frame(reader), 10) == (0x2, message)
+        opcode, payload = await asyncio.wait_for(read_server_frame(reader), 10)
+        assert (opcode, payload[:2]) == (0x8, struct.pack("!H", 1000))
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # then the server hangs up
+        writer.close()
+        assert handoff.status().spilled > 0  # it was the held path
+    finally:
+        os.kill(handoff.process.pid, signal.SIGCONT)
+    try:
+        await eventually(lambda: server.store.status().pending == 0, timeout=15)
+    finally:
+        await server.shutdown()
+    rows = fetch_rows(sqlite_url, "SELECT seq FROM ws_messages ORDER BY seq")
+    assert [row["seq"] for row in rows] == list(range(1, 13))
