@@ -204,7 +204,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             else:
                 self.request.headers["Sec-WebSocket-Extensions"] = agreed[1]
         # With the journal's writer process, an echo leaves after its row is handed to it.
-        gate = self.db.handoff if self._journal != "off" else None
+        gate = self.db.handoff if self.config.journal != "off" else None
         if self.config.engine == "fast" and not carried_by_tls(self):
             fast = super().get_websocket_protocol()
             assert isinstance(fast, FastProtocol)
