@@ -46,7 +46,7 @@ setup(
     ],
     extras_require={
         # Peers measured by the hand-run benchmarks/, never imported by the package.
-        "bench": ["aiohttp>=3.9"],
+        "bench": ["aiohttp>=3.9", "picows>=1.0"],
         "test": [
             "pytest>=8",
             "pytest-tornado>=0.8",

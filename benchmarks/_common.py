@@ -36,9 +36,13 @@ def build_go(name: str, outdir: Path) -> Path:
     return binary
 
 
-SERVER_KINDS = ("tornado-echo", "tornado", "aiohttp", "go")
+SERVER_KINDS = ("tornado-echo", "tornado", "aiohttp", "picows", "go")
 # Scripts that print their port on the first line of stdout.
-_PEER_SCRIPTS = {"tornado": "echo_server.py", "aiohttp": "aiohttp_server.py"}
+_PEER_SCRIPTS = {
+    "tornado": "echo_server.py",
+    "aiohttp": "aiohttp_server.py",
+    "picows": "picows_server.py",
+}
 
 
 class Server:
@@ -46,9 +50,9 @@ class Server:
 
     ``kind``: "tornado-echo" (this project, SQLite session records in ``workdir``,
     ``journal`` mode), "tornado" (the stock handler of echo_server.py), "aiohttp"
-    (aiohttp_server.py) or "go" (gorilla); ``extra``: flags for the server, such as
-    ``--engine tornado``; ``tls``: a (certificate, key) pair to serve wss:// with (all but
-    "go").
+    (aiohttp_server.py), "picows" (picows_server.py) or "go" (gorilla); ``extra``: flags
+    for the server, such as ``--engine tornado``; ``tls``: a (certificate, key) pair to
+    serve wss:// with (all but "go").
     """
 
     def __init__(

@@ -47,6 +47,9 @@ from _common import HERE, Server, build_go, run_loadtest, say
 SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "stock Tornado": ("tornado", ()),
     "aiohttp": ("aiohttp", ()),
+    # The fastest Python (Cython) server and the Go original: the distance to the best.
+    "picows": ("picows", ()),
+    "Gorilla": ("go", ()),
     "tornado-echo (engine tornado)": ("tornado-echo", ("--engine", "tornado")),
     "tornado-echo (engine fast)": ("tornado-echo", ("--engine", "fast")),
     # The fast engine behind Tornado's HTTPServer (listener = "tornado"), as before the

@@ -33,6 +33,7 @@ from tornado_echo.compat import (
     UNSATISFIABLE_READ_LOG,
     add_to_histogram,
     release_response_state,
+    reset_response,
     unsent_bytes,
 )
 
@@ -151,3 +152,16 @@ def test_importing_compat_leaves_prometheus_client_unimported() -> None:
     # up before importing the metrics, and compat sits below the CLI's imports.
     code = "import sys, tornado_echo.compat; sys.exit('prometheus_client' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_reset_response_is_tornado_s_clear_with_the_date_given() -> None:
+    handler = served_handler()
+    tornado.web.RequestHandler.clear(handler)
+    date = handler._headers["Date"]
+    cleared = (sorted(handler._headers.get_all()), handler._status_code, handler._reason)
+    handler.set_status(404)
+    handler.set_header("X-Left", "over")
+    handler._write_buffer.append(b"body")
+    reset_response(handler, date)
+    assert (sorted(handler._headers.get_all()), handler._status_code, handler._reason) == cleared
+    assert handler._write_buffer == []

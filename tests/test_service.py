@@ -208,7 +208,7 @@ async def test_a_database_down_at_start_is_waited_for_while_serving(
     assert rows == [{"end_state": "closed", "close_code": 1000, "messages_in": 1}]
     log = service.log.read_text()
     assert "answered for the first time since start" in log
-    assert "applied schema versions [1, 2]" in log
+    assert "applied schema versions [1, 2, 3]" in log
     service.process.send_signal(signal.SIGTERM)
     assert service.wait_exit() == 0
     assert not spool.exists()

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="WebSocket echo server. Settings: defaults < conf file < environment"
         " TORNADO_ECHO_<KEY> < these flags.",
         epilog="Other commands: tornado-echo sessions --help (recent sessions from the database),"
-        " tornado-echo prune --help (delete old sessions).",
+        " tornado-echo prune --help (delete old sessions),"
+        " tornado-echo migrate --help (upgrade the database's schema).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -96,6 +97,17 @@ def build_prune_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_migrate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tornado-echo migrate",
+        description="Apply the schema versions the database the configuration names lacks,"
+        " also those a start refuses as too long (on PostgreSQL, partitioning a large"
+        " journal: see docs/operations.md). One transaction; safe to interrupt and rerun.",
+    )
+    add_settings(parser)
+    return parser
+
+
 def add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -137,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sessions(argv[1:])
     if argv[:1] == ["prune"]:
         return prune(argv[1:])
+    if argv[:1] == ["migrate"]:
+        return migrate(argv[1:])
     args = build_parser().parse_args(argv)  # argparse reports bad flags itself, exit 2
     flags = {key: getattr(args, key) for key in FIELDS}
     built = _config_or_report(args.config, flags, serving=True)
@@ -346,10 +360,36 @@ def prune(argv: Sequence[str]) -> int:
     finally:
         backend.close()
     before = datetime.datetime.fromtimestamp(cutoff, datetime.timezone.utc)
+    dropped = f"; dropped {pruned.partitions} journal day partitions" if pruned.partitions else ""
     sys.stdout.write(
         f"deleted {pruned.sessions} sessions and {pruned.messages} journal rows"
-        f" opened before {before:%Y-%m-%dT%H:%M:%SZ}\n"
+        f" opened before {before:%Y-%m-%dT%H:%M:%SZ}{dropped}\n"
     )
+    return 0
+
+
+def migrate(argv: Sequence[str]) -> int:
+    """``tornado-echo migrate``: blocking, however long it takes, then one line."""
+    from tornado_echo.store import make_backend
+
+    args = build_migrate_parser().parse_args(argv)
+    built = _config_or_report(args.config, {key: getattr(args, key) for key in FIELDS})
+    if built is None:
+        return 2
+    config, _ = built
+    backend = make_backend(config.database_url)
+    started = time.monotonic()
+    try:
+        backend.connect()
+        applied = backend.migrate(unbounded=True)
+    except Exception as exc:  # noqa: BLE001 - command boundary: one line, no traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        sys.stderr.write(f"tornado-echo: cannot migrate {mask_url(config.database_url)}: {first}\n")
+        return 1
+    finally:
+        backend.close()
+    done = f"applied schema versions {applied}" if applied else "schema up to date"
+    sys.stdout.write(f"{done} in {time.monotonic() - started:.1f} s\n")
     return 0
 
 

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import tornado
+import tornado.web
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.web import RequestHandler
@@ -22,8 +24,12 @@ if TYPE_CHECKING:
     # imported, which the CLI sets up first; this module sits below everything.
     from prometheus_client import Histogram
 
+# What Application.find_handler returns (an override must say so).
+HandlerDelegate = tornado.web._HandlerDelegate
+
 # The names below, for the test that checks they still exist.
 PRIVATE_NAMES = {
+    "tornado.web._HandlerDelegate": (tornado.web, "_HandlerDelegate"),
     "tornado.web.RequestHandler._check_cross_origin": (RequestHandler, "_check_cross_origin"),
     "tornado.websocket.WebSocketHandler._detach_stream": (WebSocketHandler, "_detach_stream"),
     "tornado.iostream.IOStream._read_buffer": (IOStream, "_read_buffer"),
@@ -32,6 +38,7 @@ PRIVATE_NAMES = {
     "tornado.web.RequestHandler._headers": (RequestHandler, "_headers"),
     "tornado.web.RequestHandler._request_summary": (RequestHandler, "_request_summary"),
     "tornado.web.RequestHandler._reason": (RequestHandler, "_reason"),
+    "tornado.web.RequestHandler._status_code": (RequestHandler, "_status_code"),
     "tornado.web.RequestHandler._transforms": (RequestHandler, "_transforms"),
     "tornado.web.RequestHandler._write_buffer": (RequestHandler, "_write_buffer"),
     # What tornado_echo.engines.stock.EchoProtocol overrides or uses of its base class.
@@ -105,6 +112,24 @@ def release_response_state(handler: RequestHandler) -> None:
     handler.__dict__ = {
         name: value for name, value in vars(handler).items() if name not in _RESPONSE_ONLY
     }
+
+
+# The headers RequestHandler.clear() starts every response with, but its Date.
+_SERVER = f"TornadoServer/{tornado.version}"
+_CONTENT_TYPE = "text/html; charset=UTF-8"
+
+
+def reset_response(handler: RequestHandler, date: str) -> None:
+    """What ``RequestHandler.clear()`` does before ``set_default_headers()``, with ``date``
+    (already formatted) as the Date header."""
+    headers = HTTPHeaders()
+    headers["Server"] = _SERVER
+    headers["Content-Type"] = _CONTENT_TYPE
+    headers["Date"] = date
+    handler._headers = headers
+    handler._write_buffer = []
+    handler._status_code = 200
+    handler._reason = "OK"
 
 
 def request_summary(handler: RequestHandler) -> str:

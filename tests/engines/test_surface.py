@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import os
 import socket
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -105,6 +107,14 @@ class CloseAtOpenHandler(FastWebSocketHandler):
         self.close(4002, "not today")
 
 
+class DefaultHeadersHandler(FastWebSocketHandler):
+    """Sets its own default headers, as Tornado documents (a custom Server, say)."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Server", "echo-test")
+        self.set_header("X-Default", "yes")
+
+
 @pytest.fixture
 def gate() -> asyncio.Event:
     return asyncio.Event()
@@ -118,6 +128,7 @@ def app(recorder: Recorder, gate: asyncio.Event) -> tornado.web.Application:
             ("/slow", SlowToAcceptHandler, {"recorder": recorder, "gate": gate}),
             ("/big", FireAndForgetHandler),
             ("/close-at-open", CloseAtOpenHandler),
+            ("/defaults", DefaultHeadersHandler),
         ]
     )
 
@@ -149,6 +160,24 @@ async def test_tornado_handler_surface_on_the_fast_engine(
     ]
     assert ("pong", b"p") in recorder.events
     assert recorder.events[-1] == ("close", 4001, None)
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_the_101_carries_tornado_s_default_headers_and_a_current_date(
+    http_server: Any, http_port: int
+) -> None:
+    before = time.time()
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(upgrade_request("/defaults"))
+    lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    after = time.time()
+    writer.close()
+    assert lines[0].startswith("HTTP/1.1 101 ")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+    assert (headers["Server"], headers["X-Default"]) == ("echo-test", "yes")
+    assert "Content-Type" not in headers
+    sent = email.utils.parsedate_to_datetime(headers["Date"]).timestamp()
+    assert int(before) - 1 <= sent <= after
 
 
 @pytest.mark.gen_test(timeout=15)

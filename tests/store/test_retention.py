@@ -54,6 +54,9 @@ class CountingBackend:
         self.backend = backend
         self.batches: list[tuple[int, int]] = []
 
+    def drop_journal_before(self, cutoff: float) -> int:
+        return self.backend.drop_journal_before(cutoff)
+
     def delete_sessions_before(
         self, cutoff: float, sessions: int, messages: int
     ) -> tuple[int, int]:
@@ -78,8 +81,12 @@ def test_prune_deletes_old_ended_sessions_and_their_journal_in_batches(
 
     counting = CountingBackend(backend)
     pruned = prune(counting, NOW - 7 * DAY, pause=0)  # type: ignore[arg-type]
-    assert (pruned.sessions, pruned.messages) == (4, long_journal + 6)
-    assert counts(database_url) == (2, 4 + 5)
+    if database_url.startswith("sqlite:///"):
+        assert (pruned.sessions, pruned.messages) == (4, long_journal + 6)
+        assert counts(database_url) == (2, 4 + 5)
+    else:  # the partitioned journal goes by age: the open session's old rows too
+        assert (pruned.sessions, pruned.messages) == (4, long_journal + 6 + 4)
+        assert counts(database_url) == (2, 5)
     # No transaction deleted more than a batch of journal rows.
     assert len(counting.batches) >= 3
     assert max(messages for _, messages in counting.batches) <= MESSAGES_PER_BATCH

@@ -108,6 +108,22 @@ async def test_two_hundred_concurrent_clients(ws_url: str, connections: Connecti
 
 
 @pytest.mark.gen_test
+async def test_an_idle_session_s_handler_keeps_its_attributes_within_a_small_dict(
+    ws_url: str, connections: Connections, engine: str
+) -> None:
+    if engine != "fast":
+        pytest.skip("the fast engine trims an upgraded handler (Tornado's keeps its stream)")
+    client = await websocket_connect(ws_url)
+    await client.write_message("hello")
+    assert await client.read_message() == "hello"
+    (session,) = connections._open
+    # Past 42 keys CPython doubles a dict (832 -> 1584 bytes): the largest single part of
+    # an idle connection's memory.
+    assert len(vars(session)) <= 42, sorted(vars(session))
+    client.close()
+
+
+@pytest.mark.gen_test
 async def test_compression_is_negotiated_and_echo_works(ws_url: str) -> None:
     client = await websocket_connect(ws_url, compression_options={})
     assert "permessage-deflate" in client.headers.get("Sec-WebSocket-Extensions", "")

@@ -308,6 +308,7 @@ class Metrics:
         for code in [*map(str, sorted(KNOWN_CLOSE_CODES)), "other"]:
             for end_state in CLOSE_END_STATES:
                 self.close_codes.labels(code, end_state)
+        self._close_children: dict[tuple[str, str], Counter] = {}
         # What refresh() has added to the counters so far: each call adds the difference.
         self._folded_traffic = Traffic()
         self._folded_store = (0, 0, 0, 0)  # records written, errors, lost, shed
@@ -354,7 +355,11 @@ class Metrics:
 
     def observe_close(self, code: int, end_state: str, duration: float) -> None:
         """A session ended: its close code (bounded label), end state and duration."""
-        self.close_codes.labels(close_code_label(code), end_state).inc()
+        key = (close_code_label(code), end_state)
+        child = self._close_children.get(key)
+        if child is None:  # looked up once per (code label, end state): both are bounded
+            child = self._close_children[key] = self.close_codes.labels(*key)
+        child.inc()
         self.connection_seconds.observe(duration)
 
     def refresh(self, connections: Connections, store: Store) -> None:

@@ -42,7 +42,7 @@ from tornado_echo.http.listener import EchoHTTPServer, make_http_server
 from tornado_echo.observability.logs import setup_logging
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.process.systemd import Notifier
-from tornado_echo.store import Store, StoreStatus, make_backend, make_store
+from tornado_echo.store import Store, StoreStatus, is_sqlite, make_backend, make_store
 from tornado_echo.store.reader import SessionReader
 from tornado_echo.store.retention import Retention
 from tornado_echo.web.app import EchoApplication, make_app
@@ -85,7 +85,11 @@ class Server:
         self.metrics.configure(config)
         self.store: Store = make_store(config, self.server_id)
         self.reader = SessionReader(config.database_url)
-        self.retention = Retention(lambda: make_backend(config.database_url), config.retention_days)
+        self.retention = Retention(
+            lambda: make_backend(config.database_url),
+            config.retention_days,
+            partitions=not is_sqlite(config.database_url),
+        )
         self.app: EchoApplication | None = None
         self.http: EchoHTTPServer | FastHTTPServer | None = None
         self.sockets: list[socket.socket] = []

@@ -21,6 +21,7 @@ __all__ = [
     "Spool",
     "Store",
     "StoreStatus",
+    "is_sqlite",
     "make_backend",
     "make_store",
     "spool_path",

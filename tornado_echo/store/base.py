@@ -58,8 +58,11 @@ class Backend(abc.ABC):
         """(Re)open the connection; raises when the database is unreachable."""
 
     @abc.abstractmethod
-    def migrate(self) -> list[int]:
-        """Apply missing schema versions; safe when several processes start at once."""
+    def migrate(self, unbounded: bool = False) -> list[int]:
+        """Apply missing schema versions; safe when several processes start at once. A
+        migration that rewrites a table too large to do at start (PostgreSQL's journal) is
+        refused with a :class:`StoreError` naming ``tornado-echo migrate``, which passes
+        ``unbounded``."""
 
     @abc.abstractmethod
     def write(self, batch: list[Record]) -> None:
@@ -96,13 +99,28 @@ class Backend(abc.ABC):
     def mark_crashed(self, server_id: str, now: float) -> int:
         """Mark sessions that ``server_id`` left open (a crash) as crashed; returns how many."""
 
+    def make_partitions(self, now: float) -> int:
+        """Make the journal's day partitions from yesterday to some days after ``now``, those
+        missing; returns how many. Only PostgreSQL partitions its journal."""
+        return 0
+
+    def drop_journal_before(self, cutoff: float) -> int:
+        """Drop the journal's day partitions whose whole day is older than ``cutoff``;
+        returns how many. Only PostgreSQL partitions its journal: elsewhere rows go one by one
+        (:meth:`delete_sessions_before`)."""
+        return 0
+
     @abc.abstractmethod
     def delete_sessions_before(
         self, cutoff: float, sessions: int, messages: int
     ) -> tuple[int, int]:
         """One short transaction of retention: among the ``sessions`` oldest ended sessions
         opened before ``cutoff``, delete up to ``messages`` journal rows, then those sessions
-        if none of their rows is left. Returns (sessions, journal rows) deleted."""
+        if none of their rows is left. Returns (sessions, journal rows) deleted.
+
+        A partitioned journal (PostgreSQL) goes by age instead: up to ``messages`` rows
+        received before ``cutoff`` that are outside the day partitions, then up to
+        ``sessions`` ended sessions opened before it."""
 
     @abc.abstractmethod
     def ping(self) -> None:

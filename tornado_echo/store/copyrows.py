@@ -42,6 +42,19 @@ _TRUNCATED = b"\x00\x00\x00\x01\x01"
 _ROW_START = _PREFIX.size + 16
 
 
+def pg_microseconds(received_at: float) -> int:
+    """A Unix time as PostgreSQL's timestamptz: microseconds since 2000-01-01, rounded.
+
+    Every writer path turns a record's time into the stored value through this one function
+    (the binary rows here, COPY text in postgres.py), and it is stable through a round trip
+    (``pg_microseconds(decoded time) == stored value``): a replayed row carries the very time
+    it was first written with, so it lands in the same day's partition and conflicts on the
+    key (session_id, seq, received_at) instead of becoming a second copy. Truncating (``int``)
+    would not be stable: a decoded time a quarter microsecond under its value would lose one.
+    """
+    return round((received_at - PG_EPOCH) * 1_000_000)
+
+
 @functools.lru_cache(maxsize=65536)
 def session_prefix(session_id: str) -> bytes:
     """A row's start: the field count and the session id (cached: once per session)."""
@@ -63,7 +76,7 @@ def encode_row(
     payload over ``max_payload`` keeps its first bytes, marked truncated (as is a row whose
     caller cut its payload: ``truncated``)."""
     out += session_prefix(session_id)
-    usec = int((received_at - PG_EPOCH) * 1_000_000)
+    usec = pg_microseconds(received_at)
     if payload is None:
         out += _FIELDS.pack(8, seq, 8, usec, 2, opcode, 4, size, -1)
         out += _TRUNCATED if truncated else _NOT_TRUNCATED
@@ -81,7 +94,7 @@ def encode_record(out: bytearray, record: MessageReceived) -> None:
     """Append ``record`` as a row (its payload as it is)."""
     payload = record.payload
     out += session_prefix(record.session_id)
-    usec = int((record.received_at - PG_EPOCH) * 1_000_000)
+    usec = pg_microseconds(record.received_at)
     length = -1 if payload is None else len(payload)
     out += _FIELDS.pack(8, record.seq, 8, usec, 2, record.opcode, 4, record.size, length)
     if payload is not None:

@@ -52,7 +52,7 @@ class PatientBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - the writer serves without it and retries
             self._unreachable = exc
 
-    def migrate(self) -> list[int]:
+    def migrate(self, unbounded: bool = False) -> list[int]:
         applied, self._applied = self._applied, []
         return applied
 

@@ -42,6 +42,8 @@ class MemoryQueue:
         self.overflow = threading.Event()
         self._lock = threading.Lock()
         self._records: collections.deque[Record] = collections.deque()
+        # Each record's footprint, computed once when it is queued (in step with _records).
+        self._sizes: collections.deque[int] = collections.deque()
         self._bytes = 0
         self._removed = 0
         self._shed = 0
@@ -61,6 +63,7 @@ class MemoryQueue:
                     self._shed += 1
                     shed = True
             self._records.append(record)
+            self._sizes.append(size)
             self._bytes += size
             depth, queued_bytes = len(self._records), self._bytes
         if depth >= self.batch_size and not self.full.is_set():
@@ -79,10 +82,11 @@ class MemoryQueue:
         with self._lock:
             head = self._removed
             records = list(itertools.islice(self._records, self.batch_size))
+            sizes = list(itertools.islice(self._sizes, len(records)))
         # Cut to the byte bound outside the lock; the rest stays queued for the next batch.
         total = 0
-        for count, record in enumerate(records):
-            total += footprint(record)
+        for count, size in enumerate(sizes):
+            total += size
             if total > self.batch_bytes and count:
                 del records[count:]
                 break
@@ -98,7 +102,8 @@ class MemoryQueue:
         spooler took meanwhile."""
         with self._lock:
             for _ in range(head + count - self._removed):
-                self._bytes -= footprint(self._records.popleft())
+                self._records.popleft()
+                self._bytes -= self._sizes.popleft()
                 self._removed += 1
 
     def take(self, everything: bool) -> list[Record]:
@@ -113,9 +118,8 @@ class MemoryQueue:
                     and step < SPILL_STEP
                     and (everything or len(records) > self.limit or self._bytes > self.bytes_limit)
                 ):
-                    record = records.popleft()
-                    self._bytes -= footprint(record)
-                    taken.append(record)
+                    taken.append(records.popleft())
+                    self._bytes -= self._sizes.popleft()
                     step += 1
                 self._removed += step
             if step < SPILL_STEP:

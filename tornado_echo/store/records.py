@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import operator
 import re
 import typing
 from dataclasses import dataclass
@@ -108,6 +109,32 @@ def split_batch(
     return opened, closed, messages
 
 
+def pair_sessions(
+    opened: list[SessionOpened], closed: list[SessionClosed]
+) -> tuple[list[tuple[SessionOpened, SessionClosed]], list[SessionOpened], list[SessionClosed]]:
+    """(sessions opened and closed in one batch, opens without their close, closes without
+    their open), each in batch order: a short session's row can be written whole, once.
+
+    A session's first close pairs with its first open; any repeat (a replayed record) stays
+    single, so writing the pairs before the singles ends as the records would in order.
+    """
+    first_open: dict[str, SessionOpened] = {}
+    single_opened: list[SessionOpened] = []
+    for record in opened:
+        if first_open.setdefault(record.session_id, record) is not record:
+            single_opened.append(record)
+    pairs: list[tuple[SessionOpened, SessionClosed]] = []
+    single_closed: list[SessionClosed] = []
+    for close in closed:
+        match = first_open.pop(close.session_id, None)
+        if match is None:
+            single_closed.append(close)
+        else:
+            pairs.append((match, close))
+    single_opened.extend(first_open.values())
+    return pairs, single_opened, single_closed
+
+
 RecordKind = type[SessionOpened] | type[SessionClosed] | type[MessageReceived]
 KEY = "session_id"
 
@@ -140,9 +167,23 @@ COLUMN_KINDS = {
 }
 
 
+# Per kind, a C-level getter of every field in column order (a session's records are made
+# into rows, sized and checked once or more each: a generator over getattr was ~5% of a
+# handshake).
+_ROW_OF = {
+    kind: operator.attrgetter(*(field.name for field in dataclasses.fields(kind)))
+    for kind in (SessionOpened, SessionClosed, MessageReceived)
+}
+# Per kind, the positions of its text fields (the only ones storable_row may have to change).
+_TEXT_AT = {
+    kind: tuple(i for i, t in enumerate(field_kinds(kind).values()) if t is str) for kind in _ROW_OF
+}
+
+
 def as_row(record: Record) -> tuple[Any, ...]:
     """The record's values in :func:`columns` order (the key first)."""
-    return tuple(getattr(record, name) for name in record.__slots__)
+    row: tuple[Any, ...] = _ROW_OF[type(record)](record)
+    return row
 
 
 # Text PostgreSQL refuses (NUL; lone surrogates, which are not UTF-8 at all), and SQLite
@@ -153,10 +194,13 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 def storable_row(record: Record) -> tuple[Any, ...]:
     """:func:`as_row` with every text value made acceptable to every backend."""
-    return tuple(
-        _UNSTORABLE.sub("\ufffd", value) if type(value) is str else value
-        for value in as_row(record)
-    )
+    row = as_row(record)
+    texts = [text for text in map(row.__getitem__, _TEXT_AT[type(record)]) if text]
+    # One search over all of them: such characters are rare, and a row without any is
+    # returned as it is.
+    if not texts or _UNSTORABLE.search("".join(texts)) is None:
+        return row
+    return tuple(_UNSTORABLE.sub("\ufffd", value) if type(value) is str else value for value in row)
 
 
 # What one queued record costs besides its variable-length values: the object, its float
@@ -169,7 +213,10 @@ def footprint(record: Record) -> int:
     """Approximate bytes ``record`` holds in memory, for the store's byte bound."""
     if type(record) is MessageReceived:  # the hot path: one per journalled message
         return RECORD_OVERHEAD + (len(record.payload) if record.payload else 0)
-    return RECORD_OVERHEAD + sum(len(value) for value in as_row(record) if type(value) is str)
+    row = as_row(record)
+    return RECORD_OVERHEAD + sum(
+        len(text) for text in map(row.__getitem__, _TEXT_AT[type(record)]) if text
+    )
 
 
 # -- spool encoding: one JSON array per line, kind tag first, bytes as base64 ----------------

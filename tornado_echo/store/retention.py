@@ -1,5 +1,10 @@
 """Retention: delete ended sessions, with their journal, older than ``retention_days``.
 
+On PostgreSQL the journal is partitioned by day: whole days older than the cut are dropped
+first (one short transaction a partition), and the batches below then delete only the
+default partition's old rows and the old sessions. The same thread makes the day partitions
+ahead of time, every pass, whatever ``retention_days``.
+
 Deletion runs in short transactions of at most ``SESSIONS_PER_BATCH`` sessions and
 ``MESSAGES_PER_BATCH`` journal rows, on a thread and connection of its own, with a pause
 between batches: the writer thread never waits more than one small batch for the
@@ -32,6 +37,7 @@ FIRST_PASS_AFTER = 10.0  # after start: out of the way of start-up and migration
 class Pruned:
     sessions: int = 0
     messages: int = 0
+    partitions: int = 0  # whole days of journal dropped (PostgreSQL)
 
 
 def prune(
@@ -42,7 +48,7 @@ def prune(
 ) -> Pruned:
     """Delete, batch after batch, the ended sessions opened before ``cutoff`` and their
     journal; until none is left or ``stopped()``. Blocking: call it off the IOLoop."""
-    total = Pruned()
+    total = Pruned(partitions=backend.drop_journal_before(cutoff))
     while not stopped():
         sessions, messages = backend.delete_sessions_before(
             cutoff, SESSIONS_PER_BATCH, MESSAGES_PER_BATCH
@@ -57,6 +63,8 @@ def prune(
 
 class Retention:
     """Prunes every ``EVERY`` seconds on its own thread; ``days == 0`` keeps everything.
+    With ``partitions`` (PostgreSQL) every pass first makes the journal's partitions ahead,
+    and the thread runs whatever ``days``.
 
     ``Retention(...)`` only stores; :meth:`start` starts the thread and :meth:`close`
     asks it to stop after the batch in progress, without waiting for it (it is called on
@@ -69,9 +77,11 @@ class Retention:
         days: float,
         every: float = EVERY,
         first_after: float = FIRST_PASS_AFTER,
+        partitions: bool = False,
     ) -> None:
         self.make_backend = make_backend
         self.days = days
+        self.partitions = partitions
         self.every = every
         self.first_after = first_after
         self.passes = 0
@@ -81,7 +91,9 @@ class Retention:
         self._throttle = LogThrottle(logger, interval=3600.0)
 
     def start(self) -> None:
-        if self._thread is not None or self.days <= 0 or self._stop.is_set():
+        if self._thread is not None or self._stop.is_set():
+            return
+        if self.days <= 0 and not self.partitions:
             return
         self._thread = threading.Thread(target=self._run, name="store-retention", daemon=True)
         self._thread.start()
@@ -110,16 +122,30 @@ class Retention:
             backend.close()
 
     def _pass(self, backend: Backend) -> None:
+        if self.partitions:
+            made = backend.make_partitions(time.time())
+            if made:
+                logger.info("journal: made %d day partitions ahead", made)
+        if self.days <= 0:
+            self.passes += 1
+            return
         cutoff = time.time() - self.days * DAY
         pruned = prune(backend, cutoff, stopped=self._stop.is_set)
         self.passes += 1
         self.deleted.sessions += pruned.sessions
         self.deleted.messages += pruned.messages
-        if pruned.sessions or pruned.messages:
+        self.deleted.partitions += pruned.partitions
+        if pruned.sessions or pruned.messages or pruned.partitions:
             logger.info(
-                "retention: deleted %d sessions and %d journal rows older than %g days",
+                "retention: deleted %d sessions and %d journal rows, dropped %d journal"
+                " day partitions, older than %g days",
                 pruned.sessions,
                 pruned.messages,
+                pruned.partitions,
                 self.days,
-                extra={"sessions": pruned.sessions, "journal_rows": pruned.messages},
+                extra={
+                    "sessions": pruned.sessions,
+                    "journal_rows": pruned.messages,
+                    "journal_partitions": pruned.partitions,
+                },
             )
