@@ -232,7 +232,9 @@ async def test_killed_during_an_outage_loses_nothing_older_than_a_batch_window(
 async def test_spool_deleted_while_running_shows_in_readyz_and_metrics(
     pg_outage: PgOutage, tmp_path: Path
 ) -> None:
-    server = await started(tmp_path, pg_outage.url, journal="full")
+    # The store's own spool with the journal rows in it: the thread writer (the writer
+    # process keeps its rows in its socket until they overflow the handoff).
+    server = await started(tmp_path, pg_outage.url, journal="full", journal_writer="thread")
     client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
     pg_outage.cut()
     for number in range(20):
