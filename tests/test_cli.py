@@ -309,7 +309,14 @@ async def test_killed_during_an_outage_the_next_start_replays_the_spool_then_mar
     tmp_path: Path, pg_outage: PgOutage, back: str
 ) -> None:
     log = tmp_path / "server.log"
-    settings = {"database_url": pg_outage.url, "journal": "full", "queue_limit": "10"}
+    # The store's own spool, with every record (journal rows too) in it: the thread writer.
+    # The writer process's way through a kill -9 in an outage: tests/store/test_outage.py.
+    settings = {
+        "database_url": pg_outage.url,
+        "journal": "full",
+        "queue_limit": "10",
+        "journal_writer": "thread",
+    }
     process, port = await start_server(tmp_path, log, **settings)
     try:
         clients = [await websocket_connect(f"ws://127.0.0.1:{port}/ws") for _ in range(5)]

@@ -387,9 +387,10 @@ class Config:
     journal: str = _opt(STRING, "off", "message journal: off, meta or full", _one_of(JOURNAL_MODES))
     journal_writer: str = _opt(
         STRING,
-        "thread",
-        "where journal rows are written: thread (the store's writer thread) or process (a writer"
-        " process of each server process, fed once per loop turn through a socketpair)",
+        "process",
+        "where journal rows are written: process (a writer process of each server process, fed"
+        " once per loop turn through a socketpair; none is started with journal off) or thread"
+        " (the store's writer thread)",
         _one_of(JOURNAL_WRITERS),
     )
     journal_max_payload: int = _opt(

@@ -23,7 +23,7 @@ from tornado_echo.connections import Connections
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import MessageReceived, Spool, Store, make_backend, make_store, spool_path
 from tornado_echo.store.copyrows import FRAME, encode_row
-from tornado_echo.store.handoff import JournalHandoff
+from tornado_echo.store.handoff import HOLD_LIMIT, JournalHandoff
 from tornado_echo.store.journal_process import JournalWriter
 from tornado_echo.store.records import decode_record
 from tornado_echo.store.spool import writer_spool_path, writer_spool_paths
@@ -119,11 +119,18 @@ async def test_a_database_outage_spills_to_the_spool_and_nothing_is_lost(
             store.journal(sid(number), seq, time.time(), 2, 2000, b"x" * 2000)
         await asyncio.sleep(0.001)
     await wait_for(lambda: store.status().spooled > 0)
+    # The writer's own failures, as it reported them, are the store's (/readyz, metrics).
+    await wait_for(lambda: handoff(store).status().errors > 0)
+    reported = handoff(store).status()
+    assert not reported.available and reported.error
+    status = store.status()
+    assert not status.available and status.errors >= reported.errors
     # Its bound (a quarter of queue_bytes_limit, at least 1 MiB), give or take the chunk of
     # the turn that crossed it.
     assert handoff(store).status().queued_bytes <= (1 << 20) + 64 * 1024
     pg_outage.restore()
     await wait_for(lambda: handoff(store).status().queued_rows == 0 and store.status().pending == 0)
+    assert handoff(store).status().available and store.status().available
     await store.close()
     rows = fetch_rows(pg_outage.url, "SELECT session_id, seq FROM ws_messages")
     keys = sorted((str(r["session_id"]), r["seq"]) for r in rows)
@@ -321,3 +328,44 @@ def test_a_writer_retrying_an_outage_notices_its_server_die(tmp_path: Path) -> N
     theirs.close()
     [spooled] = writer_spool_paths(server_spool)
     assert [decode_record(line).seq for line in spooled.read_bytes().splitlines()] == [1]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_held_echoes_go_after_their_rows_and_not_forever(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # A 1 MiB bound: 512 KiB in flight, then chunks wait here, unsent.
+    store = process_store(postgres_url, tmp_path, queue_bytes_limit=4 << 20)
+    await store.start()
+    gate = handoff(store)
+    released: list[int] = []
+    store.journal(sid(1), 1, time.time(), 2, 4, b"ping")
+    assert gate.hold(lambda: released.append(1))
+    assert released == []  # the row is not in the socket before the turn ends
+    await wait_for(lambda: released == [1])
+    assert not gate.hold(lambda: released.append(0))  # nothing new to wait for
+    writer = gate.process
+    assert writer is not None
+    os.kill(writer.pid, signal.SIGSTOP)  # it reads nothing: the socket fills
+    try:
+        seq = 1
+        while not gate._unsent():
+            seq += 1
+            store.journal(sid(1), seq, time.time(), 2, 2000, b"x" * 2000)
+            await asyncio.sleep(0)
+        assert gate.hold(lambda: released.append(2))
+        held_at = time.monotonic()
+        await asyncio.sleep(0)
+        assert released == [1]  # the writer is behind: the write waits (backpressure)
+        await wait_for(lambda: released == [1, 2])
+        # Not forever: after HOLD_LIMIT its rows went to the store's queue instead.
+        assert time.monotonic() - held_at >= HOLD_LIMIT * 0.9
+        assert gate.status().spilled > 0
+    finally:
+        os.kill(writer.pid, signal.SIGCONT)
+    await wait_for(lambda: store.status().pending == 0)
+    await store.close()
+    rows = fetch_rows(
+        postgres_url, "SELECT count(*) AS n, count(DISTINCT seq) AS d FROM ws_messages"
+    )
+    assert rows == [{"n": seq, "d": seq}]

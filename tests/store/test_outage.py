@@ -18,12 +18,14 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from tests.helpers import (
     PgOutage,
     client_frame,
+    eventually,
     fetch_rows,
     metric,
     open_raw_websocket,
     read_server_frame,
     started_server,
 )
+from tests.store.test_journal_crash import gone, writer_processes
 from tests.test_cli import start_server
 from tornado_echo.process.server import Server
 
@@ -78,7 +80,8 @@ async def test_echo_keeps_serving_through_an_outage_and_every_row_arrives_once(
     for _ in range(40):  # the IOLoop keeps echoing while the writer cannot write
         await echo_round(clients, sent)
     await until(lambda: not server.store.status().available)
-    await until(lambda: server.store.status().spooled > 0)
+    # The journal rows wait with the writer process (handed), the rest in the spool.
+    await until(lambda: server.store.status().spooled > 0 and server.store.status().handed > 0)
     code, body = await readyz(server)
     assert (code, body["status"]) == (503, "unavailable")
     assert body["reason"].startswith("store unavailable: OperationalError")
@@ -89,14 +92,15 @@ async def test_echo_keeps_serving_through_an_outage_and_every_row_arrives_once(
     assert body["reason"].startswith("store unavailable: OperationalError")
     store = body["store"]
     assert store["available"] is False and store["spooled"] > 0 and store["spool_bytes"] > 0
-    assert store["pending"] == store["queued"] + store["spooled"]
+    assert store["pending"] == store["queued"] + store["spooled"] + store["handed"]
     assert store["oldest_pending_age_s"] >= 0 and store["dropped"] == 0
 
     pg_outage.restore()
     for _ in range(5):
         await echo_round(clients, sent)
     await until(lambda: server.store.status().available)
-    assert pg_outage.terminate() == 1  # the writer's connection, as if the database restarted
+    # The store's connection and the journal writer process's, as if the database restarted.
+    assert pg_outage.terminate() == 2
     for _ in range(5):
         await echo_round(clients, sent)
     for client in clients:
@@ -164,15 +168,24 @@ async def test_a_close_reason_with_nul_is_stored_with_a_replacement_character(
     assert row == {"end_state": "closed", "close_code": 1000, "close_reason": "bye\ufffdnow"}
 
 
+@pytest.mark.parametrize("journal_writer", ["thread", "process"])
 @pytest.mark.gen_test(timeout=90)
 async def test_killed_during_an_outage_loses_nothing_older_than_a_batch_window(
-    tmp_path: Path, pg_outage: PgOutage
+    tmp_path: Path, pg_outage: PgOutage, journal_writer: str
 ) -> None:
     """While the database is down, records go to the fsynced spool within a batch window
-    instead of waiting in memory, so SIGKILL then loses nothing that was echoed before."""
+    instead of waiting in memory (or, with the writer process, are in its hands: it outlives
+    the server and writes or spools them), so SIGKILL then loses nothing echoed before."""
     log = tmp_path / "server.log"
-    settings = {"database_url": pg_outage.url, "journal": "full", "batch_delay": "0.05"}
+    settings = {
+        "database_url": pg_outage.url,
+        "journal": "full",
+        "batch_delay": "0.05",
+        "journal_writer": journal_writer,
+    }
     process, port = await start_server(tmp_path, log, **settings)
+    writers = writer_processes(process.pid)
+    assert len(writers) == (journal_writer == "process")
     try:
         client = await websocket_connect(f"ws://127.0.0.1:{port}/ws")
         pg_outage.cut()
@@ -185,7 +198,8 @@ async def test_killed_during_an_outage_loses_nothing_older_than_a_batch_window(
                 f"http://127.0.0.1:{port}/readyz", raise_error=False
             )
             store = json.loads(response.body)["store"]
-            return not store["available"] and store["queued"] == 0 and store["spooled"] >= 50
+            kept = store["spooled"] + store["handed"]
+            return not store["available"] and store["queued"] == 0 and kept >= 50
 
         deadline = time.monotonic() + 20
         while not await on_disk():
@@ -204,6 +218,8 @@ async def test_killed_during_an_outage_loses_nothing_older_than_a_batch_window(
     finally:
         if process.poll() is None:
             process.kill()
+    # The killed server's writer writes what it held once the database is back, then ends.
+    await eventually(lambda: all(gone(pid) for pid in writers), "the old writer", timeout=30)
     rows = fetch_rows(pg_outage.url, "SELECT seq, payload FROM ws_messages ORDER BY seq")
     assert [(r["seq"], bytes(r["payload"])) for r in rows] == [
         (n, f"m{n}".encode()) for n in range(1, 51)
@@ -216,7 +232,9 @@ async def test_killed_during_an_outage_loses_nothing_older_than_a_batch_window(
 async def test_spool_deleted_while_running_shows_in_readyz_and_metrics(
     pg_outage: PgOutage, tmp_path: Path
 ) -> None:
-    server = await started(tmp_path, pg_outage.url, journal="full")
+    # The store's own spool with the journal rows in it: the thread writer (the writer
+    # process keeps its rows in its socket until they overflow the handoff).
+    server = await started(tmp_path, pg_outage.url, journal="full", journal_writer="thread")
     client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
     pg_outage.cut()
     for number in range(20):

@@ -51,6 +51,8 @@ async def run_sessions(server: Server, count: int) -> None:
         return body["count"] == count and all(s["closed_at"] for s in body["sessions"])
 
     await eventually(all_closed, f"{count} closed sessions in the store", timeout=10)
+    # The journal writer process writes the rows apart from the sessions' records.
+    await eventually(lambda: server.store.status().pending == 0, "the journal", timeout=10)
 
 
 @pytest.mark.gen_test(timeout=30)

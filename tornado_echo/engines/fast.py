@@ -30,6 +30,10 @@ cannot move to a transport: such a connection stays on Tornado's own protocol.
 Backpressure uses the transport's own flow control: while the peer reads slower than it is
 sent to and the transport's buffer is above its high-water mark, this connection is not
 read (:class:`~tornado_echo.engines.flow_control.FlowControl`).
+
+With a journal gate (the journal's writer process), a read's writes wait until the journal
+has handed off the rows of the turn (:meth:`FastProtocol._emit`): normally the end of the
+same turn, so a kill -9 of the server cannot lose a message that was echoed.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from tornado_echo.engines.flow_control import (
     WRITE_HIGH_WATER,
     WRITE_LOW_WATER,
     FlowControl,
+    JournalGate,
 )
 from tornado_echo.engines.timerwheel import loop_wheel
 from tornado_echo.wire import (
@@ -99,6 +104,7 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         "_compression_options",
         "_deadline",
         "_drain_waiters",
+        "_hang_up_after_waiting",
         "_held",
         "_lost",
         "_out",
@@ -107,10 +113,12 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         "_pending",
         "_pending_bytes",
         "_selected_subprotocol",
+        "_waiting",
         "closing",
         "connection_error",
         "deflate",
         "flow",
+        "gate",
         "handler",
         "max_message_size",
         "ping_interval",
@@ -159,6 +167,11 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         self._awaiting_pong = False
         self._lost = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        # The journal, when its rows must be handed off before the echoes go (set by the
+        # handler); writes waiting for it, one list of frames per hold, in order.
+        self.gate: JournalGate | None = None
+        self._waiting: deque[list[bytes]] | None = None
+        self._hang_up_after_waiting = False
 
     # -- the upgrade -----------------------------------------------------------------------
 
@@ -385,7 +398,52 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         """Write what was collected while dispatching, as one write; stop collecting."""
         out, self._out = self._out, None
         if out and self.transport is not None and not self._lost:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._emit(out)
+
+    def _emit(self, frames: list[bytes]) -> None:
+        """Write ``frames`` once the journal has handed off the rows of the messages they
+        answer: normally at the end of this turn of the loop, when the journal's per-turn
+        chunk is sent. A connection whose writes wait longer (the journal's writer behind)
+        is not read meanwhile."""
+        gate = self.gate
+        held = gate is not None and gate.hold(self._release)
+        waiting = self._waiting  # after hold(), which may release earlier writes
+        if held:
+            if waiting is None:
+                self._waiting = deque([frames])
+            else:
+                waiting.append(frames)
+                assert self.flow is not None
+                self.flow.pause(FlowControl.JOURNAL)
+        elif waiting is not None:
+            waiting[-1].extend(frames)  # nothing new to wait for, but still in order
+        else:
+            assert self.transport is not None
+            self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _release(self) -> None:
+        """The journal handed off what the oldest waiting writes answer: write them."""
+        waiting = self._waiting
+        assert waiting is not None
+        frames = waiting.popleft()
+        if not waiting:
+            self._waiting = None
+        if self._lost or self.transport is None:
+            return
+        self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        if waiting:
+            return
+        assert self.flow is not None
+        self.flow.resume(FlowControl.JOURNAL)
+        if self._hang_up_after_waiting:
+            self.transport.close()
+
+    def _hang_up(self) -> None:
+        """Close the transport once what was written is out (writes the journal holds too)."""
+        if self._waiting is not None:
+            self._hang_up_after_waiting = True
+        elif self.transport is not None:
+            self.transport.close()
 
     def _wait_for_handler(self, waiting: Awaitable[Any], rest: list[tuple[Any, Any]]) -> None:
         assert self.flow is not None
@@ -487,7 +545,7 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         if out is not None:
             out.append(frame)
         elif self.transport is not None and not self._lost:
-            self.transport.write(frame)
+            self._emit([frame])
 
     def send_message(self, opcode: int, data: bytes) -> asyncio.Future[None] | None:
         """Send one whole message (the echo path); raises WebSocketClosedError when closing.
@@ -532,7 +590,7 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
             self._write(payload)
         self._outbox = None
         if self.client_terminated and self.server_terminated and self.transport is not None:
-            self.transport.close()  # close() waited for the close frame to be written
+            self._hang_up()  # close() waited for the close frame to be written
 
     def _deflated(self, job: asyncio.Future[bytes]) -> None:
         outbox = self._outbox
@@ -627,9 +685,9 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
                 return  # _next_out() hangs up once the close frame behind them is written
             if self._out is not None:
                 # Still dispatching: hang up right after this read's frames are written.
-                asyncio.get_running_loop().call_soon(transport.close)
+                asyncio.get_running_loop().call_soon(self._hang_up)
             else:
-                transport.close()
+                self._hang_up()
         else:
             self._set_deadline(_ABORT, CLOSE_TIMEOUT)
 
@@ -692,8 +750,7 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
             payload = self.closing.give_up(CloseCode.INTERNAL_ERROR, "ping timed out")
             if payload is not None:
                 self._send(Opcode.CLOSE, payload)
-            assert self.transport is not None
-            self.transport.close()
+            self._hang_up()
             self._set_deadline(_ABORT, CLOSE_TIMEOUT)
             return
         self._set_deadline(_PING, max(0.0, self.ping_interval - self.ping_timeout))

@@ -45,7 +45,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from tornado_echo.compat import unsent_bytes
 from tornado_echo.engines.budget import INFLATING, PLAIN, loop_budgets
-from tornado_echo.engines.flow_control import DEFLATE_OFF_LOOP, WRITE_HIGH_WATER
+from tornado_echo.engines.flow_control import DEFLATE_OFF_LOOP, WRITE_HIGH_WATER, JournalGate
 from tornado_echo.wire import (
     CONTROL_OPCODES,
     CloseCode,
@@ -72,6 +72,8 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
     _utf8: codecs.IncrementalDecoder | None = None
 
     _inflater: PerMessageDeflate | None = None  # the client's messages, when negotiated
+    # The journal, when its rows must be handed off before the echoes go (set by the handler).
+    gate: JournalGate | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.closing = CloseHandshake()  # before the base class sets who has terminated
@@ -102,8 +104,33 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
         a large message is deflated in a worker thread (``DEFLATE_OFF_LOOP``, as the fast
         engine does). Returned from ``on_message``, it also keeps the messages in order.
 
+        With a journal gate, the echo waits for its row to be handed off (normally the end of
+        this turn of the loop): the Future returned then resolves once it is written, and
+        the next message is not read before.
+
         Raises :class:`WebSocketClosedError` once either side has started closing.
         """
+        stream = self.stream
+        if stream is None or self.server_terminated or stream.closed():
+            raise WebSocketClosedError()
+        gate = self.gate
+        if gate is not None:
+            done = asyncio.get_running_loop().create_future()
+            if gate.hold(functools.partial(self._send_held, opcode, data, done)):
+                return done
+        return self._send_now(opcode, data)
+
+    def _send_held(self, opcode: int, data: bytes, done: asyncio.Future[None]) -> None:
+        try:
+            written = self._send_now(opcode, data)
+        except WebSocketClosedError:  # closed meanwhile: nothing may follow the close frame
+            written = None
+        if written is None:
+            _wake(done)
+        else:
+            written.add_done_callback(lambda _: _wake(done))
+
+    def _send_now(self, opcode: int, data: bytes) -> asyncio.Future[None] | None:
         stream = self.stream
         if stream is None or self.server_terminated or stream.closed():
             raise WebSocketClosedError()
@@ -132,6 +159,11 @@ class EchoProtocol(CloseState, WebSocketProtocol13):
             )
         finally:
             memory.charge(-len(data))
+        gate = self.gate
+        if gate is not None:  # its row, when the journal's writer was behind
+            handed = asyncio.get_running_loop().create_future()
+            if gate.hold(functools.partial(_wake, handed)):
+                await handed
         stream = self.stream
         if stream is None or self.server_terminated or stream.closed():
             return  # closed meanwhile: nothing may follow the close frame

@@ -18,6 +18,7 @@ import functools
 import struct
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from tornado_echo.errors import StoreError
 from tornado_echo.store.records import MessageReceived, columns
@@ -29,7 +30,10 @@ COPY_SQL = f"COPY ws_messages ({', '.join(COLUMNS)}) FROM STDIN (FORMAT binary)"
 PG_EPOCH = 946_684_800  # 2000-01-01 UTC as a Unix time
 # The handoff to the writer process (journal_process.py): a frame of rows, and its answer.
 FRAME = struct.Struct(">IQI")  # payload bytes, chunk id, rows
-ACK = struct.Struct(">Q")  # the last chunk id committed
+# The writer's report: the last chunk id committed, whether its database answers, its failed
+# database operations so far, and the length of the UTF-8 error text that follows.
+REPORT = struct.Struct(">QBIH")
+REPORT_ERROR_MAX = 1000  # bytes of error text in one report
 
 _FIELDS = struct.Struct(">iqiqihiii")  # seq, received_at, opcode, size, payload length
 _PREFIX = struct.Struct(">hi")
@@ -98,36 +102,57 @@ def encode_record(out: bytearray, record: MessageReceived) -> None:
     out += _TRUNCATED if record.truncated else _NOT_TRUNCATED
 
 
+@functools.lru_cache(maxsize=65536)
+def _session_text(raw: bytes) -> str:
+    return str(uuid.UUID(bytes=raw))
+
+
 def decode_rows(data: bytes | bytearray | memoryview) -> Iterator[MessageReceived]:
     """The records of concatenated rows; raises :class:`StoreError` on anything else."""
+    for values in decode_row_values(data):
+        yield MessageReceived(*values)
+
+
+def decode_row_values(data: bytes | bytearray | memoryview) -> Iterator[tuple[Any, ...]]:
+    """The values of concatenated rows, in :data:`COLUMNS` order (what SQLite's writer
+    inserts as they are: no record object per row); raises :class:`StoreError` on anything
+    else."""
     view = memoryview(data)
     offset = 0
     end = len(view)
+    prefix = _PREFIX.unpack_from
+    fields = _FIELDS.unpack_from
+    header = (len(COLUMNS), 16)
     try:
         while offset < end:
-            count, length = _PREFIX.unpack_from(view, offset)
-            if (count, length) != (len(COLUMNS), 16):
-                raise ValueError(f"row header {count}, {length}")
-            session_id = str(uuid.UUID(bytes=bytes(view[offset + 6 : offset + _ROW_START])))
+            if prefix(view, offset) != header:
+                raise ValueError(f"row header {prefix(view, offset)}")
+            session_id = _session_text(bytes(view[offset + 6 : offset + _ROW_START]))
             offset += _ROW_START
-            _, seq, _, usec, _, opcode, _, size, length = _FIELDS.unpack_from(view, offset)
+            _, seq, _, usec, _, opcode, _, size, length = fields(view, offset)
             offset += _FIELDS.size
             payload = None
             if length >= 0:
                 payload = bytes(view[offset : offset + length])
                 offset += length
+                if len(payload) != length:
+                    raise ValueError("cut short")
             flag = bytes(view[offset : offset + 5])
-            if flag not in (_TRUNCATED, _NOT_TRUNCATED) or len(payload or b"") != max(length, 0):
+            if flag == _NOT_TRUNCATED:
+                truncated = False
+            elif flag == _TRUNCATED:
+                truncated = True
+            else:
                 raise ValueError("cut short")
             offset += 5
-            yield MessageReceived(
+            yield (
                 session_id,
                 seq,
                 usec / 1_000_000 + PG_EPOCH,
                 opcode,
                 size,
                 payload,
-                flag == _TRUNCATED,
+                truncated,
             )
     except (struct.error, ValueError) as exc:
         raise StoreError(f"not journal rows at byte {offset}: {exc}") from None

@@ -9,9 +9,22 @@ kept until the writer acknowledges its commit, so:
   is started (off the loop) and every chunk not acknowledged is sent to it again. Rows the
   dead one had committed are refused by the database's key (session id, seq), and merged.
 * the writer slow or the database away: no more than half of ``bytes_limit`` is in flight
-  (sent, not acknowledged), so chunks wait here. Past ``bytes_limit`` in all, the newest
-  chunks not yet sent are decoded and handed to ``overflow`` (the store's memory queue, which
-  spools beyond its own bound): memory stays bounded in bytes, nothing is dropped.
+  (sent, not acknowledged), so chunks wait here. Past ``bytes_limit`` in all, or once an echo
+  has waited ``HOLD_LIMIT`` for its rows (below), the chunks not yet sent are decoded and
+  handed to ``overflow`` (the store's memory queue, which spools beyond its own bound, and
+  at once while the database is away): memory stays bounded in bytes, nothing is dropped.
+* echoes after their rows (:meth:`hold`): an engine holds a connection's writes until the
+  rows journalled so far are in the writer's socket (the kernel's), so a kill -9 of the
+  server cannot lose a message that was echoed. Normally that is the end of the same loop
+  turn: the per-turn flush sends the chunk, then releases the held writes. With the writer
+  behind (its socket full, or a new writer starting), the writes wait, and so do those
+  connections (the engines stop reading them): backpressure. After ``HOLD_LIMIT`` the
+  unsent chunks go to ``overflow`` instead and the writes are released; until the writer
+  takes chunks again, each turn's chunk that cannot be sent whole goes that way at once.
+  Those rows have the store's guarantees (memory, then the spool; while the database is
+  away, the spool within a batch window), not the socket's.
+* the writer's reports: whether its database answers and its errors, for ``/readyz`` and
+  the metrics (:meth:`status`).
 * close: the writer is told (EOF), writes what it holds and exits; what it has not
   acknowledged by the deadline goes to ``overflow`` too.
 """
@@ -31,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tornado_echo.observability.throttle import LogThrottle
-from tornado_echo.store.copyrows import ACK, FRAME, decode_rows, encode_row
+from tornado_echo.store.copyrows import FRAME, REPORT, decode_rows, encode_row
 from tornado_echo.store.records import MessageReceived
 
 logger = logging.getLogger(__name__)
@@ -39,6 +52,10 @@ logger = logging.getLogger(__name__)
 RESTART_PAUSE = 1.0  # between two starts of the writer, so a writer that cannot run is no spin
 # Room for what the writer gathers between two reads (journal_process.GATHER) at full rate.
 SEND_BUFFER = 4 << 20
+# How long an echo may wait for its rows to reach the writer's socket before they are handed
+# to the store's queue instead: a writer restart (a start takes tens of milliseconds) or a
+# commit fits well within it; a database outage (the writer stops reading) does not.
+HOLD_LIMIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,9 @@ class JournalStatus:
     spilled: int  # rows handed to the store's queue instead
     restarts: int  # writers started after the first
     running: bool
+    available: bool  # the writer's last report: its database answers
+    error: str | None  # and if not, why
+    errors: int  # failed database operations of every writer so far
 
 
 @dataclass
@@ -60,6 +80,7 @@ class _Chunk:
     frame: bytes
     rows: int
     at: float
+    spilled: bool = False  # its rows were handed to ``overflow`` too (see _spill)
 
 
 class JournalHandoff:
@@ -94,8 +115,17 @@ class JournalHandoff:
         self._offset = 0  # bytes of the next one sent
         self._in_flight = 0  # bytes sent and not acknowledged
         self._waiting_writable = False
-        self._acks = bytearray()
+        self._reports = bytearray()
         self._next_id = 1
+        self._handed = 0  # every chunk up to this id is in the socket or spilled
+        # Engines' held writes: (the chunk id they wait for, release), ids never decrease.
+        self._holds: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._overflowing = False  # a hold expired and the writer has not caught up since
+        self._writer_available = True
+        self._writer_error: str | None = None
+        self._writer_errors = 0  # of the writer running now
+        self._errors_before = 0  # of the writers before it
         self._written = 0
         self._spilled = 0
         self._starts = 0
@@ -142,6 +172,18 @@ class JournalHandoff:
             assert self._loop is not None
             self._loop.call_soon(self._flush)
 
+    def hold(self, release: Callable[[], None]) -> bool:
+        """Whether a write must wait for the rows journalled so far: if so (True),
+        ``release`` is called once they are in the writer's socket (or spilled), in the
+        order of the calls to hold; not after :meth:`close` has handed them to the store."""
+        newest = self._next_id if self._count else self._next_id - 1
+        if newest <= self._handed:
+            return False
+        self._holds.append((newest, release))
+        if not self._count:  # no flush to come this turn: time it from here
+            self._release()
+        return True
+
     def _flush(self) -> None:
         """Once per turn of the loop: the rows added during it become one chunk."""
         self._scheduled = False  # after an early flush, one still scheduled finds nothing
@@ -154,8 +196,49 @@ class JournalHandoff:
         self._rows.clear()
         self._count = 0
         self._send()
-        if self._bytes > self.bytes_limit:
+        if self._bytes > self.bytes_limit or (self._overflowing and self._unsent()):
             self._spill()
+        self._release()
+
+    def _unsent(self) -> bool:
+        return self._sent < len(self._chunks)
+
+    def _release(self) -> None:
+        """Release the held writes whose rows are handed; time the others."""
+        holds = self._holds
+        handed = self._handed
+        while holds and holds[0][0] <= handed:
+            release = holds.popleft()[1]
+            try:
+                release()
+            except Exception:  # one connection's failure is not the others'
+                logger.exception("releasing a write held for the journal failed")
+        if holds and self._hold_timer is None and self._loop is not None:
+            self._hold_timer = self._loop.call_later(HOLD_LIMIT, self._hold_expired)
+
+    def _hold_expired(self) -> None:
+        self._hold_timer = None
+        holds = self._holds
+        if not holds:
+            return
+        if time.monotonic() - self._oldest_unhanded_at() < HOLD_LIMIT:
+            self._release()  # a later chunk is waiting: timed again, from its own start
+            return
+        self._overflowing = True
+        self._throttle.log(
+            "overflowing",
+            logging.WARNING,
+            "journal writer not taking rows for %.1f s: they go to the store's queue",
+            HOLD_LIMIT,
+        )
+        self._spill()
+        self._release()
+
+    def _oldest_unhanded_at(self) -> float:
+        for chunk in self._chunks:
+            if chunk.id > self._handed:
+                return chunk.at
+        return time.monotonic()
 
     def _send(self) -> None:
         sock = self._sock
@@ -179,10 +262,14 @@ class JournalHandoff:
                 return
             self._sent += 1
             self._offset = 0
+            self._handed = max(self._handed, self._chunks[self._sent - 1].id)
+        if self._overflowing and not self._unsent():
+            self._overflowing = False  # the writer takes chunks again
 
     def _writable(self) -> None:
         self._stop_waiting_writable()
         self._send()
+        self._release()
 
     def _stop_waiting_writable(self) -> None:
         if self._waiting_writable and self._sock is not None and self._loop is not None:
@@ -190,14 +277,22 @@ class JournalHandoff:
         self._waiting_writable = False
 
     def _spill(self) -> None:
-        """Hand the newest unsent chunks to ``overflow`` until under ``bytes_limit``."""
-        unsent_from = self._sent + (1 if self._offset else 0)
+        """Hand the chunks not yet sent to ``overflow``. The one partly sent stays (the rest
+        of its frame is owed to the writer), and its rows go to ``overflow`` too: whichever
+        writes them first, the database keeps them once."""
         records: list[MessageReceived] = []
-        while self._bytes > self.bytes_limit and len(self._chunks) > unsent_from:
+        unsent_from = self._sent + (1 if self._offset else 0)
+        while len(self._chunks) > unsent_from:
             chunk = self._chunks.pop()
             self._bytes -= len(chunk.frame)
             self._spilled += chunk.rows
             records[:0] = decode_rows(memoryview(chunk.frame)[FRAME.size :])
+        if self._offset and not self._chunks[self._sent].spilled:
+            chunk = self._chunks[self._sent]
+            chunk.spilled = True
+            self._spilled += chunk.rows
+            records[:0] = decode_rows(memoryview(chunk.frame)[FRAME.size :])
+        self._handed = self._next_id - 1
         if records:
             self._throttle.log(
                 "spill",
@@ -219,12 +314,22 @@ class JournalHandoff:
         if not data:
             self._writer_lost()
             return
-        self._acks += data
-        whole = len(self._acks) - len(self._acks) % ACK.size
-        if not whole:
-            return
-        (acked,) = ACK.unpack_from(self._acks, whole - ACK.size)
-        del self._acks[:whole]
+        self._reports += data
+        reports = self._reports
+        acked = offset = 0
+        while len(reports) - offset >= REPORT.size:
+            last, available, errors, length = REPORT.unpack_from(reports, offset)
+            end = offset + REPORT.size + length
+            if len(reports) < end:
+                break
+            acked = last
+            self._writer_available = bool(available)
+            self._writer_error = (
+                None if available else bytes(reports[end - length : end]).decode(errors="replace")
+            )
+            self._writer_errors = errors
+            offset = end
+        del reports[:offset]
         chunks = self._chunks
         while chunks and chunks[0].id <= acked and self._sent:
             chunk = chunks.popleft()
@@ -233,6 +338,7 @@ class JournalHandoff:
             self._sent -= 1
             self._in_flight -= len(chunk.frame)
         self._send()
+        self._release()
         if self._closing and not chunks and self._closed is not None:
             self._closed.set()
 
@@ -277,13 +383,18 @@ class JournalHandoff:
         finally:
             theirs.close()
         self._starts += 1
+        self._errors_before += self._writer_errors
+        self._writer_errors = 0
+        # Until the new writer says otherwise (it reports once it has written or failed to).
+        self._writer_available, self._writer_error = True, None
         self.process = process
         ours.setblocking(False)
         self._sock = ours
         self._sent = self._offset = self._in_flight = 0  # what was not acknowledged goes again
-        self._acks.clear()
+        self._reports.clear()
         loop.add_reader(ours.fileno(), self._readable)
         self._send()
+        self._release()
 
     def _disconnect(self) -> None:
         sock = self._sock
@@ -326,6 +437,9 @@ class JournalHandoff:
             spilled=self._spilled,
             restarts=max(0, self._starts - 1),
             running=self._sock is not None,
+            available=self._writer_available,
+            error=self._writer_error,
+            errors=self._errors_before + self._writer_errors,
         )
 
     async def close(self, deadline: float) -> None:
@@ -348,6 +462,7 @@ class JournalHandoff:
         records = [
             record
             for chunk in self._chunks
+            if not chunk.spilled
             for record in decode_rows(memoryview(chunk.frame)[FRAME.size :])
         ]
         if records:
@@ -360,3 +475,8 @@ class JournalHandoff:
         self._chunks.clear()
         self._bytes = 0
         self._sent = self._offset = self._in_flight = 0
+        self._handed = self._next_id - 1  # in the store's hands now
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        self._release()

@@ -4,10 +4,13 @@ The server (see handoff.py) starts one per serving process and talks to it over 
 
 * server -> writer: frames of ``FRAME`` (payload length, chunk id, rows) then the payload,
   rows in binary COPY format (copyrows.py); chunk ids grow by one from 1.
-* writer -> server: ``ACK``, the id of the last chunk whose rows are committed (all
-  before it are too). The server keeps every chunk until it is acknowledged, so what a writer
-  killed at any moment had not committed is sent again to its successor; rows are keyed on
-  (session id, seq) in the database, so what it had committed lands once.
+* writer -> server: ``REPORT`` then its error text: the id of the last chunk whose rows are
+  committed (all before it are too), whether the database answers, and the failed database
+  operations so far; after every commit and between the retries of an outage, so the
+  server's ``/readyz`` and metrics see this process's database as they see their own. The
+  server keeps every chunk until it is acknowledged, so what a writer killed at any moment
+  had not committed is sent again to its successor; rows are keyed on (session id, seq) in
+  the database, so what it had committed lands once.
 
 Batches are cut by size (``--batch-bytes``) and time (``--batch-delay``). While the database
 is away the writer retries with backoff and stops reading, so the socket fills and the server
@@ -33,7 +36,7 @@ from pathlib import Path
 
 from tornado_echo.errors import StoreError
 from tornado_echo.store.base import Backend
-from tornado_echo.store.copyrows import ACK, FRAME, decode_rows
+from tornado_echo.store.copyrows import FRAME, REPORT, REPORT_ERROR_MAX, decode_rows
 from tornado_echo.store.spool import Spool, writer_spool_path
 from tornado_echo.store.writer import BatchWriter, Outcome
 
@@ -67,8 +70,12 @@ class JournalWriter:
         self._rows = bytearray()  # rows of whole chunks, not yet committed
         self._count = 0
         self._last_id = 0
+        self._committed = 0  # the last chunk id committed (or spooled)
         self._first_at = 0.0
-        self._eof = False
+        self._eof = False  # the socket said so: everything sent is read
+        # The server is known to be gone (its pid, a failed report): the socket is read to
+        # its end (what the server had sent survives it) and written without delay.
+        self._orphaned = False
         self._parent = os.getppid()
 
     def run(self) -> None:
@@ -76,19 +83,25 @@ class JournalWriter:
             room = not self._eof and len(self._rows) < self.pending_limit
             if room:
                 timeout = (
-                    None
+                    0.0  # the server is gone: what it sent before is all there is
+                    if self._orphaned
+                    else None
                     if not self._rows
                     else max(0.0, self._first_at + self.batch_delay - time.monotonic())
                 )
                 readable, _, _ = select.select([self.sock], [], [], timeout)
                 if readable:
                     self._read()
-                    # Let chunks gather: woken once per interval, not once per turn of the
-                    # server's loop (thousands a second, each a switch on the server's core).
-                    time.sleep(GATHER)
+                    if not self._orphaned:
+                        # Let chunks gather: woken once per interval, not once per turn of
+                        # the server's loop (thousands a second, each a switch on its core).
+                        time.sleep(GATHER)
+                elif self._orphaned:
+                    self._eof = True
             if self._rows and (
                 not room
                 or self._eof
+                or self._orphaned
                 or len(self._rows) >= self.batch_bytes
                 or time.monotonic() - self._first_at >= self.batch_delay
             ):
@@ -101,7 +114,7 @@ class JournalWriter:
             data = b""
         if not data:
             self._eof = True
-            self.writer.drain_until = time.monotonic() + self.drain
+            self._orphan()
             if self._received:
                 logger.error(
                     "journal writer: %d bytes of a torn frame ignored", len(self._received)
@@ -127,10 +140,25 @@ class JournalWriter:
     def _server_gone(self) -> bool:
         """Checked between retries, when the socket is not read: a server that died (its
         child is handed to another parent) starts the drain deadline. Never abandons."""
-        if not self._eof and os.getppid() != self._parent:
-            self._eof = True
-            self.writer.drain_until = time.monotonic() + self.drain
+        if not self._orphaned and os.getppid() != self._parent:
+            self._orphan()
+        self._report()  # the outage, for the server's /readyz
         return False
+
+    def _report(self) -> None:
+        if self._eof or self._orphaned:
+            return
+        writer = self.writer
+        error = (writer.error or "").encode("utf-8", "replace")[:REPORT_ERROR_MAX]
+        report = REPORT.pack(self._committed, writer.available, writer.errors, len(error))
+        try:
+            self.sock.sendall(report + error)
+        except OSError:  # the server is gone: what it sent is still to be read and written
+            self._orphan()
+
+    def _orphan(self) -> None:
+        self._orphaned = True
+        self.writer.drain_until = min(self.writer.drain_until, time.monotonic() + self.drain)
 
     def _commit(self) -> None:
         rows = bytes(self._rows)
@@ -139,10 +167,8 @@ class JournalWriter:
             self._spool(rows)
         self._rows.clear()
         self._count = 0
-        try:
-            self.sock.sendall(ACK.pack(self._last_id))
-        except OSError:  # the server is gone: keep writing what was received
-            self._eof = True
+        self._committed = self._last_id
+        self._report()
 
     def _spool(self, rows: bytes) -> None:
         records = list(decode_rows(rows))

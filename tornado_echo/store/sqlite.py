@@ -16,6 +16,7 @@ from tornado_echo.store.base import (
     load_migrations,
     row_dict,
 )
+from tornado_echo.store.copyrows import decode_row_values
 from tornado_echo.store.records import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
@@ -166,6 +167,19 @@ class SQLiteBackend(Backend):
                 conn.executemany(CLOSE_SESSION, map(close_params, closed))
             if messages:
                 conn.executemany(INSERT_MESSAGE, map(storable_row, messages))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def write_journal(self, rows: bytes) -> None:
+        # The rows' values straight into the statement: no record object, no text to clean
+        # (the only text is the session id, a UUID), a third of the writer's time per row.
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(INSERT_MESSAGE, decode_row_values(rows))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -63,8 +63,9 @@ class StoreStatus:
 
     available: bool
     error: str | None
-    pending: int  # queued + spooled + with the journal writer process
+    pending: int  # queued + spooled + journal rows with the journal writer process (handed)
     queued: int  # records in memory
+    handed: int  # journal rows in the handoff to the writer process, not yet committed
     queued_bytes: int  # their approximate size
     spooled: int  # records in the spool file
     spool_bytes: int
@@ -181,19 +182,25 @@ class Store:
         spool, writer = self.spool, self.writer
         oldest = [at for at in (queue_oldest, spool.oldest) if at is not None]
         # Rows with the journal writer process are pending too (not in queued: not in memory
-        # as records, and bounded on their own).
+        # as records, and bounded on their own), and its database is this store's as well.
         handed = 0
+        available, error, errors = writer.available, writer.error, writer.errors
         if self.handoff is not None:
             journal = self.handoff.status()
             handed = journal.queued_rows
             if handed:
                 oldest.append(now - journal.lag)
+            if not journal.available:
+                available = False
+                error = error or f"journal writer: {journal.error}"
+            errors += journal.errors
         thread = self._thread
         return StoreStatus(
-            available=writer.available,
-            error=writer.error,
+            available=available,
+            error=error,
             pending=queued + spool.pending + handed,
             queued=queued,
+            handed=handed,
             queued_bytes=queued_bytes,
             spooled=spool.pending,
             spool_bytes=spool.pending_bytes,
@@ -202,7 +209,7 @@ class Store:
             dropped=self.spooler.dropped,
             loss=self.spooler.loss,
             shed=shed,
-            errors=writer.errors,
+            errors=errors,
             oldest_pending_age=max(0.0, now - min(oldest)) if oldest else 0.0,
             running=thread is not None and thread.is_alive() and self._started.done(),
         )

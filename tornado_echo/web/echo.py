@@ -207,9 +207,12 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
                 del self.request.headers["Sec-WebSocket-Extensions"]
             else:
                 self.request.headers["Sec-WebSocket-Extensions"] = agreed[1]
+        # With the journal's writer process, an echo leaves after its row is handed to it.
+        gate = self.db.handoff if self.config.journal != "off" else None
         if self.config.engine == "fast" and not carried_by_tls(self):
             fast = super().get_websocket_protocol()
             assert isinstance(fast, FastProtocol)
+            fast.gate = gate
             self._protocol = fast
             return fast
         # Same parameters Tornado would pass; only the protocol class differs.
@@ -217,6 +220,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         if stock is None:
             return None
         self._protocol = EchoProtocol(self, False, stock.params)  # type: ignore[attr-defined]
+        self._protocol.gate = gate
         return self._protocol
 
     # -- session ---------------------------------------------------------------------------

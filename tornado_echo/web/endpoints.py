@@ -124,6 +124,7 @@ class ReadyHandler(JsonHandler):
                 "error": status.error,
                 "pending": status.pending,
                 "queued": status.queued,
+                "handed": status.handed,
                 "queued_bytes": status.queued_bytes,
                 "spooled": status.spooled,
                 "spool_bytes": status.spool_bytes,
