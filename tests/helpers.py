@@ -365,12 +365,19 @@ class PgOutage:
 
     def terminate(self) -> int:
         """Kill this role's tornado-echo connections (a restart, as far as they can tell)."""
+        return self._count("pg_terminate_backend(pid)")
+
+    def connected(self) -> int:
+        """How many tornado-echo connections this role holds."""
+        return self._count("pid")
+
+    def _count(self, what: str) -> int:
         conn = psycopg2.connect(self.admin_dsn)
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
                 cur.execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    f"SELECT count({what}) FROM pg_stat_activity"
                     " WHERE usename = %s AND datname = %s AND application_name = 'tornado-echo'",
                     (self.role, self.database),
                 )

@@ -99,7 +99,9 @@ async def test_echo_keeps_serving_through_an_outage_and_every_row_arrives_once(
     for _ in range(5):
         await echo_round(clients, sent)
     await until(lambda: server.store.status().available)
-    # The store's connection and the journal writer process's, as if the database restarted.
+    # The store's connection and the journal writer process's, as if the database restarted
+    # (the writer process reconnects when it next retries, which may come after the store).
+    await until(lambda: pg_outage.connected() == 2)
     assert pg_outage.terminate() == 2
     for _ in range(5):
         await echo_round(clients, sent)
