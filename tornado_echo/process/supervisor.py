@@ -57,7 +57,7 @@ HEARTBEAT_STALE = 5.0  # a serving worker silent this long is stuck: it is kille
 STARTUP_STALE = 60.0  # the same for a worker still starting (opening the store, binding)
 RESTART_BURST = 5  # unexpected worker exits tolerated within RESTART_INTERVAL
 RESTART_INTERVAL = 60.0
-KILL_GRACE = 10.0  # beyond the shutdown deadline, before a stopping worker stuck is killed
+KILL_GRACE = 10.0  # past the shutdown deadline, before a stuck stopping worker is killed
 KILL_WAIT = 5.0  # a worker SIGKILLed this long ago and still there stops the watchdog
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
