@@ -192,11 +192,19 @@ def stop_supervised(
     text = log.read_text()
     killed = text.count("killing it")
     say(f"workers SIGKILLed by the supervisor: {killed}")
-    if "did not stop in time" in text:  # their open sessions are marked crashed at the next start
-        say("workers SIGKILLed at shutdown: they did not stop within the deadline and its grace")
+    if at_stop := killed_at_stop(text):  # their open sessions are marked crashed at the next start
+        say(f"of them at shutdown (stuck past the deadline and grace, or at the limit): {at_stop}")
     say(f"supervisor gave up: {'giving up' in text}; exit code {proc.returncode}")
     say(f"sessions by end state: {(states := session_states(workdir))}")
     return killed, states
+
+
+def killed_at_stop(log: str) -> int:
+    """Workers the supervisor's log says it SIGKILLed while stopping (the supervisor's
+    messages: stuck past the deadline and its grace, or still there at its limit)."""
+    return log.count(" past the shutdown deadline and has made no progress") + log.count(
+        " after SIGTERM, the limit"
+    )
 
 
 def session_states(workdir: Path) -> dict[str, int]:

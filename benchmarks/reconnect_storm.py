@@ -40,6 +40,7 @@ from pathlib import Path
 
 from _common import (
     kernel_settings,
+    killed_at_stop,
     say,
     session_states,
     start_supervised,
@@ -176,7 +177,7 @@ def main() -> None:
                     proc.wait(120)
         states = session_states(work)
         killed = sum(path.read_text().count("killing it") for path in logs)
-        late = "did not stop in time" in logs[0].read_text()
+        late = killed_at_stop(logs[0].read_text())
 
     def delta(key: str, since: dict[str, float] = before) -> int:
         return int(after.get(key, 0) - since.get(key, 0))
@@ -185,7 +186,8 @@ def main() -> None:
     errors = {k: v for k, v in errors.items() if v}
     echoes, (p50, p99, worst) = latency(before, after)
     say(
-        f"shutdown took {exited - stopped:.1f} s{' (workers SIGKILLed at its end)' * late};"
+        f"shutdown took {exited - stopped:.1f} s"
+        f"{f' ({late} workers SIGKILLed during it)' if late else ''};"
         f" the new server ready {ready - exited:.1f} s later"
     )
     say(

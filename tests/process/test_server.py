@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import socket
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -291,3 +293,43 @@ async def test_max_inflight_bytes_sets_the_loops_memory_budget_and_reloads_live(
         assert loop_budgets().memory.limit == 7_000_000
     finally:
         await server.shutdown()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_loop_keeps_beating_while_the_store_drains_at_shutdown(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    # A supervisor takes a stopping worker whose beats stand still for a stuck one and
+    # kills it: a worker awaiting its store's writer must keep beating.
+    server = make_server(tmp_path, sqlite_url, shutdown_deadline=0.2)
+    await server.start()
+    client = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws")
+    await client.write_message("hi")
+    assert await client.read_message() == "hi"
+    # The database is locked: the session's rows wait, and the drain with them until the
+    # lock goes, short of the drain's own limit (a writer past it is left running).
+    locked_for = server_module.MIN_STORE_DRAIN - 0.3
+    lock = sqlite3.connect(sqlite_url[len("sqlite:///") :], timeout=10)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        beats = loop_budgets().turn.beats
+        loop = asyncio.get_running_loop()
+        seen = [(loop.time(), beats[0])]
+        stopping = asyncio.ensure_future(server.shutdown())
+        while not stopping.done():
+            await asyncio.sleep(0.02)
+            if beats[0] != seen[-1][1]:
+                seen.append((loop.time(), beats[0]))
+            if lock.in_transaction and loop.time() - seen[0][0] > locked_for:
+                lock.rollback()
+        seen.append((loop.time(), beats[0]))
+        assert await stopping == 0
+    finally:
+        lock.close()
+    assert await client.read_message() is None  # closed by the shutdown
+    client.close()
+    assert not server.store.status().running
+    took = seen[-1][0] - seen[0][0]
+    assert took >= locked_for  # it did wait for the store
+    longest = max(later[0] - earlier[0] for earlier, later in itertools.pairwise(seen))
+    assert longest < 2.5 * server_module.TICK, f"no beat for {longest:.1f} s of {took:.1f} s"

@@ -28,6 +28,7 @@ from tornado_echo.process.supervisor import (
     RESTART_BURST,
     RestartWindow,
     runqueue_wait,
+    stop_limit,
     stuck_for,
 )
 
@@ -367,3 +368,88 @@ def test_every_listening_socket_takes_the_listen_backlog_setting(
     assert listen_backlogs(service.port) == [77] * workers
     service.process.send_signal(signal.SIGTERM)
     assert service.wait_exit() == 0
+
+
+# Three workers under a real supervisor stopping with a short deadline and grace. Each
+# checks in until SIGTERM; then worker 0 keeps making progress (beats) past the deadline
+# and grace and exits by itself; worker 1 blocks in one call; worker 2 makes progress for
+# ever.
+STOPPING = """
+import logging, os, signal, sys, time
+from tornado_echo.process.supervisor import Supervisor
+from tornado_echo.process.systemd import Notifier
+
+flags, deadline, grace, slow = sys.argv[1], *map(float, sys.argv[2:])
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+def run_worker(index, link):
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(time.monotonic()))
+    link.notify("READY=1")
+    while not stopping:
+        link.notify("WATCHDOG=1")
+        time.sleep(0.1)
+    if index == 1:
+        time.sleep(3600)
+    while index == 2 or time.monotonic() - stopping[0] < slow:
+        link.beats[0] += 1
+        time.sleep(0.1)
+    open(os.path.join(flags, "slow-done"), "w").close()
+    return 0
+
+sys.exit(Supervisor(3, run_worker, Notifier(None), deadline, kill_grace=grace).run())
+"""
+
+
+@pytest.mark.slow
+def test_at_stop_only_workers_making_no_progress_are_killed_until_the_limit(
+    tmp_path: Path,
+) -> None:
+    deadline, grace = 1.0, 6.0
+    # Worker 1 is stale before the deadline and grace are past: they decide when it dies.
+    assert deadline + grace > HEARTBEAT_STALE + 1
+    slow = deadline + grace + 2  # past the deadline and grace, short of the limit
+    assert slow < stop_limit(deadline, grace) - 1
+    log = tmp_path / "supervisor.log"
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-c", STOPPING, str(tmp_path), str(deadline), str(grace), str(slow)],
+            stderr=err,
+            text=True,
+        )
+    try:
+        eventually_blocking(
+            lambda: len(re.findall(r"worker \d started", log.read_text())) == 3,
+            "three workers",
+            timeout=20,
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(stop_limit(deadline, grace) + 10) == 1  # two were killed
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    pids = dict(re.findall(r"worker (\d) started \(pid (\d+)\)", text))
+    # Slow but progressing past the deadline and its grace: left to finish on its own.
+    assert (tmp_path / "slow-done").exists()
+    assert f"worker 0 (pid {pids['0']}) exited with 0" in text, text
+    assert not re.search(r"worker 0 \(pid \d+\) .*killing it", text), text
+    # Blocked: killed once the deadline and grace are past, not before.
+    blocked = re.search(
+        rf"worker 1 \(pid {pids['1']}\) is stopping ([\d.]+) s past the shutdown deadline and"
+        r" has made no progress for ([\d.]+) s; killing it",
+        text,
+    )
+    assert blocked, text
+    assert grace <= float(blocked.group(1)) < grace + HEARTBEAT_STALE
+    assert float(blocked.group(2)) >= HEARTBEAT_STALE
+    assert f"worker 1 (pid {pids['1']}) exited with -9" in text
+    # Progressing for ever: killed at the limit.
+    capped = re.search(
+        rf"worker 2 \(pid {pids['2']}\) is still stopping ([\d.]+) s after SIGTERM, the limit",
+        text,
+    )
+    assert capped, text
+    assert float(capped.group(1)) >= stop_limit(deadline, grace)
+    assert f"worker 2 (pid {pids['2']}) exited with -9" in text

@@ -388,14 +388,18 @@ class Server:
             await self._wait_or_forced(self.connections.wait_closed(MIN_STORE_DRAIN))
         if self.http is not None:
             await self._wait_or_forced(self._close_http_connections())
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
         if self.app is not None:
             self.app.live.close()
         store_time = max(MIN_STORE_DRAIN, deadline - time.monotonic())
         self.reader.close()
         self.retention.close()
-        await self.store.close(0.0 if self.force_exit else store_time)
+        try:
+            await self.store.close(0.0 if self.force_exit else store_time)
+        finally:
+            # Only now: its beats and pings tell a supervisor that a worker awaiting the
+            # store's writer is draining, not stuck (that one is killed past the grace).
+            if self._housekeeping is not None:
+                self._housekeeping.cancel()
         status = self.store.status()
         if status.pending or status.dropped:
             logger.error(

@@ -17,10 +17,15 @@ same messages it would send systemd (``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``
   loop busy with a storm of work, however long the storm, keeps beating and is left alone;
   one blocked in a single call does not. Only a stuck worker that even SIGKILL does not
   remove makes the supervisor withhold the watchdog;
-* SIGTERM, SIGINT and SIGHUP are passed on to every worker; a worker that dies unexpectedly
-  is restarted, at most ``RESTART_BURST`` times within ``RESTART_INTERVAL`` seconds (like
-  systemd's StartLimitBurst=/StartLimitIntervalSec=). Beyond that the supervisor stops the
-  others and exits 1, so that systemd's ``Restart=on-failure`` sees the failure;
+* SIGTERM, SIGINT and SIGHUP are passed on to every worker. Once stopping, a worker is
+  SIGKILLed only when ``kill_grace`` (``KILL_GRACE``) seconds past the shutdown deadline it
+  makes no progress by the same test (its open sessions would otherwise be marked crashed
+  at the next start for nothing: one closing tens of thousands of them on a starved
+  machine is slow, not stuck), and in any case at ``stop_limit``;
+* a worker that dies unexpectedly is restarted, at most ``RESTART_BURST`` times within
+  ``RESTART_INTERVAL`` seconds (like systemd's StartLimitBurst=/StartLimitIntervalSec=).
+  Beyond that the supervisor stops the others and exits 1, so that systemd's
+  ``Restart=on-failure`` sees the failure;
 * workers get SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``), so a supervisor
   killed with SIGKILL leaves no orphan serving the port.
 
@@ -52,7 +57,7 @@ HEARTBEAT_STALE = 5.0  # a serving worker silent this long is stuck: it is kille
 STARTUP_STALE = 60.0  # the same for a worker still starting (opening the store, binding)
 RESTART_BURST = 5  # unexpected worker exits tolerated within RESTART_INTERVAL
 RESTART_INTERVAL = 60.0
-KILL_GRACE = 10.0  # beyond the shutdown deadline, before SIGKILL
+KILL_GRACE = 10.0  # past the shutdown deadline, before a stuck stopping worker is killed
 KILL_WAIT = 5.0  # a worker SIGKILLed this long ago and still there stops the watchdog
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -154,6 +159,12 @@ def runqueue_wait(pid: int) -> float | None:
         return None
 
 
+def stop_limit(shutdown_deadline: float, kill_grace: float = KILL_GRACE) -> float:
+    """Seconds after SIGTERM when every worker still there is killed, however busy: the
+    service's TimeoutStopSec= must stay above it."""
+    return shutdown_deadline + 2 * kill_grace
+
+
 def stuck_for(silent: float, waited_then: float | None, waited_now: float | None) -> float:
     """Of ``silent`` seconds without a sign of progress, those the worker could have used:
     time spent waiting for a CPU does not count, as a worker starved by an overloaded
@@ -174,11 +185,13 @@ class Supervisor:
         shutdown_deadline: float,
         on_worker_exit: Callable[[int], None] | None = None,
         restarts: RestartWindow | None = None,
+        kill_grace: float = KILL_GRACE,
     ) -> None:
         self.count = count
         self.run_worker = run_worker
         self.notifier = notifier
         self.shutdown_deadline = shutdown_deadline
+        self.kill_grace = kill_grace
         self.on_worker_exit = on_worker_exit
         self.workers: dict[int, _Worker] = {}  # by pid
         self.restarts = restarts or RestartWindow(RESTART_BURST, RESTART_INTERVAL)
@@ -284,9 +297,7 @@ class Supervisor:
             exit_code |= self._reap(restart=stopping_since is None)
             now = time.monotonic()
             if stopping_since is not None:
-                if now - stopping_since > self.shutdown_deadline + KILL_GRACE:
-                    logger.error("workers did not stop in time; killing them")
-                    self._forward(signal.SIGKILL)
+                self._kill_stragglers(now, now - stopping_since)
                 continue
             self._announce_ready()
             unkillable = self._kill_stuck(now)
@@ -308,11 +319,53 @@ class Supervisor:
 
         Returns the indexes of those killed more than KILL_WAIT ago and still not gone.
         """
-        unkillable = []
+        for worker, silent, waited in self._stuck(now):
+            self._kill(worker, now, "has not checked in for %.1f s", silent, waited=waited)
+        return [
+            worker.index
+            for worker in self.workers.values()
+            if worker.killed_at is not None and now - worker.killed_at > KILL_WAIT
+        ]
+
+    def _kill_stragglers(self, now: float, stopping_for: float) -> None:
+        """While stopping: past the deadline and its grace, SIGKILL the workers that make no
+        progress; past ``stop_limit``, every worker still there.
+
+        A worker still closing its connections and draining its records after the deadline,
+        however slowly (a storm of them on a starved machine), is left to finish: killed,
+        its open sessions would be marked crashed at the next start.
+        """
+        stuck = self._stuck(now)  # read every turn: progress is told from the last reading
+        if stopping_for > stop_limit(self.shutdown_deadline, self.kill_grace):
+            for worker in self.workers.values():
+                if worker.killed_at is None:
+                    self._kill(
+                        worker,
+                        now,
+                        "is still stopping %.1f s after SIGTERM, the limit (the shutdown"
+                        " deadline + twice %.0f s): its open sessions will be marked crashed",
+                        stopping_for,
+                        self.kill_grace,
+                    )
+        elif stopping_for > self.shutdown_deadline + self.kill_grace:
+            for worker, silent, waited in stuck:
+                self._kill(
+                    worker,
+                    now,
+                    "is stopping %.1f s past the shutdown deadline and has made no progress"
+                    " for %.1f s",
+                    stopping_for - self.shutdown_deadline,
+                    silent,
+                    waited=waited,
+                )
+
+    def _stuck(self, now: float) -> list[tuple[_Worker, float, float]]:
+        """Workers not yet killed whose loop has made no progress for HEARTBEAT_STALE
+        seconds (STARTUP_STALE while starting), not counting those spent waiting for a CPU:
+        each with those seconds and the seconds of them it waited for a CPU."""
+        stuck = []
         for worker in self.workers.values():
             if worker.killed_at is not None:
-                if now - worker.killed_at > KILL_WAIT:
-                    unkillable.append(worker.index)
                 continue
             if self._beats is not None and self._beats[worker.index] != worker.beats:
                 worker.beats = self._beats[worker.index]
@@ -324,24 +377,33 @@ class Supervisor:
             # One turn of a loop handling tens of thousands of connections at once (libuv
             # takes up to 48k events in a poll) is long, and on an overloaded machine most
             # of it is spent waiting for a CPU.
-            waited = runqueue_wait(worker.pid)
-            if stuck_for(silent, worker.waited, waited) <= limit:
-                continue
-            logger.error(
-                "worker %d (pid %d) has not checked in for %.1f s; killing it (%.1f s of"
-                " them spent waiting for a CPU)",
-                worker.index,
-                worker.pid,
-                silent,
-                silent - stuck_for(silent, worker.waited, waited),
-                extra={"worker_index": worker.index, "worker_pid": worker.pid},
-            )
-            worker.killed_at = now
-            try:
-                os.kill(worker.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # already gone: _reap collects it
-        return unkillable
+            unused = stuck_for(silent, worker.waited, runqueue_wait(worker.pid))
+            if unused > limit:
+                stuck.append((worker, silent, silent - unused))
+        return stuck
+
+    @staticmethod
+    def _kill(
+        worker: _Worker, now: float, why: str, *args: float, waited: float | None = None
+    ) -> None:
+        """SIGKILL ``worker``, logging ``why`` (%-format of ``args``) and the seconds it
+        spent ``waited`` for a CPU meanwhile."""
+        message = f"worker %d (pid %d) {why}; killing it"
+        if waited is not None:
+            message += " (%.1f s of them spent waiting for a CPU)"
+            args += (waited,)
+        logger.error(
+            message,
+            worker.index,
+            worker.pid,
+            *args,
+            extra={"worker_index": worker.index, "worker_pid": worker.pid},
+        )
+        worker.killed_at = now
+        try:
+            os.kill(worker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already gone: _reap collects it
 
     @staticmethod
     def _heard_from(worker: _Worker, now: float) -> None:
