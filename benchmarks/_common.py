@@ -36,6 +36,22 @@ def build_go(name: str, outdir: Path) -> Path:
     return binary
 
 
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1 and its key, made with openssl."""
+    if shutil.which("openssl") is None:
+        sys.exit("openssl not found: apt-get install -y openssl")
+    cert, key = directory / "bench.pem", directory / "bench.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 SERVER_KINDS = ("tornado-echo", "tornado", "aiohttp", "picows", "go")
 # Scripts that print their port on the first line of stdout.
 _PEER_SCRIPTS = {

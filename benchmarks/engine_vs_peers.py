@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import HERE, Server, build_go, run_loadtest, say
+from _common import HERE, Server, build_go, make_certificate, run_loadtest, say
 
 SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "stock Tornado": ("tornado", ()),
@@ -203,22 +202,6 @@ SCENARIOS: dict[str, tuple[str, Callable[[Server], dict[str, float]]]] = {
     "tls-handshakes": ("wss://: TLS + upgrade + close; 64 at a time, 5 s", handshakes),
 }
 TLS_SCENARIOS = frozenset({"wss32", "wss32-go", "tls-handshakes"})
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed ECDSA P-256 certificate for 127.0.0.1 and its key, made with openssl."""
-    if shutil.which("openssl") is None:
-        sys.exit("openssl not found: apt-get install -y openssl")
-    cert, key = directory / "bench.pem", directory / "bench.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def machine() -> str:

@@ -14,6 +14,8 @@ counters are zeroed, N handshakes run 64 at a time, the session records are left
 to be written, and the instructions of every thread of the process are dumped and divided
 by N. ``--profile FILE`` keeps the callgrind output (callgrind_annotate FILE). ``--server``
 measures a peer of engine_vs_peers instead (tornado, aiohttp, picows), the same way.
+``--tls`` serves wss:// on engine_vs_peers' certificate (ECDSA P-256) and makes every cycle
+a full TLS handshake (no session resumed): the figure less the plain one is what TLS costs.
 Only user-space instructions are counted: the kernel's share of a handshake (accept,
 reads, writes, close) is not in the figure.
 """
@@ -25,6 +27,7 @@ import asyncio
 import re
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -32,11 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import _PEER_SCRIPTS, HERE, _wait_listening, say
-from _rawclient import frame, open_ws
+from _common import _PEER_SCRIPTS, HERE, _wait_listening, make_certificate, say
+from _rawclient import frame, insecure_tls, open_ws
 
 
-async def cycles(port: int, count: int, concurrency: int = 64) -> int:
+async def cycles(
+    port: int, count: int, tls: ssl.SSLContext | None = None, concurrency: int = 64
+) -> int:
     left = count
     failed = 0
     close = frame(0x8, struct.pack("!H", 1000))
@@ -46,7 +51,7 @@ async def cycles(port: int, count: int, concurrency: int = 64) -> int:
         while left > 0:
             left -= 1
             try:
-                reader, writer = await open_ws(port)
+                reader, writer = await open_ws(port, tls=tls)
                 writer.write(close)
                 await reader.read()
                 writer.close()
@@ -77,6 +82,7 @@ def main() -> None:
         default="tornado-echo",
         help="the server measured: tornado-echo, or a peer of engine_vs_peers",
     )
+    parser.add_argument("--tls", action="store_true", help="wss://: a TLS handshake per cycle")
     parser.add_argument("flags", nargs="*", help="extra tornado-echo flags (after --)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -86,6 +92,9 @@ def main() -> None:
         port = probe.getsockname()[1]
         probe.close()
         out = Path(tmp) / "callgrind.out"
+        tls = insecure_tls() if args.tls else None
+        pair = make_certificate(Path(tmp)) if args.tls else None
+        tls_flags = ["--tls-cert", str(pair[0]), "--tls-key", str(pair[1])] if pair else []
         cmd = [
             "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
             sys.executable,
@@ -94,10 +103,10 @@ def main() -> None:
             cmd += [
                 "-m", "tornado_echo", "--port", str(port),
                 "--database-url", f"sqlite:///{tmp}/echo.db",
-                "--batch-delay", str(args.batch_delay), *args.flags,
+                "--batch-delay", str(args.batch_delay), *tls_flags, *args.flags,
             ]  # fmt: skip
         else:
-            cmd.append(str(HERE / _PEER_SCRIPTS[args.server]))
+            cmd += [str(HERE / _PEER_SCRIPTS[args.server]), *tls_flags]
         with (Path(tmp) / "server.log").open("a") as log:
             proc = subprocess.Popen(
                 cmd, cwd=tmp, stderr=log, stdout=subprocess.PIPE if args.server in
@@ -115,10 +124,10 @@ def main() -> None:
                     if time.monotonic() > deadline or proc.poll() is not None:
                         sys.exit((Path(tmp) / "server.log").read_text()[-2000:])
             control(proc.pid, "-i", "on")
-            asyncio.run(cycles(port, args.warmup))
+            asyncio.run(cycles(port, args.warmup, tls))
             time.sleep(args.batch_delay + 2)
             control(proc.pid, "-z")
-            failed = asyncio.run(cycles(port, args.handshakes))
+            failed = asyncio.run(cycles(port, args.handshakes, tls))
             time.sleep(args.batch_delay + 3)  # the records written, the closes' timers run
             control(proc.pid, "-d")
             totals = 0
@@ -134,7 +143,8 @@ def main() -> None:
             proc.wait(60)
     done = args.handshakes - failed
     per = totals / max(done, 1) / 1e3
-    say(f"{args.server}: {done} handshakes ({failed} failed): {per:.0f}k instructions each")
+    kind = "TLS + WebSocket" if args.tls else "WebSocket"
+    say(f"{args.server}: {done} {kind} handshakes ({failed} failed): {per:.0f}k instructions each")
 
 
 if __name__ == "__main__":
