@@ -402,6 +402,32 @@ def test_the_context_refuses_renegotiation(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("engine", ["fast", "tornado"])
 @pytest.mark.gen_test(timeout=30)
+async def test_no_tls_1_3_session_ticket_is_sent(
+    tmp_path: Path, sqlite_url: str, engine: str
+) -> None:
+    # Each ticket costs the server about 8% of a full handshake; see tls.py for why none.
+    cert, key = make_pair(tmp_path, "tls")
+    server = await started_server(
+        tmp_path, sqlite_url, tls_cert=str(cert), tls_key=str(key), engine=engine
+    )
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=client_context(cert)
+        )
+        writer.write(upgrade_request())
+        # Tickets come right after the handshake, before the answer read here.
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        tls = writer.get_extra_info("ssl_object")
+        assert isinstance(tls, ssl.SSLObject)
+        assert tls.version() == "TLSv1.3"
+        assert tls.session is not None and not tls.session.has_ticket
+        writer.close()
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.parametrize("engine", ["fast", "tornado"])
+@pytest.mark.gen_test(timeout=30)
 async def test_a_forged_tls_record_after_the_upgrade_is_one_tls_failure(
     tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture, engine: str
 ) -> None:

@@ -8,6 +8,17 @@ current context (building one reads files and costs far more than a handshake).
 Renegotiation is refused (``OP_NO_RENEGOTIATION``, whatever the OpenSSL version's default):
 each renegotiation is a full handshake's CPU for the server on an open connection, which a
 client could ask for again and again; WebSocket has no use for it, and TLS 1.3 has none.
+
+No TLS 1.3 session tickets are sent (``num_tickets = 0``; OpenSSL sends two after every full
+handshake). Each ticket costs the server a session serialisation, an encryption and a MAC:
+about 8% of a full handshake's instructions per ticket (benchmarks/handshake_cost.py --tls,
+docs/performance.md). What one would save is small: a TLS 1.3 resumption without early
+data takes the same round trips as a full handshake and saves the server only the
+certificate's signature, while the server sends a fresh ticket at every resumption. And a
+ticket could only be resumed by the worker process that issued it, before its next reload
+or restart (the ticket keys are each context's own: Python's ssl cannot share them), while
+SO_REUSEPORT spreads a client's reconnections over the workers. TLS 1.2 clients keep their
+session ids and tickets (there resumption saves a round trip).
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ def server_context(config: Config) -> ssl.SSLContext | None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_RENEGOTIATION
+    context.num_tickets = 0
     try:
         context.load_cert_chain(config.tls_cert, config.tls_key)
     except ssl.SSLError as exc:
