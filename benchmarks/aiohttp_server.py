@@ -8,13 +8,10 @@ as the other servers here do.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import functools
-import resource
 import ssl
-import sys
 
+from _peer import parser, run, serve_forever, tls_context
 from aiohttp import WSMsgType, web
 
 
@@ -37,30 +34,14 @@ async def serve(max_msg_size: int, context: ssl.SSLContext | None) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096, ssl_context=context)
     await site.start()
     assert site._server is not None and site._server.sockets
-    sys.stdout.write(f"{site._server.sockets[0].getsockname()[1]}\n")
-    sys.stdout.flush()
-    await asyncio.Event().wait()
+    await serve_forever(site._server.sockets[0].getsockname()[1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--max-msg-size", type=int, default=1 << 20)
-    parser.add_argument("--tls-cert", help="serve wss:// with this PEM chain (and --tls-key)")
-    parser.add_argument("--tls-key")
-    args = parser.parse_args()
-    context = None
-    if args.tls_cert:  # the context tornado-echo builds (tls.py): TLS >= 1.2, one pair
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(args.tls_cert, args.tls_key)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(args.max_msg_size, context))
-    else:
-        uvloop.run(serve(args.max_msg_size, context))
+    arguments = parser(__doc__)
+    arguments.add_argument("--max-msg-size", type=int, default=1 << 20)
+    args = arguments.parse_args()
+    run(functools.partial(serve, args.max_msg_size, tls_context(args)))
 
 
 if __name__ == "__main__":

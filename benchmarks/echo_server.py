@@ -8,16 +8,14 @@ tornado-echo and the load tester against.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import resource
+import functools
 import ssl
-import sys
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 import tornado.websocket
+from _peer import parser, run, serve_forever, tls_context
 
 
 class Echo(tornado.websocket.WebSocketHandler):
@@ -34,30 +32,14 @@ async def serve(port: int, context: ssl.SSLContext | None) -> None:
         tornado.web.Application([(r"/ws", Echo)]), ssl_options=context
     )
     server.add_sockets(sockets)
-    sys.stdout.write(f"{sockets[0].getsockname()[1]}\n")
-    sys.stdout.flush()
-    await asyncio.Event().wait()
+    await serve_forever(sockets[0].getsockname()[1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--tls-cert", help="serve wss:// with this PEM chain (and --tls-key)")
-    parser.add_argument("--tls-key")
-    args = parser.parse_args()
-    context = None
-    if args.tls_cert:  # the context tornado-echo builds (tls.py): TLS >= 1.2, one pair
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(args.tls_cert, args.tls_key)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(args.port, context))
-    else:
-        uvloop.run(serve(args.port, context))
+    arguments = parser(__doc__)
+    arguments.add_argument("--port", type=int, default=0)
+    args = arguments.parse_args()
+    run(functools.partial(serve, args.port, tls_context(args)))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,10 @@ No permessage-deflate (picows has none).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import resource
+import functools
 import ssl
-import sys
 
-import uvloop
+from _peer import parser, run, serve_forever, tls_context
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 
@@ -42,25 +39,14 @@ async def serve(max_msg_size: int, context: ssl.SSLContext | None) -> None:
         ssl=context,
         backlog=4096,
     )
-    sys.stdout.write(f"{server.sockets[0].getsockname()[1]}\n")
-    sys.stdout.flush()
-    await asyncio.Event().wait()
+    await serve_forever(server.sockets[0].getsockname()[1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--max-msg-size", type=int, default=1 << 20)
-    parser.add_argument("--tls-cert", help="serve wss:// with this PEM chain (and --tls-key)")
-    parser.add_argument("--tls-key")
-    args = parser.parse_args()
-    context = None
-    if args.tls_cert:  # the context tornado-echo builds (tls.py): TLS >= 1.2, one pair
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(args.tls_cert, args.tls_key)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    uvloop.run(serve(args.max_msg_size, context))
+    arguments = parser(__doc__)
+    arguments.add_argument("--max-msg-size", type=int, default=1 << 20)
+    args = arguments.parse_args()
+    run(functools.partial(serve, args.max_msg_size, tls_context(args)))
 
 
 if __name__ == "__main__":
