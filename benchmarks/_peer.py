@@ -1,5 +1,5 @@
 """What the peer servers of engine_vs_peers share (echo_server.py, aiohttp_server.py,
-picows_server.py): the TLS flags and context, the port line, and the run itself.
+picows_server.py): the command line, the TLS context, the port line and the run itself.
 
 A peer prints its port on the first line of stdout (engine_vs_peers.py and
 handshake_cost.py read it), then serves until killed, on uvloop when installed.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import resource
 import ssl
 import sys
@@ -16,12 +17,21 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 
-def parser(description: str | None) -> argparse.ArgumentParser:
-    """The command line every peer takes; a peer adds its own flags to it."""
+def main(
+    description: str | None,
+    serve: Callable[[int, ssl.SSLContext | None], Coroutine[Any, Any, None]],
+    flag: str = "--max-msg-size",
+    default: int = 1 << 20,
+) -> None:
+    """Parse a peer's command line (--tls-cert, --tls-key and its one integer ``flag``),
+    then run ``serve(that integer, the TLS context or None)`` until killed."""
     parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--tls-cert", help="serve wss:// with this PEM chain (and --tls-key)")
     parser.add_argument("--tls-key")
-    return parser
+    args = parser.parse_args()
+    value = getattr(args, flag.lstrip("-").replace("-", "_"))
+    run(functools.partial(serve, value, tls_context(args)))
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import ssl
 
-from _peer import parser, run, serve_forever, tls_context
+from _peer import main, serve_forever
 from aiohttp import WSMsgType, web
 
 
@@ -37,12 +37,5 @@ async def serve(max_msg_size: int, context: ssl.SSLContext | None) -> None:
     await serve_forever(site._server.sockets[0].getsockname()[1])
 
 
-def main() -> None:
-    arguments = parser(__doc__)
-    arguments.add_argument("--max-msg-size", type=int, default=1 << 20)
-    args = arguments.parse_args()
-    run(functools.partial(serve, args.max_msg_size, tls_context(args)))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, serve)

@@ -8,14 +8,13 @@ tornado-echo and the load tester against.
 
 from __future__ import annotations
 
-import functools
 import ssl
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 import tornado.websocket
-from _peer import parser, run, serve_forever, tls_context
+from _peer import main, serve_forever
 
 
 class Echo(tornado.websocket.WebSocketHandler):
@@ -35,12 +34,5 @@ async def serve(port: int, context: ssl.SSLContext | None) -> None:
     await serve_forever(sockets[0].getsockname()[1])
 
 
-def main() -> None:
-    arguments = parser(__doc__)
-    arguments.add_argument("--port", type=int, default=0)
-    args = arguments.parse_args()
-    run(functools.partial(serve, args.port, tls_context(args)))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, serve, "--port", 0)
