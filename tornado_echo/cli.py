@@ -28,12 +28,11 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-import tornado.netutil
-
 from tornado_echo import __version__
 from tornado_echo.config import FIELDS, Config, build_config, env_name, flag_name, mask_url
 from tornado_echo.errors import ConfigError, EchoError, one_line
 from tornado_echo.http import tls
+from tornado_echo.http.sockets import bind_sockets
 from tornado_echo.observability import MULTIPROC_ENV
 from tornado_echo.observability.logs import setup_logging
 from tornado_echo.process import eventloop
@@ -210,7 +209,7 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
                 return dataclasses.replace(reload_flags(), port=port)
 
     def run_worker(index: int, link: WorkerLink) -> int:
-        sockets = tornado.netutil.bind_sockets(
+        sockets = bind_sockets(
             config.port, config.host, reuse_port=True, backlog=config.listen_backlog
         )
         return serve(config, sockets, link, reload_config, worker=index)
@@ -255,7 +254,7 @@ def run_loop(choice: str, main: Coroutine[Any, Any, int]) -> int:
 
 
 def _free_port(host: str) -> int:
-    sockets = tornado.netutil.bind_sockets(0, host)
+    sockets = bind_sockets(0, host)
     port = int(sockets[0].getsockname()[1])
     for sock in sockets:
         sock.close()

@@ -29,8 +29,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import tornado.netutil
-
 from tornado_echo.addresses import is_loopback
 from tornado_echo.config import Config, LiveConfig
 from tornado_echo.connections import Connections
@@ -39,6 +37,7 @@ from tornado_echo.errors import ConfigError
 from tornado_echo.http import tls
 from tornado_echo.http.fast_listener import FastHTTPServer, make_fast_http_server
 from tornado_echo.http.listener import EchoHTTPServer, make_http_server
+from tornado_echo.http.sockets import bind_sockets
 from tornado_echo.observability.logs import setup_logging
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.process.systemd import Notifier
@@ -174,7 +173,7 @@ class Server:
             sockets = await loop.run_in_executor(
                 None,
                 functools.partial(
-                    tornado.netutil.bind_sockets,
+                    bind_sockets,
                     self.config.port,
                     self.config.host,
                     backlog=self.config.listen_backlog,
