@@ -23,7 +23,9 @@ Scenarios (issue 9's targets):
   tls-handshakes            handshakes with a full TLS handshake in each cycle
 tornado-echo runs with its SQLite session records, as shipped. The TLS scenarios serve a
 self-signed ECDSA P-256 certificate made with openssl for the run (every server the same
-pair, TLS >= 1.2; the clients check nothing and resume no session).
+pair, TLS >= 1.2; the clients check nothing and resume no session). Each server keeps its
+own defaults otherwise: the peers send OpenSSL's two TLS 1.3 session tickets per
+handshake, tornado-echo none (tornado_echo/http/tls.py says why).
 """
 
 from __future__ import annotations
