@@ -105,3 +105,13 @@ def test_garbage_among_rows_of_one_width_is_refused(damage: int) -> None:
     data[5 * 69 + damage] ^= 0x40
     with pytest.raises(StoreError, match="not journal rows"):
         sqlite_row_values(bytes(data))
+
+
+@pytest.mark.parametrize("cut", [1, 10, 22, 40, 63, 64, 70, 69 + 2 + 10])
+def test_rows_of_several_widths_cut_short_are_refused(cut: int) -> None:
+    data = rows_of_width(1, b"ab") + rows_of_width(1, None)
+    with pytest.raises(StoreError, match="not journal rows"):
+        sqlite_row_values(bytes(data[:cut]))
+    data[1] = 6  # the field count
+    with pytest.raises(StoreError, match="not journal rows"):
+        sqlite_row_values(bytes(data))

@@ -217,7 +217,7 @@ def sqlite_row_values(data: bytes) -> list[tuple[Any, ...]]:
     Raises :class:`StoreError` on anything but rows."""
     width = uniform_width(data)
     if width is None:
-        return list(decode_row_values(data))
+        return _mixed_row_values(data)
     text = _session_text
     epoch = PG_EPOCH
     payload = width - _FIXED
@@ -234,3 +234,46 @@ def sqlite_row_values(data: bytes) -> list[tuple[Any, ...]]:
             payload
         ).iter_unpack(data)
     ]
+
+
+_HEAD = _row_struct(-1).format[:-2]  # a row up to its payload: ">hi16s" and _FIELDS
+_HEAD_STRUCT = struct.Struct(_HEAD)
+
+
+def _mixed_row_values(data: bytes) -> list[tuple[Any, ...]]:
+    """:func:`sqlite_row_values` of rows of several widths (the full journal's payloads of
+    several sizes, or past its byte budget some without): one ``unpack_from`` a row."""
+    head = _HEAD_STRUCT.unpack_from
+    text = _session_text
+    epoch = PG_EPOCH
+    size_of_head = _HEAD_STRUCT.size
+    expected = (len(COLUMNS), 16, 8, 8, 2, 4)
+    values = []
+    offset = 0
+    end = len(data)
+    try:
+        while offset < end:
+            count, sixteen, raw, l1, seq, l2, usec, l3, opcode, l4, size, length = head(
+                data, offset
+            )
+            if (count, sixteen, l1, l2, l3, l4) != expected:
+                raise ValueError("row header")
+            offset += size_of_head
+            payload = None
+            if length >= 0:
+                payload = data[offset : offset + length]
+                offset += length
+            flag = data[offset : offset + 5]
+            if flag == _NOT_TRUNCATED:
+                truncated = 0
+            elif flag == _TRUNCATED:
+                truncated = 1
+            else:
+                raise ValueError("cut short")
+            offset += 5
+            values.append(
+                (text(raw), seq, usec / 1_000_000 + epoch, opcode, size, payload, truncated)
+            )
+    except (struct.error, ValueError) as exc:
+        raise StoreError(f"not journal rows at byte {offset}: {exc}") from None
+    return values
