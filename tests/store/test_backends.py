@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import admin_sql, fetch_rows
 from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, make_backend
 from tornado_echo.store.base import journal_page
+from tornado_echo.store.copyrows import encode_row
 from tornado_echo.store.records import MESSAGE_COLUMNS, SESSION_COLUMNS, Record
 
 
@@ -309,3 +310,43 @@ def test_a_session_opened_and_closed_in_one_batch_lands_closed_even_over_a_repla
         (SID, "closed", "bye", 3),
         (SID2, "closed", "bye", 3),
     ]
+
+
+def test_sqlite_journal_rows_land_once_whatever_the_batch_and_the_replays(sqlite_url: str) -> None:
+    """SQLite inserts rows a hundred to a statement, then the rest one by one; a batch of
+    rows of several widths goes through the general decoder: every row lands, once, with its
+    values, also when the batch (or a part of it) is written again. (PostgreSQL refuses such
+    a batch: its writer then merges, tests/store/test_partitions.py.)"""
+    database_url = sqlite_url
+    backend = make_backend(database_url)
+    backend.migrate()
+    first, mixed = bytearray(), bytearray()
+    for seq in range(1, 251):
+        encode_row(first, SID, seq, 1_767_000_000.0 + seq, 2, 8, b"payload!", 100, seq == 7)
+    for seq in range(1, 6):
+        encode_row(mixed, SID2, seq, 1_767_000_000.0, 1, seq, b"x" * seq if seq % 2 else None, 3)
+    try:
+        backend.write_journal(bytes(first))
+        backend.write_journal(bytes(first[: 69 + 8]) + bytes(mixed))  # a replay and new rows
+        backend.write_journal(bytes(first))
+    finally:
+        backend.close()
+    rows = fetch_rows(
+        database_url,
+        "SELECT session_id, seq, opcode, size, payload, truncated FROM ws_messages"
+        " ORDER BY session_id, seq",
+    )
+    assert [(str(r["session_id"]), r["seq"]) for r in rows] == [
+        *((SID, seq) for seq in range(1, 251)),
+        *((SID2, seq) for seq in range(1, 6)),
+    ]
+    assert {bytes(r["payload"]) for r in rows[:250]} == {b"payload!"}
+    assert [bool(r["truncated"]) for r in rows[:250]].count(True) == 1
+    assert [None if r["payload"] is None else bytes(r["payload"]) for r in rows[250:]] == [
+        b"x",
+        None,
+        b"xxx",
+        None,
+        b"xxx",
+    ]
+    assert [bool(r["truncated"]) for r in rows[250:]] == [False, False, False, False, True]

@@ -156,3 +156,124 @@ def decode_row_values(data: bytes | bytearray | memoryview) -> Iterator[tuple[An
             )
     except (struct.error, ValueError) as exc:
         raise StoreError(f"not journal rows at byte {offset}: {exc}") from None
+
+
+# A row's layout around its payload (``p`` bytes, 0 if NULL): what every row of a batch of
+# rows of one width has at the same places (see uniform_width).
+_LENGTH_AT = _ROW_START + _FIELDS.size - 4  # the payload's int32 length
+_FIXED = _ROW_START + _FIELDS.size + 5  # a row's bytes besides its payload
+# Bytes equal in every row of one width: field count, uuid length, the lengths of seq,
+# received_at, opcode and size, the payload's length (after the payload: the flag's length).
+_SAME_BEFORE = (
+    *range(0, 6),
+    *range(_ROW_START, _ROW_START + 4),
+    *range(_ROW_START + 12, _ROW_START + 16),
+    *range(_ROW_START + 24, _ROW_START + 28),
+    *range(_ROW_START + 30, _ROW_START + 34),
+    *range(_LENGTH_AT, _LENGTH_AT + 4),
+)
+_NULL_LENGTH = b"\xff\xff\xff\xff"
+
+
+@functools.lru_cache(maxsize=256)
+def _row_struct(payload: int) -> struct.Struct:
+    """All of a row's fields, for rows whose payload is ``payload`` bytes (-1: NULL)."""
+    body = f"{payload}s" if payload >= 0 else ""
+    return struct.Struct(f">hi16s{_FIELDS.format.lstrip('>')}{body}ib")
+
+
+def uniform_width(data: bytes) -> int | None:
+    """The width of every row of ``data`` if they all have the first one's shape (its
+    payload's length, or none), checked with a few C-level strided slices; else None.
+
+    By induction: row 0 starts at 0; when row k starts at k * width and its length field
+    holds the first row's, it ends at (k + 1) * width. The constant bytes' values and the
+    truncated flag are checked against the layout here too."""
+    end = len(data)
+    if end < _FIXED:
+        return None
+    length = data[_LENGTH_AT : _LENGTH_AT + 4]
+    payload = 0 if length == _NULL_LENGTH else int.from_bytes(length, "big")
+    width = _FIXED + payload
+    if payload > end or end % width:
+        return None
+    first = _row_struct(-1 if length == _NULL_LENGTH else payload).unpack_from(data)
+    if first[:2] != (len(COLUMNS), 16) or first[3::2][:4] != (8, 8, 2, 4) or first[-2] != 1:
+        return None
+    rows = end // width
+    for at in (*_SAME_BEFORE, *range(width - 5, width - 1)):
+        if data[at::width].count(data[at]) != rows:
+            return None
+    if data[width - 1 :: width].translate(None, b"\x00\x01"):
+        return None
+    return width
+
+
+def sqlite_row_values(data: bytes) -> list[tuple[Any, ...]]:
+    """The values of concatenated rows, in :data:`COLUMNS` order, as SQLite's writer binds
+    them: ``truncated`` as an int (a bool is adapted per value, 0.4 us a row). Rows of one
+    width (every metadata row; payloads of one size) are cut by ``struct.iter_unpack``
+    without Python work per field; others go through :func:`decode_row_values`.
+    Raises :class:`StoreError` on anything but rows."""
+    width = uniform_width(data)
+    if width is None:
+        return _mixed_row_values(data)
+    text = _session_text
+    epoch = PG_EPOCH
+    payload = width - _FIXED
+    if data[_LENGTH_AT : _LENGTH_AT + 4] == _NULL_LENGTH:
+        return [
+            (text(raw), seq, usec / 1_000_000 + epoch, opcode, size, None, flag)
+            for (_, _, raw, _, seq, _, usec, _, opcode, _, size, _, _, flag) in _row_struct(
+                -1
+            ).iter_unpack(data)
+        ]
+    return [
+        (text(raw), seq, usec / 1_000_000 + epoch, opcode, size, body, flag)
+        for (_, _, raw, _, seq, _, usec, _, opcode, _, size, _, body, _, flag) in _row_struct(
+            payload
+        ).iter_unpack(data)
+    ]
+
+
+_HEAD = _row_struct(-1).format[:-2]  # a row up to its payload: ">hi16s" and _FIELDS
+_HEAD_STRUCT = struct.Struct(_HEAD)
+
+
+def _mixed_row_values(data: bytes) -> list[tuple[Any, ...]]:
+    """:func:`sqlite_row_values` of rows of several widths (the full journal's payloads of
+    several sizes, or past its byte budget some without): one ``unpack_from`` a row."""
+    head = _HEAD_STRUCT.unpack_from
+    text = _session_text
+    epoch = PG_EPOCH
+    size_of_head = _HEAD_STRUCT.size
+    expected = (len(COLUMNS), 16, 8, 8, 2, 4)
+    values = []
+    offset = 0
+    end = len(data)
+    try:
+        while offset < end:
+            count, sixteen, raw, l1, seq, l2, usec, l3, opcode, l4, size, length = head(
+                data, offset
+            )
+            if (count, sixteen, l1, l2, l3, l4) != expected:
+                raise ValueError("row header")
+            offset += size_of_head
+            payload = None
+            if length >= 0:
+                payload = data[offset : offset + length]
+                offset += length
+            flag = data[offset : offset + 5]
+            if flag == _NOT_TRUNCATED:
+                truncated = 0
+            elif flag == _TRUNCATED:
+                truncated = 1
+            else:
+                raise ValueError("cut short")
+            offset += 5
+            values.append(
+                (text(raw), seq, usec / 1_000_000 + epoch, opcode, size, payload, truncated)
+            )
+    except (struct.error, ValueError) as exc:
+        raise StoreError(f"not journal rows at byte {offset}: {exc}") from None
+    return values
