@@ -30,6 +30,7 @@ async def test_a_client_that_does_not_read_its_answers_gets_no_more_and_is_close
         assert isinstance(http, FastHTTPServer)
         _, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(ASSET * 3000)  # 42 MB of answers, never read
+        await eventually(lambda: http.connections, timeout=5)  # accepted by the loop
         most = 0
 
         def gone() -> bool:

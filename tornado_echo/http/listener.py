@@ -232,6 +232,11 @@ class EchoHTTPServer(LiveSettings, tornado.httpserver.HTTPServer):
             acceptor.start()
             self.listeners.append(acceptor)
 
+    async def start_serving(self, sockets: Iterable[socket.socket]) -> None:
+        """Accept on ``sockets`` (listening already) until :meth:`stop`; as the fast
+        listener's, which may have to wait for the loop."""
+        self.add_sockets(sockets)
+
     def stop(self) -> None:
         for acceptor in self.listeners:
             acceptor.close()
