@@ -12,7 +12,8 @@ tornado-echo starts at the default conf (SQLite session records in a temporary d
 metrics, logs as shipped) under callgrind with instrumentation off; after a warm-up, the
 counters are zeroed, N handshakes run 64 at a time, the session records are left a moment
 to be written, and the instructions of every thread of the process are dumped and divided
-by N. ``--profile FILE`` keeps the callgrind output (callgrind_annotate FILE). ``--server``
+by N. ``--bare`` counts connections that send nothing and half-close instead (the accept
+path alone). ``--profile FILE`` keeps the callgrind output (callgrind_annotate FILE). ``--server``
 measures a peer of engine_vs_peers instead (tornado, aiohttp, picows), the same way.
 Only user-space instructions are counted: the kernel's share of a handshake (accept,
 reads, writes, close) is not in the figure.
@@ -36,7 +37,7 @@ from _common import _PEER_SCRIPTS, HERE, _wait_listening, say
 from _rawclient import frame, open_ws
 
 
-async def cycles(port: int, count: int, concurrency: int = 64) -> int:
+async def cycles(port: int, count: int, concurrency: int = 64, bare: bool = False) -> int:
     left = count
     failed = 0
     close = frame(0x8, struct.pack("!H", 1000))
@@ -46,8 +47,12 @@ async def cycles(port: int, count: int, concurrency: int = 64) -> int:
         while left > 0:
             left -= 1
             try:
-                reader, writer = await open_ws(port)
-                writer.write(close)
+                if bare:  # connect, half-close, wait for the server's close
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write_eof()
+                else:
+                    reader, writer = await open_ws(port)
+                    writer.write(close)
                 await reader.read()
                 writer.close()
             except (OSError, RuntimeError, asyncio.IncompleteReadError):
@@ -76,6 +81,12 @@ def main() -> None:
         choices=("tornado-echo", *_PEER_SCRIPTS),
         default="tornado-echo",
         help="the server measured: tornado-echo, or a peer of engine_vs_peers",
+    )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="connections that send nothing and half-close (the accept path alone: accept,"
+        " admission, the protocol, the close) instead of WebSocket handshakes",
     )
     parser.add_argument("flags", nargs="*", help="extra tornado-echo flags (after --)")
     args = parser.parse_args()
@@ -115,10 +126,10 @@ def main() -> None:
                     if time.monotonic() > deadline or proc.poll() is not None:
                         sys.exit((Path(tmp) / "server.log").read_text()[-2000:])
             control(proc.pid, "-i", "on")
-            asyncio.run(cycles(port, args.warmup))
+            asyncio.run(cycles(port, args.warmup, bare=args.bare))
             time.sleep(args.batch_delay + 2)
             control(proc.pid, "-z")
-            failed = asyncio.run(cycles(port, args.handshakes))
+            failed = asyncio.run(cycles(port, args.handshakes, bare=args.bare))
             time.sleep(args.batch_delay + 3)  # the records written, the closes' timers run
             control(proc.pid, "-d")
             totals = 0
@@ -134,7 +145,8 @@ def main() -> None:
             proc.wait(60)
     done = args.handshakes - failed
     per = totals / max(done, 1) / 1e3
-    say(f"{args.server}: {done} handshakes ({failed} failed): {per:.0f}k instructions each")
+    what = "bare connections" if args.bare else "handshakes"
+    say(f"{args.server}: {done} {what} ({failed} failed): {per:.0f}k instructions each")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ Every limit of :mod:`tornado_echo.http.listener` holds here too, with its consta
 refused with 413 before they are read (``Expect: 100-continue`` gets the 413, not a 100;
 chunked requests likewise), headers over ``MAX_HEADER_SIZE`` answered 431 (no more than the
 limit plus one read is buffered), headers that do not arrive within ``http_timeout`` (and
-idle keep-alive connections) closed, ``max_http_connections`` answered 503, accept() paused
-on EMFILE, trusted proxies believed per request. Beyond them, what a stranger can make it
+idle keep-alive connections) closed, ``max_http_connections`` answered 503, trusted proxies
+believed per request. Beyond them, what a stranger can make it
 hold is bounded: pipelined requests are parsed from one read at most (the connection is not
 read while any request is queued or served), and requests that cannot be parsed get 400.
 
@@ -26,6 +26,16 @@ The TLS handshake counts as part of the HTTP phase: within ``http_timeout`` (a c
 never sends its ClientHello is closed then), and among the ``max_http_connections``. A
 handshake that fails on a TLS error (plain HTTP on the TLS port, a client that does not
 trust the certificate) is counted (``on_tls_failure``) and logged through the throttle.
+
+Plain connections are accepted by uvloop's own server (``loop.create_server`` on the
+listening socket: libuv's accept, in C, and the protocol made by the loop; no Python socket
+object nor task per connection). When descriptors run out it sheds load instead of pausing:
+libuv closes a descriptor it keeps in reserve, accepts and closes every connection waiting,
+and takes the reserve back, so those clients see their connection closed at once (and may
+retry) rather than wait in the backlog, nothing is logged, and accepting goes on as soon as
+descriptors are free (:func:`sheds_load_on_emfile`). TLS connections, and every connection on
+asyncio's own loop, are accepted by the :class:`~tornado_echo.http.listener.Acceptor`, which
+pauses accept() for ``ACCEPT_BACKOFF`` on EMFILE as Tornado's listener does.
 
 A ``WebSocketHandler`` that is not the fast engine's (Tornado's own protocol needs an
 IOStream) is served on Tornado's listener (``engine = "tornado"``), TLS included.
