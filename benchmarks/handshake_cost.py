@@ -12,7 +12,8 @@ tornado-echo starts at the default conf (SQLite session records in a temporary d
 metrics, logs as shipped) under callgrind with instrumentation off; after a warm-up, the
 counters are zeroed, N handshakes run 64 at a time, the session records are left a moment
 to be written, and the instructions of every thread of the process are dumped and divided
-by N. ``--profile FILE`` keeps the callgrind output (callgrind_annotate FILE). ``--server``
+by N. ``--bare`` counts connections that send nothing and half-close instead (the accept
+path alone). ``--profile FILE`` keeps the callgrind output (callgrind_annotate FILE). ``--server``
 measures a peer of engine_vs_peers instead (tornado, aiohttp, picows), the same way.
 ``--tls`` serves wss:// on engine_vs_peers' certificate (ECDSA P-256) and makes every cycle
 a full TLS handshake (no session resumed): the figure less the plain one is what TLS costs.
@@ -40,7 +41,11 @@ from _rawclient import frame, insecure_tls, open_ws
 
 
 async def cycles(
-    port: int, count: int, tls: ssl.SSLContext | None = None, concurrency: int = 64
+    port: int,
+    count: int,
+    tls: ssl.SSLContext | None = None,
+    concurrency: int = 64,
+    bare: bool = False,
 ) -> int:
     left = count
     failed = 0
@@ -51,8 +56,12 @@ async def cycles(
         while left > 0:
             left -= 1
             try:
-                reader, writer = await open_ws(port, tls=tls)
-                writer.write(close)
+                if bare:  # connect, half-close, wait for the server's close
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write_eof()
+                else:
+                    reader, writer = await open_ws(port, tls=tls)
+                    writer.write(close)
                 await reader.read()
                 writer.close()
             except (OSError, RuntimeError, asyncio.IncompleteReadError):
@@ -83,8 +92,16 @@ def main() -> None:
         help="the server measured: tornado-echo, or a peer of engine_vs_peers",
     )
     parser.add_argument("--tls", action="store_true", help="wss://: a TLS handshake per cycle")
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="connections that send nothing and half-close (the accept path alone: accept,"
+        " admission, the protocol, the close) instead of WebSocket handshakes",
+    )
     parser.add_argument("flags", nargs="*", help="extra tornado-echo flags (after --)")
     args = parser.parse_args()
+    if args.bare and args.tls:
+        parser.error("--bare half-closes a plain connection; it does not go with --tls")
     if shutil.which("valgrind") is None:
         sys.exit("valgrind not found: apt-get install -y valgrind")
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as probe:
@@ -124,10 +141,10 @@ def main() -> None:
                     if time.monotonic() > deadline or proc.poll() is not None:
                         sys.exit((Path(tmp) / "server.log").read_text()[-2000:])
             control(proc.pid, "-i", "on")
-            asyncio.run(cycles(port, args.warmup, tls))
+            asyncio.run(cycles(port, args.warmup, tls, bare=args.bare))
             time.sleep(args.batch_delay + 2)
             control(proc.pid, "-z")
-            failed = asyncio.run(cycles(port, args.handshakes, tls))
+            failed = asyncio.run(cycles(port, args.handshakes, tls, bare=args.bare))
             time.sleep(args.batch_delay + 3)  # the records written, the closes' timers run
             control(proc.pid, "-d")
             totals = 0
@@ -143,8 +160,9 @@ def main() -> None:
             proc.wait(60)
     done = args.handshakes - failed
     per = totals / max(done, 1) / 1e3
-    kind = "TLS + WebSocket" if args.tls else "WebSocket"
-    say(f"{args.server}: {done} {kind} handshakes ({failed} failed): {per:.0f}k instructions each")
+    what = "bare connections" if args.bare else "handshakes"
+    kind = "TLS + " if args.tls else ""
+    say(f"{args.server}: {done} {kind}{what} ({failed} failed): {per:.0f}k instructions each")
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ def http_server(
         server = make_fast_http_server(app, LiveConfig(app_config))
 
         async def listen() -> None:
-            server.add_sockets([sock])
+            await server.start_serving([sock])
 
         io_loop.run_sync(listen)
     yield server

@@ -30,6 +30,7 @@ async def test_a_client_that_does_not_read_its_answers_gets_no_more_and_is_close
         assert isinstance(http, FastHTTPServer)
         _, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(ASSET * 3000)  # 42 MB of answers, never read
+        await eventually(lambda: http.connections, timeout=5)  # accepted by the loop
         most = 0
 
         def gone() -> bool:
@@ -60,3 +61,33 @@ async def test_a_connection_closed_before_its_transport_comes_is_closed_when_it_
     await asyncio.wait_for(closing, 5)  # not the 30 s of http_timeout
     assert (http.open_http, len(http.connections)) == (0, 0)
     theirs.close()
+
+
+def listening_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_stop_closes_the_listening_sockets_once_and_for_all(
+    app: tornado.web.Application,
+) -> None:
+    http = FastHTTPServer(app, LiveConfig(Config(http_timeout=30.0)))
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    await http.start_serving([sock])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200 ")
+    writer.close()
+    http.stop()
+    http.stop()  # idempotent
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+    # Sockets handed over after stop() are closed, not served.
+    late = listening_socket()
+    await http.start_serving([late])
+    assert late.fileno() == -1
+    await http.close_all_connections()

@@ -14,8 +14,8 @@ Every limit of :mod:`tornado_echo.http.listener` holds here too, with its consta
 refused with 413 before they are read (``Expect: 100-continue`` gets the 413, not a 100;
 chunked requests likewise), headers over ``MAX_HEADER_SIZE`` answered 431 (no more than the
 limit plus one read is buffered), headers that do not arrive within ``http_timeout`` (and
-idle keep-alive connections) closed, ``max_http_connections`` answered 503, accept() paused
-on EMFILE, trusted proxies believed per request. Beyond them, what a stranger can make it
+idle keep-alive connections) closed, ``max_http_connections`` answered 503, trusted proxies
+believed per request. Beyond them, what a stranger can make it
 hold is bounded: pipelined requests are parsed from one read at most (the connection is not
 read while any request is queued or served), and requests that cannot be parsed get 400.
 
@@ -26,6 +26,16 @@ The TLS handshake counts as part of the HTTP phase: within ``http_timeout`` (a c
 never sends its ClientHello is closed then), and among the ``max_http_connections``. A
 handshake that fails on a TLS error (plain HTTP on the TLS port, a client that does not
 trust the certificate) is counted (``on_tls_failure``) and logged through the throttle.
+
+Plain connections are accepted by uvloop's own server (``loop.create_server`` on the
+listening socket: libuv's accept, in C, and the protocol made by the loop; no Python socket
+object nor task per connection). When descriptors run out it sheds load instead of pausing:
+libuv closes a descriptor it keeps in reserve, accepts and closes every connection waiting,
+and takes the reserve back, so those clients see their connection closed at once (and may
+retry) rather than wait in the backlog, nothing is logged, and accepting goes on as soon as
+descriptors are free (:func:`sheds_load_on_emfile`). TLS connections, and every connection on
+asyncio's own loop, are accepted by the :class:`~tornado_echo.http.listener.Acceptor`, which
+pauses accept() for ``ACCEPT_BACKOFF`` on EMFILE as Tornado's listener does.
 
 A ``WebSocketHandler`` that is not the fast engine's (Tornado's own protocol needs an
 IOStream) is served on Tornado's listener (``engine = "tornado"``), TLS included.
@@ -120,7 +130,7 @@ class FastHTTPServer(LiveSettings):
     """The listener: accepts on the running loop and serves HTTP/1.1 on its transports.
 
     Same operator surface as :class:`~tornado_echo.http.listener.EchoHTTPServer`
-    (``proxies``, ``max_http_connections``, ``open_http``, ``lingering``, ``add_sockets``,
+    (``proxies``, ``max_http_connections``, ``open_http``, ``lingering``, ``start_serving``,
     ``stop``, ``close_all_connections``); build it with :func:`make_fast_http_server`.
     """
 
@@ -149,19 +159,44 @@ class FastHTTPServer(LiveSettings):
         self.lingering = 0  # refused connections still being answered and closed
         self.connections: set[HTTP11Connection] = set()
         self._acceptors: list[Acceptor] = []
+        self._servers: list[asyncio.AbstractServer] = []  # the loop's own, accepting
+        self._stopped = False
         self._all_closed: asyncio.Event | None = None
 
-    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+    async def start_serving(self, sockets: Iterable[socket.socket]) -> None:
+        """Accept on ``sockets`` (listening already) until :meth:`stop`."""
+        loop = asyncio.get_running_loop()
         for sock in sockets:
-            acceptor = Acceptor(sock, self._accepted, self.throttle)
-            acceptor.start()
-            self._acceptors.append(acceptor)
+            if self._stopped:
+                sock.close()
+            elif self.ssl_options is None and sheds_load_on_emfile(loop):
+                # Its own accept, in C, hands each connection to a protocol the loop
+                # makes: no Python socket object, no task per connection.
+                server = await loop.create_server(
+                    functools.partial(_Arrival, self, sock.family),
+                    sock=sock,
+                    backlog=self.config.current.listen_backlog,  # it listens again
+                )
+                if self._stopped:  # while it started
+                    server.close()
+                else:
+                    self._servers.append(server)
+            else:
+                # TLS is accepted here: each connection is wrapped by the context current
+                # when it comes (a server's is fixed), and a failed handshake told apart.
+                acceptor = Acceptor(sock, self._accepted, self.throttle)
+                acceptor.start()
+                self._acceptors.append(acceptor)
 
     def stop(self) -> None:
         """Stop accepting and close the listening sockets (idempotent)."""
+        self._stopped = True
         for acceptor in self._acceptors:
             acceptor.close()
         self._acceptors.clear()
+        for server in self._servers:
+            server.close()  # closes its socket
+        self._servers.clear()
 
     async def close_all_connections(self) -> None:
         """Close every connection still in the HTTP phase; returns once they are gone."""
@@ -171,14 +206,16 @@ class FastHTTPServer(LiveSettings):
                 connection.close()
             await self._all_closed.wait()
 
-    def _accepted(self, sock: socket.socket, address: Any) -> None:
+    def _admit(self, address: Any, family: int) -> asyncio.Protocol:
+        """The protocol for a connection just accepted from ``address``: its HTTP
+        connection, or the refusal (503) when the limits leave it no slot."""
         protocol: asyncio.Protocol
         # An IP address (a unix socket's peer has none: one shared bucket, "?").
         peer = str(address[0]) if isinstance(address, tuple) and address else "?"
         proxies = self.proxies
         admission = self.admission
         self.follow_config(admission)
-        connection = HTTP11Connection(self, address, sock.family)
+        connection = HTTP11Connection(self, address, family)
         verdict = admission.admit(connection, peer, exempt=proxies is not None and peer in proxies)
         if verdict.admitted:
             if verdict.evict is not None:
@@ -211,6 +248,10 @@ class FastHTTPServer(LiveSettings):
                 if full
                 else "too many HTTP connections from your address",
             )
+        return protocol
+
+    def _accepted(self, sock: socket.socket, address: Any) -> None:
+        protocol = self._admit(address, sock.family)
         if self.ssl_options is None:
             spawn(_connect(protocol, sock))
             return
@@ -263,6 +304,36 @@ class FastHTTPServer(LiveSettings):
             self.open_http -= 1
             if not self.connections and self._all_closed is not None:
                 self._all_closed.set()
+
+
+def sheds_load_on_emfile(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop.create_server`` accepts safely when descriptors run out: uvloop's does
+    (libuv >= 1.45, bundled since uvloop 0.18, setup.py asks >= 0.19: on EMFILE/ENFILE it
+    closes a descriptor kept in reserve, accepts and closes what waits in the backlog, takes
+    the reserve back, and goes on accepting; no error reaches uvloop, which would close the
+    server). asyncio's own pauses for a second but logs a traceback each time, and makes a
+    task per connection anyway: there the listener accepts itself (:class:`Acceptor`)."""
+    return type(loop).__module__.startswith("uvloop")
+
+
+class _Arrival(asyncio.Protocol):
+    """What the loop's server makes for each connection it accepts: admits it (its address
+    is the transport's peer) and hands the transport to the protocol admission chose."""
+
+    __slots__ = ("family", "server")
+
+    def __init__(self, server: FastHTTPServer, family: int) -> None:
+        self.server = server
+        self.family = family
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.server._stopped:  # accepted before stop(), made after: as if never accepted
+            transport.close()
+            return
+        # None when the peer has gone already (it is served as "?", and closed at once).
+        protocol = self.server._admit(transport.get_extra_info("peername"), self.family)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
 
 
 async def _connect(

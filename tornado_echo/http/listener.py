@@ -26,7 +26,8 @@ and helpers defined here.
   address holding the most (:class:`~tornado_echo.http.admission.HTTPAdmission`), else gets
   503 at once. Upgraded WebSockets leave this count for ``max_connections``.
 * **Descriptors exhausted.** accept() failing with EMFILE/ENFILE pauses accepting for
-  ``ACCEPT_BACKOFF`` seconds, logged once per interval, instead of a busy loop.
+  ``ACCEPT_BACKOFF`` seconds, logged once per interval, instead of a busy loop. (The fast
+  listener's plain connections on uvloop are shed instead: see its module.)
 * **Quiet about client mistakes.** Tornado's lines for each failed TLS handshake (a plain
   HTTP client on the TLS port, say) and each malformed request go through the server's
   :class:`LogThrottle`.
@@ -231,6 +232,11 @@ class EchoHTTPServer(LiveSettings, tornado.httpserver.HTTPServer):
             acceptor = Acceptor(sock, self._accepted, self.throttle)
             acceptor.start()
             self.listeners.append(acceptor)
+
+    async def start_serving(self, sockets: Iterable[socket.socket]) -> None:
+        """Accept on ``sockets`` (listening already) until :meth:`stop`; as the fast
+        listener's, which may have to wait for the loop."""
+        self.add_sockets(sockets)
 
     def stop(self) -> None:
         for acceptor in self.listeners:
@@ -446,8 +452,9 @@ async def _answer_and_close(stream: IOStream, response: bytes, linger: float) ->
 class Acceptor:
     """Accepts connections on a listening socket for ``callback(connection, address)``, on
     the running asyncio loop. Like tornado.netutil.add_accept_handler, but pauses
-    ``ACCEPT_BACKOFF`` seconds on resource errors (EMFILE...) instead of spinning; uvloop's
-    own accept would close the listener on them. Shared by both listeners."""
+    ``ACCEPT_BACKOFF`` seconds on resource errors (EMFILE...) instead of spinning (asyncio's
+    own server logs a traceback each time). Serves Tornado's listener, and the fast one for
+    TLS and on asyncio's loop."""
 
     def __init__(
         self,

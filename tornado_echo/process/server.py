@@ -180,7 +180,7 @@ class Server:
                 ),
             )
         self.sockets = sockets
-        self.http.add_sockets(self.sockets)
+        await self.http.start_serving(self.sockets)
         if self.config.console:
             self.app.live.start()
         self._housekeeping = asyncio.ensure_future(self._housekeep())
