@@ -262,6 +262,23 @@ def tree_usage(pid: int) -> tuple[int, float]:
     return rss, cpu
 
 
+def tree_pss(pid: int) -> int:
+    """Proportional set size of ``pid`` and its descendants now, in bytes: each page shared
+    by n processes counts 1/n in each (the sum is what they hold together; a sum of RSS
+    counts a shared page once per process that maps it)."""
+    pss = 0
+    for current in tree_pids(pid):
+        try:
+            rollup = Path(f"/proc/{current}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1]) * 1024
+                break
+    return pss
+
+
 def kernel_settings(connections: int, sources: int, backlog: int) -> None:
     """Print the kernel settings a storm of ``connections`` from ``sources`` loopback
     addresses meets, and what to change (docs/tuning.md); change nothing."""

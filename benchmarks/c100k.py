@@ -18,9 +18,11 @@ is open (the Go client) or once all are open (the bundled tester's stages), and 
 held ``--hold`` seconds after the last one opened.
 
 Printed: the kernel settings found and what to change (nothing is changed), the load
-average, how long until all were open, the server's total RSS (supervisor and workers)
-at the peak, errors, latency p50/p99/max, workers the supervisor killed, session records
-by end state, and the CPU seconds server and client spent per connection established.
+average, how long until all were open, the server's total RSS (supervisor and workers:
+the sum of their VmRSS, which counts a page they share once per process) and PSS (each
+shared page divided among its sharers: what they hold together) at the peak, errors,
+latency p50/p99/max, workers the supervisor killed, session records by end state, and the
+CPU seconds server and client spent per connection established.
 Targets (issue 19): all open in <= 30 s, RSS <= 800 MB, 0 errors, p99 < 50 ms, 0 workers
 killed, 0 sessions crashed.
 """
@@ -48,6 +50,7 @@ from _common import (
     stop_supervised,
     tcp_counters,
     tree_pids,
+    tree_pss,
     tree_usage,
     uptime,
 )
@@ -58,13 +61,15 @@ BACKLOG = 4096  # the server's listen backlog (listen_backlog's default)
 
 
 class Sampler(threading.Thread):
-    """Every 0.25 s: the server's and the client's resident bytes and CPU seconds."""
+    """Every 0.25 s: the server's and the client's resident bytes and CPU seconds; every
+    second the server's PSS (walking the page tables costs more)."""
 
     def __init__(self, server: int) -> None:
         super().__init__(daemon=True)
         self.server = server
         self.clients: list[int] = []
         self.samples: list[tuple[float, int, float, float]] = []  # (t, rss, cpu, client cpu)
+        self.pss: list[int] = []
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -72,6 +77,8 @@ class Sampler(threading.Thread):
             rss, cpu = tree_usage(self.server)
             client = sum(tree_usage(pid)[1] for pid in self.clients)
             self.samples.append((time.time(), rss, cpu, client))
+            if len(self.samples) % 4 == 1:
+                self.pss.append(tree_pss(self.server))
 
     def at(self, when: float) -> tuple[float, int, float, float]:
         """The first sample at or after ``when`` (the last one if none)."""
@@ -152,6 +159,7 @@ def main() -> None:
         )  # fmt: skip
         url = f"ws://127.0.0.1:{port}/ws"
         idle_rss, idle_cpu = tree_usage(proc.pid)
+        idle_pss = tree_pss(proc.pid)
         sampler = Sampler(proc.pid)
         sampler.start()
         began = time.time()
@@ -211,6 +219,7 @@ def main() -> None:
             attempted = sum(r["attempted"] for r in runs)
             failed = sum(r["failed"] for r in runs)
             dropped = sum(r["dropped"] for r in runs)
+            server_closed = sum(r.get("server_closed", 0) for r in runs)
             start = min(r["start_unix"] for r in runs)
             open_after = max(r["last_open_unix"] for r in runs) - start
             sent, received = sum(r["sent"] for r in runs), sum(r["received"] for r in runs)
@@ -224,6 +233,7 @@ def main() -> None:
                 f"(during the ramp: {len(ramp)} echoes, p99 {percentile(ramp, 0.99):.2f} ms;"
                 f" held: {len(hold)}, p99 {percentile(hold, 0.99):.2f} ms)"
             )
+            say(f"of the dropped, ended by the server's close frame: {server_closed}")
             if first_error:
                 say(f"first client error: {first_error}")
     errors = failed + dropped + lost + mismatched
@@ -235,9 +245,14 @@ def main() -> None:
         f" all open after {open_after:.1f} s (target <= 30 s)"
     )
     say(
-        f"server RSS: {idle_rss / 2**20:.0f} MB before, {peak / 2**20:.0f} MB at the peak"
-        f" (target <= 800 MB); {(peak - idle_rss) / max(1, established) / 1024:.1f} KB"
-        " per connection"
+        f"server RSS (sum over its processes): {idle_rss / 2**20:.0f} MB before,"
+        f" {peak / 2**20:.0f} MB at the peak (target <= 800 MB);"
+        f" {(peak - idle_rss) / max(1, established) / 1024:.1f} KB per connection"
+    )
+    pss_peak = max(sampler.pss or [0])
+    say(
+        f"server PSS (pages shared between its processes counted once): {idle_pss / 2**20:.0f}"
+        f" MB before, {pss_peak / 2**20:.0f} MB at the peak (sampled every second)"
     )
     say(
         f"messages: sent {sent}, echoed {received}, lost {lost}, mismatched {mismatched};"

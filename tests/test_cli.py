@@ -141,6 +141,40 @@ def test_a_sqlite_file_that_cannot_be_opened_exits_1_and_leaves_no_spool_file(
     assert list(state.iterdir()) == []
 
 
+PRELOADED = """
+import gc, json, sys
+from tornado_echo.cli import preload
+from tornado_echo.config import Config
+preload(Config(database_url=sys.argv[1]))
+print(json.dumps({"modules": sorted(sys.modules), "frozen": gc.get_freeze_count()}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "wanted", "unwanted"),
+    [
+        ("sqlite:///echo.db", "tornado_echo.store.sqlite", "psycopg2"),
+        ("postgresql://u@127.0.0.1/db", "psycopg2", "tornado_echo.store.sqlite"),
+    ],
+    ids=["sqlite", "postgres"],
+)
+def test_the_supervisor_preloads_what_its_workers_serve_with_and_nothing_else(
+    url: str, wanted: str, unwanted: str
+) -> None:
+    # With workers > 1, what the supervisor imports before forking is shared by every
+    # worker; what it imports that no worker needs is held by all of them.
+    result = subprocess.run(
+        [sys.executable, "-c", PRELOADED, url], capture_output=True, text=True, check=True
+    )
+    found = json.loads(result.stdout)
+    modules = set(found["modules"])
+    assert {"tornado_echo.process.server", "tornado.platform.asyncio", wanted} <= modules
+    assert unwanted not in modules
+    assert not {name for name in modules if name.startswith("tornado_echo.loadtest")}
+    assert "tornado_echo.store.journal_process" not in modules  # journal = "off"
+    assert found["frozen"] > 10_000  # out of the collector's reach, pages stay shared
+
+
 async def start_server(
     tmp_path: Path, log: Path, **settings: str
 ) -> tuple[subprocess.Popen[str], int]:

@@ -27,6 +27,7 @@ type result struct {
 	Established int64     `json:"established"`
 	Failed      int64     `json:"failed"`
 	Dropped     int64     `json:"dropped"`
+	ServerClose int64     `json:"server_closed"` // of Dropped: ended by a close frame from the server
 	StartUnix   float64   `json:"start_unix"`
 	LastOpen    float64   `json:"last_open_unix"`
 	Sent        int64     `json:"sent"`
@@ -103,6 +104,9 @@ func openLoop(dialer websocket.Dialer, url string, conns int, sources string, ra
 				if err != nil {
 					if atomic.LoadInt32(&stop) == 0 {
 						atomic.AddInt64(&res.Dropped, 1)
+						if _, ok := err.(*websocket.CloseError); ok {
+							atomic.AddInt64(&res.ServerClose, 1)
+						}
 						fail(err)
 					}
 					return

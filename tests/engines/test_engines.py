@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -26,9 +27,11 @@ from tests.helpers import (
 )
 from tornado_echo.compat import unsent_bytes
 from tornado_echo.connections import Connections
+from tornado_echo.engines.budget import TURN_FRAMES, loop_budgets
 from tornado_echo.engines.fast import FastProtocol
 from tornado_echo.engines.flow_control import WRITE_HIGH_WATER
 from tornado_echo.engines.stock import EchoProtocol
+from tornado_echo.engines.timerwheel import RESOLUTION
 from tornado_echo.wire import DEFLATE_TAIL, FEED_MAX_INFLATED
 
 
@@ -469,3 +472,87 @@ async def test_a_backpressured_peer_that_hangs_up_ends_quietly(
     writer.transport.abort()
     await eventually(lambda: len(connections) == 0)
     assert_no_traceback(caplog.records)
+
+
+async def echo_after_pings(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, text: bytes
+) -> tuple[int, bytes]:
+    """Send ``text``; answer the pings that come first; return the next other frame."""
+    writer.write(client_frame(0x1, text))
+    while True:
+        opcode, payload = await asyncio.wait_for(read_server_frame(reader), 5)
+        if opcode != 0x9:
+            return opcode, payload
+        writer.write(client_frame(0xA, payload))
+
+
+def pong_awaited(connections: Connections) -> FastProtocol:
+    """The server's (only) connection, once its pong deadline is the pending one."""
+    [session] = list(connections._open)
+    protocol = session._protocol  # type: ignore[attr-defined]
+    assert isinstance(protocol, FastProtocol)
+    assert protocol._awaiting_pong and protocol.wheel_slot is not None
+    return protocol
+
+
+@pytest.mark.gen_test(timeout=15)
+@pytest.mark.app_config(ping_interval=0.2, ping_timeout=1.0)
+async def test_a_pong_that_waits_for_its_turn_is_not_counted_missing(
+    http_server: Any, http_port: int, connections: Connections
+) -> None:
+    # In a storm of work the turn budget has a connection's read wait for later turns of
+    # the loop, which can add up to more than ping_timeout: the pong has come, but this
+    # process has not parsed it yet.
+    reader, writer = await open_raw_websocket(http_port)
+    opcode, payload = await asyncio.wait_for(read_server_frame(reader), 5)
+    assert opcode == 0x9
+    protocol = pong_awaited(connections)
+    pong_slot = protocol.wheel_slot
+    turn = loop_budgets().turn
+    turn.frames = turn.frames_left = 0  # no frame is parsed from now on: every read waits
+    try:
+        writer.write(client_frame(0xA, payload))
+        assert protocol.reader is not None
+        await eventually(lambda: protocol.reader is not None and protocol.reader.backlog)
+        await eventually(lambda: protocol.wheel_slot != pong_slot)  # the deadline has come
+        assert not protocol.is_closing()
+    finally:
+        turn.frames = TURN_FRAMES
+    assert await echo_after_pings(reader, writer, b"still here") == (0x1, b"still here")
+    writer.close()
+
+
+@pytest.mark.gen_test(timeout=15)
+@pytest.mark.app_config(ping_interval=0.2, ping_timeout=1.0)
+async def test_a_pong_unread_when_a_long_turn_ends_is_not_counted_missing(
+    http_server: Any, http_port: int, connections: Connections
+) -> None:
+    # The pong reaches the server's socket while the loop handles the I/O of one turn
+    # (the sockets that were ready when it polled), and that turn lasts past the pong's
+    # deadline, as a turn of an accept storm on a saturated machine does. uvloop runs the
+    # due timers before it polls the sockets again.
+    reader, writer = await open_raw_websocket(http_port)
+    opcode, payload = await asyncio.wait_for(read_server_frame(reader), 5)
+    assert opcode == 0x9
+    protocol = pong_awaited(connections)
+    assert protocol.wheel_slot is not None
+    due = protocol.wheel_slot * RESOLUTION  # on the loop's clock, time.monotonic()
+    loop = asyncio.get_running_loop()
+    trigger, other_end = socket.socketpair()
+    turns: list[float] = []
+
+    def long_turn() -> None:
+        loop.remove_reader(trigger)
+        writer.write(client_frame(0xA, payload))
+        time.sleep(max(0.0, due - time.monotonic()) + 0.2)  # the long turn itself
+        turns.append(time.monotonic())
+
+    loop.add_reader(trigger, long_turn)
+    other_end.send(b"x")
+    try:
+        await eventually(lambda: turns)
+        assert await echo_after_pings(reader, writer, b"still here") == (0x1, b"still here")
+    finally:
+        trigger.close()
+        other_end.close()
+    writer.close()

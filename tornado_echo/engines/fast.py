@@ -39,9 +39,12 @@ same turn, so a kill -9 of the server cannot lose a message that was echoed.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
+import struct
 import sys
+import termios
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -87,6 +90,9 @@ logger = logging.getLogger(__name__)
 
 # How long a closing handshake may take before the connection is dropped.
 CLOSE_TIMEOUT = 5.0
+# How soon the pong is looked for again when its deadline finds the peer's bytes still
+# waiting on this side (see FastProtocol._check_pong).
+PONG_RECHECK = 0.5
 # What a connection's pending deadline is for.
 _NONE, _PING, _PONG, _ABORT = range(4)
 
@@ -743,6 +749,10 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
     def _check_pong(self) -> None:
         if self.is_closing():
             return
+        if self._awaiting_pong and self._peer_bytes_waiting():
+            # The pong may be among them: the deadline measures the peer, not this loop.
+            self._set_deadline(_PONG, PONG_RECHECK)
+            return
         if self._awaiting_pong:
             # The peer does not answer: no point waiting for its close frame either. The
             # frame still goes out (close flushes), and the timer drops a peer that
@@ -755,6 +765,24 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
             return
         self._set_deadline(_PING, max(0.0, self.ping_interval - self.ping_timeout))
 
+    def _peer_bytes_waiting(self) -> bool:
+        """Whether what the peer sent is still on this side, unread only because this
+        process has not got to it: frames read but waiting for their turn (the turn
+        budget's lane, in a storm of work that can last longer than ``ping_timeout``), or
+        bytes in the socket of a connection being read (the loop runs its timers before it
+        polls the sockets, so a turn longer than the remaining time sees the deadline
+        first). A peer that does not read what it is sent (``WRITING``) or a handler still
+        busy with an earlier message (``HANDLER``, where Tornado's own protocol does not
+        read pongs either) is judged as before."""
+        flow = self.flow
+        if flow is None or self.transport is None:
+            return False
+        if flow.paused_for(FlowControl.WRITING | FlowControl.HANDLER):
+            return False
+        if flow.paused_for(FlowControl.BACKLOG | FlowControl.JOURNAL):
+            return True
+        return _socket_unread(self.transport) > 0
+
     # -- unused entry points of the abstract base (client side) ------------------------------
 
     def _process_server_headers(self, key: str | bytes, headers: Any) -> None:
@@ -765,6 +793,22 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
 
     async def _receive_frame_loop(self) -> None:
         raise NotImplementedError("FastProtocol reads through its transport")
+
+
+def _socket_unread(transport: asyncio.BaseTransport) -> int:
+    """Bytes waiting in the receive queue of ``transport``'s socket (0 when there is no
+    socket to ask, or it is closed)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        fd = sock.fileno()
+        if fd < 0:
+            return 0
+        count: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
+    return count
 
 
 def _size(events: list[tuple[Any, Any]]) -> int:

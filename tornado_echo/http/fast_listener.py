@@ -471,6 +471,7 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._drop_parser()
         self._cancel_timer()
         for waiter in self._write_waiters:
             if not waiter.done():
@@ -667,8 +668,18 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         transport = self.transport
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
+        self._drop_parser()
         leftover, self._leftover = self._leftover, b""
         return leftover
+
+    def _drop_parser(self) -> None:
+        """Part with the parser, which nothing reads for again. It holds this connection
+        (it calls back into it): left in place, the two are a reference cycle that outlives
+        the connection until one of the collector's full passes, which are rare with tens
+        of thousands of connections alive: 0.7 KB per upgraded connection, with what the
+        connection holds."""
+        if "parser" in vars(self):
+            del self.parser
 
     # -- tornado.httputil.HTTPConnection ---------------------------------------------------
 
