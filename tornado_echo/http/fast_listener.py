@@ -101,6 +101,15 @@ class _Context:
         self.forwarded = False  # remote_ip came from a trusted proxy's header
 
 
+class RequestHeaders(HTTPHeaders):
+    """A request's headers: Tornado's ``HTTPHeaders``, whose ``get`` of an absent header does
+    not go through a KeyError (``Mapping.get`` catches one; an upgrade looks up half a dozen
+    headers clients seldom send: Origin, Sec-Fetch-Site, Sec-WebSocket-Extensions...)."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
+
 class _Refusal:
     """A request answered by the listener itself (status, metric label, reason)."""
 
@@ -436,7 +445,7 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         if len(self._queue) >= MAX_PIPELINED:
             raise _Stop
         self._url = b""
-        self._headers = HTTPHeaders()
+        self._headers = RequestHeaders()
         self._head_parsed = 0
         self._reading_head = True
 
