@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import tornado
+import tornado.httputil
 import tornado.web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.iostream import IOStream
@@ -33,11 +34,16 @@ logger = logging.getLogger(__name__)
 # What Application.find_handler returns (an override must say so).
 HandlerDelegate = tornado.web._HandlerDelegate
 
+_normalize_header = tornado.httputil._normalize_header
+
 # The names below, for the test that checks they still exist.
 PRIVATE_NAMES = {
     "tornado.web._HandlerDelegate": (tornado.web, "_HandlerDelegate"),
     "tornado.web.RequestHandler._check_cross_origin": (RequestHandler, "_check_cross_origin"),
     "tornado.web.RequestHandler._execute": (RequestHandler, "_execute"),
+    "tornado.httputil._normalize_header": (tornado.httputil, "_normalize_header"),
+    "tornado.httputil.HTTPHeaders._as_list": (HTTPHeaders(), "_as_list"),
+    "tornado.httputil.HTTPHeaders._combined_cache": (HTTPHeaders(), "_combined_cache"),
     "tornado.web._HandlerDelegate.execute": (HandlerDelegate, "execute"),
     "tornado.websocket.WebSocketHandler._detach_stream": (WebSocketHandler, "_detach_stream"),
     "tornado.iostream.IOStream._read_buffer": (IOStream, "_read_buffer"),
@@ -70,6 +76,25 @@ PRIVATE_NAMES = {
         "_message_bytes_in",
     ),
 }
+
+
+class RequestHeaders(HTTPHeaders):
+    """A request's headers: Tornado's ``HTTPHeaders``, whose ``get`` of an absent header does
+    not go through a KeyError (``Mapping.get`` catches one; an upgrade looks up half a dozen
+    headers clients seldom send: Origin, Sec-Fetch-Site, Sec-WebSocket-Extensions...), and
+    normalises the name once."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        key = _normalize_header(name)
+        combined = self._combined_cache.get(key)
+        if combined is None:
+            values = self._as_list.get(key)
+            if values is None:
+                return default
+            combined = self._combined_cache[key] = ",".join(values)
+        return combined
+
+
 # prometheus_client's, by owner (a Histogram without labels) and name: see add_to_histogram.
 PROMETHEUS_PRIVATE_NAMES = {
     "prometheus_client.Histogram._buckets": "_buckets",

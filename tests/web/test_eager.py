@@ -13,9 +13,13 @@ from tornado.httputil import HTTPServerRequest
 from tornado.websocket import websocket_connect
 
 from tests.helpers import client_frame, raw_http, read_server_frame, upgrade_request
-from tornado_echo.compat import HandlerDelegate, eager_handler_delegate, runs_eagerly
+from tornado_echo.compat import (
+    HandlerDelegate,
+    RequestHeaders,
+    eager_handler_delegate,
+    runs_eagerly,
+)
 from tornado_echo.engines.fast import FastWebSocketHandler
-from tornado_echo.http.fast_listener import RequestHeaders
 
 
 class Recorder:
@@ -144,3 +148,5 @@ def test_request_headers_get_is_mapping_get() -> None:
     assert headers.get("Origin") is None
     assert headers.get("Origin", "x") == "x"
     assert dict(headers) == {"Sec-Websocket-Protocol": "a,b"}
+    headers.add("Sec-WebSocket-Protocol", "c")  # the combined value follows
+    assert headers.get("Sec-WebSocket-Protocol") == "a,b,c"

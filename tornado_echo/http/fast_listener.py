@@ -54,6 +54,7 @@ from tornado.httputil import (
     ResponseStartLine,
 )
 
+from tornado_echo.compat import RequestHeaders
 from tornado_echo.config import LiveConfig
 from tornado_echo.http.admission import ADDRESS_FULL, FULL, HTTPAdmission
 from tornado_echo.http.listener import (
@@ -99,15 +100,6 @@ class _Context:
         self.peer = str(address[0]) if family in (socket.AF_INET, socket.AF_INET6) else ""
         self.remote_ip = self.peer
         self.forwarded = False  # remote_ip came from a trusted proxy's header
-
-
-class RequestHeaders(HTTPHeaders):
-    """A request's headers: Tornado's ``HTTPHeaders``, whose ``get`` of an absent header does
-    not go through a KeyError (``Mapping.get`` catches one; an upgrade looks up half a dozen
-    headers clients seldom send: Origin, Sec-Fetch-Site, Sec-WebSocket-Extensions...)."""
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self[name] if name in self else default
 
 
 class _Refusal:
