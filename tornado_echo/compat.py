@@ -311,6 +311,9 @@ def _carry_on(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, A
     while True:
         try:
             value = yield yielded
+        except GeneratorExit:  # closed (a Task destroyed pending): close it too, as yield from
+            coro.close()
+            raise
         except BaseException as exc:  # noqa: BLE001 - thrown into the coroutine, as yield from
             try:
                 yielded = coro.throw(exc)

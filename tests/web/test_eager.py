@@ -18,6 +18,7 @@ from tornado_echo.compat import (
     RequestHeaders,
     eager_handler_delegate,
     runs_eagerly,
+    start_eagerly,
 )
 from tornado_echo.engines.fast import FastWebSocketHandler
 
@@ -150,3 +151,24 @@ def test_request_headers_get_is_mapping_get() -> None:
     assert dict(headers) == {"Sec-Websocket-Protocol": "a,b"}
     headers.add("Sec-WebSocket-Protocol", "c")  # the combined value follows
     assert headers.get("Sec-WebSocket-Protocol") == "a,b,c"
+
+
+def test_a_suspended_upgrade_closed_after_its_coroutine_closes_quietly() -> None:
+    # A Task destroyed pending (a loop closed under it) has its coroutine and ours closed
+    # by the garbage collector, in either order: as with ``yield from``, closing ours after
+    # the handler's coroutine has closed is no error.
+    async def suspended() -> None:
+        await asyncio.get_running_loop().create_future()
+
+    async def main() -> None:
+        coro = suspended()
+        start_eagerly(coro)
+        [task] = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        carried = task.get_coro()
+        await asyncio.sleep(0)  # the Task has taken the coroutine over
+        with pytest.raises(ValueError):
+            coro.throw(ValueError())  # ended (the collector got to it first)
+        carried.close()  # type: ignore[union-attr]
+        task.cancel()
+
+    asyncio.run(main())
