@@ -8,13 +8,18 @@ lowest versions too.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import inspect
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import tornado
+import tornado.httputil
 import tornado.web
-from tornado.httputil import HTTPHeaders
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.iostream import IOStream
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketHandler, WebSocketProtocol13
@@ -24,13 +29,22 @@ if TYPE_CHECKING:
     # imported, which the CLI sets up first; this module sits below everything.
     from prometheus_client import Histogram
 
+logger = logging.getLogger(__name__)
+
 # What Application.find_handler returns (an override must say so).
 HandlerDelegate = tornado.web._HandlerDelegate
+
+_normalize_header = tornado.httputil._normalize_header
 
 # The names below, for the test that checks they still exist.
 PRIVATE_NAMES = {
     "tornado.web._HandlerDelegate": (tornado.web, "_HandlerDelegate"),
     "tornado.web.RequestHandler._check_cross_origin": (RequestHandler, "_check_cross_origin"),
+    "tornado.web.RequestHandler._execute": (RequestHandler, "_execute"),
+    "tornado.httputil._normalize_header": (tornado.httputil, "_normalize_header"),
+    "tornado.httputil.HTTPHeaders._as_list": (HTTPHeaders(), "_as_list"),
+    "tornado.httputil.HTTPHeaders._combined_cache": (HTTPHeaders(), "_combined_cache"),
+    "tornado.web._HandlerDelegate.execute": (HandlerDelegate, "execute"),
     "tornado.websocket.WebSocketHandler._detach_stream": (WebSocketHandler, "_detach_stream"),
     "tornado.iostream.IOStream._read_buffer": (IOStream, "_read_buffer"),
     "tornado.iostream.IOStream._read_buffer_size": (IOStream, "_read_buffer_size"),
@@ -62,6 +76,25 @@ PRIVATE_NAMES = {
         "_message_bytes_in",
     ),
 }
+
+
+class RequestHeaders(HTTPHeaders):
+    """A request's headers: Tornado's ``HTTPHeaders``, whose ``get`` of an absent header does
+    not go through a KeyError (``Mapping.get`` catches one; an upgrade looks up half a dozen
+    headers clients seldom send: Origin, Sec-Fetch-Site, Sec-WebSocket-Extensions...), and
+    normalises the name once."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        key = _normalize_header(name)
+        combined = self._combined_cache.get(key)
+        if combined is None:
+            values = self._as_list.get(key)
+            if values is None:
+                return default
+            combined = self._combined_cache[key] = ",".join(values)
+        return combined
+
+
 # prometheus_client's, by owner (a Histogram without labels) and name: see add_to_histogram.
 PROMETHEUS_PRIVATE_NAMES = {
     "prometheus_client.Histogram._buckets": "_buckets",
@@ -138,10 +171,22 @@ def request_summary(handler: RequestHandler) -> str:
     return summary
 
 
-def switching_protocols(handler: RequestHandler) -> bytes:
-    """The ``101 Switching Protocols`` answer with every header ``handler`` has set."""
+# The headers every 101 ends with but the accept key: set on the handler, they would be
+# validated, stored and then discarded with the rest of its response (no Tornado interface
+# reads a response's headers back), so they are written here.
+_UPGRADE_HEADERS = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+# Headers of the handler's that a 101 does not carry, or carries as set above.
+_NOT_IN_101 = frozenset(("Content-Type", "Upgrade", "Connection", "Sec-WebSocket-Accept"))
+
+
+def switching_protocols(handler: RequestHandler, accept: str) -> bytes:
+    """The ``101 Switching Protocols`` answer: every header ``handler`` has set but its
+    Content-Type, then Upgrade, Connection and ``accept`` as Sec-WebSocket-Accept."""
     lines = [f"HTTP/1.1 101 {handler._reason}"]
-    lines.extend(f"{name}: {value}" for name, value in handler._headers.get_all())
+    lines.extend(
+        f"{name}: {value}" for name, value in handler._headers.get_all() if name not in _NOT_IN_101
+    )
+    lines.append(_UPGRADE_HEADERS + accept)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -174,3 +219,114 @@ def add_to_histogram(histogram: Histogram, counts: Sequence[int], total: float) 
             bucket.inc(count)
     if total:
         histogram._sum.inc(total)
+
+
+class EagerHandlerDelegate(HandlerDelegate):
+    """Tornado's delegate from a routed request to its handler (``_HandlerDelegate``), whose
+    ``execute`` runs the handler's ``_execute`` at once, up to its first suspension, instead
+    of in a new Task from the next turn of the loop. An upgrade whose hooks do not wait for
+    anything (the common case) is then served without a Task at all; one that suspends goes
+    on in a Task from there (:func:`start_eagerly`).
+
+    Only for handlers whose hooks may run outside a Task (:func:`runs_eagerly`); the others,
+    streamed bodies and the debug settings that reload templates get Tornado's ``execute``.
+    """
+
+    def execute(self) -> Awaitable[None] | None:
+        settings = self.application.settings
+        if (
+            self.stream_request_body
+            or not runs_eagerly(self.handler_class)
+            or not settings.get("compiled_template_cache", True)
+            or not settings.get("static_hash_cache", True)
+        ):
+            result: Awaitable[None] | None = super().execute()
+            return result
+        request = self.request
+        self.handler = handler = self.handler_class(
+            self.application, request, **self.handler_kwargs
+        )
+        transforms = [transform(request) for transform in self.application.transforms]
+        start_eagerly(handler._execute(transforms, *self.path_args, **self.path_kwargs))
+        return None  # a body is not streamed: nothing waits for prepare()
+
+
+def eager_handler_delegate(
+    application: tornado.web.Application,
+    request: HTTPServerRequest,
+    handler_class: type[RequestHandler],
+    handler_kwargs: dict[str, Any],
+) -> HandlerDelegate:
+    """What ``Application.get_handler_delegate`` returns, with an :class:`EagerHandlerDelegate`."""
+    return EagerHandlerDelegate(application, request, handler_class, handler_kwargs, None, None)
+
+
+# The hooks a handler runs between its construction and the upgrade's first suspension.
+_EAGER_HOOKS = ("prepare", "get", "open")
+# Whose coroutines are known not to need a current Task before they first suspend.
+_EAGER_MODULES = ("tornado.", "tornado_echo.")
+
+
+def runs_eagerly(handler_class: type[RequestHandler]) -> bool:
+    """Whether ``handler_class``'s requests may start outside a Task: none of its hooks that
+    run before the first suspension is a coroutine function of the application's own.
+
+    Until it first suspends, a coroutine started by :func:`start_eagerly` has no current Task
+    (``asyncio.current_task()`` is None, or the caller's), and ``asyncio.timeout()`` or a
+    ``TaskGroup`` entered there would fail: a user's ``async def prepare`` keeps its Task.
+    """
+    eager = _eager_classes.get(handler_class)
+    if eager is None:
+        hooks = (getattr(handler_class, name, None) for name in _EAGER_HOOKS)
+        eager = _eager_classes[handler_class] = not any(
+            inspect.iscoroutinefunction(hook) and not hook.__module__.startswith(_EAGER_MODULES)
+            for hook in hooks
+        )
+    return eager
+
+
+_eager_classes: dict[type[RequestHandler], bool] = {}
+
+
+def start_eagerly(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` now, in a copy of the current context as a Task would, up to its first
+    suspension; if it suspends, a Task carries it on from there (with that context)."""
+    context = contextvars.copy_context()
+    try:
+        yielded = context.run(coro.send, None)
+    except StopIteration:
+        return
+    except Exception:  # where Tornado's Task would have logged it
+        logger.exception("request handler failed")
+        return
+    loop = asyncio.get_running_loop()
+    task = context.run(loop.create_task, _carry_on(coro, yielded))
+    task.add_done_callback(_result)
+
+
+@types.coroutine
+def _carry_on(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
+    """``yield from coro`` for a coroutine already started that yielded ``yielded``: what the
+    Task sends or throws goes to ``coro``, what ``coro`` yields goes to the Task."""
+    while True:
+        try:
+            value = yield yielded
+        except GeneratorExit:  # closed (a Task destroyed pending): close it too, as yield from
+            coro.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - thrown into the coroutine, as yield from
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = coro.send(value)
+            except StopIteration:
+                return
+
+
+def _result(task: asyncio.Task[None]) -> None:
+    # As Tornado's execute(): an exception that escaped _execute goes to the loop's handler.
+    if not task.cancelled():
+        task.result()

@@ -218,14 +218,10 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
                     mem_level=options.get("mem_level", 8),
                 )
                 handler.set_header("Sec-WebSocket-Extensions", answer)
-        handler.clear_header("Content-Type")
         handler.set_status(101)
-        handler.set_header("Upgrade", "websocket")
-        handler.set_header("Connection", "Upgrade")
-        handler.set_header("Sec-WebSocket-Accept", accept_value(key))
         # The 101 answer (with every header the handler set) is the transport's first
         # write: Tornado's response machinery costs more than the rest of the upgrade.
-        self._out = [switching_protocols(handler)]
+        self._out = [switching_protocols(handler, accept_value(key))]
         # Tornado's public detach(): the handler is finished with HTTP. Tornado's HTTPServer
         # gives its IOStream; the listener of tornado_echo.http.fast_listener its connection,
         # which hands its transport over.

@@ -64,6 +64,7 @@ from tornado.httputil import (
     ResponseStartLine,
 )
 
+from tornado_echo.compat import RequestHeaders
 from tornado_echo.config import LiveConfig
 from tornado_echo.http.admission import ADDRESS_FULL, FULL, HTTPAdmission
 from tornado_echo.http.listener import (
@@ -508,7 +509,7 @@ class HTTP11Connection(asyncio.Protocol, HTTPConnection):
         if len(self._queue) >= MAX_PIPELINED:
             raise _Stop
         self._url = b""
-        self._headers = HTTPHeaders()
+        self._headers = RequestHeaders()
         self._head_parsed = 0
         self._reading_head = True
 

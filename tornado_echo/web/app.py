@@ -9,7 +9,7 @@ import tornado.web
 from tornado.httputil import HTTPServerRequest
 from tornado.log import access_log
 
-from tornado_echo.compat import HandlerDelegate, request_summary
+from tornado_echo.compat import HandlerDelegate, eager_handler_delegate, request_summary
 from tornado_echo.config import Config, LiveConfig
 from tornado_echo.connections import Connections
 from tornado_echo.engines.ratelimit import TokenBucket
@@ -94,7 +94,7 @@ class EchoApplication(tornado.web.Application):
         # a regular expression per rule: a few percent of a handshake); the same rule is
         # first in the table too, for reverse_url and the rest of Tornado's interface.
         if request.path == self._ws_path:
-            return self.get_handler_delegate(request, EchoWebSocket, self._ws_kwargs)
+            return eager_handler_delegate(self, request, EchoWebSocket, self._ws_kwargs)
         return super().find_handler(request, **kwargs)
 
     def _log_request(self, handler: tornado.web.RequestHandler) -> None:
