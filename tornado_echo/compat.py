@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import http.cookies
 import inspect
 import logging
 import types
@@ -186,6 +187,11 @@ def switching_protocols(handler: RequestHandler, accept: str) -> bytes:
     lines.extend(
         f"{name}: {value}" for name, value in handler._headers.get_all() if name not in _NOT_IN_101
     )
+    # Cookies set before the upgrade (in prepare, say) go out with it, as Tornado's flush()
+    # sends them; set_cookie() keeps them in _new_cookie until then (test_surface names it).
+    cookies: http.cookies.SimpleCookie | None = getattr(handler, "_new_cookie", None)
+    if cookies:
+        lines.extend(f"Set-Cookie: {cookie.OutputString(None)}" for cookie in cookies.values())
     lines.append(_UPGRADE_HEADERS + accept)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 

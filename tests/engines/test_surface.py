@@ -114,6 +114,9 @@ class DefaultHeadersHandler(FastWebSocketHandler):
         self.set_header("Server", "echo-test")
         self.set_header("X-Default", "yes")
 
+    def prepare(self) -> None:
+        self.set_cookie("session", "abc")
+
 
 @pytest.fixture
 def gate() -> asyncio.Event:
@@ -163,7 +166,7 @@ async def test_tornado_handler_surface_on_the_fast_engine(
 
 
 @pytest.mark.gen_test(timeout=15)
-async def test_the_101_carries_tornado_s_default_headers_and_a_current_date(
+async def test_the_101_carries_tornado_s_default_headers_cookies_and_a_current_date(
     http_server: Any, http_port: int
 ) -> None:
     before = time.time()
@@ -176,6 +179,7 @@ async def test_the_101_carries_tornado_s_default_headers_and_a_current_date(
     headers = dict(line.split(": ", 1) for line in lines[1:] if line)
     assert (headers["Server"], headers["X-Default"]) == ("echo-test", "yes")
     assert "Content-Type" not in headers
+    assert headers["Set-Cookie"] == "session=abc; Path=/"
     sent = email.utils.parsedate_to_datetime(headers["Date"]).timestamp()
     assert int(before) - 1 <= sent <= after
 
