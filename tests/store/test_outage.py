@@ -65,7 +65,7 @@ async def until(predicate: Any, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=150)
 async def test_echo_keeps_serving_through_an_outage_and_every_row_arrives_once(
     pg_outage: PgOutage, tmp_path: Path
 ) -> None:
@@ -105,9 +105,10 @@ async def test_echo_keeps_serving_through_an_outage_and_every_row_arrives_once(
         await echo_round(clients, sent)
     await until(lambda: server.store.status().available)
     # The store's connection and the journal writer process's, as if the database restarted
-    # (the writer process reconnects when it next retries, which may come after the store).
-    await until(lambda: pg_outage.connected() == 2)
-    assert pg_outage.terminate() == 2
+    # (the writer process reconnects when it next retries, which may come after the store;
+    # the retention thread may hold a third for a moment, and a loaded machine delays both).
+    await until(lambda: pg_outage.connected() >= 2, timeout=60.0)
+    assert pg_outage.terminate() >= 2
     for _ in range(5):
         await echo_round(clients, sent)
     for client in clients:
