@@ -189,7 +189,7 @@ def main() -> None:
                      "-d", str(int(args.ramp)), "-r", "100", "-f", "raw", "-o", args.profile],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
-            outputs = [c.communicate(timeout=args.ramp + args.hold + 240)[0] for c in clients]
+            outputs = [c.communicate(timeout=args.ramp + args.hold + 600)[0] for c in clients]
             if spy is not None:
                 spy.wait(60)
         finally:
