@@ -157,7 +157,7 @@ class FastHTTPServer(LiveSettings):
             current.max_http_connections, current.max_http_connections_per_ip
         )
         self.open_http = 0  # connections in the HTTP phase (not yet upgraded, not refused)
-        self.lingering = 0  # refused connections still being answered and closed
+        self.lingering = 0  # refused connections answered and draining for LINGER s
         self.connections: set[HTTP11Connection] = set()
         self._acceptors: list[Acceptor] = []
         self._servers: list[asyncio.AbstractServer] = []  # the loop's own, accepting
@@ -369,7 +369,8 @@ class _Refused(asyncio.Protocol):
         self.linger = linger
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
-        server.lingering += 1
+        if linger:  # one closed at once holds nothing beyond its close
+            server.lingering += 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
@@ -391,7 +392,8 @@ class _Refused(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.server.lingering -= 1
+        if self.linger:
+            self.server.lingering -= 1
 
 
 class HTTP11Connection(asyncio.Protocol, HTTPConnection):
