@@ -18,6 +18,12 @@ from tornado_echo.store import MessageReceived, SessionClosed, SessionOpened, ma
 from tornado_echo.store.base import journal_page
 from tornado_echo.store.copyrows import encode_row
 from tornado_echo.store.records import MESSAGE_COLUMNS, SESSION_COLUMNS, Record
+from tornado_echo.store.sqlite import (
+    INSERT_CLOSED_SESSIONS,
+    INSERT_SESSIONS,
+    MAX_VARIABLES,
+    SQLiteBackend,
+)
 
 
 def opened(session_id: str, server_id: str = "host:1:0") -> SessionOpened:
@@ -309,6 +315,42 @@ def test_a_session_opened_and_closed_in_one_batch_lands_closed_even_over_a_repla
     ] == [
         (SID, "closed", "bye", 3),
         (SID2, "closed", "bye", 3),
+    ]
+
+
+class TracedSQLite(SQLiteBackend):
+    """A real SQLite backend that notes each statement its connection runs."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.statements: list[str] = []
+
+    def connect(self) -> None:
+        super().connect()
+        self._connection().set_trace_callback(self.statements.append)
+
+
+def test_sqlite_writes_a_batch_of_sessions_in_a_few_statements_not_one_per_row(
+    tmp_path: Path,
+) -> None:
+    backend = TracedSQLite(tmp_path / "db.sqlite")
+    backend.connect()
+    backend.migrate()
+    ids = [f"00000000-0000-4000-8000-{number:012d}" for number in range(300)]
+    backend.write([opened(ids[0])])  # its open written before: replayed below
+    batch: list[Record] = [opened(sid) for sid in ids[:250]]  # 250 closed within the batch
+    batch += [closed(sid) for sid in ids[:250]] + [opened(sid) for sid in ids[250:]]
+    del backend.statements[:]
+    backend.write(batch)
+    backend.close()
+    inserts = [sql for sql in backend.statements if sql.startswith("INSERT")]
+    whole = MAX_VARIABLES // INSERT_CLOSED_SESSIONS.width
+    assert len(inserts) == -(-250 // whole) + -(-50 // (MAX_VARIABLES // INSERT_SESSIONS.width))
+    assert len(backend.statements) == len(inserts) + 2  # BEGIN IMMEDIATE, COMMIT
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    rows = fetch_rows(url, "SELECT id, end_state FROM ws_sessions")
+    assert sorted((row["id"], row["end_state"]) for row in rows) == [
+        (sid, "closed" if number < 250 else "open") for number, sid in enumerate(ids)
     ]
 
 

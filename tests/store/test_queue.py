@@ -75,3 +75,18 @@ def test_payloads_are_cut_then_shed_past_twice_the_byte_limit() -> None:
     shed = records[2]
     assert isinstance(shed, MessageReceived)
     assert (shed.payload, shed.truncated, shed.size) == (b"", True, 6_000)
+
+
+def test_the_writer_is_woken_by_the_first_record_of_a_batch_only() -> None:
+    queue = MemoryQueue(batch_size=3)
+    queue.put(opened("a"))
+    assert queue.arrived.is_set() and not queue.full.is_set()
+    queue.arrived.clear()  # the writer, woken, waits out its batch window
+    queue.put(opened("b"))
+    assert not queue.arrived.is_set()
+    queue.put(opened("c"))
+    assert queue.full.is_set() and not queue.arrived.is_set()
+    head, records = queue.peek()
+    queue.remove(head, len(records))
+    queue.put(opened("d"))  # the next batch's first
+    assert queue.arrived.is_set()

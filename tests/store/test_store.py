@@ -21,6 +21,7 @@ from tornado_echo.store import (
     make_backend,
     spool_path,
 )
+from tornado_echo.store import store as store_module
 from tornado_echo.store.records import Record, decode_record
 from tornado_echo.store.sqlite import SQLiteBackend
 
@@ -484,3 +485,40 @@ async def test_batches_hold_batch_size_records(tmp_path: Path) -> None:
     await wait_for(lambda: store.status().written == 25, timeout=15)
     assert backend.batches == [10, 10, 5]
     await store.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sessions_submitted_within_one_batch_window_are_one_commit(tmp_path: Path) -> None:
+    backend = CountingSQLite(tmp_path / "db.sqlite")
+    store = Store(backend, "host:1:0", spool_path(tmp_path, "host:1:0"), 10_000, batch_delay=2)
+    await store.start()
+    for number in range(400):  # handshake churn: each session opened and closed at once
+        store.submit(opened(sid(number)))
+        store.submit(closed(sid(number)))
+    await wait_for(lambda: store.status().written == 800, timeout=15)
+    assert backend.batches == [800]
+    await store.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_records_are_durable_once_close_returns_however_long_the_batch_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing but close() may wake the writer: not a batch window, not an idle ping.
+    monkeypatch.setattr(store_module, "IDLE_PING_INTERVAL", 600.0)
+    store, backend = counting_store(tmp_path)  # batch_delay 600 s
+    await store.start()
+    started = time.monotonic()
+    await store.close()  # a writer idle, waiting for a first record
+    assert time.monotonic() - started < 10
+    store, backend = counting_store(tmp_path)
+    await store.start()
+    for number in range(3):  # a partial batch: the writer waits in its window
+        store.submit(opened(sid(number)))
+    started = time.monotonic()
+    await store.close()
+    assert time.monotonic() - started < 10  # woken, not left to the join's deadline
+    assert backend.batches == [3]
+    rows = fetch_rows(f"sqlite:///{tmp_path / 'db.sqlite'}", "SELECT id FROM ws_sessions")
+    assert sorted(row["id"] for row in rows) == [sid(number) for number in range(3)]
+    assert not store.spool.path.exists()

@@ -2,7 +2,9 @@
 
 The IOLoop's whole share of the store is :meth:`MemoryQueue.put`: a journal payload cut to
 ``max_payload``, a deque append under a short lock and, when a threshold is crossed, an event
-(``full``: a batch is ready for the writer; ``overflow``: the spooler must move records out).
+(``arrived``: the first record into an empty queue, which opens the writer's batch window;
+``full``: a batch is ready for the writer; ``overflow``: the spooler must move records out).
+So the writer is woken once a batch, never per record, and not at all while nothing comes.
 
 The writer *peeks* batches (they stay queued while they are written, so a crash of the writer
 loses nothing) and removes them once written; the spooler *takes* records from the head when
@@ -38,6 +40,7 @@ class MemoryQueue:
         # A batch is bounded in bytes too, so neither the COPY data nor the spool lines of one
         # batch hold the GIL (and so the IOLoop) for long.
         self.batch_bytes = max(RECORD_OVERHEAD, bytes_limit // 16)
+        self.arrived = threading.Event()
         self.full = threading.Event()
         self.overflow = threading.Event()
         self._lock = threading.Lock()
@@ -66,11 +69,18 @@ class MemoryQueue:
             self._sizes.append(size)
             self._bytes += size
             depth, queued_bytes = len(self._records), self._bytes
+        if depth == 1 and not self.arrived.is_set():
+            self.arrived.set()
         if depth >= self.batch_size and not self.full.is_set():
             self.full.set()
         if (depth > self.limit or queued_bytes > self.bytes_limit) and not self.overflow.is_set():
             self.overflow.set()
         return shed
+
+    def wake(self) -> None:
+        """Wake the writer wherever it waits (it is to stop)."""
+        self.arrived.set()
+        self.full.set()
 
     def has_batch(self) -> bool:
         with self._lock:

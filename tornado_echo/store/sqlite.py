@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sqlite3
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,6 @@ def _insert(table: str, kind: RecordKind) -> str:
     )
 
 
-INSERT_SESSION = _insert("ws_sessions", SessionOpened)
 INSERT_MESSAGE = _insert("ws_messages", MessageReceived)
 # Journal rows are inserted this many to a statement: one step, reset and halt of the VM per
 # 100 rows rather than per row (a sixth fewer instructions a row; 700 values, under every
@@ -59,15 +61,51 @@ CLOSE_SESSION = (
 )
 
 
+# Every SQLite's bound on a statement's variables (999 before 3.32).
+MAX_VARIABLES = 999
+
+
+@functools.cache  # a few statements, each for up to MAX_VARIABLES rows
+def _rows_statement(head: str, width: int, tail: str, rows: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"{head} VALUES {', '.join([row] * rows)}{tail}"
+
+
+@dataclass(frozen=True)
+class RowsInsert:
+    """An INSERT of many rows a statement: executemany() steps the statement once per row,
+    and each step releases and takes back the GIL, which the IOLoop thread, busy under load,
+    then has to hand back (a futex wake and wait each way, per session record). Here a
+    statement carries up to MAX_VARIABLES values, so a batch of sessions is a few steps."""
+
+    head: str  # INSERT ... (columns)
+    width: int  # values a row
+    tail: str = ""  # after the VALUES rows: ON CONFLICT ...
+
+    def run(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        per = MAX_VARIABLES // self.width
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            conn.execute(
+                _rows_statement(self.head, self.width, self.tail, len(chunk)),
+                list(itertools.chain.from_iterable(chunk)),
+            )
+
+
+_OPENED_COLUMNS = columns(SessionOpened)
+INSERT_SESSIONS = RowsInsert(
+    f"INSERT OR IGNORE INTO ws_sessions ({', '.join(_OPENED_COLUMNS)})", len(_OPENED_COLUMNS)
+)
 # A session opened and closed within one batch: its whole row in one statement (an insert,
 # then an update of the same row, was most of the writer's time per session in handshake
-# churn). Should the row be there already (a replay), the close still lands.
+# churn). Should the row be there already (a replay), the close still lands. Each session
+# appears once among a batch's pairs (pair_sessions), so no statement upserts a row twice.
 _CLOSED_COLUMNS = columns(SessionClosed)[1:]
-INSERT_CLOSED_SESSION = (
-    f"INSERT INTO ws_sessions ({', '.join(columns(SessionOpened) + _CLOSED_COLUMNS)})"
-    f" VALUES ({', '.join('?' * (len(columns(SessionOpened)) + len(_CLOSED_COLUMNS)))})"
+INSERT_CLOSED_SESSIONS = RowsInsert(
+    f"INSERT INTO ws_sessions ({', '.join(_OPENED_COLUMNS + _CLOSED_COLUMNS)})",
+    len(_OPENED_COLUMNS) + len(_CLOSED_COLUMNS),
     " ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{name} = excluded.{name}" for name in _CLOSED_COLUMNS)
+    + ", ".join(f"{name} = excluded.{name}" for name in _CLOSED_COLUMNS),
 )
 
 
@@ -168,9 +206,9 @@ class SQLiteBackend(Backend):
         conn.execute("BEGIN IMMEDIATE")
         try:
             if whole:
-                conn.executemany(INSERT_CLOSED_SESSION, map(closed_session_row, whole))
+                INSERT_CLOSED_SESSIONS.run(conn, list(map(closed_session_row, whole)))
             if opened:
-                conn.executemany(INSERT_SESSION, map(storable_row, opened))
+                INSERT_SESSIONS.run(conn, list(map(storable_row, opened)))
             if closed:
                 conn.executemany(CLOSE_SESSION, map(close_params, closed))
             if messages:

@@ -240,7 +240,7 @@ class Store:
         if thread is not None:
             self.writer.drain_until = time.monotonic() + deadline
             self._stopping.set()
-            self.queue.full.set()
+            self.queue.wake()
             await loop.run_in_executor(None, thread.join, deadline + JOIN_GRACE)
             if thread.is_alive():
                 logger.error("store writer did not stop within the shutdown deadline")
@@ -374,13 +374,20 @@ class Store:
 
     def _loop(self) -> None:
         last_activity = time.monotonic()
-        full = self.queue.full
+        queue = self.queue
         while True:
-            # A full batch (or a spool to replay) goes at once; a partial one waits its delay.
-            behind = self.queue.has_batch() or self.spool.pending
+            # A full batch (or a spool to replay) goes at once; a partial one waits its delay,
+            # counted from its first record: idle, the writer sleeps until one comes (or it is
+            # time to ping the database), so it wakes once a batch, not every batch_delay.
+            behind = queue.has_batch() or self.spool.pending
             if not self._stopping.is_set() and not behind:
-                full.wait(self.batch_delay)
-                full.clear()
+                queue.arrived.clear()  # before looking, so a record put after is not missed
+                if not queue.snapshot()[0]:
+                    idle = IDLE_PING_INTERVAL - (time.monotonic() - last_activity)
+                    queue.arrived.wait(max(0.0, idle))
+                if queue.snapshot()[0] and not self._stopping.is_set():
+                    queue.full.wait(self.batch_delay)
+                queue.full.clear()
             batch = self._next_batch()
             if batch is not None:
                 outcome = self._write(batch)
