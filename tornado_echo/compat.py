@@ -318,7 +318,12 @@ def _carry_on(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, A
         try:
             value = yield yielded
         except GeneratorExit:  # closed (a Task destroyed pending): close it too, as yield from
-            coro.close()
+            # unless it is being closed itself: at exit the collector finalizes the Task's
+            # cycle in any order, and a second close() would raise "coroutine already
+            # executing" out of the collector (which Tornado's Task, holding the handler's
+            # coroutine itself, never does).
+            if not getattr(coro, "cr_running", False):
+                coro.close()
             raise
         except BaseException as exc:  # noqa: BLE001 - thrown into the coroutine, as yield from
             try:

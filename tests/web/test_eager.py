@@ -172,3 +172,27 @@ def test_a_suspended_upgrade_closed_after_its_coroutine_closes_quietly() -> None
         task.cancel()
 
     asyncio.run(main())
+
+
+def test_a_suspended_upgrade_closed_while_its_coroutine_is_closing_closes_quietly() -> None:
+    # The other order, as the collector at interpreter exit finalizes a cycle: the handler's
+    # coroutine is being closed and, meanwhile, so is ours. Closing it again would raise
+    # "coroutine already executing" out of the collector ("Exception ignored in").
+    carried: list[Any] = []
+
+    async def suspended() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            carried[0].close()
+
+    async def main() -> None:
+        coro = suspended()
+        start_eagerly(coro)
+        [task] = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        carried.append(task.get_coro())
+        await asyncio.sleep(0)
+        coro.close()
+        task.cancel()
+
+    asyncio.run(main())
