@@ -197,6 +197,9 @@ async def test_metrics_of_one_process(tmp_path: Path, sqlite_url: str) -> None:
         assert value(text, closes, code="other", end_state="closed") == 2
         assert value(text, closes, code="1000", end_state="closed") == 1
         assert value(text, "tornado_echo_connection_duration_seconds_count") == 3
+        assert value(text, "tornado_echo_connection_duration_seconds_bucket", le="0.1") == 3
+        assert value(text, "tornado_echo_handshakes_total", outcome="accepted") == 3
+        assert value(text, "tornado_echo_connections_total") == 3
 
         accept = "application/openmetrics-text; version=1.0.0,text/plain;q=0.5"
         openmetrics = await http.fetch(base, headers={"Accept": accept})
@@ -240,6 +243,52 @@ class Session:
 
     def close_for_shutdown(self, code: int, reason: str) -> None:
         pass
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sessions_of_every_worker_are_counted_in_any_workers_scrape(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    service = start_service(tmp_path, BASE_CONF + "workers = 2\n")
+    services.append(service)
+    for _ in range(20):  # spread over both workers by the kernel (SO_REUSEPORT)
+        client = await websocket_connect(f"ws://127.0.0.1:{service.port}/ws")
+        client.close(1000)
+        assert await client.read_message() is None
+    deadline = time.monotonic() + 10
+    while True:  # each worker folds its counts every tick, the answering one at the scrape
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{service.port}/metrics")
+        text = response.body.decode()
+        if value(text, "tornado_echo_connection_duration_seconds_count") == 20:
+            break
+        assert time.monotonic() < deadline, text
+        await asyncio.sleep(0.1)
+    assert value(text, "tornado_echo_handshakes_total", outcome="accepted") == 20
+    assert value(text, "tornado_echo_connections_total") == 20
+    assert value(text, "tornado_echo_close_codes_total", code="1000", end_state="closed") == 20
+
+
+def test_sessions_are_folded_into_the_metrics_once(store: Store, connections: Connections) -> None:
+    metrics = Metrics()
+    metrics.session_opened()
+    metrics.session_opened()
+    metrics.observe_close(1000, "closed", 0.05)
+    metrics.refresh(connections, store)
+    metrics.observe_close(4444, "aborted", 100.0)
+    metrics.refresh(connections, store)
+    metrics.refresh(connections, store)
+    text = metrics.exposition()[0].decode()
+    assert value(text, "tornado_echo_handshakes_total", outcome="accepted") == 2
+    assert value(text, "tornado_echo_connections_total") == 2
+    closes = "tornado_echo_close_codes_total"
+    assert value(text, closes, code="1000", end_state="closed") == 1
+    assert value(text, closes, code="other", end_state="aborted") == 1
+    durations = "tornado_echo_connection_duration_seconds"
+    assert value(text, durations + "_bucket", le="0.1") == 1
+    assert value(text, durations + "_bucket", le="60.0") == 1
+    assert value(text, durations + "_bucket", le="300.0") == 2
+    assert value(text, durations + "_count") == 2
+    assert value(text, durations + "_sum") == pytest.approx(100.05)
 
 
 def test_each_refresh_adds_only_what_is_new(store: Store, connections: Connections) -> None:

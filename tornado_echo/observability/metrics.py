@@ -4,7 +4,10 @@ Per-message counts live in plain integers on each session (see :class:`Connectio
 are folded into the Prometheus counters by :meth:`Metrics.refresh`, which the server calls
 on each housekeeping tick (``tornado_echo.process.server.TICK``) and before each scrape. The echo
 path pays one list increment per message (:meth:`Metrics.observe_message`), folded into the
-message-size histogram the same way.
+message-size histogram the same way. Sessions opened and ended are counted the same way
+(:meth:`Metrics.session_opened`, :meth:`Metrics.observe_close`): a prometheus_client update
+takes a lock and, in multiprocess mode, checks the pid (a system call) and writes its mmap
+file, four or five times per session in handshake churn.
 
 With several worker processes (``workers > 1``) the values go through prometheus_client's
 multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before prometheus_client is
@@ -308,7 +311,11 @@ class Metrics:
         for code in [*map(str, sorted(KNOWN_CLOSE_CODES)), "other"]:
             for end_state in CLOSE_END_STATES:
                 self.close_codes.labels(code, end_state)
-        self._close_children: dict[tuple[str, str], Counter] = {}
+        # Per-session events since the last fold (plain ints, like the message sizes).
+        self._opened = 0
+        self._closes: dict[tuple[str, str], int] = {}  # (code label, end state) -> ended
+        self._durations = [0] * (len(DURATION_BUCKETS) + 1)
+        self._durations_sum = 0.0
         # What refresh() has added to the counters so far: each call adds the difference.
         self._folded_traffic = Traffic()
         self._folded_store = (0, 0, 0, 0)  # records written, errors, lost, shed
@@ -353,18 +360,35 @@ class Metrics:
         self._sizes[bisect.bisect_left(MESSAGE_SIZE_BUCKETS, size)] += 1
         self._sizes_sum += size
 
+    def session_opened(self) -> None:
+        """An upgrade accepted: a session opened (handshakes{accepted} and connections)."""
+        self._opened += 1
+
     def observe_close(self, code: int, end_state: str, duration: float) -> None:
         """A session ended: its close code (bounded label), end state and duration."""
         key = (close_code_label(code), end_state)
-        child = self._close_children.get(key)
-        if child is None:  # looked up once per (code label, end state): both are bounded
-            child = self._close_children[key] = self.close_codes.labels(*key)
-        child.inc()
-        self.connection_seconds.observe(duration)
+        closes = self._closes
+        closes[key] = closes.get(key, 0) + 1
+        self._durations[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
+        self._durations_sum += duration
+
+    def fold_sessions(self) -> None:
+        """Add the sessions opened and ended since the last fold to the Prometheus metrics."""
+        opened, self._opened = self._opened, 0
+        if opened:
+            self.accepted.inc(opened)
+            self.connections.inc(opened)
+        closes, self._closes = self._closes, {}
+        for key, count in closes.items():
+            self.close_codes.labels(*key).inc(count)
+        durations, self._durations = self._durations, [0] * len(self._durations)
+        total, self._durations_sum = self._durations_sum, 0.0
+        add_to_histogram(self.connection_seconds, durations, total)
 
     def refresh(self, connections: Connections, store: Store) -> None:
         """Fold the plain counters of sessions, store and process into the Prometheus metrics."""
         self._fold_message_sizes()
+        self.fold_sessions()
         if self.multiprocess:
             self._copy_process_figures()
         traffic = connections.traffic()

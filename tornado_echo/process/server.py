@@ -389,6 +389,9 @@ class Server:
             await self._wait_or_forced(self._close_http_connections())
         if self.app is not None:
             self.app.live.close()
+        # The sessions' last counts, folded since the last tick: with workers, another
+        # worker's scrape reads them from this one's files after it has gone.
+        self.metrics.refresh(self.connections, self.store)
         store_time = max(MIN_STORE_DRAIN, deadline - time.monotonic())
         self.reader.close()
         self.retention.close()

@@ -229,8 +229,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         self.session_id = new_session_id()
         self._opened_at = time.monotonic()
         self.connections.add(self)
-        self.metrics.accepted.inc()
-        self.metrics.connections.inc()
+        self.metrics.session_opened()
         self.set_nodelay(True)
         headers = self.request.headers
         protocol = self._protocol
