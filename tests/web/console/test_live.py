@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
-from tornado_echo.web.console.live import History, Reading
+from tornado_echo.connections import Connections
+from tornado_echo.observability.metrics import Metrics
+from tornado_echo.store import Store
+from tornado_echo.web.console.live import History, LiveFeed, Reading
 
 
 def reading(
@@ -60,3 +66,32 @@ def test_history_keeps_only_the_last_points() -> None:
     for second in range(10):
         history.add(reading(float(second), messages=second))
     assert [point.wall for point in history.points] == [1007.0, 1008.0, 1009.0]
+
+
+class CountingFeed(LiveFeed):
+    """A real feed that notes each time it makes the figures the page is sent."""
+
+    made = 0
+
+    def figures(self) -> dict[str, Any]:
+        self.made += 1
+        return super().figures()
+
+
+@pytest.mark.gen_test
+async def test_the_feed_makes_its_figures_only_when_asked_and_keeps_its_history(
+    store: Store, connections: Connections
+) -> None:
+    feed = CountingFeed(connections, store, Metrics())
+    feed.start()
+    try:
+        for _ in range(3):  # seconds with nobody watching
+            feed.sample()
+        assert feed.made == 0
+        figures, body = feed.current()
+        assert feed.made == 1 and len(figures["history"]["points"]) == 3
+        assert json.loads(body)["history"]["points"] == figures["history"]["points"]
+        assert feed.current()[1] is body  # a second viewer within the second: the same
+        assert feed.made == 1
+    finally:
+        feed.close()

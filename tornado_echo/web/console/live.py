@@ -180,8 +180,9 @@ class LiveFeed:
         )
 
     def sample(self) -> None:
+        # Only the reading, so the history is there when a viewer comes; the figures and
+        # their JSON (the history's points among them) are made when asked for (current()).
         self.history.add(self.reading())
-        self._take()
 
     def current(self) -> tuple[dict[str, Any], bytes]:
         """The figures and their JSON, taken at most once per SAMPLE_EVERY however many
@@ -197,6 +198,7 @@ class LiveFeed:
 
     def figures(self) -> dict[str, Any]:
         """Everything the page shows except sessions: safe for anyone to read."""
+        self.metrics.fold_sessions()  # handshakes and close codes up to now
         traffic = self.connections.traffic()
         store = self.store.status()
         latest = self.history.points[-1] if self.history.points else None
