@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -98,13 +99,18 @@ async def test_upgrades_beyond_the_per_address_limit_get_503(
     assert len(server.connections.per_address) == 0
 
 
-def test_session_ids_are_random_uuids() -> None:
+def test_session_ids_are_time_ordered_uuids() -> None:
+    before = time.time_ns() // 1_000_000
     ids = [new_session_id() for _ in range(3 * SESSION_IDS_PER_READ)]
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == len(ids)
     for text in ids[:: SESSION_IDS_PER_READ // 2]:
         parsed = uuid.UUID(text)
         assert str(parsed) == text
-        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+        assert before <= parsed.int >> 80 <= after
+    # Ordered by time (as text too), random within a millisecond.
+    assert [text[:13] for text in ids] == sorted(text[:13] for text in ids)
 
 
 def test_a_forked_process_does_not_repeat_its_parents_session_ids() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,21 +26,26 @@ class Session(Protocol):
     def on_connection_close(self) -> None: ...
 
 
-# Session ids: random (version 4) UUIDs, their random bits read SESSION_IDS_PER_READ at a
-# time: one os.urandom() per session was 3% of a handshake (getrandom is slow in a VM).
+# Session ids: time-ordered (version 7) UUIDs, their random bits read SESSION_IDS_PER_READ
+# at a time: one os.urandom() per session was 3% of a handshake (getrandom is slow in a VM).
+# Time-ordered so that new sessions' rows land on the last pages of the id's index: with
+# random ids each session dirtied a page of its own, written at every batch (SQLite, 100k
+# sessions in the table: 1.25 WAL pages a session at 175 sessions a batch, 0.12 ordered).
 SESSION_IDS_PER_READ = 256
 _random = b""
 _taken = 0
 
 
 def new_session_id() -> str:
-    """A fresh random UUID (version 4, RFC 9562 variant) as text, for a session."""
+    """A fresh UUID (version 7, RFC 9562: Unix time in milliseconds, then 74 random bits)
+    as text, for a session."""
     global _random, _taken
     if _taken >= len(_random):
         _random, _taken = os.urandom(16 * SESSION_IDS_PER_READ), 0
     raw = bytearray(_random[_taken : _taken + 16])
     _taken += 16
-    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[:6] = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    raw[6] = (raw[6] & 0x0F) | 0x70
     raw[8] = (raw[8] & 0x3F) | 0x80
     text = raw.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
