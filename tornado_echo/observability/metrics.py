@@ -311,6 +311,9 @@ class Metrics:
         for code in [*map(str, sorted(KNOWN_CLOSE_CODES)), "other"]:
             for end_state in CLOSE_END_STATES:
                 self.close_codes.labels(code, end_state)
+        # The loop lag's sum and count as the histogram has them, without its collect().
+        self.loop_lag_sum = 0.0
+        self.loop_lag_count = 0
         # Per-session events since the last fold (plain ints, like the message sizes).
         self._opened = 0
         self._closes: dict[tuple[str, str], int] = {}  # (code label, end state) -> ended
@@ -359,6 +362,12 @@ class Metrics:
         """A received message of ``size`` bytes; cheap, for the echo path."""
         self._sizes[bisect.bisect_left(MESSAGE_SIZE_BUCKETS, size)] += 1
         self._sizes_sum += size
+
+    def observe_loop_lag(self, lag: float) -> None:
+        """How late the loop ran its housekeeping timer; kept summed for the console too."""
+        self.loop_lag.observe(lag)
+        self.loop_lag_sum += lag
+        self.loop_lag_count += 1
 
     def session_opened(self) -> None:
         """An upgrade accepted: a session opened (handshakes{accepted} and connections)."""

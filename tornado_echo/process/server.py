@@ -324,7 +324,7 @@ class Server:
             await asyncio.sleep(TICK)
             now = loop.time()
             turn.beats[0] += 1  # an idle loop is alive too
-            self.metrics.loop_lag.observe(max(0.0, now - expected))
+            self.metrics.observe_loop_lag(max(0.0, now - expected))
             self.metrics.refresh(self.connections, self.store)
             # Pinged from the loop itself: a blocked loop stops the pings and systemd
             # restarts the service.

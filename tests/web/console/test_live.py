@@ -82,14 +82,17 @@ class CountingFeed(LiveFeed):
 async def test_the_feed_makes_its_figures_only_when_asked_and_keeps_its_history(
     store: Store, connections: Connections
 ) -> None:
-    feed = CountingFeed(connections, store, Metrics())
+    metrics = Metrics()
+    feed = CountingFeed(connections, store, metrics)
     feed.start()
     try:
         for _ in range(3):  # seconds with nobody watching
+            metrics.observe_loop_lag(0.004)
             feed.sample()
         assert feed.made == 0
         figures, body = feed.current()
         assert feed.made == 1 and len(figures["history"]["points"]) == 3
+        assert figures["rates"]["lag_ms"] == 4.0
         assert json.loads(body)["history"]["points"] == figures["history"]["points"]
         assert feed.current()[1] is body  # a second viewer within the second: the same
         assert feed.made == 1

@@ -125,17 +125,6 @@ def _totals(metric: MetricWrapperBase, label: str | tuple[str, ...]) -> dict[str
     return found
 
 
-def _histogram_sum_count(metric: MetricWrapperBase) -> tuple[float, float]:
-    total = count = 0.0
-    for family in metric.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_sum"):
-                total = sample.value
-            elif sample.name.endswith("_count"):
-                count = sample.value
-    return total, count
-
-
 class LiveFeed:
     """Samples the figures every second into a :class:`History` once started.
 
@@ -166,7 +155,6 @@ class LiveFeed:
 
     def reading(self) -> Reading:
         traffic = self.connections.traffic()
-        lag_sum, lag_count = _histogram_sum_count(self.metrics.loop_lag)
         return Reading(
             at=time.monotonic(),
             wall=time.time(),
@@ -175,8 +163,8 @@ class LiveFeed:
             messages_out=traffic.messages_out,
             bytes_in=traffic.bytes_in,
             bytes_out=traffic.bytes_out,
-            lag_sum=lag_sum,
-            lag_count=lag_count,
+            lag_sum=self.metrics.loop_lag_sum,
+            lag_count=self.metrics.loop_lag_count,
         )
 
     def sample(self) -> None:
