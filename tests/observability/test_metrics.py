@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,21 +212,30 @@ async def test_metrics_of_one_process(tmp_path: Path, sqlite_url: str) -> None:
         await server.shutdown()
 
 
+async def scrape_until(port: int, done: Callable[[str], bool], timeout: float = 10) -> str:
+    """/metrics, scraped until ``done`` holds for its text (which is returned)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics")
+        text = response.body.decode()
+        if done(text):
+            return text
+        assert time.monotonic() < deadline, text
+        await asyncio.sleep(0.1)
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_metrics_of_workers_have_process_figures_per_pid(
     tmp_path: Path, services: list[Service]
 ) -> None:
     service = start_service(tmp_path, BASE_CONF + "workers = 2\nmax_connections = 100\n")
     services.append(service)
-    deadline = time.monotonic() + 10
-    while True:  # each worker copies its figures every 0.5 s
-        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{service.port}/metrics")
-        text = response.body.decode()
-        fds = [s for s in samples(text) if s.name == "process_open_fds"]
-        if all(s.value > 5 for s in fds):
-            break
-        assert time.monotonic() < deadline, fds
-        await asyncio.sleep(0.1)
+    # Each worker copies its figures every tick.
+    text = await scrape_until(
+        service.port,
+        lambda text: all(s.value > 5 for s in samples(text) if s.name == "process_open_fds"),
+    )
+    fds = [s for s in samples(text) if s.name == "process_open_fds"]
     assert len({s.labels["pid"] for s in fds}) == 2, fds
     assert value(text, "tornado_echo_max_connections") == 200  # the service's capacity
     assert value(text, "process_cpu_seconds_total") > 0
@@ -255,14 +265,11 @@ async def test_sessions_of_every_worker_are_counted_in_any_workers_scrape(
         client = await websocket_connect(f"ws://127.0.0.1:{service.port}/ws")
         client.close(1000)
         assert await client.read_message() is None
-    deadline = time.monotonic() + 10
-    while True:  # each worker folds its counts every tick, the answering one at the scrape
-        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{service.port}/metrics")
-        text = response.body.decode()
-        if value(text, "tornado_echo_connection_duration_seconds_count") == 20:
-            break
-        assert time.monotonic() < deadline, text
-        await asyncio.sleep(0.1)
+    # Each worker folds its counts every tick, the answering one at the scrape too.
+    text = await scrape_until(
+        service.port,
+        lambda text: value(text, "tornado_echo_connection_duration_seconds_count") == 20,
+    )
     assert value(text, "tornado_echo_handshakes_total", outcome="accepted") == 20
     assert value(text, "tornado_echo_connections_total") == 20
     assert value(text, "tornado_echo_close_codes_total", code="1000", end_state="closed") == 20
