@@ -96,6 +96,22 @@ class FireAndForgetHandler(FastWebSocketHandler):
         self.write_message(message, binary=isinstance(message, bytes))
 
 
+class RaisingHandler(FastWebSocketHandler):
+    """Echoes, but raises on "boom": Tornado logs the error and aborts the connection."""
+
+    def initialize(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def on_message(self, message: str | bytes) -> None:
+        self.recorder.events.append(("message", message))
+        if message == "boom":
+            raise RuntimeError("boom")
+        self.write_message(message)
+
+    def on_close(self) -> None:
+        self.recorder.closed.set()
+
+
 class CloseAtOpenHandler(FastWebSocketHandler):
     """Closes from ``open`` with keepalive on: the server's close comes before any ping."""
 
@@ -131,6 +147,7 @@ def app(recorder: Recorder, gate: asyncio.Event) -> tornado.web.Application:
             ("/slow", SlowToAcceptHandler, {"recorder": recorder, "gate": gate}),
             ("/big", FireAndForgetHandler),
             ("/close-at-open", CloseAtOpenHandler),
+            ("/raises", RaisingHandler, {"recorder": recorder}),
             ("/defaults", DefaultHeadersHandler),
         ]
     )
@@ -219,6 +236,26 @@ async def test_a_close_from_open_hangs_up_after_the_close_timeout_with_keepalive
     # No ping either (the connection is closing); then the server hangs up on its own.
     assert await asyncio.wait_for(reader.read(), CLOSE_TIMEOUT + 5) == b""
     writer.close()
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_an_exception_in_on_message_is_logged_and_aborts_the_connection(
+    http_server: Any, http_port: int, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As Tornado's _run_callback does: the error logged with its traceback, the connection
+    # dropped without a close frame, and what came in the same read after it not handled.
+    reader, writer = await open_raw_websocket(http_port, "/raises")
+    writer.write(client_frame(0x1, b"before"))
+    assert await asyncio.wait_for(read_server_frame(reader), 5) == (0x1, b"before")
+    with caplog.at_level(logging.ERROR):
+        writer.write(client_frame(0x1, b"boom") + client_frame(0x1, b"after"))
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        await asyncio.wait_for(recorder.closed.wait(), 5)
+    writer.close()
+    assert recorder.events == [("message", "before"), ("message", "boom")]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert str(errors[0].exc_info[1]) == "boom"
 
 
 def test_surface_handler_is_a_tornado_handler() -> None:

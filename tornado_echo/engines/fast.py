@@ -74,6 +74,7 @@ from tornado_echo.engines.timerwheel import loop_wheel
 from tornado_echo.wire import (
     FEED_MAX_FRAMES,
     FEED_MAX_INFLATED,
+    SHORT_HEADERS,
     CloseCode,
     CloseHandshake,
     CloseState,
@@ -93,6 +94,8 @@ CLOSE_TIMEOUT = 5.0
 # How soon the pong is looked for again when its deadline finds the peer's bytes still
 # waiting on this side (see FastProtocol._check_pong).
 PONG_RECHECK = 0.5
+# Message opcodes compared on every message: module names, not Enum class lookups.
+_TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
 # What a connection's pending deadline is for.
 _NONE, _PING, _PONG, _ABORT = range(4)
 
@@ -379,13 +382,23 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         """Hand ``events`` to the handler in order; all frames written meanwhile go as one."""
         self._out = []
         closing = self.closing
+        on_message = self.handler.on_message
         try:
             for index, (opcode, payload) in enumerate(events):
-                if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if opcode is _TEXT or opcode is _BINARY:
                     if closing.client_terminated or closing.server_terminated:
                         continue
-                    waiting = self._run_callback(self.handler.on_message, payload)
+                    # Tornado's _run_callback, inline for the usual handler (one that returns
+                    # None); an awaitable it returns goes through _run_callback's wrapping.
+                    try:
+                        waiting = on_message(payload)
+                    except (Exception, asyncio.CancelledError):  # noqa: BLE001 - as Tornado's
+                        self.handler.log_exception(*sys.exc_info())
+                        self._abort()
+                        continue
                     if waiting is not None:
+                        waiting = self._run_callback(_returned, waiting)
+                        assert waiting is not None
                         self._wait_for_handler(waiting, events[index + 1 :])
                         return
                 elif opcode is None:
@@ -400,7 +413,11 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         """Write what was collected while dispatching, as one write; stop collecting."""
         out, self._out = self._out, None
         if out and self.transport is not None and not self._lost:
-            self._emit(out)
+            if self.gate is None and self._waiting is None:
+                # No journal to wait for (_emit's last case, without the call).
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            else:
+                self._emit(out)
 
     def _emit(self, frames: list[bytes]) -> None:
         """Write ``frames`` once the journal has handed off the rows of the messages they
@@ -536,7 +553,10 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
     # -- writing ---------------------------------------------------------------------------
 
     def _send(self, opcode: int, payload: bytes, rsv1: bool = False) -> None:
-        frame = frame_header(opcode, len(payload), rsv1=rsv1) + payload
+        self._queue(opcode, frame_header(opcode, len(payload), rsv1=rsv1) + payload)
+
+    def _queue(self, opcode: int, frame: bytes) -> None:
+        """Write ``frame`` after the messages still being deflated, if any."""
         if self._outbox is not None:
             self._outbox.append((opcode, frame, None))
         else:
@@ -560,7 +580,14 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
             raise WebSocketClosedError()
         deflate = self.deflate
         if deflate is None:
-            self._send(opcode, data)
+            size = len(data)
+            header = SHORT_HEADERS[opcode][size] if size < 126 else frame_header(opcode, size)
+            frame = header + data
+            out = self._out
+            if out is not None and self._outbox is None:
+                out.append(frame)  # the echo: collected for the read's one write
+            else:
+                self._queue(opcode, frame)
             return None
         if self._outbox is None and len(data) < DEFLATE_OFF_LOOP:
             if self._budgets is not None:
@@ -805,6 +832,11 @@ def _socket_unread(transport: asyncio.BaseTransport) -> int:
     except (OSError, ValueError):
         return 0
     return count
+
+
+def _returned(value: Any) -> Any:
+    """What the handler returned (for _run_callback to wrap, see _dispatch)."""
+    return value
 
 
 def _size(events: list[tuple[Any, Any]]) -> int:

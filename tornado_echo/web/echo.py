@@ -36,6 +36,8 @@ from tornado_echo.wire import CloseCode, Opcode, negotiate_deflate
 logger = logging.getLogger(__name__)
 
 POLICY_STATUSES = (403, 503)
+# Read on every message: module names, not Enum class lookups.
+_TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
 
 
 class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
@@ -249,14 +251,15 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
 
     def on_message(self, message: str | bytes) -> Future[None] | None:
         if isinstance(message, str):
-            data, opcode = message.encode(), Opcode.TEXT
+            data, opcode = message.encode(), _TEXT
         else:
-            data, opcode = message, Opcode.BINARY
+            data, opcode = message, _BINARY
+        size = len(data)
         self.messages_in += 1
-        self.bytes_in += len(data)
-        self.metrics.observe_message(len(data))
+        self.bytes_in += size
+        self.metrics.observe_message(size)
         if (self._message_budget is not None and not self._message_budget.take()) or (
-            self._byte_budget is not None and not self._byte_budget.take(len(data))
+            self._byte_budget is not None and not self._byte_budget.take(size)
         ):
             self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
             return None
@@ -286,7 +289,7 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
             logger.debug("session %s: echo dropped, connection is closing", self.session_id)
             return None
         self.messages_out += 1
-        self.bytes_out += len(data)
+        self.bytes_out += size
         return waiter
 
     def close_for_shutdown(self, code: int, reason: str) -> None:

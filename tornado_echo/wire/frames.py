@@ -142,6 +142,14 @@ def frame_header(
     return _pack_64(b0, mask_bit | 127, length)
 
 
+# The headers of whole, uncompressed server messages of up to 125 bytes, by opcode and length:
+# the echo path takes its header from here instead of building one per message.
+SHORT_HEADERS: tuple[tuple[bytes, ...], ...] = tuple(
+    tuple(frame_header(opcode, length) for length in range(126))
+    for opcode in (Opcode.CONTINUATION, Opcode.TEXT, Opcode.BINARY)
+)
+
+
 def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
     """One unmasked frame (what a server sends)."""
     return frame_header(opcode, len(payload), fin=fin, rsv1=rsv1) + payload

@@ -18,6 +18,8 @@ from tornado_echo.wire.frames import (
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 FEED_MAX_FRAMES = 256
 FEED_MAX_INFLATED = 1 << 20
+# Used on every message: module names, not Enum class lookups.
+_TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
 
 
 class FrameReader:
@@ -267,13 +269,13 @@ class FrameReader:
                 # The common case: a whole, unfragmented, uncompressed message.
                 if b0 == 0x81:
                     try:
-                        events.append((Opcode.TEXT, payload.decode("utf-8")))
+                        events.append((_TEXT, payload.decode("utf-8")))
                     except UnicodeDecodeError:
                         raise ProtocolError(
                             CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8"
                         ) from None
                 else:
-                    events.append((Opcode.BINARY, payload))
+                    events.append((_BINARY, payload))
             else:
                 self._frame(b0, payload, events)
         if pos < end:
