@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -40,6 +41,13 @@ _PREFIX = struct.Struct(">hi")
 _NOT_TRUNCATED = b"\x00\x00\x00\x01\x00"
 _TRUNCATED = b"\x00\x00\x00\x01\x01"
 _ROW_START = _PREFIX.size + 16
+# Writing a row: its start up to the seq's value, the same in every row of a session (field
+# count, uuid length, uuid, seq length; see session_prefix), then one pack for the rest of a
+# row without payload, or for what comes before a payload.
+_SESSION = struct.Struct(_PREFIX.format + "16si")
+_META_REST = struct.Struct(">qiqihiii" + "i?")  # ... payload length -1, the flag's length, flag
+_HEAD_REST = struct.Struct(">qiqihiii")  # ... payload length; the payload, a flag follow
+PG_EPOCH_US = PG_EPOCH * 1_000_000
 
 
 def pg_microseconds(received_at: float) -> int:
@@ -55,10 +63,20 @@ def pg_microseconds(received_at: float) -> int:
     return round((received_at - PG_EPOCH) * 1_000_000)
 
 
-@functools.lru_cache(maxsize=65536)
+def pg_now() -> int:
+    """The current time as :func:`pg_microseconds` gives it (truncated to the microsecond:
+    an integer, so stable through a round trip all the same), without float arithmetic."""
+    return time.time_ns() // 1000 - PG_EPOCH_US
+
+
 def session_prefix(session_id: str) -> bytes:
-    """A row's start: the field count and the session id (cached: once per session)."""
-    return _PREFIX.pack(len(COLUMNS), 16) + uuid.UUID(session_id).bytes
+    """The start of every row of a session, up to its seq's value: what the loop's journal
+    of a session computes once, at its open (handoff.SessionJournal)."""
+    return _SESSION.pack(len(COLUMNS), 16, uuid.UUID(session_id).bytes, 8)
+
+
+# Rows encoded from a session id (records, tests): once per session all the same.
+cached_session_prefix = functools.lru_cache(maxsize=65536)(session_prefix)
 
 
 def encode_row(
@@ -75,17 +93,41 @@ def encode_row(
     """Append one journal row to ``out``; ``payload`` None journals the metadata only, and a
     payload over ``max_payload`` keeps its first bytes, marked truncated (as is a row whose
     caller cut its payload: ``truncated``)."""
-    out += session_prefix(session_id)
-    usec = pg_microseconds(received_at)
+    append_row(
+        out,
+        cached_session_prefix(session_id),
+        seq,
+        pg_microseconds(received_at),
+        opcode,
+        size,
+        payload,
+        max_payload,
+        truncated,
+    )
+
+
+def append_row(
+    out: bytearray,
+    prefix: bytes,
+    seq: int,
+    usec: int,
+    opcode: int,
+    size: int,
+    payload: bytes | None,
+    max_payload: int,
+    truncated: bool = False,
+) -> None:
+    """:func:`encode_row` of a session's :func:`session_prefix` and a time in PostgreSQL's
+    microseconds: what the loop calls for each message (two appends for metadata only)."""
+    out += prefix
     if payload is None:
-        out += _FIELDS.pack(8, seq, 8, usec, 2, opcode, 4, size, -1)
-        out += _TRUNCATED if truncated else _NOT_TRUNCATED
+        out += _META_REST.pack(seq, 8, usec, 2, opcode, 4, size, -1, 1, truncated)
     elif len(payload) <= max_payload:
-        out += _FIELDS.pack(8, seq, 8, usec, 2, opcode, 4, size, len(payload))
+        out += _HEAD_REST.pack(seq, 8, usec, 2, opcode, 4, size, len(payload))
         out += payload
         out += _TRUNCATED if truncated else _NOT_TRUNCATED
     else:
-        out += _FIELDS.pack(8, seq, 8, usec, 2, opcode, 4, size, max_payload)
+        out += _HEAD_REST.pack(seq, 8, usec, 2, opcode, 4, size, max_payload)
         out += payload[:max_payload]
         out += _TRUNCATED
 
@@ -93,13 +135,17 @@ def encode_row(
 def encode_record(out: bytearray, record: MessageReceived) -> None:
     """Append ``record`` as a row (its payload as it is)."""
     payload = record.payload
-    out += session_prefix(record.session_id)
-    usec = pg_microseconds(record.received_at)
-    length = -1 if payload is None else len(payload)
-    out += _FIELDS.pack(8, record.seq, 8, usec, 2, record.opcode, 4, record.size, length)
-    if payload is not None:
-        out += payload
-    out += _TRUNCATED if record.truncated else _NOT_TRUNCATED
+    append_row(
+        out,
+        cached_session_prefix(record.session_id),
+        record.seq,
+        pg_microseconds(record.received_at),
+        record.opcode,
+        record.size,
+        payload,
+        0 if payload is None else len(payload),
+        record.truncated,
+    )
 
 
 @functools.lru_cache(maxsize=65536)

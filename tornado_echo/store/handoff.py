@@ -44,7 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tornado_echo.observability.throttle import LogThrottle
-from tornado_echo.store.copyrows import FRAME, REPORT, decode_rows, encode_row
+from tornado_echo.store.copyrows import (
+    FRAME,
+    REPORT,
+    append_row,
+    cached_session_prefix,
+    decode_rows,
+    pg_microseconds,
+    pg_now,
+    session_prefix,
+)
 from tornado_echo.store.records import MessageReceived
 
 logger = logging.getLogger(__name__)
@@ -81,6 +90,33 @@ class _Chunk:
     rows: int
     at: float
     spilled: bool = False  # its rows were handed to ``overflow`` too (see _spill)
+
+
+class SessionJournal:
+    """One session's journal on the loop, made at its open: the start of its rows (field
+    count, session id) is computed once here rather than looked up for every message, so a
+    message costs a clock read, one struct pack and two appends (and its payload's)."""
+
+    __slots__ = ("_handoff", "_prefix", "_session_id")
+
+    def __init__(self, handoff: JournalHandoff, session_id: str) -> None:
+        self._handoff = handoff
+        self._session_id = session_id
+        self._prefix = session_prefix(session_id)
+
+    def add(
+        self, seq: int, opcode: int, size: int, payload: bytes | None, truncated: bool = False
+    ) -> None:
+        """Journal message ``seq``, received now (``payload`` None: its metadata only); once
+        the handoff no longer takes rows (closing), as a record to the store. Never blocks."""
+        handoff = self._handoff
+        if handoff._loop is None or handoff._closing:
+            record = MessageReceived(
+                self._session_id, seq, time.time(), int(opcode), size, payload, truncated
+            )
+            handoff.overflow([record])
+            return
+        handoff._append(self._prefix, seq, pg_now(), opcode, size, payload, truncated)
 
 
 class JournalHandoff:
@@ -142,6 +178,10 @@ class JournalHandoff:
 
     # -- the loop's hot path -----------------------------------------------------------------
 
+    def session(self, session_id: str) -> SessionJournal:
+        """The journal of one session, for its connection to keep (see SessionJournal)."""
+        return SessionJournal(self, session_id)
+
     def add(
         self,
         session_id: str,
@@ -153,19 +193,30 @@ class JournalHandoff:
         truncated: bool = False,
     ) -> None:
         """Journal one message (``payload`` None: its metadata only). Never blocks."""
-        encode_row(
-            self._rows,
-            session_id,
+        self._append(
+            cached_session_prefix(session_id),
             seq,
-            received_at,
+            pg_microseconds(received_at),
             opcode,
             size,
             payload,
-            self.max_payload,
             truncated,
         )
+
+    def _append(
+        self,
+        prefix: bytes,
+        seq: int,
+        usec: int,
+        opcode: int,
+        size: int,
+        payload: bytes | None,
+        truncated: bool,
+    ) -> None:
+        rows = self._rows
+        append_row(rows, prefix, seq, usec, opcode, size, payload, self.max_payload, truncated)
         self._count += 1
-        if len(self._rows) >= self.batch_bytes:  # a busy turn: chunks stay batch-sized
+        if len(rows) >= self.batch_bytes:  # a busy turn: chunks stay batch-sized
             self._flush()
         elif not self._scheduled:
             self._scheduled = True
