@@ -369,3 +369,44 @@ async def test_held_echoes_go_after_their_rows_and_not_forever(
         postgres_url, "SELECT count(*) AS n, count(DISTINCT seq) AS d FROM ws_messages"
     )
     assert rows == [{"n": seq, "d": seq}]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_each_sessions_journal_writes_its_own_rows(postgres_url: str, tmp_path: Path) -> None:
+    # What a connection binds at open: rows carry its session (the start of its rows is made
+    # per session, never shared), the time of the call, and once the handoff has closed they
+    # go to the store as records all the same.
+    store = process_store(postgres_url, tmp_path)
+    await store.start()
+    journals = {number: store.journal_for(sid(number)) for number in range(3)}
+    before = time.time()
+    for seq in (1, 2):
+        for journal_of in journals.values():
+            journal_of(seq, 2, 4, b"ping", False)
+        await asyncio.sleep(0)
+    await wait_for(lambda: handoff(store).status().written == 6)
+    after = time.time()
+    await handoff(store).close(5)
+    journals[1](3, 1, 7, None, True)
+    await store.close()
+    rows = fetch_rows(
+        postgres_url,
+        "SELECT session_id, seq, opcode, size, payload, truncated, received_at FROM ws_messages",
+    )
+    got = sorted(
+        (
+            str(r["session_id"]),
+            r["seq"],
+            r["opcode"],
+            r["size"],
+            None if r["payload"] is None else bytes(r["payload"]),
+            r["truncated"],
+        )
+        for r in rows
+    )
+    assert got == sorted(
+        [(sid(n), seq, 2, 4, b"ping", False) for n in range(3) for seq in (1, 2)]
+        + [(sid(1), 3, 1, 7, None, True)]
+    )
+    timed = [r["received_at"].timestamp() for r in rows if r["seq"] < 3]
+    assert all(before - 1e-6 <= at <= after for at in timed)
