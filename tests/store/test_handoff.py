@@ -22,7 +22,7 @@ from tornado_echo.config import Config
 from tornado_echo.connections import Connections
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import MessageReceived, Spool, Store, make_backend, make_store, spool_path
-from tornado_echo.store.copyrows import FRAME, encode_row
+from tornado_echo.store.copyrows import FRAME, decode_rows, encode_row
 from tornado_echo.store.handoff import HOLD_LIMIT, JournalHandoff
 from tornado_echo.store.journal_process import JournalWriter
 from tornado_echo.store.records import decode_record
@@ -410,3 +410,40 @@ async def test_each_sessions_journal_writes_its_own_rows(postgres_url: str, tmp_
     )
     timed = [r["received_at"].timestamp() for r in rows if r["seq"] < 3]
     assert all(before - 1e-6 <= at <= after for at in timed)
+
+
+def test_held_writes_go_in_order_once_their_turns_rows_are_in_the_socket() -> None:
+    loop = asyncio.new_event_loop()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    gate = JournalHandoff("postgresql://unused", overflow=lambda records: None)
+    gate._loop, gate._sock = loop, ours  # started, minus the writer process
+    released: list[str] = []
+
+    def failing() -> None:
+        raise RuntimeError("one connection's failure")
+
+    try:
+        journal_of = gate.session(sid(1))
+        journal_of.add(1, 2, 4, None)
+        for release in (lambda: released.append("a"), failing, lambda: released.append("b")):
+            assert gate.hold(release)
+        assert released == []  # not before the turn's flush
+        gate._flush()
+        assert released == ["a", "b"]  # in order, the failing one not in the way
+        assert not gate.hold(lambda: released.append("never"))  # nothing new to wait for
+        journal_of.add(2, 2, 4, None)
+        assert gate.hold(lambda: released.append("c"))
+        gate._flush()
+        assert released == ["a", "b", "c"]
+        received = theirs.recv(1 << 16)
+        seqs = []
+        while received:
+            length, _, _ = FRAME.unpack_from(received)
+            seqs += [(r.session_id, r.seq) for r in decode_rows(received[FRAME.size :][:length])]
+            received = received[FRAME.size + length :]
+        assert seqs == [(sid(1), 1), (sid(1), 2)]
+    finally:
+        ours.close()
+        theirs.close()
+        loop.close()

@@ -154,8 +154,10 @@ class JournalHandoff:
         self._reports = bytearray()
         self._next_id = 1
         self._handed = 0  # every chunk up to this id is in the socket or spilled
-        # Engines' held writes: (the chunk id they wait for, release), ids never decrease.
-        self._holds: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
+        # Engines' held writes: (the chunk id they wait for, their releases), ids growing;
+        # those waiting for the rows of this turn, until its flush gives them their chunk.
+        self._holds: collections.deque[tuple[int, list[Callable[[], None]]]] = collections.deque()
+        self._turn_holds: list[Callable[[], None]] = []
         self._hold_timer: asyncio.TimerHandle | None = None
         self._overflowing = False  # a hold expired and the writer has not caught up since
         self._writer_available = True
@@ -227,12 +229,18 @@ class JournalHandoff:
         """Whether a write must wait for the rows journalled so far: if so (True),
         ``release`` is called once they are in the writer's socket (or spilled), in the
         order of the calls to hold; not after :meth:`close` has handed them to the store."""
-        newest = self._next_id if self._count else self._next_id - 1
+        if self._count:  # the usual case: rows of this turn, sent by its flush
+            self._turn_holds.append(release)
+            return True
+        newest = self._next_id - 1
         if newest <= self._handed:
             return False
-        self._holds.append((newest, release))
-        if not self._count:  # no flush to come this turn: time it from here
-            self._release()
+        holds = self._holds
+        if holds and holds[-1][0] == newest:
+            holds[-1][1].append(release)
+        else:
+            holds.append((newest, [release]))
+        self._release()  # no flush to come this turn: time it from here
         return True
 
     def _flush(self) -> None:
@@ -242,6 +250,9 @@ class JournalHandoff:
             return
         frame = FRAME.pack(len(self._rows), self._next_id, self._count) + self._rows
         self._chunks.append(_Chunk(self._next_id, frame, self._count, time.monotonic()))
+        if self._turn_holds:
+            self._holds.append((self._next_id, self._turn_holds))
+            self._turn_holds = []
         self._next_id += 1
         self._bytes += len(frame)
         self._rows.clear()
@@ -259,11 +270,11 @@ class JournalHandoff:
         holds = self._holds
         handed = self._handed
         while holds and holds[0][0] <= handed:
-            release = holds.popleft()[1]
-            try:
-                release()
-            except Exception:  # one connection's failure is not the others'
-                logger.exception("releasing a write held for the journal failed")
+            for release in holds.popleft()[1]:
+                try:
+                    release()
+                except Exception:  # one connection's failure is not the others'
+                    logger.exception("releasing a write held for the journal failed")
         if holds and self._hold_timer is None and self._loop is not None:
             self._hold_timer = self._loop.call_later(HOLD_LIMIT, self._hold_expired)
 
