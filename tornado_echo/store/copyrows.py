@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import struct
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -42,11 +41,17 @@ _NOT_TRUNCATED = b"\x00\x00\x00\x01\x00"
 _TRUNCATED = b"\x00\x00\x00\x01\x01"
 _ROW_START = _PREFIX.size + 16
 # Writing a row: its start up to the seq's value, the same in every row of a session (field
-# count, uuid length, uuid, seq length; see session_prefix), then one pack for the rest of a
-# row without payload, or for what comes before a payload.
+# count, uuid length, uuid, seq length; see session_prefix), then one pack of the rest of a
+# row without payload, or of what comes before a payload; constant fields as bytes (cheaper
+# to pack than ints).
 _SESSION = struct.Struct(_PREFIX.format + "16si")
-_META_REST = struct.Struct(">qiqihiii" + "i?")  # ... payload length -1, the flag's length, flag
-_HEAD_REST = struct.Struct(">qiqihiii")  # ... payload length; the payload, a flag follow
+_L8, _L2, _L4 = (struct.pack(">i", length) for length in (8, 2, 4))
+_META_TAIL = {
+    flag: struct.pack(">i", -1) + tail
+    for flag, tail in ((False, _NOT_TRUNCATED), (True, _TRUNCATED))
+}
+_HEAD_ROW = struct.Struct(f">{_SESSION.size}sq4sq4sh4sii")  # ... size, payload length
+_META_ROW = struct.Struct(f"{_HEAD_ROW.format[:-1]}{len(_META_TAIL[False])}s")  # ... _META_TAIL
 PG_EPOCH_US = PG_EPOCH * 1_000_000
 
 
@@ -61,12 +66,6 @@ def pg_microseconds(received_at: float) -> int:
     would not be stable: a decoded time a quarter microsecond under its value would lose one.
     """
     return round((received_at - PG_EPOCH) * 1_000_000)
-
-
-def pg_now() -> int:
-    """The current time as :func:`pg_microseconds` gives it (truncated to the microsecond:
-    an integer, so stable through a round trip all the same), without float arithmetic."""
-    return time.time_ns() // 1000 - PG_EPOCH_US
 
 
 def session_prefix(session_id: str) -> bytes:
@@ -118,16 +117,15 @@ def append_row(
     truncated: bool = False,
 ) -> None:
     """:func:`encode_row` of a session's :func:`session_prefix` and a time in PostgreSQL's
-    microseconds: what the loop calls for each message (two appends for metadata only)."""
-    out += prefix
+    microseconds: what the loop calls for each message (one pack for metadata only)."""
     if payload is None:
-        out += _META_REST.pack(seq, 8, usec, 2, opcode, 4, size, -1, 1, truncated)
+        out += _META_ROW.pack(prefix, seq, _L8, usec, _L2, opcode, _L4, size, _META_TAIL[truncated])
     elif len(payload) <= max_payload:
-        out += _HEAD_REST.pack(seq, 8, usec, 2, opcode, 4, size, len(payload))
+        out += _HEAD_ROW.pack(prefix, seq, _L8, usec, _L2, opcode, _L4, size, len(payload))
         out += payload
         out += _TRUNCATED if truncated else _NOT_TRUNCATED
     else:
-        out += _HEAD_REST.pack(seq, 8, usec, 2, opcode, 4, size, max_payload)
+        out += _HEAD_ROW.pack(prefix, seq, _L8, usec, _L2, opcode, _L4, size, max_payload)
         out += payload[:max_payload]
         out += _TRUNCATED
 

@@ -46,12 +46,12 @@ from pathlib import Path
 from tornado_echo.observability.throttle import LogThrottle
 from tornado_echo.store.copyrows import (
     FRAME,
+    PG_EPOCH,
+    PG_EPOCH_US,
     REPORT,
     append_row,
-    cached_session_prefix,
     decode_rows,
     pg_microseconds,
-    pg_now,
     session_prefix,
 )
 from tornado_echo.store.records import MessageReceived
@@ -95,7 +95,7 @@ class _Chunk:
 class SessionJournal:
     """One session's journal on the loop, made at its open: the start of its rows (field
     count, session id) is computed once here rather than looked up for every message, so a
-    message costs a clock read, one struct pack and two appends (and its payload's)."""
+    message costs a clock read, one struct pack and one append (a payload: two more)."""
 
     __slots__ = ("_handoff", "_prefix", "_session_id")
 
@@ -105,18 +105,39 @@ class SessionJournal:
         self._prefix = session_prefix(session_id)
 
     def add(
-        self, seq: int, opcode: int, size: int, payload: bytes | None, truncated: bool = False
+        self,
+        seq: int,
+        opcode: int,
+        size: int,
+        payload: bytes | None,
+        truncated: bool = False,
+        at: int | None = None,
     ) -> None:
-        """Journal message ``seq``, received now (``payload`` None: its metadata only); once
-        the handoff no longer takes rows (closing), as a record to the store. Never blocks."""
+        """Journal message ``seq`` (``payload`` None: its metadata only), received ``at``
+        (PostgreSQL's microseconds, as copyrows.pg_microseconds gives them), or now; once the
+        handoff no longer takes rows (closing), as a record to the store. Never blocks."""
+        if at is None:
+            # Integer microseconds (truncated): as stable through a round trip as rounded ones.
+            at = time.time_ns() // 1000 - PG_EPOCH_US
         handoff = self._handoff
         if handoff._loop is None or handoff._closing:
             record = MessageReceived(
-                self._session_id, seq, time.time(), int(opcode), size, payload, truncated
+                self._session_id, seq, at / 1e6 + PG_EPOCH, int(opcode), size, payload, truncated
             )
             handoff.overflow([record])
             return
-        handoff._append(self._prefix, seq, pg_now(), opcode, size, payload, truncated)
+        # The handoff's side, here rather than in a method of its own: a call less a message.
+        rows = handoff._rows
+        append_row(
+            rows, self._prefix, seq, at, opcode, size, payload, handoff.max_payload, truncated
+        )
+        handoff._count += 1
+        if len(rows) >= handoff.batch_bytes:  # a busy turn: chunks stay batch-sized
+            handoff._flush()
+        elif not handoff._scheduled:
+            handoff._scheduled = True
+            assert handoff._loop is not None
+            handoff._loop.call_soon(handoff._flush)
 
 
 class JournalHandoff:
@@ -194,36 +215,10 @@ class JournalHandoff:
         payload: bytes | None,
         truncated: bool = False,
     ) -> None:
-        """Journal one message (``payload`` None: its metadata only). Never blocks."""
-        self._append(
-            cached_session_prefix(session_id),
-            seq,
-            pg_microseconds(received_at),
-            opcode,
-            size,
-            payload,
-            truncated,
-        )
-
-    def _append(
-        self,
-        prefix: bytes,
-        seq: int,
-        usec: int,
-        opcode: int,
-        size: int,
-        payload: bytes | None,
-        truncated: bool,
-    ) -> None:
-        rows = self._rows
-        append_row(rows, prefix, seq, usec, opcode, size, payload, self.max_payload, truncated)
-        self._count += 1
-        if len(rows) >= self.batch_bytes:  # a busy turn: chunks stay batch-sized
-            self._flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._flush)
+        """Journal one message of a session not bound with :meth:`session` (``payload`` None:
+        its metadata only). Never blocks."""
+        at = pg_microseconds(received_at)
+        self.session(session_id).add(seq, opcode, size, payload, truncated, at)
 
     def hold(self, release: Callable[[], None]) -> bool:
         """Whether a write must wait for the rows journalled so far: if so (True),
