@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import struct
+import time
+import uuid
+
 import pytest
 
 from tests.store.test_store import sid
 from tornado_echo.errors import StoreError
 from tornado_echo.store.copyrows import (
+    PG_EPOCH,
+    append_row,
     decode_row_values,
     decode_rows,
     encode_record,
     encode_row,
+    pg_microseconds,
+    session_prefix,
     sqlite_row_values,
     uniform_width,
 )
@@ -39,6 +47,54 @@ def test_rows_decode_to_the_records_they_were_made_from() -> None:
         (b"", False),
     ]
     assert all(abs(r.received_at - AT) < 1e-6 for r in rows)  # microseconds, as stored
+
+
+def layout(session: str, seq: int, usec: int, size: int, payload: bytes | None, flag: int) -> bytes:
+    """A row as docs/journal.md lays it out, written field by field."""
+    length = -1 if payload is None else len(payload)
+    return (
+        struct.pack(">hi16s", 7, 16, uuid.UUID(session).bytes)
+        + struct.pack(">iqiqihii", 8, seq, 8, usec, 2, 2, 4, size)
+        + struct.pack(">i", length)
+        + (payload or b"")
+        + struct.pack(">ib", 1, flag)
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "truncated", "expected", "flag"),
+    [
+        (None, False, None, 0),
+        (None, True, None, 1),
+        (b"\x00\xffabc", False, b"\x00\xffabc", 0),
+        (b"abc", True, b"abc", 1),
+        (b"y" * 20, False, b"y" * 10, 1),  # over max_payload: cut, marked truncated
+    ],
+)
+def test_a_sessions_prefix_gives_the_rows_bytes_field_by_field(
+    payload: bytes | None, truncated: bool, expected: bytes | None, flag: int
+) -> None:
+    usec = pg_microseconds(AT)
+    by_prefix, by_id = bytearray(), bytearray()
+    append_row(by_prefix, session_prefix(sid(5)), 3, usec, 2, 20, payload, 10, truncated)
+    encode_row(by_id, sid(5), 3, AT, 2, 20, payload, 10, truncated)
+    assert bytes(by_prefix) == bytes(by_id) == layout(sid(5), 3, usec, 20, expected, flag)
+
+
+def test_each_session_has_its_own_prefix() -> None:
+    assert session_prefix(sid(1)) != session_prefix(sid(2))
+    out = bytearray()
+    append_row(out, session_prefix(sid(1)), 1, 0, 2, 1, None, 10)
+    append_row(out, session_prefix(sid(2)), 1, 0, 2, 1, None, 10)
+    assert [row.session_id for row in decode_rows(out)] == [sid(1), sid(2)]
+
+
+def test_integer_microseconds_are_stable_through_a_round_trip() -> None:
+    # What a session's journal stores (the clock truncated to the microsecond) comes back as
+    # itself when a decoded row is encoded again (a replay lands on the same key).
+    now = time.time_ns() // 1000 - PG_EPOCH * 1_000_000
+    for usec in (now, now + 1, now + 499_999, now + 999_999):
+        assert pg_microseconds(usec / 1_000_000 + PG_EPOCH) == usec
 
 
 def test_a_record_encodes_as_its_row() -> None:

@@ -22,7 +22,7 @@ from tornado_echo.config import Config
 from tornado_echo.connections import Connections
 from tornado_echo.observability.metrics import Metrics
 from tornado_echo.store import MessageReceived, Spool, Store, make_backend, make_store, spool_path
-from tornado_echo.store.copyrows import FRAME, encode_row
+from tornado_echo.store.copyrows import FRAME, decode_rows, encode_row
 from tornado_echo.store.handoff import HOLD_LIMIT, JournalHandoff
 from tornado_echo.store.journal_process import JournalWriter
 from tornado_echo.store.records import decode_record
@@ -369,3 +369,81 @@ async def test_held_echoes_go_after_their_rows_and_not_forever(
         postgres_url, "SELECT count(*) AS n, count(DISTINCT seq) AS d FROM ws_messages"
     )
     assert rows == [{"n": seq, "d": seq}]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_each_sessions_journal_writes_its_own_rows(postgres_url: str, tmp_path: Path) -> None:
+    # What a connection binds at open: rows carry its session (the start of its rows is made
+    # per session, never shared), the time of the call, and once the handoff has closed they
+    # go to the store as records all the same.
+    store = process_store(postgres_url, tmp_path)
+    await store.start()
+    journals = {number: store.journal_for(sid(number)) for number in range(3)}
+    before = time.time()
+    for seq in (1, 2):
+        for journal_of in journals.values():
+            journal_of(seq, 2, 4, b"ping", False)
+        await asyncio.sleep(0)
+    await wait_for(lambda: handoff(store).status().written == 6)
+    after = time.time()
+    await handoff(store).close(5)
+    journals[1](3, 1, 7, None, True)
+    await store.close()
+    rows = fetch_rows(
+        postgres_url,
+        "SELECT session_id, seq, opcode, size, payload, truncated, received_at FROM ws_messages",
+    )
+    got = sorted(
+        (
+            str(r["session_id"]),
+            r["seq"],
+            r["opcode"],
+            r["size"],
+            None if r["payload"] is None else bytes(r["payload"]),
+            r["truncated"],
+        )
+        for r in rows
+    )
+    assert got == sorted(
+        [(sid(n), seq, 2, 4, b"ping", False) for n in range(3) for seq in (1, 2)]
+        + [(sid(1), 3, 1, 7, None, True)]
+    )
+    timed = [r["received_at"].timestamp() for r in rows if r["seq"] < 3]
+    assert all(before - 1e-6 <= at <= after for at in timed)
+
+
+def test_held_writes_go_in_order_once_their_turns_rows_are_in_the_socket() -> None:
+    loop = asyncio.new_event_loop()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    gate = JournalHandoff("postgresql://unused", overflow=lambda records: None)
+    gate._loop, gate._sock = loop, ours  # started, minus the writer process
+    released: list[str] = []
+
+    def failing() -> None:
+        raise RuntimeError("one connection's failure")
+
+    try:
+        journal_of = gate.session(sid(1))
+        journal_of.add(1, 2, 4, None)
+        for release in (lambda: released.append("a"), failing, lambda: released.append("b")):
+            assert gate.hold(release)
+        assert released == []  # not before the turn's flush
+        gate._flush()
+        assert released == ["a", "b"]  # in order, the failing one not in the way
+        assert not gate.hold(lambda: released.append("never"))  # nothing new to wait for
+        journal_of.add(2, 2, 4, None)
+        assert gate.hold(lambda: released.append("c"))
+        gate._flush()
+        assert released == ["a", "b", "c"]
+        received = theirs.recv(1 << 16)
+        seqs = []
+        while received:
+            length, _, _ = FRAME.unpack_from(received)
+            seqs += [(r.session_id, r.seq) for r in decode_rows(received[FRAME.size :][:length])]
+            received = received[FRAME.size + length :]
+        assert seqs == [(sid(1), 1), (sid(1), 2)]
+    finally:
+        ours.close()
+        theirs.close()
+        loop.close()

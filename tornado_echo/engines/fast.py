@@ -177,9 +177,10 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         self._lost = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         # The journal, when its rows must be handed off before the echoes go (set by the
-        # handler); writes waiting for it, one list of frames per hold, in order.
+        # handler); writes waiting for it, one list of frames per hold, in order: a list, as
+        # past one entry the connection is not read (a deque's block is a malloc per hold).
         self.gate: JournalGate | None = None
-        self._waiting: deque[list[bytes]] | None = None
+        self._waiting: list[list[bytes]] | None = None
         self._hang_up_after_waiting = False
 
     # -- the upgrade -----------------------------------------------------------------------
@@ -429,7 +430,7 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         waiting = self._waiting  # after hold(), which may release earlier writes
         if held:
             if waiting is None:
-                self._waiting = deque([frames])
+                self._waiting = [frames]
             else:
                 waiting.append(frames)
                 assert self.flow is not None
@@ -444,7 +445,7 @@ class FastProtocol(CloseState, WebSocketProtocol, asyncio.Protocol):
         """The journal handed off what the oldest waiting writes answer: write them."""
         waiting = self._waiting
         assert waiting is not None
-        frames = waiting.popleft()
+        frames = waiting.pop(0)
         if not waiting:
             self._waiting = None
         if self._lost or self.transport is None:

@@ -10,13 +10,14 @@ from tornado_echo.store.handoff import JournalHandoff
 from tornado_echo.store.patient import PatientBackend
 from tornado_echo.store.records import MessageReceived, Record, SessionClosed, SessionOpened
 from tornado_echo.store.spool import Spool, spool_path
-from tornado_echo.store.store import Store, StoreStatus
+from tornado_echo.store.store import SessionJournaller, Store, StoreStatus
 
 __all__ = [
     "Backend",
     "MessageReceived",
     "Record",
     "SessionClosed",
+    "SessionJournaller",
     "SessionOpened",
     "Spool",
     "Store",

@@ -40,6 +40,19 @@ _PREFIX = struct.Struct(">hi")
 _NOT_TRUNCATED = b"\x00\x00\x00\x01\x00"
 _TRUNCATED = b"\x00\x00\x00\x01\x01"
 _ROW_START = _PREFIX.size + 16
+# Writing a row: its start up to the seq's value, the same in every row of a session (field
+# count, uuid length, uuid, seq length; see session_prefix), then one pack of the rest of a
+# row without payload, or of what comes before a payload; constant fields as bytes (cheaper
+# to pack than ints).
+_SESSION = struct.Struct(_PREFIX.format + "16si")
+_L8, _L2, _L4 = (struct.pack(">i", length) for length in (8, 2, 4))
+_META_TAIL = {
+    flag: struct.pack(">i", -1) + tail
+    for flag, tail in ((False, _NOT_TRUNCATED), (True, _TRUNCATED))
+}
+_HEAD_ROW = struct.Struct(f">{_SESSION.size}sq4sq4sh4sii")  # ... size, payload length
+_META_ROW = struct.Struct(f"{_HEAD_ROW.format[:-1]}{len(_META_TAIL[False])}s")  # ... _META_TAIL
+PG_EPOCH_US = PG_EPOCH * 1_000_000
 
 
 def pg_microseconds(received_at: float) -> int:
@@ -55,10 +68,14 @@ def pg_microseconds(received_at: float) -> int:
     return round((received_at - PG_EPOCH) * 1_000_000)
 
 
-@functools.lru_cache(maxsize=65536)
 def session_prefix(session_id: str) -> bytes:
-    """A row's start: the field count and the session id (cached: once per session)."""
-    return _PREFIX.pack(len(COLUMNS), 16) + uuid.UUID(session_id).bytes
+    """The start of every row of a session, up to its seq's value: what the loop's journal
+    of a session computes once, at its open (handoff.SessionJournal)."""
+    return _SESSION.pack(len(COLUMNS), 16, uuid.UUID(session_id).bytes, 8)
+
+
+# Rows encoded from a session id (records, tests): once per session all the same.
+cached_session_prefix = functools.lru_cache(maxsize=65536)(session_prefix)
 
 
 def encode_row(
@@ -75,17 +92,40 @@ def encode_row(
     """Append one journal row to ``out``; ``payload`` None journals the metadata only, and a
     payload over ``max_payload`` keeps its first bytes, marked truncated (as is a row whose
     caller cut its payload: ``truncated``)."""
-    out += session_prefix(session_id)
-    usec = pg_microseconds(received_at)
+    append_row(
+        out,
+        cached_session_prefix(session_id),
+        seq,
+        pg_microseconds(received_at),
+        opcode,
+        size,
+        payload,
+        max_payload,
+        truncated,
+    )
+
+
+def append_row(
+    out: bytearray,
+    prefix: bytes,
+    seq: int,
+    usec: int,
+    opcode: int,
+    size: int,
+    payload: bytes | None,
+    max_payload: int,
+    truncated: bool = False,
+) -> None:
+    """:func:`encode_row` of a session's :func:`session_prefix` and a time in PostgreSQL's
+    microseconds: what the loop calls for each message (one pack for metadata only)."""
     if payload is None:
-        out += _FIELDS.pack(8, seq, 8, usec, 2, opcode, 4, size, -1)
-        out += _TRUNCATED if truncated else _NOT_TRUNCATED
+        out += _META_ROW.pack(prefix, seq, _L8, usec, _L2, opcode, _L4, size, _META_TAIL[truncated])
     elif len(payload) <= max_payload:
-        out += _FIELDS.pack(8, seq, 8, usec, 2, opcode, 4, size, len(payload))
+        out += _HEAD_ROW.pack(prefix, seq, _L8, usec, _L2, opcode, _L4, size, len(payload))
         out += payload
         out += _TRUNCATED if truncated else _NOT_TRUNCATED
     else:
-        out += _FIELDS.pack(8, seq, 8, usec, 2, opcode, 4, size, max_payload)
+        out += _HEAD_ROW.pack(prefix, seq, _L8, usec, _L2, opcode, _L4, size, max_payload)
         out += payload[:max_payload]
         out += _TRUNCATED
 
@@ -93,13 +133,17 @@ def encode_row(
 def encode_record(out: bytearray, record: MessageReceived) -> None:
     """Append ``record`` as a row (its payload as it is)."""
     payload = record.payload
-    out += session_prefix(record.session_id)
-    usec = pg_microseconds(record.received_at)
-    length = -1 if payload is None else len(payload)
-    out += _FIELDS.pack(8, record.seq, 8, usec, 2, record.opcode, 4, record.size, length)
-    if payload is not None:
-        out += payload
-    out += _TRUNCATED if record.truncated else _NOT_TRUNCATED
+    append_row(
+        out,
+        cached_session_prefix(record.session_id),
+        record.seq,
+        pg_microseconds(record.received_at),
+        record.opcode,
+        record.size,
+        payload,
+        0 if payload is None else len(payload),
+        record.truncated,
+    )
 
 
 @functools.lru_cache(maxsize=65536)

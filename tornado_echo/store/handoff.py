@@ -44,7 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tornado_echo.observability.throttle import LogThrottle
-from tornado_echo.store.copyrows import FRAME, REPORT, decode_rows, encode_row
+from tornado_echo.store.copyrows import (
+    FRAME,
+    PG_EPOCH,
+    PG_EPOCH_US,
+    REPORT,
+    append_row,
+    decode_rows,
+    pg_microseconds,
+    session_prefix,
+)
 from tornado_echo.store.records import MessageReceived
 
 logger = logging.getLogger(__name__)
@@ -83,6 +92,54 @@ class _Chunk:
     spilled: bool = False  # its rows were handed to ``overflow`` too (see _spill)
 
 
+class SessionJournal:
+    """One session's journal on the loop, made at its open: the start of its rows (field
+    count, session id) is computed once here rather than looked up for every message, so a
+    message costs a clock read, one struct pack and one append (a payload: two more)."""
+
+    __slots__ = ("_handoff", "_prefix", "_session_id")
+
+    def __init__(self, handoff: JournalHandoff, session_id: str) -> None:
+        self._handoff = handoff
+        self._session_id = session_id
+        self._prefix = session_prefix(session_id)
+
+    def add(
+        self,
+        seq: int,
+        opcode: int,
+        size: int,
+        payload: bytes | None,
+        truncated: bool = False,
+        at: int | None = None,
+    ) -> None:
+        """Journal message ``seq`` (``payload`` None: its metadata only), received ``at``
+        (PostgreSQL's microseconds, as copyrows.pg_microseconds gives them), or now; once the
+        handoff no longer takes rows (closing), as a record to the store. Never blocks."""
+        if at is None:
+            # Integer microseconds (truncated): as stable through a round trip as rounded ones.
+            at = time.time_ns() // 1000 - PG_EPOCH_US
+        handoff = self._handoff
+        if handoff._loop is None or handoff._closing:
+            record = MessageReceived(
+                self._session_id, seq, at / 1e6 + PG_EPOCH, int(opcode), size, payload, truncated
+            )
+            handoff.overflow([record])
+            return
+        # The handoff's side, here rather than in a method of its own: a call less a message.
+        rows = handoff._rows
+        append_row(
+            rows, self._prefix, seq, at, opcode, size, payload, handoff.max_payload, truncated
+        )
+        handoff._count += 1
+        if len(rows) >= handoff.batch_bytes:  # a busy turn: chunks stay batch-sized
+            handoff._flush()
+        elif not handoff._scheduled:
+            handoff._scheduled = True
+            assert handoff._loop is not None
+            handoff._loop.call_soon(handoff._flush)
+
+
 class JournalHandoff:
     def __init__(
         self,
@@ -118,8 +175,10 @@ class JournalHandoff:
         self._reports = bytearray()
         self._next_id = 1
         self._handed = 0  # every chunk up to this id is in the socket or spilled
-        # Engines' held writes: (the chunk id they wait for, release), ids never decrease.
-        self._holds: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
+        # Engines' held writes: (the chunk id they wait for, their releases), ids growing;
+        # those waiting for the rows of this turn, until its flush gives them their chunk.
+        self._holds: collections.deque[tuple[int, list[Callable[[], None]]]] = collections.deque()
+        self._turn_holds: list[Callable[[], None]] = []
         self._hold_timer: asyncio.TimerHandle | None = None
         self._overflowing = False  # a hold expired and the writer has not caught up since
         self._writer_available = True
@@ -142,6 +201,10 @@ class JournalHandoff:
 
     # -- the loop's hot path -----------------------------------------------------------------
 
+    def session(self, session_id: str) -> SessionJournal:
+        """The journal of one session, for its connection to keep (see SessionJournal)."""
+        return SessionJournal(self, session_id)
+
     def add(
         self,
         session_id: str,
@@ -152,36 +215,27 @@ class JournalHandoff:
         payload: bytes | None,
         truncated: bool = False,
     ) -> None:
-        """Journal one message (``payload`` None: its metadata only). Never blocks."""
-        encode_row(
-            self._rows,
-            session_id,
-            seq,
-            received_at,
-            opcode,
-            size,
-            payload,
-            self.max_payload,
-            truncated,
-        )
-        self._count += 1
-        if len(self._rows) >= self.batch_bytes:  # a busy turn: chunks stay batch-sized
-            self._flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._flush)
+        """Journal one message of a session not bound with :meth:`session` (``payload`` None:
+        its metadata only). Never blocks."""
+        at = pg_microseconds(received_at)
+        self.session(session_id).add(seq, opcode, size, payload, truncated, at)
 
     def hold(self, release: Callable[[], None]) -> bool:
         """Whether a write must wait for the rows journalled so far: if so (True),
         ``release`` is called once they are in the writer's socket (or spilled), in the
         order of the calls to hold; not after :meth:`close` has handed them to the store."""
-        newest = self._next_id if self._count else self._next_id - 1
+        if self._count:  # the usual case: rows of this turn, sent by its flush
+            self._turn_holds.append(release)
+            return True
+        newest = self._next_id - 1
         if newest <= self._handed:
             return False
-        self._holds.append((newest, release))
-        if not self._count:  # no flush to come this turn: time it from here
-            self._release()
+        holds = self._holds
+        if holds and holds[-1][0] == newest:
+            holds[-1][1].append(release)
+        else:
+            holds.append((newest, [release]))
+        self._release()  # no flush to come this turn: time it from here
         return True
 
     def _flush(self) -> None:
@@ -191,6 +245,9 @@ class JournalHandoff:
             return
         frame = FRAME.pack(len(self._rows), self._next_id, self._count) + self._rows
         self._chunks.append(_Chunk(self._next_id, frame, self._count, time.monotonic()))
+        if self._turn_holds:
+            self._holds.append((self._next_id, self._turn_holds))
+            self._turn_holds = []
         self._next_id += 1
         self._bytes += len(frame)
         self._rows.clear()
@@ -208,11 +265,11 @@ class JournalHandoff:
         holds = self._holds
         handed = self._handed
         while holds and holds[0][0] <= handed:
-            release = holds.popleft()[1]
-            try:
-                release()
-            except Exception:  # one connection's failure is not the others'
-                logger.exception("releasing a write held for the journal failed")
+            for release in holds.popleft()[1]:
+                try:
+                    release()
+                except Exception:  # one connection's failure is not the others'
+                    logger.exception("releasing a write held for the journal failed")
         if holds and self._hold_timer is None and self._loop is not None:
             self._hold_timer = self._loop.call_later(HOLD_LIMIT, self._hold_expired)
 

@@ -55,6 +55,8 @@ START_REPLAY_PATIENCE = 5.0
 # Grace for the batch in flight when the drain deadline passes.
 JOIN_GRACE = 1.0
 RESTART_PAUSE = 1.0  # after an unexpected writer failure
+# A session's journal (Store.journal_for): (seq, opcode, size, payload, truncated).
+SessionJournaller = Callable[[int, int, int, "bytes | None", bool], None]
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,25 @@ class Store:
             self.submit(
                 MessageReceived(session_id, seq, received_at, opcode, size, payload, truncated)
             )
+
+    def journal_for(self, session_id: str) -> SessionJournaller:
+        """:meth:`journal` bound to one session, made once at its open: called with (seq,
+        opcode, size, payload, truncated), the message received now. With the journal writer
+        process, its rows' start is made once here, not per message (handoff.SessionJournal)."""
+        if self.handoff is not None:
+            return self.handoff.session(session_id).add
+        return functools.partial(self._journal_now, session_id)
+
+    def _journal_now(
+        self,
+        session_id: str,
+        seq: int,
+        opcode: int,
+        size: int,
+        payload: bytes | None,
+        truncated: bool = False,
+    ) -> None:
+        self.journal(session_id, seq, time.time(), opcode, size, payload, truncated)
 
     def submit_many(self, records: Sequence[Record]) -> None:
         for record in records:

@@ -29,7 +29,7 @@ from tornado_echo.engines.ratelimit import TokenBucket
 from tornado_echo.engines.stock import EchoProtocol
 from tornado_echo.http.listener import error_body, is_tls_failure
 from tornado_echo.observability.metrics import Metrics
-from tornado_echo.store import SessionClosed, SessionOpened, Store
+from tornado_echo.store import SessionClosed, SessionJournaller, SessionOpened, Store
 from tornado_echo.web.endpoints import JsonErrorMixin
 from tornado_echo.wire import CloseCode, Opcode, negotiate_deflate
 
@@ -47,6 +47,8 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
     # dict stays under 43 keys, the size at which CPython doubles it (from 832 to 1584 bytes).
     _shutdown_close = False
     _journal_budget: TokenBucket | None = None
+    _journal: SessionJournaller | None = None  # journal off: None
+    _journal_full = False
     _message_budget: TokenBucket | None = None
     _byte_budget: TokenBucket | None = None
 
@@ -229,6 +231,11 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.session_id = new_session_id()
+        if self.config.journal != "off":
+            # Bound once: a message's row is then no config or session id lookup.
+            self._journal = self.db.journal_for(self.session_id)
+            if self.config.journal == "full":
+                self._journal_full = True
         self._opened_at = time.monotonic()
         self.connections.add(self)
         self.metrics.session_opened()
@@ -263,25 +270,18 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         ):
             self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
             return None
-        journal = self.config.journal
-        if journal != "off":
-            payload = data if journal == "full" else None
+        journal = self._journal
+        if journal is not None:
             budget = self._journal_budget
-            truncated = False
-            if payload is not None and budget is not None:
-                # What the store keeps of it; more than a second's worth takes a second's.
-                kept = min(len(payload), self.config.journal_max_payload, budget.rate)
-                if not budget.take(kept):
-                    payload, truncated = None, True  # the row without its payload
-            self.db.journal(
-                self.session_id,
-                self.messages_in,
-                time.time(),
-                int(opcode),
-                len(data),
-                payload,
-                truncated,
-            )
+            if not self._journal_full:
+                journal(self.messages_in, opcode, len(data), None, False)
+            elif budget is None:
+                journal(self.messages_in, opcode, len(data), data, False)
+            # What the store keeps of it; more than a second's worth takes a second's.
+            elif budget.take(min(len(data), self.config.journal_max_payload, budget.rate)):
+                journal(self.messages_in, opcode, len(data), data, False)
+            else:
+                journal(self.messages_in, opcode, len(data), None, True)  # without its payload
         assert self._protocol is not None
         try:
             waiter = self._protocol.send_message(opcode, data)
