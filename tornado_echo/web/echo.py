@@ -274,14 +274,14 @@ class EchoWebSocket(JsonErrorMixin, FastWebSocketHandler):
         if journal is not None:
             budget = self._journal_budget
             if not self._journal_full:
-                journal(self.messages_in, opcode, len(data), None, False)
+                journal(self.messages_in, opcode, size, None, False)
             elif budget is None:
-                journal(self.messages_in, opcode, len(data), data, False)
+                journal(self.messages_in, opcode, size, data, False)
             # What the store keeps of it; more than a second's worth takes a second's.
-            elif budget.take(min(len(data), self.config.journal_max_payload, budget.rate)):
-                journal(self.messages_in, opcode, len(data), data, False)
+            elif budget.take(min(size, self.config.journal_max_payload, budget.rate)):
+                journal(self.messages_in, opcode, size, data, False)
             else:
-                journal(self.messages_in, opcode, len(data), None, True)  # without its payload
+                journal(self.messages_in, opcode, size, None, True)  # without its payload
         assert self._protocol is not None
         try:
             waiter = self._protocol.send_message(opcode, data)
