@@ -27,15 +27,13 @@ never sends its ClientHello is closed then), and among the ``max_http_connection
 handshake that fails on a TLS error (plain HTTP on the TLS port, a client that does not
 trust the certificate) is counted (``on_tls_failure``) and logged through the throttle.
 
-Plain connections are accepted by uvloop's own server (``loop.create_server`` on the
-listening socket: libuv's accept, in C, and the protocol made by the loop; no Python socket
-object nor task per connection). When descriptors run out it sheds load instead of pausing:
-libuv closes a descriptor it keeps in reserve, accepts and closes every connection waiting,
-and takes the reserve back, so those clients see their connection closed at once (and may
-retry) rather than wait in the backlog, nothing is logged, and accepting goes on as soon as
-descriptors are free (:func:`sheds_load_on_emfile`). TLS connections, and every connection on
-asyncio's own loop, are accepted by the :class:`~tornado_echo.http.listener.Acceptor`, which
-pauses accept() for ``ACCEPT_BACKOFF`` on EMFILE as Tornado's listener does.
+Connections are accepted by the :class:`~tornado_echo.http.listener.Acceptor`, at most
+``ACCEPT_BATCH`` a turn of the loop, pausing accept() for ``ACCEPT_BACKOFF`` on EMFILE as
+Tornado's listener does. Not by uvloop's own server (``loop.create_server``), though its
+accept costs half as many instructions: libuv accepts until the backlog is empty on every
+turn, and in a connection storm the workers took in far more than they could upgrade before
+the clients gave up (C100K: 15% of the clients timed out, and CPU per connection tripled;
+docs/performance.md, ninth session).
 
 A ``WebSocketHandler`` that is not the fast engine's (Tornado's own protocol needs an
 IOStream) is served on Tornado's listener (``engine = "tornado"``), TLS included.
@@ -160,31 +158,17 @@ class FastHTTPServer(LiveSettings):
         self.lingering = 0  # refused connections answered and draining for LINGER s
         self.connections: set[HTTP11Connection] = set()
         self._acceptors: list[Acceptor] = []
-        self._servers: list[asyncio.AbstractServer] = []  # the loop's own, accepting
         self._stopped = False
         self._all_closed: asyncio.Event | None = None
 
     async def start_serving(self, sockets: Iterable[socket.socket]) -> None:
         """Accept on ``sockets`` (listening already) until :meth:`stop`."""
-        loop = asyncio.get_running_loop()
         for sock in sockets:
             if self._stopped:
                 sock.close()
-            elif self.ssl_options is None and sheds_load_on_emfile(loop):
-                # Its own accept, in C, hands each connection to a protocol the loop
-                # makes: no Python socket object, no task per connection.
-                server = await loop.create_server(
-                    functools.partial(_Arrival, self, sock.family),
-                    sock=sock,
-                    backlog=self.config.current.listen_backlog,  # it listens again
-                )
-                if self._stopped:  # while it started
-                    server.close()
-                else:
-                    self._servers.append(server)
             else:
-                # TLS is accepted here: each connection is wrapped by the context current
-                # when it comes (a server's is fixed), and a failed handshake told apart.
+                # With TLS each connection is wrapped by the context current when it comes
+                # (a loop's server has a fixed one), and a failed handshake told apart.
                 acceptor = Acceptor(sock, self._accepted, self.throttle)
                 acceptor.start()
                 self._acceptors.append(acceptor)
@@ -195,9 +179,6 @@ class FastHTTPServer(LiveSettings):
         for acceptor in self._acceptors:
             acceptor.close()
         self._acceptors.clear()
-        for server in self._servers:
-            server.close()  # closes its socket
-        self._servers.clear()
 
     async def close_all_connections(self) -> None:
         """Close every connection still in the HTTP phase; returns once they are gone."""
@@ -305,36 +286,6 @@ class FastHTTPServer(LiveSettings):
             self.open_http -= 1
             if not self.connections and self._all_closed is not None:
                 self._all_closed.set()
-
-
-def sheds_load_on_emfile(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether ``loop.create_server`` accepts safely when descriptors run out: uvloop's does
-    (libuv >= 1.45, bundled since uvloop 0.18, setup.py asks >= 0.19: on EMFILE/ENFILE it
-    closes a descriptor kept in reserve, accepts and closes what waits in the backlog, takes
-    the reserve back, and goes on accepting; no error reaches uvloop, which would close the
-    server). asyncio's own pauses for a second but logs a traceback each time, and makes a
-    task per connection anyway: there the listener accepts itself (:class:`Acceptor`)."""
-    return type(loop).__module__.startswith("uvloop")
-
-
-class _Arrival(asyncio.Protocol):
-    """What the loop's server makes for each connection it accepts: admits it (its address
-    is the transport's peer) and hands the transport to the protocol admission chose."""
-
-    __slots__ = ("family", "server")
-
-    def __init__(self, server: FastHTTPServer, family: int) -> None:
-        self.server = server
-        self.family = family
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.server._stopped:  # accepted before stop(), made after: as if never accepted
-            transport.close()
-            return
-        # None when the peer has gone already (it is served as "?", and closed at once).
-        protocol = self.server._admit(transport.get_extra_info("peername"), self.family)
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
 
 
 async def _connect(
